@@ -1,0 +1,268 @@
+//! Interpreter configuration: presets and a builder over every field of
+//! `PyInterpreterConfig`, validated when an interpreter is built.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+use crate::raw::lifecycle::RawConfig;
+
+/// Which GIL an interpreter runs under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gil {
+    /// Its own GIL: runs Python bytecode in parallel with every other interpreter.
+    Own,
+    /// The main interpreter's GIL, shared with every other `Shared` interpreter.
+    Shared,
+}
+
+/// How to build an [`Interpreter`](crate::Interpreter).
+///
+/// Start from a preset — [`isolated`](Self::isolated) (the default) or
+/// [`legacy`](Self::legacy) — and adjust fields with the setters, which chain:
+///
+/// ```
+/// use subinterp::{Gil, InterpreterConfig};
+/// let mut config = InterpreterConfig::isolated();
+/// config.allow_threads(false).capture_output(true);
+/// assert_eq!(config.gil(), Gil::Own);
+/// ```
+///
+/// Combinations CPython refuses are reported by [`validate`](Self::validate) (called
+/// when an interpreter is built), before CPython sees them:
+/// - an own GIL needs its own object allocator (`use_main_obmalloc(false)`);
+/// - its own allocator needs single-phase-init extensions refused
+///   (`check_multi_interp_extensions(true)`), because such modules keep objects in
+///   process-wide storage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InterpreterConfig {
+    use_main_obmalloc: bool,
+    allow_fork: bool,
+    allow_exec: bool,
+    allow_threads: bool,
+    allow_daemon_threads: bool,
+    check_multi_interp_extensions: bool,
+    gil: Gil,
+    capture_output: bool,
+    paths: Vec<PathBuf>,
+}
+
+impl Default for InterpreterConfig {
+    fn default() -> Self {
+        Self::isolated()
+    }
+}
+
+impl InterpreterConfig {
+    /// Own GIL, own allocator, single-phase extensions refused, no `fork`, no `exec`,
+    /// no daemon threads; ordinary threads allowed. Runs in parallel with the others.
+    pub fn isolated() -> Self {
+        InterpreterConfig {
+            use_main_obmalloc: false,
+            allow_fork: false,
+            allow_exec: false,
+            allow_threads: true,
+            allow_daemon_threads: false,
+            check_multi_interp_extensions: true,
+            gil: Gil::Own,
+            capture_output: false,
+            paths: Vec::new(),
+        }
+    }
+
+    /// What `Py_NewInterpreter` gives: the main GIL and allocator are shared, every
+    /// extension module loads (single-phase ones share their module dict's objects), and
+    /// `fork`, `exec` and daemon threads are allowed. Runs one at a time with the others.
+    pub fn legacy() -> Self {
+        InterpreterConfig {
+            use_main_obmalloc: true,
+            allow_fork: true,
+            allow_exec: true,
+            allow_threads: true,
+            allow_daemon_threads: true,
+            check_multi_interp_extensions: false,
+            gil: Gil::Shared,
+            capture_output: false,
+            paths: Vec::new(),
+        }
+    }
+
+    /// The preset called `name`: `"isolated"` or `"legacy"`.
+    pub fn preset(name: &str) -> Result<Self> {
+        name.parse()
+    }
+
+    /// Share the main interpreter's object allocator (required by a shared GIL with
+    /// single-phase extensions; refused with an own GIL).
+    pub fn use_main_obmalloc(&mut self, yes: bool) -> &mut Self {
+        self.use_main_obmalloc = yes;
+        self
+    }
+
+    /// Allow `os.fork()` in this interpreter.
+    pub fn allow_fork(&mut self, yes: bool) -> &mut Self {
+        self.allow_fork = yes;
+        self
+    }
+
+    /// Allow `os.execv()` and friends in this interpreter.
+    pub fn allow_exec(&mut self, yes: bool) -> &mut Self {
+        self.allow_exec = yes;
+        self
+    }
+
+    /// Allow the `threading` module to start threads.
+    pub fn allow_threads(&mut self, yes: bool) -> &mut Self {
+        self.allow_threads = yes;
+        self
+    }
+
+    /// Allow daemon threads (which would outlive the interpreter's end).
+    pub fn allow_daemon_threads(&mut self, yes: bool) -> &mut Self {
+        self.allow_daemon_threads = yes;
+        self
+    }
+
+    /// Refuse to import extension modules that do not support several interpreters
+    /// (single-phase init).
+    pub fn check_multi_interp_extensions(&mut self, yes: bool) -> &mut Self {
+        self.check_multi_interp_extensions = yes;
+        self
+    }
+
+    /// Own or shared GIL.
+    pub fn set_gil(&mut self, gil: Gil) -> &mut Self {
+        self.gil = gil;
+        self
+    }
+
+    /// Capture `sys.stdout` and `sys.stderr` in memory, to be collected with
+    /// [`Interpreter::take_output`](crate::Interpreter::take_output), instead of writing
+    /// to the process's streams.
+    pub fn capture_output(&mut self, yes: bool) -> &mut Self {
+        self.capture_output = yes;
+        self
+    }
+
+    /// Prepend a directory to this interpreter's `sys.path` (in the order added).
+    pub fn add_path(&mut self, dir: impl Into<PathBuf>) -> &mut Self {
+        self.paths.push(dir.into());
+        self
+    }
+
+    /// The GIL setting.
+    pub fn gil(&self) -> Gil {
+        self.gil
+    }
+
+    /// Whether output is captured.
+    pub fn captures_output(&self) -> bool {
+        self.capture_output
+    }
+
+    /// The directories prepended to `sys.path`.
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.paths
+    }
+
+    /// Checks the combination; the error says which setting to change.
+    pub fn validate(&self) -> Result<()> {
+        if self.gil == Gil::Own && self.use_main_obmalloc {
+            return Err(Error::InvalidConfig(
+                "an interpreter with its own GIL needs its own allocator: \
+                 set use_main_obmalloc(false) or use a shared GIL"
+                    .into(),
+            ));
+        }
+        if !self.use_main_obmalloc && !self.check_multi_interp_extensions {
+            return Err(Error::InvalidConfig(
+                "an interpreter with its own allocator must refuse single-phase-init \
+                 extension modules: set check_multi_interp_extensions(true) or \
+                 use_main_obmalloc(true)"
+                    .into(),
+            ));
+        }
+        if self.allow_daemon_threads && !self.allow_threads {
+            return Err(Error::InvalidConfig(
+                "allow_daemon_threads(true) needs allow_threads(true)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn to_raw(&self) -> Result<RawConfig> {
+        self.validate()?;
+        Ok(RawConfig {
+            use_main_obmalloc: self.use_main_obmalloc,
+            allow_fork: self.allow_fork,
+            allow_exec: self.allow_exec,
+            allow_threads: self.allow_threads,
+            allow_daemon_threads: self.allow_daemon_threads,
+            check_multi_interp_extensions: self.check_multi_interp_extensions,
+            own_gil: self.gil == Gil::Own,
+        })
+    }
+}
+
+impl FromStr for InterpreterConfig {
+    type Err = Error;
+
+    fn from_str(name: &str) -> Result<Self> {
+        match name {
+            "isolated" => Ok(Self::isolated()),
+            "legacy" => Ok(Self::legacy()),
+            other => Err(Error::InvalidConfig(format!(
+                "unknown preset {other:?}: expected \"isolated\" or \"legacy\""
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_are_valid() {
+        InterpreterConfig::isolated().validate().unwrap();
+        InterpreterConfig::legacy().validate().unwrap();
+        assert_eq!(InterpreterConfig::default(), InterpreterConfig::isolated());
+    }
+
+    #[test]
+    fn own_gil_with_main_allocator_is_refused() {
+        let mut c = InterpreterConfig::isolated();
+        c.use_main_obmalloc(true);
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("own GIL needs its own allocator"), "{err}");
+    }
+
+    #[test]
+    fn own_allocator_with_single_phase_extensions_is_refused() {
+        let mut c = InterpreterConfig::legacy();
+        c.use_main_obmalloc(false);
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("check_multi_interp_extensions(true)"), "{err}");
+    }
+
+    #[test]
+    fn daemon_threads_need_threads() {
+        let mut c = InterpreterConfig::legacy();
+        c.allow_threads(false);
+        assert!(c.validate().is_err());
+        c.allow_daemon_threads(false);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn preset_names() {
+        assert_eq!(
+            InterpreterConfig::preset("legacy").unwrap(),
+            InterpreterConfig::legacy()
+        );
+        let err = InterpreterConfig::preset("sandbox")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown preset \"sandbox\""), "{err}");
+    }
+}

@@ -1,0 +1,147 @@
+//! The one error type of the crate, and the snapshot of a Python exception.
+
+use std::fmt;
+
+/// Everything that can go wrong in `subinterp`.
+///
+/// Python exceptions raised by user code arrive as [`Error::Python`], with a
+/// [`PyException`] snapshot that owns plain data only, so it can be sent between threads
+/// and outlive the interpreter it came from.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Python code raised an exception.
+    #[error("{0}")]
+    Python(Box<PyException>),
+    /// The interpreter was closed (explicitly, by drop, or because its thread ended).
+    #[error("the interpreter is closed")]
+    Closed,
+    /// An interpreter configuration that CPython would refuse.
+    #[error("invalid interpreter configuration: {0}")]
+    InvalidConfig(String),
+    /// CPython could not create the interpreter.
+    #[error("could not create the interpreter: {0}")]
+    CreateFailed(String),
+    /// The Python runtime is already initialised in this process.
+    #[error("the Python runtime is already initialised in this process; use Runtime::current()")]
+    AlreadyInitialized,
+    /// The Python runtime was finalised; CPython cannot be initialised again in this process.
+    #[error("the Python runtime was finalised and cannot be initialised again in this process")]
+    Finalized,
+    /// CPython failed to initialise.
+    #[error("could not initialise Python: {0}")]
+    InitFailed(String),
+    /// A Python object that cannot cross interpreters as a [`Value`](crate::Value).
+    #[error("{type_name} objects cannot cross interpreters as values{}", detail_suffix(.detail))]
+    Unshareable {
+        /// Qualified name of the object's type, e.g. `builtins.set`.
+        type_name: String,
+        /// Where in the value it was found, or why it was refused.
+        detail: String,
+    },
+    /// A Rust value could not be converted to or from a [`Value`](crate::Value) (serde).
+    #[error("value conversion failed: {0}")]
+    Conversion(String),
+    /// A file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A target such as `module:function` could not be parsed.
+    #[error("invalid call target {target:?}: {reason}")]
+    InvalidTarget {
+        /// The target as given.
+        target: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An interpreter operation was called from that interpreter's own thread (inside
+    /// [`Interpreter::with_gil`](crate::Interpreter::with_gil)), where it would wait for
+    /// itself.
+    #[error("an interpreter cannot wait for itself: this operation was called from inside one of its own closures")]
+    WouldDeadlock,
+    /// Rust code running on an interpreter's thread panicked; the interpreter survives.
+    #[error("a Rust closure panicked on the interpreter's thread: {0}")]
+    Panic(String),
+}
+
+fn detail_suffix(detail: &str) -> String {
+    if detail.is_empty() {
+        String::new()
+    } else {
+        format!(" ({detail})")
+    }
+}
+
+/// Short for `std::result::Result<T, subinterp::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The Python exception, if this error is one.
+    pub fn as_python(&self) -> Option<&PyException> {
+        match self {
+            Error::Python(exc) => Some(exc),
+            _ => None,
+        }
+    }
+}
+
+impl From<PyException> for Error {
+    fn from(exc: PyException) -> Self {
+        Error::Python(Box::new(exc))
+    }
+}
+
+/// A Python exception, copied out of the interpreter that raised it.
+///
+/// Holds the qualified type name (`builtins.ValueError`, `json.decoder.JSONDecodeError`),
+/// the message (`str(exc)`), the traceback formatted exactly as Python prints it (chained
+/// exceptions included), and the explicit (`__cause__`) and implicit (`__context__`)
+/// chain as snapshots of their own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PyException {
+    /// Qualified type name: `module.QualName` (`builtins.` for built-in exceptions).
+    pub type_name: String,
+    /// `str(exception)`.
+    pub message: String,
+    /// The full traceback text as `traceback.format_exception` renders it.
+    pub traceback: String,
+    /// `__cause__` (`raise ... from cause`).
+    pub cause: Option<Box<PyException>>,
+    /// `__context__` (the exception being handled when this one was raised).
+    pub context: Option<Box<PyException>>,
+}
+
+impl PyException {
+    /// True when the exception's type name is `name` or `builtins.name`.
+    pub fn is(&self, name: &str) -> bool {
+        self.type_name == name
+            || self
+                .type_name
+                .strip_prefix("builtins.")
+                .is_some_and(|short| short == name)
+    }
+
+    /// The type name without the `builtins.` prefix for built-in exceptions.
+    pub fn short_type_name(&self) -> &str {
+        self.type_name
+            .strip_prefix("builtins.")
+            .unwrap_or(&self.type_name)
+    }
+}
+
+impl fmt::Display for PyException {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.message.is_empty() {
+            write!(f, "{}", self.type_name)
+        } else {
+            write!(f, "{}: {}", self.type_name, self.message)
+        }
+    }
+}
+
+impl std::error::Error for PyException {}

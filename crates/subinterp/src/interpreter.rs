@@ -1,0 +1,508 @@
+//! [`Interpreter`]: one isolated subinterpreter, owned by a dedicated OS thread.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{JoinHandle, ThreadId};
+
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use serde::de::DeserializeOwned;
+
+use crate::config::InterpreterConfig;
+use crate::error::{Error, Result};
+use crate::raw::lifecycle::SubInterpreter;
+use crate::raw::{PyObj, Python};
+use crate::runtime::{Runtime, RuntimeInner};
+use crate::Value;
+
+type Job = Box<dyn for<'py> FnOnce(Python<'py>) + Send>;
+
+enum Msg {
+    Job(Job),
+    Close,
+}
+
+/// An isolated Python interpreter running on a thread of its own.
+///
+/// Every operation is sent to that thread, runs there with the interpreter's GIL held,
+/// and its result comes back; the handle is `Send + Sync`, so many Rust threads can share
+/// one interpreter (their calls run one after another). Interpreters with their own GIL
+/// (the default) run in parallel with each other.
+///
+/// ```no_run
+/// use subinterp::{Interpreter, InterpreterConfig, Runtime, RuntimeConfig, Value};
+/// let rt = Runtime::init(&RuntimeConfig::new())?;
+/// let interp = Interpreter::new(&rt, &InterpreterConfig::isolated())?;
+/// interp.exec("def double(x):\n    return 2 * x")?;
+/// assert_eq!(interp.call("__main__:double", (21,))?, Value::Int(42));
+/// interp.close()?;
+/// # Ok::<(), subinterp::Error>(())
+/// ```
+///
+/// Dropping the handle closes the interpreter. Every operation after
+/// [`close`](Self::close) fails with [`Error::Closed`].
+pub struct Interpreter {
+    tx: Sender<Msg>,
+    id: i64,
+    thread_id: ThreadId,
+    closed: AtomicBool,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    capture: bool,
+}
+
+/// Captured output of an interpreter (see [`InterpreterConfig::capture_output`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Output {
+    /// Everything written to `sys.stdout` since the last take.
+    pub stdout: String,
+    /// Everything written to `sys.stderr` since the last take.
+    pub stderr: String,
+}
+
+/// Positional and keyword arguments of a [`call`](Interpreter::call).
+///
+/// Tuples of up to six items convert (`(1, "a")`), as do `()` and `Vec<Value>`:
+///
+/// ```
+/// use subinterp::{Args, Value};
+/// let args = Args::new().arg(1).arg("two").kwarg("sep", ", ");
+/// assert_eq!(args.positional, vec![Value::Int(1), Value::from("two")]);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Args {
+    /// Positional arguments.
+    pub positional: Vec<Value>,
+    /// Keyword arguments, in order.
+    pub keywords: Vec<(String, Value)>,
+}
+
+impl Args {
+    /// No arguments.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends a positional argument.
+    pub fn arg(mut self, value: impl Into<Value>) -> Self {
+        self.positional.push(value.into());
+        self
+    }
+
+    /// Appends a keyword argument.
+    pub fn kwarg(mut self, name: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.keywords.push((name.into(), value.into()));
+        self
+    }
+
+    /// Appends a positional argument converted from any `Serialize` type.
+    pub fn arg_serde<T: serde::Serialize + ?Sized>(mut self, value: &T) -> Result<Self> {
+        self.positional.push(crate::to_value(value)?);
+        Ok(self)
+    }
+}
+
+impl From<()> for Args {
+    fn from(_: ()) -> Self {
+        Args::new()
+    }
+}
+
+impl From<Vec<Value>> for Args {
+    fn from(positional: Vec<Value>) -> Self {
+        Args {
+            positional,
+            keywords: Vec::new(),
+        }
+    }
+}
+
+macro_rules! args_from_tuple {
+    ($($name:ident),+) => {
+        impl<$($name: Into<Value>),+> From<($($name,)+)> for Args {
+            #[allow(non_snake_case)]
+            fn from(($($name,)+): ($($name,)+)) -> Self {
+                Args { positional: vec![$($name.into()),+], keywords: Vec::new() }
+            }
+        }
+    };
+}
+args_from_tuple!(A);
+args_from_tuple!(A, B);
+args_from_tuple!(A, B, C);
+args_from_tuple!(A, B, C, D);
+args_from_tuple!(A, B, C, D, E);
+args_from_tuple!(A, B, C, D, E, F);
+
+impl Interpreter {
+    /// Creates an interpreter from `config` on a new thread.
+    ///
+    /// The configuration is validated first ([`Error::InvalidConfig`]); CPython's own
+    /// refusal arrives as [`Error::CreateFailed`].
+    pub fn new(runtime: &Runtime, config: &InterpreterConfig) -> Result<Interpreter> {
+        let raw = config.to_raw()?;
+        let rt = Arc::clone(&runtime.inner);
+        let capture = config.captures_output();
+        let paths: Vec<String> = config
+            .paths()
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        let (tx, rx) = unbounded::<Msg>();
+        let (ready_tx, ready_rx) = bounded::<Result<i64>>(1);
+        let thread = std::thread::Builder::new()
+            .name("subinterp".into())
+            .spawn(move || {
+                let started = std::time::Instant::now();
+                let sub = match SubInterpreter::new(rt.main, raw) {
+                    Ok(sub) => sub,
+                    Err(msg) => {
+                        let _ = ready_tx.send(Err(Error::CreateFailed(msg)));
+                        return;
+                    }
+                };
+                let setup = sub.with_gil(|py| setup(py, &rt, capture, &paths));
+                if let Err(err) = setup {
+                    sub.end();
+                    let _ = ready_tx.send(Err(err));
+                    return;
+                }
+                let id = sub.id();
+                tracing::debug!(
+                    interpreter = id,
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "interpreter created"
+                );
+                let _ = ready_tx.send(Ok(id));
+                serve(&sub, &rx);
+                sub.with_gil(|py| {
+                    flush_streams(py);
+                });
+                drop(rx);
+                sub.end();
+                tracing::debug!(interpreter = id, "interpreter closed");
+                drop(rt);
+            })
+            .map_err(|e| Error::CreateFailed(format!("cannot start a thread: {e}")))?;
+        let thread_id = thread.thread().id();
+        let id = match ready_rx.recv() {
+            Ok(Ok(id)) => id,
+            Ok(Err(err)) => {
+                let _ = thread.join();
+                return Err(err);
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(Error::CreateFailed(
+                    "the interpreter thread ended during creation".into(),
+                ));
+            }
+        };
+        Ok(Interpreter {
+            tx,
+            id,
+            thread_id,
+            closed: AtomicBool::new(false),
+            thread: Mutex::new(Some(thread)),
+            capture,
+        })
+    }
+
+    /// CPython's id for this interpreter (unique while it lives; 0 is the main one).
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+
+    /// True once [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Runs `f` on the interpreter's thread with its GIL held, and returns its result.
+    ///
+    /// `f` gets a [`Python`] token whose brand ties every object it makes to this call:
+    /// objects cannot be returned, stored, or used with another interpreter. A panic in
+    /// `f` is caught and returned as [`Error::Panic`]; the interpreter stays usable.
+    /// Calling this from inside `f` on the same interpreter would wait for itself and
+    /// fails with [`Error::WouldDeadlock`].
+    pub fn with_gil<R, F>(&self, f: F) -> Result<R>
+    where
+        F: for<'py> FnOnce(Python<'py>) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        self.run(move |py| Ok(f(py)))
+    }
+
+    fn run<R, F>(&self, f: F) -> Result<R>
+    where
+        F: for<'py> FnOnce(Python<'py>) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        if std::thread::current().id() == self.thread_id {
+            return Err(Error::WouldDeadlock);
+        }
+        let (reply_tx, reply_rx) = bounded::<Result<R>>(1);
+        let job: Job = Box::new(move |py| {
+            let result = catch_unwind(AssertUnwindSafe(|| f(py)))
+                .unwrap_or_else(|payload| Err(Error::Panic(panic_message(&payload))));
+            let _ = reply_tx.send(result);
+        });
+        self.tx.send(Msg::Job(job)).map_err(|_| Error::Closed)?;
+        reply_rx.recv().map_err(|_| Error::Closed)?
+    }
+
+    /// Runs Python statements in the interpreter's `__main__` namespace.
+    pub fn exec(&self, code: &str) -> Result<()> {
+        let code = code.to_owned();
+        self.run(move |py| py.run(&code, "<string>", &py.main_dict()?))
+    }
+
+    /// Runs a Python file in `__main__`, with `__file__` set to its path.
+    pub fn exec_file(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let source = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let filename = path.display().to_string();
+        self.run(move |py| {
+            let globals = py.main_dict()?;
+            globals.set_item(&py.str("__file__")?, &py.str(&filename)?)?;
+            py.run(&source, &filename, &globals)
+        })
+    }
+
+    /// Evaluates an expression in `__main__` and copies the result out.
+    pub fn eval(&self, expr: &str) -> Result<Value> {
+        let expr = expr.to_owned();
+        self.run(move |py| py.eval(&expr)?.to_value())
+    }
+
+    /// Calls a function named `module:qualname` (e.g. `"os.path:join"`,
+    /// `"pkg.mod:Class.method"`) or `module.attr` (e.g. `"math.sqrt"`), importing the
+    /// module if needed, and copies the result out.
+    pub fn call(&self, target: &str, args: impl Into<Args>) -> Result<Value> {
+        let (module, path) = parse_target(target)?;
+        let args = args.into();
+        self.run(move |py| {
+            let mut callable = py.import(&module)?;
+            for attr in path.split('.') {
+                callable = callable.getattr(attr)?;
+            }
+            call_with(py, &callable, &args)?.to_value()
+        })
+    }
+
+    /// Like [`call`](Self::call), converting the result to `T` with serde.
+    pub fn call_as<T: DeserializeOwned>(&self, target: &str, args: impl Into<Args>) -> Result<T> {
+        crate::from_value(self.call(target, args)?)
+    }
+
+    /// Prepends a directory to this interpreter's `sys.path`.
+    pub fn add_path(&self, dir: impl AsRef<Path>) -> Result<()> {
+        let dir = dir.as_ref().to_string_lossy().into_owned();
+        self.run(move |py| {
+            let path = py.import("sys")?.getattr("path")?;
+            path.call_method("insert", &[&py.to_object(&Value::Int(0))?, &py.str(&dir)?])
+                .map(drop)
+        })
+    }
+
+    /// Sets `sys.argv`.
+    pub fn set_argv<S: AsRef<str>>(&self, argv: &[S]) -> Result<()> {
+        let argv = Value::List(argv.iter().map(|a| Value::from(a.as_ref())).collect());
+        self.run(move |py| py.import("sys")?.setattr("argv", &py.to_object(&argv)?))
+    }
+
+    /// Takes what the interpreter wrote to `sys.stdout` and `sys.stderr` since the last
+    /// take. Needs [`InterpreterConfig::capture_output`].
+    pub fn take_output(&self) -> Result<Output> {
+        if !self.capture {
+            return Err(Error::InvalidConfig(
+                "output capture is off for this interpreter; enable \
+                 InterpreterConfig::capture_output"
+                    .into(),
+            ));
+        }
+        self.run(|py| {
+            Ok(Output {
+                stdout: take_stream(py, "stdout")?,
+                stderr: take_stream(py, "stderr")?,
+            })
+        })
+    }
+
+    /// Ends the interpreter: waits for the running operation and for its Python threads,
+    /// runs its `atexit` handlers, flushes its output and frees it. Idempotent.
+    pub fn close(&self) -> Result<()> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let _ = self.tx.send(Msg::Close);
+        if std::thread::current().id() == self.thread_id {
+            // Closing from inside one of its own operations: the thread ends after it.
+            return Ok(());
+        }
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(thread) = thread {
+            thread.join().map_err(|p| Error::Panic(panic_message(&p)))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Interpreter {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+impl std::fmt::Debug for Interpreter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Interpreter")
+            .field("id", &self.id)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+/// The interpreter thread's loop: the GIL is held only while a job runs.
+fn serve(sub: &SubInterpreter, rx: &Receiver<Msg>) {
+    while let Ok(Msg::Job(job)) = rx.recv() {
+        sub.with_gil(job);
+    }
+}
+
+fn setup(py: Python<'_>, rt: &RuntimeInner, capture: bool, paths: &[String]) -> Result<()> {
+    let globals = py.dict()?;
+    py.run(&rt.bootstrap, "<subinterp bootstrap>", &globals)?;
+    if !paths.is_empty() {
+        let path = py.import("sys")?.getattr("path")?;
+        for (i, dir) in paths.iter().enumerate() {
+            path.call_method("insert", &[&py.to_object(&Value::from(i))?, &py.str(dir)?])?;
+        }
+    }
+    if capture {
+        py.run(
+            "import io, sys\n\
+             def _stream():\n    \
+                 return io.TextIOWrapper(io.BytesIO(), encoding='utf-8', \
+                 errors='backslashreplace', write_through=True)\n\
+             sys.stdout = _stream()\n\
+             sys.stderr = _stream()\n",
+            "<subinterp capture>",
+            &globals,
+        )?;
+    }
+    Ok(())
+}
+
+fn take_stream(py: Python<'_>, name: &str) -> Result<String> {
+    let stream = py.import("sys")?.getattr(name)?;
+    stream.call_method("flush", &[])?;
+    let buffer = stream.getattr("buffer")?;
+    let data = buffer.call_method("getvalue", &[])?;
+    let zero = py.to_object(&Value::Int(0))?;
+    buffer.call_method("seek", &[&zero])?;
+    buffer.call_method("truncate", &[])?;
+    match data.to_value()? {
+        Value::Bytes(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+        _ => Ok(String::new()),
+    }
+}
+
+/// Flushes `sys.stdout` and `sys.stderr`, ignoring failures (a closed or replaced stream).
+fn flush_streams(py: Python<'_>) {
+    for name in ["stdout", "stderr"] {
+        let flushed = py
+            .import("sys")
+            .and_then(|sys| sys.getattr(name))
+            .and_then(|s| s.call_method("flush", &[]));
+        drop(flushed);
+    }
+}
+
+fn call_with<'py>(py: Python<'py>, callable: &PyObj<'py>, args: &Args) -> Result<PyObj<'py>> {
+    let positional = args
+        .positional
+        .iter()
+        .map(|v| py.to_object(v))
+        .collect::<Result<Vec<_>>>()?;
+    let refs: Vec<&PyObj<'py>> = positional.iter().collect();
+    let kwargs = if args.keywords.is_empty() {
+        None
+    } else {
+        let dict = py.dict()?;
+        for (k, v) in &args.keywords {
+            dict.set_item(&py.str(k)?, &py.to_object(v)?)?;
+        }
+        Some(dict)
+    };
+    py.call_kw(callable, &refs, kwargs.as_ref())
+}
+
+/// Splits `module:qualname` or `module.attr` into the module and the attribute path.
+pub(crate) fn parse_target(target: &str) -> Result<(String, String)> {
+    let bad = |reason: &str| Error::InvalidTarget {
+        target: target.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let (module, path) = match target.split_once(':') {
+        Some((m, p)) => (m, p),
+        None => target
+            .rsplit_once('.')
+            .ok_or_else(|| bad("expected module:function or module.function"))?,
+    };
+    let valid = |dotted: &str| {
+        !dotted.is_empty()
+            && dotted.split('.').all(|part| {
+                let mut chars = part.chars();
+                chars.next().is_some_and(|c| c == '_' || c.is_alphabetic())
+                    && chars.all(|c| c == '_' || c.is_alphanumeric())
+            })
+    };
+    if !valid(module) {
+        return Err(bad("the module name must be a dotted Python identifier"));
+    }
+    if !valid(path) {
+        return Err(bad("the function name must be a dotted Python identifier"));
+    }
+    Ok((module.to_owned(), path.to_owned()))
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_target;
+
+    #[test]
+    fn targets() {
+        assert_eq!(
+            parse_target("os.path:join").unwrap(),
+            ("os.path".into(), "join".into())
+        );
+        assert_eq!(
+            parse_target("math.sqrt").unwrap(),
+            ("math".into(), "sqrt".into())
+        );
+        assert_eq!(
+            parse_target("pkg.mod:Class.method").unwrap(),
+            ("pkg.mod".into(), "Class.method".into())
+        );
+        for bad in ["", "math", ":f", "m:", "m:f g", "1m:f", "m:.f"] {
+            assert!(parse_target(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+}

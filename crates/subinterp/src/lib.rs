@@ -1,0 +1,59 @@
+//! Run Python code in many isolated CPython subinterpreters inside one process.
+//!
+//! # Core concepts
+//!
+//! - [`Runtime`]: CPython itself, started once per process with a [`RuntimeConfig`] and
+//!   finalised when the last handle (and the last interpreter) is gone.
+//! - [`Interpreter`]: one subinterpreter with its own modules, builtins and `sys`, owned
+//!   by a dedicated OS thread. Built from an [`InterpreterConfig`]: the `isolated` preset
+//!   (the default) gives it its own GIL, so interpreters run Python in parallel.
+//! - [`Value`]: the data that crosses between interpreters and the host — copies, never
+//!   shared objects. With serde, typed Rust values convert in and out ([`to_value`],
+//!   [`from_value`]).
+//! - [`Error`]: one error type; a Python exception arrives as a [`PyException`] snapshot
+//!   with its type, message, traceback and chain.
+//! - [`Python`] and [`PyObj`]: low-level access on an interpreter's own thread
+//!   ([`Interpreter::with_gil`]). The token's lifetime brands the objects made under it,
+//!   so an object can never be used by another interpreter.
+//!
+//! # Quick start
+//!
+//! ```
+//! use subinterp::{Interpreter, InterpreterConfig, Runtime, RuntimeConfig, Value};
+//!
+//! let rt = Runtime::get_or_init(&RuntimeConfig::new())?;
+//! let interp = Interpreter::new(&rt, &InterpreterConfig::isolated())?;
+//! interp.exec("def greet(name):\n    return f'hello, {name}'")?;
+//! let greeting = interp.call("__main__:greet", ("world",))?;
+//! assert_eq!(greeting, Value::from("hello, world"));
+//!
+//! let err = interp.eval("1 / 0").unwrap_err();
+//! assert_eq!(err.as_python().unwrap().type_name, "builtins.ZeroDivisionError");
+//! # Ok::<(), subinterp::Error>(())
+//! ```
+//!
+//! # What is process-wide
+//!
+//! Interpreters do not share Python objects, but they share the process: the current
+//! directory, environment variables, file descriptors, signals and locale. They are not
+//! a security boundary, and a crash in one (a faulty extension module) ends the process.
+#![warn(missing_docs)]
+
+mod config;
+mod error;
+mod interpreter;
+mod raw;
+mod runtime;
+pub mod value;
+
+pub use config::{Gil, InterpreterConfig};
+pub use error::{Error, PyException, Result};
+pub use interpreter::{Args, Interpreter, Output};
+pub use raw::{PyObj, Python};
+pub use runtime::{Runtime, RuntimeConfig};
+pub use value::{from_value, to_value, Value};
+
+/// The README's Rust examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

@@ -1,0 +1,221 @@
+//! Conversion between [`Value`] and Python objects.
+
+use std::ffi::c_char;
+
+use num_bigint::BigInt;
+use num_traits::Num;
+use pyo3_ffi as ffi;
+
+use super::object::{len, ExcKind};
+use super::{PyObj, Python};
+use crate::error::{Error, Result};
+use crate::Value;
+
+/// Deeper nesting than this is refused (it is almost always a self-referencing container).
+pub(crate) const MAX_DEPTH: usize = 512;
+
+pub(crate) fn to_object<'py>(py: Python<'py>, value: &Value, depth: usize) -> Result<PyObj<'py>> {
+    if depth > MAX_DEPTH {
+        return Err(py.new_error(ExcKind::Recursion, "value nested more than 512 levels deep"));
+    }
+    // SAFETY (for every block below): the token proves the GIL is held; every pointer
+    // passed in is a live object or a buffer that outlives the call; constructors return
+    // a new reference or NULL with an exception set, which `own` handles.
+    match value {
+        Value::None => Ok(py.none()),
+        Value::Bool(b) => py.own(unsafe { ffi::PyBool_FromLong(i64::from(*b) as _) }),
+        Value::Int(n) => py.own(unsafe { ffi::PyLong_FromLongLong(*n) }),
+        Value::BigInt(n) => {
+            let text = super::object::cstring(&n.to_str_radix(16));
+            py.own(unsafe { ffi::PyLong_FromString(text.as_ptr(), std::ptr::null_mut(), 16) })
+        }
+        Value::Float(x) => py.own(unsafe { ffi::PyFloat_FromDouble(*x) }),
+        Value::Str(s) => py.str(s),
+        Value::Bytes(b) => py.own(unsafe {
+            ffi::PyBytes_FromStringAndSize(b.as_ptr().cast::<c_char>(), len(b.len()))
+        }),
+        Value::List(items) => {
+            let list = py.own(unsafe { ffi::PyList_New(len(items.len())) })?;
+            for (i, item) in items.iter().enumerate() {
+                let obj = to_object(py, item, depth + 1)?;
+                // SAFETY: fresh list of the right size; SET_ITEM steals the reference,
+                // which we hand over with `into_raw`.
+                unsafe { ffi::PyList_SET_ITEM(list.as_ptr(), len(i), into_raw(obj)) };
+            }
+            Ok(list)
+        }
+        Value::Tuple(items) => {
+            let tuple = py.own(unsafe { ffi::PyTuple_New(len(items.len())) })?;
+            for (i, item) in items.iter().enumerate() {
+                let obj = to_object(py, item, depth + 1)?;
+                // SAFETY: fresh tuple of the right size; SET_ITEM steals the reference.
+                unsafe { ffi::PyTuple_SET_ITEM(tuple.as_ptr(), len(i), into_raw(obj)) };
+            }
+            Ok(tuple)
+        }
+        Value::Dict(items) => {
+            let dict = py.dict()?;
+            for (k, v) in items {
+                let key = to_object(py, k, depth + 1)?;
+                let val = to_object(py, v, depth + 1)?;
+                py.check(unsafe {
+                    ffi::PyDict_SetItem(dict.as_ptr(), key.as_ptr(), val.as_ptr())
+                })?;
+            }
+            Ok(dict)
+        }
+    }
+}
+
+/// Gives up ownership of the reference (for functions that steal one).
+fn into_raw(obj: PyObj<'_>) -> *mut ffi::PyObject {
+    let ptr = obj.as_ptr();
+    std::mem::forget(obj);
+    ptr
+}
+
+pub(crate) fn str_contents(obj: &PyObj<'_>) -> Result<String> {
+    let py = obj.py();
+    // SAFETY: GIL held; live object.
+    if unsafe { ffi::PyUnicode_Check(obj.as_ptr()) } == 0 {
+        return Err(py.new_error(
+            ExcKind::Type,
+            &format!("expected str, got {}", obj.type_name()),
+        ));
+    }
+    let mut size: ffi::Py_ssize_t = 0;
+    // SAFETY: `obj` is a str; the returned buffer lives as long as `obj` and holds `size`
+    // bytes of UTF-8 (NULL with UnicodeEncodeError for lone surrogates).
+    let data = unsafe { ffi::PyUnicode_AsUTF8AndSize(obj.as_ptr(), &mut size) };
+    if data.is_null() {
+        return Err(py.fetch_error());
+    }
+    let size = usize::try_from(size).unwrap_or(0);
+    // SAFETY: see above: `size` valid bytes at `data`, alive while `obj` is.
+    let bytes = unsafe { std::slice::from_raw_parts(data.cast::<u8>(), size) };
+    Ok(std::str::from_utf8(bytes)
+        .map(str::to_owned)
+        .unwrap_or_else(|_| String::from_utf8_lossy(bytes).into_owned()))
+}
+
+fn bytes_of(obj: &PyObj<'_>, data: *const c_char, size: ffi::Py_ssize_t) -> Vec<u8> {
+    let _ = obj;
+    let size = usize::try_from(size).unwrap_or(0);
+    if data.is_null() || size == 0 {
+        return Vec::new();
+    }
+    // SAFETY: callers pass the buffer and size of `obj`, which is alive for this call.
+    unsafe { std::slice::from_raw_parts(data.cast::<u8>(), size) }.to_vec()
+}
+
+pub(crate) fn to_value(obj: &PyObj<'_>, depth: usize) -> Result<Value> {
+    let py = obj.py();
+    let p = obj.as_ptr();
+    if depth > MAX_DEPTH {
+        return Err(Error::Unshareable {
+            type_name: obj.type_name(),
+            detail: "nested more than 512 levels deep (is it a recursive structure?)".into(),
+        });
+    }
+    // SAFETY (for every block below): the token proves the GIL is held, `p` is a live
+    // object, the type checks guard the type-specific calls, and results are checked.
+    unsafe {
+        if p == ffi::Py_None() {
+            return Ok(Value::None);
+        }
+        if ffi::PyBool_Check(p) != 0 {
+            return Ok(Value::Bool(p == ffi::Py_True()));
+        }
+        if ffi::PyLong_Check(p) != 0 {
+            let mut overflow = 0;
+            let n = ffi::PyLong_AsLongLongAndOverflow(p, &mut overflow);
+            if overflow == 0 {
+                if n == -1 && !ffi::PyErr_Occurred().is_null() {
+                    return Err(py.fetch_error());
+                }
+                return Ok(Value::Int(n));
+            }
+            let hex = py.own(ffi::PyNumber_ToBase(p, 16))?.extract_str()?;
+            let (negative, digits) = match hex.strip_prefix('-') {
+                Some(rest) => (true, rest),
+                None => (false, hex.as_str()),
+            };
+            let digits = digits.trim_start_matches("0x");
+            let magnitude = BigInt::from_str_radix(digits, 16)
+                .map_err(|e| py.new_error(ExcKind::Value, &format!("bad int text: {e}")))?;
+            return Ok(Value::from_bigint(if negative {
+                -magnitude
+            } else {
+                magnitude
+            }));
+        }
+        if ffi::PyFloat_Check(p) != 0 {
+            return Ok(Value::Float(ffi::PyFloat_AsDouble(p)));
+        }
+        if ffi::PyUnicode_Check(p) != 0 {
+            return str_contents(obj).map(Value::Str);
+        }
+        if ffi::PyBytes_Check(p) != 0 {
+            return Ok(Value::Bytes(bytes_of(
+                obj,
+                ffi::PyBytes_AsString(p),
+                ffi::PyBytes_Size(p),
+            )));
+        }
+        if ffi::PyByteArray_Check(p) != 0 {
+            return Ok(Value::Bytes(bytes_of(
+                obj,
+                ffi::PyByteArray_AsString(p),
+                ffi::PyByteArray_Size(p),
+            )));
+        }
+        if ffi::PyList_Check(p) != 0 {
+            // Index each time: user code cannot run in between, but be exact anyway.
+            let mut items = Vec::with_capacity(usize::try_from(ffi::PyList_Size(p)).unwrap_or(0));
+            let mut i = 0;
+            while i < ffi::PyList_Size(p) {
+                let item = py.borrowed(ffi::PyList_GetItem(p, i))?;
+                items.push(to_value(&item, depth + 1).map_err(|e| in_container(e, "list"))?);
+                i += 1;
+            }
+            return Ok(Value::List(items));
+        }
+        if ffi::PyTuple_Check(p) != 0 {
+            let n = ffi::PyTuple_Size(p);
+            let mut items = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
+            for i in 0..n {
+                let item = py.borrowed(ffi::PyTuple_GetItem(p, i))?;
+                items.push(to_value(&item, depth + 1).map_err(|e| in_container(e, "tuple"))?);
+            }
+            return Ok(Value::Tuple(items));
+        }
+        if ffi::PyDict_Check(p) != 0 {
+            let mut items = Vec::with_capacity(usize::try_from(ffi::PyDict_Size(p)).unwrap_or(0));
+            let mut pos: ffi::Py_ssize_t = 0;
+            let mut key: *mut ffi::PyObject = std::ptr::null_mut();
+            let mut val: *mut ffi::PyObject = std::ptr::null_mut();
+            while ffi::PyDict_Next(p, &mut pos, &mut key, &mut val) != 0 {
+                let k = py.borrowed(key)?;
+                let v = py.borrowed(val)?;
+                let kv = to_value(&k, depth + 1).map_err(|e| in_container(e, "dict key"))?;
+                let vv = to_value(&v, depth + 1).map_err(|e| in_container(e, "dict value"))?;
+                items.push((kv, vv));
+            }
+            return Ok(Value::Dict(items));
+        }
+    }
+    Err(Error::Unshareable {
+        type_name: obj.type_name(),
+        detail: String::new(),
+    })
+}
+
+fn in_container(err: Error, place: &str) -> Error {
+    match err {
+        Error::Unshareable { type_name, detail } if detail.is_empty() => Error::Unshareable {
+            type_name,
+            detail: format!("found inside a {place}"),
+        },
+        other => other,
+    }
+}

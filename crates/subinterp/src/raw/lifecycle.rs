@@ -1,0 +1,248 @@
+//! Process start-up and shut-down, and the thread states of subinterpreters.
+
+use std::ffi::c_int;
+use std::mem::MaybeUninit;
+use std::ptr::NonNull;
+
+use pyo3_ffi as ffi;
+
+use super::object::{cstring, from_cstr};
+use super::Python;
+
+/// Options for [`initialize`], already validated by the caller.
+pub(crate) struct InitOptions<'a> {
+    pub home: Option<&'a str>,
+    pub executable: Option<&'a str>,
+    pub use_environment: bool,
+    pub site_import: bool,
+}
+
+/// The main interpreter's thread state, detached, owned by the thread that initialised
+/// the runtime. It is the only handle through which the runtime can be finalised.
+pub(crate) struct MainThreadState(NonNull<ffi::PyThreadState>);
+
+/// The main interpreter, from which new interpreters are created.
+#[derive(Clone, Copy)]
+pub(crate) struct MainInterpreter(NonNull<ffi::PyInterpreterState>);
+
+// SAFETY: the pointer designates the process-wide main interpreter, which lives until the
+// runtime is finalised; the runtime is finalised only after every interpreter thread,
+// the only users of this handle, has ended.
+unsafe impl Send for MainInterpreter {}
+// SAFETY: see `Send`; the handle is only read.
+unsafe impl Sync for MainInterpreter {}
+
+fn status_error(status: &ffi::PyStatus) -> Option<String> {
+    // SAFETY: `PyStatus_Exception` only reads the plain struct.
+    if unsafe { ffi::PyStatus_Exception(*status) } == 0 {
+        return None;
+    }
+    // SAFETY: `func` and `err_msg` are NULL or static C strings set by CPython.
+    let (func, msg) = unsafe { (from_cstr(status.func), from_cstr(status.err_msg)) };
+    Some(if func.is_empty() {
+        msg
+    } else {
+        format!("{func}: {msg}")
+    })
+}
+
+/// Initialises CPython on the calling thread, then detaches, returning the main thread
+/// state for [`finalize`].
+pub(crate) fn initialize(
+    opts: &InitOptions<'_>,
+) -> Result<(MainThreadState, MainInterpreter), String> {
+    // SAFETY: reading a flag; no other thread can be initialising (the caller serialises).
+    if unsafe { ffi::Py_IsInitialized() } != 0 {
+        return Err("Python is already initialised in this process by other code".into());
+    }
+    let mut config = MaybeUninit::<ffi::PyConfig>::uninit();
+    // SAFETY: PyConfig_InitIsolatedConfig fully initialises the struct.
+    unsafe { ffi::PyConfig_InitIsolatedConfig(config.as_mut_ptr()) };
+    // SAFETY: initialised just above.
+    let mut config = unsafe { config.assume_init() };
+    config.install_signal_handlers = 0;
+    config.parse_argv = 0;
+    config.user_site_directory = 0;
+    config.use_environment = c_int::from(opts.use_environment);
+    config.site_import = c_int::from(opts.site_import);
+    let cfg: *mut ffi::PyConfig = &mut config;
+    let set = |field: *mut *mut libc::wchar_t, value: &str| -> Result<(), String> {
+        let value = cstring(value);
+        // SAFETY: `cfg` points to the initialised `config`, which outlives this closure;
+        // `field` points into it; the string is NUL-terminated and copied by CPython.
+        let status = unsafe { ffi::PyConfig_SetBytesString(cfg, field, value.as_ptr()) };
+        status_error(&status).map_or(Ok(()), Err)
+    };
+    let result = (|| {
+        if let Some(home) = opts.home {
+            // SAFETY: taking the address of a field of the live config.
+            set(unsafe { std::ptr::addr_of_mut!((*cfg).home) }, home)?;
+        }
+        if let Some(executable) = opts.executable {
+            // SAFETY: taking the address of a field of the live config.
+            set(
+                unsafe { std::ptr::addr_of_mut!((*cfg).executable) },
+                executable,
+            )?;
+        }
+        // SAFETY: `config` is a fully initialised PyConfig; no interpreter exists yet.
+        let status = unsafe { ffi::Py_InitializeFromConfig(cfg) };
+        status_error(&status).map_or(Ok(()), Err)
+    })();
+    // SAFETY: releases the memory the config owns; the runtime made its own copy.
+    unsafe { ffi::PyConfig_Clear(cfg) };
+    result?;
+    // SAFETY: initialisation succeeded, so this thread holds the main GIL; detach it.
+    let tstate = unsafe { ffi::PyEval_SaveThread() };
+    // SAFETY: the main interpreter exists after a successful initialisation.
+    let interp = unsafe { ffi::PyInterpreterState_Main() };
+    match (NonNull::new(tstate), NonNull::new(interp)) {
+        (Some(ts), Some(interp)) => Ok((MainThreadState(ts), MainInterpreter(interp))),
+        _ => Err("CPython did not return the main thread state".into()),
+    }
+}
+
+impl MainThreadState {
+    /// Runs `f` with the main interpreter's GIL held.
+    pub(crate) fn with_gil<R>(&self, f: impl for<'py> FnOnce(Python<'py>) -> R) -> R {
+        // SAFETY: this thread owns the detached main thread state.
+        unsafe { ffi::PyEval_RestoreThread(self.0.as_ptr()) };
+        let _detach = Detach;
+        // SAFETY: attached just above, detached when `_detach` drops (also on unwind).
+        unsafe { Python::assume_attached(f) }
+    }
+
+    /// Finalises CPython. Must be called on the thread that called [`initialize`], after
+    /// every other interpreter has ended. Returns false if flushing buffered data failed.
+    pub(crate) fn finalize(self) -> bool {
+        // SAFETY: this thread owns the main thread state; re-attach it, then finalise,
+        // which destroys it.
+        unsafe {
+            ffi::PyEval_RestoreThread(self.0.as_ptr());
+            ffi::Py_FinalizeEx() == 0
+        }
+    }
+}
+
+/// Detaches the current thread state when dropped.
+struct Detach;
+
+impl Drop for Detach {
+    fn drop(&mut self) {
+        // SAFETY: created only right after attaching a thread state on this thread.
+        unsafe { ffi::PyEval_SaveThread() };
+    }
+}
+
+/// The fields of `PyInterpreterConfig`, validated by the caller.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RawConfig {
+    pub use_main_obmalloc: bool,
+    pub allow_fork: bool,
+    pub allow_exec: bool,
+    pub allow_threads: bool,
+    pub allow_daemon_threads: bool,
+    pub check_multi_interp_extensions: bool,
+    pub own_gil: bool,
+}
+
+/// A subinterpreter and the thread states through which the owning thread uses it.
+///
+/// Not `Send`: it lives and dies on the thread that created it.
+pub(crate) struct SubInterpreter {
+    tstate: NonNull<ffi::PyThreadState>,
+    /// A thread state of the main interpreter for this thread, attached only while
+    /// creating and after ending the subinterpreter.
+    main_tstate: NonNull<ffi::PyThreadState>,
+    id: i64,
+}
+
+impl SubInterpreter {
+    /// Creates a subinterpreter on the calling thread. On success the new interpreter's
+    /// thread state is created but detached.
+    pub(crate) fn new(main: MainInterpreter, config: RawConfig) -> Result<SubInterpreter, String> {
+        let raw = ffi::PyInterpreterConfig {
+            use_main_obmalloc: c_int::from(config.use_main_obmalloc),
+            allow_fork: c_int::from(config.allow_fork),
+            allow_exec: c_int::from(config.allow_exec),
+            allow_threads: c_int::from(config.allow_threads),
+            allow_daemon_threads: c_int::from(config.allow_daemon_threads),
+            check_multi_interp_extensions: c_int::from(config.check_multi_interp_extensions),
+            gil: if config.own_gil {
+                ffi::PyInterpreterConfig_OWN_GIL
+            } else {
+                ffi::PyInterpreterConfig_SHARED_GIL
+            },
+        };
+        // SAFETY: `main` is the live main interpreter; the new thread state belongs to this
+        // thread.
+        let main_tstate = unsafe { ffi::PyThreadState_New(main.0.as_ptr()) };
+        let main_tstate = NonNull::new(main_tstate)
+            .ok_or_else(|| "could not allocate a thread state".to_owned())?;
+        // SAFETY: attach this thread to the main interpreter: CPython creates interpreters
+        // from an attached thread state and copies the main config from it.
+        unsafe { ffi::PyEval_RestoreThread(main_tstate.as_ptr()) };
+        let mut tstate: *mut ffi::PyThreadState = std::ptr::null_mut();
+        // SAFETY: the main thread state is attached; `raw` is a valid config. On success the
+        // new thread state is current (and the main GIL released); on failure the main
+        // thread state is current again.
+        let status = unsafe { ffi::Py_NewInterpreterFromConfig(&mut tstate, &raw) };
+        let failure = status_error(&status);
+        match (failure, NonNull::new(tstate)) {
+            (None, Some(tstate)) => {
+                // SAFETY: the new thread state is current; detach it. The id is read first.
+                let id = unsafe {
+                    let id = ffi::PyInterpreterState_GetID(ffi::PyThreadState_GetInterpreter(
+                        tstate.as_ptr(),
+                    ));
+                    ffi::PyEval_SaveThread();
+                    id
+                };
+                Ok(SubInterpreter {
+                    tstate,
+                    main_tstate,
+                    id,
+                })
+            }
+            (failure, _) => {
+                // SAFETY: on failure the main thread state is current again; throw it away.
+                unsafe {
+                    if ffi::PyThreadState_Get() == main_tstate.as_ptr() {
+                        ffi::PyErr_Clear();
+                        ffi::PyThreadState_Clear(main_tstate.as_ptr());
+                        ffi::PyThreadState_DeleteCurrent();
+                    }
+                }
+                Err(failure.unwrap_or_else(|| "no thread state returned".into()))
+            }
+        }
+    }
+
+    /// CPython's id of this interpreter.
+    pub(crate) fn id(&self) -> i64 {
+        self.id
+    }
+
+    /// Runs `f` with this interpreter's GIL held.
+    pub(crate) fn with_gil<R>(&self, f: impl for<'py> FnOnce(Python<'py>) -> R) -> R {
+        // SAFETY: this thread owns the detached thread state of this interpreter.
+        unsafe { ffi::PyEval_RestoreThread(self.tstate.as_ptr()) };
+        let _detach = Detach;
+        // SAFETY: attached just above, detached when `_detach` drops (also on unwind).
+        unsafe { Python::assume_attached(f) }
+    }
+
+    /// Ends the interpreter: waits for its Python threads, runs `atexit`, and frees it.
+    pub(crate) fn end(self) {
+        // SAFETY: this thread owns both thread states. Attach the interpreter's own, end it
+        // (which leaves no current thread state), then attach and delete this thread's
+        // main thread state.
+        unsafe {
+            ffi::PyEval_RestoreThread(self.tstate.as_ptr());
+            ffi::Py_EndInterpreter(self.tstate.as_ptr());
+            ffi::PyEval_RestoreThread(self.main_tstate.as_ptr());
+            ffi::PyThreadState_Clear(self.main_tstate.as_ptr());
+            ffi::PyThreadState_DeleteCurrent();
+        }
+    }
+}

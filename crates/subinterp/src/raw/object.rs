@@ -1,0 +1,503 @@
+//! The GIL token and owned object references.
+
+use std::ffi::{c_char, CStr, CString};
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+
+use pyo3_ffi as ffi;
+
+use crate::error::{Error, PyException, Result};
+use crate::Value;
+
+/// Proof that the current thread holds the GIL of one interpreter.
+///
+/// A `Python<'py>` is handed to closures run with
+/// [`Interpreter::with_gil`](crate::Interpreter::with_gil). The lifetime `'py` is a
+/// brand: every call gets a fresh one, and it is invariant, so a [`PyObj<'py>`] made under
+/// one token cannot be used with another interpreter's token, cannot outlive the closure,
+/// and cannot be sent to another thread.
+///
+/// ```compile_fail
+/// # use subinterp::{Interpreter, PyObj};
+/// fn smuggle(a: &Interpreter) {
+///     // The object cannot leave the closure: its type mentions the closure's brand.
+///     let leaked = a.with_gil(|py| py.eval("object()").unwrap()).unwrap();
+/// }
+/// ```
+///
+/// ```compile_fail
+/// # use subinterp::{Interpreter, Python, PyObj};
+/// fn mix<'a, 'b>(py_a: Python<'a>, obj_b: PyObj<'b>) {
+///     // Objects of interpreter B cannot be used under interpreter A's token.
+///     let _ = py_a.call(&py_a.builtins().unwrap(), &[&obj_b]);
+/// }
+/// ```
+#[derive(Clone, Copy)]
+pub struct Python<'py> {
+    // `fn(&'py ()) -> &'py ()` makes the brand invariant; `*mut ()` makes it !Send/!Sync.
+    _brand: PhantomData<(fn(&'py ()) -> &'py (), *mut ())>,
+}
+
+/// An owned (strong) reference to a Python object of the interpreter whose GIL the
+/// brand `'py` stands for. Cloning increments the reference count; dropping decrements it.
+pub struct PyObj<'py> {
+    ptr: NonNull<ffi::PyObject>,
+    py: Python<'py>,
+}
+
+impl<'py> Python<'py> {
+    /// Runs `f` with a token for the GIL the current thread holds.
+    ///
+    /// # Safety
+    /// The calling thread must hold the GIL of an interpreter (its thread state attached)
+    /// for the whole call of `f`.
+    pub(crate) unsafe fn assume_attached<R>(f: impl for<'p> FnOnce(Python<'p>) -> R) -> R {
+        f(Python {
+            _brand: PhantomData,
+        })
+    }
+
+    /// The id CPython gives the interpreter (0 is the main interpreter).
+    pub fn interpreter_id(self) -> i64 {
+        // SAFETY: the token proves a thread state is attached, so the current interpreter exists.
+        unsafe { ffi::PyInterpreterState_GetID(ffi::PyInterpreterState_Get()) }
+    }
+
+    /// Takes ownership of a new reference returned by the C API, or fetches the raised
+    /// exception when it is NULL.
+    pub(crate) fn own(self, ptr: *mut ffi::PyObject) -> Result<PyObj<'py>> {
+        match NonNull::new(ptr) {
+            Some(ptr) => Ok(PyObj { ptr, py: self }),
+            None => Err(self.fetch_error()),
+        }
+    }
+
+    /// Takes a new strong reference to a borrowed pointer.
+    pub(crate) fn borrowed(self, ptr: *mut ffi::PyObject) -> Result<PyObj<'py>> {
+        if !ptr.is_null() {
+            // SAFETY: `ptr` is a live object of this interpreter (borrowed from the caller)
+            // and the GIL is held.
+            unsafe { ffi::Py_IncRef(ptr) };
+        }
+        self.own(ptr)
+    }
+
+    /// Fails with the currently raised exception if the C call reported an error (-1).
+    pub(crate) fn check(self, status: std::ffi::c_int) -> Result<()> {
+        if status < 0 {
+            Err(self.fetch_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The exception currently raised in this interpreter, as an [`Error`]. When none is
+    /// raised (a C function failed without setting one) a `SystemError` snapshot is made.
+    pub(crate) fn fetch_error(self) -> Error {
+        Error::Python(Box::new(self.fetch_exception()))
+    }
+
+    fn fetch_exception(self) -> PyException {
+        // SAFETY: GIL held; returns a new reference or NULL, and clears the error indicator.
+        let raw = unsafe { ffi::PyErr_GetRaisedException() };
+        match NonNull::new(raw) {
+            Some(ptr) => {
+                let exc = PyObj { ptr, py: self };
+                snapshot(&exc, 0)
+            }
+            None => PyException {
+                type_name: "builtins.SystemError".into(),
+                message: "a C API call failed without setting an exception".into(),
+                traceback: String::new(),
+                cause: None,
+                context: None,
+            },
+        }
+    }
+
+    /// Raises `exc_type(message)` in this interpreter and returns it as an [`Error`]
+    /// snapshot, with a traceback of one line.
+    pub(crate) fn new_error(self, kind: ExcKind, message: &str) -> Error {
+        let text = CString::new(message.replace('\0', "\\0")).unwrap_or_default();
+        // SAFETY: GIL held; the exception type is a static built-in type and `text` is a
+        // NUL-terminated UTF-8 string that lives across the call.
+        unsafe { ffi::PyErr_SetString(kind.as_ptr(), text.as_ptr()) };
+        self.fetch_error()
+    }
+
+    /// `None`.
+    pub fn none(self) -> PyObj<'py> {
+        // SAFETY: Py_None is immortal/static and the GIL is held.
+        self.borrowed(unsafe { ffi::Py_None() })
+            .expect("None is never NULL")
+    }
+
+    /// A new `str`.
+    pub fn str(self, text: &str) -> Result<PyObj<'py>> {
+        // SAFETY: GIL held; pointer/length describe valid UTF-8 that lives across the call.
+        self.own(unsafe {
+            ffi::PyUnicode_FromStringAndSize(text.as_ptr().cast::<c_char>(), len(text.len()))
+        })
+    }
+
+    /// A new `dict`.
+    pub fn dict(self) -> Result<PyObj<'py>> {
+        // SAFETY: GIL held.
+        self.own(unsafe { ffi::PyDict_New() })
+    }
+
+    /// A new `tuple` of the given objects.
+    pub fn tuple(self, items: &[&PyObj<'py>]) -> Result<PyObj<'py>> {
+        // SAFETY: GIL held.
+        let tuple = self.own(unsafe { ffi::PyTuple_New(len(items.len())) })?;
+        for (i, item) in items.iter().enumerate() {
+            // SAFETY: `tuple` is a fresh tuple of the right size; SET_ITEM steals the new
+            // reference we create for it.
+            unsafe {
+                ffi::Py_IncRef(item.as_ptr());
+                ffi::PyTuple_SET_ITEM(tuple.as_ptr(), len(i), item.as_ptr());
+            }
+        }
+        Ok(tuple)
+    }
+
+    /// Imports a module (`import name`), returning it.
+    pub fn import(self, name: &str) -> Result<PyObj<'py>> {
+        let name_obj = self.str(name)?;
+        // SAFETY: GIL held; `name_obj` is a live str. Looks in sys.modules first
+        // (PyImport_GetModule returns a new reference or NULL without error when absent).
+        let cached = unsafe { ffi::PyImport_GetModule(name_obj.as_ptr()) };
+        if !cached.is_null() {
+            return self.own(cached);
+        }
+        // SAFETY: GIL held; PyImport_GetModule may have set an error, which we surface.
+        if unsafe { !ffi::PyErr_Occurred().is_null() } {
+            return Err(self.fetch_error());
+        }
+        // SAFETY: GIL held; `name_obj` is a live str.
+        self.own(unsafe { ffi::PyImport_Import(name_obj.as_ptr()) })
+    }
+
+    /// The `builtins` module.
+    pub fn builtins(self) -> Result<PyObj<'py>> {
+        self.import("builtins")
+    }
+
+    /// The namespace (`__dict__`) of this interpreter's `__main__` module.
+    pub fn main_dict(self) -> Result<PyObj<'py>> {
+        self.import("__main__")?.getattr("__dict__")
+    }
+
+    /// Compiles `source` (mode `"exec"`, `"eval"` or `"single"`) with `filename` shown in
+    /// tracebacks.
+    pub fn compile(self, source: &str, filename: &str, mode: &str) -> Result<PyObj<'py>> {
+        let compile = self.builtins()?.getattr("compile")?;
+        self.call(
+            &compile,
+            &[&self.str(source)?, &self.str(filename)?, &self.str(mode)?],
+        )
+    }
+
+    /// Evaluates a code object in `globals` (also used as locals).
+    pub fn eval_code(self, code: &PyObj<'py>, globals: &PyObj<'py>) -> Result<PyObj<'py>> {
+        // SAFETY: GIL held; both objects are live objects of this interpreter; a
+        // non-code `code` or non-dict `globals` raises instead of crashing.
+        if unsafe { ffi::PyDict_Check(globals.as_ptr()) } == 0 {
+            return Err(self.new_error(ExcKind::Type, "globals must be a dict"));
+        }
+        // SAFETY: as above; `PyEval_EvalCode` checks the code object's type.
+        if unsafe { ffi::PyCode_Check(code.as_ptr()) } == 0 {
+            return Err(self.new_error(ExcKind::Type, "expected a code object"));
+        }
+        // SAFETY: checked types above; GIL held.
+        self.own(unsafe { ffi::PyEval_EvalCode(code.as_ptr(), globals.as_ptr(), globals.as_ptr()) })
+    }
+
+    /// Runs statements in `globals`, as `exec(source, globals)` would.
+    pub fn run(self, source: &str, filename: &str, globals: &PyObj<'py>) -> Result<()> {
+        let code = self.compile(source, filename, "exec")?;
+        self.eval_code(&code, globals).map(drop)
+    }
+
+    /// Evaluates an expression in `globals`, as `eval(source, globals)` would.
+    pub fn eval_in(self, source: &str, globals: &PyObj<'py>) -> Result<PyObj<'py>> {
+        let code = self.compile(source, "<eval>", "eval")?;
+        self.eval_code(&code, globals)
+    }
+
+    /// Evaluates an expression in the `__main__` namespace.
+    pub fn eval(self, source: &str) -> Result<PyObj<'py>> {
+        self.eval_in(source, &self.main_dict()?)
+    }
+
+    /// Calls `callable(*args, **kwargs)`.
+    pub fn call(self, callable: &PyObj<'py>, args: &[&PyObj<'py>]) -> Result<PyObj<'py>> {
+        self.call_kw(callable, args, None)
+    }
+
+    /// Calls `callable(*args, **kwargs)` where `kwargs` is a dict (or none).
+    pub fn call_kw(
+        self,
+        callable: &PyObj<'py>,
+        args: &[&PyObj<'py>],
+        kwargs: Option<&PyObj<'py>>,
+    ) -> Result<PyObj<'py>> {
+        if let Some(kw) = kwargs {
+            // SAFETY: GIL held; checks the type of a live object.
+            if unsafe { ffi::PyDict_Check(kw.as_ptr()) } == 0 {
+                return Err(self.new_error(ExcKind::Type, "keyword arguments must be a dict"));
+            }
+        }
+        let ptrs: Vec<*mut ffi::PyObject> = args.iter().map(|a| a.as_ptr()).collect();
+        let kw = kwargs.map_or(std::ptr::null_mut(), |k| k.as_ptr());
+        // SAFETY: GIL held; `ptrs` holds `ptrs.len()` borrowed live objects that outlive the
+        // call; `kw` is NULL or a dict.
+        self.own(unsafe {
+            ffi::PyObject_VectorcallDict(callable.as_ptr(), ptrs.as_ptr(), ptrs.len(), kw)
+        })
+    }
+
+    /// Builds Python objects from a [`Value`] (a deep copy).
+    pub fn to_object(self, value: &Value) -> Result<PyObj<'py>> {
+        super::convert::to_object(self, value, 0)
+    }
+}
+
+impl<'py> PyObj<'py> {
+    /// The raw pointer (borrowed).
+    pub(crate) fn as_ptr(&self) -> *mut ffi::PyObject {
+        self.ptr.as_ptr()
+    }
+
+    /// The token this object is tied to.
+    pub fn py(&self) -> Python<'py> {
+        self.py
+    }
+
+    /// `getattr(self, name)`.
+    pub fn getattr(&self, name: &str) -> Result<PyObj<'py>> {
+        let name = self.py.str(name)?;
+        // SAFETY: GIL held; both are live objects.
+        self.py
+            .own(unsafe { ffi::PyObject_GetAttr(self.as_ptr(), name.as_ptr()) })
+    }
+
+    /// `setattr(self, name, value)`.
+    pub fn setattr(&self, name: &str, value: &PyObj<'py>) -> Result<()> {
+        let name = self.py.str(name)?;
+        // SAFETY: GIL held; all three are live objects.
+        self.py
+            .check(unsafe { ffi::PyObject_SetAttr(self.as_ptr(), name.as_ptr(), value.as_ptr()) })
+    }
+
+    /// `self[key]`.
+    pub fn get_item(&self, key: &PyObj<'py>) -> Result<PyObj<'py>> {
+        // SAFETY: GIL held; both are live objects.
+        self.py
+            .own(unsafe { ffi::PyObject_GetItem(self.as_ptr(), key.as_ptr()) })
+    }
+
+    /// `self[key] = value`.
+    pub fn set_item(&self, key: &PyObj<'py>, value: &PyObj<'py>) -> Result<()> {
+        // SAFETY: GIL held; all three are live objects.
+        self.py
+            .check(unsafe { ffi::PyObject_SetItem(self.as_ptr(), key.as_ptr(), value.as_ptr()) })
+    }
+
+    /// `self(*args)`.
+    pub fn call(&self, args: &[&PyObj<'py>]) -> Result<PyObj<'py>> {
+        self.py.call(self, args)
+    }
+
+    /// `self.name(*args)`.
+    pub fn call_method(&self, name: &str, args: &[&PyObj<'py>]) -> Result<PyObj<'py>> {
+        self.getattr(name)?.call(args)
+    }
+
+    /// True if this is `None`.
+    pub fn is_none(&self) -> bool {
+        // SAFETY: Py_None is static; comparing pointers needs no GIL beyond the token's.
+        self.as_ptr() == unsafe { ffi::Py_None() }
+    }
+
+    /// `str(self)` as a Rust string.
+    pub fn str(&self) -> Result<String> {
+        // SAFETY: GIL held; live object.
+        let s = self.py.own(unsafe { ffi::PyObject_Str(self.as_ptr()) })?;
+        s.extract_str()
+    }
+
+    /// `repr(self)` as a Rust string.
+    pub fn repr(&self) -> Result<String> {
+        // SAFETY: GIL held; live object.
+        let s = self.py.own(unsafe { ffi::PyObject_Repr(self.as_ptr()) })?;
+        s.extract_str()
+    }
+
+    /// The contents of a `str` object.
+    pub fn extract_str(&self) -> Result<String> {
+        super::convert::str_contents(self)
+    }
+
+    /// The qualified name of the object's type: `builtins.int`, `collections.OrderedDict`.
+    pub fn type_name(&self) -> String {
+        // SAFETY: GIL held; Py_TYPE of a live object is a live type object.
+        let ty = self
+            .py
+            .borrowed(unsafe { ffi::Py_TYPE(self.as_ptr()) }.cast::<ffi::PyObject>());
+        match ty {
+            Ok(ty) => qualified_name(&ty).unwrap_or_else(|| "<unknown type>".to_owned()),
+            Err(_) => "<unknown type>".to_owned(),
+        }
+    }
+
+    /// Copies the object out as a [`Value`], or fails with
+    /// [`Error::Unshareable`](crate::Error::Unshareable) naming the first object that is
+    /// not plain data.
+    pub fn to_value(&self) -> Result<Value> {
+        super::convert::to_value(self, 0)
+    }
+}
+
+impl Clone for PyObj<'_> {
+    fn clone(&self) -> Self {
+        // SAFETY: the brand proves the GIL of this object's interpreter is held.
+        unsafe { ffi::Py_IncRef(self.as_ptr()) };
+        PyObj {
+            ptr: self.ptr,
+            py: self.py,
+        }
+    }
+}
+
+impl Drop for PyObj<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the brand proves the GIL of this object's interpreter is held, and we own
+        // one reference.
+        unsafe { ffi::Py_DecRef(self.as_ptr()) };
+    }
+}
+
+impl std::fmt::Debug for PyObj<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.repr() {
+            Ok(r) => f.write_str(&r),
+            Err(_) => write!(f, "<{} object>", self.type_name()),
+        }
+    }
+}
+
+/// Built-in exception types raised by the crate itself.
+#[derive(Clone, Copy)]
+pub(crate) enum ExcKind {
+    Type,
+    Value,
+    Recursion,
+}
+
+impl ExcKind {
+    fn as_ptr(self) -> *mut ffi::PyObject {
+        // SAFETY: reading the addresses of CPython's static exception type objects.
+        unsafe {
+            match self {
+                ExcKind::Type => ffi::PyExc_TypeError,
+                ExcKind::Value => ffi::PyExc_ValueError,
+                ExcKind::Recursion => ffi::PyExc_RecursionError,
+            }
+        }
+    }
+}
+
+pub(crate) fn len(n: usize) -> ffi::Py_ssize_t {
+    ffi::Py_ssize_t::try_from(n).expect("length fits in Py_ssize_t")
+}
+
+/// `module.qualname` of a type object; `None` if either attribute is missing.
+fn qualified_name(ty: &PyObj<'_>) -> Option<String> {
+    let quiet = |r: Result<PyObj<'_>>| r.ok().and_then(|o| o.extract_str().ok());
+    let qualname = quiet(ty.getattr("__qualname__"));
+    let module = quiet(ty.getattr("__module__"));
+    // SAFETY: GIL held (the token lives in `ty`); clears any error the lookups left.
+    unsafe { ffi::PyErr_Clear() };
+    let qualname = qualname?;
+    Some(match module {
+        Some(m) => format!("{m}.{qualname}"),
+        None => qualname,
+    })
+}
+
+const MAX_CHAIN: usize = 16;
+
+/// Copies an exception object into plain data. Never raises: every failure while
+/// describing the exception degrades to a placeholder text.
+fn snapshot(exc: &PyObj<'_>, depth: usize) -> PyException {
+    let py = exc.py();
+    let clear = || {
+        // SAFETY: GIL held through `py`.
+        unsafe { ffi::PyErr_Clear() }
+    };
+    let type_name = exc.type_name();
+    let message = exc.str().unwrap_or_else(|_| {
+        clear();
+        format!("<exception str() failed for {type_name}>")
+    });
+    let traceback = format_traceback(exc).unwrap_or_else(|_| {
+        clear();
+        if message.is_empty() {
+            format!("{type_name}\n")
+        } else {
+            format!("{type_name}: {message}\n")
+        }
+    });
+    let linked = |attr: &str| -> Option<Box<PyException>> {
+        if depth >= MAX_CHAIN {
+            return None;
+        }
+        let linked = exc.getattr(attr).ok();
+        clear();
+        let linked = linked.filter(|o| !o.is_none())?;
+        if linked.as_ptr() == exc.as_ptr() {
+            return None;
+        }
+        Some(Box::new(snapshot(&linked, depth + 1)))
+    };
+    let cause = linked("__cause__");
+    let context = linked("__context__");
+    let _ = py;
+    PyException {
+        type_name,
+        message,
+        traceback,
+        cause,
+        context,
+    }
+}
+
+fn format_traceback(exc: &PyObj<'_>) -> Result<String> {
+    let py = exc.py();
+    let lines = py
+        .import("traceback")?
+        .call_method("format_exception", &[exc])?;
+    let joined = py.str("")?.call_method("join", &[&lines])?;
+    joined.extract_str()
+}
+
+/// A C string for names passed to the C API.
+pub(crate) fn cstring(text: &str) -> CString {
+    CString::new(text).unwrap_or_else(|_| CString::new(text.replace('\0', "")).unwrap_or_default())
+}
+
+/// Reads a C string the C API returned (NULL gives an empty string).
+///
+/// # Safety
+/// `ptr` must be NULL or point to a NUL-terminated string valid for the call.
+pub(crate) unsafe fn from_cstr(ptr: *const c_char) -> String {
+    if ptr.is_null() {
+        String::new()
+    } else {
+        // SAFETY: guaranteed by the caller.
+        unsafe { CStr::from_ptr(ptr) }
+            .to_string_lossy()
+            .into_owned()
+    }
+}

@@ -1,0 +1,315 @@
+//! Process-wide CPython start-up and shut-down.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{bounded, Sender};
+
+use crate::error::{Error, Result};
+use crate::raw::lifecycle::{self, InitOptions, MainInterpreter};
+
+/// How CPython is started in this process.
+///
+/// ```
+/// let mut config = subinterp::RuntimeConfig::new();
+/// config.add_path("plugins").site_import(true);
+/// ```
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    home: Option<PathBuf>,
+    paths: Vec<PathBuf>,
+    venv: Venv,
+    site_import: bool,
+    use_environment: bool,
+}
+
+#[derive(Clone, Debug)]
+enum Venv {
+    /// `VIRTUAL_ENV` from the environment, when set.
+    FromEnvironment,
+    Path(PathBuf),
+    Off,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RuntimeConfig {
+    /// Defaults: Python's home found from the build's interpreter, the virtual
+    /// environment named by `VIRTUAL_ENV` (if any) on `sys.path`, `site` imported,
+    /// `PYTHON*` environment variables ignored.
+    pub fn new() -> Self {
+        RuntimeConfig {
+            home: None,
+            paths: Vec::new(),
+            venv: Venv::FromEnvironment,
+            site_import: true,
+            use_environment: false,
+        }
+    }
+
+    /// The Python installation to use (`PYTHONHOME`): the prefix holding `lib/python3.X`.
+    pub fn home(&mut self, dir: impl Into<PathBuf>) -> &mut Self {
+        self.home = Some(dir.into());
+        self
+    }
+
+    /// Prepend a directory to `sys.path` in every interpreter (in the order added).
+    pub fn add_path(&mut self, dir: impl Into<PathBuf>) -> &mut Self {
+        self.paths.push(dir.into());
+        self
+    }
+
+    /// Use the packages of this virtual environment (its `site-packages`, with `.pth`
+    /// files) in every interpreter. Replaces the `VIRTUAL_ENV` default.
+    pub fn virtual_env(&mut self, dir: impl Into<PathBuf>) -> &mut Self {
+        self.venv = Venv::Path(dir.into());
+        self
+    }
+
+    /// Ignore `VIRTUAL_ENV` and any virtual environment set before.
+    pub fn no_virtual_env(&mut self) -> &mut Self {
+        self.venv = Venv::Off;
+        self
+    }
+
+    /// Import `site` in each interpreter (the default). Turning it off makes interpreters
+    /// start about twice as fast, without `site-packages` (a configured virtual
+    /// environment's packages are still added to `sys.path`, without `.pth` processing).
+    pub fn site_import(&mut self, yes: bool) -> &mut Self {
+        self.site_import = yes;
+        self
+    }
+
+    /// Honour `PYTHONPATH`, `PYTHONHOME` and the other `PYTHON*` variables (off by
+    /// default, so a host behaves the same whatever the shell exports).
+    pub fn use_environment(&mut self, yes: bool) -> &mut Self {
+        self.use_environment = yes;
+        self
+    }
+
+    fn venv_dir(&self) -> Option<PathBuf> {
+        match &self.venv {
+            Venv::Off => None,
+            Venv::Path(p) => Some(p.clone()),
+            Venv::FromEnvironment => std::env::var_os("VIRTUAL_ENV")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
+        }
+    }
+}
+
+enum State {
+    Uninit,
+    Running(Weak<RuntimeInner>),
+    Finalized,
+}
+
+static STATE: Mutex<State> = Mutex::new(State::Uninit);
+
+/// The embedded CPython runtime of this process.
+///
+/// There is at most one per process. [`Runtime::init`] starts it; every [`Runtime`]
+/// handle and every [`Interpreter`](crate::Interpreter) keeps it alive, and when the
+/// last of them is dropped CPython is finalised — after every interpreter has ended.
+/// CPython cannot be started again in the same process after that.
+#[derive(Clone)]
+pub struct Runtime {
+    pub(crate) inner: Arc<RuntimeInner>,
+}
+
+pub(crate) struct RuntimeInner {
+    pub(crate) main: MainInterpreter,
+    /// Python code run in every new interpreter to set up `sys.path`.
+    pub(crate) bootstrap: String,
+    pub(crate) version: String,
+    shutdown: Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("python", &self.inner.version)
+            .finish()
+    }
+}
+
+impl Runtime {
+    /// Starts CPython for this process.
+    ///
+    /// Fails with [`Error::AlreadyInitialized`] if a runtime is running (get it with
+    /// [`Runtime::current`]) and [`Error::Finalized`] if one ran and was finalised.
+    pub fn init(config: &RuntimeConfig) -> Result<Runtime> {
+        let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
+        match &*state {
+            State::Running(weak) if weak.strong_count() > 0 => {
+                return Err(Error::AlreadyInitialized)
+            }
+            State::Running(_) | State::Finalized => return Err(Error::Finalized),
+            State::Uninit => {}
+        }
+        let inner = Arc::new(start(config)?);
+        *state = State::Running(Arc::downgrade(&inner));
+        Ok(Runtime { inner })
+    }
+
+    /// The running runtime, if there is one.
+    pub fn current() -> Option<Runtime> {
+        let state = STATE.lock().unwrap_or_else(|e| e.into_inner());
+        match &*state {
+            State::Running(weak) => weak.upgrade().map(|inner| Runtime { inner }),
+            _ => None,
+        }
+    }
+
+    /// The running runtime, or a new one started with `config`.
+    pub fn get_or_init(config: &RuntimeConfig) -> Result<Runtime> {
+        match Runtime::current() {
+            Some(rt) => Ok(rt),
+            None => match Runtime::init(config) {
+                Err(Error::AlreadyInitialized) => Runtime::current().ok_or(Error::Finalized),
+                other => other,
+            },
+        }
+    }
+
+    /// The embedded Python's version, e.g. `"3.13.0"`.
+    pub fn python_version(&self) -> &str {
+        &self.inner.version
+    }
+}
+
+fn start(config: &RuntimeConfig) -> Result<RuntimeInner> {
+    let build_python = option_env!("SUBINTERP_BUILD_PYTHON").filter(|p| Path::new(p).exists());
+    let home = config
+        .home
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned());
+    let executable = if home.is_none() {
+        build_python.map(str::to_owned)
+    } else {
+        None
+    };
+    let opts = (home, executable, config.use_environment, config.site_import);
+    let (ready_tx, ready_rx) = bounded::<Result<(MainInterpreter, String), String>>(1);
+    let (stop_tx, stop_rx) = bounded::<()>(1);
+    let thread = std::thread::Builder::new()
+        .name("subinterp-main".into())
+        .spawn(move || {
+            let (home, executable, use_environment, site_import) = opts;
+            let init = InitOptions {
+                home: home.as_deref(),
+                executable: executable.as_deref(),
+                use_environment,
+                site_import,
+            };
+            match lifecycle::initialize(&init) {
+                Ok((main_ts, main)) => {
+                    let version = main_ts.with_gil(|py| {
+                        py.import("sys")
+                            .and_then(|sys| sys.getattr("version"))
+                            .and_then(|v| v.extract_str())
+                            .map(|v| v.split_whitespace().next().unwrap_or("").to_owned())
+                            .unwrap_or_default()
+                    });
+                    let _ = ready_tx.send(Ok((main, version)));
+                    // Wait for the last handle to go (or the sender to vanish), then finalise.
+                    let _ = stop_rx.recv();
+                    if !main_ts.finalize() {
+                        tracing::warn!("Python reported an error while finalising");
+                    }
+                    tracing::debug!("Python runtime finalised");
+                }
+                Err(msg) => {
+                    let _ = ready_tx.send(Err(msg));
+                }
+            }
+        })
+        .map_err(|e| Error::InitFailed(format!("cannot start the runtime thread: {e}")))?;
+    let (main, version) = match ready_rx.recv() {
+        Ok(Ok(ready)) => ready,
+        Ok(Err(msg)) => {
+            let _ = thread.join();
+            return Err(Error::InitFailed(msg));
+        }
+        Err(_) => {
+            let _ = thread.join();
+            return Err(Error::InitFailed("the runtime thread ended early".into()));
+        }
+    };
+    let bootstrap = bootstrap_code(config, &version)?;
+    tracing::debug!(python = %version, "Python runtime initialised");
+    Ok(RuntimeInner {
+        main,
+        bootstrap,
+        version,
+        shutdown: Mutex::new(Some((stop_tx, thread))),
+    })
+}
+
+/// Python source run in each new interpreter: extra paths first on `sys.path`, then the
+/// virtual environment's `site-packages`.
+fn bootstrap_code(config: &RuntimeConfig, version: &str) -> Result<String> {
+    let mut code = String::from("import sys\n");
+    if !config.paths.is_empty() {
+        let dirs: Vec<String> = config.paths.iter().map(|p| py_str(p)).collect();
+        code.push_str(&format!("sys.path[0:0] = [{}]\n", dirs.join(", ")));
+    }
+    if let Some(venv) = config.venv_dir() {
+        let minor: Vec<&str> = version.split('.').take(2).collect();
+        let lib = venv
+            .join("lib")
+            .join(format!("python{}", minor.join(".")))
+            .join("site-packages");
+        if lib.is_dir() {
+            if config.site_import {
+                code.push_str(&format!("import site\nsite.addsitedir({})\n", py_str(&lib)));
+            } else {
+                code.push_str(&format!("sys.path.append({})\n", py_str(&lib)));
+            }
+        } else {
+            let message = format!(
+                "virtual environment {} has no {} (is it made for another Python than {version}?)",
+                venv.display(),
+                lib.display()
+            );
+            if matches!(config.venv, Venv::Path(_)) {
+                return Err(Error::InitFailed(message));
+            }
+            tracing::warn!("{message}; ignoring VIRTUAL_ENV");
+        }
+    }
+    Ok(code)
+}
+
+/// A Python string literal for a path.
+fn py_str(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    let mut out = String::from("'");
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+impl Drop for RuntimeInner {
+    fn drop(&mut self) {
+        let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
+        *state = State::Finalized;
+        let taken = self.shutdown.lock().ok().and_then(|mut s| s.take());
+        if let Some((stop, thread)) = taken {
+            let _ = stop.send(());
+            let _ = thread.join();
+        }
+    }
+}
