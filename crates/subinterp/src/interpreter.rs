@@ -16,6 +16,11 @@ use crate::raw::{PyObj, Python};
 use crate::runtime::{Runtime, RuntimeInner};
 use crate::Value;
 
+/// Stack of an interpreter's thread: as much as a Python main thread usually gets, so deep
+/// Python recursion and deep value conversion do not overflow it (it is virtual memory,
+/// committed only as used).
+const INTERPRETER_STACK: usize = 16 << 20;
+
 type Job = Box<dyn for<'py> FnOnce(Python<'py>) + Send>;
 
 enum Msg {
@@ -152,6 +157,7 @@ impl Interpreter {
         let (ready_tx, ready_rx) = bounded::<Result<i64>>(1);
         let thread = std::thread::Builder::new()
             .name("subinterp".into())
+            .stack_size(INTERPRETER_STACK)
             .spawn(move || {
                 let started = std::time::Instant::now();
                 let sub = match SubInterpreter::new(rt.main, raw) {
@@ -247,7 +253,7 @@ impl Interpreter {
         let (reply_tx, reply_rx) = bounded::<Result<R>>(1);
         let job: Job = Box::new(move |py| {
             let result = catch_unwind(AssertUnwindSafe(|| f(py)))
-                .unwrap_or_else(|payload| Err(Error::Panic(panic_message(&payload))));
+                .unwrap_or_else(|payload| Err(Error::Panic(panic_message(&*payload))));
             let _ = reply_tx.send(result);
         });
         self.tx.send(Msg::Job(job)).map_err(|_| Error::Closed)?;
@@ -348,7 +354,9 @@ impl Interpreter {
         }
         let thread = self.thread.lock().ok().and_then(|mut t| t.take());
         if let Some(thread) = thread {
-            thread.join().map_err(|p| Error::Panic(panic_message(&p)))?;
+            thread
+                .join()
+                .map_err(|p| Error::Panic(panic_message(&*p)))?;
         }
         Ok(())
     }

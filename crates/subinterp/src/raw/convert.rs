@@ -18,23 +18,28 @@ pub(crate) fn to_object<'py>(py: Python<'py>, value: &Value, depth: usize) -> Re
     if depth > MAX_DEPTH {
         return Err(py.new_error(ExcKind::Recursion, "value nested more than 512 levels deep"));
     }
-    // SAFETY (for every block below): the token proves the GIL is held; every pointer
-    // passed in is a live object or a buffer that outlives the call; constructors return
-    // a new reference or NULL with an exception set, which `own` handles.
+    // In every block below the token proves the GIL is held, and constructors return a
+    // new reference or NULL with an exception set, which `own` turns into an error.
     match value {
         Value::None => Ok(py.none()),
+        // SAFETY: GIL held; plain value argument.
         Value::Bool(b) => py.own(unsafe { ffi::PyBool_FromLong(i64::from(*b) as _) }),
+        // SAFETY: GIL held; plain value argument.
         Value::Int(n) => py.own(unsafe { ffi::PyLong_FromLongLong(*n) }),
         Value::BigInt(n) => {
             let text = super::object::cstring(&n.to_str_radix(16));
+            // SAFETY: GIL held; `text` is a NUL-terminated string alive across the call.
             py.own(unsafe { ffi::PyLong_FromString(text.as_ptr(), std::ptr::null_mut(), 16) })
         }
+        // SAFETY: GIL held; plain value argument.
         Value::Float(x) => py.own(unsafe { ffi::PyFloat_FromDouble(*x) }),
         Value::Str(s) => py.str(s),
+        // SAFETY: GIL held; pointer and length describe `b`, alive across the call.
         Value::Bytes(b) => py.own(unsafe {
             ffi::PyBytes_FromStringAndSize(b.as_ptr().cast::<c_char>(), len(b.len()))
         }),
         Value::List(items) => {
+            // SAFETY: GIL held.
             let list = py.own(unsafe { ffi::PyList_New(len(items.len())) })?;
             for (i, item) in items.iter().enumerate() {
                 let obj = to_object(py, item, depth + 1)?;
@@ -45,6 +50,7 @@ pub(crate) fn to_object<'py>(py: Python<'py>, value: &Value, depth: usize) -> Re
             Ok(list)
         }
         Value::Tuple(items) => {
+            // SAFETY: GIL held.
             let tuple = py.own(unsafe { ffi::PyTuple_New(len(items.len())) })?;
             for (i, item) in items.iter().enumerate() {
                 let obj = to_object(py, item, depth + 1)?;
@@ -58,6 +64,7 @@ pub(crate) fn to_object<'py>(py: Python<'py>, value: &Value, depth: usize) -> Re
             for (k, v) in items {
                 let key = to_object(py, k, depth + 1)?;
                 let val = to_object(py, v, depth + 1)?;
+                // SAFETY: GIL held; `dict` is a dict and key/value are live objects.
                 py.check(unsafe {
                     ffi::PyDict_SetItem(dict.as_ptr(), key.as_ptr(), val.as_ptr())
                 })?;
@@ -117,8 +124,8 @@ pub(crate) fn to_value(obj: &PyObj<'_>, depth: usize) -> Result<Value> {
             detail: "nested more than 512 levels deep (is it a recursive structure?)".into(),
         });
     }
-    // SAFETY (for every block below): the token proves the GIL is held, `p` is a live
-    // object, the type checks guard the type-specific calls, and results are checked.
+    // SAFETY: the token proves the GIL is held and `p` is a live object; each
+    // type-specific call is guarded by its type check, and every result is checked.
     unsafe {
         if p == ffi::Py_None() {
             return Ok(Value::None);

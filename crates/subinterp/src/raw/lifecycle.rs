@@ -76,14 +76,13 @@ pub(crate) fn initialize(
     let result = (|| {
         if let Some(home) = opts.home {
             // SAFETY: taking the address of a field of the live config.
-            set(unsafe { std::ptr::addr_of_mut!((*cfg).home) }, home)?;
+            let field = unsafe { std::ptr::addr_of_mut!((*cfg).home) };
+            set(field, home)?;
         }
         if let Some(executable) = opts.executable {
             // SAFETY: taking the address of a field of the live config.
-            set(
-                unsafe { std::ptr::addr_of_mut!((*cfg).executable) },
-                executable,
-            )?;
+            let field = unsafe { std::ptr::addr_of_mut!((*cfg).executable) };
+            set(field, executable)?;
         }
         // SAFETY: `config` is a fully initialised PyConfig; no interpreter exists yet.
         let status = unsafe { ffi::Py_InitializeFromConfig(cfg) };

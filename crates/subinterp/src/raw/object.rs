@@ -17,7 +17,7 @@ use crate::Value;
 /// one token cannot be used with another interpreter's token, cannot outlive the closure,
 /// and cannot be sent to another thread.
 ///
-/// ```compile_fail
+/// ```compile_fail,E0277
 /// # use subinterp::{Interpreter, PyObj};
 /// fn smuggle(a: &Interpreter) {
 ///     // The object cannot leave the closure: its type mentions the closure's brand.
@@ -34,9 +34,11 @@ use crate::Value;
 /// ```
 #[derive(Clone, Copy)]
 pub struct Python<'py> {
-    // `fn(&'py ()) -> &'py ()` makes the brand invariant; `*mut ()` makes it !Send/!Sync.
-    _brand: PhantomData<(fn(&'py ()) -> &'py (), *mut ())>,
+    _brand: Brand<'py>,
 }
+
+/// `fn(&'py ()) -> &'py ()` makes the brand invariant; `*mut ()` makes it `!Send + !Sync`.
+type Brand<'py> = PhantomData<(fn(&'py ()) -> &'py (), *mut ())>;
 
 /// An owned (strong) reference to a Python object of the interpreter whose GIL the
 /// brand `'py` stands for. Cloning increments the reference count; dropping decrements it.
