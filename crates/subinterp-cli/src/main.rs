@@ -1,1 +1,82 @@
-fn main() {}
+//! The `subinterp` command: run Python in many isolated CPython subinterpreters inside
+//! one process.
+//!
+//! Each command lives in a module of its own; this file parses the command line and
+//! hands over to it.
+
+mod run;
+
+use std::fmt::Display;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::error::ErrorKind;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use subinterp::{Runtime, RuntimeConfig};
+
+/// Exit status when everything succeeded.
+pub(crate) const EXIT_OK: u8 = 0;
+/// Exit status when some Python code raised or some interpreter could not run.
+pub(crate) const EXIT_FAILED: u8 = 1;
+/// Exit status for a command line that could not be understood (clap uses it too).
+pub(crate) const EXIT_USAGE: u8 = 2;
+
+/// Run Python in many isolated CPython subinterpreters inside one process.
+#[derive(Debug, Parser)]
+#[command(
+    name = "subinterp",
+    version,
+    propagate_version = true,
+    after_help = "Run `subinterp help run` for the details of a command and its exit statuses.\n\
+                  Exit status: 0 success, 1 some Python code failed, 2 usage error."
+)]
+struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run Python scripts or code, every copy in its own interpreter on its own thread.
+    Run(run::RunArgs),
+}
+
+fn main() -> ExitCode {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
+    let status = match cli.command {
+        Command::Run(args) => {
+            let sub = matches
+                .subcommand_matches("run")
+                .expect("clap parsed the run subcommand, so its matches exist");
+            run::main(args, sub)
+        }
+    };
+    ExitCode::from(status)
+}
+
+/// Prints a usage error for `subcommand` in clap's format (with the usage line) on
+/// stderr, and returns the usage exit status.
+pub(crate) fn usage_error(subcommand: &str, message: impl Display) -> u8 {
+    let mut cli = Cli::command();
+    cli.build();
+    let err = match cli.find_subcommand_mut(subcommand) {
+        Some(sub) => sub.error(ErrorKind::MissingRequiredArgument, message),
+        None => cli.error(ErrorKind::MissingRequiredArgument, message),
+    };
+    // Printing can only fail when stderr is gone; the exit status still tells.
+    let _ = err.print();
+    EXIT_USAGE
+}
+
+/// Starts CPython for this process with `paths` prepended to every interpreter's
+/// `sys.path`.
+pub(crate) fn start_runtime(paths: &[PathBuf]) -> subinterp::Result<Runtime> {
+    let mut config = RuntimeConfig::new();
+    for dir in paths {
+        config.add_path(dir);
+    }
+    Runtime::init(&config)
+}

@@ -25,7 +25,8 @@ type Job = Box<dyn for<'py> FnOnce(Python<'py>) + Send>;
 
 enum Msg {
     Job(Job),
-    Close,
+    /// End the interpreter; with a sender, reply with the output captured until the end.
+    Close(Option<Sender<Result<Output>>>),
 }
 
 /// An isolated Python interpreter running on a thread of its own.
@@ -180,10 +181,11 @@ impl Interpreter {
                     "interpreter created"
                 );
                 let _ = ready_tx.send(Ok(id));
-                serve(&sub, &rx);
-                sub.with_gil(|py| {
-                    flush_streams(py);
-                });
+                let reply = serve(&sub, &rx);
+                let output = sub.with_gil(|py| wind_down(py, capture));
+                if let Some(reply) = reply {
+                    let _ = reply.send(output);
+                }
                 drop(rx);
                 sub.end();
                 tracing::debug!(interpreter = id, "interpreter closed");
@@ -327,11 +329,7 @@ impl Interpreter {
     /// take. Needs [`InterpreterConfig::capture_output`].
     pub fn take_output(&self) -> Result<Output> {
         if !self.capture {
-            return Err(Error::InvalidConfig(
-                "output capture is off for this interpreter; enable \
-                 InterpreterConfig::capture_output"
-                    .into(),
-            ));
+            return Err(capture_off());
         }
         self.run(|py| {
             Ok(Output {
@@ -344,10 +342,29 @@ impl Interpreter {
     /// Ends the interpreter: waits for the running operation and for its Python threads,
     /// runs its `atexit` handlers, flushes its output and frees it. Idempotent.
     pub fn close(&self) -> Result<()> {
+        self.shut(None)
+    }
+
+    /// Closes the interpreter like [`close`](Self::close) and returns the output it
+    /// captured until its very end — including what its Python threads and `atexit`
+    /// callbacks wrote while it ended. Needs [`InterpreterConfig::capture_output`].
+    pub fn close_and_take_output(&self) -> Result<Output> {
+        if !self.capture {
+            return Err(capture_off());
+        }
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        let (tx, rx) = bounded(1);
+        self.shut(Some(tx))?;
+        rx.recv().map_err(|_| Error::Closed)?
+    }
+
+    fn shut(&self, reply: Option<Sender<Result<Output>>>) -> Result<()> {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let _ = self.tx.send(Msg::Close);
+        let _ = self.tx.send(Msg::Close(reply));
         if std::thread::current().id() == self.thread_id {
             // Closing from inside one of its own operations: the thread ends after it.
             return Ok(());
@@ -378,9 +395,42 @@ impl std::fmt::Debug for Interpreter {
 }
 
 /// The interpreter thread's loop: the GIL is held only while a job runs.
-fn serve(sub: &SubInterpreter, rx: &Receiver<Msg>) {
-    while let Ok(Msg::Job(job)) = rx.recv() {
-        sub.with_gil(job);
+/// Returns the reply channel of the `Close` message, if it asked for the final output.
+fn serve(sub: &SubInterpreter, rx: &Receiver<Msg>) -> Option<Sender<Result<Output>>> {
+    loop {
+        match rx.recv() {
+            Ok(Msg::Job(job)) => sub.with_gil(job),
+            Ok(Msg::Close(reply)) => return reply,
+            Err(_) => return None,
+        }
+    }
+}
+
+/// What `Py_EndInterpreter` would do first — wait for the interpreter's Python threads and
+/// run its `atexit` callbacks — done here so their output can still be flushed and
+/// collected. `Py_EndInterpreter` repeats both steps, finding nothing left to do.
+const WIND_DOWN: &str = r#"
+import sys
+if 'threading' in sys.modules:
+    sys.modules['threading']._shutdown()
+import atexit
+atexit._run_exitfuncs()
+"#;
+
+fn wind_down(py: Python<'_>, capture: bool) -> Result<Output> {
+    let globals = py.dict()?;
+    let ended = py.run(WIND_DOWN, "<subinterp shutdown>", &globals);
+    if let Err(err) = ended {
+        tracing::warn!("while ending an interpreter: {err}");
+    }
+    flush_streams(py);
+    if capture {
+        Ok(Output {
+            stdout: take_stream(py, "stdout")?,
+            stderr: take_stream(py, "stderr")?,
+        })
+    } else {
+        Ok(Output::default())
     }
 }
 
@@ -479,6 +529,13 @@ pub(crate) fn parse_target(target: &str) -> Result<(String, String)> {
         return Err(bad("the function name must be a dotted Python identifier"));
     }
     Ok((module.to_owned(), path.to_owned()))
+}
+
+fn capture_off() -> Error {
+    Error::InvalidConfig(
+        "output capture is off for this interpreter; enable InterpreterConfig::capture_output"
+            .into(),
+    )
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

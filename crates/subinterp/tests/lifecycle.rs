@@ -249,3 +249,20 @@ fn interpreters_run_in_parallel_with_their_own_gil() {
         .unwrap();
     assert_eq!(waiter.join().unwrap(), Value::Bool(true));
 }
+
+#[test]
+fn close_and_take_output_includes_threads_and_atexit() {
+    let interp = common::capturing();
+    interp
+        .exec(
+            "import atexit, threading, time\n\
+             print('main')\n\
+             threading.Thread(target=lambda: (time.sleep(0.05), print('thread'))).start()\n\
+             atexit.register(print, 'atexit')\n",
+        )
+        .unwrap();
+    let output = interp.close_and_take_output().unwrap();
+    assert_eq!(output.stdout, "main\nthread\natexit\n");
+    assert!(interp.is_closed());
+    assert!(matches!(interp.close_and_take_output(), Err(Error::Closed)));
+}

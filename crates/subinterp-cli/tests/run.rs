@@ -1,0 +1,619 @@
+//! End-to-end tests of `subinterp run`, running the built binary on scripts written to a
+//! fresh temporary directory.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::Value;
+
+/// A directory under the system's temporary directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    /// A new, empty directory whose name includes `name`, the process id and a counter.
+    fn new(name: &str) -> TempDir {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!(
+            "subinterp-cli-test-{}-{n}-{name}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the temporary directory");
+        TempDir(dir)
+    }
+
+    /// The directory.
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Writes `text` to `relative` (creating parent directories) and returns its path.
+    fn write(&self, relative: &str, text: &str) -> PathBuf {
+        let path = self.0.join(relative);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("create the parent directory");
+        }
+        std::fs::write(&path, text).expect("write the file");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `subinterp` with `args` in the directory `cwd`.
+fn subinterp(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_subinterp"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run the subinterp binary")
+}
+
+/// The process's stdout as text.
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The process's stderr as text.
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The exit status, with the output shown when the process was killed.
+fn code(out: &Output) -> i32 {
+    out.status.code().unwrap_or_else(|| {
+        panic!(
+            "killed by a signal: {:?}\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            stdout(out),
+            stderr(out)
+        )
+    })
+}
+
+/// Parses the `--json` report on stdout.
+fn report(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|err| {
+        panic!(
+            "stdout is not one JSON document ({err}):\n{}\nstderr:\n{}",
+            stdout(out),
+            stderr(out)
+        )
+    })
+}
+
+/// The report's `interpreters` list.
+fn entries(report: &Value) -> &Vec<Value> {
+    report["interpreters"]
+        .as_array()
+        .expect("`interpreters` is an array")
+}
+
+/// The field `key` of `entry` as a string.
+fn text<'a>(entry: &'a Value, key: &str) -> &'a str {
+    entry[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("`{key}` is not a string in {entry}"))
+}
+
+#[test]
+fn script_output_passes_through() {
+    let dir = TempDir::new("print");
+    dir.write("hello.py", "print('hello from', __name__)\n");
+    let out = subinterp(dir.path(), &["run", "hello.py"]);
+    assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "hello from __main__\n");
+    assert_eq!(stderr(&out), "");
+}
+
+#[test]
+fn code_runs_with_dash_c_argv() {
+    let dir = TempDir::new("code");
+    let out = subinterp(
+        dir.path(),
+        &["run", "-c", "import sys\nprint(sys.argv, __name__)"],
+    );
+    assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "['-c'] __main__\n");
+}
+
+#[test]
+fn copies_get_distinct_interpreters_and_argv() {
+    let dir = TempDir::new("copies");
+    dir.write("argv.py", "import sys\nprint(sys.argv)\n");
+    let out = subinterp(dir.path(), &["run", "--copies", "3", "--json", "argv.py"]);
+    assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
+    let report = report(&out);
+    let entries = entries(&report);
+    assert_eq!(entries.len(), 3);
+    let ids: BTreeSet<i64> = entries
+        .iter()
+        .map(|e| e["id"].as_i64().expect("id is an integer"))
+        .collect();
+    assert_eq!(ids.len(), 3, "ids are not distinct: {ids:?}");
+    assert!(!ids.contains(&0), "a copy ran in the main interpreter");
+    for entry in entries {
+        assert_eq!(text(entry, "script"), "argv.py");
+        assert_eq!(text(entry, "status"), "ok");
+        assert_eq!(text(entry, "stdout"), "['argv.py']\n");
+    }
+}
+
+#[test]
+fn copies_run_at_the_same_time() {
+    let dir = TempDir::new("parallel");
+    dir.write("sleep.py", "import time\ntime.sleep(0.8)\n");
+    let out = subinterp(dir.path(), &["run", "-n", "4", "--json", "sleep.py"]);
+    assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
+    let report = report(&out);
+    let wall = report["wall_ms"].as_f64().expect("wall_ms is a number");
+    // One after another they would take at least 3200 ms.
+    assert!(wall < 3000.0, "4 copies of a 0.8 s sleep took {wall} ms");
+    for entry in entries(&report) {
+        let duration = entry["duration_ms"].as_f64().expect("a number");
+        assert!(duration >= 790.0, "a 0.8 s sleep took {duration} ms");
+    }
+}
+
+#[test]
+fn json_report_has_every_field() {
+    let dir = TempDir::new("shape");
+    dir.write(
+        "both.py",
+        "import sys\nprint('out')\nprint('err', file=sys.stderr)\n",
+    );
+    let out = subinterp(dir.path(), &["run", "--json", "both.py"]);
+    assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
+    // Output is captured: nothing but the report on stdout, nothing on stderr.
+    assert_eq!(stderr(&out), "");
+    let report = report(&out);
+    let top: BTreeSet<&str> = report
+        .as_object()
+        .expect("the report is an object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(top, BTreeSet::from(["wall_ms", "interpreters"]));
+    let wall = report["wall_ms"].as_f64().expect("wall_ms is a number");
+    assert!(wall > 0.0);
+
+    let entries = entries(&report);
+    assert_eq!(entries.len(), 1);
+    let entry = &entries[0];
+    let keys: BTreeSet<&str> = entry
+        .as_object()
+        .expect("an entry is an object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        BTreeSet::from([
+            "id",
+            "script",
+            "status",
+            "duration_ms",
+            "stdout",
+            "stderr",
+            "error"
+        ])
+    );
+    assert!(entry["id"].as_i64().expect("id is an integer") > 0);
+    assert_eq!(text(entry, "script"), "both.py");
+    assert_eq!(text(entry, "status"), "ok");
+    let duration = entry["duration_ms"]
+        .as_f64()
+        .expect("duration_ms is a number");
+    assert!(duration >= 0.0 && duration <= wall, "{duration} vs {wall}");
+    assert_eq!(text(entry, "stdout"), "out\n");
+    assert_eq!(text(entry, "stderr"), "err\n");
+    assert!(entry["error"].is_null());
+}
+
+#[test]
+fn failing_script_reports_the_exception() {
+    let dir = TempDir::new("fail");
+    dir.write(
+        "fail.py",
+        "print('before')\n\ndef go():\n    raise ValueError('bad value 7')\n\ngo()\n",
+    );
+    let out = subinterp(dir.path(), &["run", "--json", "fail.py"]);
+    assert_eq!(code(&out), 1);
+    let report = report(&out);
+    let entry = &entries(&report)[0];
+    assert_eq!(text(entry, "status"), "error");
+    assert!(entry["id"].is_i64(), "the interpreter was created: {entry}");
+    assert_eq!(
+        text(entry, "stdout"),
+        "before\n",
+        "output before the failure"
+    );
+    let error = &entry["error"];
+    assert_eq!(text(error, "type"), "builtins.ValueError");
+    assert_eq!(text(error, "message"), "bad value 7");
+    let traceback = text(error, "traceback");
+    assert!(
+        traceback.starts_with("Traceback (most recent call last):"),
+        "{traceback}"
+    );
+    assert!(
+        traceback.contains("File \"fail.py\", line 6"),
+        "{traceback}"
+    );
+    assert!(
+        traceback.contains("File \"fail.py\", line 4, in go"),
+        "{traceback}"
+    );
+    assert!(
+        traceback.trim_end().ends_with("ValueError: bad value 7"),
+        "{traceback}"
+    );
+}
+
+#[test]
+fn failing_script_prints_its_traceback_without_json() {
+    let dir = TempDir::new("fail-text");
+    dir.write("fail.py", "x = 1\nraise KeyError('k')\n");
+    let out = subinterp(dir.path(), &["run", "fail.py"]);
+    assert_eq!(code(&out), 1);
+    let err = stderr(&out);
+    assert!(err.contains("Traceback (most recent call last):"), "{err}");
+    assert!(err.contains("File \"fail.py\", line 2"), "{err}");
+    assert!(err.contains("KeyError: 'k'"), "{err}");
+    // A single interpreter gets no heading, like `python fail.py`.
+    assert!(!err.contains("interpreter"), "{err}");
+}
+
+#[test]
+fn several_interpreters_name_the_one_that_failed() {
+    let dir = TempDir::new("fail-many");
+    dir.write("ok.py", "print('fine')\n");
+    dir.write("fail.py", "raise RuntimeError('nope')\n");
+    let out = subinterp(dir.path(), &["run", "ok.py", "fail.py"]);
+    assert_eq!(code(&out), 1);
+    assert_eq!(stdout(&out), "fine\n");
+    let err = stderr(&out);
+    let heading = err
+        .lines()
+        .find(|line| line.contains("fail.py") && line.contains("(interpreter "))
+        .unwrap_or_else(|| panic!("no heading naming fail.py and its interpreter: {err}"));
+    assert!(heading.starts_with("subinterp: fail.py"), "{heading}");
+    assert!(err.contains("RuntimeError: nope"), "{err}");
+    assert!(!err.contains("ok.py"), "{err}");
+}
+
+#[test]
+fn syntax_error_is_reported() {
+    let dir = TempDir::new("syntax");
+    dir.write("syntax.py", "x = 1\ndef f(:\n    pass\n");
+    let out = subinterp(dir.path(), &["run", "--json", "syntax.py"]);
+    assert_eq!(code(&out), 1);
+    let report = report(&out);
+    let error = &entries(&report)[0]["error"];
+    assert_eq!(text(error, "type"), "builtins.SyntaxError");
+    assert!(text(error, "message").contains("line 2"), "{error}");
+    let traceback = text(error, "traceback");
+    assert!(traceback.contains("syntax.py"), "{traceback}");
+    assert!(traceback.contains("def f(:"), "{traceback}");
+}
+
+#[test]
+fn missing_file_fails_alone() {
+    let dir = TempDir::new("missing");
+    dir.write("ok.py", "print('still ran')\n");
+    let out = subinterp(
+        dir.path(),
+        &["run", "--json", "missing.py", "ok.py", "-c", "print(2)"],
+    );
+    assert_eq!(code(&out), 1);
+    let report = report(&out);
+    let entries = entries(&report);
+    assert_eq!(entries.len(), 3);
+
+    let missing = &entries[0];
+    assert_eq!(text(missing, "script"), "missing.py");
+    assert_eq!(text(missing, "status"), "error");
+    let error = &missing["error"];
+    assert_eq!(text(error, "type"), "builtins.FileNotFoundError");
+    assert!(text(error, "message").contains("missing.py"), "{error}");
+    assert!(
+        text(error, "message").contains("No such file or directory"),
+        "{error}"
+    );
+    assert_eq!(text(error, "traceback"), "");
+
+    assert_eq!(text(&entries[1], "status"), "ok");
+    assert_eq!(text(&entries[1], "stdout"), "still ran\n");
+    assert_eq!(text(&entries[2], "status"), "ok");
+    assert_eq!(text(&entries[2], "stdout"), "2\n");
+}
+
+#[test]
+fn missing_file_without_json_says_so() {
+    let dir = TempDir::new("missing-text");
+    let out = subinterp(dir.path(), &["run", "nowhere.py"]);
+    assert_eq!(code(&out), 1);
+    let err = stderr(&out);
+    assert!(err.contains("nowhere.py"), "{err}");
+    assert!(err.contains("No such file or directory"), "{err}");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let dir = TempDir::new("usage");
+    dir.write("ok.py", "print('must not run')\n");
+    let cases: [(&[&str], &str); 5] = [
+        (&["run"], "nothing to run"),
+        (&["run", "--json"], "nothing to run"),
+        (&["run", "--copies", "0", "ok.py"], "at least 1"),
+        (&["run", "--config", "bogus", "ok.py"], "bogus"),
+        (&["run", "--no-such-option", "ok.py"], "--no-such-option"),
+    ];
+    for (args, needle) in cases {
+        let out = subinterp(dir.path(), args);
+        assert_eq!(code(&out), 2, "{args:?}");
+        assert_eq!(stdout(&out), "", "{args:?} ran something");
+        let err = stderr(&out);
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(err.contains("Usage:") || err.contains("--help"), "{err}");
+    }
+}
+
+#[test]
+fn config_legacy_shares_the_gil() {
+    let dir = TempDir::new("legacy");
+    let probe = "import _interpreters as i\n\
+                 c = i.get_config(i.get_current()[0])\n\
+                 print(c.gil, c.use_main_obmalloc)";
+    let out = subinterp(dir.path(), &["run", "--config", "legacy", "-c", probe]);
+    assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "shared True\n");
+
+    let out = subinterp(dir.path(), &["run", "--config", "isolated", "-c", probe]);
+    assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "own False\n");
+
+    let out = subinterp(dir.path(), &["run", "-c", probe]);
+    assert_eq!(stdout(&out), "own False\n", "isolated is the default");
+}
+
+#[test]
+fn path_option_makes_a_module_importable() {
+    let dir = TempDir::new("path");
+    dir.write("lib/helper_mod.py", "ANSWER = 42\n");
+    dir.write("lib2/other_mod.py", "NAME = 'other'\n");
+    dir.write(
+        "app/main.py",
+        "import helper_mod, other_mod\nprint(helper_mod.ANSWER, other_mod.NAME)\n",
+    );
+    let lib = dir.path().join("lib");
+    let lib2 = dir.path().join("lib2");
+    let args = [
+        "run",
+        "--path",
+        lib.to_str().unwrap(),
+        "--path",
+        lib2.to_str().unwrap(),
+        "app/main.py",
+        "-c",
+        "import helper_mod; print(helper_mod.ANSWER)",
+    ];
+    let out = subinterp(dir.path(), &args);
+    assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
+    let printed = stdout(&out);
+    let mut lines: Vec<&str> = printed.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(lines, ["42", "42 other"]);
+
+    let out = subinterp(dir.path(), &["run", "app/main.py"]);
+    assert_eq!(code(&out), 1, "importable without --path?");
+    assert!(stderr(&out).contains("ModuleNotFoundError"));
+}
+
+#[test]
+fn scripts_directory_is_importable() {
+    let dir = TempDir::new("sibling");
+    dir.write("pkg/sibling_mod.py", "WHERE = 'next door'\n");
+    dir.write(
+        "pkg/main.py",
+        "import sys, os, sibling_mod\n\
+         print(sibling_mod.WHERE)\n\
+         print(sys.path[0] == os.path.dirname(os.path.realpath(__file__)))\n",
+    );
+    // Run from the parent directory, so only the script's own directory can help.
+    let out = subinterp(dir.path(), &["run", "pkg/main.py"]);
+    assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "next door\nTrue\n");
+}
+
+#[test]
+fn system_exit_is_an_error_and_the_report_is_written() {
+    let dir = TempDir::new("exit");
+    dir.write("exit.py", "print('leaving')\nraise SystemExit(3)\n");
+    let out = subinterp(
+        dir.path(),
+        &["run", "--json", "exit.py", "-c", "print('other')"],
+    );
+    assert_eq!(
+        code(&out),
+        1,
+        "the host must not exit with the script's status"
+    );
+    let report = report(&out);
+    let entries = entries(&report);
+    assert_eq!(entries.len(), 2);
+    let entry = &entries[0];
+    assert_eq!(text(entry, "status"), "error");
+    assert_eq!(text(entry, "stdout"), "leaving\n");
+    let error = &entry["error"];
+    assert_eq!(text(error, "type"), "builtins.SystemExit");
+    assert_eq!(text(error, "message"), "3");
+    assert!(text(error, "traceback").contains("exit.py"), "{error}");
+    assert_eq!(text(&entries[1], "status"), "ok");
+    assert_eq!(text(&entries[1], "stdout"), "other\n");
+}
+
+#[test]
+fn system_exit_without_json_does_not_end_the_host() {
+    let dir = TempDir::new("exit-text");
+    let out = subinterp(
+        dir.path(),
+        &[
+            "run",
+            "-c",
+            "import sys; sys.exit(5)",
+            "-c",
+            "print('after')",
+        ],
+    );
+    assert_eq!(code(&out), 1);
+    assert_eq!(stdout(&out), "after\n");
+    assert!(stderr(&out).contains("SystemExit: 5"), "{}", stderr(&out));
+}
+
+#[test]
+fn report_keeps_command_line_order_with_copies_adjacent() {
+    let dir = TempDir::new("order");
+    dir.write("a.py", "print('a')\n");
+    dir.write("b.py", "print('b')\n");
+    let out = subinterp(
+        dir.path(),
+        &[
+            "run",
+            "-c",
+            "print('c1')",
+            "b.py",
+            "--json",
+            "-c",
+            "print('c2')",
+            "a.py",
+            "-n",
+            "2",
+        ],
+    );
+    assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
+    let report = report(&out);
+    let got: Vec<(&str, &str)> = entries(&report)
+        .iter()
+        .map(|e| (text(e, "script"), text(e, "stdout")))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("-c", "c1\n"),
+            ("-c", "c1\n"),
+            ("b.py", "b\n"),
+            ("b.py", "b\n"),
+            ("-c", "c2\n"),
+            ("-c", "c2\n"),
+            ("a.py", "a\n"),
+            ("a.py", "a\n"),
+        ]
+    );
+}
+
+#[test]
+fn interpreters_are_isolated_from_each_other() {
+    let dir = TempDir::new("isolation");
+    dir.write(
+        "count.py",
+        "import sys\n\
+         sys.shared_counter = getattr(sys, 'shared_counter', 0) + 1\n\
+         print(sys.shared_counter)\n",
+    );
+    let out = subinterp(dir.path(), &["run", "--json", "-n", "3", "count.py"]);
+    assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
+    let report = report(&out);
+    for entry in entries(&report) {
+        assert_eq!(
+            text(entry, "stdout"),
+            "1\n",
+            "state leaked between interpreters"
+        );
+    }
+}
+
+#[test]
+fn help_and_version() {
+    let dir = TempDir::new("help");
+    let out = subinterp(dir.path(), &["--version"]);
+    assert_eq!(code(&out), 0);
+    assert_eq!(
+        stdout(&out).trim(),
+        format!("subinterp {}", env!("CARGO_PKG_VERSION"))
+    );
+
+    let out = subinterp(dir.path(), &["run", "--help"]);
+    assert_eq!(code(&out), 0);
+    let help = stdout(&out);
+    for needle in [
+        "--code",
+        "--copies",
+        "--config",
+        "isolated",
+        "legacy",
+        "--path",
+        "--json",
+        "Exit status",
+        "0  every interpreter",
+        "1  at least one",
+        "2  usage error",
+    ] {
+        assert!(help.contains(needle), "help lacks {needle:?}:\n{help}");
+    }
+}
+
+#[test]
+fn a_clean_sys_exit_is_success() {
+    let dir = TempDir::new("clean-exit");
+    let out = subinterp(
+        dir.path(),
+        &[
+            "run",
+            "--json",
+            "-c",
+            "import sys; print('a'); sys.exit()",
+            "-c",
+            "import sys; sys.exit(0)",
+            "-c",
+            "raise SystemExit(None)",
+        ],
+    );
+    assert_eq!(code(&out), 0, "stdout: {}", stdout(&out));
+    let report = report(&out);
+    for entry in entries(&report) {
+        assert_eq!(text(entry, "status"), "ok", "{entry}");
+        assert!(entry["error"].is_null());
+    }
+    assert_eq!(text(&entries(&report)[0], "stdout"), "a\n");
+}
+
+#[test]
+fn json_output_includes_what_threads_and_atexit_print() {
+    let dir = TempDir::new("late-output");
+    let out = subinterp(
+        dir.path(),
+        &[
+            "run",
+            "--json",
+            "-c",
+            "import atexit, threading, time\n\
+             atexit.register(print, 'at exit')\n\
+             threading.Thread(target=lambda: (time.sleep(0.05), print('late thread'))).start()\n\
+             print('main')",
+        ],
+    );
+    assert_eq!(code(&out), 0, "stdout: {}", stdout(&out));
+    let report = report(&out);
+    assert_eq!(
+        text(&entries(&report)[0], "stdout"),
+        "main\nlate thread\nat exit\n"
+    );
+}
