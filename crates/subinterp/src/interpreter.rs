@@ -408,20 +408,16 @@ fn serve(sub: &SubInterpreter, rx: &Receiver<Msg>) -> Option<Sender<Result<Outpu
 
 /// What `Py_EndInterpreter` would do first — wait for the interpreter's Python threads and
 /// run its `atexit` callbacks — done here so their output can still be flushed and
-/// collected. `Py_EndInterpreter` repeats both steps, finding nothing left to do.
-const WIND_DOWN: &str = r#"
-import sys
-if 'threading' in sys.modules:
-    sys.modules['threading']._shutdown()
-import atexit
-atexit._run_exitfuncs()
-"#;
-
+/// collected. `Py_EndInterpreter` repeats both steps, finding nothing left to do. Only
+/// modules already loaded are used: nothing is imported while the interpreter ends.
 fn wind_down(py: Python<'_>, capture: bool) -> Result<Output> {
-    let globals = py.dict()?;
-    let ended = py.run(WIND_DOWN, "<subinterp shutdown>", &globals);
-    if let Err(err) = ended {
-        tracing::warn!("while ending an interpreter: {err}");
+    for (module, function) in [("threading", "_shutdown"), ("atexit", "_run_exitfuncs")] {
+        let ended = py
+            .loaded_module(module)
+            .and_then(|m| m.map(|m| m.call_method(function, &[])).transpose());
+        if let Err(err) = ended {
+            tracing::warn!("while ending an interpreter, {module}.{function}() failed: {err}");
+        }
     }
     flush_streams(py);
     if capture {

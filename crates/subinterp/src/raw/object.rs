@@ -165,19 +165,29 @@ impl<'py> Python<'py> {
 
     /// Imports a module (`import name`), returning it.
     pub fn import(self, name: &str) -> Result<PyObj<'py>> {
+        if let Some(module) = self.loaded_module(name)? {
+            return Ok(module);
+        }
         let name_obj = self.str(name)?;
-        // SAFETY: GIL held; `name_obj` is a live str. Looks in sys.modules first
-        // (PyImport_GetModule returns a new reference or NULL without error when absent).
-        let cached = unsafe { ffi::PyImport_GetModule(name_obj.as_ptr()) };
-        if !cached.is_null() {
-            return self.own(cached);
-        }
-        // SAFETY: GIL held; PyImport_GetModule may have set an error, which we surface.
-        if unsafe { !ffi::PyErr_Occurred().is_null() } {
-            return Err(self.fetch_error());
-        }
         // SAFETY: GIL held; `name_obj` is a live str.
         self.own(unsafe { ffi::PyImport_Import(name_obj.as_ptr()) })
+    }
+
+    /// The module `name` if it is already in `sys.modules`; never imports.
+    pub fn loaded_module(self, name: &str) -> Result<Option<PyObj<'py>>> {
+        let name_obj = self.str(name)?;
+        // SAFETY: GIL held; `name_obj` is a live str. Returns a new reference, or NULL
+        // without an exception when the module is absent, or NULL with one on error.
+        let module = unsafe { ffi::PyImport_GetModule(name_obj.as_ptr()) };
+        if !module.is_null() {
+            return self.own(module).map(Some);
+        }
+        // SAFETY: GIL held.
+        if unsafe { ffi::PyErr_Occurred() }.is_null() {
+            Ok(None)
+        } else {
+            Err(self.fetch_error())
+        }
     }
 
     /// The `builtins` module.
