@@ -64,6 +64,21 @@ pub enum Error {
     /// itself.
     #[error("an interpreter cannot wait for itself: this operation was called from inside one of its own closures")]
     WouldDeadlock,
+    /// The channel is closed (and, for receives, drained).
+    #[error("the channel is closed")]
+    ChannelClosed,
+    /// `try_recv` found no message.
+    #[error("the channel is empty")]
+    ChannelEmpty,
+    /// `try_send` found the channel full.
+    #[error("the channel is full")]
+    ChannelFull,
+    /// A blocking operation's timeout passed.
+    #[error("timed out")]
+    Timeout,
+    /// A blocking operation was interrupted.
+    #[error("interrupted ({0:?})")]
+    Interrupted(crate::InterruptReason),
     /// Rust code running on an interpreter's thread panicked; the interpreter survives.
     #[error("a Rust closure panicked on the interpreter's thread: {0}")]
     Panic(String),

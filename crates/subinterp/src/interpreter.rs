@@ -11,9 +11,10 @@ use serde::de::DeserializeOwned;
 
 use crate::config::InterpreterConfig;
 use crate::error::{Error, Result};
-use crate::raw::lifecycle::SubInterpreter;
+use crate::raw::lifecycle::{clear_pending_async, InterruptTarget, SubInterpreter};
 use crate::raw::{PyObj, Python};
 use crate::runtime::{Runtime, RuntimeInner};
+use crate::wait::{self, InterruptReason, InterruptState};
 use crate::Value;
 
 /// Stack of an interpreter's thread: as much as a Python main thread usually gets, so deep
@@ -55,6 +56,63 @@ pub struct Interpreter {
     closed: AtomicBool,
     thread: Mutex<Option<JoinHandle<()>>>,
     capture: bool,
+    interrupts: Arc<Interrupts>,
+}
+
+/// Shared between an interpreter's thread and its [`InterruptHandle`]s.
+struct Interrupts {
+    /// Taken away (under this lock) before the interpreter ends.
+    target: Mutex<Option<InterruptTarget>>,
+    /// True while an operation runs; changed only with the interpreter's GIL held.
+    running: AtomicBool,
+    /// Blocking waits (channels) in progress in this interpreter.
+    waits: Arc<InterruptState>,
+}
+
+/// Interrupts the operation an [`Interpreter`] is running, from any thread (compare
+/// `rusqlite::InterruptHandle`, `v8::IsolateHandle`).
+///
+/// Python code running bytecode gets the exception at its next bytecode boundary (within
+/// about 5 ms, CPython's switch interval); code blocked in a channel `send`/`recv` wakes at
+/// once and raises it. Code blocked inside a C function that never returns to Python
+/// cannot be interrupted this way.
+#[derive(Clone)]
+pub struct InterruptHandle {
+    interrupts: Arc<Interrupts>,
+}
+
+impl InterruptHandle {
+    /// Raises `TimeoutError` ([`InterruptReason::Timeout`]) or `KeyboardInterrupt`
+    /// ([`InterruptReason::Cancelled`]) in the running operation. Returns whether an
+    /// operation was running; [`Error::Closed`] once the interpreter has ended.
+    pub fn interrupt(&self, reason: InterruptReason) -> Result<bool> {
+        let target = self
+            .interrupts
+            .target
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let Some(target) = target.as_ref() else {
+            return Err(Error::Closed);
+        };
+        let interrupts = &self.interrupts;
+        let mut running = false;
+        target.interrupt(
+            || {
+                running = interrupts.running.load(Ordering::Acquire);
+                // A wait in progress receives the interrupt directly; otherwise the
+                // running bytecode gets it as an asynchronous exception.
+                running && !interrupts.waits.request(reason)
+            },
+            reason,
+        );
+        Ok(running)
+    }
+}
+
+impl std::fmt::Debug for InterruptHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InterruptHandle").finish_non_exhaustive()
+    }
 }
 
 /// Captured output of an interpreter (see [`InterpreterConfig::capture_output`]).
@@ -155,7 +213,7 @@ impl Interpreter {
             .map(|p| p.to_string_lossy().into_owned())
             .collect();
         let (tx, rx) = unbounded::<Msg>();
-        let (ready_tx, ready_rx) = bounded::<Result<i64>>(1);
+        let (ready_tx, ready_rx) = bounded::<Result<(i64, Arc<Interrupts>)>>(1);
         let thread = std::thread::Builder::new()
             .name("subinterp".into())
             .stack_size(INTERPRETER_STACK)
@@ -175,26 +233,41 @@ impl Interpreter {
                     return;
                 }
                 let id = sub.id();
+                let interrupts = Arc::new(Interrupts {
+                    target: Mutex::new(Some(sub.interrupt_target())),
+                    running: AtomicBool::new(false),
+                    waits: wait::register(id),
+                });
                 tracing::debug!(
                     interpreter = id,
                     elapsed_us = started.elapsed().as_micros() as u64,
                     "interpreter created"
                 );
-                let _ = ready_tx.send(Ok(id));
-                let reply = serve(&sub, &rx);
+                let _ = ready_tx.send(Ok((id, Arc::clone(&interrupts))));
+                let reply = serve(&sub, &rx, &interrupts);
+                // Threads of the interpreter blocked in a channel wait are cancelled, so that
+                // waiting for them below ends.
+                interrupts.waits.request(InterruptReason::Cancelled);
                 let output = sub.with_gil(|py| wind_down(py, capture));
                 if let Some(reply) = reply {
                     let _ = reply.send(output);
                 }
                 drop(rx);
+                // No interrupter may hold a thread state of this interpreter past here.
+                interrupts
+                    .target
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                wait::unregister(id);
                 sub.end();
                 tracing::debug!(interpreter = id, "interpreter closed");
                 drop(rt);
             })
             .map_err(|e| Error::CreateFailed(format!("cannot start a thread: {e}")))?;
         let thread_id = thread.thread().id();
-        let id = match ready_rx.recv() {
-            Ok(Ok(id)) => id,
+        let (id, interrupts) = match ready_rx.recv() {
+            Ok(Ok(ready)) => ready,
             Ok(Err(err)) => {
                 let _ = thread.join();
                 return Err(err);
@@ -213,7 +286,15 @@ impl Interpreter {
             closed: AtomicBool::new(false),
             thread: Mutex::new(Some(thread)),
             capture,
+            interrupts,
         })
+    }
+
+    /// A handle that interrupts whatever this interpreter is running, from any thread.
+    pub fn interrupt_handle(&self) -> InterruptHandle {
+        InterruptHandle {
+            interrupts: Arc::clone(&self.interrupts),
+        }
     }
 
     /// CPython's id for this interpreter (unique while it lives; 0 is the main one).
@@ -339,8 +420,10 @@ impl Interpreter {
         })
     }
 
-    /// Ends the interpreter: waits for the running operation and for its Python threads,
-    /// runs its `atexit` handlers, flushes its output and frees it. Idempotent.
+    /// Ends the interpreter: interrupts the running operation, if any, with
+    /// `KeyboardInterrupt` (and the channel waits of its other threads), waits for its
+    /// Python threads, runs its `atexit` handlers, flushes its output and frees it.
+    /// Operations queued behind the running one still run first. Idempotent.
     pub fn close(&self) -> Result<()> {
         self.shut(None)
     }
@@ -365,6 +448,10 @@ impl Interpreter {
             return Ok(());
         }
         let _ = self.tx.send(Msg::Close(reply));
+        // A running operation (say, blocked in a channel receive) is cancelled.
+        let _ = self
+            .interrupt_handle()
+            .interrupt(InterruptReason::Cancelled);
         if std::thread::current().id() == self.thread_id {
             // Closing from inside one of its own operations: the thread ends after it.
             return Ok(());
@@ -396,27 +483,59 @@ impl std::fmt::Debug for Interpreter {
 
 /// The interpreter thread's loop: the GIL is held only while a job runs.
 /// Returns the reply channel of the `Close` message, if it asked for the final output.
-fn serve(sub: &SubInterpreter, rx: &Receiver<Msg>) -> Option<Sender<Result<Output>>> {
+fn serve(
+    sub: &SubInterpreter,
+    rx: &Receiver<Msg>,
+    interrupts: &Interrupts,
+) -> Option<Sender<Result<Output>>> {
     loop {
         match rx.recv() {
-            Ok(Msg::Job(job)) => sub.with_gil(job),
+            Ok(Msg::Job(job)) => sub.with_gil(|py| {
+                interrupts.running.store(true, Ordering::Release);
+                job(py);
+                // An interrupt that arrived as the job ended must not hit the next one.
+                interrupts.running.store(false, Ordering::Release);
+                clear_pending_async(py);
+            }),
             Ok(Msg::Close(reply)) => return reply,
             Err(_) => return None,
         }
     }
 }
 
+const JOIN_THREADS: &str = "\
+current = threading.current_thread()
+for thread in threading.enumerate():
+    if thread is not current and not thread.daemon:
+        thread.join()
+";
+
 /// What `Py_EndInterpreter` would do first — wait for the interpreter's Python threads and
 /// run its `atexit` callbacks — done here so their output can still be flushed and
 /// collected. `Py_EndInterpreter` repeats both steps, finding nothing left to do. Only
 /// modules already loaded are used: nothing is imported while the interpreter ends.
 fn wind_down(py: Python<'_>, capture: bool) -> Result<Output> {
-    for (module, function) in [("threading", "_shutdown"), ("atexit", "_run_exitfuncs")] {
-        let ended = py
-            .loaded_module(module)
-            .and_then(|m| m.map(|m| m.call_method(function, &[])).transpose());
-        if let Err(err) = ended {
-            tracing::warn!("while ending an interpreter, {module}.{function}() failed: {err}");
+    // Joining the threads ourselves (rather than `threading._shutdown()`, which CPython
+    // 3.12 cannot run twice) leaves `Py_EndInterpreter` nothing to wait for.
+    let joined = py
+        .loaded_module("threading")
+        .and_then(|threading| match threading {
+            Some(threading) => {
+                let globals = py.dict()?;
+                globals.set_item(&py.str("threading")?, &threading)?;
+                py.run(JOIN_THREADS, "<subinterp shutdown>", &globals)
+            }
+            None => Ok(()),
+        });
+    let exited = py
+        .loaded_module("atexit")
+        .and_then(|m| m.map(|m| m.call_method("_run_exitfuncs", &[])).transpose());
+    for (what, result) in [
+        ("joining threads", joined),
+        ("running atexit", exited.map(drop)),
+    ] {
+        if let Err(err) = result {
+            tracing::warn!("while ending an interpreter, {what} failed: {err}");
         }
     }
     flush_streams(py);

@@ -39,19 +39,25 @@
 //! a security boundary, and a crash in one (a faulty extension module) ends the process.
 #![warn(missing_docs)]
 
+mod buffer;
+mod channel;
 mod config;
 mod error;
 mod interpreter;
 mod raw;
 mod runtime;
 pub mod value;
+mod wait;
 
+pub use buffer::SharedBuffer;
+pub use channel::{select, Channel, Message, RecvFuture};
 pub use config::{Gil, InterpreterConfig};
 pub use error::{Error, PyException, Result};
-pub use interpreter::{Args, Interpreter, Output};
+pub use interpreter::{Args, Interpreter, InterruptHandle, Output};
 pub use raw::{PyObj, Python};
 pub use runtime::{Runtime, RuntimeConfig};
 pub use value::{from_value, to_value, Value};
+pub use wait::InterruptReason;
 
 /// The README's Rust examples, compiled and run as doctests.
 #[cfg(doctest)]

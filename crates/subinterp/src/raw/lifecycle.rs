@@ -1,13 +1,15 @@
 //! Process start-up and shut-down, and the thread states of subinterpreters.
 
-use std::ffi::c_int;
+use std::ffi::{c_int, c_long};
 use std::mem::MaybeUninit;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::NonNull;
 
 use pyo3_ffi as ffi;
 
 use super::object::{cstring, from_cstr};
 use super::Python;
+use crate::wait::InterruptReason;
 
 /// Options for [`initialize`], already validated by the caller.
 pub(crate) struct InitOptions<'a> {
@@ -55,6 +57,7 @@ pub(crate) fn initialize(
     if unsafe { ffi::Py_IsInitialized() } != 0 {
         return Err("Python is already initialised in this process by other code".into());
     }
+    super::pymodule::register_builtin()?;
     let mut config = MaybeUninit::<ffi::PyConfig>::uninit();
     // SAFETY: PyConfig_InitIsolatedConfig fully initialises the struct.
     unsafe { ffi::PyConfig_InitIsolatedConfig(config.as_mut_ptr()) };
@@ -154,6 +157,75 @@ pub(crate) struct SubInterpreter {
     /// creating and after ending the subinterpreter.
     main_tstate: NonNull<ffi::PyThreadState>,
     id: i64,
+    /// CPython's identifier of the owning OS thread.
+    thread_id: std::ffi::c_ulong,
+}
+
+/// What another thread needs to interrupt code running in an interpreter.
+pub(crate) struct InterruptTarget {
+    interp: NonNull<ffi::PyInterpreterState>,
+    thread_id: std::ffi::c_ulong,
+}
+
+// SAFETY: the interpreter pointer is only used while the interpreter is alive: its owner
+// takes the target away (under a lock the interrupter holds) before ending it.
+unsafe impl Send for InterruptTarget {}
+
+impl InterruptTarget {
+    /// Attaches a fresh thread state of the target interpreter (waiting for its GIL),
+    /// asks `decide` whether to interrupt, and if so raises `reason` asynchronously in the
+    /// interpreter's own thread. The temporary thread state is then deleted, so it never
+    /// outlives this call. Returns `decide`'s answer.
+    pub(crate) fn interrupt(&self, decide: impl FnOnce() -> bool, reason: InterruptReason) -> bool {
+        // SAFETY: the interpreter is alive (see `Send`); the new thread state belongs to
+        // this thread, is attached, used, then cleared and deleted while attached.
+        unsafe {
+            let ts = ffi::PyThreadState_New(self.interp.as_ptr());
+            if ts.is_null() {
+                return false;
+            }
+            ffi::PyEval_RestoreThread(ts);
+            let interrupt = catch_unwind(AssertUnwindSafe(decide)).unwrap_or(false);
+            if interrupt {
+                ffi::PyThreadState_SetAsyncExc(self.thread_id as c_long, exception(reason));
+            }
+            ffi::PyThreadState_Clear(ts);
+            ffi::PyThreadState_DeleteCurrent();
+            interrupt
+        }
+    }
+}
+
+fn exception(reason: InterruptReason) -> *mut ffi::PyObject {
+    // SAFETY: reading the addresses of CPython's static exception types.
+    unsafe {
+        match reason {
+            InterruptReason::Timeout => ffi::PyExc_TimeoutError,
+            InterruptReason::Cancelled => ffi::PyExc_KeyboardInterrupt,
+        }
+    }
+}
+
+/// Schedules `reason` to be raised in the current thread at the next bytecode boundary.
+pub(crate) fn raise_soon(_py: Python<'_>, reason: InterruptReason) {
+    // SAFETY: the token proves the GIL is held; targets the calling thread.
+    unsafe {
+        ffi::PyThreadState_SetAsyncExc(
+            ffi::PyThread_get_thread_ident() as c_long,
+            exception(reason),
+        );
+    }
+}
+
+/// Drops an asynchronous exception scheduled for the current thread and not raised yet.
+pub(crate) fn clear_pending_async(_py: Python<'_>) {
+    // SAFETY: the token proves the GIL is held; targets the calling thread.
+    unsafe {
+        ffi::PyThreadState_SetAsyncExc(
+            ffi::PyThread_get_thread_ident() as c_long,
+            std::ptr::null_mut(),
+        );
+    }
 }
 
 impl SubInterpreter {
@@ -201,6 +273,8 @@ impl SubInterpreter {
                     tstate,
                     main_tstate,
                     id,
+                    // SAFETY: a plain query about the calling thread.
+                    thread_id: unsafe { ffi::PyThread_get_thread_ident() },
                 })
             }
             (failure, _) => {
@@ -220,6 +294,16 @@ impl SubInterpreter {
     /// CPython's id of this interpreter.
     pub(crate) fn id(&self) -> i64 {
         self.id
+    }
+
+    /// What another thread needs to interrupt code running here.
+    pub(crate) fn interrupt_target(&self) -> InterruptTarget {
+        // SAFETY: the thread state is alive; reading its interpreter needs no GIL.
+        let interp = unsafe { ffi::PyThreadState_GetInterpreter(self.tstate.as_ptr()) };
+        InterruptTarget {
+            interp: NonNull::new(interp).expect("a thread state has an interpreter"),
+            thread_id: self.thread_id,
+        }
     }
 
     /// Runs `f` with this interpreter's GIL held.

@@ -9,8 +9,10 @@
 //!   subinterpreters ([`lifecycle::SubInterpreter`]);
 //! - the conversion between [`Value`](crate::Value) and Python objects ([`convert`]).
 
+pub(crate) mod buffer;
 pub(crate) mod convert;
 pub(crate) mod lifecycle;
 mod object;
+pub(crate) mod pymodule;
 
 pub use object::{PyObj, Python};

@@ -59,6 +59,23 @@ impl<'py> Python<'py> {
         })
     }
 
+    /// Runs `f` with this interpreter's GIL released, so other threads of the interpreter
+    /// can run meanwhile. `f` must be `Send`, which keeps Python objects out of it.
+    pub fn allow_threads<T, F: FnOnce() -> T + Send>(self, f: F) -> T {
+        // SAFETY: the token proves this thread's thread state is attached; detach it, and
+        // re-attach the same thread state when `f` returns or unwinds.
+        let tstate = unsafe { ffi::PyEval_SaveThread() };
+        struct Reattach(*mut ffi::PyThreadState);
+        impl Drop for Reattach {
+            fn drop(&mut self) {
+                // SAFETY: re-attaching the thread state detached above, on the same thread.
+                unsafe { ffi::PyEval_RestoreThread(self.0) };
+            }
+        }
+        let _reattach = Reattach(tstate);
+        f()
+    }
+
     /// The id CPython gives the interpreter (0 is the main interpreter).
     pub fn interpreter_id(self) -> i64 {
         // SAFETY: the token proves a thread state is attached, so the current interpreter exists.

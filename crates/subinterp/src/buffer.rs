@@ -1,0 +1,100 @@
+//! [`SharedBuffer`]: bytes shared by every interpreter that holds a view, without copies.
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::raw::buffer::BufferMem;
+
+/// A block of memory that crosses interpreters without being copied.
+///
+/// Send it through a [`Channel`](crate::Channel) and every receiving interpreter gets a
+/// `memoryview` over the same memory — read-only unless the buffer was made writable
+/// (then the users synchronise themselves). The memory lives until the last view in any
+/// interpreter and the last Rust handle are gone, whichever interpreter created it.
+///
+/// In Python: `subinterp.buffer(size_or_bytes, writable=False)`.
+#[derive(Clone)]
+pub struct SharedBuffer {
+    mem: Arc<BufferMem>,
+    writable: bool,
+}
+
+impl SharedBuffer {
+    /// `len` zeroed bytes; views in receiving interpreters are writable if `writable`.
+    pub fn new(len: usize, writable: bool) -> Result<SharedBuffer> {
+        let mem = BufferMem::zeroed(len)
+            .ok_or_else(|| Error::Conversion(format!("cannot allocate a buffer of {len} bytes")))?;
+        Ok(SharedBuffer {
+            mem: Arc::new(mem),
+            writable,
+        })
+    }
+
+    /// A buffer holding a copy of `data`.
+    pub fn from_bytes(data: &[u8], writable: bool) -> Result<SharedBuffer> {
+        let buffer = SharedBuffer::new(data.len(), writable)?;
+        buffer.mem.write(0, data);
+        Ok(buffer)
+    }
+
+    /// Size in bytes.
+    pub fn len(&self) -> usize {
+        self.mem.len()
+    }
+
+    /// True for a buffer of zero bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether receivers get writable views.
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    /// A copy of the current contents. Bytes written concurrently by Python code may or
+    /// may not be seen.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = vec![0; self.len()];
+        self.mem.read(0, &mut out);
+        out
+    }
+
+    /// Writes `data` at `offset`. Fails if it would run past the end.
+    pub fn write_at(&self, offset: usize, data: &[u8]) -> Result<()> {
+        match offset.checked_add(data.len()) {
+            Some(end) if end <= self.len() => {
+                self.mem.write(offset, data);
+                Ok(())
+            }
+            _ => Err(Error::Conversion(format!(
+                "writing {} bytes at offset {offset} runs past the end of a {}-byte buffer",
+                data.len(),
+                self.len()
+            ))),
+        }
+    }
+
+    /// True if both handles share the same memory.
+    pub fn same_memory(&self, other: &SharedBuffer) -> bool {
+        Arc::ptr_eq(&self.mem, &other.mem)
+    }
+
+    /// Number of handles (Rust handles and Python buffer objects) keeping the memory alive.
+    pub fn holders(&self) -> usize {
+        Arc::strong_count(&self.mem)
+    }
+
+    pub(crate) fn mem(&self) -> &Arc<BufferMem> {
+        &self.mem
+    }
+}
+
+impl std::fmt::Debug for SharedBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedBuffer")
+            .field("len", &self.len())
+            .field("writable", &self.writable)
+            .finish()
+    }
+}

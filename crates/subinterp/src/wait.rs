@@ -1,0 +1,200 @@
+//! Blocking waits that wake on events, never on a timer: a waiting thread parks, and
+//! whoever changes what it waits for unparks it. Waits of an interpreter's threads can
+//! also be interrupted (a deadline or a cancellation), through a per-interpreter
+//! [`InterruptState`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Waker;
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+/// Why a wait was interrupted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InterruptReason {
+    /// A deadline passed: Python code sees `TimeoutError`.
+    Timeout,
+    /// The work was cancelled: Python code sees `KeyboardInterrupt` (a `BaseException`, so
+    /// `except Exception` blocks do not swallow it).
+    Cancelled,
+}
+
+impl InterruptReason {
+    fn code(self) -> u8 {
+        match self {
+            InterruptReason::Timeout => 1,
+            InterruptReason::Cancelled => 2,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(InterruptReason::Timeout),
+            2 => Some(InterruptReason::Cancelled),
+            _ => None,
+        }
+    }
+}
+
+/// One parked waiter: a thread or an async task.
+#[derive(Clone)]
+pub(crate) enum Waiter {
+    Thread(Arc<Signal>),
+    Task(Waker),
+}
+
+impl Waiter {
+    pub(crate) fn wake(&self) {
+        match self {
+            Waiter::Thread(signal) => signal.notify(),
+            Waiter::Task(waker) => waker.wake_by_ref(),
+        }
+    }
+}
+
+/// Wakes one parked thread.
+pub(crate) struct Signal {
+    thread: Thread,
+    notified: AtomicBool,
+}
+
+impl Signal {
+    pub(crate) fn for_current_thread() -> Arc<Signal> {
+        Arc::new(Signal {
+            thread: std::thread::current(),
+            notified: AtomicBool::new(false),
+        })
+    }
+
+    pub(crate) fn notify(&self) {
+        self.notified.store(true, Ordering::Release);
+        self.thread.unpark();
+    }
+
+    /// Parks until notified or the deadline passes; returns false on timeout. Clears the
+    /// notification it consumed.
+    pub(crate) fn wait(&self, deadline: Option<Instant>) -> bool {
+        loop {
+            if self.notified.swap(false, Ordering::AcqRel) {
+                return true;
+            }
+            match deadline {
+                None => std::thread::park(),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return self.notified.swap(false, Ordering::AcqRel);
+                    }
+                    std::thread::park_timeout(deadline - now);
+                }
+            }
+        }
+    }
+}
+
+/// One blocking wait of an interpreter's thread, as seen by interrupters.
+pub(crate) struct WaitSlot {
+    signal: Arc<Signal>,
+    reason: AtomicU8,
+}
+
+impl WaitSlot {
+    pub(crate) fn signal(&self) -> &Arc<Signal> {
+        &self.signal
+    }
+
+    /// Takes the interrupt delivered to this wait, if any.
+    pub(crate) fn take(&self) -> Option<InterruptReason> {
+        InterruptReason::from_code(self.reason.swap(0, Ordering::SeqCst))
+    }
+}
+
+/// The blocking waits in progress in one interpreter, so that they can be interrupted.
+pub(crate) struct InterruptState {
+    waiting: Mutex<Vec<Arc<WaitSlot>>>,
+}
+
+impl InterruptState {
+    fn new() -> Self {
+        InterruptState {
+            waiting: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Delivers an interrupt to every wait in progress and wakes them. Returns whether
+    /// there was any: without one nothing is recorded, and the caller interrupts the
+    /// running code another way.
+    pub(crate) fn request(&self, reason: InterruptReason) -> bool {
+        let waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        for slot in waiting.iter() {
+            slot.reason.store(reason.code(), Ordering::SeqCst);
+            slot.signal.notify();
+        }
+        !waiting.is_empty()
+    }
+
+    /// Registers a wait of the current thread.
+    pub(crate) fn enter_wait(&self) -> Arc<WaitSlot> {
+        let slot = Arc::new(WaitSlot {
+            signal: Signal::for_current_thread(),
+            reason: AtomicU8::new(0),
+        });
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::clone(&slot));
+        slot
+    }
+
+    /// Unregisters a wait; returns an interrupt that reached it too late to stop it.
+    pub(crate) fn leave_wait(&self, slot: &Arc<WaitSlot>) -> Option<InterruptReason> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|s| !Arc::ptr_eq(s, slot));
+        slot.take()
+    }
+}
+
+static INTERRUPTS: Mutex<Option<HashMap<i64, Arc<InterruptState>>>> = Mutex::new(None);
+
+/// Registers an interpreter (by CPython id) so that waits in it can be interrupted.
+pub(crate) fn register(interp_id: i64) -> Arc<InterruptState> {
+    let state = Arc::new(InterruptState::new());
+    INTERRUPTS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .insert(interp_id, Arc::clone(&state));
+    state
+}
+
+/// Forgets an interpreter that has ended.
+pub(crate) fn unregister(interp_id: i64) {
+    if let Some(map) = INTERRUPTS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_mut()
+    {
+        map.remove(&interp_id);
+    }
+}
+
+/// The interrupt state of an interpreter, if it was created by this crate.
+pub(crate) fn lookup(interp_id: i64) -> Option<Arc<InterruptState>> {
+    INTERRUPTS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .and_then(|map| map.get(&interp_id).cloned())
+}
+
+/// How long a blocked operation may wait.
+pub(crate) fn deadline_after(timeout: Option<Duration>) -> Option<Instant> {
+    timeout.map(|t| Instant::now().checked_add(t).unwrap_or_else(far_future))
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(60 * 60 * 24 * 365)
+}

@@ -1,0 +1,526 @@
+//! Channels between interpreters and the host: delivery, closing, pickled objects,
+//! shared buffers, interrupts.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use subinterp::{
+    select, Channel, Error, Interpreter, InterruptReason, Message, SharedBuffer, Value,
+};
+
+/// A channel name unique to the test process and the test.
+fn name(test: &str) -> String {
+    format!("{test}-{}", std::process::id())
+}
+
+fn py_err(err: &Error) -> &subinterp::PyException {
+    err.as_python()
+        .unwrap_or_else(|| panic!("expected a Python exception, got {err:?}"))
+}
+
+#[test]
+fn the_module_is_multi_phase_with_one_module_object_per_interpreter() {
+    let a = common::isolated();
+    let b = common::isolated();
+    // Importable in an own-GIL interpreter: CPython refuses modules that do not declare
+    // per-interpreter GIL support there.
+    for interp in [&a, &b] {
+        interp.exec("import subinterp").unwrap();
+        assert_eq!(
+            interp.eval("subinterp.id()").unwrap(),
+            Value::Int(interp.id())
+        );
+    }
+    let types_a = a
+        .eval("(id(subinterp), id(subinterp.Channel), id(subinterp.ChannelClosed))")
+        .unwrap();
+    let types_b = b
+        .eval("(id(subinterp), id(subinterp.Channel), id(subinterp.ChannelClosed))")
+        .unwrap();
+    let (Value::Tuple(ta), Value::Tuple(tb)) = (types_a, types_b) else {
+        panic!("tuples expected")
+    };
+    for (x, y) in ta.iter().zip(&tb) {
+        assert_ne!(x, y, "module, types and exceptions are per interpreter");
+    }
+    let legacy = common::legacy();
+    legacy.exec("import subinterp").unwrap();
+}
+
+#[test]
+fn host_and_interpreters_share_named_channels() {
+    let n = name("host");
+    let to_py = Channel::named(&format!("{n}-in"));
+    let from_py = Channel::named(&format!("{n}-out"));
+    let interp = common::isolated();
+    to_py
+        .send(Value::Dict(vec![(Value::from("x"), Value::Int(20))]))
+        .unwrap();
+    interp
+        .exec(&format!(
+            "import subinterp\n\
+             inbox = subinterp.channel('{n}-in')\n\
+             outbox = subinterp.channel('{n}-out')\n\
+             msg = inbox.recv()\n\
+             outbox.send(msg['x'] * 2 + 2)\n\
+             outbox.send(('tuple', b'bytes', None, 2**100))\n"
+        ))
+        .unwrap();
+    assert_eq!(from_py.recv_value().unwrap(), Value::Int(42));
+    let big = Value::from_bigint(subinterp::value::BigInt::from(1u8) << 100);
+    assert_eq!(
+        from_py.recv_value().unwrap(),
+        Value::Tuple(vec![
+            Value::from("tuple"),
+            Value::Bytes(b"bytes".to_vec()),
+            Value::None,
+            big
+        ])
+    );
+    assert_eq!(
+        interp
+            .eval(&format!("repr(subinterp.channel('{n}-in'))"))
+            .unwrap(),
+        Value::from(format!("<subinterp.Channel \"{n}-in\" len=0>"))
+    );
+}
+
+#[test]
+fn no_message_is_lost_or_duplicated_eight_producers_eight_consumers() {
+    const PRODUCERS: i64 = 8;
+    const CONSUMERS: usize = 8;
+    const TOTAL: i64 = 100_000;
+    let per_producer = TOTAL / PRODUCERS;
+    let n = name("mpmc");
+    let rt = common::runtime();
+    let make = |code: String| {
+        let rt = rt.clone();
+        std::thread::spawn(move || {
+            let interp = Interpreter::new(&rt, &subinterp::InterpreterConfig::isolated()).unwrap();
+            interp.exec(&code).unwrap();
+            interp.call("__main__:run", ()).unwrap()
+        })
+    };
+    let consumers: Vec<_> = (0..CONSUMERS)
+        .map(|_| {
+            make(format!(
+                "import subinterp\n\
+                 def run():\n    \
+                     count = total = 0\n    \
+                     for m in subinterp.channel('{n}', capacity=1000):\n        \
+                         count += 1\n        \
+                         total += m\n    \
+                     return (count, total)\n"
+            ))
+        })
+        .collect();
+    let producers: Vec<_> = (0..PRODUCERS)
+        .map(|p| {
+            let start = p * per_producer;
+            make(format!(
+                "import subinterp\n\
+                 def run():\n    \
+                     ch = subinterp.channel('{n}', capacity=1000)\n    \
+                     for i in range({start}, {end}):\n        \
+                         ch.send(i)\n    \
+                     return None\n",
+                end = start + per_producer
+            ))
+        })
+        .collect();
+    for p in producers {
+        p.join().unwrap();
+    }
+    Channel::named(&n).close();
+    let (mut count, mut total) = (0i64, 0i64);
+    for c in consumers {
+        let Value::Tuple(pair) = c.join().unwrap() else {
+            panic!("a tuple")
+        };
+        count += pair[0].as_i64().unwrap();
+        total += pair[1].as_i64().unwrap();
+    }
+    assert_eq!(count, TOTAL, "every message received exactly once");
+    assert_eq!(
+        total,
+        TOTAL * (TOTAL - 1) / 2,
+        "and no message changed or duplicated"
+    );
+}
+
+#[test]
+fn closing_wakes_blocked_receivers_and_fails_later_sends() {
+    let n = name("close");
+    let interp = Arc::new(common::isolated());
+    interp
+        .exec(&format!("import subinterp\nch = subinterp.channel('{n}')"))
+        .unwrap();
+    let waiter = {
+        let interp = Arc::clone(&interp);
+        std::thread::spawn(move || {
+            interp.exec(
+                "try:\n    ch.recv()\n    outcome = 'received'\nexcept subinterp.ChannelClosed as e:\n    outcome = 'closed: ' + str(e)\n",
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    Channel::named(&n).close();
+    waiter.join().unwrap().unwrap();
+    assert_eq!(
+        interp.eval("outcome").unwrap(),
+        Value::from("closed: the channel is closed")
+    );
+    let err = interp.exec("ch.send(1)").unwrap_err();
+    assert_eq!(py_err(&err).type_name, "subinterp.ChannelClosed");
+    assert_eq!(interp.eval("ch.closed").unwrap(), Value::Bool(true));
+    assert!(matches!(
+        Channel::named(&n).send(Value::Int(1)),
+        Err(Error::ChannelClosed)
+    ));
+}
+
+#[test]
+fn queued_messages_survive_close_and_iteration_ends() {
+    let ch = Channel::new(None);
+    for i in 0..3 {
+        ch.send(Value::Int(i)).unwrap();
+    }
+    ch.close();
+    let got: Vec<Value> = ch.iter().map(|m| m.into_value().unwrap()).collect();
+    assert_eq!(got, vec![Value::Int(0), Value::Int(1), Value::Int(2)]);
+    assert!(matches!(ch.recv(), Err(Error::ChannelClosed)));
+}
+
+#[test]
+fn an_interpreter_closed_while_blocked_in_recv_does_not_hang_the_host() {
+    let n = name("blocked");
+    let interp = Arc::new(common::isolated());
+    interp
+        .exec(&format!(
+            "import subinterp, threading\nch = subinterp.channel('{n}')"
+        ))
+        .unwrap();
+    // One Python thread of the interpreter blocks too.
+    interp
+        .exec("threading.Thread(target=lambda: ch.recv()).start()")
+        .unwrap();
+    let blocked = {
+        let interp = Arc::clone(&interp);
+        std::thread::spawn(move || interp.exec("ch.recv()"))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let start = Instant::now();
+    interp.close().unwrap();
+    assert!(start.elapsed() < Duration::from_secs(5));
+    let err = blocked.join().unwrap().unwrap_err();
+    assert_eq!(py_err(&err).type_name, "builtins.KeyboardInterrupt");
+    assert!(matches!(interp.eval("1"), Err(Error::Closed)));
+}
+
+#[test]
+fn receive_timeouts_and_non_blocking_operations() {
+    let n = name("timeouts");
+    let interp = common::isolated();
+    interp
+        .exec(&format!(
+            "import subinterp, time\nch = subinterp.channel('{n}', capacity=1)"
+        ))
+        .unwrap();
+    let err = interp.exec("ch.recv(timeout=0.05)").unwrap_err();
+    assert_eq!(py_err(&err).type_name, "builtins.TimeoutError");
+    let err = interp.exec("ch.try_recv()").unwrap_err();
+    assert_eq!(py_err(&err).type_name, "subinterp.ChannelEmpty");
+    interp.exec("ch.try_send('a')").unwrap();
+    assert_eq!(interp.eval("len(ch)").unwrap(), Value::Int(1));
+    let err = interp.exec("ch.try_send('b')").unwrap_err();
+    assert_eq!(py_err(&err).type_name, "subinterp.ChannelFull");
+    let err = interp.exec("ch.send('b', timeout=0.05)").unwrap_err();
+    assert_eq!(py_err(&err).type_name, "builtins.TimeoutError");
+    let err = interp.exec("ch.recv(timeout=-1)").unwrap_err();
+    assert_eq!(py_err(&err).type_name, "builtins.ValueError");
+    let err = interp
+        .exec(
+            "subinterp.channel('{n}', capacity=5)"
+                .replace("{n}", &n)
+                .as_str(),
+        )
+        .unwrap_err();
+    assert!(py_err(&err)
+        .message
+        .contains("already exists with capacity 1"));
+    assert_eq!(interp.eval("ch.recv()").unwrap(), Value::from("a"));
+    assert_eq!(interp.eval("ch.capacity").unwrap(), Value::Int(1));
+
+    let rust = Channel::new(Some(1));
+    rust.try_send(Value::Int(1)).unwrap();
+    assert!(matches!(
+        rust.try_send(Value::Int(2)),
+        Err(Error::ChannelFull)
+    ));
+    assert!(matches!(
+        rust.send_timeout(Value::Int(2), Duration::from_millis(20)),
+        Err(Error::Timeout)
+    ));
+    rust.try_recv().unwrap();
+    assert!(matches!(rust.try_recv(), Err(Error::ChannelEmpty)));
+    assert!(matches!(
+        rust.recv_timeout(Duration::from_millis(20)),
+        Err(Error::Timeout)
+    ));
+}
+
+#[test]
+fn other_objects_are_pickled_and_unpicklable_ones_fail_in_the_sender() {
+    let n = name("pickle");
+    let a = common::isolated();
+    let b = common::isolated();
+    a.exec(&format!(
+        "import subinterp, datetime\nch = subinterp.channel('{n}')"
+    ))
+    .unwrap();
+    b.exec(&format!("import subinterp\nch = subinterp.channel('{n}')"))
+        .unwrap();
+    a.exec("ch.send({1, 2, 3}); ch.send(complex(1, 2)); ch.send(datetime.timedelta(days=2))")
+        .unwrap();
+    assert_eq!(b.eval("ch.recv() == {1, 2, 3}").unwrap(), Value::Bool(true));
+    assert_eq!(b.eval("str(ch.recv())").unwrap(), Value::from("(1+2j)"));
+    assert_eq!(
+        b.eval("repr(ch.recv())").unwrap(),
+        Value::from("datetime.timedelta(days=2)")
+    );
+
+    let err = a.exec("ch.send(lambda: 1)").unwrap_err();
+    let exc = py_err(&err);
+    assert_eq!(exc.type_name, "builtins.TypeError");
+    assert!(
+        exc.message
+            .contains("cannot send a builtins.function object"),
+        "{}",
+        exc.message
+    );
+    assert_eq!(
+        a.eval("len(ch)").unwrap(),
+        Value::Int(0),
+        "nothing was sent"
+    );
+
+    // The receiver cannot import the sender's class: a clear error, and the message is
+    // handed over inside it rather than dropped.
+    a.exec("class Point:\n    def __init__(self, x):\n        self.x = x\nch.send(Point(3))")
+        .unwrap();
+    b.exec(
+        "try:\n    ch.recv()\nexcept subinterp.ReceiveError as e:\n    failure = (str(e), e.type_name, len(e.pickled) > 0)\n",
+    )
+    .unwrap();
+    let Value::Tuple(failure) = b.eval("failure").unwrap() else {
+        panic!("a tuple")
+    };
+    assert!(
+        failure[0].as_str().unwrap().contains("__main__.Point"),
+        "{failure:?}"
+    );
+    assert!(
+        failure[0].as_str().unwrap().contains("AttributeError"),
+        "{failure:?}"
+    );
+    assert_eq!(failure[1], Value::from("__main__.Point"));
+    assert_eq!(failure[2], Value::Bool(true));
+    // Rust sees pickled messages as such.
+    a.exec("ch.send(Point(4))").unwrap();
+    match Channel::named(&n).recv().unwrap() {
+        Message::Pickled { type_name, data } => {
+            assert_eq!(type_name, "__main__.Point");
+            assert!(!data.is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_buffer_view_outlives_the_interpreter_that_created_it() {
+    let n = name("buffer-outlives");
+    let a = common::isolated();
+    let b = common::isolated();
+    a.exec(&format!(
+        "import subinterp\nbuf = subinterp.buffer(b'shared bytes')\nsubinterp.channel('{n}').send(buf)"
+    ))
+    .unwrap();
+    b.exec(&format!(
+        "import subinterp\nview = subinterp.channel('{n}').recv()\n"
+    ))
+    .unwrap();
+    a.close().unwrap();
+    assert_eq!(
+        b.eval("type(view).__name__").unwrap(),
+        Value::from("memoryview")
+    );
+    assert_eq!(
+        b.eval("bytes(view)").unwrap(),
+        Value::Bytes(b"shared bytes".to_vec())
+    );
+    assert_eq!(b.eval("view.readonly").unwrap(), Value::Bool(true));
+    let err = b.exec("view[0] = 65").unwrap_err();
+    assert_eq!(
+        py_err(&err).type_name,
+        "builtins.TypeError",
+        "read-only by default"
+    );
+}
+
+#[test]
+fn writes_through_a_writable_buffer_are_seen_by_other_interpreters() {
+    let n = name("buffer-writable");
+    let a = common::isolated();
+    let b = common::isolated();
+    a.exec(&format!(
+        "import subinterp\nbuf = subinterp.buffer(8, writable=True)\nmine = memoryview(buf)\n\
+         ch = subinterp.channel('{n}')\nch.send(buf)\nch.send(mine)"
+    ))
+    .unwrap();
+    b.exec(&format!(
+        "import subinterp\nch = subinterp.channel('{n}')\nv1 = ch.recv()\nv2 = ch.recv()\nv1[0:5] = b'hello'"
+    ))
+    .unwrap();
+    assert_eq!(
+        a.eval("bytes(mine[:5])").unwrap(),
+        Value::Bytes(b"hello".to_vec())
+    );
+    assert_eq!(
+        b.eval("bytes(v2[:5])").unwrap(),
+        Value::Bytes(b"hello".to_vec())
+    );
+    a.exec("mine[7] = 33").unwrap();
+    assert_eq!(b.eval("v1[7]").unwrap(), Value::Int(33));
+
+    // And the host sees the same memory.
+    let host = SharedBuffer::from_bytes(b"from rust", false).unwrap();
+    Channel::named(&n).send(host.clone()).unwrap();
+    assert_eq!(
+        b.eval("bytes(ch.recv())").unwrap(),
+        Value::Bytes(b"from rust".to_vec())
+    );
+    b.exec("ch.send(v1)").unwrap();
+    match Channel::named(&n).recv().unwrap() {
+        Message::Buffer(buf) => {
+            assert_eq!(&buf.to_vec()[..5], b"hello");
+            assert!(buf.is_writable());
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_blocked_recv_is_interrupted_by_a_deadline_and_the_interpreter_stays_usable() {
+    let n = name("interrupt");
+    let interp = Arc::new(common::isolated());
+    interp
+        .exec(&format!("import subinterp\nch = subinterp.channel('{n}')"))
+        .unwrap();
+    let handle = interp.interrupt_handle();
+    let blocked = {
+        let interp = Arc::clone(&interp);
+        std::thread::spawn(move || interp.exec("ch.recv()"))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let start = Instant::now();
+    assert!(handle.interrupt(InterruptReason::Timeout).unwrap());
+    let err = blocked.join().unwrap().unwrap_err();
+    assert!(start.elapsed() < Duration::from_secs(2));
+    assert_eq!(py_err(&err).type_name, "builtins.TimeoutError");
+    assert_eq!(interp.eval("1 + 1").unwrap(), Value::Int(2));
+    // Nothing running: nothing to interrupt, and the next operation is not hit.
+    assert!(!handle.interrupt(InterruptReason::Cancelled).unwrap());
+    assert_eq!(interp.eval("2 + 2").unwrap(), Value::Int(4));
+}
+
+#[test]
+fn running_python_code_is_interrupted() {
+    let interp = Arc::new(common::isolated());
+    let handle = interp.interrupt_handle();
+    let busy = {
+        let interp = Arc::clone(&interp);
+        std::thread::spawn(move || interp.exec("while True:\n    pass\n"))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(handle.interrupt(InterruptReason::Timeout).unwrap());
+    let err = busy.join().unwrap().unwrap_err();
+    assert_eq!(py_err(&err).type_name, "builtins.TimeoutError");
+    assert_eq!(interp.eval("'usable'").unwrap(), Value::from("usable"));
+    interp.close().unwrap();
+    assert!(matches!(
+        handle.interrupt(InterruptReason::Timeout),
+        Err(Error::Closed)
+    ));
+}
+
+#[test]
+fn select_and_async_receive_from_rust() {
+    let a = Channel::new(None);
+    let b = Channel::new(None);
+    let sender = {
+        let b = b.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            b.send(Value::from("on b")).unwrap();
+        })
+    };
+    let (index, message) = select(&[&a, &b], Some(Duration::from_secs(5))).unwrap();
+    sender.join().unwrap();
+    assert_eq!(index, 1);
+    assert_eq!(message.into_value().unwrap(), Value::from("on b"));
+    assert!(matches!(
+        select(&[&a, &b], Some(Duration::from_millis(10))),
+        Err(Error::Timeout)
+    ));
+    a.close();
+    b.close();
+    assert!(matches!(select(&[&a, &b], None), Err(Error::ChannelClosed)));
+
+    #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+    struct Job {
+        id: u32,
+        words: Vec<String>,
+    }
+    let typed = Channel::new(None);
+    let interp = common::isolated();
+    let n = name("async");
+    let named = Channel::named(&n);
+    let future = named.recv_async();
+    interp
+        .exec(&format!(
+            "import subinterp\nsubinterp.channel('{n}').send({{'id': 7, 'words': ['a', 'b']}})"
+        ))
+        .unwrap();
+    let job: Job = subinterp::from_value(block_on(future).unwrap().into_value().unwrap()).unwrap();
+    assert_eq!(
+        job,
+        Job {
+            id: 7,
+            words: vec!["a".into(), "b".into()]
+        }
+    );
+    typed.send_serde(&job).unwrap();
+    assert_eq!(typed.recv_as::<Job>().unwrap(), job);
+}
+
+/// A minimal executor: polls the future, parking the thread until its waker fires.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        match future.as_mut().poll(&mut cx) {
+            Poll::Ready(out) => return out,
+            Poll::Pending => std::thread::park_timeout(Duration::from_secs(5)),
+        }
+    }
+}
