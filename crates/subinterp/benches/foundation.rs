@@ -5,19 +5,16 @@
 //!
 //! Run: `cargo bench -p subinterp --bench foundation`
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{figure, header, median, peer_figures, row};
 use subinterp::{Interpreter, InterpreterConfig, Runtime, RuntimeConfig, Value};
 
 const WORK: &str = "def work(n):\n    total = 0\n    for i in range(n):\n        total += i * i\n    return total\n";
 const WORK_N: i64 = 3_000_000;
-
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort_unstable();
-    samples[samples.len() / 2]
-}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let k = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -95,32 +92,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let speedup = sequential.as_secs_f64() / parallel.as_secs_f64();
     drop(workers);
 
-    let peers = peer_figures(k);
-    let peer = |key: &str| {
-        peers
-            .as_ref()
-            .and_then(|p| p.get(key))
-            .and_then(|v| v.as_f64())
-    };
-
+    let peers = peer_figures("peers_foundation.py", &[k.to_string(), WORK_N.to_string()]);
+    let peer = |key: &str| figure(&peers, key);
     println!();
-    println!(
-        "{:<44} {:>12} {:>12} {:>8}",
-        "measure", "subinterp", "peer", "ratio"
-    );
-    let row = |name: &str, ours: f64, theirs: Option<f64>, unit: &str, lower_is_better: bool| {
-        let (peer_text, ratio) = match theirs {
-            Some(t) => {
-                let r = if lower_is_better { t / ours } else { ours / t };
-                (format!("{t:.2} {unit}"), format!("{r:.2}x"))
-            }
-            None => ("n/a".to_owned(), "n/a".to_owned()),
-        };
-        println!(
-            "{name:<44} {:>12} {peer_text:>12} {ratio:>8}",
-            format!("{ours:.2} {unit}")
-        );
-    };
+    header();
     row(
         "create+close, median (peer: _interpreters)",
         create_ms,
@@ -160,27 +135,4 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         parallel.as_secs_f64() * 1e3
     );
     Ok(())
-}
-
-/// Runs the peer script with the Python this crate was built against.
-fn peer_figures(k: usize) -> Option<serde_json::Map<String, serde_json::Value>> {
-    let python = option_env!("SUBINTERP_BUILD_PYTHON")?;
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../bench/peers_foundation.py"
-    );
-    let out = Command::new(python)
-        .arg(script)
-        .arg(k.to_string())
-        .arg(WORK_N.to_string())
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        eprintln!(
-            "peer script failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        return None;
-    }
-    serde_json::from_slice(&out.stdout).ok()
 }
