@@ -148,7 +148,11 @@ fn unshareable_objects_are_refused_naming_their_type() {
             "builtins.range",
             "found inside a dict value",
         ),
-        ("__import__('collections').deque([1])", "collections.deque", ""),
+        (
+            "__import__('collections').deque([1])",
+            "collections.deque",
+            "",
+        ),
     ] {
         match interp.eval(expr).unwrap_err() {
             Error::Unshareable {
