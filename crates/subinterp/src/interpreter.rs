@@ -504,9 +504,9 @@ fn serve(
 }
 
 const JOIN_THREADS: &str = "\
-current = threading.current_thread()
+skip = (threading.current_thread(), threading.main_thread())
 for thread in threading.enumerate():
-    if thread is not current and not thread.daemon:
+    if thread not in skip and not thread.daemon:
         thread.join()
 ";
 
@@ -516,7 +516,9 @@ for thread in threading.enumerate():
 /// modules already loaded are used: nothing is imported while the interpreter ends.
 fn wind_down(py: Python<'_>, capture: bool) -> Result<Output> {
     // Joining the threads ourselves (rather than `threading._shutdown()`, which CPython
-    // 3.12 cannot run twice) leaves `Py_EndInterpreter` nothing to wait for.
+    // 3.12 cannot run twice) leaves `Py_EndInterpreter` nothing to wait for. The main
+    // thread is skipped: in a subinterpreter `threading` may take the process's main
+    // thread for it (3.13), and it never ends while we run.
     let joined = py
         .loaded_module("threading")
         .and_then(|threading| match threading {
