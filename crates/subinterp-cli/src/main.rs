@@ -4,6 +4,7 @@
 //! Each command lives in a module of its own; this file parses the command line and
 //! hands over to it.
 
+mod check;
 mod run;
 
 use std::fmt::Display;
@@ -41,6 +42,8 @@ struct Cli {
 enum Command {
     /// Run Python scripts or code, every copy in its own interpreter on its own thread.
     Run(run::RunArgs),
+    /// Tell which modules can be imported in isolated interpreters, and why not.
+    Check(check::CheckArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
                 .expect("clap parsed the run subcommand, so its matches exist");
             run::main(args, sub)
         }
+        Command::Check(args) => check::main(args),
     };
     ExitCode::from(status)
 }

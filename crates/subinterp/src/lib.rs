@@ -41,6 +41,7 @@
 
 mod buffer;
 mod channel;
+pub mod check;
 mod config;
 mod error;
 mod interpreter;
