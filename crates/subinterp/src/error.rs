@@ -76,6 +76,9 @@ pub enum Error {
     /// A blocking operation's timeout passed.
     #[error("timed out")]
     Timeout,
+    /// The task was cancelled.
+    #[error("the task was cancelled")]
+    Cancelled,
     /// A blocking operation was interrupted.
     #[error("interrupted ({0:?})")]
     Interrupted(crate::InterruptReason),

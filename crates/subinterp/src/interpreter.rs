@@ -86,6 +86,16 @@ impl InterruptHandle {
     /// ([`InterruptReason::Cancelled`]) in the running operation. Returns whether an
     /// operation was running; [`Error::Closed`] once the interpreter has ended.
     pub fn interrupt(&self, reason: InterruptReason) -> Result<bool> {
+        self.interrupt_if(reason, || true)
+    }
+
+    /// Like [`interrupt`](Self::interrupt), only if `still_wanted()` — evaluated with the
+    /// interpreter's GIL held, so that what it reads cannot change meanwhile — is true.
+    pub(crate) fn interrupt_if(
+        &self,
+        reason: InterruptReason,
+        still_wanted: impl FnOnce() -> bool,
+    ) -> Result<bool> {
         let target = self
             .interrupts
             .target
@@ -98,7 +108,7 @@ impl InterruptHandle {
         let mut running = false;
         target.interrupt(
             || {
-                running = interrupts.running.load(Ordering::Acquire);
+                running = interrupts.running.load(Ordering::Acquire) && still_wanted();
                 // A wait in progress receives the interrupt directly; otherwise the
                 // running bytecode gets it as an asynchronous exception.
                 running && !interrupts.waits.request(reason)
@@ -327,11 +337,21 @@ impl Interpreter {
         F: for<'py> FnOnce(Python<'py>) -> Result<R> + Send + 'static,
         R: Send + 'static,
     {
-        if self.is_closed() {
-            return Err(Error::Closed);
-        }
         if std::thread::current().id() == self.thread_id {
             return Err(Error::WouldDeadlock);
+        }
+        self.submit(f)?.recv().map_err(|_| Error::Closed)?
+    }
+
+    /// Queues `f` to run on the interpreter's thread without waiting for it; its result
+    /// arrives on the returned receiver (disconnected if the interpreter ends first).
+    pub(crate) fn submit<R, F>(&self, f: F) -> Result<Receiver<Result<R>>>
+    where
+        F: for<'py> FnOnce(Python<'py>) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        if self.is_closed() {
+            return Err(Error::Closed);
         }
         let (reply_tx, reply_rx) = bounded::<Result<R>>(1);
         let job: Job = Box::new(move |py| {
@@ -340,7 +360,7 @@ impl Interpreter {
             let _ = reply_tx.send(result);
         });
         self.tx.send(Msg::Job(job)).map_err(|_| Error::Closed)?;
-        reply_rx.recv().map_err(|_| Error::Closed)?
+        Ok(reply_rx)
     }
 
     /// Runs Python statements in the interpreter's `__main__` namespace.
@@ -376,13 +396,7 @@ impl Interpreter {
     pub fn call(&self, target: &str, args: impl Into<Args>) -> Result<Value> {
         let (module, path) = parse_target(target)?;
         let args = args.into();
-        self.run(move |py| {
-            let mut callable = py.import(&module)?;
-            for attr in path.split('.') {
-                callable = callable.getattr(attr)?;
-            }
-            call_with(py, &callable, &args)?.to_value()
-        })
+        self.run(move |py| call_target(py, &module, &path, &args))
     }
 
     /// Like [`call`](Self::call), converting the result to `T` with serde.
@@ -598,6 +612,16 @@ fn flush_streams(py: Python<'_>) {
             .and_then(|s| s.call_method("flush", &[]));
         drop(flushed);
     }
+}
+
+/// Imports `module`, follows the dotted `path` to a callable, calls it with `args` and
+/// copies the result out.
+pub(crate) fn call_target(py: Python<'_>, module: &str, path: &str, args: &Args) -> Result<Value> {
+    let mut callable = py.import(module)?;
+    for attr in path.split('.') {
+        callable = callable.getattr(attr)?;
+    }
+    call_with(py, &callable, args)?.to_value()
 }
 
 fn call_with<'py>(py: Python<'py>, callable: &PyObj<'py>, args: &Args) -> Result<PyObj<'py>> {

@@ -1,0 +1,812 @@
+//! [`Pool`]: a fixed number of isolated interpreters taking calls from one queue, with
+//! deadlines that stop runaway Python code, cancellation, recycling and shutdown.
+//!
+//! Each worker is an [`Interpreter`] running a loop on its own thread: it waits for the
+//! next task with its GIL released, runs it, and hands the result straight back — one
+//! thread hop each way. A watchdog thread enforces deadlines: at the deadline it
+//! interrupts the task inside its interpreter (`TimeoutError`); if the task is stuck in C
+//! code and still running after a grace period, the task is reported as timed out and its
+//! worker is replaced by a fresh interpreter, so the pool keeps its size.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, select, unbounded, Receiver, RecvTimeoutError, Sender};
+
+use crate::config::InterpreterConfig;
+use crate::error::{Error, PyException, Result};
+use crate::interpreter::{call_target, parse_target, Args, Interpreter, InterruptHandle};
+use crate::raw::lifecycle::clear_pending_async;
+use crate::raw::Python;
+use crate::runtime::Runtime;
+use crate::wait::InterruptReason;
+use crate::Value;
+
+/// How a [`Pool`] is built.
+///
+/// ```
+/// use std::time::Duration;
+/// let mut config = subinterp::PoolConfig::new();
+/// config
+///     .workers(4)
+///     .init("import json")
+///     .max_tasks_per_worker(10_000)
+///     .timeout(Duration::from_secs(30));
+/// ```
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    workers: usize,
+    interpreter: InterpreterConfig,
+    init: Vec<String>,
+    max_tasks_per_worker: Option<u64>,
+    timeout: Option<Duration>,
+    grace: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PoolConfig {
+    /// One isolated interpreter per core, no initializer, no deadline, no recycling, and
+    /// one second of grace for tasks stuck in C code.
+    pub fn new() -> Self {
+        PoolConfig {
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            interpreter: InterpreterConfig::isolated(),
+            init: Vec::new(),
+            max_tasks_per_worker: None,
+            timeout: None,
+            grace: Duration::from_secs(1),
+        }
+    }
+
+    /// Number of interpreters (at least 1).
+    pub fn workers(&mut self, n: usize) -> &mut Self {
+        self.workers = n;
+        self
+    }
+
+    /// The configuration of every worker interpreter (default: isolated).
+    pub fn interpreter(&mut self, config: InterpreterConfig) -> &mut Self {
+        self.interpreter = config;
+        self
+    }
+
+    /// Python code run once in each new worker before it takes work (repeatable; runs
+    /// in `__main__`). Typically imports and set-up shared by every task.
+    pub fn init(&mut self, code: impl Into<String>) -> &mut Self {
+        self.init.push(code.into());
+        self
+    }
+
+    /// Replace a worker by a fresh interpreter after it ran this many tasks.
+    pub fn max_tasks_per_worker(&mut self, n: u64) -> &mut Self {
+        self.max_tasks_per_worker = Some(n);
+        self
+    }
+
+    /// Default deadline of every task (a task may set its own).
+    pub fn timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// How long a task may keep running past its deadline after it was interrupted,
+    /// before it is reported as timed out and its worker replaced (default 1 s).
+    pub fn grace(&mut self, grace: Duration) -> &mut Self {
+        self.grace = grace;
+        self
+    }
+}
+
+/// Options of one submitted task.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TaskOptions {
+    /// Deadline, counted from when the task starts running; overrides the pool's default.
+    pub timeout: Option<Duration>,
+}
+
+/// A pool of isolated interpreters.
+///
+/// ```no_run
+/// use subinterp::{Pool, PoolConfig, Runtime, RuntimeConfig, Value};
+/// let rt = Runtime::init(&RuntimeConfig::new())?;
+/// let pool = Pool::new(&rt, &PoolConfig::new())?;
+/// let task = pool.submit("math:factorial", (20,))?;
+/// assert_eq!(task.wait()?, Value::Int(2432902008176640000));
+/// let squares: Vec<Value> = pool
+///     .map("operator:mul", (0..5).map(|i| (i, i)))?
+///     .collect::<Result<_, _>>()?;
+/// pool.shutdown(std::time::Duration::from_secs(5));
+/// # Ok::<(), subinterp::Error>(())
+/// ```
+///
+/// Dropping the pool is an immediate shutdown ([`Pool::shutdown_now`]).
+pub struct Pool {
+    shared: Arc<Shared>,
+    keepers: Vec<JoinHandle<()>>,
+}
+
+const RUNNING: u8 = 0;
+const DRAINING: u8 = 1;
+const STOPPING: u8 = 2;
+
+struct Shared {
+    runtime: Runtime,
+    config: PoolConfig,
+    queue_tx: Mutex<Option<Sender<Queued>>>,
+    queue_rx: Receiver<Queued>,
+    state: AtomicU8,
+    /// Dropped to tell keepers to stop now.
+    stop_tx: Mutex<Option<Sender<()>>>,
+    stop_rx: Receiver<()>,
+    watchdog: Sender<Watch>,
+    next_task: AtomicU64,
+    workers: Mutex<Vec<Arc<Worker>>>,
+}
+
+struct Queued {
+    id: u64,
+    module: String,
+    path: String,
+    args: Args,
+    timeout: Option<Duration>,
+    state: Arc<TaskState>,
+}
+
+struct Worker {
+    /// The task running now (0: none); changed only with the interpreter's GIL held.
+    current: AtomicU64,
+    interrupt: InterruptHandle,
+    abandoned: AtomicBool,
+    abandon_tx: Sender<()>,
+}
+
+impl Worker {
+    fn interrupt_task(self: &Arc<Self>, task: u64, reason: InterruptReason) {
+        // Interrupting waits for the worker's GIL, which code stuck in C may hold for a
+        // long time: never block the caller on it.
+        let worker = Arc::clone(self);
+        std::thread::spawn(move || {
+            let _ = worker
+                .interrupt
+                .interrupt_if(reason, || worker.current.load(Ordering::Acquire) == task);
+        });
+    }
+}
+
+impl Pool {
+    /// Starts the workers (in parallel) and runs the initializer in each; fails if any
+    /// worker cannot be created or its initializer raises.
+    pub fn new(runtime: &Runtime, config: &PoolConfig) -> Result<Pool> {
+        if config.workers == 0 {
+            return Err(Error::InvalidConfig(
+                "a pool needs at least one worker".into(),
+            ));
+        }
+        config.interpreter.validate()?;
+        let (queue_tx, queue_rx) = unbounded();
+        let (stop_tx, stop_rx) = bounded(0);
+        let (watch_tx, watch_rx) = unbounded();
+        let shared = Arc::new(Shared {
+            runtime: runtime.clone(),
+            config: config.clone(),
+            queue_tx: Mutex::new(Some(queue_tx)),
+            queue_rx,
+            state: AtomicU8::new(RUNNING),
+            stop_tx: Mutex::new(Some(stop_tx)),
+            stop_rx,
+            watchdog: watch_tx,
+            next_task: AtomicU64::new(1),
+            workers: Mutex::new(Vec::new()),
+        });
+        let grace = config.grace;
+        std::thread::Builder::new()
+            .name("subinterp-watchdog".into())
+            .spawn(move || watchdog(watch_rx, grace))
+            .map_err(|e| Error::CreateFailed(format!("cannot start the watchdog: {e}")))?;
+        let (ready_tx, ready_rx) = unbounded::<Result<()>>();
+        let mut pool = Pool {
+            shared: Arc::clone(&shared),
+            keepers: Vec::new(),
+        };
+        for _ in 0..config.workers {
+            let shared = Arc::clone(&shared);
+            let ready = ready_tx.clone();
+            let keeper = std::thread::Builder::new()
+                .name("subinterp-keeper".into())
+                .spawn(move || keep(shared, ready))
+                .map_err(|e| Error::CreateFailed(format!("cannot start a worker: {e}")))?;
+            pool.keepers.push(keeper);
+        }
+        drop(ready_tx);
+        for _ in 0..config.workers {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => return Err(err),
+                Err(_) => return Err(Error::CreateFailed("a worker ended during start-up".into())),
+            }
+        }
+        Ok(pool)
+    }
+
+    /// Number of workers.
+    pub fn workers(&self) -> usize {
+        self.shared.config.workers
+    }
+
+    /// Queues a call of `target` (`module:function` or `module.function`) with `args`.
+    pub fn submit(&self, target: &str, args: impl Into<Args>) -> Result<Task> {
+        self.submit_with(target, args, TaskOptions::default())
+    }
+
+    /// Like [`submit`](Self::submit), with per-task options.
+    pub fn submit_with(
+        &self,
+        target: &str,
+        args: impl Into<Args>,
+        options: TaskOptions,
+    ) -> Result<Task> {
+        let (module, path) = parse_target(target)?;
+        let id = self.shared.next_task.fetch_add(1, Ordering::Relaxed);
+        let state = Arc::new(TaskState::new());
+        let queued = Queued {
+            id,
+            module,
+            path,
+            args: args.into(),
+            timeout: options.timeout.or(self.shared.config.timeout),
+            state: Arc::clone(&state),
+        };
+        let tx = lock(&self.shared.queue_tx);
+        match tx.as_ref() {
+            Some(tx) if self.shared.state.load(Ordering::Acquire) == RUNNING => {
+                tx.send(queued).map_err(|_| Error::Closed)?
+            }
+            _ => return Err(Error::Closed),
+        }
+        Ok(Task { id, state })
+    }
+
+    /// Calls `target` on every input, in parallel, yielding results in input order.
+    ///
+    /// At most `2 × workers` calls are in flight at a time, so the input is read as
+    /// results are consumed, not all at once.
+    pub fn map<I>(&self, target: &str, inputs: I) -> Result<MapResults<'_, I::IntoIter>>
+    where
+        I: IntoIterator,
+        I::Item: Into<Args>,
+    {
+        self.map_with(target, inputs, TaskOptions::default(), 2 * self.workers())
+    }
+
+    /// Like [`map`](Self::map) with per-task options and the number of calls in flight.
+    pub fn map_with<I>(
+        &self,
+        target: &str,
+        inputs: I,
+        options: TaskOptions,
+        in_flight: usize,
+    ) -> Result<MapResults<'_, I::IntoIter>>
+    where
+        I: IntoIterator,
+        I::Item: Into<Args>,
+    {
+        parse_target(target)?;
+        Ok(MapResults {
+            pool: self,
+            target: target.to_owned(),
+            inputs: inputs.into_iter(),
+            options,
+            in_flight: in_flight.max(1),
+            window: VecDeque::new(),
+        })
+    }
+
+    /// Graceful shutdown: no new tasks; queued and running tasks finish. What is still
+    /// running after `timeout` is cancelled as by [`shutdown_now`](Self::shutdown_now).
+    /// Returns once every worker has ended (or was abandoned, stuck in C code).
+    pub fn shutdown(mut self, timeout: Duration) {
+        self.shared.state.store(DRAINING, Ordering::Release);
+        lock(&self.shared.queue_tx).take();
+        let deadline = Instant::now() + timeout;
+        let keepers = std::mem::take(&mut self.keepers);
+        let (done_tx, done_rx) = unbounded();
+        let count = keepers.len();
+        std::thread::spawn(move || {
+            for keeper in keepers {
+                let _ = keeper.join();
+                let _ = done_tx.send(());
+            }
+        });
+        let mut finished = 0;
+        while finished < count {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match done_rx.recv_timeout(left) {
+                Ok(()) => finished += 1,
+                Err(_) => break,
+            }
+        }
+        if finished < count {
+            tracing::info!("graceful shutdown timed out: cancelling the remaining tasks");
+            self.stop_now();
+            while finished < count && done_rx.recv().is_ok() {
+                finished += 1;
+            }
+        }
+    }
+
+    /// Immediate shutdown: queued tasks are cancelled, running ones interrupted
+    /// (`KeyboardInterrupt`), and every interpreter ends. Returns within about the grace
+    /// period even if tasks are stuck in C code (their interpreters are abandoned).
+    pub fn shutdown_now(mut self) {
+        self.stop_now();
+        for keeper in std::mem::take(&mut self.keepers) {
+            let _ = keeper.join();
+        }
+    }
+
+    fn stop_now(&self) {
+        self.shared.state.store(STOPPING, Ordering::Release);
+        lock(&self.shared.queue_tx).take();
+        while let Ok(queued) = self.shared.queue_rx.try_recv() {
+            queued.state.complete(Err(Error::Cancelled));
+        }
+        for worker in lock(&self.shared.workers).iter() {
+            let task = worker.current.load(Ordering::Acquire);
+            if task != 0 {
+                worker.interrupt_task(task, InterruptReason::Cancelled);
+            }
+        }
+        lock(&self.shared.stop_tx).take();
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        if !self.keepers.is_empty() {
+            self.stop_now();
+            for keeper in std::mem::take(&mut self.keepers) {
+                let _ = keeper.join();
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("workers", &self.workers())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Keeps one worker slot filled: creates the interpreter, runs its loop, and replaces it
+/// when it is recycled, fails or is abandoned — until the pool stops.
+fn keep(shared: Arc<Shared>, ready: Sender<Result<()>>) {
+    let mut ready = Some(ready);
+    let mut failures = 0;
+    while shared.state.load(Ordering::Acquire) != STOPPING {
+        let interp = match start_worker(&shared) {
+            Ok(interp) => interp,
+            Err(err) => {
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(Err(err));
+                    return;
+                }
+                failures += 1;
+                tracing::error!(error = %err, "could not replace a pool worker");
+                if failures >= 3 {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        failures = 0;
+        let (abandon_tx, abandon_rx) = bounded(1);
+        let worker = Arc::new(Worker {
+            current: AtomicU64::new(0),
+            interrupt: interp.interrupt_handle(),
+            abandoned: AtomicBool::new(false),
+            abandon_tx,
+        });
+        lock(&shared.workers).push(Arc::clone(&worker));
+        let job = {
+            let shared = Arc::clone(&shared);
+            let worker = Arc::clone(&worker);
+            interp.submit(move |py| worker_loop(py, &shared, &worker))
+        };
+        if let Some(ready) = ready.take() {
+            let _ = ready.send(Ok(()));
+        }
+        let Ok(job) = job else {
+            lock(&shared.workers).retain(|w| !Arc::ptr_eq(w, &worker));
+            continue;
+        };
+        let abandon = select! {
+            recv(job) -> _ => false,
+            recv(abandon_rx) -> _ => true,
+            recv(shared.stop_rx) -> _ => {
+                // Stopping now: the running task was interrupted; give it the grace period.
+                job.recv_timeout(shared.config.grace).is_err()
+            }
+        };
+        lock(&shared.workers).retain(|w| !Arc::ptr_eq(w, &worker));
+        if abandon {
+            tracing::warn!(
+                interpreter = interp.id(),
+                "pool worker stuck in C code: replaced"
+            );
+            // Its thread ends when the C call returns; close it then, off this thread.
+            std::thread::spawn(move || {
+                let _ = job.recv();
+                drop(interp);
+            });
+        } else {
+            let _ = interp.close();
+        }
+        if shared.state.load(Ordering::Acquire) != RUNNING && !abandon {
+            break;
+        }
+    }
+}
+
+fn start_worker(shared: &Shared) -> Result<Interpreter> {
+    let interp = Interpreter::new(&shared.runtime, &shared.config.interpreter)?;
+    for code in &shared.config.init {
+        interp.exec(code)?;
+    }
+    tracing::debug!(interpreter = interp.id(), "pool worker ready");
+    Ok(interp)
+}
+
+/// The loop a worker runs on its interpreter's thread.
+fn worker_loop(py: Python<'_>, shared: &Shared, worker: &Arc<Worker>) -> Result<()> {
+    let mut done: u64 = 0;
+    loop {
+        let rx = shared.queue_rx.clone();
+        let Ok(task) = py.allow_threads(move || rx.recv()) else {
+            return Ok(()); // the queue was closed and drained
+        };
+        if task.state.is_done() {
+            continue; // cancelled while queued
+        }
+        worker.current.store(task.id, Ordering::Release);
+        task.state.set_worker(worker);
+        let started = Instant::now();
+        if let Some(timeout) = task.timeout {
+            let _ = shared.watchdog.send(Watch {
+                due: started + timeout,
+                task: task.id,
+                timeout,
+                worker: Arc::clone(worker),
+                state: Arc::clone(&task.state),
+                abandon: false,
+            });
+        }
+        tracing::debug!(task = task.id, target = %format!("{}:{}", task.module, task.path), "task started");
+        let result = call_target(py, &task.module, &task.path, &task.args);
+        worker.current.store(0, Ordering::Release);
+        clear_pending_async(py);
+        let elapsed = started.elapsed();
+        let result = match result {
+            Err(Error::Python(exc)) if task.state.timed_out.load(Ordering::Acquire) => {
+                Err(Error::Python(Box::new(timed_out(*exc, task.timeout))))
+            }
+            other => other,
+        };
+        match &result {
+            Ok(_) => tracing::debug!(
+                task = task.id,
+                elapsed_us = elapsed.as_micros() as u64,
+                "task finished"
+            ),
+            Err(err) if task.state.timed_out.load(Ordering::Acquire) => {
+                tracing::warn!(
+                    task = task.id,
+                    elapsed_us = elapsed.as_micros() as u64,
+                    "task timed out: {err}"
+                )
+            }
+            Err(err) => tracing::debug!(
+                task = task.id,
+                elapsed_us = elapsed.as_micros() as u64,
+                "task failed: {err}"
+            ),
+        }
+        task.state.complete(result);
+        if worker.abandoned.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        done += 1;
+        if shared
+            .config
+            .max_tasks_per_worker
+            .is_some_and(|max| done >= max)
+        {
+            tracing::debug!(tasks = done, "pool worker recycled");
+            return Ok(());
+        }
+        if shared.state.load(Ordering::Acquire) == STOPPING {
+            return Ok(());
+        }
+    }
+}
+
+/// The message of a `TimeoutError` raised at a deadline.
+fn timed_out(mut exc: PyException, timeout: Option<Duration>) -> PyException {
+    if exc.is("TimeoutError") && exc.message.is_empty() {
+        exc.message = match timeout {
+            Some(t) => format!("the task ran past its deadline of {:.3} s", t.as_secs_f64()),
+            None => "the task ran past its deadline".into(),
+        };
+    }
+    exc
+}
+
+struct Watch {
+    due: Instant,
+    task: u64,
+    timeout: Duration,
+    worker: Arc<Worker>,
+    state: Arc<TaskState>,
+    /// False: interrupt at `due`. True: `due` is the end of the grace period.
+    abandon: bool,
+}
+
+/// Enforces deadlines: interrupts at the deadline, abandons after the grace period.
+fn watchdog(rx: Receiver<Watch>, grace: Duration) {
+    let mut heap: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
+    let mut entries: std::collections::HashMap<u64, Watch> = std::collections::HashMap::new();
+    let mut seq = 0u64;
+    loop {
+        let next = heap.peek().map(|Reverse((due, _))| *due);
+        let received = match next {
+            Some(due) => rx.recv_timeout(due.saturating_duration_since(Instant::now())),
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match received {
+            Ok(watch) => {
+                seq += 1;
+                heap.push(Reverse((watch.due, seq)));
+                entries.insert(seq, watch);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) if heap.is_empty() => return,
+            Err(RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(next.map_or(Duration::ZERO, |d| {
+                    d.saturating_duration_since(Instant::now())
+                }));
+            }
+        }
+        let now = Instant::now();
+        while let Some(Reverse((due, key))) = heap.peek().copied() {
+            if due > now {
+                break;
+            }
+            heap.pop();
+            let Some(watch) = entries.remove(&key) else {
+                continue;
+            };
+            let still_running = !watch.state.is_done()
+                && watch.worker.current.load(Ordering::Acquire) == watch.task;
+            if !still_running {
+                continue;
+            }
+            if !watch.abandon {
+                watch.state.timed_out.store(true, Ordering::Release);
+                tracing::info!(task = watch.task, "task reached its deadline: interrupting");
+                watch
+                    .worker
+                    .interrupt_task(watch.task, InterruptReason::Timeout);
+                seq += 1;
+                heap.push(Reverse((now + grace, seq)));
+                entries.insert(
+                    seq,
+                    Watch {
+                        due: now + grace,
+                        abandon: true,
+                        ..watch
+                    },
+                );
+            } else {
+                let exc = PyException {
+                    type_name: "builtins.TimeoutError".into(),
+                    message: format!(
+                        "the task ran past its deadline of {:.3} s and did not stop when \
+                         interrupted (blocked in C code?); its interpreter was replaced",
+                        watch.timeout.as_secs_f64()
+                    ),
+                    traceback: String::new(),
+                    cause: None,
+                    context: None,
+                };
+                watch.state.complete(Err(Error::Python(Box::new(exc))));
+                watch.worker.abandoned.store(true, Ordering::Release);
+                let _ = watch.worker.abandon_tx.try_send(());
+            }
+        }
+    }
+}
+
+struct TaskState {
+    slot: Mutex<TaskSlot>,
+    done: Condvar,
+    timed_out: AtomicBool,
+}
+
+#[derive(Default)]
+struct TaskSlot {
+    result: Option<Result<Value>>,
+    finished: bool,
+    wakers: Vec<Waker>,
+    worker: Option<Arc<Worker>>,
+}
+
+impl TaskState {
+    fn new() -> Self {
+        TaskState {
+            slot: Mutex::new(TaskSlot::default()),
+            done: Condvar::new(),
+            timed_out: AtomicBool::new(false),
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        lock(&self.slot).finished
+    }
+
+    fn set_worker(&self, worker: &Arc<Worker>) {
+        lock(&self.slot).worker = Some(Arc::clone(worker));
+    }
+
+    /// Stores the result unless one is already there; returns whether it was stored.
+    fn complete(&self, result: Result<Value>) -> bool {
+        let mut slot = lock(&self.slot);
+        if slot.finished {
+            return false;
+        }
+        slot.finished = true;
+        slot.result = Some(result);
+        slot.worker = None;
+        for waker in slot.wakers.drain(..) {
+            waker.wake();
+        }
+        self.done.notify_all();
+        true
+    }
+}
+
+/// A submitted call: wait for its result (blocking, with a timeout, or as a future), or
+/// cancel it.
+pub struct Task {
+    id: u64,
+    state: Arc<TaskState>,
+}
+
+impl Task {
+    /// The task's id within its pool.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Waits for the result. A cancelled task gives [`Error::Cancelled`]; a task past its
+    /// deadline gives a Python `TimeoutError`.
+    pub fn wait(self) -> Result<Value> {
+        let mut slot = lock(&self.state.slot);
+        while !slot.finished {
+            slot = self
+                .state
+                .done
+                .wait(slot)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        slot.result.take().unwrap_or(Err(Error::Closed))
+    }
+
+    /// Waits at most `timeout`; gives the task back if it has not finished.
+    pub fn wait_timeout(self, timeout: Duration) -> std::result::Result<Result<Value>, Task> {
+        let deadline = Instant::now() + timeout;
+        {
+            let mut slot = lock(&self.state.slot);
+            while !slot.finished {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    drop(slot);
+                    return Err(self);
+                }
+                slot = self
+                    .state
+                    .done
+                    .wait_timeout(slot, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+        }
+        Ok(self.wait())
+    }
+
+    /// True once the task has a result (or was cancelled).
+    pub fn is_finished(&self) -> bool {
+        self.state.is_done()
+    }
+
+    /// Cancels the task: a queued task never runs; a running one is interrupted inside
+    /// its interpreter (`KeyboardInterrupt`). Returns false if it had already finished.
+    pub fn cancel(&self) -> bool {
+        let worker = lock(&self.state.slot).worker.clone();
+        if !self.state.complete(Err(Error::Cancelled)) {
+            return false;
+        }
+        if let Some(worker) = worker {
+            worker.interrupt_task(self.id, InterruptReason::Cancelled);
+        }
+        true
+    }
+}
+
+impl Future for Task {
+    type Output = Result<Value>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut slot = lock(&self.state.slot);
+        if slot.finished {
+            return Poll::Ready(slot.result.take().unwrap_or(Err(Error::Closed)));
+        }
+        slot.wakers.push(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl std::fmt::Debug for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Task")
+            .field("id", &self.id)
+            .field("finished", &self.is_finished())
+            .finish()
+    }
+}
+
+/// The results of [`Pool::map`], in input order.
+pub struct MapResults<'p, I> {
+    pool: &'p Pool,
+    target: String,
+    inputs: I,
+    options: TaskOptions,
+    in_flight: usize,
+    window: VecDeque<Result<Task>>,
+}
+
+impl<I> Iterator for MapResults<'_, I>
+where
+    I: Iterator,
+    I::Item: Into<Args>,
+{
+    type Item = Result<Value>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while self.window.len() < self.in_flight {
+            let Some(input) = self.inputs.next() else {
+                break;
+            };
+            self.window
+                .push_back(self.pool.submit_with(&self.target, input, self.options));
+        }
+        Some(self.window.pop_front()?.and_then(Task::wait))
+    }
+}

@@ -1,0 +1,307 @@
+//! The interpreter pool: order, errors, deadlines, cancellation, recycling, shutdown.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use subinterp::{Error, Pool, PoolConfig, TaskOptions, Value};
+
+const FUNCS: &str = r#"
+import subinterp, time
+
+def double(x):
+    time.sleep((x % 7) / 2000)   # finish out of order
+    return 2 * x
+
+def fail_on_odd(x):
+    if x % 2:
+        raise ValueError(f"odd input: {x}")
+    return x
+
+def spin():
+    while True:
+        pass
+
+def sleep(seconds):
+    time.sleep(seconds)
+    return 'slept'
+
+def whoami():
+    return subinterp.id()
+
+def record(tag):
+    subinterp.channel('pool-record').send(tag)
+    return tag
+"#;
+
+fn pool(workers: usize, tweak: impl FnOnce(&mut PoolConfig)) -> Pool {
+    let mut config = PoolConfig::new();
+    config.workers(workers).init(FUNCS);
+    tweak(&mut config);
+    Pool::new(&common::runtime(), &config).expect("start the pool")
+}
+
+fn py_type(err: &Error) -> String {
+    match err {
+        Error::Python(exc) => exc.type_name.clone(),
+        other => format!("{other:?}"),
+    }
+}
+
+#[test]
+fn map_keeps_input_order_and_answers_every_record() {
+    let pool = pool(2, |_| {});
+    let results: Vec<Value> = pool
+        .map("__main__:double", (0..300).map(|i| (i,)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let expected: Vec<Value> = (0..300).map(|i| Value::Int(2 * i)).collect();
+    assert_eq!(results, expected);
+}
+
+#[test]
+fn failing_records_are_errors_and_the_rest_succeed() {
+    let pool = pool(2, |_| {});
+    let results: Vec<_> = pool
+        .map("__main__:fail_on_odd", (0..10).map(|i| (i,)))
+        .unwrap()
+        .collect();
+    for (i, result) in results.into_iter().enumerate() {
+        if i % 2 == 1 {
+            let err = result.unwrap_err();
+            let exc = err.as_python().unwrap();
+            assert_eq!(exc.type_name, "builtins.ValueError");
+            assert_eq!(exc.message, format!("odd input: {i}"));
+            assert!(exc.traceback.contains("fail_on_odd"));
+        } else {
+            assert_eq!(result.unwrap(), Value::Int(i as i64));
+        }
+    }
+    let err = pool
+        .submit("no_such_module:f", ())
+        .unwrap()
+        .wait()
+        .unwrap_err();
+    assert_eq!(py_type(&err), "builtins.ModuleNotFoundError");
+}
+
+#[test]
+fn an_infinite_loop_is_stopped_at_its_deadline_and_the_interpreter_is_reused() {
+    let pool = pool(1, |_| {});
+    let before = pool.submit("__main__:whoami", ()).unwrap().wait().unwrap();
+    let start = Instant::now();
+    let err = pool
+        .submit_with(
+            "__main__:spin",
+            (),
+            TaskOptions {
+                timeout: Some(Duration::from_millis(200)),
+            },
+        )
+        .unwrap()
+        .wait()
+        .unwrap_err();
+    let took = start.elapsed();
+    let exc = err.as_python().expect("a Python exception");
+    assert_eq!(exc.type_name, "builtins.TimeoutError");
+    assert!(
+        exc.message.contains("deadline of 0.200 s"),
+        "{}",
+        exc.message
+    );
+    assert!(
+        exc.traceback.contains("spin"),
+        "raised inside the task: {}",
+        exc.traceback
+    );
+    // Stopped by the interrupt, not by giving up on the worker (that takes the grace).
+    assert!(took < Duration::from_millis(1100), "took {took:?}");
+    let after = pool.submit("__main__:whoami", ()).unwrap().wait().unwrap();
+    assert_eq!(before, after, "the same interpreter keeps working");
+}
+
+#[test]
+fn a_task_stuck_in_c_code_times_out_and_its_worker_is_replaced() {
+    let pool = pool(1, |c| {
+        c.grace(Duration::from_millis(300));
+    });
+    let before = pool.submit("__main__:whoami", ()).unwrap().wait().unwrap();
+    let err = pool
+        .submit_with(
+            "__main__:sleep",
+            (30,),
+            TaskOptions {
+                timeout: Some(Duration::from_millis(200)),
+            },
+        )
+        .unwrap()
+        .wait()
+        .unwrap_err();
+    let exc = err.as_python().expect("a Python exception");
+    assert_eq!(exc.type_name, "builtins.TimeoutError");
+    assert!(
+        exc.message.contains("interpreter was replaced"),
+        "{}",
+        exc.message
+    );
+    // The pool keeps its size: the next task runs, in a fresh interpreter.
+    let after = pool.submit("__main__:whoami", ()).unwrap().wait().unwrap();
+    assert_ne!(before, after);
+    assert_eq!(
+        pool.submit("__main__:double", (4,))
+            .unwrap()
+            .wait()
+            .unwrap(),
+        Value::Int(8)
+    );
+}
+
+#[test]
+fn queued_and_running_tasks_can_be_cancelled() {
+    let pool = pool(1, |_| {});
+    let running = pool.submit("__main__:spin", ()).unwrap();
+    let queued = pool.submit("__main__:record", ("never",)).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(queued.cancel());
+    assert!(running.cancel());
+    assert!(!running.cancel(), "already finished");
+    assert!(matches!(running.wait(), Err(Error::Cancelled)));
+    assert!(matches!(queued.wait(), Err(Error::Cancelled)));
+    // The worker survives and the cancelled task never ran.
+    assert_eq!(
+        pool.submit("__main__:record", ("ran",))
+            .unwrap()
+            .wait()
+            .unwrap(),
+        Value::from("ran")
+    );
+    let ch = subinterp::Channel::named("pool-record");
+    let mut seen = Vec::new();
+    while let Ok(m) = ch.try_recv() {
+        seen.push(m.into_value().unwrap());
+    }
+    assert!(!seen.contains(&Value::from("never")), "{seen:?}");
+}
+
+#[test]
+fn immediate_shutdown_with_infinite_loops_returns_promptly() {
+    let pool = pool(2, |c| {
+        c.grace(Duration::from_millis(500));
+    });
+    let spinning: Vec<_> = (0..2)
+        .map(|_| pool.submit("__main__:spin", ()).unwrap())
+        .collect();
+    let stuck = pool.submit("__main__:sleep", (30,)).unwrap();
+    let queued = pool.submit("__main__:double", (1,)).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let start = Instant::now();
+    pool.shutdown_now();
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    for task in spinning {
+        assert!(task.wait().is_err());
+    }
+    assert!(matches!(queued.wait(), Err(Error::Cancelled)));
+    assert!(stuck.is_finished() || stuck.cancel());
+}
+
+#[test]
+fn graceful_shutdown_finishes_queued_work_and_then_escalates() {
+    let pool = pool(2, |_| {});
+    let tasks: Vec<_> = (0..20)
+        .map(|i| pool.submit("__main__:double", (i,)).unwrap())
+        .collect();
+    pool.shutdown(Duration::from_secs(30));
+    for (i, task) in tasks.into_iter().enumerate() {
+        assert_eq!(task.wait().unwrap(), Value::Int(2 * i as i64));
+    }
+
+    let pool = self::pool(1, |_| {});
+    let forever = pool.submit("__main__:spin", ()).unwrap();
+    let start = Instant::now();
+    pool.shutdown(Duration::from_millis(200));
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert!(forever.wait().is_err());
+}
+
+#[test]
+fn dropping_the_pool_cancels_what_is_queued_and_interrupts_what_runs() {
+    let pool = pool(1, |_| {});
+    let running = pool.submit("__main__:spin", ()).unwrap();
+    let queued: Vec<_> = (0..5)
+        .map(|i| pool.submit("__main__:double", (i,)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    drop(pool);
+    let err = running.wait().unwrap_err();
+    assert_eq!(py_type(&err), "builtins.KeyboardInterrupt");
+    for task in queued {
+        assert!(matches!(task.wait(), Err(Error::Cancelled)));
+    }
+}
+
+#[test]
+fn workers_are_recycled_after_max_tasks() {
+    let pool = pool(1, |c| {
+        c.max_tasks_per_worker(3);
+    });
+    let ids: Vec<Value> = (0..7)
+        .map(|_| pool.submit("__main__:whoami", ()).unwrap().wait().unwrap())
+        .collect();
+    assert_eq!(ids[0], ids[1]);
+    assert_eq!(ids[1], ids[2]);
+    assert_ne!(ids[2], ids[3], "a fresh interpreter after 3 tasks: {ids:?}");
+    assert_eq!(ids[3], ids[5]);
+    assert_ne!(ids[5], ids[6]);
+}
+
+#[test]
+fn initializer_errors_fail_pool_creation() {
+    let mut config = PoolConfig::new();
+    config.workers(2).init("import no_such_module_anywhere");
+    let err = Pool::new(&common::runtime(), &config).unwrap_err();
+    assert_eq!(py_type(&err), "builtins.ModuleNotFoundError");
+    let mut config = PoolConfig::new();
+    config.workers(0);
+    assert!(matches!(
+        Pool::new(&common::runtime(), &config),
+        Err(Error::InvalidConfig(_))
+    ));
+}
+
+#[test]
+fn tasks_can_be_awaited_and_waited_with_a_timeout() {
+    let pool = pool(1, |_| {});
+    let slow = pool.submit("__main__:sleep", (0.3,)).unwrap();
+    let slow = slow.wait_timeout(Duration::from_millis(10)).unwrap_err();
+    assert_eq!(
+        slow.wait_timeout(Duration::from_secs(5)).unwrap().unwrap(),
+        Value::from("slept")
+    );
+    let task = pool.submit("__main__:double", (21,)).unwrap();
+    assert_eq!(block_on(task).unwrap(), Value::Int(42));
+}
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        match future.as_mut().poll(&mut cx) {
+            Poll::Ready(out) => return out,
+            Poll::Pending => std::thread::park_timeout(Duration::from_secs(5)),
+        }
+    }
+}
