@@ -5,6 +5,7 @@
 //! hands over to it.
 
 mod check;
+mod map;
 mod run;
 
 use std::fmt::Display;
@@ -42,6 +43,8 @@ struct Cli {
 enum Command {
     /// Run Python scripts or code, every copy in its own interpreter on its own thread.
     Run(run::RunArgs),
+    /// Call a Python function on every JSON Lines record, in parallel interpreters.
+    Map(map::MapArgs),
     /// Tell which modules can be imported in isolated interpreters, and why not.
     Check(check::CheckArgs),
 }
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
                 .expect("clap parsed the run subcommand, so its matches exist");
             run::main(args, sub)
         }
+        Command::Map(args) => map::main(args),
         Command::Check(args) => check::main(args),
     };
     ExitCode::from(status)

@@ -2,83 +2,13 @@
 //! fresh temporary directory.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::Output;
 
 use serde_json::Value;
 
-/// A directory under the system's temporary directory, removed on drop.
-struct TempDir(PathBuf);
+mod common;
+use common::{code, stderr, stdout, subinterp, TempDir};
 
-impl TempDir {
-    /// A new, empty directory whose name includes `name`, the process id and a counter.
-    fn new(name: &str) -> TempDir {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!(
-            "subinterp-cli-test-{}-{n}-{name}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create the temporary directory");
-        TempDir(dir)
-    }
-
-    /// The directory.
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    /// Writes `text` to `relative` (creating parent directories) and returns its path.
-    fn write(&self, relative: &str, text: &str) -> PathBuf {
-        let path = self.0.join(relative);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).expect("create the parent directory");
-        }
-        std::fs::write(&path, text).expect("write the file");
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Runs `subinterp` with `args` in the directory `cwd`.
-fn subinterp(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_subinterp"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("run the subinterp binary")
-}
-
-/// The process's stdout as text.
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The process's stderr as text.
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// The exit status, with the output shown when the process was killed.
-fn code(out: &Output) -> i32 {
-    out.status.code().unwrap_or_else(|| {
-        panic!(
-            "killed by a signal: {:?}\nstdout:\n{}\nstderr:\n{}",
-            out.status,
-            stdout(out),
-            stderr(out)
-        )
-    })
-}
-
-/// Parses the `--json` report on stdout.
 fn report(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|err| {
         panic!(

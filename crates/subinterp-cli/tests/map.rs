@@ -1,0 +1,255 @@
+//! End-to-end tests of `subinterp map`.
+
+use serde_json::Value;
+
+mod common;
+use common::{code, stderr, stdout, subinterp, subinterp_with_stdin, TempDir};
+
+const MODULE: &str = r#"
+import time
+
+def double(record):
+    time.sleep((record["n"] % 5) / 1000)   # finish out of order
+    return {"n": record["n"], "double": 2 * record["n"]}
+
+def picky(record):
+    if record % 3 == 0:
+        raise ValueError(f"no multiples of three: {record}")
+    return record
+
+def spin_on_seven(record):
+    while record == 7:
+        pass
+    return record
+
+def not_json(record):
+    return {1, 2, 3}
+
+def uses_init(record):
+    return PREFIX + str(record)
+
+def big(record):
+    return record * 10**30
+"#;
+
+fn setup(name: &str) -> TempDir {
+    let dir = TempDir::new(name);
+    dir.write("lib/mapfuncs.py", MODULE);
+    dir
+}
+
+fn lines(out: &str) -> Vec<Value> {
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+#[test]
+fn every_record_is_answered_in_input_order() {
+    let dir = setup("order");
+    let input: String = (0..200).map(|n| format!("{{\"n\": {n}}}\n")).collect();
+    dir.write("in.jsonl", &input);
+    let out = subinterp(
+        dir.path(),
+        &[
+            "map",
+            "mapfuncs:double",
+            "-i",
+            "in.jsonl",
+            "-o",
+            "out.jsonl",
+            "--path",
+            "lib",
+            "-w",
+            "2",
+        ],
+    );
+    assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
+    let written = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
+    let results = lines(&written);
+    assert_eq!(results.len(), 200);
+    for (n, result) in results.iter().enumerate() {
+        assert_eq!(result["ok"]["n"], n);
+        assert_eq!(result["ok"]["double"], 2 * n);
+    }
+    let summary = stderr(&out);
+    assert!(summary.contains("200 records, 0 errors"), "{summary}");
+    assert!(summary.contains("records/s"), "{summary}");
+}
+
+#[test]
+fn failures_and_invalid_lines_are_reported_in_place_and_the_run_goes_on() {
+    let dir = setup("errors");
+    let input = "1\n2\n3\n{not json\n\n4\n6\n";
+    let out = subinterp_with_stdin(
+        dir.path(),
+        &["map", "mapfuncs:picky", "--path", "lib"],
+        input,
+    );
+    assert_eq!(code(&out), 1, "stderr: {}", stderr(&out));
+    let results = lines(&stdout(&out));
+    assert_eq!(
+        results.len(),
+        6,
+        "one line per record; the blank line is skipped"
+    );
+    assert_eq!(results[0]["ok"], 1);
+    assert_eq!(results[1]["ok"], 2);
+    let error = &results[2]["error"];
+    assert_eq!(error["type"], "builtins.ValueError");
+    assert_eq!(error["message"], "no multiples of three: 3");
+    assert!(error["traceback"].as_str().unwrap().contains("picky"));
+    let invalid = &results[3]["error"];
+    assert_eq!(invalid["type"], "InvalidInput");
+    assert_eq!(invalid["line"], 4);
+    assert!(invalid["message"]
+        .as_str()
+        .unwrap()
+        .contains("not valid JSON"));
+    assert_eq!(results[4]["ok"], 4);
+    assert_eq!(results[5]["error"]["type"], "builtins.ValueError");
+    assert!(
+        stderr(&out).contains("6 records, 3 errors"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_record_in_an_infinite_loop_times_out_and_the_others_finish() {
+    let dir = setup("timeout");
+    let input: String = (0..20).map(|n| format!("{n}\n")).collect();
+    let out = subinterp_with_stdin(
+        dir.path(),
+        &[
+            "map",
+            "mapfuncs:spin_on_seven",
+            "--path",
+            "lib",
+            "--timeout",
+            "0.3",
+            "-w",
+            "1",
+        ],
+        &input,
+    );
+    assert_eq!(code(&out), 1, "stderr: {}", stderr(&out));
+    let results = lines(&stdout(&out));
+    assert_eq!(results.len(), 20);
+    for (n, result) in results.iter().enumerate() {
+        if n == 7 {
+            assert_eq!(result["error"]["type"], "builtins.TimeoutError");
+            assert!(result["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("deadline"));
+        } else {
+            assert_eq!(result["ok"], n, "the single interpreter kept working");
+        }
+    }
+}
+
+#[test]
+fn results_json_cannot_encode_are_errors_and_big_ints_stay_exact() {
+    let dir = setup("encode");
+    let out = subinterp_with_stdin(
+        dir.path(),
+        &["map", "mapfuncs:not_json", "--path", "lib"],
+        "1\n",
+    );
+    assert_eq!(code(&out), 1);
+    let results = lines(&stdout(&out));
+    assert_eq!(results[0]["error"]["type"], "builtins.TypeError");
+    assert!(results[0]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("not JSON serializable"));
+
+    let out = subinterp_with_stdin(
+        dir.path(),
+        &["map", "mapfuncs:big", "--path", "lib"],
+        "123456789012345678901234567890\n",
+    );
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    let expected = format!(
+        "{{\"ok\": 123456789012345678901234567890{}}}",
+        "0".repeat(30)
+    );
+    assert_eq!(stdout(&out).trim(), expected);
+}
+
+#[test]
+fn init_code_and_the_current_directory_are_available() {
+    let dir = setup("init");
+    dir.write(
+        "here.py",
+        "def shout(record):\n    return str(record).upper()\n",
+    );
+    let out = subinterp_with_stdin(
+        dir.path(),
+        &[
+            "map",
+            "mapfuncs:uses_init",
+            "--path",
+            "lib",
+            "--init",
+            "import mapfuncs; mapfuncs.PREFIX = 'n='",
+        ],
+        "5\n",
+    );
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(lines(&stdout(&out))[0]["ok"], "n=5");
+    let out = subinterp_with_stdin(dir.path(), &["map", "here:shout"], "\"abc\"\n");
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(lines(&stdout(&out))[0]["ok"], "ABC");
+}
+
+#[test]
+fn set_up_errors_exit_2_with_a_clear_message() {
+    let dir = setup("setup");
+    for (args, needle) in [
+        (&["map", "nosuchmodule:f"][..], "cannot find nosuchmodule:f"),
+        (
+            &["map", "mapfuncs:nosuchfunc", "--path", "lib"][..],
+            "nosuchfunc",
+        ),
+        (&["map", "not a target"][..], "is not MODULE:FUNC"),
+        (
+            &["map", "mapfuncs:double", "-w", "0"][..],
+            "--workers must be at least 1",
+        ),
+        (
+            &["map", "mapfuncs:double", "--timeout", "0"][..],
+            "--timeout",
+        ),
+        (
+            &["map", "mapfuncs:double", "-i", "missing.jsonl"][..],
+            "cannot read missing.jsonl",
+        ),
+        (
+            &["map", "mapfuncs:double", "--path", "lib", "--init", "1/0"][..],
+            "ZeroDivisionError",
+        ),
+    ] {
+        let out = subinterp_with_stdin(dir.path(), args, "1\n");
+        assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn help_explains_the_output_and_exit_statuses() {
+    let dir = TempDir::new("map-help");
+    let out = subinterp(dir.path(), &["map", "--help"]);
+    assert_eq!(code(&out), 0);
+    let help = stdout(&out);
+    for needle in [
+        "--timeout",
+        "--init",
+        "InvalidInput",
+        "builtins.TimeoutError",
+        "Exit status",
+    ] {
+        assert!(help.contains(needle), "{needle}: {help}");
+    }
+}
