@@ -216,16 +216,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("  {label}: no figures: {err}");
         }
     }
-    if let Some(notes) = peers
-        .as_ref()
-        .and_then(|p| p.get("notes"))
-        .and_then(|n| n.as_array())
-    {
-        println!();
-        for note in notes {
-            println!("note: {}", note.as_str().unwrap_or_default());
-        }
-    }
+    common::print_notes(&peers);
     println!();
     println!("ratio > 1 means subinterp is better. Targets: ping-pong <= 10 us, >= 1 000 000 small msg/s, 64 MiB < 1 ms.");
     Ok(())

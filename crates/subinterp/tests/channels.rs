@@ -491,7 +491,8 @@ fn select_and_async_receive_from_rust() {
             "import subinterp\nsubinterp.channel('{n}').send({{'id': 7, 'words': ['a', 'b']}})"
         ))
         .unwrap();
-    let job: Job = subinterp::from_value(block_on(future).unwrap().into_value().unwrap()).unwrap();
+    let job: Job =
+        subinterp::from_value(common::block_on(future).unwrap().into_value().unwrap()).unwrap();
     assert_eq!(
         job,
         Job {
@@ -501,24 +502,4 @@ fn select_and_async_receive_from_rust() {
     );
     typed.send_serde(&job).unwrap();
     assert_eq!(typed.recv_as::<Job>().unwrap(), job);
-}
-
-/// A minimal executor: polls the future, parking the thread until its waker fires.
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    use std::task::{Context, Poll, Wake, Waker};
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut future = std::pin::pin!(future);
-    loop {
-        match future.as_mut().poll(&mut cx) {
-            Poll::Ready(out) => return out,
-            Poll::Pending => std::thread::park_timeout(Duration::from_secs(5)),
-        }
-    }
 }

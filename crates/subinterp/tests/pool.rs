@@ -283,25 +283,5 @@ fn tasks_can_be_awaited_and_waited_with_a_timeout() {
         Value::from("slept")
     );
     let task = pool.submit("__main__:double", (21,)).unwrap();
-    assert_eq!(block_on(task).unwrap(), Value::Int(42));
-}
-
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    use std::sync::Arc;
-    use std::task::{Context, Poll, Wake, Waker};
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut future = std::pin::pin!(future);
-    loop {
-        match future.as_mut().poll(&mut cx) {
-            Poll::Ready(out) => return out,
-            Poll::Pending => std::thread::park_timeout(Duration::from_secs(5)),
-        }
-    }
+    assert_eq!(common::block_on(task).unwrap(), Value::Int(42));
 }

@@ -73,3 +73,17 @@ fn fmt(x: f64) -> String {
         format!("{x:.2}")
     }
 }
+
+/// Prints the peer script's `notes`, if any.
+pub fn print_notes(peers: &Option<Figures>) {
+    let notes = peers
+        .as_ref()
+        .and_then(|p| p.get("notes"))
+        .and_then(|n| n.as_array());
+    if let Some(notes) = notes.filter(|n| !n.is_empty()) {
+        println!();
+        for note in notes {
+            println!("note: {}", note.as_str().unwrap_or_default());
+        }
+    }
+}

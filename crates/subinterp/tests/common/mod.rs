@@ -1,7 +1,8 @@
 //! Shared set-up: one runtime per test process (CPython starts once per process).
 #![allow(dead_code)]
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use subinterp::{Interpreter, InterpreterConfig, Runtime, RuntimeConfig};
 
@@ -23,4 +24,24 @@ pub fn capturing() -> Interpreter {
     let mut config = InterpreterConfig::isolated();
     config.capture_output(true);
     Interpreter::new(&runtime(), &config).expect("create interpreter")
+}
+
+/// A minimal executor: polls the future, parking the thread until its waker fires.
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        match future.as_mut().poll(&mut cx) {
+            Poll::Ready(out) => return out,
+            Poll::Pending => std::thread::park_timeout(Duration::from_secs(5)),
+        }
+    }
 }
