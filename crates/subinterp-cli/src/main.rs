@@ -29,8 +29,9 @@ pub(crate) const EXIT_USAGE: u8 = 2;
     name = "subinterp",
     version,
     propagate_version = true,
-    after_help = "Run `subinterp help run` for the details of a command and its exit statuses.\n\
-                  Exit status: 0 success, 1 some Python code failed, 2 usage error."
+    after_help = "Run `subinterp help COMMAND` for the details of a command and its exit statuses.\n\
+                  Exit status: 0 success, 1 some Python code failed, 2 usage error.\n\
+                  Set SUBINTERP_LOG=info (or debug) to log interpreters and tasks on stderr."
 )]
 struct Cli {
     /// What to do.
@@ -50,6 +51,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    init_logging();
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
     let status = match cli.command {
@@ -63,6 +65,24 @@ fn main() -> ExitCode {
         Command::Check(args) => check::main(args),
     };
     ExitCode::from(status)
+}
+
+/// Sends the library's `tracing` events (interpreters created and closed, tasks started,
+/// finished, failed, timed out, with durations) to stderr when `SUBINTERP_LOG` names a
+/// level: `error`, `warn`, `info`, `debug` or `trace`.
+fn init_logging() {
+    let Ok(level) = std::env::var("SUBINTERP_LOG") else {
+        return;
+    };
+    match level.parse::<tracing_subscriber::filter::LevelFilter>() {
+        Ok(level) => tracing_subscriber::fmt()
+            .with_max_level(level)
+            .with_writer(std::io::stderr)
+            .init(),
+        Err(_) => eprintln!(
+            "subinterp: ignoring SUBINTERP_LOG={level:?}: expected error, warn, info, debug or trace"
+        ),
+    }
 }
 
 /// Prints a usage error for `subcommand` in clap's format (with the usage line) on
