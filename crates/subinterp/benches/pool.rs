@@ -122,6 +122,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         n += 1;
     }
     let overhead_us = start.elapsed().as_secs_f64() * 1e6 / n as f64;
+
+    // How long after its deadline a runaway pure-Python task is stopped (median of 5).
+    let deadline = Duration::from_millis(100);
+    let late_ms = common::median_f64(
+        (0..5)
+            .map(|_| {
+                let task = pool.submit_with(
+                    "builtins:exec",
+                    ("while True: pass",),
+                    subinterp::TaskOptions {
+                        timeout: Some(deadline),
+                    },
+                )?;
+                let start = Instant::now();
+                let err = task.wait().expect_err("the loop never ends by itself");
+                assert!(
+                    err.as_python().is_some_and(|e| e.is("TimeoutError")),
+                    "{err}"
+                );
+                Ok((start.elapsed().saturating_sub(deadline)).as_secs_f64() * 1e3)
+            })
+            .collect::<subinterp::Result<Vec<f64>>>()?,
+    );
     pool.shutdown(Duration::from_secs(10));
 
     let peers = peer_figures(
@@ -176,6 +199,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     common::print_notes(&peers);
     println!();
+    println!(
+        "a runaway task stopped {late_ms:.1} ms after its deadline (median of 5; target 100 ms)"
+    );
     println!("ratio > 1 means subinterp is better. Targets: throughput >= every peer, overhead <= 10 us,");
     println!("start-up faster than processes, peak RSS below processes.");
     Ok(())
