@@ -553,3 +553,17 @@ fn json_output_includes_what_threads_and_atexit_print() {
         "main\nlate thread\nat exit\n"
     );
 }
+
+#[test]
+fn non_ascii_output_works_in_the_c_locale() {
+    let dir = TempDir::new("utf8");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_subinterp"))
+        .args(["run", "-c", "print('José ✓')"])
+        .current_dir(dir.path())
+        .env("LANG", "C")
+        .env("LC_ALL", "C")
+        .output()
+        .expect("run the subinterp binary");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "José ✓\n");
+}

@@ -266,3 +266,14 @@ fn close_and_take_output_includes_threads_and_atexit() {
     assert!(interp.is_closed());
     assert!(matches!(interp.close_and_take_output(), Err(Error::Closed)));
 }
+
+#[test]
+fn text_is_utf8_whatever_the_host_locale() {
+    let interp = common::isolated();
+    assert_eq!(
+        interp
+            .eval("(__import__('sys').flags.utf8_mode, __import__('sys').getfilesystemencoding(), __import__('locale').getpreferredencoding(False))")
+            .unwrap(),
+        Value::Tuple(vec![Value::Int(1), Value::from("utf-8"), Value::from("utf-8")])
+    );
+}

@@ -58,6 +58,21 @@ pub(crate) fn initialize(
         return Err("Python is already initialised in this process by other code".into());
     }
     super::pymodule::register_builtin()?;
+    // UTF-8 mode (PEP 540): file names, `open()` and the standard streams use UTF-8
+    // whatever locale the host process has (a host rarely calls setlocale, which leaves
+    // the "C" locale and ASCII otherwise).
+    let mut pre = MaybeUninit::<ffi::PyPreConfig>::uninit();
+    // SAFETY: PyPreConfig_InitIsolatedConfig fully initialises the struct; it is then
+    // read by Py_PreInitialize, before any interpreter exists.
+    let status = unsafe {
+        ffi::PyPreConfig_InitIsolatedConfig(pre.as_mut_ptr());
+        let mut pre = pre.assume_init();
+        pre.utf8_mode = 1;
+        ffi::Py_PreInitialize(&pre)
+    };
+    if let Some(err) = status_error(&status) {
+        return Err(err);
+    }
     let mut config = MaybeUninit::<ffi::PyConfig>::uninit();
     // SAFETY: PyConfig_InitIsolatedConfig fully initialises the struct.
     unsafe { ffi::PyConfig_InitIsolatedConfig(config.as_mut_ptr()) };
