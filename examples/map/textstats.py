@@ -38,6 +38,8 @@ STOPWORDS = frozenset("""
 """.split())
 
 SUFFIXES = ("ing", "ed", "es", "s")
+RECORD_FIELDS = (("id", int), ("title", str), ("author", str), ("published", str),
+                 ("section", str), ("tags", list), ("rating", int), ("text", str))
 TOP_WORDS = 8
 TOP_PHRASES = 5
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday",
@@ -226,29 +228,26 @@ def catalog(record):
     """
     if not isinstance(record, dict):
         raise TypeError(f"a record must be a JSON object, not {type(record).__name__}")
-
-    def fail(error, field, problem):
-        raise error(f"record {record.get('id')}: field {field!r} {problem}")
-
-    for field, kind in (("id", int), ("title", str), ("author", str),
-                        ("published", str), ("section", str), ("tags", list),
-                        ("rating", int), ("text", str)):
+    name = f"record {record.get('id')}"
+    for field, kind in RECORD_FIELDS:
         if field not in record:
-            fail(ValueError, field, "is missing")
-        if not isinstance(record[field], kind) or isinstance(record[field], bool):
-            fail(TypeError, field, f"must be {kind.__name__}, "
-                                   f"not {type(record[field]).__name__} "
-                                   f"{record[field]!r}")
+            raise ValueError(f"{name}: field {field!r} is missing")
+        value = record[field]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise TypeError(f"{name}: field {field!r} must be {kind.__name__}, "
+                            f"not {type(value).__name__} {value!r}")
     if not all(isinstance(tag, str) for tag in record["tags"]):
-        fail(TypeError, "tags", "must hold only strings")
+        raise TypeError(f"{name}: field 'tags' must hold only strings")
     if not 1 <= record["rating"] <= 5:
-        fail(ValueError, "rating", f"must be 1 to 5, not {record['rating']}")
+        raise ValueError(f"{name}: field 'rating' must be 1 to 5, not {record['rating']}")
     match = DATE.fullmatch(record["published"])
     if not match:
-        fail(ValueError, "published", f"must be YYYY-MM-DD, not {record['published']!r}")
+        raise ValueError(f"{name}: field 'published' must be YYYY-MM-DD, "
+                         f"not {record['published']!r}")
     year, month, day = map(int, match.groups())
     if not (1 <= month <= 12 and 1 <= day <= days_in_month(year, month)):
-        fail(ValueError, "published", f"is not a date: {record['published']!r}")
+        raise ValueError(f"{name}: field 'published' is not a date: "
+                         f"{record['published']!r}")
 
     first, _, last = record["author"].rpartition(" ")
     return {
