@@ -130,7 +130,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .map(|_| {
                 let task = pool.submit_with(
                     "builtins:exec",
-                    ("while True: pass",),
+                    ("while True: pass", Value::Dict(Vec::new())),
                     subinterp::TaskOptions {
                         timeout: Some(deadline),
                     },

@@ -280,14 +280,14 @@ impl Pool {
 
     /// Calls `target` on every input, in parallel, yielding results in input order.
     ///
-    /// At most `2 × workers` calls are in flight at a time, so the input is read as
+    /// At most `8 × workers` calls are in flight at a time, so the input is read as
     /// results are consumed, not all at once.
     pub fn map<I>(&self, target: &str, inputs: I) -> Result<MapResults<'_, I::IntoIter>>
     where
         I: IntoIterator,
         I::Item: Into<Args>,
     {
-        self.map_with(target, inputs, TaskOptions::default(), 2 * self.workers())
+        self.map_with(target, inputs, TaskOptions::default(), 8 * self.workers())
     }
 
     /// Like [`map`](Self::map) with per-task options and the number of calls in flight.
