@@ -567,7 +567,9 @@ fn wind_down(py: Python<'_>, capture: bool) -> Result<Output> {
 
 fn setup(py: Python<'_>, rt: &RuntimeInner, capture: bool, paths: &[String]) -> Result<()> {
     let globals = py.dict()?;
-    py.run(&rt.bootstrap, "<subinterp bootstrap>", &globals)?;
+    if let Some(bootstrap) = &rt.bootstrap {
+        py.run(bootstrap, "<subinterp bootstrap>", &globals)?;
+    }
     if !paths.is_empty() {
         let path = py.import("sys")?.getattr("path")?;
         for (i, dir) in paths.iter().enumerate() {

@@ -124,8 +124,8 @@ pub struct Runtime {
 
 pub(crate) struct RuntimeInner {
     pub(crate) main: MainInterpreter,
-    /// Python code run in every new interpreter to set up `sys.path`.
-    pub(crate) bootstrap: String,
+    /// Python code run in every new interpreter to set up `sys.path`, if any is needed.
+    pub(crate) bootstrap: Option<String>,
     pub(crate) version: String,
     shutdown: Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
 }
@@ -253,8 +253,9 @@ fn start(config: &RuntimeConfig) -> Result<RuntimeInner> {
 
 /// Python source run in each new interpreter: extra paths first on `sys.path`, then the
 /// virtual environment's `site-packages`.
-fn bootstrap_code(config: &RuntimeConfig, version: &str) -> Result<String> {
+fn bootstrap_code(config: &RuntimeConfig, version: &str) -> Result<Option<String>> {
     let mut code = String::from("import sys\n");
+    let plain = code.len();
     if !config.paths.is_empty() {
         let dirs: Vec<String> = config.paths.iter().map(|p| py_str(p)).collect();
         code.push_str(&format!("sys.path[0:0] = [{}]\n", dirs.join(", ")));
@@ -283,7 +284,7 @@ fn bootstrap_code(config: &RuntimeConfig, version: &str) -> Result<String> {
             tracing::warn!("{message}; ignoring VIRTUAL_ENV");
         }
     }
-    Ok(code)
+    Ok((code.len() > plain).then_some(code))
 }
 
 /// A Python string literal for a path.

@@ -170,3 +170,11 @@ fn runaway_recursion_is_a_recursion_error() {
         Value::from("still here")
     );
 }
+
+#[test]
+fn source_with_a_nul_byte_is_a_syntax_error() {
+    let interp = common::isolated();
+    let exc = exception(interp.exec("x = 1\0").unwrap_err());
+    assert_eq!(exc.type_name, "builtins.SyntaxError");
+    assert!(exc.message.contains("null bytes"), "{}", exc.message);
+}
