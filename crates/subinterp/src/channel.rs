@@ -86,6 +86,11 @@ pub struct Channel {
 }
 
 struct Inner {
+    /// Byte buffers of received messages, handed back for senders to reuse.
+    spare: (
+        crossbeam_channel::Sender<Vec<u8>>,
+        crossbeam_channel::Receiver<Vec<u8>>,
+    ),
     name: Option<String>,
     capacity: Option<usize>,
     /// Mirrors `queue.len()` so waiters can spin briefly without taking the lock.
@@ -100,6 +105,10 @@ struct State {
     receivers: Vec<(u64, Waiter)>,
     senders: Vec<(u64, Waiter)>,
 }
+
+/// How many spare byte buffers a channel keeps, and the largest it keeps.
+const SPARE_BUFFERS: usize = 256;
+const SPARE_MAX_BYTES: usize = 64 * 1024;
 
 static NEXT_WAITER: AtomicU64 = AtomicU64::new(1);
 static NAMED: Mutex<Option<HashMap<String, Channel>>> = Mutex::new(None);
@@ -139,6 +148,7 @@ impl Channel {
     fn build(name: Option<String>, capacity: Option<usize>) -> Channel {
         Channel {
             inner: Arc::new(Inner {
+                spare: crossbeam_channel::bounded(SPARE_BUFFERS),
                 name,
                 capacity,
                 len: AtomicUsize::new(0),
@@ -283,6 +293,22 @@ impl Channel {
     /// Iterates over received messages until the channel is closed and drained.
     pub fn iter(&self) -> impl Iterator<Item = Message> + '_ {
         std::iter::from_fn(move || self.recv().ok())
+    }
+
+    /// A byte buffer to fill with an outgoing message: one a receiver gave back, or new.
+    ///
+    /// Reusing buffers keeps a steady stream of byte messages from allocating memory in
+    /// the sending thread and freeing it in the receiving one, which makes the two
+    /// threads contend for the allocator's locks.
+    pub(crate) fn reuse_buffer(&self) -> Vec<u8> {
+        self.inner.spare.1.try_recv().unwrap_or_default()
+    }
+
+    /// Gives the buffer of a received message back for reuse (small ones only).
+    pub(crate) fn recycle_buffer(&self, buffer: Vec<u8>) {
+        if buffer.capacity() <= SPARE_MAX_BYTES {
+            let _ = self.inner.spare.0.try_send(buffer);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -503,3 +503,28 @@ fn select_and_async_receive_from_rust() {
     typed.send_serde(&job).unwrap();
     assert_eq!(typed.recv_as::<Job>().unwrap(), job);
 }
+
+#[test]
+fn bytes_messages_of_every_size_arrive_intact_while_buffers_are_reused() {
+    let n = name("bytes-reuse");
+    let a = common::isolated();
+    let b = common::isolated();
+    a.exec(&format!("import subinterp\nch = subinterp.channel('{n}')"))
+        .unwrap();
+    b.exec(&format!("import subinterp\nch = subinterp.channel('{n}')"))
+        .unwrap();
+    let sizes = "[0, 1, 1024, 5, 70000, 3, 0, 2048, 7]";
+    a.exec(&format!(
+        "for round in range(3):\n    for i, size in enumerate({sizes}):\n        ch.send(bytes([65 + i]) * size)"
+    ))
+    .unwrap();
+    let ok = b
+        .eval(&format!(
+            "all(ch.recv() == bytes([65 + i]) * size for round in range(3) for i, size in enumerate({sizes}))"
+        ))
+        .unwrap();
+    assert_eq!(ok, Value::Bool(true));
+    // A bytes subclass or bytearray still crosses as plain bytes.
+    a.exec("ch.send(bytearray(b'xy'))").unwrap();
+    assert_eq!(b.eval("ch.recv()").unwrap(), Value::Bytes(b"xy".to_vec()));
+}

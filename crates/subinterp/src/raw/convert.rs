@@ -115,6 +115,26 @@ fn bytes_of(obj: &PyObj<'_>, data: *const c_char, size: ffi::Py_ssize_t) -> Vec<
     unsafe { std::slice::from_raw_parts(data.cast::<u8>(), size) }.to_vec()
 }
 
+/// Copies the contents of an exact `bytes` object into `out` (replacing what it held);
+/// false, leaving `out` alone, for any other object.
+pub(crate) fn copy_bytes(obj: &PyObj<'_>, out: &mut Vec<u8>) -> bool {
+    let p = obj.as_ptr();
+    // SAFETY: the token in `obj` proves the GIL is held and `p` is live; for an exact
+    // bytes object, its buffer holds `size` bytes while `obj` lives.
+    unsafe {
+        if ffi::PyBytes_CheckExact(p) == 0 {
+            return false;
+        }
+        let size = usize::try_from(ffi::PyBytes_Size(p)).unwrap_or(0);
+        let data = ffi::PyBytes_AsString(p);
+        out.clear();
+        if size > 0 && !data.is_null() {
+            out.extend_from_slice(std::slice::from_raw_parts(data.cast::<u8>(), size));
+        }
+    }
+    true
+}
+
 pub(crate) fn to_value(obj: &PyObj<'_>, depth: usize) -> Result<Value> {
     let py = obj.py();
     let p = obj.as_ptr();

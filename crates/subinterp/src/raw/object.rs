@@ -312,6 +312,14 @@ impl<'py> Python<'py> {
         })
     }
 
+    /// A new `bytes` object holding a copy of `data`.
+    pub(crate) fn to_object_bytes(self, data: &[u8]) -> Result<PyObj<'py>> {
+        // SAFETY: GIL held; pointer and length describe `data`, alive across the call.
+        self.own(unsafe {
+            ffi::PyBytes_FromStringAndSize(data.as_ptr().cast::<c_char>(), len(data.len()))
+        })
+    }
+
     /// Builds Python objects from a [`Value`] (a deep copy).
     pub fn to_object(self, value: &Value) -> Result<PyObj<'py>> {
         super::convert::to_object(self, value, 0)

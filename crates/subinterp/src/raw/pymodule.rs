@@ -734,8 +734,8 @@ unsafe extern "C" fn channel_send(
     trampoline(state, |py| {
         let a = parse(py, "send", args, kwargs, &["obj", "timeout"], 1)?;
         let timeout = timeout_arg(py, a[1].as_ref())?;
-        let message = to_message(py, state, a[0].as_ref().expect("required"))?;
         let channel = channel_of(slf);
+        let message = to_message(py, state, &channel, a[0].as_ref().expect("required"))?;
         let message = match channel.try_send_message(message) {
             Ok(()) => return Ok(py.none()),
             Err((Stop::Full, message)) => message,
@@ -764,8 +764,9 @@ unsafe extern "C" fn channel_try_send(
     let state = state_of_type(slf);
     trampoline(state, |py| {
         let a = parse(py, "try_send", args, kwargs, &["obj"], 1)?;
-        let message = to_message(py, state, a[0].as_ref().expect("required"))?;
-        channel_of(slf)
+        let channel = channel_of(slf);
+        let message = to_message(py, state, &channel, a[0].as_ref().expect("required"))?;
+        channel
             .try_send_message(message)
             .map_err(|(stop, _)| stop_error(stop))?;
         Ok(py.none())
@@ -781,8 +782,9 @@ unsafe extern "C" fn channel_recv(
     trampoline(state, |py| {
         let a = parse(py, "recv", args, kwargs, &["timeout"], 0)?;
         let timeout = timeout_arg(py, a[0].as_ref())?;
-        let message = blocking_recv(py, &channel_of(slf), timeout)?;
-        from_message(py, state, message)
+        let channel = channel_of(slf);
+        let message = blocking_recv(py, &channel, timeout)?;
+        from_message(py, state, &channel, message)
     })
 }
 
@@ -831,8 +833,9 @@ unsafe extern "C" fn channel_try_recv(
     let state = state_of_type(slf);
     trampoline(state, |py| {
         parse(py, "try_recv", args, kwargs, &[], 0)?;
-        let message = channel_of(slf).try_recv_message().map_err(stop_error)?;
-        from_message(py, state, message)
+        let channel = channel_of(slf);
+        let message = channel.try_recv_message().map_err(stop_error)?;
+        from_message(py, state, &channel, message)
     })
 }
 
@@ -897,8 +900,9 @@ unsafe extern "C" fn channel_iter(slf: *mut ffi::PyObject) -> *mut ffi::PyObject
 unsafe extern "C" fn channel_iternext(slf: *mut ffi::PyObject) -> *mut ffi::PyObject {
     let state = state_of_type(slf);
     let result = trampoline(state, |py| {
-        let message = blocking_recv(py, &channel_of(slf), None)?;
-        from_message(py, state, message)
+        let channel = channel_of(slf);
+        let message = blocking_recv(py, &channel, None)?;
+        from_message(py, state, &channel, message)
     });
     if result.is_null() {
         // End of iteration: a closed channel stops the loop without an exception.
@@ -1001,7 +1005,12 @@ fn is_instance(obj: &PyObj<'_>, ty: *mut ffi::PyObject) -> bool {
 
 /// Turns a Python object into a message: a shared buffer as is, plain data as a Value,
 /// anything else pickled.
-fn to_message<'py>(py: Python<'py>, state: *mut ModuleState, obj: &PyObj<'py>) -> Result<Message> {
+fn to_message<'py>(
+    py: Python<'py>,
+    state: *mut ModuleState,
+    channel: &Channel,
+    obj: &PyObj<'py>,
+) -> Result<Message> {
     // SAFETY: `state` is the live state of this interpreter's module.
     let buffer_type = unsafe { (*state).buffer_type };
     if is_instance(obj, buffer_type) {
@@ -1016,6 +1025,12 @@ fn to_message<'py>(py: Python<'py>, state: *mut ModuleState, obj: &PyObj<'py>) -
                 return Ok(Message::Buffer(buffer));
             }
         }
+    }
+    // Bytes reuse a buffer the receiving side gave back, so that a steady stream of
+    // messages does not allocate in one thread and free in another.
+    let mut buffer = channel.reuse_buffer();
+    if super::convert::copy_bytes(obj, &mut buffer) {
+        return Ok(Message::Value(Value::Bytes(buffer)));
     }
     match obj.to_value() {
         Ok(value) => Ok(Message::Value(value)),
@@ -1047,9 +1062,15 @@ fn to_message<'py>(py: Python<'py>, state: *mut ModuleState, obj: &PyObj<'py>) -
 fn from_message<'py>(
     py: Python<'py>,
     state: *mut ModuleState,
+    channel: &Channel,
     message: Message,
 ) -> Result<PyObj<'py>> {
     match message {
+        Message::Value(Value::Bytes(data)) => {
+            let obj = py.to_object_bytes(&data);
+            channel.recycle_buffer(data);
+            obj
+        }
         Message::Value(value) => py.to_object(&value),
         Message::Buffer(buffer) => {
             let writable = buffer.is_writable();
