@@ -107,7 +107,7 @@ struct ErrorBody<'a> {
 
 /// Runs the command; returns the exit status.
 pub fn main(args: MapArgs) -> u8 {
-    let Some((module, path)) = split_target(&args.target) else {
+    let Ok((module, path)) = subinterp::parse_target(&args.target) else {
         return usage_error(
             "map",
             format!(
@@ -154,7 +154,7 @@ pub fn main(args: MapArgs) -> u8 {
     for code in &args.init {
         config.init(code.clone());
     }
-    config.init(wrapper(module, path));
+    config.init(wrapper(&module, &path));
     let started = Instant::now();
     let pool = match Pool::new(&runtime, &config) {
         Ok(pool) => pool,
@@ -288,19 +288,6 @@ fn error_line(kind: &str, message: &str, traceback: Option<&str>, line: Option<u
         },
     };
     serde_json::to_string(&record).unwrap_or_else(|_| "{\"error\": null}".to_owned())
-}
-
-fn split_target(target: &str) -> Option<(&str, &str)> {
-    let (module, path) = target.split_once(':').or_else(|| target.rsplit_once('.'))?;
-    let ident = |s: &str| {
-        !s.is_empty()
-            && s.split('.').all(|p| {
-                let mut c = p.chars();
-                c.next().is_some_and(|c| c == '_' || c.is_alphabetic())
-                    && c.all(|c| c == '_' || c.is_alphanumeric())
-            })
-    };
-    (ident(module) && ident(path)).then_some((module, path))
 }
 
 fn describe_setup_error(target: &str, err: &Error) -> String {

@@ -645,8 +645,18 @@ fn call_with<'py>(py: Python<'py>, callable: &PyObj<'py>, args: &Args) -> Result
     py.call_kw(callable, &refs, kwargs.as_ref())
 }
 
-/// Splits `module:qualname` or `module.attr` into the module and the attribute path.
-pub(crate) fn parse_target(target: &str) -> Result<(String, String)> {
+/// Splits a call target — `module:qualname` (`"pkg.mod:Class.method"`) or `module.attr`
+/// (`"math.sqrt"`) — into the module name and the dotted attribute path, checking that
+/// both are dotted Python identifiers.
+///
+/// ```
+/// assert_eq!(
+///     subinterp::parse_target("os.path:join").unwrap(),
+///     ("os.path".to_owned(), "join".to_owned())
+/// );
+/// assert!(subinterp::parse_target("not a target").is_err());
+/// ```
+pub fn parse_target(target: &str) -> Result<(String, String)> {
     let bad = |reason: &str| Error::InvalidTarget {
         target: target.to_owned(),
         reason: reason.to_owned(),

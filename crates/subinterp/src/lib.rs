@@ -55,7 +55,7 @@ pub use buffer::SharedBuffer;
 pub use channel::{select, Channel, Message, RecvFuture};
 pub use config::{Gil, InterpreterConfig};
 pub use error::{Error, PyException, Result};
-pub use interpreter::{Args, Interpreter, InterruptHandle, Output};
+pub use interpreter::{parse_target, Args, Interpreter, InterruptHandle, Output};
 pub use pool::{MapResults, Pool, PoolConfig, Task, TaskOptions};
 pub use raw::{PyObj, Python};
 pub use runtime::{Runtime, RuntimeConfig};
