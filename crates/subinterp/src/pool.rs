@@ -168,6 +168,8 @@ struct Worker {
     /// The task running now (0: none); changed only with the interpreter's GIL held.
     current: AtomicU64,
     interrupt: InterruptHandle,
+    /// Set when an interrupt was sent to this worker's running task.
+    interrupted: AtomicBool,
     abandoned: AtomicBool,
     abandon_tx: Sender<()>,
 }
@@ -176,6 +178,7 @@ impl Worker {
     fn interrupt_task(self: &Arc<Self>, task: u64, reason: InterruptReason) {
         // Interrupting waits for the worker's GIL, which code stuck in C may hold for a
         // long time: never block the caller on it.
+        self.interrupted.store(true, Ordering::Release);
         let worker = Arc::clone(self);
         std::thread::spawn(move || {
             let _ = worker
@@ -422,6 +425,7 @@ fn keep(shared: Arc<Shared>, ready: Sender<Result<()>>) {
         let worker = Arc::new(Worker {
             current: AtomicU64::new(0),
             interrupt: interp.interrupt_handle(),
+            interrupted: AtomicBool::new(false),
             abandoned: AtomicBool::new(false),
             abandon_tx,
         });
@@ -479,8 +483,15 @@ fn start_worker(shared: &Shared) -> Result<Interpreter> {
 fn worker_loop(py: Python<'_>, shared: &Shared, worker: &Arc<Worker>) -> Result<()> {
     let mut done: u64 = 0;
     loop {
-        let rx = shared.queue_rx.clone();
-        let Ok(task) = py.allow_threads(move || rx.recv()) else {
+        // Take a waiting task while holding the GIL; release it only to wait for one.
+        let next = match shared.queue_rx.try_recv() {
+            Ok(task) => Ok(task),
+            Err(_) => {
+                let rx = shared.queue_rx.clone();
+                py.allow_threads(move || rx.recv())
+            }
+        };
+        let Ok(task) = next else {
             return Ok(()); // the queue was closed and drained
         };
         if task.state.is_done() {
@@ -502,7 +513,10 @@ fn worker_loop(py: Python<'_>, shared: &Shared, worker: &Arc<Worker>) -> Result<
         tracing::debug!(task = task.id, target = %format!("{}:{}", task.module, task.path), "task started");
         let result = call_target(py, &task.module, &task.path, &task.args);
         worker.current.store(0, Ordering::Release);
-        clear_pending_async(py);
+        if worker.interrupted.swap(false, Ordering::AcqRel) {
+            // An interrupt aimed at this task may still be pending: it must not hit the next.
+            clear_pending_async(py);
+        }
         let elapsed = started.elapsed();
         let result = match result {
             Err(Error::Python(exc)) if task.state.timed_out.load(Ordering::Acquire) => {
