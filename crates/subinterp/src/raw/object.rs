@@ -496,9 +496,8 @@ const MAX_CHAIN: usize = 16;
 /// Copies an exception object into plain data. Never raises: every failure while
 /// describing the exception degrades to a placeholder text.
 fn snapshot(exc: &PyObj<'_>, depth: usize) -> PyException {
-    let py = exc.py();
     let clear = || {
-        // SAFETY: GIL held through `py`.
+        // SAFETY: the GIL is held: `exc` carries the token.
         unsafe { ffi::PyErr_Clear() }
     };
     let type_name = exc.type_name();
@@ -528,7 +527,6 @@ fn snapshot(exc: &PyObj<'_>, depth: usize) -> PyException {
     };
     let cause = linked("__cause__");
     let context = linked("__context__");
-    let _ = py;
     PyException {
         type_name,
         message,
