@@ -165,8 +165,14 @@ pub fn main(args: MapArgs) -> u8 {
     let progress = if io::stderr().is_terminal() {
         let bar = ProgressBar::new_spinner();
         bar.set_style(
-            ProgressStyle::with_template("{spinner} {pos} records  {per_sec}  {elapsed}  {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            ProgressStyle::with_template("{spinner} {pos} records  {rate}  {elapsed}  {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner())
+                .with_key(
+                    "rate",
+                    |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                        let _ = write!(w, "{:.0} records/s", state.per_sec());
+                    },
+                ),
         );
         bar.enable_steady_tick(Duration::from_millis(100));
         bar
