@@ -236,7 +236,8 @@ impl Interpreter {
                         return;
                     }
                 };
-                let setup = sub.with_gil(|py| setup(py, &rt, capture, &paths));
+                let prepare = rt.prepare_extensions && !raw.use_main_obmalloc;
+                let setup = sub.with_gil(|py| setup(py, &rt, capture, prepare, &paths));
                 if let Err(err) = setup {
                     sub.end();
                     let _ = ready_tx.send(Err(err));
@@ -565,8 +566,37 @@ fn wind_down(py: Python<'_>, capture: bool) -> Result<Output> {
     }
 }
 
-fn setup(py: Python<'_>, rt: &RuntimeInner, capture: bool, paths: &[String]) -> Result<()> {
+/// Wraps the extension module loader of an isolated interpreter so that the main
+/// interpreter imports each extension module first (see [`crate::hazards`]). Built-in
+/// modules are left alone: single-phase built-ins such as `faulthandler` load in isolated
+/// interpreters only while the main interpreter has not imported them (CPython
+/// python/cpython#119450), and test runners need them.
+const PREPARE_IN_MAIN: &str = "\
+def _wrap():
+    import sys, subinterp
+    external = sys.modules['_frozen_importlib_external']
+    prepare = subinterp._prepare_in_main
+    create = external.ExtensionFileLoader.create_module
+
+    def create_module(self, spec, _create=create, _prepare=prepare, _sys=sys):
+        _prepare(spec.name, [entry for entry in _sys.path if isinstance(entry, str)])
+        return _create(self, spec)
+
+    external.ExtensionFileLoader.create_module = create_module
+_wrap()
+";
+
+fn setup(
+    py: Python<'_>,
+    rt: &RuntimeInner,
+    capture: bool,
+    prepare: bool,
+    paths: &[String],
+) -> Result<()> {
     let globals = py.dict()?;
+    if prepare {
+        py.run(PREPARE_IN_MAIN, "<subinterp prepare>", &py.dict()?)?;
+    }
     if let Some(bootstrap) = &rt.bootstrap {
         py.run(bootstrap, "<subinterp bootstrap>", &globals)?;
     }

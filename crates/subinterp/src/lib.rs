@@ -44,6 +44,7 @@ mod channel;
 pub mod check;
 mod config;
 mod error;
+pub mod hazards;
 mod interpreter;
 mod pool;
 mod raw;

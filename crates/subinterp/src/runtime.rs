@@ -7,7 +7,10 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{bounded, Sender};
 
 use crate::error::{Error, Result};
+use crate::hazards::{self, Hazard};
 use crate::raw::lifecycle::{self, InitOptions, MainInterpreter};
+use crate::raw::Python;
+use crate::value::Value;
 
 /// How CPython is started in this process.
 ///
@@ -22,6 +25,7 @@ pub struct RuntimeConfig {
     venv: Venv,
     site_import: bool,
     use_environment: bool,
+    prepare_extensions: Option<bool>,
 }
 
 #[derive(Clone, Debug)]
@@ -49,6 +53,7 @@ impl RuntimeConfig {
             venv: Venv::FromEnvironment,
             site_import: true,
             use_environment: false,
+            prepare_extensions: None,
         }
     }
 
@@ -92,6 +97,15 @@ impl RuntimeConfig {
         self
     }
 
+    /// Import every extension module in the main interpreter before an isolated
+    /// interpreter loads it for the first time, which avoids crashes of CPython 3.12 and
+    /// 3.13 when interpreters end (see [`hazards`](crate::hazards)). By default this is on
+    /// exactly for the Python versions with such a hazard ([`Runtime::hazards`]).
+    pub fn prepare_extensions(&mut self, yes: bool) -> &mut Self {
+        self.prepare_extensions = Some(yes);
+        self
+    }
+
     fn venv_dir(&self) -> Option<PathBuf> {
         match &self.venv {
             Venv::Off => None,
@@ -124,10 +138,20 @@ pub struct Runtime {
 
 pub(crate) struct RuntimeInner {
     pub(crate) main: MainInterpreter,
+    /// Whether isolated interpreters have extension modules prepared in the main one.
+    pub(crate) prepare_extensions: bool,
     /// Python code run in every new interpreter to set up `sys.path`, if any is needed.
     pub(crate) bootstrap: Option<String>,
     pub(crate) version: String,
-    shutdown: Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
+    shutdown: Mutex<Option<(Sender<MainMsg>, JoinHandle<()>)>>,
+}
+
+/// Work for the thread that owns the main interpreter.
+pub(crate) enum MainMsg {
+    /// Run with the main interpreter's GIL held.
+    Job(Box<dyn for<'py> FnOnce(Python<'py>) + Send>),
+    /// Finalise CPython and end the thread.
+    Stop,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -181,6 +205,17 @@ impl Runtime {
     pub fn python_version(&self) -> &str {
         &self.inner.version
     }
+
+    /// The known CPython bugs that affect this Python (see [`hazards`](crate::hazards)).
+    pub fn hazards(&self) -> Vec<&'static Hazard> {
+        hazards::for_version(&self.inner.version)
+    }
+
+    /// Whether isolated interpreters have their extension modules imported in the main
+    /// interpreter first ([`RuntimeConfig::prepare_extensions`]).
+    pub fn prepares_extensions(&self) -> bool {
+        self.inner.prepare_extensions
+    }
 }
 
 fn start(config: &RuntimeConfig) -> Result<RuntimeInner> {
@@ -196,7 +231,7 @@ fn start(config: &RuntimeConfig) -> Result<RuntimeInner> {
     };
     let opts = (home, executable, config.use_environment, config.site_import);
     let (ready_tx, ready_rx) = bounded::<Result<(MainInterpreter, String), String>>(1);
-    let (stop_tx, stop_rx) = bounded::<()>(1);
+    let (main_tx, main_rx) = crossbeam_channel::unbounded::<MainMsg>();
     let thread = std::thread::Builder::new()
         .name("subinterp-main".into())
         .spawn(move || {
@@ -217,8 +252,16 @@ fn start(config: &RuntimeConfig) -> Result<RuntimeInner> {
                             .unwrap_or_default()
                     });
                     let _ = ready_tx.send(Ok((main, version)));
-                    // Wait for the last handle to go (or the sender to vanish), then finalise.
-                    let _ = stop_rx.recv();
+                    // Serve jobs for the main interpreter until the last handle goes (or the
+                    // sender vanishes), then finalise.
+                    while let Ok(MainMsg::Job(job)) = main_rx.recv() {
+                        let ran = main_ts.with_gil(|py| {
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(py)))
+                        });
+                        if ran.is_err() {
+                            tracing::error!("a job of the main interpreter panicked");
+                        }
+                    }
                     if !main_ts.finalize() {
                         tracing::warn!("Python reported an error while finalising");
                     }
@@ -242,14 +285,65 @@ fn start(config: &RuntimeConfig) -> Result<RuntimeInner> {
         }
     };
     let bootstrap = bootstrap_code(config, &version)?;
+    let prepare_extensions = config
+        .prepare_extensions
+        .unwrap_or_else(|| hazards::needs_preparation(&version));
+    if prepare_extensions {
+        let jobs = main_tx.clone();
+        let preparer = move |module: &str, path: &[String]| {
+            let (done_tx, done_rx) = bounded(1);
+            let (module, path) = (module.to_owned(), path.to_vec());
+            let job = move |py: Python<'_>| {
+                let _ = done_tx.send(import_in_main(py, &module, &path));
+            };
+            jobs.send(MainMsg::Job(Box::new(job)))
+                .map_err(|_| "the runtime is shutting down".to_owned())?;
+            done_rx
+                .recv()
+                .map_err(|_| "the main interpreter's thread ended".to_owned())?
+        };
+        hazards::set_preparer(Some(Arc::new(preparer)), &version);
+        tracing::debug!(
+            python = %version,
+            "extension modules are imported in the main interpreter before isolated ones load them"
+        );
+    }
     tracing::debug!(python = %version, "Python runtime initialised");
     Ok(RuntimeInner {
         main,
+        prepare_extensions,
         bootstrap,
         version,
-        shutdown: Mutex::new(Some((stop_tx, thread))),
+        shutdown: Mutex::new(Some((main_tx, thread))),
     })
 }
+
+/// Imports `module` in the main interpreter, with the entries of the loading
+/// interpreter's `sys.path` that the main one lacks appended to its own.
+fn import_in_main(
+    py: Python<'_>,
+    module: &str,
+    path: &[String],
+) -> std::result::Result<(), String> {
+    let run = || -> Result<()> {
+        let globals = py.dict()?;
+        globals.set_item(&py.str("name")?, &py.str(module)?)?;
+        let entries = Value::List(path.iter().map(|p| Value::from(p.as_str())).collect());
+        globals.set_item(&py.str("path")?, &py.to_object(&entries)?)?;
+        py.run(IMPORT_IN_MAIN, "<subinterp prepare>", &globals)
+    };
+    run().map_err(|err| err.to_string())
+}
+
+const IMPORT_IN_MAIN: &str = "\
+import sys
+if name not in sys.modules:
+    for entry in path:
+        if entry not in sys.path:
+            sys.path.append(entry)
+    import importlib
+    importlib.import_module(name)
+";
 
 /// Python source run in each new interpreter: extra paths first on `sys.path`, then the
 /// virtual environment's `site-packages`.
@@ -307,9 +401,12 @@ impl Drop for RuntimeInner {
     fn drop(&mut self) {
         let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
         *state = State::Finalized;
+        if self.prepare_extensions {
+            hazards::set_preparer(None, &self.version);
+        }
         let taken = self.shutdown.lock().ok().and_then(|mut s| s.take());
         if let Some((stop, thread)) = taken {
-            let _ = stop.send(());
+            let _ = stop.send(MainMsg::Stop);
             let _ = thread.join();
         }
     }

@@ -101,6 +101,15 @@ fn defs() -> &'static Defs {
                   through a channel and receivers get a memoryview over the same bytes, read-only \
                   unless writable=True. This handle's own views are always writable.",
             ),
+            method(
+                c"_prepare_in_main",
+                module_prepare_in_main,
+                c"_prepare_in_main(name, path)\n--\n\nImports the module name in the main \
+                  interpreter (with the str entries of path appended to its sys.path) unless \
+                  that was done before; called by the module loaders of isolated interpreters \
+                  on CPython versions where loading an extension module there first crashes \
+                  the process later. Never raises for the import itself.",
+            ),
             ffi::PyMethodDef::zeroed(),
         ]);
         let module_slots = leak(vec![
@@ -600,6 +609,29 @@ unsafe extern "C" fn module_id(
     trampoline(state_of_module(module), |py| {
         parse(py, "id", args, kwargs, &[], 0)?;
         py.to_object(&Value::Int(py.interpreter_id()))
+    })
+}
+
+unsafe extern "C" fn module_prepare_in_main(
+    module: *mut ffi::PyObject,
+    args: *mut ffi::PyObject,
+    kwargs: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    trampoline(state_of_module(module), |py| {
+        let a = parse(py, "_prepare_in_main", args, kwargs, &["name", "path"], 2)?;
+        let name = a[0].as_ref().expect("required").extract_str()?;
+        let path: Vec<String> = match a[1].as_ref().expect("required").to_value() {
+            Ok(Value::List(items)) => items
+                .into_iter()
+                .filter_map(|item| match item {
+                    Value::Str(entry) => Some(entry),
+                    _ => None,
+                })
+                .collect(),
+            _ => return Err(py.new_error(ExcKind::Type, "path must be a list of str")),
+        };
+        py.allow_threads(move || crate::hazards::prepare(&name, &path));
+        Ok(py.none())
     })
 }
 

@@ -1,0 +1,363 @@
+//! CPython's own subinterpreter bugs in the versions people run, and what the host does
+//! about them.
+//!
+//! Some CPython releases crash or leak when isolated interpreters are used the way a
+//! host uses them: several alive at once on their own threads, each importing modules,
+//! then all ended. The host cannot upgrade the user's Python, so it knows these hazards
+//! by version ([`for_version`], [`Runtime::hazards`](crate::Runtime::hazards)) and works
+//! around the ones it can.
+//!
+//! # Preparing extension modules in the main interpreter
+//!
+//! The crashes of [`DATETIME_STATIC_TYPES`] and [`SINGLE_PHASE_REFUSAL`] have one cause
+//! in common: an extension module's initialisation leaves state in C globals (static
+//! types, cached objects, the runtime-wide cache of single-phase modules), and when the
+//! first interpreter to initialise it is an isolated one, that state is allocated from
+//! the isolated interpreter's own allocator and freed when it ends, while the globals
+//! still point at it. The next interpreter to end frees it again ("double free or
+//! corruption", "free(): invalid pointer").
+//!
+//! When the main interpreter initialises the module first, the state belongs to the
+//! main interpreter and lives until the process ends; isolated interpreters then find
+//! the module in CPython's extension cache (a single-phase one is refused there at once,
+//! before its initialisation runs again) or find its static types ready. Measured with
+//! plain CPython (4 isolated interpreters, each importing the module, then ended): 5 of
+//! 5 runs crashed without, 0 of 5 with, for `_datetime` on 3.13.0, `msgpack._cmsgpack`
+//! on 3.13.0 and `_decimal` on 3.12.1. Importing the module in the main interpreter
+//! *after* the isolated ones have imported it does not help (5 of 5 still crash): the
+//! damage is done by the first initialisation.
+//!
+//! So, on the versions these hazards affect, every isolated interpreter the library
+//! creates wraps CPython's extension module loader: before an interpreter loads an
+//! extension module for the first time in the process, the runtime imports that module
+//! in the main interpreter (with the interpreter's `sys.path` entries appended to the
+//! main interpreter's), then the interpreter loads it as usual. Each module is prepared
+//! once per process; later loads cost one lookup in a set. The runtime logs each
+//! preparation (`tracing`, target `subinterp::hazards`), and warns, naming the module,
+//! the version and the CPython issue, when the main interpreter could not import it.
+//! [`RuntimeConfig::prepare_extensions`](crate::RuntimeConfig::prepare_extensions)
+//! turns this on or off whatever the version.
+
+use std::fmt;
+
+/// One known CPython bug that affects hosts of subinterpreters.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Hazard {
+    /// A short stable name, e.g. `"datetime-static-types"`.
+    pub id: &'static str,
+    /// What goes wrong, in a sentence.
+    pub summary: &'static str,
+    /// The python/cpython issues that describe it.
+    pub cpython_issues: &'static [u32],
+    /// The CPython minor versions (`(3, 13)`) it affects, every patch release of them
+    /// unless [`fixed_in`](Hazard::fixed_in) names one.
+    pub affects: &'static [(u32, u32)],
+    /// The first release known to be fixed, if any.
+    pub fixed_in: Option<&'static str>,
+    /// Modules known to trigger it (the standard library's; third-party ones too).
+    pub modules: &'static [&'static str],
+    /// What the host does about it.
+    pub workaround: Workaround,
+}
+
+/// What the host does about a [`Hazard`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Workaround {
+    /// Every extension module is imported in the main interpreter before a
+    /// subinterpreter loads it (see the module docs).
+    PrepareInMain,
+    /// Nothing the host can do; documented with figures.
+    None,
+}
+
+/// `_datetime` (3.13) keeps its types in static C memory, set up by the first
+/// interpreter that imports it and torn down when that interpreter ends.
+pub const DATETIME_STATIC_TYPES: Hazard = Hazard {
+    id: "datetime-static-types",
+    summary: "_datetime's static types are set up by the first interpreter that imports it \
+              and freed when that interpreter ends while others still use them: isolated \
+              interpreters that imported datetime crash the process when they end",
+    cpython_issues: &[136421, 136423],
+    affects: &[(3, 13)],
+    fixed_in: Some("3.14.0"),
+    modules: &["_datetime", "datetime", "zoneinfo", "_zoneinfo"],
+    workaround: Workaround::PrepareInMain,
+};
+
+/// A single-phase extension module refused by an isolated interpreter has already run
+/// its initialisation there.
+pub const SINGLE_PHASE_REFUSAL: Hazard = Hazard {
+    id: "single-phase-refusal",
+    summary: "a single-phase-init extension module refused by an isolated interpreter has \
+              already run its initialisation in that interpreter; what it keeps in C \
+              globals is freed when the interpreter ends and freed again by the next: the \
+              process aborts when interpreters end, even though the importing code fell \
+              back to pure Python",
+    cpython_issues: &[116510, 119450],
+    affects: &[(3, 12), (3, 13)],
+    fixed_in: None,
+    modules: &[
+        "_decimal",
+        "_datetime",
+        "msgpack._cmsgpack",
+        "yaml._yaml",
+        "psutil._psutil_linux",
+    ],
+    workaround: Workaround::PrepareInMain,
+};
+
+/// Ending an isolated interpreter does not give back all of its memory.
+pub const INTERPRETER_MEMORY: Hazard = Hazard {
+    id: "interpreter-memory",
+    summary: "CPython keeps memory of every isolated interpreter created and ended \
+              (measured: see the README): hosts that churn interpreters grow without \
+              bound; a Pool reuses its workers and recycles them only as configured",
+    cpython_issues: &[110411, 140067],
+    affects: &[(3, 12), (3, 13)],
+    fixed_in: None,
+    modules: &[],
+    workaround: Workaround::None,
+};
+
+/// Every hazard this library knows, for any version.
+pub const ALL: &[&Hazard] = &[
+    &DATETIME_STATIC_TYPES,
+    &SINGLE_PHASE_REFUSAL,
+    &INTERPRETER_MEMORY,
+];
+
+/// A CPython version, as `sys.version` starts: `3.13.0`, `3.14.0rc1`, `3.12.1+`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Version {
+    /// 3
+    pub major: u32,
+    /// 13
+    pub minor: u32,
+    /// 0
+    pub patch: u32,
+}
+
+impl Version {
+    /// Reads `"3.13.0"`, `"3.14.0rc1"` or `"3.12.1+"`; `None` when there is no
+    /// `major.minor` at the start.
+    pub fn parse(text: &str) -> Option<Version> {
+        let mut parts = text.trim().splitn(3, '.');
+        let number = |part: Option<&str>| -> Option<u32> {
+            let digits: String = part?.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        };
+        let major = number(parts.next())?;
+        let minor = number(parts.next())?;
+        let patch = number(parts.next()).unwrap_or(0);
+        Some(Version {
+            major,
+            minor,
+            patch,
+        })
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+impl Hazard {
+    /// Whether this hazard affects `version`.
+    pub fn affects(&self, version: Version) -> bool {
+        let minor_hit = self
+            .affects
+            .iter()
+            .any(|&(major, minor)| major == version.major && minor == version.minor);
+        let fixed = self
+            .fixed_in
+            .and_then(Version::parse)
+            .is_some_and(|fixed| fixed <= version);
+        minor_hit && !fixed
+    }
+
+    /// `python/cpython#136421, #136423`.
+    pub fn issues_text(&self) -> String {
+        let list: Vec<String> = self
+            .cpython_issues
+            .iter()
+            .map(|n| format!("#{n}"))
+            .collect();
+        format!("python/cpython{}", list.join(", "))
+    }
+
+    /// "fixed in 3.14.0" or "no fixed release known".
+    pub fn fixed_text(&self) -> String {
+        match self.fixed_in {
+            Some(version) => format!("fixed in {version}"),
+            None => "no fixed release known".to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for Hazard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {} ({}; {})",
+            self.id,
+            self.summary,
+            self.issues_text(),
+            self.fixed_text()
+        )
+    }
+}
+
+/// The hazards that affect the CPython `version` (as `sys.version` starts); none when it
+/// cannot be read.
+pub fn for_version(version: &str) -> Vec<&'static Hazard> {
+    match Version::parse(version) {
+        Some(v) => ALL.iter().copied().filter(|h| h.affects(v)).collect(),
+        None => Vec::new(),
+    }
+}
+
+/// Whether the host prepares extension modules in the main interpreter on `version`.
+pub fn needs_preparation(version: &str) -> bool {
+    for_version(version)
+        .iter()
+        .any(|h| h.workaround == Workaround::PrepareInMain)
+}
+
+/// The hazards that name `module` and affect `version`.
+pub fn naming(module: &str, version: &str) -> Vec<&'static Hazard> {
+    for_version(version)
+        .into_iter()
+        .filter(|h| h.modules.contains(&module))
+        .collect()
+}
+
+/// Runs the preparation of one module in the main interpreter: given the module's name and
+/// the `sys.path` of the interpreter about to load it; returns the Python error text if
+/// the main interpreter could not import it.
+pub(crate) type Preparer = dyn Fn(&str, &[String]) -> std::result::Result<(), String> + Send + Sync;
+
+struct Preparation {
+    preparer: Option<std::sync::Arc<Preparer>>,
+    version: String,
+    done: std::collections::BTreeSet<String>,
+}
+
+static PREPARATION: std::sync::Mutex<Preparation> = std::sync::Mutex::new(Preparation {
+    preparer: None,
+    version: String::new(),
+    done: std::collections::BTreeSet::new(),
+});
+
+static PREPARING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn preparation() -> std::sync::MutexGuard<'static, Preparation> {
+    PREPARATION.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Installs (or, with `None`, removes) the runtime's way of preparing modules.
+pub(crate) fn set_preparer(preparer: Option<std::sync::Arc<Preparer>>, version: &str) {
+    let mut state = preparation();
+    state.preparer = preparer;
+    state.version = version.to_owned();
+    state.done.clear();
+}
+
+/// Makes sure `module` was imported in the main interpreter before a subinterpreter
+/// loads it. Called by the wrapped module loaders of isolated interpreters, with their
+/// GIL released. Never fails: a module the main interpreter cannot import is loaded by
+/// the subinterpreter anyway, after a warning that names the hazard.
+pub(crate) fn prepare(module: &str, sys_path: &[String]) {
+    let is_done = |state: &Preparation| state.preparer.is_none() || state.done.contains(module);
+    if is_done(&preparation()) {
+        return;
+    }
+    // One preparation at a time: a second loader of the same module waits here until the
+    // main interpreter has imported it, instead of loading it first.
+    let _one_at_a_time = PREPARING.lock().unwrap_or_else(|e| e.into_inner());
+    let (preparer, version) = {
+        let state = preparation();
+        if is_done(&state) {
+            return;
+        }
+        let Some(preparer) = state.preparer.clone() else {
+            return;
+        };
+        (preparer, state.version.clone())
+    };
+    let outcome = preparer(module, sys_path);
+    preparation().done.insert(module.to_owned());
+    match outcome {
+        Ok(()) => tracing::debug!(
+            target: "subinterp::hazards",
+            module,
+            "imported in the main interpreter before a subinterpreter loads it"
+        ),
+        Err(error) => {
+            let hazards = for_version(&version);
+            let named: Vec<String> = hazards
+                .iter()
+                .filter(|h| h.workaround == Workaround::PrepareInMain)
+                .map(|h| format!("{} ({}; {})", h.id, h.issues_text(), h.fixed_text()))
+                .collect();
+            tracing::warn!(
+                target: "subinterp::hazards",
+                "{module} could not be imported in the main interpreter first ({error}); \
+                 on CPython {version}, isolated interpreters that load it may crash the \
+                 process when they end: {}",
+                named.join("; ")
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert_eq!(
+            Version::parse("3.14.0rc1"),
+            Some(Version {
+                major: 3,
+                minor: 14,
+                patch: 0
+            })
+        );
+        assert_eq!(Version::parse("3.12.1+").map(|v| v.patch), Some(1));
+        assert_eq!(Version::parse("3.13").map(|v| v.patch), Some(0));
+        assert_eq!(Version::parse("three"), None);
+    }
+
+    #[test]
+    fn table_by_version() {
+        let ids = |v| -> Vec<&str> { for_version(v).iter().map(|h| h.id).collect() };
+        assert_eq!(
+            ids("3.12.1"),
+            ["single-phase-refusal", "interpreter-memory"]
+        );
+        assert_eq!(
+            ids("3.13.0"),
+            [
+                "datetime-static-types",
+                "single-phase-refusal",
+                "interpreter-memory"
+            ]
+        );
+        assert!(ids("3.14.0")
+            .iter()
+            .all(|id| *id != "datetime-static-types"));
+        assert!(needs_preparation("3.12.9"));
+        assert!(needs_preparation("3.13.0"));
+        assert!(!needs_preparation("3.14.1"));
+        assert!(!needs_preparation("3.11.7"));
+        assert_eq!(naming("_datetime", "3.13.0").len(), 2);
+        assert!(DATETIME_STATIC_TYPES
+            .to_string()
+            .contains("python/cpython#136421, #136423; fixed in 3.14.0"));
+    }
+}
