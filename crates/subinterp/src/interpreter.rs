@@ -236,7 +236,7 @@ impl Interpreter {
                         return;
                     }
                 };
-                let prepare = rt.prepare_extensions && !raw.use_main_obmalloc;
+                let prepare = rt.prepare_extensions;
                 let setup = sub.with_gil(|py| setup(py, &rt, capture, prepare, &paths));
                 if let Err(err) = setup {
                     sub.end();
@@ -566,7 +566,7 @@ fn wind_down(py: Python<'_>, capture: bool) -> Result<Output> {
     }
 }
 
-/// Wraps the extension module loader of an isolated interpreter so that the main
+/// Wraps the extension module loader of a subinterpreter so that the main
 /// interpreter imports each extension module first (see [`crate::hazards`]). Built-in
 /// modules are left alone: single-phase built-ins such as `faulthandler` load in isolated
 /// interpreters only while the main interpreter has not imported them (CPython

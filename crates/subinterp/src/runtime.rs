@@ -97,8 +97,8 @@ impl RuntimeConfig {
         self
     }
 
-    /// Import every extension module in the main interpreter before an isolated
-    /// interpreter loads it for the first time, which avoids crashes of CPython 3.12 and
+    /// Import every extension module in the main interpreter before a subinterpreter
+    /// loads it for the first time, which avoids crashes of CPython 3.12 and
     /// 3.13 when interpreters end (see [`hazards`](crate::hazards)). By default this is on
     /// exactly for the Python versions with such a hazard ([`Runtime::hazards`]).
     pub fn prepare_extensions(&mut self, yes: bool) -> &mut Self {
@@ -138,7 +138,7 @@ pub struct Runtime {
 
 pub(crate) struct RuntimeInner {
     pub(crate) main: MainInterpreter,
-    /// Whether isolated interpreters have extension modules prepared in the main one.
+    /// Whether subinterpreters have extension modules prepared in the main one.
     pub(crate) prepare_extensions: bool,
     /// Python code run in every new interpreter to set up `sys.path`, if any is needed.
     pub(crate) bootstrap: Option<String>,
@@ -211,7 +211,7 @@ impl Runtime {
         hazards::for_version(&self.inner.version)
     }
 
-    /// Whether isolated interpreters have their extension modules imported in the main
+    /// Whether subinterpreters have their extension modules imported in the main
     /// interpreter first ([`RuntimeConfig::prepare_extensions`]).
     pub fn prepares_extensions(&self) -> bool {
         self.inner.prepare_extensions

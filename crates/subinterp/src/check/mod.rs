@@ -48,9 +48,19 @@
 //!    one after the other, with the import system's extension loaders wrapped to record
 //!    every extension module whose creation raised `ImportError` — including refusals
 //!    that the importing code caught. Then the interpreters are ended.
-//! 3. *legacy* (when the isolated import failed or crashed): the same with two
-//!    shared-GIL interpreters.
-//! 4. *mixed* (when isolated refused it and legacy imported it): an isolated attempt
+//! 3. *pool* (when the isolated imports worked or crashed): the way a
+//!    [`Pool`](crate::Pool) uses a module: four isolated interpreters, each created and
+//!    used on a thread of its own, all alive at once, then each ended by its thread.
+//!    Some crashes only show this way (`_datetime` on CPython 3.13.0 with two workers).
+//! 4. *prepared pool* (when one of the above crashed and the runtime prepares extension
+//!    modules on this Python, see [`crate::hazards`]): the same after importing the
+//!    module in the main interpreter, as the runtime does. When that is clean the module
+//!    is `ok`, and the detail says what crashed without the preparation and which
+//!    CPython bug it is; [`ModuleReport::culprit`] names the module that bug is about
+//!    (e.g. `_datetime` for `pytest` on 3.13.0).
+//! 5. *legacy* (when the isolated import failed or crashed): the same as 2 with two
+//!    shared-GIL interpreters (prepared in the main interpreter when the runtime would).
+//! 6. *mixed* (when isolated refused it and legacy imported it): an isolated attempt
 //!    followed by a legacy import in one process, as a host that tries isolated first and
 //!    falls back would do. On CPython 3.12 some single-phase modules (`_decimal`,
 //!    `_datetime`) crash the process there, because the refused attempt has already run
@@ -173,7 +183,9 @@ pub struct ModuleReport {
     pub shared_state: Option<bool>,
     /// The extension module that isolated interpreters refused while importing this one
     /// (itself, one of its own compiled modules, or a dependency's), whether the
-    /// refusal made the import fail or was caught and worked around.
+    /// refusal made the import fail or was caught and worked around; failing that, the
+    /// extension module a known CPython bug of this version names when interpreters that
+    /// imported it crashed (see [`crate::hazards`]).
     pub culprit: Option<String>,
     /// What happened, in plain words, when there is more to say than the other fields:
     /// the error of a failed import, the signal of a crash, a caught refusal, the names
@@ -295,6 +307,7 @@ pub struct CheckOptions {
     jobs: Option<usize>,
     timeout: Duration,
     all_extensions: bool,
+    prepare_extensions: Option<bool>,
 }
 
 impl Default for CheckOptions {
@@ -314,6 +327,7 @@ impl CheckOptions {
             jobs: None,
             timeout: Duration::from_secs(120),
             all_extensions: false,
+            prepare_extensions: None,
         }
     }
 
@@ -365,6 +379,16 @@ impl CheckOptions {
     /// left out.
     pub fn all_extensions(&mut self, yes: bool) -> &mut Self {
         self.all_extensions = yes;
+        self
+    }
+
+    /// Predict a runtime whose isolated interpreters do (or do not) have their extension
+    /// modules imported in the main interpreter first, as set with
+    /// [`RuntimeConfig::prepare_extensions`](crate::RuntimeConfig::prepare_extensions).
+    /// By default the check assumes what the runtime does on the Python checked: it
+    /// prepares them exactly on the versions with such a hazard ([`crate::hazards`]).
+    pub fn prepare_extensions(&mut self, yes: bool) -> &mut Self {
+        self.prepare_extensions = Some(yes);
         self
     }
 
@@ -499,6 +523,8 @@ pub fn run<S: AsRef<str>>(modules: &[S], options: &CheckOptions) -> Result<Check
         "jobs": jobs,
         "timeout": options.timeout.as_secs_f64(),
         "tmp": tmp.0.to_string_lossy(),
+        "prepare": options.prepare_extensions,
+        "prepare_rules": crate::hazards::preparation_rules(),
     });
 
     let spawn_error = |source| CheckError::Spawn {
@@ -531,6 +557,7 @@ pub fn run<S: AsRef<str>>(modules: &[S], options: &CheckOptions) -> Result<Check
     let mut warnings = Vec::new();
     let mut fatal = None;
     let mut python_version = None;
+    let mut prepared = false;
     let mut bad_line = None;
     for line in BufReader::new(stdout).lines() {
         let line = line.map_err(spawn_error)?;
@@ -546,7 +573,13 @@ pub fn run<S: AsRef<str>>(modules: &[S], options: &CheckOptions) -> Result<Check
                 warnings.push(message);
             }
             Ok(verdict::Line::Fatal { message }) => fatal = Some(message),
-            Ok(verdict::Line::Done { python }) => python_version = Some(python),
+            Ok(verdict::Line::Done {
+                python,
+                prepared: yes,
+            }) => {
+                python_version = Some(python);
+                prepared = yes;
+            }
             Err(e) => {
                 bad_line.get_or_insert(format!("unexpected output {line:?}: {e}"));
             }
@@ -571,7 +604,7 @@ pub fn run<S: AsRef<str>>(modules: &[S], options: &CheckOptions) -> Result<Check
     let mut reports = Vec::with_capacity(observations.len());
     for name in &names {
         let report = match observations.remove(name) {
-            Some(obs) => verdict::derive(&obs),
+            Some(obs) => verdict::derive(&obs, &python_version, prepared),
             None => {
                 return Err(CheckError::Probe(format!(
                     "no answer about {name}{}",
@@ -586,7 +619,11 @@ pub fn run<S: AsRef<str>>(modules: &[S], options: &CheckOptions) -> Result<Check
         reports.push(report);
     }
     // The rest came from --all; BTreeMap order is by name.
-    reports.extend(observations.values().map(verdict::derive));
+    reports.extend(
+        observations
+            .values()
+            .map(|obs| verdict::derive(obs, &python_version, prepared)),
+    );
     Ok(CheckRun {
         python_version,
         reports,

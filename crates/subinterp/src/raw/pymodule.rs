@@ -106,7 +106,7 @@ fn defs() -> &'static Defs {
                 module_prepare_in_main,
                 c"_prepare_in_main(name, path)\n--\n\nImports the module name in the main \
                   interpreter (with the str entries of path appended to its sys.path) unless \
-                  that was done before; called by the module loaders of isolated interpreters \
+                  that was done before; called by the module loaders of subinterpreters \
                   on CPython versions where loading an extension module there first crashes \
                   the process later. Never raises for the import itself.",
             ),
