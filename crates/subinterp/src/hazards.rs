@@ -84,6 +84,10 @@ pub enum Workaround {
     /// Every extension module is imported in the main interpreter before a
     /// subinterpreter loads it (see the module docs).
     PrepareInMain,
+    /// The main interpreter is not finalised when the runtime ends: every
+    /// subinterpreter is ended as always, then the main interpreter's buffered output
+    /// is flushed and its memory is left to the process's exit.
+    SkipMainFinalization,
     /// Nothing the host can do; documented with figures.
     None,
 }
@@ -123,6 +127,22 @@ pub const SINGLE_PHASE_STATE: Hazard = Hazard {
     workaround: Workaround::PrepareInMain,
 };
 
+/// Keyword-argument tables of extension functions are allocated by whichever
+/// interpreter calls the function first.
+pub const ARG_PARSER_KWTUPLE: Hazard = Hazard {
+    id: "arg-parser-kwtuple",
+    summary: "the tuple of keyword names that Argument Clinic caches in a static \
+              _PyArg_Parser of an extension function is allocated by the first interpreter \
+              to call the function with keywords; freed with it, it is freed again when \
+              the main interpreter is finalised (hashlib's openssl_md5(usedforsecurity=False), \
+              so pytest: free(): invalid pointer in _PyTuple_Fini at exit)",
+    cpython_issues: &[119213],
+    affects: &[(3, 12)],
+    fixed_in: Some("3.12.4"),
+    modules: &[("_hashlib", &[])],
+    workaround: Workaround::SkipMainFinalization,
+};
+
 /// Ending an isolated interpreter does not give back all of its memory.
 pub const INTERPRETER_MEMORY: Hazard = Hazard {
     id: "interpreter-memory",
@@ -140,6 +160,7 @@ pub const INTERPRETER_MEMORY: Hazard = Hazard {
 pub const ALL: &[&Hazard] = &[
     &DATETIME_STATIC_TYPES,
     &SINGLE_PHASE_STATE,
+    &ARG_PARSER_KWTUPLE,
     &INTERPRETER_MEMORY,
 ];
 
@@ -251,6 +272,14 @@ pub fn needs_preparation(version: &str) -> bool {
     for_version(version)
         .iter()
         .any(|h| h.workaround == Workaround::PrepareInMain)
+}
+
+/// Whether the runtime leaves the main interpreter unfinalised on `version`
+/// ([`Workaround::SkipMainFinalization`]).
+pub fn skips_main_finalization(version: &str) -> bool {
+    for_version(version)
+        .iter()
+        .any(|h| h.workaround == Workaround::SkipMainFinalization)
 }
 
 /// The versions on which the runtime prepares extension modules, as
@@ -375,7 +404,18 @@ mod tests {
     #[test]
     fn table_by_version() {
         let ids = |v| -> Vec<&str> { for_version(v).iter().map(|h| h.id).collect() };
-        assert_eq!(ids("3.12.1"), ["single-phase-state", "interpreter-memory"]);
+        assert_eq!(
+            ids("3.12.1"),
+            [
+                "single-phase-state",
+                "arg-parser-kwtuple",
+                "interpreter-memory"
+            ]
+        );
+        assert_eq!(ids("3.12.4"), ["single-phase-state", "interpreter-memory"]);
+        assert!(skips_main_finalization("3.12.3"));
+        assert!(!skips_main_finalization("3.12.4"));
+        assert!(!skips_main_finalization("3.13.0"));
         assert_eq!(
             ids("3.13.0"),
             [

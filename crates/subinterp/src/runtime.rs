@@ -100,7 +100,9 @@ impl RuntimeConfig {
     /// Import every extension module in the main interpreter before a subinterpreter
     /// loads it for the first time, which avoids crashes of CPython 3.12 and
     /// 3.13 when interpreters end (see [`hazards`](crate::hazards)). By default this is on
-    /// exactly for the Python versions with such a hazard ([`Runtime::hazards`]).
+    /// exactly for the Python versions with such a hazard ([`Runtime::hazards`]); when
+    /// this is not called, the environment variable `SUBINTERP_PREPARE_EXTENSIONS=0` or
+    /// `=1` overrides that default.
     pub fn prepare_extensions(&mut self, yes: bool) -> &mut Self {
         self.prepare_extensions = Some(yes);
         self
@@ -150,8 +152,9 @@ pub(crate) struct RuntimeInner {
 pub(crate) enum MainMsg {
     /// Run with the main interpreter's GIL held.
     Job(Box<dyn for<'py> FnOnce(Python<'py>) + Send>),
-    /// Finalise CPython and end the thread.
-    Stop,
+    /// Finalise CPython (unless a hazard of this version says not to) and end the
+    /// thread.
+    Stop { finalize: bool },
 }
 
 impl std::fmt::Debug for Runtime {
@@ -254,18 +257,40 @@ fn start(config: &RuntimeConfig) -> Result<RuntimeInner> {
                     let _ = ready_tx.send(Ok((main, version)));
                     // Serve jobs for the main interpreter until the last handle goes (or the
                     // sender vanishes), then finalise.
-                    while let Ok(MainMsg::Job(job)) = main_rx.recv() {
-                        let ran = main_ts.with_gil(|py| {
-                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(py)))
-                        });
-                        if ran.is_err() {
-                            tracing::error!("a job of the main interpreter panicked");
+                    let mut finalize = true;
+                    while let Ok(message) = main_rx.recv() {
+                        match message {
+                            MainMsg::Job(job) => {
+                                let ran = main_ts.with_gil(|py| {
+                                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                        job(py)
+                                    }))
+                                });
+                                if ran.is_err() {
+                                    tracing::error!("a job of the main interpreter panicked");
+                                }
+                            }
+                            MainMsg::Stop { finalize: yes } => {
+                                finalize = yes;
+                                break;
+                            }
                         }
                     }
-                    if !main_ts.finalize() {
-                        tracing::warn!("Python reported an error while finalising");
+                    if finalize {
+                        if !main_ts.finalize() {
+                            tracing::warn!("Python reported an error while finalising");
+                        }
+                        tracing::debug!("Python runtime finalised");
+                    } else {
+                        let _ = main_ts.with_gil(|py| -> Result<()> {
+                            py.run(FLUSH_MAIN, "<subinterp flush>", &py.dict()?)
+                        });
+                        tracing::debug!(
+                            target: "subinterp::hazards",
+                            "the main interpreter is left unfinalised: arg-parser-kwtuple \
+                             (python/cpython#119213; fixed in 3.12.4)"
+                        );
                     }
-                    tracing::debug!("Python runtime finalised");
                 }
                 Err(msg) => {
                     let _ = ready_tx.send(Err(msg));
@@ -287,6 +312,7 @@ fn start(config: &RuntimeConfig) -> Result<RuntimeInner> {
     let bootstrap = bootstrap_code(config, &version)?;
     let prepare_extensions = config
         .prepare_extensions
+        .or_else(prepare_from_environment)
         .unwrap_or_else(|| hazards::needs_preparation(&version));
     if prepare_extensions {
         let jobs = main_tx.clone();
@@ -318,6 +344,19 @@ fn start(config: &RuntimeConfig) -> Result<RuntimeInner> {
     })
 }
 
+/// `SUBINTERP_PREPARE_EXTENSIONS=0` (or `1`) overrides the default of
+/// [`RuntimeConfig::prepare_extensions`] when the host did not set it.
+fn prepare_from_environment() -> Option<bool> {
+    match std::env::var("SUBINTERP_PREPARE_EXTENSIONS").ok()?.trim() {
+        "0" | "false" | "no" | "off" => Some(false),
+        "1" | "true" | "yes" | "on" => Some(true),
+        other => {
+            tracing::warn!("ignoring SUBINTERP_PREPARE_EXTENSIONS={other:?} (want 0 or 1)");
+            None
+        }
+    }
+}
+
 /// Imports `module` in the main interpreter, with the entries of the loading
 /// interpreter's `sys.path` that the main one lacks appended to its own.
 fn import_in_main(
@@ -335,6 +374,15 @@ fn import_in_main(
     run().map_err(|err| err.to_string())
 }
 
+const FLUSH_MAIN: &str = "\
+import sys
+for stream in (sys.stdout, sys.stderr):
+    try:
+        stream.flush()
+    except Exception:
+        pass
+";
+
 const IMPORT_IN_MAIN: &str = "\
 import sys
 if name not in sys.modules:
@@ -343,6 +391,11 @@ if name not in sys.modules:
             sys.path.append(entry)
     import importlib
     importlib.import_module(name)
+    # hashlib calls _hashlib's constructors with keywords when it is imported: doing that
+    # here first gives their cached keyword tuples to the main interpreter (3.12 before
+    # 3.12.4 caches them in whichever interpreter calls first, python/cpython#119213).
+    if name == '_hashlib':
+        import hashlib
 ";
 
 /// Python source run in each new interpreter: extra paths first on `sys.path`, then the
@@ -406,7 +459,8 @@ impl Drop for RuntimeInner {
         }
         let taken = self.shutdown.lock().ok().and_then(|mut s| s.take());
         if let Some((stop, thread)) = taken {
-            let _ = stop.send(MainMsg::Stop);
+            let finalize = !hazards::skips_main_finalization(&self.version);
+            let _ = stop.send(MainMsg::Stop { finalize });
             let _ = thread.join();
         }
     }
