@@ -274,6 +274,38 @@ pub fn needs_preparation(version: &str) -> bool {
         .any(|h| h.workaround == Workaround::PrepareInMain)
 }
 
+/// The extension modules the runtime prepares for legacy interpreters on `version`: the
+/// ones a hazard with the preparation workaround names. (Isolated interpreters have every
+/// extension module prepared; legacy ones cannot: numpy, Cython and PyO3 modules load
+/// in one interpreter per process, and the main interpreter would take it.)
+pub fn prepared_in_legacy(version: &str) -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = Vec::new();
+    for hazard in for_version(version) {
+        if hazard.workaround != Workaround::PrepareInMain {
+            continue;
+        }
+        for (name, _) in hazard.modules {
+            if hazard.names(name, version) && !names.contains(name) {
+                names.push(name);
+            }
+        }
+    }
+    names
+}
+
+/// [`prepared_in_legacy`] for every minor version a hazard with the preparation
+/// workaround affects, keyed `"3.12"`, for the probe of [`crate::check`].
+pub(crate) fn legacy_preparation_table() -> std::collections::BTreeMap<String, Vec<&'static str>> {
+    preparation_rules()
+        .into_iter()
+        .map(|(major, minor, _)| {
+            let key = format!("{major}.{minor}");
+            let names = prepared_in_legacy(&format!("{key}.0"));
+            (key, names)
+        })
+        .collect()
+}
+
 /// Whether the runtime leaves the main interpreter unfinalised on `version`
 /// ([`Workaround::SkipMainFinalization`]).
 pub fn skips_main_finalization(version: &str) -> bool {

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 
 use crate::config::InterpreterConfig;
 use crate::error::{Error, Result};
+use crate::hazards;
 use crate::raw::lifecycle::{clear_pending_async, InterruptTarget, SubInterpreter};
 use crate::raw::{PyObj, Python};
 use crate::runtime::{Runtime, RuntimeInner};
@@ -236,7 +237,14 @@ impl Interpreter {
                         return;
                     }
                 };
-                let prepare = rt.prepare_extensions;
+                // Isolated interpreters have every extension module prepared; legacy ones
+                // only those a hazard names: preparing numpy, Cython or PyO3 modules in
+                // the main interpreter would take the one interpreter they allow.
+                let prepare = match (rt.prepare_extensions, raw.use_main_obmalloc) {
+                    (false, _) => None,
+                    (true, false) => Some(None),
+                    (true, true) => Some(Some(hazards::prepared_in_legacy(&rt.version))),
+                };
                 let setup = sub.with_gil(|py| setup(py, &rt, capture, prepare, &paths));
                 if let Err(err) = setup {
                     sub.end();
@@ -567,35 +575,52 @@ fn wind_down(py: Python<'_>, capture: bool) -> Result<Output> {
 }
 
 /// Wraps the extension module loader of a subinterpreter so that the main
-/// interpreter imports each extension module first (see [`crate::hazards`]). Built-in
-/// modules are left alone: single-phase built-ins such as `faulthandler` load in isolated
-/// interpreters only while the main interpreter has not imported them (CPython
-/// python/cpython#119450), and test runners need them.
+/// interpreter imports each extension module first (see [`crate::hazards`]), or only
+/// those named in `only` when it is a set. Built-in modules are left alone: single-phase
+/// built-ins such as `faulthandler` load in isolated interpreters only while the main
+/// interpreter has not imported them (CPython python/cpython#119450), and test runners
+/// need them.
 const PREPARE_IN_MAIN: &str = "\
-def _wrap():
+def _wrap(only):
     import sys, subinterp
     external = sys.modules['_frozen_importlib_external']
     prepare = subinterp._prepare_in_main
     create = external.ExtensionFileLoader.create_module
 
-    def create_module(self, spec, _create=create, _prepare=prepare, _sys=sys):
-        _prepare(spec.name, [entry for entry in _sys.path if isinstance(entry, str)])
+    def create_module(self, spec, _create=create, _prepare=prepare, _sys=sys, _only=only):
+        if _only is None or spec.name in _only:
+            _prepare(spec.name, [entry for entry in _sys.path if isinstance(entry, str)])
         return _create(self, spec)
 
     external.ExtensionFileLoader.create_module = create_module
-_wrap()
+_wrap(only)
 ";
 
 fn setup(
     py: Python<'_>,
     rt: &RuntimeInner,
     capture: bool,
-    prepare: bool,
+    prepare: Option<Option<Vec<&'static str>>>,
     paths: &[String],
 ) -> Result<()> {
     let globals = py.dict()?;
-    if prepare {
-        py.run(PREPARE_IN_MAIN, "<subinterp prepare>", &py.dict()?)?;
+    match prepare {
+        None => {}
+        Some(Some(names)) if names.is_empty() => {}
+        Some(only) => {
+            let scope = py.dict()?;
+            let only = match only {
+                None => Value::None,
+                Some(names) => Value::List(names.into_iter().map(Value::from).collect()),
+            };
+            scope.set_item(&py.str("only")?, &py.to_object(&only)?)?;
+            py.run(
+                "only = None if only is None else frozenset(only)\n",
+                "<subinterp prepare>",
+                &scope,
+            )?;
+            py.run(PREPARE_IN_MAIN, "<subinterp prepare>", &scope)?;
+        }
     }
     if let Some(bootstrap) = &rt.bootstrap {
         py.run(bootstrap, "<subinterp bootstrap>", &globals)?;

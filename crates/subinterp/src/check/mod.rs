@@ -59,7 +59,8 @@
 //!    CPython bug it is; [`ModuleReport::culprit`] names the module that bug is about
 //!    (e.g. `_datetime` for `pytest` on 3.13.0).
 //! 5. *legacy* (when the isolated import failed or crashed): the same as 2 with two
-//!    shared-GIL interpreters (prepared in the main interpreter when the runtime would).
+//!    shared-GIL interpreters, after importing in the main interpreter the modules the
+//!    runtime prepares for legacy interpreters ([`crate::hazards::prepared_in_legacy`]).
 //! 6. *mixed* (when isolated refused it and legacy imported it): an isolated attempt
 //!    followed by a legacy import in one process, as a host that tries isolated first and
 //!    falls back would do. On CPython 3.12 some single-phase modules (`_decimal`,
@@ -525,6 +526,7 @@ pub fn run<S: AsRef<str>>(modules: &[S], options: &CheckOptions) -> Result<Check
         "tmp": tmp.0.to_string_lossy(),
         "prepare": options.prepare_extensions,
         "prepare_rules": crate::hazards::preparation_rules(),
+        "legacy_prepare": crate::hazards::legacy_preparation_table(),
     });
 
     let spawn_error = |source| CheckError::Spawn {

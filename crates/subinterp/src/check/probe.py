@@ -4,7 +4,8 @@ It reads one JSON request on stdin:
 
     {"modules": [...], "all": bool, "paths": [...], "venv": str|null,
      "venv_required": bool, "jobs": int, "timeout": float, "tmp": str,
-     "prepare": bool|null, "prepare_rules": [[major, minor, fixed|null], ...]}
+     "prepare": bool|null, "prepare_rules": [[major, minor, fixed|null], ...],
+     "legacy_prepare": {"3.12": [module, ...], ...}}
 
 and writes JSON lines on stdout: {"type": "observation", ...} per module (in any order),
 {"type": "warning", "message": ...}, {"type": "fatal", "message": ...} and, last,
@@ -36,7 +37,8 @@ forks, one after another:
   interpreter, which is what the library's runtime does; its outcome is the one a host
   sees.
 - `legacy` (only when the isolated import failed): the same with shared-GIL interpreters,
-  after importing the module in the main interpreter when the library would.
+  after importing in the main interpreter the modules the library prepares for legacy
+  interpreters on this Python (`legacy_prepare`, by minor version).
 - `mixed` (only when isolated failed and legacy worked): an isolated attempt, then a
   legacy import in the same process, as a host that tries isolated first would do.
 
@@ -330,16 +332,34 @@ def phase_facts(name, kind, origin, report):
                       "gil_slot_exists": sys.version_info >= (3, 13)}})
 
 
-def phase_imports(name, bootstrap, steps, tmp, report, stop_on_failure=True, prepare=False):
+def prepare_modules_in_main(names, report):
+    """What the library's runtime does for legacy interpreters: the extension modules a
+    hazard names are imported in the main interpreter (here all at once, up front)."""
+    report({"stage": "importing %s in the main interpreter" % ", ".join(names)})
+    import importlib
+
+    for module in names:
+        try:
+            importlib.import_module(module)
+        except BaseException:
+            pass
+
+
+def phase_imports(name, bootstrap, steps, tmp, report, stop_on_failure=True, prepare=False,
+                  prepare_only=None):
     """Imports `name` in one new interpreter per step, one after another in this process,
     then destroys them. A step is (isolated, words naming the interpreter). With
-    `prepare`, the main interpreter imports the module first.
+    `prepare`, the main interpreter imports the module first (or, with `prepare_only`,
+    those modules instead).
 
     After an import that failed, the next steps are skipped (unless told otherwise): the
     question of the phase is answered, and a host would not try again either."""
     import ast
 
-    if prepare:
+    if prepare and prepare_only is not None:
+        if prepare_only:
+            prepare_modules_in_main(prepare_only, report)
+    elif prepare:
         prepare_in_main(name, report)
     interps = []
     for n, (isolated, words) in enumerate(steps):
@@ -546,7 +566,7 @@ def crashed(phase):
     return phase["crash"] is not None or phase["probe_error"] is not None
 
 
-def supervise(name, optional, bootstrap, tmp, progress, prepare):
+def supervise(name, optional, bootstrap, tmp, progress, prepare, legacy_prepare):
     """Asks every question about one module, each in a fresh forked process."""
     spec = find_spec(name)
     kind, origin = static_kind(name, spec)
@@ -582,7 +602,8 @@ def supervise(name, optional, bootstrap, tmp, progress, prepare):
         progress("importing it in legacy interpreters")
         legacy = run_phase(
             "legacy", lambda report: phase_imports(
-                name, bootstrap, LEGACY_STEPS, tmp, report, prepare=prepare),
+                name, bootstrap, LEGACY_STEPS, tmp, report, prepare=prepare,
+                prepare_only=legacy_prepare),
             tmp, progress)
         obs["phases"].append(legacy)
         refused_first = (
@@ -600,7 +621,7 @@ def supervise(name, optional, bootstrap, tmp, progress, prepare):
     return obs
 
 
-def start_supervisor(name, optional, bootstrap, tmp, prepare):
+def start_supervisor(name, optional, bootstrap, tmp, prepare, legacy_prepare):
     progress_path = os.path.join(tmp, "module-%d-%d.progress" % (os.getpid(), time.monotonic_ns()))
     result_path = progress_path[: -len(".progress")] + ".json"
     sys.stdout.flush()
@@ -617,7 +638,8 @@ def start_supervisor(name, optional, bootstrap, tmp, prepare):
                     progress_file.write(stage + "\n")
                     progress_file.flush()
                 try:
-                    obs = supervise(name, optional, bootstrap, tmp, progress, prepare)
+                    obs = supervise(
+                        name, optional, bootstrap, tmp, progress, prepare, legacy_prepare)
                 except BaseException as e:
                     import traceback
                     obs = {"module": name, "probe_error": "".join(traceback.format_exception(e))}
@@ -672,6 +694,8 @@ def main():
     prepare = request.get("prepare")
     if prepare is None:
         prepare = prepares(request.get("prepare_rules"))
+    legacy_prepare = (request.get("legacy_prepare") or {}).get(
+        "%d.%d" % sys.version_info[:2], [])
     jobs = max(1, int(request.get("jobs") or 1))
     timeout = float(request.get("timeout") or 120.0)
 
@@ -682,7 +706,7 @@ def main():
         while pending and len(running) < jobs:
             name, optional = pending.pop()
             pid, progress_path, result_path = start_supervisor(
-                name, optional, bootstrap, tmp, prepare)
+                name, optional, bootstrap, tmp, prepare, legacy_prepare)
             running[pid] = (name, progress_path, result_path, time.monotonic() + timeout)
         finished = False
         while running:
