@@ -1,6 +1,7 @@
 //! The one error type of the crate, and the snapshot of a Python exception.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// Everything that can go wrong in `subinterp`.
 ///
@@ -82,6 +83,12 @@ pub enum Error {
     /// A blocking operation was interrupted.
     #[error("interrupted ({0:?})")]
     Interrupted(crate::InterruptReason),
+    /// A pool worker could not be set up — its interpreter could not be created, its
+    /// initializer raised, or set-up ran past its deadline — and the pool has no worker
+    /// left to run tasks. Every queued and later task fails with this error, which holds
+    /// the last set-up failure (for an initializer, its Python exception).
+    #[error("the pool has no workers left: setting one up failed: {0}")]
+    Setup(#[source] Arc<Error>),
     /// Rust code running on an interpreter's thread panicked; the interpreter survives.
     #[error("a Rust closure panicked on the interpreter's thread: {0}")]
     Panic(String),
@@ -100,9 +107,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// The Python exception, if this error is one.
+    ///
+    /// For [`Error::Setup`], the exception of the set-up failure it holds.
     pub fn as_python(&self) -> Option<&PyException> {
         match self {
             Error::Python(exc) => Some(exc),
+            Error::Setup(cause) => cause.as_python(),
             _ => None,
         }
     }

@@ -12,7 +12,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
@@ -153,6 +153,44 @@ struct Shared {
     watchdog: Sender<Watch>,
     next_task: AtomicU64,
     workers: Mutex<Vec<Arc<Worker>>>,
+    /// Keepers still running (each keeps one worker slot filled).
+    keepers: AtomicUsize,
+    /// Set once no keeper is left because setting up workers failed: what every
+    /// remaining and later task fails with.
+    broken: Mutex<Option<Arc<Error>>>,
+}
+
+impl Shared {
+    /// Called by each keeper as it ends, with the set-up failure that made it give up,
+    /// if any. When the last keeper ends while tasks can still arrive, the pool can no
+    /// longer run anything: queued tasks fail, and so does every later submission.
+    fn keeper_ended(&self, failure: Option<Error>) {
+        if let Some(failure) = failure {
+            let mut broken = lock(&self.broken);
+            if broken.is_none() {
+                *broken = Some(Arc::new(failure));
+            }
+        }
+        if self.keepers.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        // The last keeper: nobody takes tasks from the queue any more.
+        let cause = lock(&self.broken).clone();
+        lock(&self.queue_tx).take();
+        let fail = |queued: Queued| {
+            let err = match &cause {
+                Some(cause) => Error::Setup(Arc::clone(cause)),
+                None => Error::Cancelled,
+            };
+            queued.state.complete(Err(err));
+        };
+        while let Ok(queued) = self.queue_rx.try_recv() {
+            fail(queued);
+        }
+        if let Some(cause) = &cause {
+            tracing::error!(error = %cause, "every pool worker failed to be set up: the pool stops");
+        }
+    }
 }
 
 struct Queued {
@@ -212,6 +250,8 @@ impl Pool {
             watchdog: watch_tx,
             next_task: AtomicU64::new(1),
             workers: Mutex::new(Vec::new()),
+            keepers: AtomicUsize::new(0),
+            broken: Mutex::new(None),
         });
         let grace = config.grace;
         std::thread::Builder::new()
@@ -224,12 +264,22 @@ impl Pool {
             keepers: Vec::new(),
         };
         for _ in 0..config.workers {
-            let shared = Arc::clone(&shared);
+            let kept = Arc::clone(&shared);
             let ready = ready_tx.clone();
+            shared.keepers.fetch_add(1, Ordering::AcqRel);
             let keeper = std::thread::Builder::new()
                 .name("subinterp-keeper".into())
-                .spawn(move || keep(shared, ready))
-                .map_err(|e| Error::CreateFailed(format!("cannot start a worker: {e}")))?;
+                .spawn(move || {
+                    let failure = keep(&kept, ready);
+                    kept.keeper_ended(failure);
+                });
+            let keeper = match keeper {
+                Ok(keeper) => keeper,
+                Err(e) => {
+                    shared.keepers.fetch_sub(1, Ordering::AcqRel);
+                    return Err(Error::CreateFailed(format!("cannot start a worker: {e}")));
+                }
+            };
             pool.keepers.push(keeper);
         }
         drop(ready_tx);
@@ -249,6 +299,10 @@ impl Pool {
     }
 
     /// Queues a call of `target` (`module:function` or `module.function`) with `args`.
+    ///
+    /// Fails with [`Error::Closed`] once the pool shuts down, and with [`Error::Setup`]
+    /// once it has no worker left because every attempt to set one up failed (say, an
+    /// initializer that raises when a worker is replaced).
     pub fn submit(&self, target: &str, args: impl Into<Args>) -> Result<Task> {
         self.submit_with(target, args, TaskOptions::default())
     }
@@ -276,7 +330,12 @@ impl Pool {
             Some(tx) if self.shared.state.load(Ordering::Acquire) == RUNNING => {
                 tx.send(queued).map_err(|_| Error::Closed)?
             }
-            _ => return Err(Error::Closed),
+            _ => {
+                return Err(match lock(&self.shared.broken).as_ref() {
+                    Some(cause) => Error::Setup(Arc::clone(cause)),
+                    None => Error::Closed,
+                })
+            }
         }
         Ok(Task { id, state })
     }
@@ -398,23 +457,27 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Times a keeper tries in a row to replace its worker before it gives up.
+const REPLACE_ATTEMPTS: u32 = 3;
+
 /// Keeps one worker slot filled: creates the interpreter, runs its loop, and replaces it
-/// when it is recycled, fails or is abandoned — until the pool stops.
-fn keep(shared: Arc<Shared>, ready: Sender<Result<()>>) {
+/// when it is recycled, fails or is abandoned — until the pool stops. Returns the set-up
+/// failure that made it give up, if that is why it ended.
+fn keep(shared: &Arc<Shared>, ready: Sender<Result<()>>) -> Option<Error> {
     let mut ready = Some(ready);
     let mut failures = 0;
     while shared.state.load(Ordering::Acquire) != STOPPING {
-        let interp = match start_worker(&shared) {
+        let interp = match start_worker(shared) {
             Ok(interp) => interp,
             Err(err) => {
                 if let Some(ready) = ready.take() {
                     let _ = ready.send(Err(err));
-                    return;
+                    return None;
                 }
                 failures += 1;
                 tracing::error!(error = %err, "could not replace a pool worker");
-                if failures >= 3 {
-                    return;
+                if failures >= REPLACE_ATTEMPTS {
+                    return Some(err);
                 }
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
@@ -431,7 +494,7 @@ fn keep(shared: Arc<Shared>, ready: Sender<Result<()>>) {
         });
         lock(&shared.workers).push(Arc::clone(&worker));
         let job = {
-            let shared = Arc::clone(&shared);
+            let shared = Arc::clone(shared);
             let worker = Arc::clone(&worker);
             interp.submit(move |py| worker_loop(py, &shared, &worker))
         };
@@ -468,6 +531,7 @@ fn keep(shared: Arc<Shared>, ready: Sender<Result<()>>) {
             break;
         }
     }
+    None
 }
 
 fn start_worker(shared: &Shared) -> Result<Interpreter> {

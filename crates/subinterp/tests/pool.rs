@@ -285,3 +285,45 @@ fn tasks_can_be_awaited_and_waited_with_a_timeout() {
     let task = pool.submit("__main__:double", (21,)).unwrap();
     assert_eq!(common::block_on(task).unwrap(), Value::Int(42));
 }
+
+#[test]
+fn a_pool_whose_workers_cannot_be_replaced_fails_its_tasks_instead_of_hanging() {
+    // The initializer succeeds for the first worker only; the worker is replaced after a
+    // task stuck in C code, and every replacement's initializer raises.
+    let marker = common::scratch_dir("replace").join("initialised");
+    let init = format!(
+        "import os\n\
+         if os.path.exists({marker:?}):\n    \
+             raise RuntimeError('the initializer refuses to run twice')\n\
+         open({marker:?}, 'w').close()\n"
+    );
+    let pool = pool(1, |c| {
+        c.init(init)
+            .timeout(Duration::from_millis(100))
+            .grace(Duration::from_millis(100));
+    });
+    let started = Instant::now();
+    let results: Vec<_> = pool
+        .map("__main__:sleep", [3.0, 0.0, 0.0, 0.0].map(|s| (s,)))
+        .unwrap()
+        .collect();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    let first = results[0].as_ref().unwrap_err();
+    assert_eq!(py_type(first), "builtins.TimeoutError");
+    for result in &results[1..] {
+        let err = result.as_ref().unwrap_err();
+        assert!(matches!(err, Error::Setup(_)), "{err:?}");
+        let exc = err.as_python().expect("the initializer's exception");
+        assert_eq!(exc.type_name, "builtins.RuntimeError");
+        assert_eq!(exc.message, "the initializer refuses to run twice");
+        assert!(err.to_string().contains("no workers left"), "{err}");
+    }
+    // Later submissions fail at once, with the same cause.
+    let err = pool.submit("__main__:double", (1,)).unwrap_err();
+    assert!(matches!(err, Error::Setup(_)), "{err:?}");
+    pool.shutdown(Duration::from_secs(1));
+}
