@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::raw::lifecycle::RawConfig;
@@ -45,7 +46,11 @@ pub struct InterpreterConfig {
     gil: Gil,
     capture_output: bool,
     paths: Vec<PathBuf>,
+    shutdown_grace: Duration,
 }
+
+/// How long ending an interpreter waits for the threads its code started, by default.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 impl Default for InterpreterConfig {
     fn default() -> Self {
@@ -67,6 +72,7 @@ impl InterpreterConfig {
             gil: Gil::Own,
             capture_output: false,
             paths: Vec::new(),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }
 
@@ -84,6 +90,7 @@ impl InterpreterConfig {
             gil: Gil::Shared,
             capture_output: false,
             paths: Vec::new(),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }
 
@@ -148,6 +155,25 @@ impl InterpreterConfig {
     pub fn add_path(&mut self, dir: impl Into<PathBuf>) -> &mut Self {
         self.paths.push(dir.into());
         self
+    }
+
+    /// How long ending the interpreter ([`Interpreter::close`](crate::Interpreter::close),
+    /// or dropping it) waits for the non-daemon Python threads its code started, as
+    /// `python` waits for them at exit (default: [`DEFAULT_SHUTDOWN_GRACE`], 5 s;
+    /// `Duration::MAX` waits without limit).
+    ///
+    /// Threads still running after that keep running: CPython cannot end an interpreter
+    /// under them. The interpreter is then left in memory, a warning names it and its
+    /// threads, the close returns, and the process can exit; the Python runtime is no
+    /// longer finalised when the last handle goes.
+    pub fn shutdown_grace(&mut self, grace: Duration) -> &mut Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// The grace period for Python threads when the interpreter ends.
+    pub fn shutdown_grace_period(&self) -> Duration {
+        self.shutdown_grace
     }
 
     /// The GIL setting.

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{JoinHandle, ThreadId};
+use std::time::Duration;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use serde::de::DeserializeOwned;
@@ -217,6 +218,7 @@ impl Interpreter {
         let raw = config.to_raw()?;
         let rt = Arc::clone(&runtime.inner);
         let capture = config.captures_output();
+        let grace = config.shutdown_grace_period();
         let paths: Vec<String> = config
             .paths()
             .iter()
@@ -259,9 +261,9 @@ impl Interpreter {
                 // Threads of the interpreter blocked in a channel wait are cancelled, so that
                 // waiting for them below ends.
                 interrupts.waits.request(InterruptReason::Cancelled);
-                let output = sub.with_gil(|py| wind_down(py, capture));
+                let ended = sub.with_gil(|py| wind_down(py, capture, grace));
                 if let Some(reply) = reply {
-                    let _ = reply.send(output);
+                    let _ = reply.send(ended.output);
                 }
                 drop(rx);
                 // No interrupter may hold a thread state of this interpreter past here.
@@ -271,8 +273,20 @@ impl Interpreter {
                     .unwrap_or_else(|e| e.into_inner())
                     .take();
                 wait::unregister(id);
-                sub.end();
-                tracing::debug!(interpreter = id, "interpreter closed");
+                if ended.running.is_empty() {
+                    sub.end();
+                    tracing::debug!(interpreter = id, "interpreter closed");
+                } else {
+                    tracing::warn!(
+                        interpreter = id,
+                        threads = ?ended.running,
+                        "interpreter {id} left running: its Python threads {:?} did not end \
+                         within the shutdown grace period of {:.1} s",
+                        ended.running,
+                        grace.as_secs_f64()
+                    );
+                    sub.abandon();
+                }
                 drop(rt);
             })
             .map_err(|e| Error::CreateFailed(format!("cannot start a thread: {e}")))?;
@@ -439,6 +453,11 @@ impl Interpreter {
     /// `KeyboardInterrupt` (and the channel waits of its other threads), waits for its
     /// Python threads, runs its `atexit` handlers, flushes its output and frees it.
     /// Operations queued behind the running one still run first. Idempotent.
+    ///
+    /// The wait for Python threads lasts at most the configured
+    /// [`shutdown_grace`](InterpreterConfig::shutdown_grace); an interpreter whose threads
+    /// still run after it is left in memory with a warning (CPython cannot end it), and
+    /// this returns.
     pub fn close(&self) -> Result<()> {
         self.shut(None)
     }
@@ -518,29 +537,76 @@ fn serve(
     }
 }
 
+/// Joins the interpreter's non-daemon threads, for at most `grace` seconds (`None`: no
+/// limit), including threads started meanwhile; leaves the names of those still running
+/// in `left`. Neither this thread (never asked for with `current_thread()`, which would
+/// make `threading` record it as a dummy thread) nor the main thread is waited for: in a
+/// subinterpreter `threading` may take the process's main thread for it (3.13), and it
+/// never ends while we run.
 const JOIN_THREADS: &str = "\
-skip = (threading.current_thread(), threading.main_thread())
-for thread in threading.enumerate():
-    if thread not in skip and not thread.daemon:
-        thread.join()
+def _join(threading, grace):
+    me = threading.get_ident()
+    main = threading.main_thread()
+    clock = threading._time
+    deadline = None if grace is None else clock() + grace
+    while True:
+        pending = [
+            t for t in threading.enumerate()
+            if t.ident != me and t is not main and not t.daemon
+            and not isinstance(t, threading._DummyThread)
+        ]
+        if not pending:
+            return []
+        for thread in pending:
+            if deadline is None:
+                thread.join()
+            else:
+                thread.join(max(0.0, deadline - clock()))
+        if deadline is not None and clock() >= deadline:
+            return [t.name for t in pending if t.is_alive()]
+left = _join(threading, grace)
 ";
+
+/// How an interpreter's end went: the output captured until then, and the names of its
+/// Python threads still running after the grace period.
+struct WoundDown {
+    output: Result<Output>,
+    running: Vec<String>,
+}
 
 /// What `Py_EndInterpreter` would do first — wait for the interpreter's Python threads and
 /// run its `atexit` callbacks — done here so their output can still be flushed and
-/// collected. `Py_EndInterpreter` repeats both steps, finding nothing left to do. Only
-/// modules already loaded are used: nothing is imported while the interpreter ends.
-fn wind_down(py: Python<'_>, capture: bool) -> Result<Output> {
+/// collected, and so the wait for threads is bounded by `grace`. `Py_EndInterpreter`
+/// repeats both steps, finding nothing left to do. Only modules already loaded are used:
+/// nothing is imported while the interpreter ends.
+fn wind_down(py: Python<'_>, capture: bool, grace: Duration) -> WoundDown {
     // Joining the threads ourselves (rather than `threading._shutdown()`, which CPython
-    // 3.12 cannot run twice) leaves `Py_EndInterpreter` nothing to wait for. The main
-    // thread is skipped: in a subinterpreter `threading` may take the process's main
-    // thread for it (3.13), and it never ends while we run.
+    // 3.12 cannot run twice, and which waits without limit) leaves `Py_EndInterpreter`
+    // nothing to wait for.
+    let mut running = Vec::new();
     let joined = py
         .loaded_module("threading")
         .and_then(|threading| match threading {
             Some(threading) => {
                 let globals = py.dict()?;
                 globals.set_item(&py.str("threading")?, &threading)?;
-                py.run(JOIN_THREADS, "<subinterp shutdown>", &globals)
+                let grace = match grace.as_secs_f64() {
+                    // Beyond a century: no limit.
+                    secs if secs > 3.0e9 => py.none(),
+                    secs => py.to_object(&Value::Float(secs))?,
+                };
+                globals.set_item(&py.str("grace")?, &grace)?;
+                py.run(JOIN_THREADS, "<subinterp shutdown>", &globals)?;
+                if let Value::List(names) = globals.get_item(&py.str("left")?)?.to_value()? {
+                    running = names
+                        .into_iter()
+                        .map(|name| match name {
+                            Value::Str(name) => name,
+                            other => format!("{other:?}"),
+                        })
+                        .collect();
+                }
+                Ok(())
             }
             None => Ok(()),
         });
@@ -556,14 +622,17 @@ fn wind_down(py: Python<'_>, capture: bool) -> Result<Output> {
         }
     }
     flush_streams(py);
-    if capture {
-        Ok(Output {
-            stdout: take_stream(py, "stdout")?,
-            stderr: take_stream(py, "stderr")?,
+    let output = if capture {
+        take_stream(py, "stdout").and_then(|stdout| {
+            Ok(Output {
+                stdout,
+                stderr: take_stream(py, "stderr")?,
+            })
         })
     } else {
         Ok(Output::default())
-    }
+    };
+    WoundDown { output, running }
 }
 
 /// Wraps the extension module loader of an isolated interpreter so that the main

@@ -262,10 +262,19 @@ fn start(config: &RuntimeConfig) -> Result<RuntimeInner> {
                             tracing::error!("a job of the main interpreter panicked");
                         }
                     }
-                    if !main_ts.finalize() {
+                    let abandoned = lifecycle::abandoned_interpreters();
+                    if abandoned > 0 {
+                        // Finalising would wait for their threads forever.
+                        tracing::warn!(
+                            interpreters = abandoned,
+                            "Python is not finalised: threads started by Python code are \
+                             still running in interpreters that could not end"
+                        );
+                    } else if !main_ts.finalize() {
                         tracing::warn!("Python reported an error while finalising");
+                    } else {
+                        tracing::debug!("Python runtime finalised");
                     }
-                    tracing::debug!("Python runtime finalised");
                 }
                 Err(msg) => {
                     let _ = ready_tx.send(Err(msg));
