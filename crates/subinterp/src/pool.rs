@@ -47,8 +47,12 @@ pub struct PoolConfig {
     init: Vec<String>,
     max_tasks_per_worker: Option<u64>,
     timeout: Option<Duration>,
+    setup_timeout: Option<Duration>,
     grace: Duration,
 }
+
+/// The shortest set-up deadline given by default when tasks have a deadline.
+const MIN_DEFAULT_SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Default for PoolConfig {
     fn default() -> Self {
@@ -66,6 +70,7 @@ impl PoolConfig {
             init: Vec::new(),
             max_tasks_per_worker: None,
             timeout: None,
+            setup_timeout: None,
             grace: Duration::from_secs(1),
         }
     }
@@ -99,6 +104,26 @@ impl PoolConfig {
     pub fn timeout(&mut self, timeout: Duration) -> &mut Self {
         self.timeout = Some(timeout);
         self
+    }
+
+    /// Deadline of each worker's set-up: the initializers ([`init`](Self::init)) of a new
+    /// or replacing worker, counted from when the first starts. At the deadline the
+    /// running initializer is interrupted (`TimeoutError`), as a task is at its deadline,
+    /// and the set-up fails with a `TimeoutError` naming the deadline.
+    ///
+    /// Default: none — unless tasks have a deadline ([`timeout`](Self::timeout)), then
+    /// the task deadline, but at least 30 s.
+    pub fn setup_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.setup_timeout = Some(timeout);
+        self
+    }
+
+    /// The set-up deadline in effect (see [`setup_timeout`](Self::setup_timeout)).
+    pub fn setup_deadline(&self) -> Option<Duration> {
+        self.setup_timeout.or_else(|| {
+            self.timeout
+                .map(|timeout| timeout.max(MIN_DEFAULT_SETUP_TIMEOUT))
+        })
     }
 
     /// How long a task may keep running past its deadline after it was interrupted,
@@ -535,12 +560,72 @@ fn keep(shared: &Arc<Shared>, ready: Sender<Result<()>>) -> Option<Error> {
 }
 
 fn start_worker(shared: &Shared) -> Result<Interpreter> {
+    let limit = shared.config.setup_deadline();
+    let deadline = limit.and_then(|limit| Instant::now().checked_add(limit));
     let interp = Interpreter::new(&shared.runtime, &shared.config.interpreter)?;
     for code in &shared.config.init {
-        interp.exec(code)?;
+        let code = code.clone();
+        let done = interp.submit(move |py| py.run(&code, "<string>", &py.main_dict()?))?;
+        let stop = |reason| {
+            let _ = interp.interrupt_handle().interrupt(reason);
+            // Give it the grace period to stop; past it, the interpreter is stuck in C.
+            done.recv_timeout(shared.config.grace).ok()
+        };
+        let deadline_passed = match deadline {
+            Some(deadline) => crossbeam_channel::at(deadline),
+            None => crossbeam_channel::never(),
+        };
+        let stopped = select! {
+            recv(done) -> result => {
+                result.map_err(|_| Error::Closed)??;
+                continue;
+            }
+            recv(deadline_passed) -> _ => (InterruptReason::Timeout, stop(InterruptReason::Timeout)),
+            recv(shared.stop_rx) -> _ => (InterruptReason::Cancelled, stop(InterruptReason::Cancelled)),
+        };
+        let limit = limit.unwrap_or_default().as_secs_f64();
+        let err = match stopped {
+            (InterruptReason::Cancelled, _) => Error::Cancelled,
+            (_, Some(Err(Error::Python(exc)))) => Error::Python(Box::new(PyException {
+                type_name: "builtins.TimeoutError".into(),
+                message: format!(
+                    "the pool's initializer ran past its set-up deadline of {limit:.3} s"
+                ),
+                ..*exc
+            })),
+            (_, Some(_)) => Error::Python(Box::new(setup_timed_out(format!(
+                "the pool's initializer ran past its set-up deadline of {limit:.3} s"
+            )))),
+            (_, None) => {
+                tracing::warn!(
+                    interpreter = interp.id(),
+                    "pool worker stuck in C code during set-up: abandoned"
+                );
+                // Its thread ends when the C call returns; close it then, off this thread.
+                std::thread::spawn(move || {
+                    let _ = done.recv();
+                    drop(interp);
+                });
+                return Err(Error::Python(Box::new(setup_timed_out(format!(
+                    "the pool's initializer ran past its set-up deadline of {limit:.3} s \
+                     and did not stop when interrupted (blocked in C code?)"
+                )))));
+            }
+        };
+        return Err(err);
     }
     tracing::debug!(interpreter = interp.id(), "pool worker ready");
     Ok(interp)
+}
+
+fn setup_timed_out(message: String) -> PyException {
+    PyException {
+        type_name: "builtins.TimeoutError".into(),
+        message,
+        traceback: String::new(),
+        cause: None,
+        context: None,
+    }
 }
 
 /// The loop a worker runs on its interpreter's thread.
@@ -582,11 +667,12 @@ fn worker_loop(py: Python<'_>, shared: &Shared, worker: &Arc<Worker>) -> Result<
             clear_pending_async(py);
         }
         let elapsed = started.elapsed();
-        let result = match result {
-            Err(Error::Python(exc)) if task.state.timed_out.load(Ordering::Acquire) => {
-                Err(Error::Python(Box::new(timed_out(*exc, task.timeout))))
-            }
-            other => other,
+        // Whatever the task did after its deadline — raise, or catch the `TimeoutError`
+        // and return — it is reported as timed out.
+        let result = if task.state.timed_out.load(Ordering::Acquire) {
+            Err(Error::Python(Box::new(timed_out(result, task.timeout))))
+        } else {
+            result
         };
         match &result {
             Ok(_) => tracing::debug!(
@@ -626,15 +712,32 @@ fn worker_loop(py: Python<'_>, shared: &Shared, worker: &Arc<Worker>) -> Result<
     }
 }
 
-/// The message of a `TimeoutError` raised at a deadline.
-fn timed_out(mut exc: PyException, timeout: Option<Duration>) -> PyException {
-    if exc.is("TimeoutError") && exc.message.is_empty() {
-        exc.message = match timeout {
-            Some(t) => format!("the task ran past its deadline of {:.3} s", t.as_secs_f64()),
-            None => "the task ran past its deadline".into(),
-        };
+/// The `TimeoutError` a task that ran past its deadline is reported with: the one raised
+/// at the deadline, given a message; or, if the task went on and returned or raised
+/// something else, a new one saying so (with what it raised as its context).
+fn timed_out(result: Result<Value>, timeout: Option<Duration>) -> PyException {
+    let deadline = match timeout {
+        Some(t) => format!("the task ran past its deadline of {:.3} s", t.as_secs_f64()),
+        None => "the task ran past its deadline".into(),
+    };
+    let went_on = |what: &str, context: Option<Box<PyException>>| PyException {
+        type_name: "builtins.TimeoutError".into(),
+        message: format!("{deadline}; it was interrupted, and then {what}"),
+        traceback: String::new(),
+        cause: None,
+        context,
+    };
+    match result {
+        Err(Error::Python(mut exc)) if exc.is("TimeoutError") => {
+            if exc.message.is_empty() {
+                exc.message = deadline;
+            }
+            *exc
+        }
+        Err(Error::Python(exc)) => went_on(&format!("raised {}", exc.type_name), Some(exc)),
+        Err(err) => went_on(&format!("failed: {err}"), None),
+        Ok(_) => went_on("returned a result, which is discarded", None),
     }
-    exc
 }
 
 struct Watch {

@@ -327,3 +327,77 @@ fn a_pool_whose_workers_cannot_be_replaced_fails_its_tasks_instead_of_hanging() 
     assert!(matches!(err, Error::Setup(_)), "{err:?}");
     pool.shutdown(Duration::from_secs(1));
 }
+
+#[test]
+fn an_initializer_that_never_ends_fails_at_the_set_up_deadline() {
+    let dir = common::scratch_dir("hang-import");
+    std::fs::write(dir.join("hangs_at_import.py"), "while True:\n    pass\n").unwrap();
+    for init in ["while True:\n    pass", "import hangs_at_import"] {
+        let mut config = PoolConfig::new();
+        config
+            .workers(2)
+            .init(format!("import sys\nsys.path.insert(0, {:?})", dir))
+            .init(init)
+            .setup_timeout(Duration::from_millis(300));
+        let started = Instant::now();
+        let err = Pool::new(&common::runtime(), &config).unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(10), "{init}");
+        let exc = err.as_python().unwrap_or_else(|| panic!("{err:?}"));
+        assert_eq!(exc.type_name, "builtins.TimeoutError", "{init}");
+        assert_eq!(
+            exc.message,
+            "the pool's initializer ran past its set-up deadline of 0.300 s"
+        );
+    }
+}
+
+#[test]
+fn the_set_up_deadline_defaults_to_the_task_deadline_or_30_seconds() {
+    let mut config = PoolConfig::new();
+    assert_eq!(config.setup_deadline(), None);
+    config.timeout(Duration::from_secs(2));
+    assert_eq!(config.setup_deadline(), Some(Duration::from_secs(30)));
+    config.timeout(Duration::from_secs(90));
+    assert_eq!(config.setup_deadline(), Some(Duration::from_secs(90)));
+    config.setup_timeout(Duration::from_secs(1));
+    assert_eq!(config.setup_deadline(), Some(Duration::from_secs(1)));
+}
+
+#[test]
+fn a_task_that_catches_its_timeout_and_returns_is_still_timed_out() {
+    let pool = pool(1, |c| {
+        c.init(
+            "def stubborn():\n    \
+                 try:\n        \
+                     while True:\n            \
+                         time.sleep(0.005)\n    \
+                 except TimeoutError:\n        \
+                     return 'finished anyway'\n",
+        );
+    });
+    let options = TaskOptions {
+        timeout: Some(Duration::from_millis(100)),
+    };
+    let err = pool
+        .submit_with("__main__:stubborn", (), options)
+        .unwrap()
+        .wait()
+        .unwrap_err();
+    let exc = err.as_python().unwrap();
+    assert_eq!(exc.type_name, "builtins.TimeoutError");
+    assert!(
+        exc.message
+            .starts_with("the task ran past its deadline of 0.100 s"),
+        "{}",
+        exc.message
+    );
+    assert!(exc.message.contains("returned a result"), "{}", exc.message);
+    // The worker goes on with the next task.
+    assert_eq!(
+        pool.submit("__main__:double", (4,))
+            .unwrap()
+            .wait()
+            .unwrap(),
+        Value::Int(8)
+    );
+}
