@@ -118,6 +118,14 @@ impl Error {
     }
 }
 
+impl Error {
+    /// For a `SystemExit` raised by Python code, the exit status `python` would give
+    /// ([`ExitStatus`]): `sys.exit()` → 0, `sys.exit(3)` → 3, `sys.exit("bye")` → 1.
+    pub fn exit_code(&self) -> Option<i32> {
+        self.as_python().and_then(PyException::exit_code)
+    }
+}
+
 impl From<PyException> for Error {
     fn from(exc: PyException) -> Self {
         Error::Python(Box::new(exc))
@@ -142,6 +150,28 @@ pub struct PyException {
     pub cause: Option<Box<PyException>>,
     /// `__context__` (the exception being handled when this one was raised).
     pub context: Option<Box<PyException>>,
+    /// For a `SystemExit` (or a subclass): how `python` would end on it, uncaught. `None`
+    /// for every other exception.
+    pub exit: Option<ExitStatus>,
+}
+
+/// How `python` ends on an uncaught `SystemExit`, following its `code` attribute, as
+/// `sys.exit(code)` does:
+///
+/// | `code`                              | status | printed to stderr |
+/// |-------------------------------------|--------|-------------------|
+/// | `None` (`sys.exit()`), `False`, `0` | 0      | nothing           |
+/// | another integer (`3`, `True`)       | itself | nothing           |
+/// | anything else (`"0"`, `""`, `"bye"`)| 1      | `str(code)`       |
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitStatus {
+    /// The process exit status `python` would give. An integer that does not fit a C
+    /// `long` gives -1, as in CPython; like `exit(3)`, the operating system keeps only
+    /// the low 8 bits.
+    pub code: i32,
+    /// For a code that is neither `None` nor an integer: its `str()`, which `python`
+    /// prints to standard error (without a traceback) before exiting with status 1.
+    pub message: Option<String>,
 }
 
 impl PyException {
@@ -152,6 +182,11 @@ impl PyException {
                 .type_name
                 .strip_prefix("builtins.")
                 .is_some_and(|short| short == name)
+    }
+
+    /// For a `SystemExit`, the exit status `python` would give ([`ExitStatus::code`]).
+    pub fn exit_code(&self) -> Option<i32> {
+        self.exit.as_ref().map(|exit| exit.code)
     }
 
     /// The type name without the `builtins.` prefix for built-in exceptions.

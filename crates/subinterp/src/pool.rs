@@ -625,6 +625,7 @@ fn setup_timed_out(message: String) -> PyException {
         traceback: String::new(),
         cause: None,
         context: None,
+        exit: None,
     }
 }
 
@@ -726,6 +727,7 @@ fn timed_out(result: Result<Value>, timeout: Option<Duration>) -> PyException {
         traceback: String::new(),
         cause: None,
         context,
+        exit: None,
     };
     match result {
         Err(Error::Python(mut exc)) if exc.is("TimeoutError") => {
@@ -816,6 +818,7 @@ fn watchdog(rx: Receiver<Watch>, grace: Duration) {
                     traceback: String::new(),
                     cause: None,
                     context: None,
+                    exit: None,
                 };
                 watch.state.complete(Err(Error::Python(Box::new(exc))));
                 watch.worker.abandoned.store(true, Ordering::Release);

@@ -6,7 +6,7 @@ use std::ptr::NonNull;
 
 use pyo3_ffi as ffi;
 
-use crate::error::{Error, PyException, Result};
+use crate::error::{Error, ExitStatus, PyException, Result};
 use crate::Value;
 
 /// Proof that the current thread holds the GIL of one interpreter.
@@ -130,6 +130,7 @@ impl<'py> Python<'py> {
                 traceback: String::new(),
                 cause: None,
                 context: None,
+                exit: None,
             },
         }
     }
@@ -527,13 +528,56 @@ fn snapshot(exc: &PyObj<'_>, depth: usize) -> PyException {
     };
     let cause = linked("__cause__");
     let context = linked("__context__");
+    let exit = exit_status(exc);
+    clear();
     PyException {
         type_name,
         message,
         traceback,
         cause,
         context,
+        exit,
     }
+}
+
+/// For a `SystemExit`, the status and message `python` would exit with (see
+/// `_Py_HandleSystemExit` in CPython's `pythonrun.c`).
+fn exit_status(exc: &PyObj<'_>) -> Option<ExitStatus> {
+    // SAFETY: GIL held (the token lives in `exc`); `exc` is a live object and
+    // `PyExc_SystemExit` a static type object.
+    if unsafe { ffi::PyObject_IsInstance(exc.as_ptr(), ffi::PyExc_SystemExit) } != 1 {
+        return None;
+    }
+    let Ok(code) = exc.getattr("code") else {
+        return Some(ExitStatus {
+            code: 1,
+            message: None,
+        });
+    };
+    if code.is_none() {
+        return Some(ExitStatus {
+            code: 0,
+            message: None,
+        });
+    }
+    // SAFETY: GIL held; `code` is a live object.
+    if unsafe { ffi::PyLong_Check(code.as_ptr()) } != 0 {
+        // SAFETY: GIL held; `code` is an int. -1 with an exception set means it does not
+        // fit a C long, which CPython turns into status -1 as well.
+        let value = unsafe { ffi::PyLong_AsLong(code.as_ptr()) };
+        // C's `(int)` conversion, as CPython does.
+        return Some(ExitStatus {
+            code: value as i32,
+            message: None,
+        });
+    }
+    Some(ExitStatus {
+        code: 1,
+        message: Some(
+            code.str()
+                .unwrap_or_else(|_| "<SystemExit code str() failed>".into()),
+        ),
+    })
 }
 
 fn format_traceback(exc: &PyObj<'_>) -> Result<String> {
