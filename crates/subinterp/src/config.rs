@@ -78,11 +78,14 @@ impl InterpreterConfig {
 
     /// What `Py_NewInterpreter` gives: the main GIL and allocator are shared, every
     /// extension module loads (single-phase ones share their module dict's objects), and
-    /// `fork`, `exec` and daemon threads are allowed. Runs one at a time with the others.
+    /// `exec` and daemon threads are allowed. Runs one at a time with the others.
+    ///
+    /// Unlike `Py_NewInterpreter`, `os.fork()` is refused (see
+    /// [`allow_fork`](Self::allow_fork)).
     pub fn legacy() -> Self {
         InterpreterConfig {
             use_main_obmalloc: true,
-            allow_fork: true,
+            allow_fork: false,
             allow_exec: true,
             allow_threads: true,
             allow_daemon_threads: true,
@@ -106,7 +109,13 @@ impl InterpreterConfig {
         self
     }
 
-    /// Allow `os.fork()` in this interpreter.
+    /// Allow `os.fork()` in this interpreter: refused by [`validate`](Self::validate).
+    ///
+    /// CPython 3.12 and 3.13 cannot run a child process forked from a subinterpreter: the
+    /// child aborts at once (`Fatal Python error: _PyInterpreterState_DeleteExceptMain:
+    /// not main interpreter`). With fork off, `os.fork()` and `os.forkpty()` raise
+    /// `RuntimeError`, while `subprocess` (and `multiprocessing`'s `spawn` and
+    /// `forkserver` start methods), which fork and exec in C, keep working.
     pub fn allow_fork(&mut self, yes: bool) -> &mut Self {
         self.allow_fork = yes;
         self
@@ -208,6 +217,14 @@ impl InterpreterConfig {
                     .into(),
             ));
         }
+        if self.allow_fork {
+            return Err(Error::InvalidConfig(
+                "allow_fork(true): a child process forked from a subinterpreter cannot run \
+                 (CPython aborts it with \"_PyInterpreterState_DeleteExceptMain: not main \
+                 interpreter\"); use subprocess, which works without it"
+                    .into(),
+            ));
+        }
         if self.allow_daemon_threads && !self.allow_threads {
             return Err(Error::InvalidConfig(
                 "allow_daemon_threads(true) needs allow_threads(true)".into(),
@@ -269,6 +286,15 @@ mod tests {
         c.use_main_obmalloc(false);
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("check_multi_interp_extensions(true)"), "{err}");
+    }
+
+    #[test]
+    fn fork_is_refused() {
+        assert!(!InterpreterConfig::legacy().allow_fork);
+        let mut c = InterpreterConfig::legacy();
+        c.allow_fork(true);
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("cannot run"), "{err}");
     }
 
     #[test]
