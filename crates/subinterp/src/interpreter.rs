@@ -385,17 +385,22 @@ impl Interpreter {
     }
 
     /// Runs a Python file in `__main__`, with `__file__` set to its path.
+    ///
+    /// The file is compiled as `python FILE` compiles it: UTF-8 unless a PEP 263 coding
+    /// line (`# -*- coding: latin-1 -*-`) says otherwise; source that does not decode is a
+    /// `SyntaxError`. A path that is not UTF-8 keeps its bytes, as `os.fsdecode` does.
     pub fn exec_file(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        let source = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        let path = path.as_ref().to_owned();
+        let source = std::fs::read(&path).map_err(|source| Error::Io {
             path: path.display().to_string(),
             source,
         })?;
-        let filename = path.display().to_string();
         self.run(move |py| {
             let globals = py.main_dict()?;
-            globals.set_item(&py.str("__file__")?, &py.str(&filename)?)?;
-            py.run(&source, &filename, &globals)
+            let filename = py.path(&path)?;
+            globals.set_item(&py.str("__file__")?, &filename)?;
+            let code = py.compile_bytes(&source, &filename, "exec")?;
+            py.eval_code(&code, &globals).map(drop)
         })
     }
 

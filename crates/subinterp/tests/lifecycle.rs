@@ -277,3 +277,35 @@ fn text_is_utf8_whatever_the_host_locale() {
         Value::Tuple(vec![Value::Int(1), Value::from("utf-8"), Value::from("utf-8")])
     );
 }
+
+#[test]
+fn exec_file_decodes_source_as_python_does() {
+    let dir = common::scratch_dir("coding");
+    let latin1 = dir.join("latin1.py");
+    let mut source = b"# -*- coding: latin-1 -*-\ntext = '".to_vec();
+    source.extend_from_slice(&[0xe9, 0xe8]); // 'éè' in latin-1
+    source.extend_from_slice(b"'\n");
+    std::fs::write(&latin1, &source).unwrap();
+    let interp = common::isolated();
+    interp.exec_file(&latin1).unwrap();
+    assert_eq!(interp.eval("text").unwrap(), Value::from("éè"));
+
+    // A UTF-8 BOM is honoured too.
+    let bom = dir.join("bom.py");
+    std::fs::write(&bom, "\u{feff}text = 'bom ✓'\n").unwrap();
+    interp.exec_file(&bom).unwrap();
+    assert_eq!(interp.eval("text").unwrap(), Value::from("bom ✓"));
+
+    // Source that does not decode is a SyntaxError, as for `python FILE`.
+    let broken = dir.join("broken.py");
+    std::fs::write(&broken, [b"text = '".as_slice(), &[0xe9], b"'\n"].concat()).unwrap();
+    let err = interp.exec_file(&broken).unwrap_err();
+    let exc = err.as_python().unwrap_or_else(|| panic!("{err:?}"));
+    assert_eq!(exc.type_name, "builtins.SyntaxError", "{exc}");
+
+    // Code given as text keeps its text, whatever coding line it carries.
+    interp
+        .exec("# -*- coding: latin-1 -*-\ntext = 'déjà'\n")
+        .unwrap();
+    assert_eq!(interp.eval("text").unwrap(), Value::from("déjà"));
+}

@@ -219,8 +219,33 @@ impl<'py> Python<'py> {
     }
 
     /// Compiles `source` (mode `"exec"`, `"eval"` or `"single"`) with `filename` shown in
-    /// tracebacks.
+    /// tracebacks. The text is taken as it is: a PEP 263 coding line in it is ignored, as
+    /// `compile()` ignores it in a `str`.
     pub fn compile(self, source: &str, filename: &str, mode: &str) -> Result<PyObj<'py>> {
+        let filename = self.str(filename)?;
+        self.compile_source(source.as_bytes(), &filename, mode, SourceKind::Text)
+    }
+
+    /// Compiles source code given as bytes, as `python` compiles a file: decoded from
+    /// UTF-8, or from the encoding its PEP 263 coding line (or a UTF-8 BOM) declares.
+    /// Source that does not decode is a `SyntaxError`. `filename` is a `str` object (a
+    /// path may hold surrogate escapes).
+    pub(crate) fn compile_bytes(
+        self,
+        source: &[u8],
+        filename: &PyObj<'py>,
+        mode: &str,
+    ) -> Result<PyObj<'py>> {
+        self.compile_source(source, filename, mode, SourceKind::Bytes)
+    }
+
+    fn compile_source(
+        self,
+        source: &[u8],
+        filename: &PyObj<'py>,
+        mode: &str,
+        kind: SourceKind,
+    ) -> Result<PyObj<'py>> {
         let start = match mode {
             "exec" => ffi::Py_file_input,
             "eval" => ffi::Py_eval_input,
@@ -238,19 +263,36 @@ impl<'py> Python<'py> {
                 "source code string cannot contain null bytes",
             ));
         };
-        let filename = self.str(filename)?;
-        // SAFETY: GIL held; `source` is NUL-terminated UTF-8 and `filename` a live str, both
-        // alive across the call; no compiler flags; default optimisation level. (Unlike
-        // `builtins.compile`, this does not set up the `ast` module's types on first use,
-        // which costs about 2 ms in a new interpreter.)
+        // SAFETY: reading an immutable integer CPython exports.
+        let minor = unsafe { (ffi::Py_Version >> 16) & 0xff };
+        let mut flags = ffi::PyCompilerFlags {
+            cf_flags: match kind {
+                SourceKind::Text => PYCF_SOURCE_IS_UTF8 | PYCF_IGNORE_COOKIE,
+                SourceKind::Bytes => 0,
+            },
+            cf_feature_version: std::ffi::c_int::try_from(minor).unwrap_or(0),
+        };
+        // SAFETY: GIL held; `source` is NUL-terminated and `filename` a live object, both
+        // alive across the call; `flags` is a valid struct for the call; default
+        // optimisation level. (Unlike `builtins.compile`, this does not set up the `ast`
+        // module's types on first use, which costs about 2 ms in a new interpreter.)
         self.own(unsafe {
-            ffi::Py_CompileStringObject(
-                source.as_ptr(),
-                filename.as_ptr(),
-                start,
-                std::ptr::null_mut(),
-                -1,
-            )
+            ffi::Py_CompileStringObject(source.as_ptr(), filename.as_ptr(), start, &mut flags, -1)
+        })
+    }
+
+    /// A `str` for a file system path, decoded as Python decodes file names
+    /// (`os.fsdecode`: UTF-8 with `surrogateescape`), so bytes that are not UTF-8 survive
+    /// a round trip through `os.fsencode`.
+    pub fn path(self, path: &std::path::Path) -> Result<PyObj<'py>> {
+        use std::os::unix::ffi::OsStrExt;
+        let bytes = path.as_os_str().as_bytes();
+        if bytes.contains(&0) {
+            return Err(self.new_error(ExcKind::Value, "embedded null byte in a path"));
+        }
+        // SAFETY: GIL held; pointer and length describe `bytes`, alive across the call.
+        self.own(unsafe {
+            ffi::PyUnicode_DecodeFSDefaultAndSize(bytes.as_ptr().cast::<c_char>(), len(bytes.len()))
         })
     }
 
@@ -449,6 +491,20 @@ impl std::fmt::Debug for PyObj<'_> {
             Err(_) => write!(f, "<{} object>", self.type_name()),
         }
     }
+}
+
+/// `PyCF_SOURCE_IS_UTF8` of CPython's `compile.h`: the source is UTF-8 text.
+const PYCF_SOURCE_IS_UTF8: std::ffi::c_int = 0x0100;
+/// `PyCF_IGNORE_COOKIE` of CPython's `compile.h`: ignore a PEP 263 coding line.
+const PYCF_IGNORE_COOKIE: std::ffi::c_int = 0x0800;
+
+/// What source code handed to the compiler is.
+#[derive(Clone, Copy)]
+enum SourceKind {
+    /// Already text (a Rust `str`).
+    Text,
+    /// The bytes of a file, decoded as its coding line says.
+    Bytes,
 }
 
 /// Built-in exception types raised by the crate itself.
