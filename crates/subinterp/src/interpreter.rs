@@ -1,7 +1,8 @@
 //! [`Interpreter`]: one isolated subinterpreter, owned by a dedicated OS thread.
 
+use std::ffi::OsStr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{JoinHandle, ThreadId};
@@ -219,11 +220,7 @@ impl Interpreter {
         let rt = Arc::clone(&runtime.inner);
         let capture = config.captures_output();
         let grace = config.shutdown_grace_period();
-        let paths: Vec<String> = config
-            .paths()
-            .iter()
-            .map(|p| p.to_string_lossy().into_owned())
-            .collect();
+        let paths: Vec<PathBuf> = config.paths().to_vec();
         let (tx, rx) = unbounded::<Msg>();
         let (ready_tx, ready_rx) = bounded::<Result<(i64, Arc<Interrupts>)>>(1);
         let thread = std::thread::Builder::new()
@@ -424,12 +421,13 @@ impl Interpreter {
         crate::from_value(self.call(target, args)?)
     }
 
-    /// Prepends a directory to this interpreter's `sys.path`.
+    /// Prepends a directory to this interpreter's `sys.path`. A path that is not UTF-8
+    /// keeps its bytes, as Python's own file names do (`os.fsdecode`).
     pub fn add_path(&self, dir: impl AsRef<Path>) -> Result<()> {
-        let dir = dir.as_ref().to_string_lossy().into_owned();
+        let dir = dir.as_ref().to_owned();
         self.run(move |py| {
             let path = py.import("sys")?.getattr("path")?;
-            path.call_method("insert", &[&py.to_object(&Value::Int(0))?, &py.str(&dir)?])
+            path.call_method("insert", &[&py.to_object(&Value::Int(0))?, &py.path(&dir)?])
                 .map(drop)
         })
     }
@@ -438,6 +436,24 @@ impl Interpreter {
     pub fn set_argv<S: AsRef<str>>(&self, argv: &[S]) -> Result<()> {
         let argv = Value::List(argv.iter().map(|a| Value::from(a.as_ref())).collect());
         self.run(move |py| py.import("sys")?.setattr("argv", &py.to_object(&argv)?))
+    }
+
+    /// Sets `sys.argv` from operating-system strings (script paths, arguments), decoded
+    /// as `python` decodes its command line: bytes that are not UTF-8 become surrogate
+    /// escapes, so `os.fsencode(sys.argv[i])` gives them back.
+    pub fn set_argv_os<S: AsRef<OsStr>>(&self, argv: &[S]) -> Result<()> {
+        let argv: Vec<PathBuf> = argv.iter().map(|a| PathBuf::from(a.as_ref())).collect();
+        self.run(move |py| {
+            let items = argv
+                .iter()
+                .map(|a| py.path(a))
+                .collect::<Result<Vec<_>>>()?;
+            let list = py.to_object(&Value::List(Vec::new()))?;
+            for item in &items {
+                list.call_method("append", &[item])?;
+            }
+            py.import("sys")?.setattr("argv", &list)
+        })
     }
 
     /// Takes what the interpreter wrote to `sys.stdout` and `sys.stderr` since the last
@@ -665,7 +681,7 @@ fn setup(
     rt: &RuntimeInner,
     capture: bool,
     prepare: bool,
-    paths: &[String],
+    paths: &[PathBuf],
 ) -> Result<()> {
     let globals = py.dict()?;
     if prepare {
@@ -677,7 +693,7 @@ fn setup(
     if !paths.is_empty() {
         let path = py.import("sys")?.getattr("path")?;
         for (i, dir) in paths.iter().enumerate() {
-            path.call_method("insert", &[&py.to_object(&Value::from(i))?, &py.str(dir)?])?;
+            path.call_method("insert", &[&py.to_object(&Value::from(i))?, &py.path(dir)?])?;
         }
     }
     if capture {

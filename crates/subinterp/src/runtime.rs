@@ -390,20 +390,32 @@ fn bootstrap_code(config: &RuntimeConfig, version: &str) -> Result<Option<String
     Ok((code.len() > plain).then_some(code))
 }
 
-/// A Python string literal for a path.
+/// A Python expression for a path: a string literal, or for a path that is not UTF-8 its
+/// bytes decoded as Python decodes file names (UTF-8 with `surrogateescape`), so the
+/// bytes survive.
 fn py_str(path: &Path) -> String {
-    let text = path.to_string_lossy();
-    let mut out = String::from("'");
-    for c in text.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\'' => out.push_str("\\'"),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    match std::str::from_utf8(bytes) {
+        Ok(text) => {
+            let mut out = String::from("'");
+            for c in text.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '\'' => out.push_str("\\'"),
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    c => out.push(c),
+                }
+            }
+            out.push('\'');
+            out
+        }
+        Err(_) => {
+            let escaped: String = bytes.iter().map(|b| format!("\\x{b:02x}")).collect();
+            format!("b'{escaped}'.decode('utf-8', 'surrogateescape')")
         }
     }
-    out.push('\'');
-    out
 }
 
 impl Drop for RuntimeInner {
@@ -418,5 +430,23 @@ impl Drop for RuntimeInner {
             let _ = stop.send(MainMsg::Stop);
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::py_str;
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Path;
+
+    #[test]
+    fn paths_become_python_expressions_that_keep_their_bytes() {
+        assert_eq!(py_str(Path::new("/opt/it's")), r"'/opt/it\'s'");
+        assert_eq!(py_str(Path::new("/opt/é")), "'/opt/é'");
+        assert_eq!(
+            py_str(Path::new(OsStr::from_bytes(b"/a\xff"))),
+            r"b'\x2f\x61\xff'.decode('utf-8', 'surrogateescape')"
+        );
     }
 }

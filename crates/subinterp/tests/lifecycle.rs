@@ -309,3 +309,46 @@ fn exec_file_decodes_source_as_python_does() {
         .unwrap();
     assert_eq!(interp.eval("text").unwrap(), Value::from("déjà"));
 }
+
+#[test]
+fn paths_that_are_not_utf8_keep_their_bytes() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let dir = common::scratch_dir("bytes").join(OsStr::from_bytes(b"odd\xffdir"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("sibling.py"), "VALUE = 'from the sibling'\n").unwrap();
+    let script = dir.join(OsStr::from_bytes(b"odd\xfename.py"));
+    std::fs::write(
+        &script,
+        "import os, sys\nwhere = os.fsencode(__file__)\nargv = [os.fsencode(a) for a in sys.argv]\n",
+    )
+    .unwrap();
+    let expected = Value::Bytes(script.as_os_str().as_bytes().to_vec());
+
+    let interp = common::isolated();
+    interp.set_argv_os(&[script.as_os_str()]).unwrap();
+    interp.add_path(&dir).unwrap();
+    interp.exec_file(&script).unwrap();
+    assert_eq!(interp.eval("where").unwrap(), expected);
+    assert_eq!(interp.eval("argv").unwrap(), Value::List(vec![expected]));
+    assert_eq!(
+        interp.eval("__import__('sibling').VALUE").unwrap(),
+        Value::from("from the sibling")
+    );
+    // An extension module still imports with such a directory on sys.path.
+    interp.exec("import _json").unwrap();
+
+    let mut config = InterpreterConfig::isolated();
+    config.add_path(&dir);
+    let interp = Interpreter::new(&common::runtime(), &config).unwrap();
+    assert_eq!(
+        interp.eval("__import__('sibling').VALUE").unwrap(),
+        Value::from("from the sibling")
+    );
+    assert_eq!(
+        interp
+            .eval("__import__('os').fsencode(__import__('sys').path[0])")
+            .unwrap(),
+        Value::Bytes(dir.as_os_str().as_bytes().to_vec())
+    );
+}

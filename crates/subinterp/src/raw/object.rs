@@ -550,6 +550,11 @@ fn qualified_name(ty: &PyObj<'_>) -> Option<String> {
 
 const MAX_CHAIN: usize = 16;
 
+thread_local! {
+    /// Set while [`snapshot`] formats a traceback on this thread.
+    static FORMATTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Copies an exception object into plain data. Never raises: every failure while
 /// describing the exception degrades to a placeholder text.
 fn snapshot(exc: &PyObj<'_>, depth: usize) -> PyException {
@@ -562,7 +567,17 @@ fn snapshot(exc: &PyObj<'_>, depth: usize) -> PyException {
         clear();
         format!("<exception str() failed for {type_name}>")
     });
-    let traceback = format_traceback(exc).unwrap_or_else(|_| {
+    // Formatting the traceback runs Python code (and may import `traceback`), which may
+    // fail in turn and be snapshotted: that nested snapshot does without a traceback,
+    // instead of recursing until the stack overflows.
+    let formatted = if FORMATTING.with(|f| f.replace(true)) {
+        Err(Error::Closed)
+    } else {
+        let formatted = format_traceback(exc);
+        FORMATTING.with(|f| f.set(false));
+        formatted
+    };
+    let traceback = formatted.unwrap_or_else(|_| {
         clear();
         if message.is_empty() {
             format!("{type_name}\n")

@@ -620,16 +620,25 @@ unsafe extern "C" fn module_prepare_in_main(
     trampoline(state_of_module(module), |py| {
         let a = parse(py, "_prepare_in_main", args, kwargs, &["name", "path"], 2)?;
         let name = a[0].as_ref().expect("required").extract_str()?;
-        let path: Vec<String> = match a[1].as_ref().expect("required").to_value() {
-            Ok(Value::List(items)) => items
-                .into_iter()
-                .filter_map(|item| match item {
-                    Value::Str(entry) => Some(entry),
-                    _ => None,
-                })
-                .collect(),
-            _ => return Err(py.new_error(ExcKind::Type, "path must be a list of str")),
-        };
+        let list = a[1].as_ref().expect("required");
+        // SAFETY: GIL held; checks the type of a live object.
+        if unsafe { ffi::PyList_Check(list.as_ptr()) } == 0 {
+            return Err(py.new_error(ExcKind::Type, "path must be a list of str"));
+        }
+        // Entries that are not str, or not UTF-8 (a directory name with surrogate
+        // escapes), are left out: the main interpreter cannot be given them as text.
+        let mut path = Vec::new();
+        for i in 0..list
+            .call_method("__len__", &[])?
+            .to_value()?
+            .as_i64()
+            .unwrap_or(0)
+        {
+            let item = list.get_item(&py.to_object(&Value::Int(i))?)?;
+            if let Some(entry) = super::convert::utf8_str(&item) {
+                path.push(entry);
+            }
+        }
         py.allow_threads(move || crate::hazards::prepare(&name, &path));
         Ok(py.none())
     })
