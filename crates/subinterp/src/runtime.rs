@@ -69,8 +69,16 @@ impl RuntimeConfig {
         self
     }
 
-    /// Use the packages of this virtual environment (its `site-packages`, with `.pth`
-    /// files) in every interpreter. Replaces the `VIRTUAL_ENV` default.
+    /// Use this virtual environment in every interpreter. Replaces the `VIRTUAL_ENV`
+    /// default.
+    ///
+    /// For an environment made from the Python this crate is built against, CPython is
+    /// started as the environment's own `bin/python`: `sys.prefix`, `sys.exec_prefix`,
+    /// `sys.executable` and `sys.path` are then what that `python` has (its
+    /// `site-packages` first, the base one only with `include-system-site-packages =
+    /// true`), and code that runs `sys.executable -m ...` runs the environment's Python.
+    /// For any other directory, its `lib/python3.X/site-packages` (with `.pth` files) is
+    /// added to `sys.path`.
     pub fn virtual_env(&mut self, dir: impl Into<PathBuf>) -> &mut Self {
         self.venv = Venv::Path(dir.into());
         self
@@ -224,10 +232,16 @@ fn start(config: &RuntimeConfig) -> Result<RuntimeInner> {
         .home
         .as_ref()
         .map(|p| p.to_string_lossy().into_owned());
-    let executable = if home.is_none() {
-        build_python.map(str::to_owned)
-    } else {
+    // Started as the virtual environment's own `python`, CPython finds the environment
+    // itself (its `pyvenv.cfg`) and gives every interpreter the prefixes, executable and
+    // `sys.path` that `python` has there, `include-system-site-packages` honoured.
+    let venv_python = venv_python(config, build_python);
+    let executable = if home.is_some() {
         None
+    } else if let Some(python) = &venv_python {
+        Some(python.to_string_lossy().into_owned())
+    } else {
+        build_python.map(str::to_owned)
     };
     let opts = (home, executable, config.use_environment, config.site_import);
     let (ready_tx, ready_rx) = bounded::<Result<(MainInterpreter, String), String>>(1);
@@ -293,7 +307,7 @@ fn start(config: &RuntimeConfig) -> Result<RuntimeInner> {
             return Err(Error::InitFailed("the runtime thread ended early".into()));
         }
     };
-    let bootstrap = bootstrap_code(config, &version)?;
+    let bootstrap = bootstrap_code(config, &version, venv_python.is_some())?;
     let prepare_extensions = config
         .prepare_extensions
         .unwrap_or_else(|| hazards::needs_preparation(&version));
@@ -354,9 +368,50 @@ if name not in sys.modules:
     importlib.import_module(name)
 ";
 
+/// The `python` of the configured virtual environment, when CPython can be started as
+/// it: the environment is a real one (`pyvenv.cfg`, `bin/python`) made from the Python
+/// this crate was built against (its `home` is that Python's directory), and no explicit
+/// home overrides it. Otherwise the environment's `site-packages` is added to `sys.path`
+/// by [`bootstrap_code`].
+fn venv_python(config: &RuntimeConfig, build_python: Option<&str>) -> Option<PathBuf> {
+    if config.home.is_some() {
+        return None;
+    }
+    let venv = config.venv_dir()?;
+    let python = ["python", "python3"]
+        .iter()
+        .map(|name| venv.join("bin").join(name))
+        .find(|p| p.exists())?;
+    let cfg = std::fs::read_to_string(venv.join("pyvenv.cfg")).ok()?;
+    let home = cfg.lines().find_map(|line| {
+        let (key, value) = line.split_once('=')?;
+        (key.trim() == "home").then(|| PathBuf::from(value.trim()))
+    })?;
+    let build_dir = Path::new(build_python?).parent()?;
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if same(&home, build_dir) {
+        Some(python)
+    } else {
+        tracing::debug!(
+            venv = %venv.display(),
+            home = %home.display(),
+            "the virtual environment was made from another Python: only its site-packages is used"
+        );
+        None
+    }
+}
+
 /// Python source run in each new interpreter: extra paths first on `sys.path`, then the
-/// virtual environment's `site-packages`.
-fn bootstrap_code(config: &RuntimeConfig, version: &str) -> Result<Option<String>> {
+/// virtual environment's `site-packages` unless CPython was started as the environment's
+/// own `python` (`venv_started`) and imports `site`, which then adds it.
+fn bootstrap_code(
+    config: &RuntimeConfig,
+    version: &str,
+    venv_started: bool,
+) -> Result<Option<String>> {
     let mut code = String::from("import sys\n");
     let plain = code.len();
     if !config.paths.is_empty() {
@@ -370,7 +425,9 @@ fn bootstrap_code(config: &RuntimeConfig, version: &str) -> Result<Option<String
             .join(format!("python{}", minor.join(".")))
             .join("site-packages");
         if lib.is_dir() {
-            if config.site_import {
+            if venv_started && config.site_import {
+                // `site` finds the environment by itself.
+            } else if config.site_import {
                 code.push_str(&format!("import site\nsite.addsitedir({})\n", py_str(&lib)));
             } else {
                 code.push_str(&format!("sys.path.append({})\n", py_str(&lib)));
