@@ -43,6 +43,15 @@ pub enum Error {
     /// A Rust value could not be converted to or from a [`Value`](crate::Value) (serde).
     #[error("value conversion failed: {0}")]
     Conversion(String),
+    /// An argument out of range or inconsistent with the object it applies to (a write
+    /// past the end of a buffer, a channel opened with another capacity). Raised in
+    /// Python as `ValueError`.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Memory could not be allocated (say, for a very large shared buffer). Raised in
+    /// Python as `MemoryError`.
+    #[error("{0}")]
+    OutOfMemory(String),
     /// A file could not be read.
     #[error("{path}: {source}")]
     Io {

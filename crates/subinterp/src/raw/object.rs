@@ -514,6 +514,7 @@ pub(crate) enum ExcKind {
     Value,
     Syntax,
     Recursion,
+    Overflow,
 }
 
 impl ExcKind {
@@ -525,6 +526,7 @@ impl ExcKind {
                 ExcKind::Value => ffi::PyExc_ValueError,
                 ExcKind::Syntax => ffi::PyExc_SyntaxError,
                 ExcKind::Recursion => ffi::PyExc_RecursionError,
+                ExcKind::Overflow => ffi::PyExc_OverflowError,
             }
         }
     }
