@@ -278,7 +278,8 @@ impl Interpreter {
                         interpreter = id,
                         threads = ?ended.running,
                         "interpreter {id} left running: its Python threads {:?} did not end \
-                         within the shutdown grace period of {:.1} s",
+                         within the shutdown grace period of {:.1} s (daemon threads are \
+                         not waited for)",
                         ended.running,
                         grace.as_secs_f64()
                     );
@@ -559,9 +560,13 @@ fn serve(
 }
 
 /// Joins the interpreter's non-daemon threads, for at most `grace` seconds (`None`: no
-/// limit), including threads started meanwhile; leaves the names of those still running
-/// in `left`. Neither this thread (never asked for with `current_thread()`, which would
-/// make `threading` record it as a dummy thread) nor the main thread is waited for: in a
+/// limit), including threads started meanwhile; leaves in `left` the names of the threads
+/// still running then — and of daemon threads, which are not waited for (as `python`
+/// does not wait for them) but, running, keep the interpreter from ending. `threading`
+/// and `_thread` are the modules if loaded, else `None`.
+///
+/// Neither this thread (never asked for with `current_thread()`, which would make
+/// `threading` record it as a dummy thread) nor the main thread is waited for: in a
 /// subinterpreter `threading` may take the process's main thread for it (3.13), and it
 /// never ends while we run.
 const JOIN_THREADS: &str = "\
@@ -570,22 +575,27 @@ def _join(threading, grace):
     main = threading.main_thread()
     clock = threading._time
     deadline = None if grace is None else clock() + grace
-    while True:
-        pending = [
+    def others():
+        return [
             t for t in threading.enumerate()
-            if t.ident != me and t is not main and not t.daemon
+            if t.ident != me and t is not main
             and not isinstance(t, threading._DummyThread)
         ]
+    while True:
+        pending = [t for t in others() if not t.daemon]
         if not pending:
-            return []
+            break
         for thread in pending:
             if deadline is None:
                 thread.join()
             else:
                 thread.join(max(0.0, deadline - clock()))
         if deadline is not None and clock() >= deadline:
-            return [t.name for t in pending if t.is_alive()]
-left = _join(threading, grace)
+            break
+    return [t.name for t in others() if t.is_alive()]
+left = [] if threading is None else _join(threading, grace)
+if not left and _thread is not None and _thread._count() > 0:
+    left = [f'{_thread._count()} started with _thread']
 ";
 
 /// How an interpreter's end went: the output captured until then, and the names of its
@@ -605,32 +615,31 @@ fn wind_down(py: Python<'_>, capture: bool, grace: Duration) -> WoundDown {
     // 3.12 cannot run twice, and which waits without limit) leaves `Py_EndInterpreter`
     // nothing to wait for.
     let mut running = Vec::new();
-    let joined = py
-        .loaded_module("threading")
-        .and_then(|threading| match threading {
-            Some(threading) => {
-                let globals = py.dict()?;
-                globals.set_item(&py.str("threading")?, &threading)?;
-                let grace = match grace.as_secs_f64() {
-                    // Beyond a century: no limit.
-                    secs if secs > 3.0e9 => py.none(),
-                    secs => py.to_object(&Value::Float(secs))?,
-                };
-                globals.set_item(&py.str("grace")?, &grace)?;
-                py.run(JOIN_THREADS, "<subinterp shutdown>", &globals)?;
-                if let Value::List(names) = globals.get_item(&py.str("left")?)?.to_value()? {
-                    running = names
-                        .into_iter()
-                        .map(|name| match name {
-                            Value::Str(name) => name,
-                            other => format!("{other:?}"),
-                        })
-                        .collect();
-                }
-                Ok(())
-            }
-            None => Ok(()),
-        });
+    let mut join = || -> Result<()> {
+        let globals = py.dict()?;
+        for name in ["threading", "_thread"] {
+            let module = py.loaded_module(name)?.unwrap_or_else(|| py.none());
+            globals.set_item(&py.str(name)?, &module)?;
+        }
+        let grace = match grace.as_secs_f64() {
+            // Beyond a century: no limit.
+            secs if secs > 3.0e9 => py.none(),
+            secs => py.to_object(&Value::Float(secs))?,
+        };
+        globals.set_item(&py.str("grace")?, &grace)?;
+        py.run(JOIN_THREADS, "<subinterp shutdown>", &globals)?;
+        if let Value::List(names) = globals.get_item(&py.str("left")?)?.to_value()? {
+            running = names
+                .into_iter()
+                .map(|name| match name {
+                    Value::Str(name) => name,
+                    other => format!("{other:?}"),
+                })
+                .collect();
+        }
+        Ok(())
+    };
+    let joined = join();
     let exited = py
         .loaded_module("atexit")
         .and_then(|m| m.map(|m| m.call_method("_run_exitfuncs", &[])).transpose());

@@ -199,3 +199,33 @@ fn ending_an_interpreter_that_used_logging_prints_nothing() {
         child.stderr
     );
 }
+
+/// `Py_EndInterpreter` aborts the process ("not the last thread") when another thread of
+/// the interpreter still runs; a daemon thread is not waited for, so the interpreter is
+/// left running instead.
+#[test]
+fn a_daemon_thread_still_running_does_not_crash_the_close() {
+    const TEST: &str = "a_daemon_thread_still_running_does_not_crash_the_close";
+    if in_child(TEST) {
+        log_to_stderr();
+        let rt = Runtime::init(&RuntimeConfig::new()).unwrap();
+        let mut config = InterpreterConfig::legacy();
+        config.shutdown_grace(Duration::from_millis(200));
+        let interp = Interpreter::new(&rt, &config).unwrap();
+        interp
+            .exec(
+                "import threading, time\n\
+                 threading.Thread(target=time.sleep, args=(1000,), name='daemon-1000s', \
+                 daemon=True).start()\n",
+            )
+            .unwrap();
+        interp.close().unwrap();
+        println!("closed");
+        drop(rt);
+        return;
+    }
+    let child = run_child(TEST);
+    assert!(child.success, "{}\n{}", child.stdout, child.stderr);
+    assert!(child.stdout.contains("closed"), "{}", child.stdout);
+    assert!(child.stderr.contains("daemon-1000s"), "{}", child.stderr);
+}
