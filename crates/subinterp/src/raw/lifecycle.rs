@@ -332,18 +332,26 @@ impl SubInterpreter {
 
     /// Ends the interpreter: waits for its Python threads, runs `atexit`, and frees it.
     ///
-    /// The thread state the interpreter's code ran on is cleared first, while its modules
-    /// are still intact, and the interpreter is ended on a fresh one — as CPython's own
-    /// `_interpreters` does, which runs code on temporary thread states. What the old
-    /// state held (thread-local data, such as the record `threading` keeps of a thread it
-    /// did not start) is released then, not during finalisation, when module globals are
-    /// already gone and releasing it fails noisily.
+    /// From CPython 3.13 on, the thread state the interpreter's code ran on is cleared
+    /// first, while its modules are still intact, and the interpreter is ended on a fresh
+    /// one — as CPython's own `_interpreters` does, which runs code on temporary thread
+    /// states. What the old state held (thread-local data, such as the record 3.13's
+    /// `threading` keeps of a thread it did not start) is released then, not during
+    /// finalisation, when module globals are already gone and releasing it fails noisily.
+    /// CPython 3.12 keeps no such record, and its `threading._shutdown` expects the thread
+    /// state that imported `threading` to be alive still: it ends on the old one.
     pub(crate) fn end(self) {
         // SAFETY: the thread state is alive; reading its interpreter needs no GIL.
         let interp = unsafe { ffi::PyThreadState_GetInterpreter(self.tstate.as_ptr()) };
-        // SAFETY: `interp` is alive until ended below; the new thread state belongs to
-        // this thread and is not attached yet.
-        let fresh = NonNull::new(unsafe { ffi::PyThreadState_New(interp) });
+        // SAFETY: reading an immutable integer CPython exports.
+        let version = unsafe { ffi::Py_Version };
+        let fresh = if version >= 0x030D_0000 {
+            // SAFETY: `interp` is alive until ended below; the new thread state belongs
+            // to this thread and is not attached yet.
+            NonNull::new(unsafe { ffi::PyThreadState_New(interp) })
+        } else {
+            None
+        };
         let last = match fresh {
             Some(fresh) => {
                 // SAFETY: this thread owns the detached old thread state: attach it, clear
@@ -357,7 +365,7 @@ impl SubInterpreter {
                 }
                 fresh
             }
-            // No memory for a new thread state: end on the old one.
+            // CPython 3.12, or no memory for a new thread state: end on the old one.
             None => self.tstate,
         };
         // SAFETY: this thread owns both thread states. Attach the interpreter's remaining
