@@ -583,3 +583,81 @@ fn argument_errors_are_the_exceptions_python_raises_for_them() {
     let err = interp.exec("ch.recv(timeout='soon')").unwrap_err();
     assert!(!py_err(&err).message.contains("conversion"), "{err}");
 }
+
+#[test]
+fn a_name_that_is_not_utf8_raises_unicode_encode_error_and_prints_nothing() {
+    let interp = common::capturing();
+    interp
+        .exec(
+            "import subinterp\n\
+             try:\n    subinterp.channel('\\udc80')\n\
+             except UnicodeEncodeError as e:\n    caught = (type(e).__name__, e.reason)\n",
+        )
+        .unwrap();
+    assert_eq!(
+        interp.eval("caught").unwrap(),
+        Value::Tuple(vec![
+            Value::from("UnicodeEncodeError"),
+            Value::from("surrogates not allowed")
+        ])
+    );
+    let err = interp.exec("subinterp.channel('\\udc80')").unwrap_err();
+    assert_eq!(py_err(&err).type_name, "builtins.UnicodeEncodeError");
+    let output = interp.take_output().unwrap();
+    assert_eq!(output.stderr, "", "nothing is printed");
+}
+
+#[test]
+fn an_exception_raised_by_python_code_called_from_the_module_keeps_type_traceback_and_cause() {
+    let interp = common::isolated();
+    interp
+        .exec(
+            "import subinterp, traceback\n\
+             class Boom(Exception):\n    pass\n\
+             class Source:\n    def __bytes__(self):\n        raise Boom('no bytes') from KeyError('k')\n\
+             try:\n    subinterp.buffer(Source())\n\
+             except Boom as e:\n    \
+                 caught = (str(e), type(e.__cause__).__name__, \
+                           [f.name for f in traceback.extract_tb(e.__traceback__)])\n",
+        )
+        .unwrap();
+    let Value::Tuple(caught) = interp.eval("caught").unwrap() else {
+        panic!("a tuple")
+    };
+    assert_eq!(caught[0], Value::from("no bytes"));
+    assert_eq!(caught[1], Value::from("KeyError"));
+    let Value::List(frames) = &caught[2] else {
+        panic!("a list of frames")
+    };
+    assert!(
+        frames.contains(&Value::from("__bytes__")),
+        "the traceback reaches the Python code that raised: {frames:?}"
+    );
+    // Seen from Rust as well, with its real type.
+    let err = interp.exec("subinterp.buffer(Source())").unwrap_err();
+    assert_eq!(py_err(&err).type_name, "__main__.Boom");
+    assert!(py_err(&err).traceback.contains("__bytes__"), "{err}");
+}
+
+#[test]
+fn channel_and_buffer_lengths_go_through_the_trampolines() {
+    let interp = common::isolated();
+    let n = name("lengths");
+    let got = interp
+        .eval(&format!(
+            "(lambda s: (s.channel('{n}').send(1), len(s.channel('{n}')), \
+              len(s.buffer(7)), len(memoryview(s.buffer(b'abc'))), \
+              iter(s.channel('{n}')) is not None))(__import__('subinterp'))"
+        ))
+        .unwrap();
+    assert_eq!(
+        got,
+        Value::Tuple(vec![
+            Value::None,
+            Value::Int(1),
+            Value::Int(7),
+            Value::Int(3),
+            Value::Bool(true)
+        ])
+    );
+}

@@ -10,7 +10,9 @@
 //! - the conversion between [`Value`](crate::Value) and Python objects ([`convert`]).
 
 pub(crate) mod buffer;
+pub(crate) mod callback;
 pub(crate) mod convert;
+pub(crate) mod err;
 pub(crate) mod lifecycle;
 mod object;
 pub(crate) mod pymodule;

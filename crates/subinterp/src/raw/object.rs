@@ -91,6 +91,15 @@ impl<'py> Python<'py> {
         }
     }
 
+    /// Takes ownership of a strong reference.
+    ///
+    /// # Safety
+    /// `ptr` is a live object of this token's interpreter, and the caller owns one
+    /// reference to it, which passes to the result.
+    pub(crate) unsafe fn adopt(self, ptr: NonNull<ffi::PyObject>) -> PyObj<'py> {
+        PyObj { ptr, py: self }
+    }
+
     /// Takes a new strong reference to a borrowed pointer.
     pub(crate) fn borrowed(self, ptr: *mut ffi::PyObject) -> Result<PyObj<'py>> {
         if !ptr.is_null() {
@@ -122,7 +131,11 @@ impl<'py> Python<'py> {
         match NonNull::new(raw) {
             Some(ptr) => {
                 let exc = PyObj { ptr, py: self };
-                snapshot(&exc, 0)
+                let snapshot = snapshot(&exc, 0);
+                // Inside a callback, the live exception is kept so that it can be raised
+                // again as it is.
+                super::err::remember(&exc, &snapshot);
+                snapshot
             }
             None => PyException {
                 type_name: "builtins.SystemError".into(),

@@ -4,15 +4,17 @@
 //! a per-interpreter GIL: every interpreter that imports it gets its own module object,
 //! its own `Channel` and `Buffer` types and its own exception classes; only the Rust
 //! channels and buffers behind them are shared, and those are thread-safe.
+//!
+//! Every C entry point is made by [`super::callback`]; the functions here are plain Rust.
 
 use std::ffi::{c_int, c_void, CStr};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use pyo3_ffi as ffi;
 
+use super::callback::{self, Export, Failure, FastArgs, Outcome, Visit};
 use super::object::{len, ExcKind};
 use super::{PyObj, Python};
 use crate::buffer::SharedBuffer;
@@ -64,58 +66,53 @@ fn leak<T>(items: Vec<T>) -> *mut T {
     Box::leak(items.into_boxed_slice()).as_mut_ptr()
 }
 
-fn method(
-    name: &'static CStr,
-    meth: ffi::PyCFunctionWithKeywords,
-    doc: &'static CStr,
-) -> ffi::PyMethodDef {
-    ffi::PyMethodDef {
-        ml_name: name.as_ptr(),
-        ml_meth: ffi::PyMethodDefPointer {
-            PyCFunctionWithKeywords: meth,
-        },
-        ml_flags: ffi::METH_VARARGS | ffi::METH_KEYWORDS,
-        ml_doc: doc.as_ptr(),
-    }
-}
-
 fn slot(slot: c_int, pfunc: *mut c_void) -> ffi::PyType_Slot {
     ffi::PyType_Slot { slot, pfunc }
+}
+
+fn getset_end() -> ffi::PyGetSetDef {
+    ffi::PyGetSetDef {
+        name: ptr::null(),
+        get: None,
+        set: None,
+        doc: ptr::null(),
+        closure: ptr::null_mut(),
+    }
 }
 
 fn defs() -> &'static Defs {
     DEFS.get_or_init(|| {
         let module_methods = leak(vec![
-            method(c"id", module_id, c"id()\n--\n\nThis interpreter's id."),
-            method(
+            callback::method_def(c"id", c"id()\n--\n\nThis interpreter's id.", module_id),
+            callback::method_def(
                 c"channel",
-                module_channel,
                 c"channel(name, capacity=None)\n--\n\nThe channel called name, shared by every \
                   interpreter and the host; created on first use, unbounded unless capacity is \
                   given.",
+                module_channel,
             ),
-            method(
+            callback::method_def(
                 c"buffer",
-                module_buffer,
                 c"buffer(size_or_bytes, writable=False)\n--\n\nA buffer of shared memory: send it \
                   through a channel and receivers get a memoryview over the same bytes, read-only \
                   unless writable=True. This handle's own views are always writable.",
+                module_buffer,
             ),
-            method(
+            callback::method_def(
                 c"_prepare_in_main",
-                module_prepare_in_main,
                 c"_prepare_in_main(name, path)\n--\n\nImports the module name in the main \
                   interpreter (with the str entries of path appended to its sys.path) unless \
                   that was done before; called by the module loaders of subinterpreters \
                   on CPython versions where loading an extension module there first crashes \
                   the process later. Never raises for the import itself.",
+                module_prepare_in_main,
             ),
             ffi::PyMethodDef::zeroed(),
         ]);
         let module_slots = leak(vec![
             ffi::PyModuleDef_Slot {
                 slot: ffi::Py_mod_exec,
-                value: module_exec as *mut c_void,
+                value: callback::exec_slot(module_exec),
             },
             ffi::PyModuleDef_Slot {
                 slot: ffi::Py_mod_multiple_interpreters,
@@ -139,59 +136,56 @@ fn defs() -> &'static Defs {
             m_size: len(std::mem::size_of::<ModuleState>()),
             m_methods: module_methods,
             m_slots: module_slots,
-            m_traverse: Some(module_traverse),
-            m_clear: Some(module_clear),
-            m_free: Some(module_free),
+            m_traverse: Some(callback::traverse_slot(module_traverse)),
+            m_clear: Some(callback::clear_slot(module_clear)),
+            m_free: Some(callback::free_slot(module_free)),
         }));
 
         let channel_methods = leak(vec![
-            method(
+            callback::method_def(
                 c"send",
-                channel_send,
                 c"send(obj, timeout=None)\n--\n\nSend obj; wait while the channel is full.",
+                channel_send,
             ),
-            method(
+            callback::method_def(
                 c"try_send",
-                channel_try_send,
                 c"try_send(obj)\n--\n\nSend obj without waiting; ChannelFull if full.",
+                channel_try_send,
             ),
-            method(
+            callback::method_def(
                 c"recv",
-                channel_recv,
                 c"recv(timeout=None)\n--\n\nReceive the next message, waiting for one.",
+                channel_recv,
             ),
-            method(
+            callback::method_def(
                 c"try_recv",
-                channel_try_recv,
                 c"try_recv()\n--\n\nReceive without waiting; ChannelEmpty if empty.",
+                channel_try_recv,
             ),
-            method(
+            callback::method_def(
                 c"close",
-                channel_close,
                 c"close()\n--\n\nClose the channel for every interpreter.",
+                channel_close,
             ),
             ffi::PyMethodDef::zeroed(),
         ]);
         let channel_getset = leak(vec![
-            getset(c"name", channel_name, c"The channel's name."),
-            getset(c"capacity", channel_capacity, c"The capacity, or None."),
-            getset(c"closed", channel_closed, c"True once closed."),
-            ffi::PyGetSetDef {
-                name: ptr::null(),
-                get: None,
-                set: None,
-                doc: ptr::null(),
-                closure: ptr::null_mut(),
-            },
+            callback::getset_def(c"name", c"The channel's name.", channel_name),
+            callback::getset_def(c"capacity", c"The capacity, or None.", channel_capacity),
+            callback::getset_def(c"closed", c"True once closed.", channel_closed),
+            getset_end(),
         ]);
         let channel_slots = leak(vec![
-            slot(ffi::Py_tp_dealloc, channel_dealloc as *mut c_void),
+            slot(ffi::Py_tp_dealloc, callback::dealloc_slot(channel_dealloc)),
             slot(ffi::Py_tp_methods, channel_methods.cast()),
             slot(ffi::Py_tp_getset, channel_getset.cast()),
-            slot(ffi::Py_tp_repr, channel_repr as *mut c_void),
-            slot(ffi::Py_tp_iter, channel_iter as *mut c_void),
-            slot(ffi::Py_tp_iternext, channel_iternext as *mut c_void),
-            slot(ffi::Py_mp_length, channel_len as *mut c_void),
+            slot(ffi::Py_tp_repr, callback::unary_slot(channel_repr)),
+            slot(ffi::Py_tp_iter, callback::unary_slot(channel_iter)),
+            slot(
+                ffi::Py_tp_iternext,
+                callback::iternext_slot(channel_iternext),
+            ),
+            slot(ffi::Py_mp_length, callback::len_slot(channel_len)),
             slot(
                 ffi::Py_tp_doc,
                 c"A channel shared by every interpreter; get one with subinterp.channel(name)."
@@ -208,23 +202,20 @@ fn defs() -> &'static Defs {
         }));
 
         let buffer_getset = leak(vec![
-            getset(
+            callback::getset_def(
                 c"writable",
-                buffer_writable,
                 c"Whether views of this handle are writable.",
+                buffer_writable,
             ),
-            ffi::PyGetSetDef {
-                name: ptr::null(),
-                get: None,
-                set: None,
-                doc: ptr::null(),
-                closure: ptr::null_mut(),
-            },
+            getset_end(),
         ]);
         let buffer_slots = leak(vec![
-            slot(ffi::Py_tp_dealloc, buffer_dealloc as *mut c_void),
-            slot(ffi::Py_bf_getbuffer, buffer_getbuffer as *mut c_void),
-            slot(ffi::Py_mp_length, buffer_len as *mut c_void),
+            slot(ffi::Py_tp_dealloc, callback::dealloc_slot(buffer_dealloc)),
+            slot(
+                ffi::Py_bf_getbuffer,
+                callback::getbuffer_slot(buffer_getbuffer),
+            ),
+            slot(ffi::Py_mp_length, callback::len_slot(buffer_len)),
             slot(ffi::Py_tp_getset, buffer_getset.cast()),
             slot(
                 ffi::Py_tp_doc,
@@ -247,22 +238,13 @@ fn defs() -> &'static Defs {
     })
 }
 
-fn getset(name: &'static CStr, get: ffi::getter, doc: &'static CStr) -> ffi::PyGetSetDef {
-    ffi::PyGetSetDef {
-        name: name.as_ptr(),
-        get: Some(get),
-        set: None,
-        doc: doc.as_ptr(),
-        closure: ptr::null_mut(),
-    }
-}
-
 /// Makes `subinterp` a built-in module of every interpreter. Must run before CPython is
 /// initialised.
 pub(crate) fn register_builtin() -> std::result::Result<(), String> {
     defs();
+    let init = callback::init_fn(|| defs().module);
     // SAFETY: called once, before Py_Initialize, with a static name and init function.
-    let status = unsafe { ffi::PyImport_AppendInittab(c"subinterp".as_ptr(), Some(module_init)) };
+    let status = unsafe { ffi::PyImport_AppendInittab(c"subinterp".as_ptr(), Some(init)) };
     if status == 0 {
         Ok(())
     } else {
@@ -270,115 +252,10 @@ pub(crate) fn register_builtin() -> std::result::Result<(), String> {
     }
 }
 
-extern "C" fn module_init() -> *mut ffi::PyObject {
-    // SAFETY: the definition is static and complete; PyModuleDef_Init only initialises
-    // its object header. Cannot panic: `defs()` was initialised before registration.
-    unsafe { ffi::PyModuleDef_Init(defs().module) }
-}
-
-/// Runs a callback body with the GIL token, turning errors into Python exceptions and
-/// panics into `SystemError`, so neither crosses into CPython.
-fn trampoline<F>(state: *mut ModuleState, f: F) -> *mut ffi::PyObject
-where
-    F: for<'py> FnOnce(Python<'py>) -> Result<PyObj<'py>>,
-{
-    let outcome = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: CPython calls module functions and methods with the GIL held.
-        unsafe {
-            Python::assume_attached(|py| match f(py) {
-                Ok(obj) => {
-                    let ptr = obj.as_ptr();
-                    std::mem::forget(obj);
-                    ptr
-                }
-                Err(err) => {
-                    // An exception raised on purpose (and not fetched) is kept as it is.
-                    if ffi::PyErr_Occurred().is_null() {
-                        raise(py, state, err);
-                    }
-                    ptr::null_mut()
-                }
-            })
-        }
-    }));
-    outcome.unwrap_or_else(|_| {
-        // SAFETY: GIL held (we are inside a CPython callback); static message.
-        unsafe {
-            ffi::PyErr_SetString(
-                ffi::PyExc_SystemError,
-                c"a Rust panic was caught in the subinterp module".as_ptr(),
-            )
-        };
-        ptr::null_mut()
-    })
-}
-
-/// Raises `err` as a Python exception in the current interpreter.
-fn raise(py: Python<'_>, state: *mut ModuleState, err: Error) {
-    let message = match &err {
-        Error::Python(exc) => exc.message.clone(),
-        // The exception's type says it is about conversion; the prefix would repeat it.
-        Error::Conversion(message) => message.clone(),
-        other => other.to_string(),
-    };
-    // SAFETY: `state` is NULL or the live state of this interpreter's module.
-    let state = unsafe { state.as_ref() };
-    let module_exc = |pick: fn(&ModuleState) -> *mut ffi::PyObject| -> *mut ffi::PyObject {
-        state.map_or(ptr::null_mut(), pick)
-    };
-    // SAFETY: reading CPython's static exception types.
-    let exc_type = unsafe {
-        match &err {
-            Error::ChannelClosed => module_exc(|s| s.closed_error),
-            Error::ChannelEmpty => module_exc(|s| s.empty_error),
-            Error::ChannelFull => module_exc(|s| s.full_error),
-            Error::Timeout | Error::Interrupted(InterruptReason::Timeout) => {
-                ffi::PyExc_TimeoutError
-            }
-            Error::Interrupted(InterruptReason::Cancelled) => ffi::PyExc_KeyboardInterrupt,
-            Error::Unshareable { .. } => ffi::PyExc_TypeError,
-            Error::Conversion(_) | Error::InvalidArgument(_) => ffi::PyExc_ValueError,
-            Error::OutOfMemory(_) => ffi::PyExc_MemoryError,
-            Error::Python(exc) => builtin_exception(py, &exc.type_name),
-            _ => ffi::PyExc_RuntimeError,
-        }
-    };
-    let exc_type = if exc_type.is_null() {
-        // SAFETY: reading a static exception type.
-        unsafe { ffi::PyExc_RuntimeError }
-    } else {
-        exc_type
-    };
-    let text = super::object::cstring(&message);
-    // SAFETY: GIL held; `exc_type` is an exception class; `text` is NUL-terminated.
-    unsafe { ffi::PyErr_SetString(exc_type, text.as_ptr()) };
-}
-
-/// The built-in exception class named `builtins.X`, or `RuntimeError` for anything else.
-fn builtin_exception(py: Python<'_>, type_name: &str) -> *mut ffi::PyObject {
-    let fallback = || {
-        // SAFETY: reading a static exception type.
-        unsafe { ffi::PyExc_RuntimeError }
-    };
-    let Some(short) = type_name.strip_prefix("builtins.") else {
-        return fallback();
-    };
-    match py.builtins().and_then(|b| b.getattr(short)) {
-        // SAFETY: GIL held; checks whether a live object is an exception class. Built-in
-        // exception classes are immortal statics, so the borrowed pointer stays valid.
-        Ok(cls) if unsafe { ffi::PyExceptionClass_Check(cls.as_ptr()) } != 0 => cls.as_ptr(),
-        _ => {
-            // SAFETY: GIL held.
-            unsafe { ffi::PyErr_Clear() };
-            fallback()
-        }
-    }
-}
-
 /// The module state of the module that defined `obj`'s type.
-fn state_of_type(obj: *mut ffi::PyObject) -> *mut ModuleState {
+fn state_of_type(obj: &PyObj<'_>) -> *mut ModuleState {
     // SAFETY: `obj` is an instance of one of our heap types, made by PyType_FromModuleAndSpec.
-    unsafe { ffi::PyType_GetModuleState(ffi::Py_TYPE(obj)).cast() }
+    unsafe { ffi::PyType_GetModuleState(ffi::Py_TYPE(obj.as_ptr())).cast() }
 }
 
 fn state_of_module(module: *mut ffi::PyObject) -> *mut ModuleState {
@@ -388,78 +265,82 @@ fn state_of_module(module: *mut ffi::PyObject) -> *mut ModuleState {
 
 // ---------------------------------------------------------------- module lifecycle
 
-unsafe extern "C" fn module_exec(module: *mut ffi::PyObject) -> c_int {
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        let state = state_of_module(module);
-        let defs = defs();
-        // SAFETY: GIL held during module execution; `state` is this module's zeroed state;
-        // every object created is stored with its own strong reference and also added to the
-        // module (PyModule_AddObjectRef does not steal).
-        unsafe {
-            let channel_type =
-                ffi::PyType_FromModuleAndSpec(module, defs.channel_spec, ptr::null_mut());
-            if channel_type.is_null() {
-                return -1;
-            }
-            (*state).channel_type = channel_type;
-            let buffer_type =
-                ffi::PyType_FromModuleAndSpec(module, defs.buffer_spec, ptr::null_mut());
-            if buffer_type.is_null() {
-                return -1;
-            }
-            (*state).buffer_type = buffer_type;
-            for (name, obj) in [(c"Channel", channel_type), (c"Buffer", buffer_type)] {
-                if ffi::PyModule_AddObjectRef(module, name.as_ptr(), obj) < 0 {
-                    return -1;
-                }
-            }
-            let exceptions: [(&CStr, &CStr, &CStr, *mut *mut ffi::PyObject); 4] = [
-                (
-                    c"ChannelClosed",
-                    c"subinterp.ChannelClosed",
-                    c"The channel is closed (and, for receives, drained).",
-                    ptr::addr_of_mut!((*state).closed_error),
-                ),
-                (
-                    c"ChannelEmpty",
-                    c"subinterp.ChannelEmpty",
-                    c"try_recv() found no message.",
-                    ptr::addr_of_mut!((*state).empty_error),
-                ),
-                (
-                    c"ChannelFull",
-                    c"subinterp.ChannelFull",
-                    c"try_send() found the channel full.",
-                    ptr::addr_of_mut!((*state).full_error),
-                ),
-                (
-                    c"ReceiveError",
-                    c"subinterp.ReceiveError",
-                    c"A message could not be rebuilt in this interpreter (e.g. its class is not \
-                      importable here). The pickled bytes are in .pickled, the sender's type \
-                      name in .type_name: the message is not lost.",
-                    ptr::addr_of_mut!((*state).receive_error),
-                ),
-            ];
-            for (short, full, doc, slot) in exceptions {
-                let exc = ffi::PyErr_NewExceptionWithDoc(
-                    full.as_ptr(),
-                    doc.as_ptr(),
-                    ptr::null_mut(),
-                    ptr::null_mut(),
-                );
-                if exc.is_null() {
-                    return -1;
-                }
-                *slot = exc;
-                if ffi::PyModule_AddObjectRef(module, short.as_ptr(), exc) < 0 {
-                    return -1;
-                }
-            }
-            0
+fn module_exec(py: Python<'_>, module: &PyObj<'_>) -> Outcome<()> {
+    let module = module.as_ptr();
+    let state = state_of_module(module);
+    if state.is_null() {
+        return Err(Failure::Error(Error::InvalidArgument(
+            "the subinterp module has no state".into(),
+        )));
+    }
+    let defs = defs();
+    let fail = || Err(Failure::Error(py.fetch_error()));
+    // SAFETY: GIL held during module execution; `state` is this module's zeroed state;
+    // every object created is stored with its own strong reference and also added to the
+    // module (PyModule_AddObjectRef does not steal). Each failure leaves an exception set,
+    // fetched into the error.
+    unsafe {
+        let channel_type =
+            ffi::PyType_FromModuleAndSpec(module, defs.channel_spec, ptr::null_mut());
+        if channel_type.is_null() {
+            return fail();
         }
-    }));
-    result.unwrap_or(-1)
+        (*state).channel_type = channel_type;
+        let buffer_type = ffi::PyType_FromModuleAndSpec(module, defs.buffer_spec, ptr::null_mut());
+        if buffer_type.is_null() {
+            return fail();
+        }
+        (*state).buffer_type = buffer_type;
+        for (name, obj) in [(c"Channel", channel_type), (c"Buffer", buffer_type)] {
+            if ffi::PyModule_AddObjectRef(module, name.as_ptr(), obj) < 0 {
+                return fail();
+            }
+        }
+        let exceptions: [(&CStr, &CStr, &CStr, *mut *mut ffi::PyObject); 4] = [
+            (
+                c"ChannelClosed",
+                c"subinterp.ChannelClosed",
+                c"The channel is closed (and, for receives, drained).",
+                ptr::addr_of_mut!((*state).closed_error),
+            ),
+            (
+                c"ChannelEmpty",
+                c"subinterp.ChannelEmpty",
+                c"try_recv() found no message.",
+                ptr::addr_of_mut!((*state).empty_error),
+            ),
+            (
+                c"ChannelFull",
+                c"subinterp.ChannelFull",
+                c"try_send() found the channel full.",
+                ptr::addr_of_mut!((*state).full_error),
+            ),
+            (
+                c"ReceiveError",
+                c"subinterp.ReceiveError",
+                c"A message could not be rebuilt in this interpreter (e.g. its class is not \
+                  importable here). The pickled bytes are in .pickled, the sender's type \
+                  name in .type_name: the message is not lost.",
+                ptr::addr_of_mut!((*state).receive_error),
+            ),
+        ];
+        for (short, full, doc, slot) in exceptions {
+            let exc = ffi::PyErr_NewExceptionWithDoc(
+                full.as_ptr(),
+                doc.as_ptr(),
+                ptr::null_mut(),
+                ptr::null_mut(),
+            );
+            if exc.is_null() {
+                return fail();
+            }
+            *slot = exc;
+            if ffi::PyModule_AddObjectRef(module, short.as_ptr(), exc) < 0 {
+                return fail();
+            }
+        }
+    }
+    Ok(())
 }
 
 fn state_fields(state: &mut ModuleState) -> [&mut *mut ffi::PyObject; 6] {
@@ -473,19 +354,14 @@ fn state_fields(state: &mut ModuleState) -> [&mut *mut ffi::PyObject; 6] {
     ]
 }
 
-unsafe extern "C" fn module_traverse(
-    module: *mut ffi::PyObject,
-    visit: ffi::visitproc,
-    arg: *mut c_void,
-) -> c_int {
+fn module_traverse(module: *mut ffi::PyObject, visit: Visit) -> c_int {
     // SAFETY: called by the GC with a valid module; the state may be NULL before exec.
     let Some(state) = (unsafe { state_of_module(module).as_mut() }) else {
         return 0;
     };
     for field in state_fields(state) {
-        if !field.is_null() {
-            // SAFETY: visiting an object we hold a strong reference to.
-            let r = unsafe { visit(*field, arg) };
+        if let Some(obj) = ptr::NonNull::new(*field) {
+            let r = visit.call(obj);
             if r != 0 {
                 return r;
             }
@@ -494,7 +370,7 @@ unsafe extern "C" fn module_traverse(
     0
 }
 
-unsafe extern "C" fn module_clear(module: *mut ffi::PyObject) -> c_int {
+fn module_clear(module: *mut ffi::PyObject, (): ()) -> c_int {
     // SAFETY: called by CPython with a valid module; the state may be NULL.
     if let Some(state) = unsafe { state_of_module(module).as_mut() } {
         for field in state_fields(state) {
@@ -508,64 +384,47 @@ unsafe extern "C" fn module_clear(module: *mut ffi::PyObject) -> c_int {
     0
 }
 
-unsafe extern "C" fn module_free(module: *mut c_void) {
-    // SAFETY: CPython passes the module object being freed.
-    unsafe { module_clear(module.cast()) };
+fn module_free(module: *mut ffi::PyObject, (): ()) {
+    module_clear(module, ());
 }
 
 // ---------------------------------------------------------------- argument parsing
 
-/// Parses `(args, kwargs)` against parameter `names`, the first `required` of which are
-/// required. Returns one slot per name.
-fn parse<'py>(
-    py: Python<'py>,
+/// Parses the arguments of a call against parameter `names`, the first `required` of
+/// which are required. Returns one slot per name.
+fn parse<'py, const N: usize>(
+    args: &FastArgs<'_, 'py>,
     fname: &str,
-    args: *mut ffi::PyObject,
-    kwargs: *mut ffi::PyObject,
-    names: &[&str],
+    names: [&str; N],
     required: usize,
-) -> Result<Vec<Option<PyObj<'py>>>> {
-    let mut out: Vec<Option<PyObj<'py>>> = (0..names.len()).map(|_| None).collect();
-    let n = if args.is_null() {
-        0
-    } else {
-        // SAFETY: `args` is the argument tuple CPython passed.
-        unsafe { ffi::PyTuple_Size(args) }
-    };
-    let n = usize::try_from(n).unwrap_or(0);
-    if n > names.len() {
+) -> Result<[Option<PyObj<'py>>; N]> {
+    let py = args.py();
+    let mut out: [Option<PyObj<'py>>; N] = std::array::from_fn(|_| None);
+    let n = args.positional_len();
+    if n > N {
         return Err(py.new_error(
             ExcKind::Type,
-            &format!(
-                "{fname}() takes at most {} arguments ({n} given)",
-                names.len()
-            ),
+            &format!("{fname}() takes at most {N} arguments ({n} given)"),
         ));
     }
     for (i, slot) in out.iter_mut().enumerate().take(n) {
-        // SAFETY: index within the tuple's size; borrowed item.
-        *slot = Some(py.borrowed(unsafe { ffi::PyTuple_GetItem(args, len(i)) })?);
+        *slot = args.positional(i);
     }
-    if !kwargs.is_null() {
-        let kwargs = py.borrowed(kwargs)?;
-        let keys = kwargs.call_method("keys", &[])?;
-        let keys = py.call(&py.builtins()?.getattr("list")?, &[&keys])?;
-        for key in keys.to_value()?.as_slice().unwrap_or(&[]) {
-            let key = key.as_str().unwrap_or_default().to_owned();
-            let Some(index) = names.iter().position(|n| *n == key) else {
-                return Err(py.new_error(
-                    ExcKind::Type,
-                    &format!("{fname}() got an unexpected keyword argument '{key}'"),
-                ));
-            };
-            if out[index].is_some() {
-                return Err(py.new_error(
-                    ExcKind::Type,
-                    &format!("{fname}() got multiple values for argument '{key}'"),
-                ));
-            }
-            out[index] = Some(kwargs.get_item(&py.str(&key)?)?);
+    for k in 0..args.keyword_len() {
+        let key = args.keyword_name(k).unwrap_or("");
+        let Some(index) = names.iter().position(|n| *n == key) else {
+            return Err(py.new_error(
+                ExcKind::Type,
+                &format!("{fname}() got an unexpected keyword argument '{key}'"),
+            ));
+        };
+        if out[index].is_some() {
+            return Err(py.new_error(
+                ExcKind::Type,
+                &format!("{fname}() got multiple values for argument '{key}'"),
+            ));
         }
+        out[index] = args.keyword_value(k);
     }
     for (i, name) in names.iter().enumerate().take(required) {
         if out[i].is_none() {
@@ -576,6 +435,11 @@ fn parse<'py>(
         }
     }
     Ok(out)
+}
+
+/// A required argument, checked present by [`parse`].
+fn required<'a, 'py>(arg: &'a Option<PyObj<'py>>) -> &'a PyObj<'py> {
+    arg.as_ref().expect("parse checks required arguments")
 }
 
 /// The longest timeout accepted, in seconds: `threading.TIMEOUT_MAX` on Linux.
@@ -628,114 +492,105 @@ fn too_large(py: Python<'_>) -> Error {
 
 // ---------------------------------------------------------------- module functions
 
-unsafe extern "C" fn module_id(
-    module: *mut ffi::PyObject,
-    args: *mut ffi::PyObject,
-    kwargs: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    trampoline(state_of_module(module), |py| {
-        parse(py, "id", args, kwargs, &[], 0)?;
-        py.to_object(&Value::Int(py.interpreter_id()))
-    })
+fn module_id<'py>(
+    py: Python<'py>,
+    _: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    parse(args, "id", [], 0)?;
+    Ok(py.to_object(&Value::Int(py.interpreter_id()))?)
 }
 
-unsafe extern "C" fn module_prepare_in_main(
-    module: *mut ffi::PyObject,
-    args: *mut ffi::PyObject,
-    kwargs: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    trampoline(state_of_module(module), |py| {
-        let a = parse(py, "_prepare_in_main", args, kwargs, &["name", "path"], 2)?;
-        let name = a[0].as_ref().expect("required").extract_str()?;
-        let list = a[1].as_ref().expect("required");
-        // SAFETY: GIL held; checks the type of a live object.
-        if unsafe { ffi::PyList_Check(list.as_ptr()) } == 0 {
-            return Err(py.new_error(ExcKind::Type, "path must be a list of str"));
+fn module_prepare_in_main<'py>(
+    py: Python<'py>,
+    _: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    let a = parse(args, "_prepare_in_main", ["name", "path"], 2)?;
+    let name = required(&a[0]).extract_str()?;
+    let list = required(&a[1]);
+    // SAFETY: GIL held; checks the type of a live object.
+    if unsafe { ffi::PyList_Check(list.as_ptr()) } == 0 {
+        return Err(py
+            .new_error(ExcKind::Type, "path must be a list of str")
+            .into());
+    }
+    // Entries that are not str, or not UTF-8 (a directory name with surrogate
+    // escapes), are left out: the main interpreter cannot be given them as text.
+    let mut path = Vec::new();
+    for i in 0..list
+        .call_method("__len__", &[])?
+        .to_value()?
+        .as_i64()
+        .unwrap_or(0)
+    {
+        let item = list.get_item(&py.to_object(&Value::Int(i))?)?;
+        if let Some(entry) = super::convert::utf8_str(&item) {
+            path.push(entry);
         }
-        // Entries that are not str, or not UTF-8 (a directory name with surrogate
-        // escapes), are left out: the main interpreter cannot be given them as text.
-        let mut path = Vec::new();
-        for i in 0..list
-            .call_method("__len__", &[])?
-            .to_value()?
-            .as_i64()
-            .unwrap_or(0)
-        {
-            let item = list.get_item(&py.to_object(&Value::Int(i))?)?;
-            if let Some(entry) = super::convert::utf8_str(&item) {
-                path.push(entry);
-            }
+    }
+    py.allow_threads(move || crate::hazards::prepare(&name, &path));
+    Ok(py.none())
+}
+
+fn module_channel<'py>(
+    py: Python<'py>,
+    module: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    let state = state_of_module(module.as_ptr());
+    let a = parse(args, "channel", ["name", "capacity"], 1)?;
+    let name = required(&a[0]).extract_str()?;
+    let capacity = match a[1].as_ref().filter(|c| !c.is_none()).map(|c| c.to_value()) {
+        None => None,
+        Some(Ok(Value::Int(n))) if n >= 1 => Some(n as usize),
+        Some(_) => {
+            return Err(py
+                .new_error(ExcKind::Value, "capacity must be an int >= 1 or None")
+                .into())
         }
-        py.allow_threads(move || crate::hazards::prepare(&name, &path));
-        Ok(py.none())
-    })
+    };
+    let channel = Channel::named_with(&name, capacity)?;
+    Ok(new_channel_object(py, state, channel)?)
 }
 
-unsafe extern "C" fn module_channel(
-    module: *mut ffi::PyObject,
-    args: *mut ffi::PyObject,
-    kwargs: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    let state = state_of_module(module);
-    trampoline(state, |py| {
-        let a = parse(py, "channel", args, kwargs, &["name", "capacity"], 1)?;
-        let name = a[0].as_ref().expect("required").extract_str()?;
-        let capacity = match a[1].as_ref().filter(|c| !c.is_none()).map(|c| c.to_value()) {
-            None => None,
-            Some(Ok(Value::Int(n))) if n >= 1 => Some(n as usize),
-            Some(_) => {
-                return Err(py.new_error(ExcKind::Value, "capacity must be an int >= 1 or None"))
-            }
-        };
-        let channel = Channel::named_with(&name, capacity)?;
-        new_channel_object(py, state, channel)
-    })
-}
-
-unsafe extern "C" fn module_buffer(
-    module: *mut ffi::PyObject,
-    args: *mut ffi::PyObject,
-    kwargs: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    let state = state_of_module(module);
-    trampoline(state, |py| {
-        let a = parse(
-            py,
-            "buffer",
-            args,
-            kwargs,
-            &["size_or_bytes", "writable"],
-            1,
-        )?;
-        let source = a[0].as_ref().expect("required");
-        let writable = match &a[1] {
-            Some(flag) => {
-                // SAFETY: GIL held; truth test of a live object.
-                let truth = unsafe { ffi::PyObject_IsTrue(flag.as_ptr()) };
-                py.check(truth)?;
-                truth == 1
-            }
-            None => false,
-        };
-        let buffer = match source.to_value() {
-            Ok(Value::Int(n)) if n >= 0 => SharedBuffer::new(n as usize, writable)?,
-            Ok(Value::Bytes(data)) => SharedBuffer::from_bytes(&data, writable)?,
-            _ => {
-                // Any other object exporting the buffer protocol (memoryview, array, ...).
-                let data = py.call(&py.builtins()?.getattr("bytes")?, &[source])?;
-                match data.to_value()? {
-                    Value::Bytes(data) => SharedBuffer::from_bytes(&data, writable)?,
-                    _ => {
-                        return Err(py.new_error(
+fn module_buffer<'py>(
+    py: Python<'py>,
+    module: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    let state = state_of_module(module.as_ptr());
+    let a = parse(args, "buffer", ["size_or_bytes", "writable"], 1)?;
+    let source = required(&a[0]);
+    let writable = match &a[1] {
+        Some(flag) => {
+            // SAFETY: GIL held; truth test of a live object.
+            let truth = unsafe { ffi::PyObject_IsTrue(flag.as_ptr()) };
+            py.check(truth)?;
+            truth == 1
+        }
+        None => false,
+    };
+    let buffer = match source.to_value() {
+        Ok(Value::Int(n)) if n >= 0 => SharedBuffer::new(n as usize, writable)?,
+        Ok(Value::Bytes(data)) => SharedBuffer::from_bytes(&data, writable)?,
+        _ => {
+            // Any other object exporting the buffer protocol (memoryview, array, ...).
+            let data = py.call(&py.builtins()?.getattr("bytes")?, &[source])?;
+            match data.to_value()? {
+                Value::Bytes(data) => SharedBuffer::from_bytes(&data, writable)?,
+                _ => {
+                    return Err(py
+                        .new_error(
                             ExcKind::Type,
                             "buffer() takes a size or a bytes-like object",
-                        ))
-                    }
+                        )
+                        .into())
                 }
             }
-        };
-        new_buffer_object(py, state, buffer, true)
-    })
+        }
+    };
+    Ok(new_buffer_object(py, state, buffer, true)?)
 }
 
 // ---------------------------------------------------------------- Channel
@@ -758,102 +613,78 @@ fn new_channel_object<'py>(
 }
 
 /// The channel behind a Channel object.
-fn channel_of(obj: *mut ffi::PyObject) -> Channel {
+fn channel_of(obj: &PyObj<'_>) -> Channel {
     // SAFETY: `obj` is an instance of our Channel type, whose field is set at creation
     // and only freed at deallocation.
-    unsafe { (*(*obj.cast::<ChannelObject>()).channel).clone() }
+    unsafe { (*(*obj.as_ptr().cast::<ChannelObject>()).channel).clone() }
 }
 
-unsafe extern "C" fn channel_dealloc(obj: *mut ffi::PyObject) {
-    // SAFETY: called once by CPython for an instance of our heap type: free our field,
-    // then the object through its type's tp_free, then drop the instance's type reference.
+fn channel_dealloc(obj: *mut ffi::PyObject) {
+    // SAFETY: called once by the dealloc trampoline for an instance of our Channel type,
+    // which owns the boxed handle (or NULL if allocation of the handle never happened).
     unsafe {
         let handle = (*obj.cast::<ChannelObject>()).channel;
         if !handle.is_null() {
             drop(Box::from_raw(handle));
         }
-        free_instance(obj);
     }
 }
 
-/// Frees an instance of one of our heap types.
-///
-/// # Safety
-/// `obj` is an instance being deallocated whose own fields are already released.
-unsafe fn free_instance(obj: *mut ffi::PyObject) {
-    // SAFETY: guaranteed by the caller; heap-type instances own a reference to their type.
-    unsafe {
-        let ty = ffi::Py_TYPE(obj);
-        let free = ffi::PyType_GetSlot(ty, ffi::Py_tp_free);
-        if !free.is_null() {
-            let free: ffi::freefunc = std::mem::transmute(free);
-            free(obj.cast());
-        }
-        ffi::Py_DecRef(ty.cast());
-    }
+fn channel_send<'py>(
+    py: Python<'py>,
+    slf: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    let state = state_of_type(slf);
+    let a = parse(args, "send", ["obj", "timeout"], 1)?;
+    let timeout = timeout_arg(py, a[1].as_ref())?;
+    let channel = channel_of(slf);
+    let message = to_message(py, state, &channel, required(&a[0]))?;
+    let message = match channel.try_send_message(message) {
+        Ok(()) => return Ok(py.none()),
+        Err((Stop::Full, message)) => message,
+        Err((stop, _)) => return Err(stop_error(stop).into()),
+    };
+    let interrupt = wait::lookup(py.interpreter_id());
+    let deadline = wait::deadline_after(timeout);
+    let (result, late) = py.allow_threads(move || {
+        let mut late = None;
+        let result = channel
+            .send_with(message, deadline, interrupt.as_deref(), &mut late)
+            .map_err(|(stop, _)| stop);
+        (result, late)
+    });
+    result.map_err(stop_error)?;
+    deliver_late_interrupt(py, late);
+    Ok(py.none())
 }
 
-unsafe extern "C" fn channel_send(
-    slf: *mut ffi::PyObject,
-    args: *mut ffi::PyObject,
-    kwargs: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
+fn channel_try_send<'py>(
+    py: Python<'py>,
+    slf: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
     let state = state_of_type(slf);
-    trampoline(state, |py| {
-        let a = parse(py, "send", args, kwargs, &["obj", "timeout"], 1)?;
-        let timeout = timeout_arg(py, a[1].as_ref())?;
-        let channel = channel_of(slf);
-        let message = to_message(py, state, &channel, a[0].as_ref().expect("required"))?;
-        let message = match channel.try_send_message(message) {
-            Ok(()) => return Ok(py.none()),
-            Err((Stop::Full, message)) => message,
-            Err((stop, _)) => return Err(stop_error(stop)),
-        };
-        let interrupt = wait::lookup(py.interpreter_id());
-        let deadline = wait::deadline_after(timeout);
-        let (result, late) = py.allow_threads(move || {
-            let mut late = None;
-            let result = channel
-                .send_with(message, deadline, interrupt.as_deref(), &mut late)
-                .map_err(|(stop, _)| stop);
-            (result, late)
-        });
-        result.map_err(stop_error)?;
-        deliver_late_interrupt(py, late);
-        Ok(py.none())
-    })
+    let a = parse(args, "try_send", ["obj"], 1)?;
+    let channel = channel_of(slf);
+    let message = to_message(py, state, &channel, required(&a[0]))?;
+    channel
+        .try_send_message(message)
+        .map_err(|(stop, _)| stop_error(stop))?;
+    Ok(py.none())
 }
 
-unsafe extern "C" fn channel_try_send(
-    slf: *mut ffi::PyObject,
-    args: *mut ffi::PyObject,
-    kwargs: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
+fn channel_recv<'py>(
+    py: Python<'py>,
+    slf: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
     let state = state_of_type(slf);
-    trampoline(state, |py| {
-        let a = parse(py, "try_send", args, kwargs, &["obj"], 1)?;
-        let channel = channel_of(slf);
-        let message = to_message(py, state, &channel, a[0].as_ref().expect("required"))?;
-        channel
-            .try_send_message(message)
-            .map_err(|(stop, _)| stop_error(stop))?;
-        Ok(py.none())
-    })
-}
-
-unsafe extern "C" fn channel_recv(
-    slf: *mut ffi::PyObject,
-    args: *mut ffi::PyObject,
-    kwargs: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    let state = state_of_type(slf);
-    trampoline(state, |py| {
-        let a = parse(py, "recv", args, kwargs, &["timeout"], 0)?;
-        let timeout = timeout_arg(py, a[0].as_ref())?;
-        let channel = channel_of(slf);
-        let message = blocking_recv(py, &channel, timeout)?;
-        from_message(py, state, &channel, message)
-    })
+    let a = parse(args, "recv", ["timeout"], 0)?;
+    let timeout = timeout_arg(py, a[0].as_ref())?;
+    let channel = channel_of(slf);
+    let message = blocking_recv(py, &channel, timeout)?;
+    from_message(py, state, &channel, message)
 }
 
 fn blocking_recv(py: Python<'_>, channel: &Channel, timeout: Option<Duration>) -> Result<Message> {
@@ -893,96 +724,72 @@ fn stop_error(stop: Stop) -> Error {
     }
 }
 
-unsafe extern "C" fn channel_try_recv(
-    slf: *mut ffi::PyObject,
-    args: *mut ffi::PyObject,
-    kwargs: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
+fn channel_try_recv<'py>(
+    py: Python<'py>,
+    slf: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
     let state = state_of_type(slf);
-    trampoline(state, |py| {
-        parse(py, "try_recv", args, kwargs, &[], 0)?;
-        let channel = channel_of(slf);
-        let message = channel.try_recv_message().map_err(stop_error)?;
-        from_message(py, state, &channel, message)
+    parse(args, "try_recv", [], 0)?;
+    let channel = channel_of(slf);
+    let message = channel.try_recv_message().map_err(stop_error)?;
+    from_message(py, state, &channel, message)
+}
+
+fn channel_close<'py>(
+    py: Python<'py>,
+    slf: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    parse(args, "close", [], 0)?;
+    channel_of(slf).close();
+    Ok(py.none())
+}
+
+fn channel_name<'py>(py: Python<'py>, slf: &PyObj<'py>) -> Outcome<PyObj<'py>> {
+    Ok(match channel_of(slf).name() {
+        Some(name) => py.str(name)?,
+        None => py.none(),
     })
 }
 
-unsafe extern "C" fn channel_close(
-    slf: *mut ffi::PyObject,
-    args: *mut ffi::PyObject,
-    kwargs: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    trampoline(state_of_type(slf), |py| {
-        parse(py, "close", args, kwargs, &[], 0)?;
-        channel_of(slf).close();
-        Ok(py.none())
-    })
+fn channel_capacity<'py>(py: Python<'py>, slf: &PyObj<'py>) -> Outcome<PyObj<'py>> {
+    Ok(py.to_object(&channel_of(slf).capacity().map_or(Value::None, Value::from))?)
 }
 
-unsafe extern "C" fn channel_name(slf: *mut ffi::PyObject, _: *mut c_void) -> *mut ffi::PyObject {
-    trampoline(state_of_type(slf), |py| match channel_of(slf).name() {
-        Some(name) => py.str(name),
-        None => Ok(py.none()),
-    })
+fn channel_closed<'py>(py: Python<'py>, slf: &PyObj<'py>) -> Outcome<PyObj<'py>> {
+    Ok(py.to_object(&Value::Bool(channel_of(slf).is_closed()))?)
 }
 
-unsafe extern "C" fn channel_capacity(
-    slf: *mut ffi::PyObject,
-    _: *mut c_void,
-) -> *mut ffi::PyObject {
-    trampoline(state_of_type(slf), |py| {
-        py.to_object(&channel_of(slf).capacity().map_or(Value::None, Value::from))
-    })
+fn channel_repr<'py>(py: Python<'py>, slf: &PyObj<'py>) -> Outcome<PyObj<'py>> {
+    let channel = channel_of(slf);
+    let name = channel
+        .name()
+        .map_or("<anonymous>".to_owned(), |n| format!("{n:?}"));
+    Ok(py.str(&format!(
+        "<subinterp.Channel {name} len={}{}>",
+        channel.len(),
+        if channel.is_closed() { " closed" } else { "" }
+    ))?)
 }
 
-unsafe extern "C" fn channel_closed(slf: *mut ffi::PyObject, _: *mut c_void) -> *mut ffi::PyObject {
-    trampoline(state_of_type(slf), |py| {
-        py.to_object(&Value::Bool(channel_of(slf).is_closed()))
-    })
+fn channel_len(_py: Python<'_>, slf: &PyObj<'_>) -> Outcome<usize> {
+    Ok(channel_of(slf).len())
 }
 
-unsafe extern "C" fn channel_repr(slf: *mut ffi::PyObject) -> *mut ffi::PyObject {
-    trampoline(state_of_type(slf), |py| {
-        let channel = channel_of(slf);
-        let name = channel
-            .name()
-            .map_or("<anonymous>".to_owned(), |n| format!("{n:?}"));
-        py.str(&format!(
-            "<subinterp.Channel {name} len={}{}>",
-            channel.len(),
-            if channel.is_closed() { " closed" } else { "" }
-        ))
-    })
+fn channel_iter<'py>(_py: Python<'py>, slf: &PyObj<'py>) -> Outcome<PyObj<'py>> {
+    Ok(slf.clone())
 }
 
-unsafe extern "C" fn channel_len(slf: *mut ffi::PyObject) -> ffi::Py_ssize_t {
-    len(channel_of(slf).len())
-}
-
-unsafe extern "C" fn channel_iter(slf: *mut ffi::PyObject) -> *mut ffi::PyObject {
-    // SAFETY: returning a new reference to self.
-    unsafe { ffi::Py_IncRef(slf) };
-    slf
-}
-
-unsafe extern "C" fn channel_iternext(slf: *mut ffi::PyObject) -> *mut ffi::PyObject {
+fn channel_iternext<'py>(py: Python<'py>, slf: &PyObj<'py>) -> Outcome<Option<PyObj<'py>>> {
     let state = state_of_type(slf);
-    let result = trampoline(state, |py| {
-        let channel = channel_of(slf);
-        let message = blocking_recv(py, &channel, None)?;
-        from_message(py, state, &channel, message)
-    });
-    if result.is_null() {
+    let channel = channel_of(slf);
+    match blocking_recv(py, &channel, None) {
+        Ok(message) => from_message(py, state, &channel, message).map(Some),
         // End of iteration: a closed channel stops the loop without an exception.
-        // SAFETY: GIL held; `state` is live; checks and clears the exception just raised.
-        unsafe {
-            let closed = state.as_ref().map_or(ptr::null_mut(), |s| s.closed_error);
-            if !closed.is_null() && ffi::PyErr_ExceptionMatches(closed) != 0 {
-                ffi::PyErr_Clear();
-            }
-        }
+        Err(Error::ChannelClosed) => Ok(None),
+        Err(err) => Err(err.into()),
     }
-    result
 }
 
 // ---------------------------------------------------------------- Buffer
@@ -1009,59 +816,47 @@ fn new_buffer_object<'py>(
     Ok(obj)
 }
 
-/// The shared buffer behind a Buffer object, and whether its views are writable.
-fn buffer_of(obj: *mut ffi::PyObject) -> (SharedBuffer, bool) {
-    // SAFETY: `obj` is an instance of our Buffer type; fields set at creation.
+/// The shared buffer behind a Buffer object, borrowed from it, and whether its views are
+/// writable.
+fn buffer_ref<'a>(obj: &'a PyObj<'_>) -> (&'a SharedBuffer, bool) {
+    // SAFETY: `obj` is an instance of our Buffer type; its fields are set at creation and
+    // the handle is only freed at deallocation, after every borrow of `obj` ended.
     unsafe {
-        let fields = obj.cast::<BufferObject>();
-        ((*(*fields).buffer).clone(), (*fields).writable)
+        let fields = obj.as_ptr().cast::<BufferObject>();
+        (&*(*fields).buffer, (*fields).writable)
     }
 }
 
-unsafe extern "C" fn buffer_dealloc(obj: *mut ffi::PyObject) {
-    // SAFETY: called once by CPython; no view exists any more (each holds a reference).
+fn buffer_of(obj: &PyObj<'_>) -> (SharedBuffer, bool) {
+    let (buffer, writable) = buffer_ref(obj);
+    (buffer.clone(), writable)
+}
+
+fn buffer_dealloc(obj: *mut ffi::PyObject) {
+    // SAFETY: called once by the dealloc trampoline; no view exists any more (each holds
+    // a reference).
     unsafe {
         let handle = (*obj.cast::<BufferObject>()).buffer;
         if !handle.is_null() {
             drop(Box::from_raw(handle));
         }
-        free_instance(obj);
     }
 }
 
-unsafe extern "C" fn buffer_getbuffer(
-    obj: *mut ffi::PyObject,
-    view: *mut ffi::Py_buffer,
-    flags: c_int,
-) -> c_int {
-    let (buffer, writable) = buffer_of(obj);
-    let mem = buffer.mem();
-    // SAFETY: GIL held; the memory stays alive while `obj` does, and the view keeps a
-    // reference to `obj` (PyBuffer_FillInfo sets view->obj). A writable request on a
-    // read-only handle fails with BufferError.
-    unsafe {
-        ffi::PyBuffer_FillInfo(
-            view,
-            obj,
-            mem.as_ptr().cast::<c_void>(),
-            len(mem.len()),
-            c_int::from(!writable),
-            flags,
-        )
-    }
-}
-
-unsafe extern "C" fn buffer_len(obj: *mut ffi::PyObject) -> ffi::Py_ssize_t {
-    len(buffer_of(obj).0.len())
-}
-
-unsafe extern "C" fn buffer_writable(
-    slf: *mut ffi::PyObject,
-    _: *mut c_void,
-) -> *mut ffi::PyObject {
-    trampoline(state_of_type(slf), |py| {
-        py.to_object(&Value::Bool(buffer_of(slf).1))
+fn buffer_getbuffer<'a>(_py: Python<'_>, obj: &'a PyObj<'_>) -> Outcome<Export<'a>> {
+    let (buffer, writable) = buffer_ref(obj);
+    Ok(Export {
+        mem: buffer.mem(),
+        writable,
     })
+}
+
+fn buffer_len(_py: Python<'_>, obj: &PyObj<'_>) -> Outcome<usize> {
+    Ok(buffer_ref(obj).0.len())
+}
+
+fn buffer_writable<'py>(py: Python<'py>, slf: &PyObj<'py>) -> Outcome<PyObj<'py>> {
+    Ok(py.to_object(&Value::Bool(buffer_ref(slf).1))?)
 }
 
 // ---------------------------------------------------------------- messages
@@ -1082,14 +877,14 @@ fn to_message<'py>(
     // SAFETY: `state` is the live state of this interpreter's module.
     let buffer_type = unsafe { (*state).buffer_type };
     if is_instance(obj, buffer_type) {
-        let (buffer, _) = buffer_of(obj.as_ptr());
+        let (buffer, _) = buffer_of(obj);
         return Ok(Message::Buffer(buffer));
     }
     // SAFETY: GIL held; type check of a live object.
     if unsafe { ffi::PyMemoryView_Check(obj.as_ptr()) } != 0 {
         if let Ok(base) = obj.getattr("obj") {
             if is_instance(&base, buffer_type) {
-                let (buffer, _) = buffer_of(base.as_ptr());
+                let (buffer, _) = buffer_of(&base);
                 return Ok(Message::Buffer(buffer));
             }
         }
@@ -1132,19 +927,19 @@ fn from_message<'py>(
     state: *mut ModuleState,
     channel: &Channel,
     message: Message,
-) -> Result<PyObj<'py>> {
+) -> Outcome<PyObj<'py>> {
     match message {
         Message::Value(Value::Bytes(data)) => {
             let obj = py.to_object_bytes(&data);
             channel.recycle_buffer(data);
-            obj
+            Ok(obj?)
         }
-        Message::Value(value) => py.to_object(&value),
+        Message::Value(value) => Ok(py.to_object(&value)?),
         Message::Buffer(buffer) => {
             let writable = buffer.is_writable();
             let handle = new_buffer_object(py, state, buffer, writable)?;
             // SAFETY: GIL held; the memoryview takes its own reference to `handle`.
-            py.own(unsafe { ffi::PyMemoryView_FromObject(handle.as_ptr()) })
+            Ok(py.own(unsafe { ffi::PyMemoryView_FromObject(handle.as_ptr()) })?)
         }
         Message::Pickled { type_name, data } => {
             let pickled = py.to_object(&Value::Bytes(data))?;
@@ -1167,18 +962,17 @@ fn from_message<'py>(
     }
 }
 
-/// Raises `ReceiveError` carrying the pickled bytes and the type name, and returns the
-/// error that tells the trampoline an exception is already set.
+/// Raises `ReceiveError` carrying the pickled bytes and the type name.
 fn raise_receive_error<'py>(
     py: Python<'py>,
     state: *mut ModuleState,
     type_name: &str,
     reason: &str,
     pickled: &PyObj<'py>,
-) -> Error {
+) -> Failure {
     match build_receive_error(py, state, type_name, reason, pickled) {
-        Ok(()) => Error::Conversion(format!("cannot rebuild a received {type_name} object")),
-        Err(err) => err,
+        Ok(()) => Failure::Raised,
+        Err(err) => Failure::Error(err),
     }
 }
 

@@ -1,0 +1,278 @@
+//! Live exceptions: raising an [`Error`] in Python, faithfully.
+//!
+//! Inside a callback from Python into Rust ([`super::callback`]), an exception that Rust
+//! code fetched (a failed call, a failed conversion) is kept alive in a *frame* of the
+//! callback, next to the snapshot made of it. When the same snapshot comes back as the
+//! callback's error, the very exception object is raised again: its type, traceback,
+//! cause, context and attributes are the ones Python code raised. Errors that never were
+//! a live exception of this interpreter (say, an exception of another interpreter
+//! returned through the public API) are rebuilt: the class named by the snapshot when it
+//! is loaded in this interpreter, `RuntimeError` otherwise, with the message and the
+//! cause chain. Raising never prints anything.
+
+use std::cell::RefCell;
+use std::ptr::NonNull;
+
+use pyo3_ffi as ffi;
+
+use super::{PyObj, Python};
+use crate::error::{Error, PyException};
+use crate::wait::InterruptReason;
+
+/// A fetched exception kept by a frame, with the snapshot made of it.
+struct Live {
+    exc: NonNull<ffi::PyObject>,
+    snapshot: PyException,
+}
+
+/// One callback in progress on this thread.
+struct FrameSlot {
+    interp: *mut ffi::PyInterpreterState,
+    live: Option<Live>,
+}
+
+thread_local! {
+    static FRAMES: RefCell<Vec<FrameSlot>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A callback in progress: fetched exceptions are kept until it ends.
+pub(crate) struct Frame<'py> {
+    py: Python<'py>,
+}
+
+impl<'py> Frame<'py> {
+    /// Opens a frame for the callback running under `py`.
+    pub(crate) fn enter(py: Python<'py>) -> Frame<'py> {
+        let interp = current_interp(py);
+        FRAMES.with(|frames| {
+            frames.borrow_mut().push(FrameSlot { interp, live: None });
+        });
+        Frame { py }
+    }
+}
+
+impl Drop for Frame<'_> {
+    fn drop(&mut self) {
+        let slot = FRAMES.with(|frames| frames.borrow_mut().pop());
+        if let Some(Live { exc, .. }) = slot.and_then(|s| s.live) {
+            release(self.py, exc);
+        }
+    }
+}
+
+fn current_interp(_py: Python<'_>) -> *mut ffi::PyInterpreterState {
+    // SAFETY: the token proves a thread state is attached.
+    unsafe { ffi::PyInterpreterState_Get() }
+}
+
+fn release(_py: Python<'_>, exc: NonNull<ffi::PyObject>) {
+    // SAFETY: the token proves the GIL of the interpreter that owns `exc` is held (frames
+    // only keep exceptions of the interpreter they were opened in); we own one reference.
+    unsafe { ffi::Py_DecRef(exc.as_ptr()) };
+}
+
+/// Keeps `exc`, just fetched and snapshotted, in the innermost frame of this thread (if
+/// one is open in this interpreter), replacing the one kept before.
+pub(crate) fn remember(exc: &PyObj<'_>, snapshot: &PyException) {
+    let py = exc.py();
+    let interp = current_interp(py);
+    let replaced = FRAMES.with(|frames| {
+        let mut frames = frames.borrow_mut();
+        let top = frames.last_mut().filter(|top| top.interp == interp)?;
+        // SAFETY: GIL held; the frame takes a strong reference of its own.
+        unsafe { ffi::Py_IncRef(exc.as_ptr()) };
+        let live = Live {
+            exc: NonNull::new(exc.as_ptr()).expect("a live object is never NULL"),
+            snapshot: snapshot.clone(),
+        };
+        top.live.replace(live)
+    });
+    if let Some(old) = replaced {
+        release(py, old.exc);
+    }
+}
+
+/// The exception the innermost frame kept, if its snapshot is `snapshot`.
+fn take_live<'py>(py: Python<'py>, snapshot: &PyException) -> Option<PyObj<'py>> {
+    let interp = current_interp(py);
+    let live = FRAMES.with(|frames| {
+        let mut frames = frames.borrow_mut();
+        let top = frames.last_mut().filter(|top| top.interp == interp)?;
+        if top.live.as_ref()?.snapshot != *snapshot {
+            return None;
+        }
+        top.live.take()
+    })?;
+    // SAFETY: frames keep exceptions of their own interpreter only (checked above), with
+    // a strong reference, which passes to the returned object.
+    Some(unsafe { py.adopt(live.exc) })
+}
+
+/// Raises `err` as a Python exception in the interpreter of `py`.
+pub(crate) fn raise(py: Python<'_>, err: Error) {
+    let exc = match &err {
+        Error::Python(snapshot) => match take_live(py, snapshot) {
+            Some(live) => Some(live),
+            None => rebuild(py, snapshot, 0),
+        },
+        other => plain(py, other),
+    };
+    match exc {
+        Some(exc) => set_raised(exc),
+        None => {
+            // Building the exception failed (no memory): raise what that failure left, or
+            // a MemoryError.
+            // SAFETY: GIL held (the token); static type and message.
+            unsafe {
+                if ffi::PyErr_Occurred().is_null() {
+                    ffi::PyErr_SetString(
+                        ffi::PyExc_MemoryError,
+                        c"could not build the exception to raise".as_ptr(),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Raises `SystemError(message)`, for failures of the bridge itself (a panic).
+pub(crate) fn raise_system_error(_py: Python<'_>, message: &str) {
+    let text = super::object::cstring(message);
+    // SAFETY: GIL held (the token); a static type and a NUL-terminated message.
+    unsafe { ffi::PyErr_SetString(ffi::PyExc_SystemError, text.as_ptr()) };
+}
+
+/// True if an exception is set in this thread.
+pub(crate) fn occurred(_py: Python<'_>) -> bool {
+    // SAFETY: GIL held (the token).
+    !unsafe { ffi::PyErr_Occurred() }.is_null()
+}
+
+fn set_raised(exc: PyObj<'_>) {
+    let ptr = exc.as_ptr();
+    std::mem::forget(exc);
+    // SAFETY: GIL held (the object carries the token); `ptr` is an exception instance and
+    // the call steals the reference handed over by `forget`.
+    unsafe { ffi::PyErr_SetRaisedException(ptr) };
+}
+
+/// The exception for an error that is not a Python exception.
+fn plain<'py>(py: Python<'py>, err: &Error) -> Option<PyObj<'py>> {
+    let builtin = |name: &str| builtin_class(py, name);
+    let (class, message) = match err {
+        Error::ChannelClosed => (subinterp_class(py, "ChannelClosed"), err.to_string()),
+        Error::ChannelEmpty => (subinterp_class(py, "ChannelEmpty"), err.to_string()),
+        Error::ChannelFull => (subinterp_class(py, "ChannelFull"), err.to_string()),
+        Error::Timeout | Error::Interrupted(InterruptReason::Timeout) => {
+            (builtin("TimeoutError"), err.to_string())
+        }
+        Error::Cancelled | Error::Interrupted(InterruptReason::Cancelled) => {
+            (builtin("KeyboardInterrupt"), err.to_string())
+        }
+        Error::Unshareable { .. } => (builtin("TypeError"), err.to_string()),
+        // The exception's type says it is about conversion; the prefix would repeat it.
+        Error::Conversion(message) => (builtin("ValueError"), message.clone()),
+        Error::InvalidArgument(message) => (builtin("ValueError"), message.clone()),
+        Error::OutOfMemory(message) => (builtin("MemoryError"), message.clone()),
+        other => (builtin("RuntimeError"), other.to_string()),
+    };
+    let class = class.or_else(|| builtin("RuntimeError"))?;
+    instantiate(py, &class, &message)
+}
+
+/// Rebuilds an exception from its snapshot: its class if this interpreter has it loaded
+/// and it takes a message, else `RuntimeError("type: message")`; the cause likewise.
+fn rebuild<'py>(py: Python<'py>, snapshot: &PyException, depth: usize) -> Option<PyObj<'py>> {
+    let exc = find_class(py, &snapshot.type_name)
+        .and_then(|class| instantiate(py, &class, &snapshot.message))
+        .or_else(|| {
+            let class = builtin_class(py, "RuntimeError")?;
+            instantiate(py, &class, &snapshot.to_string())
+        })?;
+    if let Some(cause) = snapshot.cause.as_deref().filter(|_| depth < 16) {
+        if let Some(cause) = rebuild(py, cause, depth + 1) {
+            if exc.setattr("__cause__", &cause).is_err() {
+                clear(py);
+            }
+        }
+    }
+    Some(exc)
+}
+
+/// `class(message)`, if that makes an exception instance; `None` (nothing raised) if not.
+fn instantiate<'py>(py: Python<'py>, class: &PyObj<'py>, message: &str) -> Option<PyObj<'py>> {
+    let made = py.str(message).and_then(|m| class.call(&[&m]));
+    match made {
+        // SAFETY: GIL held; a type check of a live object.
+        Ok(exc) if unsafe { ffi::PyExceptionInstance_Check(exc.as_ptr()) } != 0 => Some(exc),
+        Ok(_) => None,
+        Err(_) => {
+            clear(py);
+            None
+        }
+    }
+}
+
+fn clear(_py: Python<'_>) {
+    // SAFETY: GIL held (the token).
+    unsafe { ffi::PyErr_Clear() };
+}
+
+fn is_exception_class(obj: &PyObj<'_>) -> bool {
+    // SAFETY: GIL held (the object carries the token); a type check of a live object.
+    unsafe { ffi::PyExceptionClass_Check(obj.as_ptr()) != 0 }
+}
+
+/// A built-in exception class by name (`"KeyError"`).
+fn builtin_class<'py>(py: Python<'py>, name: &str) -> Option<PyObj<'py>> {
+    let class = py.builtins().and_then(|b| b.getattr(name));
+    match class {
+        Ok(class) if is_exception_class(&class) => Some(class),
+        Ok(_) => None,
+        Err(_) => {
+            clear(py);
+            None
+        }
+    }
+}
+
+/// An exception class of this interpreter's `subinterp` module.
+fn subinterp_class<'py>(py: Python<'py>, name: &str) -> Option<PyObj<'py>> {
+    let class = py.import("subinterp").and_then(|m| m.getattr(name));
+    match class {
+        Ok(class) if is_exception_class(&class) => Some(class),
+        Ok(_) => None,
+        Err(_) => {
+            clear(py);
+            None
+        }
+    }
+}
+
+/// The exception class with qualified name `module.QualName`, if its module is loaded
+/// in this interpreter. Nothing is imported.
+fn find_class<'py>(py: Python<'py>, type_name: &str) -> Option<PyObj<'py>> {
+    if let Some(short) = type_name.strip_prefix("builtins.") {
+        return builtin_class(py, short);
+    }
+    let mut split = type_name.len();
+    while let Some(dot) = type_name[..split].rfind('.') {
+        split = dot;
+        let (module, path) = (&type_name[..dot], &type_name[dot + 1..]);
+        let Ok(Some(mut obj)) = py.loaded_module(module) else {
+            clear(py);
+            continue;
+        };
+        for part in path.split('.') {
+            match obj.getattr(part) {
+                Ok(next) => obj = next,
+                Err(_) => {
+                    clear(py);
+                    return None;
+                }
+            }
+        }
+        return is_exception_class(&obj).then_some(obj);
+    }
+    None
+}
