@@ -1,8 +1,10 @@
 //! Interpreter configuration: presets and a builder over every field of
 //! `PyInterpreterConfig`, validated when an interpreter is built.
 
+use std::any::Any;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -47,6 +49,25 @@ pub struct InterpreterConfig {
     capture_output: bool,
     paths: Vec<PathBuf>,
     shutdown_grace: Duration,
+    host_data: Option<HostData>,
+}
+
+/// A value of the host's choosing attached to an interpreter (compared by identity).
+#[derive(Clone)]
+pub(crate) struct HostData(pub(crate) Arc<dyn Any + Send + Sync>);
+
+impl PartialEq for HostData {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for HostData {}
+
+impl std::fmt::Debug for HostData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HostData(..)")
+    }
 }
 
 /// How long ending an interpreter waits for the threads its code started, by default.
@@ -73,6 +94,7 @@ impl InterpreterConfig {
             capture_output: false,
             paths: Vec::new(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            host_data: None,
         }
     }
 
@@ -94,6 +116,7 @@ impl InterpreterConfig {
             capture_output: false,
             paths: Vec::new(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            host_data: None,
         }
     }
 
@@ -198,6 +221,19 @@ impl InterpreterConfig {
     /// The directories prepended to `sys.path`.
     pub fn paths(&self) -> &[PathBuf] {
         &self.paths
+    }
+
+    /// Attaches `data` to the interpreter: the host functions it calls get it from
+    /// [`Caller::data`](crate::Caller::data) — per tenant, per plugin. Interpreters built
+    /// from clones of this configuration share the value.
+    pub fn host_data<T: Any + Send + Sync>(&mut self, data: T) -> &mut Self {
+        self.host_data = Some(HostData(Arc::new(data)));
+        self
+    }
+
+    /// The host data to attach, if any.
+    pub(crate) fn host_data_value(&self) -> Option<Arc<dyn Any + Send + Sync>> {
+        self.host_data.as_ref().map(|d| Arc::clone(&d.0))
     }
 
     /// Checks the combination; the error says which setting to change.

@@ -222,6 +222,7 @@ impl Interpreter {
         let capture = config.captures_output();
         let grace = config.shutdown_grace_period();
         let paths: Vec<PathBuf> = config.paths().to_vec();
+        let host_data = config.host_data_value();
         let (tx, rx) = unbounded::<Msg>();
         let (ready_tx, ready_rx) = bounded::<Result<(i64, Arc<Interrupts>)>>(1);
         let thread = std::thread::Builder::new()
@@ -244,7 +245,13 @@ impl Interpreter {
                     (true, false) => Some(None),
                     (true, true) => Some(Some(hazards::prepared_in_legacy(&rt.version))),
                 };
-                let setup = sub.with_gil(|py| setup(py, &rt, capture, prepare, &paths));
+                let setup = sub.with_gil(|py| {
+                    setup(py, &rt, capture, prepare, &paths)?;
+                    match host_data {
+                        Some(data) => crate::host::attach_data(py, data),
+                        None => Ok(()),
+                    }
+                });
                 if let Err(err) = setup {
                     sub.end();
                     let _ = ready_tx.send(Err(err));
@@ -358,7 +365,7 @@ impl Interpreter {
         F: for<'py> FnOnce(Python<'py>) -> Result<R> + Send + 'static,
         R: Send + 'static,
     {
-        if std::thread::current().id() == self.thread_id {
+        if std::thread::current().id() == self.thread_id || crate::host::calling_from(self.id) {
             return Err(Error::WouldDeadlock);
         }
         self.submit(f)?.recv().map_err(|_| Error::Closed)?

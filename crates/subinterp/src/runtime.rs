@@ -8,7 +8,9 @@ use crossbeam_channel::{bounded, Sender};
 
 use crate::error::{Error, Result};
 use crate::hazards::{self, Hazard};
+use crate::host::HostModule;
 use crate::raw::lifecycle::{self, InitOptions, MainInterpreter};
+use crate::raw::module::ModuleSpec;
 use crate::raw::Python;
 use crate::value::Value;
 
@@ -26,6 +28,7 @@ pub struct RuntimeConfig {
     site_import: bool,
     use_environment: bool,
     prepare_extensions: Option<bool>,
+    host_modules: Vec<HostModule>,
 }
 
 #[derive(Clone, Debug)]
@@ -54,7 +57,18 @@ impl RuntimeConfig {
             site_import: true,
             use_environment: false,
             prepare_extensions: None,
+            host_modules: Vec::new(),
         }
+    }
+
+    /// Registers a module of native Rust functions that every interpreter of the runtime
+    /// can import ([`HostModule`]). Host modules are built into CPython when it starts:
+    /// they are registered by the configuration that starts the runtime
+    /// ([`Runtime::init`]), and at most 32 can be.
+    pub fn host_module(&mut self, module: HostModule) -> &mut Self {
+        self.host_modules.retain(|m| m.name() != module.name());
+        self.host_modules.push(module);
+        self
     }
 
     /// The Python installation to use (`PYTHONHOME`): the prefix holding `lib/python3.X`.
@@ -246,6 +260,14 @@ fn start(config: &RuntimeConfig) -> Result<RuntimeInner> {
     } else {
         build_python.map(str::to_owned)
     };
+    for module in &config.host_modules {
+        module.validate()?;
+    }
+    let modules: Vec<ModuleSpec> = config
+        .host_modules
+        .iter()
+        .map(HostModule::to_spec)
+        .collect();
     let opts = (home, executable, config.use_environment, config.site_import);
     let (ready_tx, ready_rx) = bounded::<Result<(MainInterpreter, String), String>>(1);
     let (main_tx, main_rx) = crossbeam_channel::unbounded::<MainMsg>();
@@ -258,6 +280,7 @@ fn start(config: &RuntimeConfig) -> Result<RuntimeInner> {
                 executable: executable.as_deref(),
                 use_environment,
                 site_import,
+                modules: &modules,
             };
             match lifecycle::initialize(&init) {
                 Ok((main_ts, main)) => {

@@ -582,3 +582,114 @@ unsafe extern "C" fn init<F: Fn() -> *mut ffi::PyModuleDef + Copy + 'static>() -
         }
     }
 }
+
+/// How many module init functions [`indexed_init_fns`] makes: the most host modules a
+/// runtime can have.
+pub(crate) const MAX_INDEXED_INITS: usize = 32;
+
+/// Module init functions that know their index: the `i`th calls `body(i)` for the module
+/// definition to initialise (for modules defined at run time, which need one init
+/// function each).
+pub(crate) fn indexed_init_fns<F: Fn(usize) -> *mut ffi::PyModuleDef + Copy + 'static>(
+    body: F,
+) -> [unsafe extern "C" fn() -> *mut ffi::PyObject; MAX_INDEXED_INITS] {
+    accept(body);
+    macro_rules! table {
+        ($($i:literal)*) => { [$(indexed_init::<F, $i>),*] };
+    }
+    table!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31)
+}
+
+unsafe extern "C" fn indexed_init<
+    F: Fn(usize) -> *mut ffi::PyModuleDef + Copy + 'static,
+    const I: usize,
+>() -> *mut ffi::PyObject {
+    match catch_unwind(AssertUnwindSafe(|| conjure::<F>()(I))) {
+        // SAFETY: the body returns a complete, static module definition; PyModuleDef_Init
+        // only initialises its object header.
+        Ok(def) if !def.is_null() => unsafe { ffi::PyModuleDef_Init(def) },
+        _ => {
+            // SAFETY: CPython calls init functions with the GIL held; static message.
+            unsafe {
+                ffi::PyErr_SetString(
+                    ffi::PyExc_SystemError,
+                    c"a module definition could not be made".as_ptr(),
+                )
+            };
+            ptr::null_mut()
+        }
+    }
+}
+
+// ---------------------------------------------------------------- capsules
+
+/// The name of every capsule this crate makes.
+const CAPSULE: &CStr = c"subinterp.value";
+
+/// What a capsule of this crate points to: the type of the value, then the value.
+#[repr(C)]
+struct Boxed<T> {
+    type_id: std::any::TypeId,
+    value: T,
+}
+
+/// A new capsule owning `value`, dropped when the capsule is (by a generic destructor).
+pub(crate) fn capsule<'py, T: Send + Sync + 'static>(
+    py: Python<'py>,
+    value: T,
+) -> crate::error::Result<PyObj<'py>> {
+    let boxed = Box::into_raw(Box::new(Boxed {
+        type_id: std::any::TypeId::of::<T>(),
+        value,
+    }));
+    // SAFETY: GIL held (the token); the pointer is non-NULL and owned by the capsule from
+    // here on, freed by `capsule_drop::<T>`; the name is static.
+    let made = unsafe {
+        ffi::PyCapsule_New(
+            boxed.cast::<c_void>(),
+            CAPSULE.as_ptr(),
+            Some(capsule_drop::<T>),
+        )
+    };
+    if made.is_null() {
+        // SAFETY: the capsule was not made, so the box is still ours.
+        drop(unsafe { Box::from_raw(boxed) });
+    }
+    py.own(made)
+}
+
+/// The value of a capsule made by [`capsule`] with a value of type `T`; `None` for any
+/// other object.
+pub(crate) fn capsule_value<'a, T: Send + Sync + 'static>(obj: &'a PyObj<'_>) -> Option<&'a T> {
+    // SAFETY: GIL held (the object carries the token). A capsule named `CAPSULE` points to
+    // a `Boxed<_>` whose first field is the `TypeId` of its value; the value is read only
+    // when that is `T`'s. It lives as long as the capsule, which `obj` keeps alive.
+    unsafe {
+        if ffi::PyCapsule_IsValid(obj.as_ptr(), CAPSULE.as_ptr()) == 0 {
+            return None;
+        }
+        let ptr = ffi::PyCapsule_GetPointer(obj.as_ptr(), CAPSULE.as_ptr());
+        if ptr.is_null() {
+            ffi::PyErr_Clear();
+            return None;
+        }
+        let type_id = *ptr.cast::<std::any::TypeId>();
+        if type_id != std::any::TypeId::of::<T>() {
+            return None;
+        }
+        Some(&(*ptr.cast::<Boxed<T>>()).value)
+    }
+}
+
+unsafe extern "C" fn capsule_drop<T: Send + Sync + 'static>(capsule: *mut ffi::PyObject) {
+    // SAFETY: CPython calls the destructor once, with the capsule this crate made with a
+    // `Boxed<T>` (the destructor is only ever given to such capsules).
+    let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
+        let ptr = ffi::PyCapsule_GetPointer(capsule, CAPSULE.as_ptr());
+        if ptr.is_null() {
+            ffi::PyErr_Clear();
+        } else {
+            drop(Box::from_raw(ptr.cast::<Boxed<T>>()));
+        }
+    }));
+}

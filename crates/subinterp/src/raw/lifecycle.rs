@@ -17,6 +17,8 @@ pub(crate) struct InitOptions<'a> {
     pub executable: Option<&'a str>,
     pub use_environment: bool,
     pub site_import: bool,
+    /// Modules defined at run time, built in to every interpreter.
+    pub modules: &'a [super::module::ModuleSpec],
 }
 
 /// The main interpreter's thread state, detached, owned by the thread that initialised
@@ -58,6 +60,7 @@ pub(crate) fn initialize(
         return Err("Python is already initialised in this process by other code".into());
     }
     super::pymodule::register_builtin()?;
+    super::module::register(opts.modules.to_vec())?;
     // UTF-8 mode (PEP 540): file names, `open()` and the standard streams use UTF-8
     // whatever locale the host process has (a host rarely calls setlocale, which leaves
     // the "C" locale and ASCII otherwise).

@@ -14,6 +14,7 @@ pub(crate) mod callback;
 pub(crate) mod convert;
 pub(crate) mod err;
 pub(crate) mod lifecycle;
+pub(crate) mod module;
 mod object;
 pub(crate) mod pymodule;
 

@@ -158,6 +158,18 @@ impl<'py> Python<'py> {
         self.fetch_error()
     }
 
+    /// The interpreter's own dict (`PyInterpreterState_GetDict`), where per-interpreter
+    /// data of extensions is kept.
+    pub(crate) fn interpreter_dict(self) -> Result<PyObj<'py>> {
+        // SAFETY: GIL held; returns a borrowed reference (NULL without an exception only
+        // when there is no memory for it).
+        let dict = unsafe { ffi::PyInterpreterState_GetDict(ffi::PyInterpreterState_Get()) };
+        if dict.is_null() && !super::err::occurred(self) {
+            return Err(self.new_error(ExcKind::Value, "the interpreter has no dict"));
+        }
+        self.borrowed(dict)
+    }
+
     /// `None`.
     pub fn none(self) -> PyObj<'py> {
         // SAFETY: Py_None is immortal/static and the GIL is held.
@@ -414,6 +426,24 @@ impl<'py> PyObj<'py> {
         // SAFETY: GIL held; both are live objects.
         self.py
             .own(unsafe { ffi::PyObject_GetItem(self.as_ptr(), key.as_ptr()) })
+    }
+
+    /// `self.get(key)` for a `dict`: `None` when the key is absent, or when `self` is not
+    /// a dict or the lookup raised (the exception is dropped).
+    pub(crate) fn dict_get(&self, key: &PyObj<'py>) -> Option<PyObj<'py>> {
+        // SAFETY: GIL held; type check of a live object.
+        if unsafe { ffi::PyDict_Check(self.as_ptr()) } == 0 {
+            return None;
+        }
+        // SAFETY: GIL held; `self` is a dict and `key` a live object; returns a borrowed
+        // reference, or NULL (with an exception only if hashing the key failed).
+        let item = unsafe { ffi::PyDict_GetItemWithError(self.as_ptr(), key.as_ptr()) };
+        if item.is_null() {
+            // SAFETY: GIL held.
+            unsafe { ffi::PyErr_Clear() };
+            return None;
+        }
+        self.py.borrowed(item).ok()
     }
 
     /// `self[key] = value`.

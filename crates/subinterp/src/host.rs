@@ -1,0 +1,522 @@
+//! Host modules: Python modules of native Rust functions that every interpreter of the
+//! runtime can import.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{Error, PyException, Result};
+use crate::interpreter::Args;
+use crate::raw::callback::{self, FastArgs};
+use crate::raw::module::{ExceptionSpec, FunctionSpec, ModuleSpec, NativeFn};
+use crate::raw::{PyObj, Python};
+use crate::value::{from_value, to_value, Value};
+
+/// A Python module whose functions are Rust closures, registered on a runtime with
+/// [`RuntimeConfig::host_module`](crate::RuntimeConfig::host_module) and importable in
+/// every interpreter of that runtime — isolated or legacy, pool workers included.
+///
+/// Each interpreter that imports it gets its own module object, functions and exception
+/// classes (a multi-phase-init module supporting a per-interpreter GIL); the closures are
+/// shared, so they are `Send + Sync`, and run on the thread of the interpreter calling
+/// them, with its GIL held.
+///
+/// ```
+/// use subinterp::{Caller, Error, HostModule};
+///
+/// let game = HostModule::new("game")
+///     .function("add", ["a", "b"], |_: &Caller, (a, b): (i64, i64)| Ok(a + b))
+///     .function("spawn", ["kind", "x", "y"], |_: &Caller, (kind, x, y): (String, f64, Option<f64>)| {
+///         if kind == "dragon" {
+///             return Err(Error::python("game.NotFound", "no dragons here"));
+///         }
+///         Ok(format!("{kind} at {x},{}", y.unwrap_or(0.0)))
+///     })
+///     .exception("NotFound", "LookupError")
+///     .constant("VERSION", "1.2");
+/// ```
+#[derive(Clone)]
+pub struct HostModule {
+    name: String,
+    doc: String,
+    functions: Vec<HostFunction>,
+    exceptions: Vec<(String, String)>,
+    constants: Vec<(String, Value)>,
+}
+
+#[derive(Clone)]
+struct HostFunction {
+    name: String,
+    params: Vec<String>,
+    call: NativeFn,
+}
+
+impl fmt::Debug for HostModule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HostModule")
+            .field("name", &self.name)
+            .field(
+                "functions",
+                &self.functions.iter().map(|f| &f.name).collect::<Vec<_>>(),
+            )
+            .field("exceptions", &self.exceptions)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HostModule {
+    /// A module to be imported as `name` (a Python identifier, without dots).
+    pub fn new(name: impl Into<String>) -> HostModule {
+        HostModule {
+            name: name.into(),
+            doc: String::new(),
+            functions: Vec::new(),
+            exceptions: Vec::new(),
+            constants: Vec::new(),
+        }
+    }
+
+    /// The module's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The module's docstring.
+    pub fn doc(mut self, doc: impl Into<String>) -> Self {
+        self.doc = doc.into();
+        self
+    }
+
+    /// Adds a function `name` with parameters named `params`, each positional or keyword.
+    ///
+    /// The arguments arrive as `P`: a tuple of one typed value per parameter, converted
+    /// through [`Value`] with serde (a parameter of type `Option<T>` may be left out), or
+    /// [`Args`] for the raw positional and keyword values (then `params` only documents
+    /// them and any arguments are accepted). The result converts back to a Python object
+    /// through [`Value`].
+    ///
+    /// Python code gets `TypeError` naming the parameter for a missing, unexpected,
+    /// repeated or mistyped argument. An error the function returns is raised as a Python
+    /// exception: [`Error::python`] picks its class (a built-in one such as
+    /// `"builtins.KeyError"`, or one this module defines with
+    /// [`exception`](Self::exception), as `"game.NotFound"`); an [`Error::Python`] that
+    /// came from Python code the function called ([`Caller::call`]) is raised again as it
+    /// was, with its type, traceback and cause. A panic becomes `SystemError` with the
+    /// panic's message; the interpreter stays usable.
+    pub fn function<P, R, F, const N: usize>(
+        mut self,
+        name: impl Into<String>,
+        params: [&str; N],
+        f: F,
+    ) -> Self
+    where
+        P: Params,
+        R: Serialize,
+        F: Fn(&Caller<'_>, P) -> Result<R> + Send + Sync + 'static,
+    {
+        let name = name.into();
+        let params: Vec<String> = params.iter().map(|p| (*p).to_owned()).collect();
+        let binding = Binding {
+            function: name.clone(),
+            params: params.clone(),
+        };
+        let call: NativeFn = Arc::new(move |py, args| {
+            let _in_call = InCall::enter(py.interpreter_id());
+            let caller = Caller { py };
+            let bound = P::bind(&binding, args)?;
+            let result = f(&caller, bound)?;
+            Ok(py.to_object(&to_value(&result)?)?)
+        });
+        self.functions.push(HostFunction { name, params, call });
+        self
+    }
+
+    /// Adds an exception class `name` deriving from the built-in exception class `base`
+    /// (`"Exception"`, `"LookupError"`, `"ValueError"`...). Python code catches it as
+    /// `module.name`; a function raises it by returning
+    /// `Error::python("module.name", message)`.
+    pub fn exception(mut self, name: impl Into<String>, base: impl Into<String>) -> Self {
+        self.exceptions.push((name.into(), base.into()));
+        self
+    }
+
+    /// Adds a constant: a module attribute holding `value`.
+    pub fn constant(mut self, name: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.constants.push((name.into(), value.into()));
+        self
+    }
+
+    /// Checks the names, for the runtime to refuse a module CPython could not import.
+    pub(crate) fn validate(&self) -> Result<()> {
+        let identifier = |s: &str| {
+            let mut chars = s.chars();
+            chars.next().is_some_and(|c| c == '_' || c.is_alphabetic())
+                && chars.all(|c| c == '_' || c.is_alphanumeric())
+        };
+        let bad = |what: &str, name: &str| {
+            Err(Error::InvalidConfig(format!(
+                "host module {:?}: {what} {name:?} is not a Python identifier",
+                self.name
+            )))
+        };
+        if !identifier(&self.name) {
+            return bad("the module name", &self.name);
+        }
+        for f in &self.functions {
+            if !identifier(&f.name) {
+                return bad("the function name", &f.name);
+            }
+            if let Some(p) = f.params.iter().find(|p| !identifier(p)) {
+                return bad("the parameter name", p);
+            }
+        }
+        for (name, base) in &self.exceptions {
+            if !identifier(name) {
+                return bad("the exception name", name);
+            }
+            if !identifier(base) {
+                return bad("the exception base", base);
+            }
+        }
+        for (name, _) in &self.constants {
+            if !identifier(name) {
+                return bad("the constant name", name);
+            }
+        }
+        if self.doc.contains('\0') {
+            return bad("the docstring", &self.doc);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn to_spec(&self) -> ModuleSpec {
+        ModuleSpec {
+            name: self.name.clone(),
+            doc: self.doc.clone(),
+            functions: self
+                .functions
+                .iter()
+                .map(|f| FunctionSpec {
+                    name: f.name.clone(),
+                    doc: format!("{}({})\n--\n\n", f.name, f.params.join(", ")),
+                    call: Arc::clone(&f.call),
+                })
+                .collect(),
+            exceptions: self
+                .exceptions
+                .iter()
+                .map(|(name, base)| ExceptionSpec {
+                    name: name.clone(),
+                    base: base.clone(),
+                    doc: String::new(),
+                })
+                .collect(),
+            constants: self.constants.clone(),
+        }
+    }
+}
+
+/// The interpreter calling a host function: which one it is, the host data attached to
+/// it, and access to its Python code.
+pub struct Caller<'py> {
+    py: Python<'py>,
+}
+
+impl<'py> Caller<'py> {
+    /// CPython's id of the calling interpreter.
+    pub fn interpreter_id(&self) -> i64 {
+        self.py.interpreter_id()
+    }
+
+    /// The host data attached to the calling interpreter
+    /// ([`InterpreterConfig::host_data`](crate::InterpreterConfig::host_data)), if it is a
+    /// `T`.
+    pub fn data<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        host_data(self.py).and_then(|data| data.downcast::<T>().ok())
+    }
+
+    /// The GIL token of the calling interpreter, for low-level access.
+    pub fn python(&self) -> Python<'py> {
+        self.py
+    }
+
+    /// Calls the Python function `target` (`"module:qualname"`) of the calling
+    /// interpreter and copies its result out. An exception it raises is an
+    /// [`Error::Python`]; returned by the host function, it reaches the Python caller as
+    /// the very exception raised.
+    pub fn call(&self, target: &str, args: impl Into<Args>) -> Result<Value> {
+        let (module, path) = crate::interpreter::parse_target(target)?;
+        crate::interpreter::call_target(self.py, &module, &path, &args.into())
+    }
+
+    /// Runs `f` with the calling interpreter's GIL released, so its other Python threads
+    /// run meanwhile. `f` must not use the interpreter.
+    pub fn allow_threads<T, F: FnOnce() -> T + Send>(&self, f: F) -> T {
+        self.py.allow_threads(f)
+    }
+}
+
+impl fmt::Debug for Caller<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Caller")
+            .field("interpreter", &self.interpreter_id())
+            .finish()
+    }
+}
+
+/// The arguments of a host function, converted from the Python call: `()`, a tuple of up
+/// to eight typed values (one per parameter, each `serde::de::DeserializeOwned`), or
+/// [`Args`]. Implemented by the crate only.
+pub trait Params: sealed::Bind + 'static {}
+
+impl<T: sealed::Bind + 'static> Params for T {}
+
+mod sealed {
+    use super::{Binding, FastArgs, Result};
+
+    /// Conversion of a call's arguments. Sealed: its types are the crate's own, so the
+    /// trait cannot be named or implemented outside it.
+    #[allow(private_interfaces)]
+    pub trait Bind: Sized {
+        fn bind(binding: &Binding, args: &FastArgs<'_, '_>) -> Result<Self>;
+    }
+}
+
+use sealed::Bind;
+
+/// The parameters of a host function.
+pub(crate) struct Binding {
+    function: String,
+    params: Vec<String>,
+}
+
+impl Binding {
+    fn type_error(&self, message: String) -> Error {
+        Error::python(
+            "builtins.TypeError",
+            format!("{}() {message}", self.function),
+        )
+    }
+
+    /// One value per parameter, by position or keyword; `None` where left out.
+    fn slots(&self, args: &FastArgs<'_, '_>, arity: usize) -> Result<Vec<Option<Value>>> {
+        if self.params.len() != arity {
+            return Err(self.type_error(format!(
+                "is declared with {} parameter names for {arity} typed parameters",
+                self.params.len()
+            )));
+        }
+        let n = args.positional_len();
+        if n > arity {
+            return Err(self.type_error(format!(
+                "takes {arity} positional argument{} but {n} were given",
+                if arity == 1 { "" } else { "s" }
+            )));
+        }
+        let mut slots: Vec<Option<Value>> = vec![None; arity];
+        for (i, slot) in slots.iter_mut().enumerate().take(n) {
+            if let Some(obj) = args.positional(i) {
+                *slot = Some(self.convert(i, &obj)?);
+            }
+        }
+        for k in 0..args.keyword_len() {
+            let key = args.keyword_name(k).unwrap_or("");
+            let Some(index) = self.params.iter().position(|p| p == key) else {
+                return Err(self.type_error(format!("got an unexpected keyword argument '{key}'")));
+            };
+            if slots[index].is_some() {
+                return Err(self.type_error(format!("got multiple values for argument '{key}'")));
+            }
+            if let Some(obj) = args.keyword_value(k) {
+                slots[index] = Some(self.convert(index, &obj)?);
+            }
+        }
+        Ok(slots)
+    }
+
+    fn convert(&self, index: usize, obj: &PyObj<'_>) -> Result<Value> {
+        obj.to_value().map_err(|err| match err {
+            Error::Unshareable { type_name, .. } => self.type_error(format!(
+                "argument '{}' must be plain data (None, bool, int, float, str, bytes, list, \
+                 tuple, dict), not {type_name}",
+                self.params[index]
+            )),
+            other => other,
+        })
+    }
+
+    fn typed<T: DeserializeOwned>(&self, index: usize, value: Option<Value>) -> Result<T> {
+        let name = &self.params[index];
+        match value {
+            Some(value) => {
+                let shown = describe(&value);
+                from_value(value).map_err(|err| {
+                    self.type_error(format!(
+                        "argument '{name}': {shown} is not accepted ({err})"
+                    ))
+                })
+            }
+            // Left out: accepted where `None` is (an `Option` parameter).
+            None => from_value(Value::None)
+                .map_err(|_| self.type_error(format!("missing required argument '{name}'"))),
+        }
+    }
+}
+
+fn describe(value: &Value) -> &'static str {
+    match value {
+        Value::None => "None",
+        Value::Bool(_) => "a bool",
+        Value::Int(_) | Value::BigInt(_) => "an int",
+        Value::Float(_) => "a float",
+        Value::Str(_) => "a str",
+        Value::Bytes(_) => "bytes",
+        Value::List(_) => "a list",
+        Value::Tuple(_) => "a tuple",
+        Value::Dict(_) => "a dict",
+    }
+}
+
+#[allow(private_interfaces)]
+impl Bind for Args {
+    fn bind(binding: &Binding, args: &FastArgs<'_, '_>) -> Result<Self> {
+        let mut out = Args::new();
+        for i in 0..args.positional_len() {
+            if let Some(obj) = args.positional(i) {
+                out.positional.push(obj.to_value().map_err(|e| {
+                    binding.type_error(format!("positional argument {}: {e}", i + 1))
+                })?);
+            }
+        }
+        for k in 0..args.keyword_len() {
+            let name = args.keyword_name(k).unwrap_or("").to_owned();
+            if let Some(obj) = args.keyword_value(k) {
+                let value = obj
+                    .to_value()
+                    .map_err(|e| binding.type_error(format!("argument '{name}': {e}")))?;
+                out.keywords.push((name, value));
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[allow(private_interfaces)]
+impl Bind for () {
+    fn bind(binding: &Binding, args: &FastArgs<'_, '_>) -> Result<Self> {
+        binding.slots(args, 0).map(drop)
+    }
+}
+
+macro_rules! params_tuple {
+    ($n:literal: $($t:ident $i:tt),+) => {
+        #[allow(private_interfaces)]
+        impl<$($t: DeserializeOwned + 'static),+> Bind for ($($t,)+) {
+            fn bind(binding: &Binding, args: &FastArgs<'_, '_>) -> Result<Self> {
+                let mut slots = binding.slots(args, $n)?.into_iter();
+                Ok(($(binding.typed::<$t>($i, slots.next().flatten())?,)+))
+            }
+        }
+    };
+}
+params_tuple!(1: A 0);
+params_tuple!(2: A 0, B 1);
+params_tuple!(3: A 0, B 1, C 2);
+params_tuple!(4: A 0, B 1, C 2, D 3);
+params_tuple!(5: A 0, B 1, C 2, D 3, E 4);
+params_tuple!(6: A 0, B 1, C 2, D 3, E 4, G 5);
+params_tuple!(7: A 0, B 1, C 2, D 3, E 4, G 5, H 6);
+params_tuple!(8: A 0, B 1, C 2, D 3, E 4, G 5, H 6, I 7);
+
+// ---------------------------------------------------------------- host data
+
+/// The key of the host data in an interpreter's own dict (`PyInterpreterState_GetDict`).
+const HOST_DATA_KEY: &str = "subinterp.host_data";
+
+/// What the interpreter's dict holds: the host data, in a capsule.
+struct HostData(Arc<dyn Any + Send + Sync>);
+
+/// Attaches `data` to the interpreter of `py`, for [`Caller::data`].
+pub(crate) fn attach_data(py: Python<'_>, data: Arc<dyn Any + Send + Sync>) -> Result<()> {
+    let capsule = callback::capsule(py, HostData(data))?;
+    py.interpreter_dict()?
+        .set_item(&py.str(HOST_DATA_KEY)?, &capsule)
+}
+
+fn host_data(py: Python<'_>) -> Option<Arc<dyn Any + Send + Sync>> {
+    let dict = py.interpreter_dict().ok()?;
+    let capsule = dict.dict_get(&py.str(HOST_DATA_KEY).ok()?)?;
+    callback::capsule_value::<HostData>(&capsule).map(|d| Arc::clone(&d.0))
+}
+
+// ---------------------------------------------------------------- re-entrancy
+
+thread_local! {
+    /// The interpreters whose host functions are running on this thread, innermost last.
+    static CALLS: RefCell<Vec<i64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A host function call in progress on this thread.
+struct InCall;
+
+impl InCall {
+    fn enter(interp: i64) -> InCall {
+        CALLS.with(|c| c.borrow_mut().push(interp));
+        InCall
+    }
+}
+
+impl Drop for InCall {
+    fn drop(&mut self) {
+        CALLS.with(|c| c.borrow_mut().pop());
+    }
+}
+
+/// True if this thread is running a host function called by interpreter `interp`: an
+/// operation on `interp` from here would wait for the call to end.
+pub(crate) fn calling_from(interp: i64) -> bool {
+    CALLS.with(|c| c.borrow().contains(&interp))
+}
+
+impl Error {
+    /// An error raised in Python as an exception of the class `type_name`: a built-in one
+    /// (`"builtins.KeyError"`, or just `"KeyError"`) or any class loaded in the
+    /// interpreter, such as a [`HostModule::exception`] (`"game.NotFound"`). A class that
+    /// is not found there (or does not take a message) is raised as `RuntimeError`
+    /// naming it.
+    pub fn python(type_name: impl Into<String>, message: impl Into<String>) -> Error {
+        let type_name = type_name.into();
+        let type_name = if type_name.contains('.') {
+            type_name
+        } else {
+            format!("builtins.{type_name}")
+        };
+        Error::Python(Box::new(PyException::new(type_name, message.into())))
+    }
+}
+
+impl PyException {
+    /// A snapshot of an exception that was never raised: no traceback beyond its own
+    /// line, no chain.
+    pub fn new(type_name: impl Into<String>, message: impl Into<String>) -> PyException {
+        let type_name = type_name.into();
+        let message = message.into();
+        let traceback = if message.is_empty() {
+            format!("{type_name}\n")
+        } else {
+            format!("{type_name}: {message}\n")
+        };
+        PyException {
+            type_name,
+            message,
+            traceback,
+            cause: None,
+            context: None,
+            exit: None,
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! Host modules: native Rust functions that Python code in every interpreter imports.
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use subinterp::{
+    Args, Caller, Error, HostModule, Interpreter, InterpreterConfig, Runtime, RuntimeConfig, Value,
+};
+
+/// Per-tenant data attached to interpreters.
+struct Tenant {
+    name: String,
+}
+
+/// An interpreter the `reenter` function calls back into.
+static REENTRY: Mutex<Option<Arc<Interpreter>>> = Mutex::new(None);
+
+fn game() -> HostModule {
+    HostModule::new("game")
+        .doc("A game's scripting interface.")
+        .function(
+            "add",
+            ["a", "b"],
+            |_: &Caller, (a, b): (i64, i64)| Ok(a + b),
+        )
+        .function(
+            "spawn",
+            ["kind", "x", "y"],
+            |_: &Caller, (kind, x, y): (String, f64, Option<f64>)| {
+                if kind == "dragon" {
+                    return Err(Error::python("game.NotFound", format!("no {kind} here")));
+                }
+                Ok(format!("{kind} at {x},{}", y.unwrap_or(0.0)))
+            },
+        )
+        .function(
+            "lookup",
+            ["key"],
+            |_: &Caller, (key,): (String,)| -> subinterp::Result<i64> {
+                Err(Error::python("KeyError", key))
+            },
+        )
+        .function(
+            "explode",
+            [],
+            |_: &Caller, (): ()| -> subinterp::Result<()> { panic!("the host function blew up") },
+        )
+        .function(
+            "apply",
+            ["target"],
+            |caller: &Caller, (target,): (String,)| caller.call(&target, ()),
+        )
+        .function("tenant", [], |caller: &Caller, (): ()| {
+            Ok(caller.data::<Tenant>().map(|t| t.name.clone()))
+        })
+        .function("interpreter", [], |caller: &Caller, (): ()| {
+            Ok(caller.interpreter_id())
+        })
+        .function("raw", ["anything"], |_: &Caller, args: Args| {
+            Ok(Value::Tuple(vec![
+                Value::Int(args.positional.len() as i64),
+                Value::List(
+                    args.keywords
+                        .into_iter()
+                        .map(|(k, _)| Value::from(k))
+                        .collect(),
+                ),
+            ]))
+        })
+        .function("reenter", [], |_: &Caller, (): ()| {
+            let interp = REENTRY.lock().unwrap().clone().expect("set by the test");
+            Ok(match interp.eval("1") {
+                Err(Error::WouldDeadlock) => "WouldDeadlock".to_owned(),
+                other => format!("{other:?}"),
+            })
+        })
+        .exception("NotFound", "LookupError")
+        .constant("VERSION", "1.2")
+}
+
+fn runtime() -> Runtime {
+    static RT: OnceLock<Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        let mut config = RuntimeConfig::new();
+        config.host_module(game());
+        Runtime::init(&config).expect("start Python with the host module")
+    })
+    .clone()
+}
+
+fn isolated() -> Interpreter {
+    Interpreter::new(&runtime(), &InterpreterConfig::isolated()).expect("create interpreter")
+}
+
+fn py_err(err: &Error) -> &subinterp::PyException {
+    err.as_python()
+        .unwrap_or_else(|| panic!("expected a Python exception, got {err:?}"))
+}
+
+#[test]
+fn eight_isolated_interpreters_call_the_host_at_once_each_with_its_own_module() {
+    let rt = runtime();
+    let threads: Vec<_> = (0..8i64)
+        .map(|n| {
+            let rt = rt.clone();
+            std::thread::spawn(move || {
+                let interp = Interpreter::new(&rt, &InterpreterConfig::isolated()).unwrap();
+                interp
+                    .exec(&format!(
+                        "import game\n\
+                         assert not hasattr(game, 'marker'), 'a module object of another interpreter'\n\
+                         game.marker = {n}\n\
+                         total = 0\n\
+                         for i in range(2000):\n    total = game.add(total, i + {n})\n"
+                    ))
+                    .unwrap();
+                let total = interp.eval("total").unwrap();
+                let marker = interp.eval("game.marker").unwrap();
+                (n, total, marker, interp.eval("game.interpreter()").unwrap(), interp.id())
+            })
+        })
+        .collect();
+    for thread in threads {
+        let (n, total, marker, seen_id, id) = thread.join().unwrap();
+        assert_eq!(total, Value::Int((0..2000).map(|i| i + n).sum::<i64>()));
+        assert_eq!(marker, Value::Int(n));
+        assert_eq!(
+            seen_id,
+            Value::Int(id),
+            "the caller is the calling interpreter"
+        );
+    }
+}
+
+#[test]
+fn typed_positional_and_keyword_arguments() {
+    let interp = isolated();
+    interp.exec("import game").unwrap();
+    assert_eq!(
+        interp.eval("game.spawn('elf', 1.5, y=2)").unwrap(),
+        Value::from("elf at 1.5,2")
+    );
+    assert_eq!(
+        interp.eval("game.spawn(x=3, kind='orc')").unwrap(),
+        Value::from("orc at 3,0")
+    );
+    assert_eq!(interp.eval("game.VERSION").unwrap(), Value::from("1.2"));
+    assert_eq!(
+        interp.eval("game.raw(1, 2, three=3)").unwrap(),
+        Value::Tuple(vec![Value::Int(2), Value::List(vec![Value::from("three")])])
+    );
+    assert_eq!(
+        interp.eval("game.add.__text_signature__").unwrap(),
+        Value::from("(a, b)")
+    );
+}
+
+#[test]
+fn wrong_arity_and_wrong_types_are_type_errors_naming_the_parameter() {
+    let interp = isolated();
+    interp.exec("import game").unwrap();
+    for (call, needle) in [
+        ("game.add(1)", "missing required argument 'b'"),
+        (
+            "game.add(1, 2, 3)",
+            "takes 2 positional arguments but 3 were given",
+        ),
+        ("game.add(1, c=2)", "unexpected keyword argument 'c'"),
+        ("game.add(1, a=2)", "multiple values for argument 'a'"),
+        ("game.add(1, 'two')", "argument 'b'"),
+        ("game.spawn('elf', x='far')", "argument 'x'"),
+        ("game.add(1, object())", "argument 'b' must be plain data"),
+    ] {
+        let err = interp.eval(call).unwrap_err();
+        let exc = py_err(&err);
+        assert_eq!(exc.type_name, "builtins.TypeError", "{call}: {exc}");
+        assert!(exc.message.contains(needle), "{call}: {}", exc.message);
+    }
+}
+
+#[test]
+fn host_errors_raise_the_exception_class_the_host_chose() {
+    let interp = isolated();
+    interp
+        .exec(
+            "import game\n\
+             try:\n    game.spawn('dragon', 0)\n\
+             except game.NotFound as e:\n    caught = str(e)\n\
+             try:\n    game.lookup('gold')\n\
+             except KeyError as e:\n    key = e.args[0]\n",
+        )
+        .unwrap();
+    assert_eq!(
+        interp.eval("caught").unwrap(),
+        Value::from("no dragon here")
+    );
+    assert_eq!(interp.eval("key").unwrap(), Value::from("gold"));
+    assert_eq!(
+        interp
+            .eval("issubclass(game.NotFound, LookupError)")
+            .unwrap(),
+        Value::Bool(true)
+    );
+    let err = interp.eval("game.spawn('dragon', 0)").unwrap_err();
+    assert_eq!(py_err(&err).type_name, "game.NotFound");
+}
+
+#[test]
+fn a_panic_in_a_host_function_is_a_python_exception_and_the_interpreter_lives_on() {
+    let interp = isolated();
+    interp.exec("import game").unwrap();
+    let err = interp.eval("game.explode()").unwrap_err();
+    let exc = py_err(&err);
+    assert_eq!(exc.type_name, "builtins.SystemError");
+    assert!(exc.message.contains("the host function blew up"), "{exc}");
+    interp
+        .exec("try:\n    game.explode()\nexcept SystemError:\n    survived = game.add(2, 3)\n")
+        .unwrap();
+    assert_eq!(interp.eval("survived").unwrap(), Value::Int(5));
+}
+
+#[test]
+fn a_python_exception_raised_in_a_callback_keeps_its_type_and_traceback() {
+    let interp = isolated();
+    interp
+        .exec(
+            "import game, traceback\n\
+             class Refused(Exception):\n    pass\n\
+             def callback():\n    raise Refused('no') from ValueError('why')\n\
+             def ok():\n    return 7\n\
+             try:\n    game.apply('__main__:callback')\n\
+             except Refused as e:\n    \
+                 caught = (type(e.__cause__).__name__, \
+                           [f.name for f in traceback.extract_tb(e.__traceback__)])\n",
+        )
+        .unwrap();
+    let Value::Tuple(caught) = interp.eval("caught").unwrap() else {
+        panic!("a tuple")
+    };
+    assert_eq!(caught[0], Value::from("ValueError"));
+    assert_eq!(
+        caught[1],
+        Value::List(vec![Value::from("<module>"), Value::from("callback")])
+    );
+    assert_eq!(
+        interp.eval("game.apply('__main__:ok')").unwrap(),
+        Value::Int(7)
+    );
+}
+
+#[test]
+fn each_interpreter_sees_its_own_host_data() {
+    let rt = runtime();
+    let make = |name: &str| {
+        let mut config = InterpreterConfig::isolated();
+        config.host_data(Tenant {
+            name: name.to_owned(),
+        });
+        Interpreter::new(&rt, &config).unwrap()
+    };
+    let (a, b) = (make("acme"), make("globex"));
+    let plain = isolated();
+    for (interp, expected) in [
+        (&a, Value::from("acme")),
+        (&b, Value::from("globex")),
+        (&plain, Value::None),
+    ] {
+        assert_eq!(
+            interp.eval("__import__('game').tenant()").unwrap(),
+            expected
+        );
+    }
+}
+
+#[test]
+fn calling_back_into_the_same_interpreter_is_would_deadlock_another_works() {
+    let interp = Arc::new(isolated());
+    *REENTRY.lock().unwrap() = Some(Arc::clone(&interp));
+    assert_eq!(
+        interp.eval("__import__('game').reenter()").unwrap(),
+        Value::from("WouldDeadlock")
+    );
+    // From a thread of the interpreter, too: it could otherwise wait for itself.
+    interp
+        .exec(
+            "import threading, game\n\
+             out = []\n\
+             t = threading.Thread(target=lambda: out.append(game.reenter()))\n\
+             t.start(); t.join()\n",
+        )
+        .unwrap();
+    assert_eq!(
+        interp.eval("out").unwrap(),
+        Value::List(vec![Value::from("WouldDeadlock")])
+    );
+    let other = isolated();
+    assert_eq!(
+        other.eval("__import__('game').reenter()").unwrap(),
+        Value::from("Ok(Int(1))")
+    );
+    *REENTRY.lock().unwrap() = None;
+}
+
+#[test]
+fn legacy_interpreters_import_host_modules_too() {
+    let interp = Interpreter::new(&runtime(), &InterpreterConfig::legacy()).unwrap();
+    assert_eq!(
+        interp.eval("__import__('game').add(20, 22)").unwrap(),
+        Value::Int(42)
+    );
+}
