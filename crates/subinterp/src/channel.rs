@@ -128,7 +128,7 @@ pub(crate) enum Stop {
 }
 
 impl Stop {
-    fn into_error(self) -> Error {
+    pub(crate) fn into_error(self) -> Error {
         match self {
             Stop::Closed => Error::ChannelClosed,
             Stop::TimedOut => Error::Timeout,

@@ -2,19 +2,22 @@
 //! runtime can import.
 
 use std::any::Any;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::channel::{Channel, Message, Stop};
 use crate::error::{Error, PyException, Result};
 use crate::interpreter::Args;
 use crate::raw::callback::{self, FastArgs};
 use crate::raw::module::{ExceptionSpec, FunctionSpec, ModuleSpec, NativeFn};
 use crate::raw::{PyObj, Python};
 use crate::value::{from_value, to_value, Value};
+use crate::wait::{self, InterruptReason, InterruptState, WaitSlot};
 
 /// A Python module whose functions are Rust closures, registered on a runtime with
 /// [`RuntimeConfig::host_module`](crate::RuntimeConfig::host_module) and importable in
@@ -257,6 +260,120 @@ impl<'py> Caller<'py> {
     /// run meanwhile. `f` must not use the interpreter.
     pub fn allow_threads<T, F: FnOnce() -> T + Send>(&self, f: F) -> T {
         self.py.allow_threads(f)
+    }
+}
+
+impl Caller<'_> {
+    /// Runs a blocking part of a host function with the calling interpreter's GIL
+    /// released — its other Python threads run meanwhile — and interruptible: a pool
+    /// deadline, a cancellation or [`InterruptHandle::interrupt`](crate::InterruptHandle)
+    /// reaches the [`Interrupt`] that `f` gets, at once. `f` waits through it
+    /// ([`Interrupt::sleep`], [`Interrupt::recv`]) or polls it ([`Interrupt::check`]).
+    ///
+    /// When `f` saw the interrupt, the result is [`Error::Interrupted`] (raised in Python
+    /// as `TimeoutError` or `KeyboardInterrupt`). An interrupt that arrives after `f` last
+    /// looked is not lost: `f`'s result is returned and the interrupt raised at the next
+    /// bytecode boundary.
+    pub fn blocking<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send,
+        F: FnOnce(&Interrupt) -> Result<T> + Send,
+    {
+        let state = wait::lookup(self.interpreter_id());
+        let (result, late) = self.py.allow_threads(move || {
+            let slot = state.as_ref().map(|s| s.enter_wait());
+            let interrupt = Interrupt {
+                slot: slot.clone(),
+                state: state.clone(),
+                seen: Cell::new(None),
+            };
+            let result = f(&interrupt);
+            let late = match (&state, &slot) {
+                (Some(state), Some(slot)) => state.leave_wait(slot),
+                _ => None,
+            };
+            match interrupt.seen.get() {
+                Some(reason) => (Err(Error::Interrupted(reason)), None),
+                None => (result, late),
+            }
+        });
+        if let Some(reason) = late {
+            crate::raw::lifecycle::raise_soon(self.py, reason);
+        }
+        result
+    }
+}
+
+/// The interrupt of a blocking host function ([`Caller::blocking`]): how it learns that
+/// its call was interrupted, and waits that end when it is.
+pub struct Interrupt {
+    slot: Option<Arc<WaitSlot>>,
+    state: Option<Arc<InterruptState>>,
+    seen: Cell<Option<InterruptReason>>,
+}
+
+impl Interrupt {
+    /// Why the call was interrupted, if it was.
+    pub fn reason(&self) -> Option<InterruptReason> {
+        if self.seen.get().is_none() {
+            self.seen.set(self.slot.as_ref().and_then(|s| s.take()));
+        }
+        self.seen.get()
+    }
+
+    /// [`Error::Interrupted`] once the call is interrupted.
+    pub fn check(&self) -> Result<()> {
+        match self.reason() {
+            Some(reason) => Err(Error::Interrupted(reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// Sleeps for `duration`, or less: until the call is interrupted
+    /// ([`Error::Interrupted`]).
+    pub fn sleep(&self, duration: Duration) -> Result<()> {
+        let deadline = wait::deadline_after(Some(duration));
+        loop {
+            self.check()?;
+            let signal = match &self.slot {
+                Some(slot) => Arc::clone(slot.signal()),
+                // Not an interpreter of this crate: nothing can interrupt it.
+                None => {
+                    std::thread::sleep(duration);
+                    return Ok(());
+                }
+            };
+            if !signal.wait(deadline) {
+                return self.check();
+            }
+        }
+    }
+
+    /// Receives from `channel`, waiting at most `timeout` (`None`: without limit) or
+    /// until the call is interrupted. Fails with [`Error::Timeout`],
+    /// [`Error::ChannelClosed`] (closed and drained) or [`Error::Interrupted`].
+    pub fn recv(&self, channel: &Channel, timeout: Option<Duration>) -> Result<Message> {
+        self.check()?;
+        // An interrupt that arrives with a message also reached this call's own wait: the
+        // message is returned and the interrupt raised after the call.
+        let mut late = None;
+        let result = channel.recv_with(
+            wait::deadline_after(timeout),
+            self.state.as_deref(),
+            &mut late,
+        );
+        if let Err(Stop::Interrupted(reason)) = &result {
+            self.seen.set(Some(*reason));
+        }
+        result.map_err(Stop::into_error)
+    }
+}
+
+impl fmt::Debug for Interrupt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Interrupt")
+            .field("reason", &self.seen.get())
+            .finish_non_exhaustive()
     }
 }
 

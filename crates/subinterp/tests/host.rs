@@ -81,7 +81,7 @@ fn runtime() -> Runtime {
     static RT: OnceLock<Runtime> = OnceLock::new();
     RT.get_or_init(|| {
         let mut config = RuntimeConfig::new();
-        config.host_module(game());
+        config.host_module(game()).host_module(waiting());
         Runtime::init(&config).expect("start Python with the host module")
     })
     .clone()
@@ -306,5 +306,75 @@ fn legacy_interpreters_import_host_modules_too() {
     assert_eq!(
         interp.eval("__import__('game').add(20, 22)").unwrap(),
         Value::Int(42)
+    );
+}
+
+/// Host functions that block, for the pool tests below.
+fn waiting() -> HostModule {
+    HostModule::new("waiting")
+        .function("forever", [], |caller: &Caller, (): ()| {
+            caller.blocking(|interrupt| -> subinterp::Result<()> {
+                loop {
+                    interrupt.sleep(std::time::Duration::from_secs(3600))?;
+                }
+            })
+        })
+        .function("recv", ["name"], |caller: &Caller, (name,): (String,)| {
+            let channel = subinterp::Channel::named(&name);
+            caller.blocking(|interrupt| interrupt.recv(&channel, None)?.into_value())
+        })
+}
+
+#[test]
+fn a_blocking_host_function_releases_the_gil_and_is_interrupted_at_a_pool_deadline() {
+    use std::time::{Duration, Instant};
+    use subinterp::{Pool, PoolConfig, TaskOptions};
+    let rt = runtime();
+    let mut config = PoolConfig::new();
+    config.workers(1);
+    let pool = Pool::new(&rt, &config).unwrap();
+    let start = Instant::now();
+    let err = pool
+        .submit_with(
+            "waiting:forever",
+            (),
+            TaskOptions {
+                timeout: Some(Duration::from_millis(200)),
+            },
+        )
+        .unwrap()
+        .wait()
+        .unwrap_err();
+    let took = start.elapsed();
+    assert_eq!(py_err(&err).type_name, "builtins.TimeoutError", "{err}");
+    assert!(took < Duration::from_millis(1100), "took {took:?}");
+    // The worker was interrupted, not replaced, and works on.
+    assert_eq!(
+        pool.submit("game:add", (1, 2)).unwrap().wait().unwrap(),
+        Value::Int(3)
+    );
+
+    // A cancelled task's blocking function returns.
+    let task = pool.submit("waiting:recv", ("host-never-sent",)).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(task.cancel());
+    assert!(matches!(task.wait(), Err(Error::Cancelled)));
+
+    // Other threads of the interpreter run while one waits in the host.
+    let interp = isolated();
+    let name = format!("host-gil-{}", std::process::id());
+    interp
+        .exec(&format!(
+            "import threading, waiting, subinterp\n\
+             got = []\n\
+             t = threading.Thread(target=lambda: got.append(waiting.recv('{name}')))\n\
+             t.start()\n\
+             subinterp.channel('{name}').send('from python')\n\
+             t.join(10)\n"
+        ))
+        .unwrap();
+    assert_eq!(
+        interp.eval("got").unwrap(),
+        Value::List(vec![Value::from("from python")])
     );
 }
