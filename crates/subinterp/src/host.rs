@@ -14,8 +14,10 @@ use crate::channel::{Channel, Message, Stop};
 use crate::error::{Error, PyException, Result};
 use crate::interpreter::Args;
 use crate::raw::callback::{self, FastArgs};
+use crate::raw::convert::scalar;
 use crate::raw::module::{ExceptionSpec, FunctionSpec, ModuleSpec, NativeFn};
 use crate::raw::{PyObj, Python};
+use crate::value::de::{from_scalar, Scalar};
 use crate::value::{from_value, to_value, Value};
 use crate::wait::{self, InterruptReason, InterruptState, WaitSlot};
 
@@ -49,6 +51,8 @@ pub struct HostModule {
     functions: Vec<HostFunction>,
     exceptions: Vec<(String, String)>,
     constants: Vec<(String, Value)>,
+    /// Mistakes found while the module was built, reported when the runtime starts.
+    problems: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -80,6 +84,7 @@ impl HostModule {
             functions: Vec::new(),
             exceptions: Vec::new(),
             constants: Vec::new(),
+            problems: Vec::new(),
         }
     }
 
@@ -123,6 +128,11 @@ impl HostModule {
     {
         let name = name.into();
         let params: Vec<String> = params.iter().map(|p| (*p).to_owned()).collect();
+        if let Some(arity) = P::ARITY.filter(|&a| a != N) {
+            self.problems.push(format!(
+                "function {name:?} names {N} parameters for {arity} typed arguments"
+            ));
+        }
         let binding = Binding {
             function: name.clone(),
             params: params.clone(),
@@ -155,6 +165,12 @@ impl HostModule {
 
     /// Checks the names, for the runtime to refuse a module CPython could not import.
     pub(crate) fn validate(&self) -> Result<()> {
+        if let Some(problem) = self.problems.first() {
+            return Err(Error::InvalidConfig(format!(
+                "host module {:?}: {problem}",
+                self.name
+            )));
+        }
         let identifier = |s: &str| {
             let mut chars = s.chars();
             chars.next().is_some_and(|c| c == '_' || c.is_alphabetic())
@@ -399,6 +415,8 @@ mod sealed {
     /// trait cannot be named or implemented outside it.
     #[allow(private_interfaces)]
     pub trait Bind: Sized {
+        /// How many parameters; `None` for any arguments.
+        const ARITY: Option<usize>;
         fn bind(binding: &Binding, args: &FastArgs<'_, '_>) -> Result<Self>;
     }
 }
@@ -419,26 +437,21 @@ impl Binding {
         )
     }
 
-    /// One value per parameter, by position or keyword; `None` where left out.
-    fn slots(&self, args: &FastArgs<'_, '_>, arity: usize) -> Result<Vec<Option<Value>>> {
-        if self.params.len() != arity {
-            return Err(self.type_error(format!(
-                "is declared with {} parameter names for {arity} typed parameters",
-                self.params.len()
-            )));
-        }
+    /// One object per parameter, by position or keyword; `None` where left out.
+    fn slots<'py, const N: usize>(
+        &self,
+        args: &FastArgs<'_, 'py>,
+    ) -> Result<[Option<PyObj<'py>>; N]> {
         let n = args.positional_len();
-        if n > arity {
+        if n > N {
             return Err(self.type_error(format!(
-                "takes {arity} positional argument{} but {n} were given",
-                if arity == 1 { "" } else { "s" }
+                "takes {N} positional argument{} but {n} were given",
+                if N == 1 { "" } else { "s" }
             )));
         }
-        let mut slots: Vec<Option<Value>> = vec![None; arity];
+        let mut slots: [Option<PyObj<'py>>; N] = std::array::from_fn(|_| None);
         for (i, slot) in slots.iter_mut().enumerate().take(n) {
-            if let Some(obj) = args.positional(i) {
-                *slot = Some(self.convert(i, &obj)?);
-            }
+            *slot = args.positional(i);
         }
         for k in 0..args.keyword_len() {
             let key = args.keyword_name(k).unwrap_or("");
@@ -448,9 +461,7 @@ impl Binding {
             if slots[index].is_some() {
                 return Err(self.type_error(format!("got multiple values for argument '{key}'")));
             }
-            if let Some(obj) = args.keyword_value(k) {
-                slots[index] = Some(self.convert(index, &obj)?);
-            }
+            slots[index] = args.keyword_value(k);
         }
         Ok(slots)
     }
@@ -466,21 +477,37 @@ impl Binding {
         })
     }
 
-    fn typed<T: DeserializeOwned>(&self, index: usize, value: Option<Value>) -> Result<T> {
+    /// Argument `index` as a `T`: a scalar read in place, anything else through a
+    /// [`Value`].
+    fn typed<T: DeserializeOwned>(&self, index: usize, obj: Option<PyObj<'_>>) -> Result<T> {
         let name = &self.params[index];
-        match value {
-            Some(value) => {
-                let shown = describe(&value);
-                from_value(value).map_err(|err| {
-                    self.type_error(format!(
-                        "argument '{name}': {shown} is not accepted ({err})"
-                    ))
-                })
-            }
+        let Some(obj) = obj else {
             // Left out: accepted where `None` is (an `Option` parameter).
-            None => from_value(Value::None)
-                .map_err(|_| self.type_error(format!("missing required argument '{name}'"))),
+            return from_value(Value::None)
+                .map_err(|_| self.type_error(format!("missing required argument '{name}'")));
+        };
+        let mismatch = |shown: &str, err: Error| {
+            self.type_error(format!(
+                "argument '{name}': {shown} is not accepted ({err})"
+            ))
+        };
+        if let Some(scalar) = scalar(&obj) {
+            let shown = describe_scalar(&scalar);
+            return from_scalar(scalar).map_err(|err| mismatch(shown, err));
         }
+        let value = self.convert(index, &obj)?;
+        let shown = describe(&value);
+        from_value(value).map_err(|err| mismatch(shown, err))
+    }
+}
+
+fn describe_scalar(scalar: &Scalar<'_>) -> &'static str {
+    match scalar {
+        Scalar::None => "None",
+        Scalar::Bool(_) => "a bool",
+        Scalar::Int(_) => "an int",
+        Scalar::Float(_) => "a float",
+        Scalar::Str(_) => "a str",
     }
 }
 
@@ -500,6 +527,7 @@ fn describe(value: &Value) -> &'static str {
 
 #[allow(private_interfaces)]
 impl Bind for Args {
+    const ARITY: Option<usize> = None;
     fn bind(binding: &Binding, args: &FastArgs<'_, '_>) -> Result<Self> {
         let mut out = Args::new();
         for i in 0..args.positional_len() {
@@ -524,8 +552,9 @@ impl Bind for Args {
 
 #[allow(private_interfaces)]
 impl Bind for () {
+    const ARITY: Option<usize> = Some(0);
     fn bind(binding: &Binding, args: &FastArgs<'_, '_>) -> Result<Self> {
-        binding.slots(args, 0).map(drop)
+        binding.slots::<0>(args).map(drop)
     }
 }
 
@@ -533,8 +562,9 @@ macro_rules! params_tuple {
     ($n:literal: $($t:ident $i:tt),+) => {
         #[allow(private_interfaces)]
         impl<$($t: DeserializeOwned + 'static),+> Bind for ($($t,)+) {
+            const ARITY: Option<usize> = Some($n);
             fn bind(binding: &Binding, args: &FastArgs<'_, '_>) -> Result<Self> {
-                let mut slots = binding.slots(args, $n)?.into_iter();
+                let mut slots = binding.slots::<$n>(args)?.into_iter();
                 Ok(($(binding.typed::<$t>($i, slots.next().flatten())?,)+))
             }
         }

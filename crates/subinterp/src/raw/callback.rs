@@ -655,20 +655,28 @@ pub(crate) fn capsule<'py, T: Send + Sync + 'static>(
         // SAFETY: the capsule was not made, so the box is still ours.
         drop(unsafe { Box::from_raw(boxed) });
     }
-    py.own(made)
+    let capsule = py.own(made)?;
+    // The context holds the pointer too, for `capsule_value` to read it without comparing
+    // names.
+    // SAFETY: GIL held; `capsule` is the capsule just made.
+    py.check(unsafe { ffi::PyCapsule_SetContext(capsule.as_ptr(), boxed.cast::<c_void>()) })?;
+    Ok(capsule)
 }
 
 /// The value of a capsule made by [`capsule`] with a value of type `T`; `None` for any
 /// other object.
 pub(crate) fn capsule_value<'a, T: Send + Sync + 'static>(obj: &'a PyObj<'_>) -> Option<&'a T> {
-    // SAFETY: GIL held (the object carries the token). A capsule named `CAPSULE` points to
-    // a `Boxed<_>` whose first field is the `TypeId` of its value; the value is read only
-    // when that is `T`'s. It lives as long as the capsule, which `obj` keeps alive.
+    // SAFETY: GIL held (the object carries the token). A capsule whose name is the very
+    // `CAPSULE` pointer was made by `capsule`, whose context points to a `Boxed<_>` whose
+    // first field is the `TypeId` of its value; the value is read only when that is `T`'s.
+    // It lives as long as the capsule, which `obj` keeps alive.
     unsafe {
-        if ffi::PyCapsule_IsValid(obj.as_ptr(), CAPSULE.as_ptr()) == 0 {
+        if ffi::PyCapsule_CheckExact(obj.as_ptr()) == 0
+            || ffi::PyCapsule_GetName(obj.as_ptr()) != CAPSULE.as_ptr()
+        {
             return None;
         }
-        let ptr = ffi::PyCapsule_GetPointer(obj.as_ptr(), CAPSULE.as_ptr());
+        let ptr = ffi::PyCapsule_GetContext(obj.as_ptr());
         if ptr.is_null() {
             ffi::PyErr_Clear();
             return None;

@@ -9,6 +9,7 @@ use pyo3_ffi as ffi;
 use super::object::{len, ExcKind};
 use super::{PyObj, Python};
 use crate::error::{Error, Result};
+use crate::value::de::Scalar;
 use crate::Value;
 
 /// Deeper nesting than this is refused (it is almost always a self-referencing container).
@@ -266,4 +267,44 @@ fn in_container(err: Error, place: &str) -> Error {
         },
         other => other,
     }
+}
+
+/// The object as a plain scalar (`None`, `bool`, an `int` that fits `i64`, `float`, a
+/// UTF-8 `str`), read in place; `None` for anything else, leaving no exception.
+pub(crate) fn scalar<'a>(obj: &'a PyObj<'_>) -> Option<Scalar<'a>> {
+    let p = obj.as_ptr();
+    // SAFETY: the token in `obj` proves the GIL is held and `p` is live; each read is
+    // guarded by its type check; a str's UTF-8 buffer lives as long as the str, which
+    // `obj` keeps alive for `'a`.
+    unsafe {
+        if p == ffi::Py_None() {
+            return Some(Scalar::None);
+        }
+        if ffi::PyBool_Check(p) != 0 {
+            return Some(Scalar::Bool(p == ffi::Py_True()));
+        }
+        if ffi::PyLong_Check(p) != 0 {
+            let mut overflow = 0;
+            let n = ffi::PyLong_AsLongLongAndOverflow(p, &mut overflow);
+            if overflow != 0 || (n == -1 && !ffi::PyErr_Occurred().is_null()) {
+                ffi::PyErr_Clear();
+                return None;
+            }
+            return Some(Scalar::Int(n));
+        }
+        if ffi::PyFloat_Check(p) != 0 {
+            return Some(Scalar::Float(ffi::PyFloat_AS_DOUBLE(p)));
+        }
+        if ffi::PyUnicode_Check(p) != 0 {
+            let mut size: ffi::Py_ssize_t = 0;
+            let data = ffi::PyUnicode_AsUTF8AndSize(p, &mut size);
+            if data.is_null() {
+                ffi::PyErr_Clear();
+                return None;
+            }
+            let bytes = std::slice::from_raw_parts(data.cast::<u8>(), usize::try_from(size).ok()?);
+            return std::str::from_utf8(bytes).ok().map(Scalar::Str);
+        }
+    }
+    None
 }

@@ -19,15 +19,16 @@ use super::{PyObj, Python};
 use crate::error::{Error, PyException};
 use crate::wait::InterruptReason;
 
-/// A fetched exception kept by a frame, with the snapshot made of it.
+/// A fetched exception kept by a frame, with the snapshot made of it and the interpreter
+/// it belongs to.
 struct Live {
     exc: NonNull<ffi::PyObject>,
+    interp: *mut ffi::PyInterpreterState,
     snapshot: PyException,
 }
 
 /// One callback in progress on this thread.
 struct FrameSlot {
-    interp: *mut ffi::PyInterpreterState,
     live: Option<Live>,
 }
 
@@ -43,10 +44,7 @@ pub(crate) struct Frame<'py> {
 impl<'py> Frame<'py> {
     /// Opens a frame for the callback running under `py`.
     pub(crate) fn enter(py: Python<'py>) -> Frame<'py> {
-        let interp = current_interp(py);
-        FRAMES.with(|frames| {
-            frames.borrow_mut().push(FrameSlot { interp, live: None });
-        });
+        FRAMES.with(|frames| frames.borrow_mut().push(FrameSlot { live: None }));
         Frame { py }
     }
 }
@@ -54,8 +52,8 @@ impl<'py> Frame<'py> {
 impl Drop for Frame<'_> {
     fn drop(&mut self) {
         let slot = FRAMES.with(|frames| frames.borrow_mut().pop());
-        if let Some(Live { exc, .. }) = slot.and_then(|s| s.live) {
-            release(self.py, exc);
+        if let Some(live) = slot.and_then(|s| s.live) {
+            release(self.py, live);
         }
     }
 }
@@ -65,10 +63,14 @@ fn current_interp(_py: Python<'_>) -> *mut ffi::PyInterpreterState {
     unsafe { ffi::PyInterpreterState_Get() }
 }
 
-fn release(_py: Python<'_>, exc: NonNull<ffi::PyObject>) {
-    // SAFETY: the token proves the GIL of the interpreter that owns `exc` is held (frames
-    // only keep exceptions of the interpreter they were opened in); we own one reference.
-    unsafe { ffi::Py_DecRef(exc.as_ptr()) };
+/// Drops a kept exception. One of another interpreter than the current one (which the
+/// thread cannot reach safely) is leaked rather than released under the wrong GIL.
+fn release(py: Python<'_>, live: Live) {
+    if live.interp == current_interp(py) {
+        // SAFETY: the token proves the GIL of the interpreter that owns `exc` is held; we
+        // own one reference.
+        unsafe { ffi::Py_DecRef(live.exc.as_ptr()) };
+    }
 }
 
 /// Keeps `exc`, just fetched and snapshotted, in the innermost frame of this thread (if
@@ -78,17 +80,18 @@ pub(crate) fn remember(exc: &PyObj<'_>, snapshot: &PyException) {
     let interp = current_interp(py);
     let replaced = FRAMES.with(|frames| {
         let mut frames = frames.borrow_mut();
-        let top = frames.last_mut().filter(|top| top.interp == interp)?;
+        let top = frames.last_mut()?;
         // SAFETY: GIL held; the frame takes a strong reference of its own.
         unsafe { ffi::Py_IncRef(exc.as_ptr()) };
         let live = Live {
             exc: NonNull::new(exc.as_ptr()).expect("a live object is never NULL"),
+            interp,
             snapshot: snapshot.clone(),
         };
         top.live.replace(live)
     });
     if let Some(old) = replaced {
-        release(py, old.exc);
+        release(py, old);
     }
 }
 
@@ -97,14 +100,15 @@ fn take_live<'py>(py: Python<'py>, snapshot: &PyException) -> Option<PyObj<'py>>
     let interp = current_interp(py);
     let live = FRAMES.with(|frames| {
         let mut frames = frames.borrow_mut();
-        let top = frames.last_mut().filter(|top| top.interp == interp)?;
-        if top.live.as_ref()?.snapshot != *snapshot {
+        let top = frames.last_mut()?;
+        let live = top.live.as_ref()?;
+        if live.interp != interp || live.snapshot != *snapshot {
             return None;
         }
         top.live.take()
     })?;
-    // SAFETY: frames keep exceptions of their own interpreter only (checked above), with
-    // a strong reference, which passes to the returned object.
+    // SAFETY: the kept exception belongs to this interpreter (checked above) and the
+    // frame held a strong reference, which passes to the returned object.
     Some(unsafe { py.adopt(live.exc) })
 }
 

@@ -725,6 +725,140 @@ impl<'de> VariantAccess<'de> for VariantDeserializer {
     }
 }
 
+/// A plain scalar read straight from a Python object, without building a [`Value`]: the
+/// fast path of argument conversion. It deserializes exactly as the same [`Value`] would.
+pub(crate) enum Scalar<'a> {
+    None,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(&'a str),
+}
+
+impl Scalar<'_> {
+    fn into_value(self) -> Value {
+        match self {
+            Scalar::None => Value::None,
+            Scalar::Bool(b) => Value::Bool(b),
+            Scalar::Int(n) => Value::Int(n),
+            Scalar::Float(x) => Value::Float(x),
+            Scalar::Str(s) => Value::Str(s.to_owned()),
+        }
+    }
+}
+
+/// Converts a scalar to `T`, as [`from_value`] converts the equal [`Value`].
+pub(crate) fn from_scalar<T: de::DeserializeOwned>(scalar: Scalar<'_>) -> crate::Result<T> {
+    T::deserialize(ScalarDeserializer(scalar)).map_err(Into::into)
+}
+
+struct ScalarDeserializer<'a>(Scalar<'a>);
+
+impl ScalarDeserializer<'_> {
+    fn value(self) -> ValueDeserializer {
+        ValueDeserializer(self.0.into_value())
+    }
+}
+
+macro_rules! through_value {
+    ($($method:ident($($arg:ident: $ty:ty),*)),* $(,)?) => {
+        $(
+            fn $method<V: Visitor<'de>>(self, $($arg: $ty,)* visitor: V) -> Result<V::Value, Error> {
+                self.value().$method($($arg,)* visitor)
+            }
+        )*
+    };
+}
+
+impl<'de> Deserializer<'de> for ScalarDeserializer<'_> {
+    type Error = Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        match self.0 {
+            Scalar::None => visitor.visit_unit(),
+            Scalar::Bool(b) => visitor.visit_bool(b),
+            Scalar::Int(n) => visitor.visit_i64(n),
+            Scalar::Float(x) => visitor.visit_f64(x),
+            Scalar::Str(s) => visitor.visit_str(s),
+        }
+    }
+
+    fn deserialize_f64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        match self.0 {
+            Scalar::Int(n) => visitor.visit_f64(n as f64),
+            _ => self.deserialize_any(visitor),
+        }
+    }
+
+    fn deserialize_f32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.deserialize_f64(visitor)
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        match self.0 {
+            Scalar::None => visitor.visit_none(),
+            _ => visitor.visit_some(self),
+        }
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        self.value().deserialize_enum(name, variants, visitor)
+    }
+
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        len: usize,
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        self.value().deserialize_tuple_struct(name, len, visitor)
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        self.value().deserialize_struct(name, fields, visitor)
+    }
+
+    fn deserialize_unit_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        self.value().deserialize_unit_struct(name, visitor)
+    }
+
+    through_value! {
+        deserialize_unit(),
+        deserialize_bytes(),
+        deserialize_byte_buf(),
+        deserialize_seq(),
+        deserialize_tuple(len: usize),
+        deserialize_map(),
+        deserialize_ignored_any(),
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 char str string identifier
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::{BTreeMap, HashMap};
@@ -1289,5 +1423,41 @@ mod tests {
             err.to_string(),
             r#"expected i32 for field `_ok1[2]["0abc"]`, found None"#
         );
+    }
+
+    #[test]
+    fn scalars_convert_exactly_as_the_equal_values_do() {
+        use super::{from_scalar, Scalar};
+        fn same<T: serde::de::DeserializeOwned + PartialEq + std::fmt::Debug>(
+            make: impl Fn() -> Scalar<'static>,
+        ) {
+            let by_value = from_value::<T>(make().into_value()).map_err(|e| e.to_string());
+            let by_scalar = from_scalar::<T>(make()).map_err(|e| e.to_string());
+            assert_eq!(by_scalar, by_value);
+        }
+        same::<i64>(|| Scalar::Int(-3));
+        same::<u8>(|| Scalar::Int(300));
+        same::<f64>(|| Scalar::Int(2));
+        same::<f32>(|| Scalar::Float(0.5));
+        same::<i64>(|| Scalar::Float(0.5));
+        same::<bool>(|| Scalar::Bool(true));
+        same::<String>(|| Scalar::Str("abc"));
+        same::<char>(|| Scalar::Str("é"));
+        same::<Option<i64>>(|| Scalar::None);
+        same::<Option<i64>>(|| Scalar::Int(4));
+        same::<()>(|| Scalar::None);
+        same::<()>(|| Scalar::Int(1));
+        same::<Vec<u8>>(|| Scalar::Str("x"));
+        same::<Value>(|| Scalar::Str("v"));
+        #[derive(serde::Deserialize, PartialEq, Debug)]
+        enum Mode {
+            Fast,
+            Slow,
+        }
+        same::<Mode>(|| Scalar::Str("Fast"));
+        same::<Mode>(|| Scalar::Str("Medium"));
+        #[derive(serde::Deserialize, PartialEq, Debug)]
+        struct Meters(f64);
+        same::<Meters>(|| Scalar::Int(3));
     }
 }

@@ -3,7 +3,7 @@
 //! Python objects never leave the interpreter that made them. What crosses is a `Value`:
 //! a deep copy made of plain Rust data, rebuilt as fresh objects on the other side.
 
-mod de;
+pub(crate) mod de;
 mod ser;
 
 use std::fmt;
