@@ -12,6 +12,12 @@
 //!   [`from_value`]).
 //! - [`Error`]: one error type; a Python exception arrives as a [`PyException`] snapshot
 //!   with its type, message, traceback and chain.
+//! - [`HostModule`]: a Python module of native Rust functions (closures taking typed
+//!   arguments), exception classes and constants, registered on the [`RuntimeConfig`]
+//!   and importable in every interpreter, each with its own module object. A function
+//!   gets a [`Caller`]: which interpreter called, its host data
+//!   ([`InterpreterConfig::host_data`]), Python code to call back, and
+//!   [`Caller::blocking`] to wait with the GIL released and stay interruptible.
 //! - [`Python`] and [`PyObj`]: low-level access on an interpreter's own thread
 //!   ([`Interpreter::with_gil`]). The token's lifetime brands the objects made under it,
 //!   so an object can never be used by another interpreter.
