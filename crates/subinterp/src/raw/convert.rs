@@ -12,6 +12,22 @@ use crate::error::{Error, Result};
 use crate::value::de::Scalar;
 use crate::Value;
 
+impl<'py> Python<'py> {
+    /// Builds Python objects from a [`Value`] (a deep copy).
+    pub fn to_object(self, value: &Value) -> Result<PyObj<'py>> {
+        to_object(self, value, 0)
+    }
+}
+
+impl PyObj<'_> {
+    /// Copies the object out as a [`Value`], or fails with
+    /// [`Error::Unshareable`](crate::Error::Unshareable) naming the first object that is
+    /// not plain data.
+    pub fn to_value(&self) -> Result<Value> {
+        to_value(self, 0)
+    }
+}
+
 /// Deeper nesting than this is refused (it is almost always a self-referencing container).
 pub(crate) const MAX_DEPTH: usize = 512;
 
@@ -80,30 +96,6 @@ fn into_raw(obj: PyObj<'_>) -> *mut ffi::PyObject {
     let ptr = obj.as_ptr();
     std::mem::forget(obj);
     ptr
-}
-
-pub(crate) fn str_contents(obj: &PyObj<'_>) -> Result<String> {
-    let py = obj.py();
-    // SAFETY: GIL held; live object.
-    if unsafe { ffi::PyUnicode_Check(obj.as_ptr()) } == 0 {
-        return Err(py.new_error(
-            ExcKind::Type,
-            &format!("expected str, got {}", obj.type_name()),
-        ));
-    }
-    let mut size: ffi::Py_ssize_t = 0;
-    // SAFETY: `obj` is a str; the returned buffer lives as long as `obj` and holds `size`
-    // bytes of UTF-8 (NULL with UnicodeEncodeError for lone surrogates).
-    let data = unsafe { ffi::PyUnicode_AsUTF8AndSize(obj.as_ptr(), &mut size) };
-    if data.is_null() {
-        return Err(py.fetch_error());
-    }
-    let size = usize::try_from(size).unwrap_or(0);
-    // SAFETY: see above: `size` valid bytes at `data`, alive while `obj` is.
-    let bytes = unsafe { std::slice::from_raw_parts(data.cast::<u8>(), size) };
-    Ok(std::str::from_utf8(bytes)
-        .map(str::to_owned)
-        .unwrap_or_else(|_| String::from_utf8_lossy(bytes).into_owned()))
 }
 
 /// The contents of a `str` that is valid UTF-8 (no lone surrogates); `None` for anything
@@ -202,7 +194,7 @@ pub(crate) fn to_value(obj: &PyObj<'_>, depth: usize) -> Result<Value> {
             return Ok(Value::Float(ffi::PyFloat_AsDouble(p)));
         }
         if ffi::PyUnicode_Check(p) != 0 {
-            return str_contents(obj).map(Value::Str);
+            return obj.extract_str().map(Value::Str);
         }
         if ffi::PyBytes_Check(p) != 0 {
             return Ok(Value::Bytes(bytes_of(

@@ -19,6 +19,8 @@ pub(crate) struct InitOptions<'a> {
     pub site_import: bool,
     /// Modules defined at run time, built in to every interpreter.
     pub modules: &'a [super::module::ModuleSpec],
+    /// Registers the crate's own built-in modules (called before CPython starts).
+    pub register_builtins: fn() -> Result<(), String>,
 }
 
 /// The main interpreter's thread state, detached, owned by the thread that initialised
@@ -59,7 +61,7 @@ pub(crate) fn initialize(
     if unsafe { ffi::Py_IsInitialized() } != 0 {
         return Err("Python is already initialised in this process by other code".into());
     }
-    super::pymodule::register_builtin()?;
+    (opts.register_builtins)()?;
     super::module::register(opts.modules.to_vec())?;
     // UTF-8 mode (PEP 540): file names, `open()` and the standard streams use UTF-8
     // whatever locale the host process has (a host rarely calls setlocale, which leaves

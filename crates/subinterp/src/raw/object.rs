@@ -7,7 +7,6 @@ use std::ptr::NonNull;
 use pyo3_ffi as ffi;
 
 use crate::error::{Error, ExitStatus, PyException, Result};
-use crate::Value;
 
 /// Proof that the current thread holds the GIL of one interpreter.
 ///
@@ -387,11 +386,6 @@ impl<'py> Python<'py> {
             ffi::PyBytes_FromStringAndSize(data.as_ptr().cast::<c_char>(), len(data.len()))
         })
     }
-
-    /// Builds Python objects from a [`Value`] (a deep copy).
-    pub fn to_object(self, value: &Value) -> Result<PyObj<'py>> {
-        super::convert::to_object(self, value, 0)
-    }
 }
 
 impl<'py> PyObj<'py> {
@@ -485,7 +479,27 @@ impl<'py> PyObj<'py> {
 
     /// The contents of a `str` object.
     pub fn extract_str(&self) -> Result<String> {
-        super::convert::str_contents(self)
+        let py = self.py;
+        // SAFETY: GIL held; live object.
+        if unsafe { ffi::PyUnicode_Check(self.as_ptr()) } == 0 {
+            return Err(py.new_error(
+                ExcKind::Type,
+                &format!("expected str, got {}", self.type_name()),
+            ));
+        }
+        let mut size: ffi::Py_ssize_t = 0;
+        // SAFETY: `self` is a str; the returned buffer lives as long as it does and holds
+        // `size` bytes of UTF-8 (NULL with UnicodeEncodeError for lone surrogates).
+        let data = unsafe { ffi::PyUnicode_AsUTF8AndSize(self.as_ptr(), &mut size) };
+        if data.is_null() {
+            return Err(py.fetch_error());
+        }
+        let size = usize::try_from(size).unwrap_or(0);
+        // SAFETY: see above: `size` valid bytes at `data`, alive while `self` is.
+        let bytes = unsafe { std::slice::from_raw_parts(data.cast::<u8>(), size) };
+        Ok(std::str::from_utf8(bytes)
+            .map(str::to_owned)
+            .unwrap_or_else(|_| String::from_utf8_lossy(bytes).into_owned()))
     }
 
     /// The qualified name of the object's type: `builtins.int`, `collections.OrderedDict`.
@@ -498,13 +512,6 @@ impl<'py> PyObj<'py> {
             Ok(ty) => qualified_name(&ty).unwrap_or_else(|| "<unknown type>".to_owned()),
             Err(_) => "<unknown type>".to_owned(),
         }
-    }
-
-    /// Copies the object out as a [`Value`], or fails with
-    /// [`Error::Unshareable`](crate::Error::Unshareable) naming the first object that is
-    /// not plain data.
-    pub fn to_value(&self) -> Result<Value> {
-        super::convert::to_value(self, 0)
     }
 }
 
