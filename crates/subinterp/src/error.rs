@@ -91,7 +91,7 @@ pub enum Error {
     Cancelled,
     /// A blocking operation was interrupted.
     #[error("interrupted ({0:?})")]
-    Interrupted(crate::InterruptReason),
+    Interrupted(InterruptReason),
     /// A pool worker could not be set up — its interpreter could not be created, its
     /// initializer raised, or set-up ran past its deadline — and the pool has no worker
     /// left to run tasks. Every queued and later task fails with this error, which holds
@@ -217,3 +217,30 @@ impl fmt::Display for PyException {
 }
 
 impl std::error::Error for PyException {}
+
+/// Why a wait was interrupted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InterruptReason {
+    /// A deadline passed: Python code sees `TimeoutError`.
+    Timeout,
+    /// The work was cancelled: Python code sees `KeyboardInterrupt` (a `BaseException`, so
+    /// `except Exception` blocks do not swallow it).
+    Cancelled,
+}
+
+impl InterruptReason {
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            InterruptReason::Timeout => 1,
+            InterruptReason::Cancelled => 2,
+        }
+    }
+
+    pub(crate) fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(InterruptReason::Timeout),
+            2 => Some(InterruptReason::Cancelled),
+            _ => None,
+        }
+    }
+}

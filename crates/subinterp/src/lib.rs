@@ -44,6 +44,7 @@
 //! directory, environment variables, file descriptors, signals and locale. They are not
 //! a security boundary, and a crash in one (a faulty extension module) ends the process.
 #![warn(missing_docs)]
+#![deny(unsafe_code)]
 
 mod buffer;
 mod channel;
@@ -54,6 +55,8 @@ pub mod hazards;
 mod host;
 mod interpreter;
 mod pool;
+mod pymodule;
+#[allow(unsafe_code)]
 mod raw;
 mod runtime;
 pub mod value;

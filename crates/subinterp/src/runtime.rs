@@ -281,7 +281,7 @@ fn start(config: &RuntimeConfig) -> Result<RuntimeInner> {
                 use_environment,
                 site_import,
                 modules: &modules,
-                register_builtins: crate::raw::pymodule::register_builtin,
+                register_builtins: crate::pymodule::register_builtin,
             };
             match lifecycle::initialize(&init) {
                 Ok((main_ts, main)) => {

@@ -10,32 +10,7 @@ use std::task::Waker;
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-/// Why a wait was interrupted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum InterruptReason {
-    /// A deadline passed: Python code sees `TimeoutError`.
-    Timeout,
-    /// The work was cancelled: Python code sees `KeyboardInterrupt` (a `BaseException`, so
-    /// `except Exception` blocks do not swallow it).
-    Cancelled,
-}
-
-impl InterruptReason {
-    fn code(self) -> u8 {
-        match self {
-            InterruptReason::Timeout => 1,
-            InterruptReason::Cancelled => 2,
-        }
-    }
-
-    fn from_code(code: u8) -> Option<Self> {
-        match code {
-            1 => Some(InterruptReason::Timeout),
-            2 => Some(InterruptReason::Cancelled),
-            _ => None,
-        }
-    }
-}
+pub use crate::error::InterruptReason;
 
 /// One parked waiter: a thread or an async task.
 #[derive(Clone)]

@@ -54,3 +54,58 @@ fn extern_c_functions_are_made_only_by_the_trampolines() {
         found.join("\n")
     );
 }
+
+#[test]
+fn unsafe_code_is_only_in_the_core() {
+    let found: Vec<String> = [
+        "unsafe {",
+        "unsafe fn",
+        "unsafe impl",
+        "unsafe extern",
+        "unsafe trait",
+    ]
+    .iter()
+    .flat_map(|pattern| offenders(pattern, |path| path.starts_with("raw")))
+    .collect();
+    assert!(
+        found.is_empty(),
+        "unsafe outside raw/ (add a safe mechanism to the core instead):\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_core_imports_no_feature_module() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/raw");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let allowed = ["crate::raw", "crate::error", "crate::value"];
+    let mut found = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("read a source file");
+        for (number, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            for (at, _) in code.match_indices("crate::") {
+                let path = &code[at..];
+                let before = &code[..at];
+                // `super::` and `crate::raw` paths stay inside the core.
+                if before.ends_with("pub(") || before.ends_with("in ") {
+                    continue;
+                }
+                if !allowed.iter().any(|a| path.starts_with(a)) {
+                    found.push(format!(
+                        "{}:{}: {}",
+                        file.display(),
+                        number + 1,
+                        line.trim()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "raw/ may import only error and value:\n{}",
+        found.join("\n")
+    );
+}

@@ -238,22 +238,34 @@ impl<F> MethodBody for F where
 {
 }
 
+/// A method definition made by [`method_def`].
+pub(crate) struct MethodDef(pub(in crate::raw) ffi::PyMethodDef);
+
+/// An attribute definition made by [`getset_def`].
+pub(crate) struct GetSetDef(pub(in crate::raw) ffi::PyGetSetDef);
+
+/// A type slot made by one of the `*_slot` constructors below.
+pub(crate) struct TypeSlot(pub(in crate::raw) ffi::PyType_Slot);
+
+/// A module exec slot made by [`exec_slot`].
+pub(crate) struct ExecSlot(pub(in crate::raw) *mut c_void);
+
 /// A `METH_FASTCALL | METH_KEYWORDS` method definition running `body`. `slf` is the
 /// module for module functions, the instance for methods.
 pub(crate) fn method_def<F: MethodBody>(
     name: &'static CStr,
     doc: &'static CStr,
     body: F,
-) -> ffi::PyMethodDef {
+) -> MethodDef {
     accept(body);
-    ffi::PyMethodDef {
+    MethodDef(ffi::PyMethodDef {
         ml_name: name.as_ptr(),
         ml_meth: ffi::PyMethodDefPointer {
             PyCFunctionFastWithKeywords: fastcall::<F>,
         },
         ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
         ml_doc: doc.as_ptr(),
-    }
+    })
 }
 
 unsafe extern "C" fn fastcall<F: MethodBody>(
@@ -283,10 +295,22 @@ impl<F> UnaryBody for F where
 {
 }
 
-/// A `reprfunc`/`getiterfunc`/`unaryfunc` slot running `body`.
-pub(crate) fn unary_slot<F: UnaryBody>(body: F) -> *mut c_void {
+/// A `tp_repr` slot running `body`.
+pub(crate) fn repr_slot<F: UnaryBody>(body: F) -> TypeSlot {
     accept(body);
-    unary::<F> as ffi::unaryfunc as *mut c_void
+    TypeSlot(ffi::PyType_Slot {
+        slot: ffi::Py_tp_repr,
+        pfunc: unary::<F> as ffi::unaryfunc as *mut c_void,
+    })
+}
+
+/// A `tp_iter` slot running `body`.
+pub(crate) fn iter_slot<F: UnaryBody>(body: F) -> TypeSlot {
+    accept(body);
+    TypeSlot(ffi::PyType_Slot {
+        slot: ffi::Py_tp_iter,
+        pfunc: unary::<F> as ffi::unaryfunc as *mut c_void,
+    })
 }
 
 unsafe extern "C" fn unary<F: UnaryBody>(slf: *mut ffi::PyObject) -> *mut ffi::PyObject {
@@ -304,15 +328,15 @@ pub(crate) fn getset_def<F: UnaryBody>(
     name: &'static CStr,
     doc: &'static CStr,
     body: F,
-) -> ffi::PyGetSetDef {
+) -> GetSetDef {
     accept(body);
-    ffi::PyGetSetDef {
+    GetSetDef(ffi::PyGetSetDef {
         name: name.as_ptr(),
         get: Some(getter::<F>),
         set: None,
         doc: doc.as_ptr(),
         closure: ptr::null_mut(),
-    }
+    })
 }
 
 unsafe extern "C" fn getter<F: UnaryBody>(
@@ -339,9 +363,12 @@ impl<F> IterNextBody for F where
 }
 
 /// A `tp_iternext` slot running `body`.
-pub(crate) fn iternext_slot<F: IterNextBody>(body: F) -> *mut c_void {
+pub(crate) fn iternext_slot<F: IterNextBody>(body: F) -> TypeSlot {
     accept(body);
-    iternext::<F> as ffi::iternextfunc as *mut c_void
+    TypeSlot(ffi::PyType_Slot {
+        slot: ffi::Py_tp_iternext,
+        pfunc: iternext::<F> as ffi::iternextfunc as *mut c_void,
+    })
 }
 
 unsafe extern "C" fn iternext<F: IterNextBody>(slf: *mut ffi::PyObject) -> *mut ffi::PyObject {
@@ -364,10 +391,13 @@ impl<F> LenBody for F where
 {
 }
 
-/// A `lenfunc` slot running `body`.
-pub(crate) fn len_slot<F: LenBody>(body: F) -> *mut c_void {
+/// A `mp_length` slot (`len(self)`) running `body`.
+pub(crate) fn len_slot<F: LenBody>(body: F) -> TypeSlot {
     accept(body);
-    length::<F> as ffi::lenfunc as *mut c_void
+    TypeSlot(ffi::PyType_Slot {
+        slot: ffi::Py_mp_length,
+        pfunc: length::<F> as ffi::lenfunc as *mut c_void,
+    })
 }
 
 unsafe extern "C" fn length<F: LenBody>(slf: *mut ffi::PyObject) -> ffi::Py_ssize_t {
@@ -404,9 +434,12 @@ impl<F> GetBufferBody for F where
 }
 
 /// A `bf_getbuffer` slot running `body`.
-pub(crate) fn getbuffer_slot<F: GetBufferBody>(body: F) -> *mut c_void {
+pub(crate) fn getbuffer_slot<F: GetBufferBody>(body: F) -> TypeSlot {
     accept(body);
-    getbuffer::<F> as ffi::getbufferproc as *mut c_void
+    TypeSlot(ffi::PyType_Slot {
+        slot: ffi::Py_bf_getbuffer,
+        pfunc: getbuffer::<F> as ffi::getbufferproc as *mut c_void,
+    })
 }
 
 unsafe extern "C" fn getbuffer<F: GetBufferBody>(
@@ -449,7 +482,7 @@ impl<F> DeallocBody for F where F: Fn(*mut ffi::PyObject) + Copy + 'static {}
 /// A `tp_dealloc` slot: runs `body` (a panic is reported as unraisable), then frees the
 /// object through its type's `tp_free` and drops the instance's reference to its
 /// (heap) type.
-pub(crate) fn dealloc_slot<F: DeallocBody>(body: F) -> *mut c_void {
+pub(in crate::raw) fn dealloc_slot<F: DeallocBody>(body: F) -> *mut c_void {
     accept(body);
     dealloc::<F> as ffi::destructor as *mut c_void
 }
@@ -482,9 +515,9 @@ impl<F> ExecBody for F where F: for<'py> Fn(Python<'py>, &PyObj<'py>) -> Outcome
 {}
 
 /// A `Py_mod_exec` slot running `body`. A failure always leaves an exception set.
-pub(crate) fn exec_slot<F: ExecBody>(body: F) -> *mut c_void {
+pub(crate) fn exec_slot<F: ExecBody>(body: F) -> ExecSlot {
     accept(body);
-    exec::<F> as unsafe extern "C" fn(*mut ffi::PyObject) -> c_int as *mut c_void
+    ExecSlot(exec::<F> as unsafe extern "C" fn(*mut ffi::PyObject) -> c_int as *mut c_void)
 }
 
 unsafe extern "C" fn exec<F: ExecBody>(module: *mut ffi::PyObject) -> c_int {
@@ -519,7 +552,7 @@ impl Visit {
 }
 
 /// A `m_traverse` slot running `body`; a panic reports "nothing to visit".
-pub(crate) fn traverse_slot<F: RawBody<Visit, c_int>>(body: F) -> ffi::traverseproc {
+pub(in crate::raw) fn traverse_slot<F: RawBody<Visit, c_int>>(body: F) -> ffi::traverseproc {
     accept(body);
     traverse::<F>
 }
@@ -536,7 +569,7 @@ unsafe extern "C" fn traverse<F: RawBody<Visit, c_int>>(
 }
 
 /// A `m_clear` slot running `body`.
-pub(crate) fn clear_slot<F: RawBody<(), c_int>>(body: F) -> ffi::inquiry {
+pub(in crate::raw) fn clear_slot<F: RawBody<(), c_int>>(body: F) -> ffi::inquiry {
     accept(body);
     clear::<F>
 }
@@ -546,7 +579,7 @@ unsafe extern "C" fn clear<F: RawBody<(), c_int>>(obj: *mut ffi::PyObject) -> c_
 }
 
 /// A `m_free` slot running `body`.
-pub(crate) fn free_slot<F: RawBody<(), ()>>(body: F) -> ffi::freefunc {
+pub(in crate::raw) fn free_slot<F: RawBody<(), ()>>(body: F) -> ffi::freefunc {
     accept(body);
     free::<F>
 }
@@ -557,7 +590,7 @@ unsafe extern "C" fn free<F: RawBody<(), ()>>(obj: *mut c_void) {
 
 /// A module init function (`PyInit_*`, or an inittab entry) returning what `body`
 /// returns: the module definition, initialised.
-pub(crate) fn init_fn<F: Fn() -> *mut ffi::PyModuleDef + Copy + 'static>(
+pub(in crate::raw) fn init_fn<F: Fn() -> *mut ffi::PyModuleDef + Copy + 'static>(
     body: F,
 ) -> unsafe extern "C" fn() -> *mut ffi::PyObject {
     accept(body);

@@ -10,7 +10,7 @@ use super::object::{len, ExcKind};
 use super::{PyObj, Python};
 use crate::error::{Error, Result};
 use crate::value::de::Scalar;
-use crate::Value;
+use crate::value::Value;
 
 impl<'py> Python<'py> {
     /// Builds Python objects from a [`Value`] (a deep copy).

@@ -16,8 +16,7 @@ use std::ptr::NonNull;
 use pyo3_ffi as ffi;
 
 use super::{PyObj, Python};
-use crate::error::{Error, PyException};
-use crate::wait::InterruptReason;
+use crate::error::{Error, InterruptReason, PyException};
 
 /// A fetched exception kept by a frame, with the snapshot made of it and the interpreter
 /// it belongs to.
@@ -150,6 +149,11 @@ pub(crate) fn raise_system_error(_py: Python<'_>, message: &str) {
 pub(crate) fn occurred(_py: Python<'_>) -> bool {
     // SAFETY: GIL held (the token).
     !unsafe { ffi::PyErr_Occurred() }.is_null()
+}
+
+/// Raises the exception instance `exc`.
+pub(crate) fn raise_instance(exc: PyObj<'_>) {
+    set_raised(exc);
 }
 
 fn set_raised(exc: PyObj<'_>) {

@@ -9,7 +9,7 @@ use pyo3_ffi as ffi;
 
 use super::object::{cstring, from_cstr};
 use super::Python;
-use crate::wait::InterruptReason;
+use crate::error::InterruptReason;
 
 /// Options for [`initialize`], already validated by the caller.
 pub(crate) struct InitOptions<'a> {

@@ -1,21 +1,31 @@
-//! The only place in the crate that touches the CPython C API.
+//! The audited core: the only place in the crate that touches the CPython C API, and the
+//! only `unsafe` code (`#![deny(unsafe_code)]` holds everywhere else).
 //!
-//! Everything outside this module is safe Rust. The module offers:
+//! It holds generic mechanisms only, no features, and imports nothing of the crate but
+//! [`crate::error`] and [`crate::value`]:
 //! - [`Python`], a token proving that one particular interpreter's GIL is held by the
 //!   current thread, branded with an invariant lifetime so that objects of one
-//!   interpreter cannot be used under another's token;
-//! - [`PyObj`], an owned reference to a Python object tied to that brand;
-//! - process start-up and shut-down ([`lifecycle`]) and the thread states of
-//!   subinterpreters ([`lifecycle::SubInterpreter`]);
-//! - the conversion between [`Value`](crate::Value) and Python objects ([`convert`]).
+//!   interpreter cannot be used under another's token, and [`PyObj`], an owned reference
+//!   tied to that brand ([`object`]);
+//! - live exceptions: fetched, kept for the callback that fetched them, raised again
+//!   faithfully ([`err`]);
+//! - the conversion between [`Value`](crate::value::Value) and Python objects
+//!   ([`convert`]);
+//! - the only `extern "C"` functions: one generic trampoline per C slot signature, which
+//!   catches panics and raises errors ([`callback`]);
+//! - native classes whose instances own a Rust value ([`class`]) and module definitions
+//!   with per-interpreter state, static or made at run time ([`module`]);
+//! - process start-up and shut-down, and the thread states of subinterpreters
+//!   ([`lifecycle`]); the memory behind shared buffers ([`buffer`]).
 
 pub(crate) mod buffer;
 pub(crate) mod callback;
+pub(crate) mod class;
 pub(crate) mod convert;
 pub(crate) mod err;
 pub(crate) mod lifecycle;
 pub(crate) mod module;
 mod object;
-pub(crate) mod pymodule;
 
+pub(crate) use object::ExcKind;
 pub use object::{PyObj, Python};

@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 
 use pyo3_ffi as ffi;
 
-use super::callback::{self, Failure, FastArgs, Outcome};
+use super::callback::{self, ExecSlot, Failure, FastArgs, MethodDef, Outcome};
 use super::{PyObj, Python};
 use crate::error::Error;
 use crate::value::Value;
@@ -93,13 +93,13 @@ pub(crate) fn register(specs: Vec<ModuleSpec>) -> Result<(), String> {
             let fname = leak_cstr(&function.name, "the function name")?;
             let fdoc = leak_cstr(&function.doc, "the docstring of function")?;
             let def = callback::method_def(fname, fdoc, call_native);
-            methods.push(Box::into_raw(Box::new(def)));
+            methods.push(Box::into_raw(Box::new(def.0)));
         }
         let slots = Box::leak(
             vec![
                 ffi::PyModuleDef_Slot {
                     slot: ffi::Py_mod_exec,
-                    value: callback::exec_slot(exec_module),
+                    value: callback::exec_slot(exec_module).0,
                 },
                 ffi::PyModuleDef_Slot {
                     slot: ffi::Py_mod_multiple_interpreters,
@@ -184,27 +184,8 @@ fn exec_module<'py>(py: Python<'py>, module: &PyObj<'py>) -> Outcome<()> {
     let builtins = py.builtins()?;
     for exc in &spec.exceptions {
         let base = builtins.getattr(&exc.base)?;
-        // SAFETY: GIL held; a type check of a live object.
-        if unsafe { ffi::PyExceptionClass_Check(base.as_ptr()) } == 0 {
-            return Err(Failure::Error(Error::InvalidArgument(format!(
-                "{} is not a built-in exception class",
-                exc.base
-            ))));
-        }
-        let full = CString::new(format!("{}.{}", spec.name, exc.name))
-            .map_err(|_| Error::InvalidArgument("a NUL byte in an exception name".into()))?;
-        let doc = CString::new(exc.doc.as_str())
-            .map_err(|_| Error::InvalidArgument("a NUL byte in an exception's docstring".into()))?;
-        // SAFETY: GIL held; NUL-terminated name and doc alive across the call; `base` is an
-        // exception class; no extra attributes.
-        let class = py.own(unsafe {
-            ffi::PyErr_NewExceptionWithDoc(
-                full.as_ptr(),
-                doc.as_ptr(),
-                base.as_ptr(),
-                ptr::null_mut::<ffi::PyObject>(),
-            )
-        })?;
+        let full = format!("{}.{}", spec.name, exc.name);
+        let class = new_exception(py, &full, &exc.doc, Some(&base))?;
         module.setattr(&exc.name, &class)?;
     }
     for (name, value) in &spec.constants {
@@ -225,4 +206,213 @@ fn call_native<'py>(
         ))
     })?;
     call(py, args)
+}
+
+// ---------------------------------------------------------------- static modules
+
+/// A module definition made once for the process, whose per-interpreter state holds
+/// `slots` strong references to objects (its types and exception classes, say), released
+/// with the module. Each interpreter's module object fills its state in its exec slot
+/// ([`state_set`]).
+pub(crate) struct StaticModuleDef {
+    def: *mut ffi::PyModuleDef,
+}
+
+// SAFETY: the definition is leaked and never mutated after creation; CPython only reads
+// it (and initialises its object header once, under the import lock).
+unsafe impl Send for StaticModuleDef {}
+// SAFETY: see `Send`.
+unsafe impl Sync for StaticModuleDef {}
+
+const SLOT: usize = std::mem::size_of::<*mut ffi::PyObject>();
+
+impl StaticModuleDef {
+    /// A multi-phase-init module `name` with functions `methods`, `slots` state entries
+    /// and the exec slot `exec`, supporting a per-interpreter GIL (and, on 3.13, running
+    /// without the GIL).
+    pub(crate) fn new(
+        name: &'static CStr,
+        doc: &'static CStr,
+        methods: Vec<MethodDef>,
+        slots: usize,
+        exec: ExecSlot,
+    ) -> StaticModuleDef {
+        let mut methods: Vec<ffi::PyMethodDef> = methods.into_iter().map(|m| m.0).collect();
+        methods.push(ffi::PyMethodDef::zeroed());
+        let module_slots = Box::leak(
+            vec![
+                ffi::PyModuleDef_Slot {
+                    slot: ffi::Py_mod_exec,
+                    value: exec.0,
+                },
+                ffi::PyModuleDef_Slot {
+                    slot: ffi::Py_mod_multiple_interpreters,
+                    value: ffi::Py_MOD_PER_INTERPRETER_GIL_SUPPORTED,
+                },
+                #[cfg(Py_3_13)]
+                ffi::PyModuleDef_Slot {
+                    slot: ffi::Py_mod_gil,
+                    value: ffi::Py_MOD_GIL_NOT_USED,
+                },
+                ffi::PyModuleDef_Slot {
+                    slot: 0,
+                    value: ptr::null_mut(),
+                },
+            ]
+            .into_boxed_slice(),
+        );
+        let def = Box::into_raw(Box::new(ffi::PyModuleDef {
+            m_base: ffi::PyModuleDef_HEAD_INIT,
+            m_name: name.as_ptr(),
+            m_doc: doc.as_ptr(),
+            m_size: ffi::Py_ssize_t::try_from(slots * SLOT).expect("a small state"),
+            m_methods: Box::leak(methods.into_boxed_slice()).as_mut_ptr(),
+            m_slots: module_slots.as_mut_ptr(),
+            m_traverse: Some(state_traverse_fn()),
+            m_clear: Some(callback::clear_slot(state_clear)),
+            m_free: Some(callback::free_slot(state_free)),
+        }));
+        StaticModuleDef { def }
+    }
+}
+
+/// Makes the module of `def()` a built-in module `name` of every interpreter. Must run
+/// before CPython is initialised.
+pub(crate) fn register_static<F>(name: &'static CStr, def: F) -> Result<(), String>
+where
+    F: Fn() -> &'static StaticModuleDef + Copy + 'static,
+{
+    let init = callback::init_fn(move || def().def);
+    // SAFETY: called before Py_Initialize, with a static name and init function.
+    let status = unsafe { ffi::PyImport_AppendInittab(name.as_ptr(), Some(init)) };
+    if status == 0 {
+        Ok(())
+    } else {
+        Err(format!("could not register the module {name:?}"))
+    }
+}
+
+/// The state entries of a module made from a [`StaticModuleDef`]; `None` for any other
+/// module, or before its state exists.
+fn state_entries(module: *mut ffi::PyObject) -> Option<&'static mut [*mut ffi::PyObject]> {
+    // SAFETY: `module` is a live module object (callers hold it, or CPython passes it to a
+    // GC slot). Its definition is ours when its traverse slot is `state_traverse`'s
+    // trampoline; the state then holds `m_size / SLOT` pointers, zeroed at creation, and
+    // lives as long as the module. Only one reference to it is used at a time, under the
+    // GIL.
+    unsafe {
+        if ffi::PyModule_Check(module) == 0 {
+            return None;
+        }
+        let def = ffi::PyModule_GetDef(module);
+        if def.is_null() {
+            ffi::PyErr_Clear();
+            return None;
+        }
+        if (*def).m_traverse.map(|f| f as usize) != Some(state_traverse_fn() as usize) {
+            return None;
+        }
+        let state = ffi::PyModule_GetState(module).cast::<*mut ffi::PyObject>();
+        if state.is_null() {
+            return None;
+        }
+        let n = usize::try_from((*def).m_size).unwrap_or(0) / SLOT;
+        Some(std::slice::from_raw_parts_mut(state, n))
+    }
+}
+
+/// Entry `i` of the state of `module` (made from a [`StaticModuleDef`]).
+pub(crate) fn state_get<'py>(module: &PyObj<'py>, i: usize) -> Option<PyObj<'py>> {
+    let entry = *state_entries(module.as_ptr())?.get(i)?;
+    if entry.is_null() {
+        return None;
+    }
+    module.py().borrowed(entry).ok()
+}
+
+/// Stores `obj` as entry `i` of the state of `module`, replacing what was there.
+pub(crate) fn state_set(module: &PyObj<'_>, i: usize, obj: &PyObj<'_>) -> Result<(), Error> {
+    let entries = state_entries(module.as_ptr())
+        .ok_or_else(|| Error::InvalidArgument("not a module with state".into()))?;
+    let slot = entries
+        .get_mut(i)
+        .ok_or_else(|| Error::InvalidArgument(format!("no state entry {i}")))?;
+    // SAFETY: GIL held (the objects carry the token); the state takes a strong reference
+    // and releases the one it held.
+    unsafe {
+        ffi::Py_IncRef(obj.as_ptr());
+        let old = std::mem::replace(slot, obj.as_ptr());
+        if !old.is_null() {
+            ffi::Py_DecRef(old);
+        }
+    }
+    Ok(())
+}
+
+/// The traverse slot of static modules, which also marks them as such (one address,
+/// taken once).
+fn state_traverse_fn() -> ffi::traverseproc {
+    static TRAVERSE: OnceLock<ffi::traverseproc> = OnceLock::new();
+    *TRAVERSE.get_or_init(|| callback::traverse_slot(state_traverse))
+}
+
+fn state_traverse(module: *mut ffi::PyObject, visit: callback::Visit) -> std::ffi::c_int {
+    for entry in state_entries(module).into_iter().flatten() {
+        if let Some(obj) = ptr::NonNull::new(*entry) {
+            let r = visit.call(obj);
+            if r != 0 {
+                return r;
+            }
+        }
+    }
+    0
+}
+
+fn state_clear(module: *mut ffi::PyObject, (): ()) -> std::ffi::c_int {
+    for entry in state_entries(module).into_iter().flatten() {
+        let obj = std::mem::replace(entry, ptr::null_mut());
+        if !obj.is_null() {
+            // SAFETY: CPython clears modules with the GIL held; releasing the reference
+            // the state held.
+            unsafe { ffi::Py_DecRef(obj) };
+        }
+    }
+    0
+}
+
+fn state_free(module: *mut ffi::PyObject, (): ()) {
+    state_clear(module, ());
+}
+
+/// A new exception class `name` (qualified: `"module.Name"`) deriving from `base`
+/// (`Exception` when `None`).
+pub(crate) fn new_exception<'py>(
+    py: Python<'py>,
+    name: &str,
+    doc: &str,
+    base: Option<&PyObj<'py>>,
+) -> Result<PyObj<'py>, Error> {
+    if let Some(base) = base {
+        // SAFETY: GIL held; a type check of a live object.
+        if unsafe { ffi::PyExceptionClass_Check(base.as_ptr()) } == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "{} is not an exception class",
+                base.repr().unwrap_or_default()
+            )));
+        }
+    }
+    let name = CString::new(name)
+        .map_err(|_| Error::InvalidArgument("a NUL byte in an exception name".into()))?;
+    let doc = CString::new(doc)
+        .map_err(|_| Error::InvalidArgument("a NUL byte in an exception's docstring".into()))?;
+    // SAFETY: GIL held; NUL-terminated name and doc alive across the call; `base` is NULL
+    // or an exception class; no extra attributes.
+    py.own(unsafe {
+        ffi::PyErr_NewExceptionWithDoc(
+            name.as_ptr(),
+            doc.as_ptr(),
+            base.map_or(ptr::null_mut(), |b| b.as_ptr()),
+            ptr::null_mut::<ffi::PyObject>(),
+        )
+    })
 }

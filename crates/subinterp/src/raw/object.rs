@@ -457,6 +457,22 @@ impl<'py> PyObj<'py> {
         self.getattr(name)?.call(args)
     }
 
+    /// `bool(self)`.
+    pub fn is_true(&self) -> Result<bool> {
+        // SAFETY: GIL held; truth test of a live object (-1 with an exception on error).
+        let truth = unsafe { ffi::PyObject_IsTrue(self.as_ptr()) };
+        self.py.check(truth)?;
+        Ok(truth == 1)
+    }
+
+    /// `isinstance(self, class)`.
+    pub fn is_instance(&self, class: &PyObj<'py>) -> Result<bool> {
+        // SAFETY: GIL held; both are live objects (-1 with an exception on error).
+        let is = unsafe { ffi::PyObject_IsInstance(self.as_ptr(), class.as_ptr()) };
+        self.py.check(is)?;
+        Ok(is == 1)
+    }
+
     /// True if this is `None`.
     pub fn is_none(&self) -> bool {
         // SAFETY: Py_None is static; comparing pointers needs no GIL beyond the token's.

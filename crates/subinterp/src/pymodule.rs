@@ -1,0 +1,718 @@
+//! The built-in `subinterp` Python module, importable in every interpreter of the process:
+//! channels, shared buffers, `id()`.
+//!
+//! It is built on the same mechanisms as host modules ([`crate::raw::callback`],
+//! [`crate::raw::class`], [`crate::raw::module`]), in safe code: a multi-phase-init module
+//! with per-interpreter state, declaring support for a per-interpreter GIL. Every
+//! interpreter that imports it gets its own module object, its own `Channel` and `Buffer`
+//! types and its own exception classes; only the Rust channels and buffers behind them
+//! are shared, and those are thread-safe.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::buffer::SharedBuffer;
+use crate::channel::{Channel, Message, Stop};
+use crate::error::{Error, Result};
+use crate::raw::callback::{self, Export, Failure, FastArgs, Outcome};
+use crate::raw::class::{self, ClassDef};
+use crate::raw::convert::{copy_bytes, scalar, utf8_str};
+use crate::raw::lifecycle::raise_soon;
+use crate::raw::module::{self, StaticModuleDef};
+use crate::raw::{ExcKind, PyObj, Python};
+use crate::value::de::Scalar;
+use crate::value::Value;
+use crate::wait::{self, InterruptReason};
+
+/// The entries of the module's per-interpreter state.
+const CHANNEL_TYPE: usize = 0;
+const BUFFER_TYPE: usize = 1;
+const CLOSED_ERROR: usize = 2;
+const EMPTY_ERROR: usize = 3;
+const FULL_ERROR: usize = 4;
+const RECEIVE_ERROR: usize = 5;
+const STATE_ENTRIES: usize = 6;
+
+/// What a `Buffer` object holds.
+struct BufferHandle {
+    buffer: SharedBuffer,
+    /// Whether views made from this handle are writable (always for the creator's handle).
+    writable: bool,
+}
+
+struct Defs {
+    module: StaticModuleDef,
+    channel: ClassDef,
+    buffer: ClassDef,
+}
+
+static DEFS: OnceLock<Defs> = OnceLock::new();
+
+fn defs() -> &'static Defs {
+    DEFS.get_or_init(|| Defs {
+        module: StaticModuleDef::new(
+            c"subinterp",
+            c"Channels and shared buffers between the interpreters of this process.",
+            vec![
+                callback::method_def(c"id", c"id()\n--\n\nThis interpreter's id.", module_id),
+                callback::method_def(
+                    c"channel",
+                    c"channel(name, capacity=None)\n--\n\nThe channel called name, shared by \
+                      every interpreter and the host; created on first use, unbounded unless \
+                      capacity is given.",
+                    module_channel,
+                ),
+                callback::method_def(
+                    c"buffer",
+                    c"buffer(size_or_bytes, writable=False)\n--\n\nA buffer of shared memory: \
+                      send it through a channel and receivers get a memoryview over the same \
+                      bytes, read-only unless writable=True. This handle's own views are always \
+                      writable.",
+                    module_buffer,
+                ),
+                callback::method_def(
+                    c"_prepare_in_main",
+                    c"_prepare_in_main(name, path)\n--\n\nImports the module name in the main \
+                      interpreter (with the str entries of path appended to its sys.path) \
+                      unless that was done before; called by the module loaders of \
+                      subinterpreters on CPython versions where loading an extension module \
+                      there first crashes the process later. Never raises for the import \
+                      itself.",
+                    module_prepare_in_main,
+                ),
+            ],
+            STATE_ENTRIES,
+            callback::exec_slot(module_exec),
+        ),
+        channel: ClassDef::new::<Channel>(
+            c"subinterp.Channel",
+            c"A channel shared by every interpreter; get one with subinterp.channel(name).",
+            vec![
+                callback::method_def(
+                    c"send",
+                    c"send(obj, timeout=None)\n--\n\nSend obj; wait while the channel is full.",
+                    channel_send,
+                ),
+                callback::method_def(
+                    c"try_send",
+                    c"try_send(obj)\n--\n\nSend obj without waiting; ChannelFull if full.",
+                    channel_try_send,
+                ),
+                callback::method_def(
+                    c"recv",
+                    c"recv(timeout=None)\n--\n\nReceive the next message, waiting for one.",
+                    channel_recv,
+                ),
+                callback::method_def(
+                    c"try_recv",
+                    c"try_recv()\n--\n\nReceive without waiting; ChannelEmpty if empty.",
+                    channel_try_recv,
+                ),
+                callback::method_def(
+                    c"close",
+                    c"close()\n--\n\nClose the channel for every interpreter.",
+                    channel_close,
+                ),
+            ],
+            vec![
+                callback::getset_def(c"name", c"The channel's name.", channel_name),
+                callback::getset_def(c"capacity", c"The capacity, or None.", channel_capacity),
+                callback::getset_def(c"closed", c"True once closed.", channel_closed),
+            ],
+            vec![
+                callback::repr_slot(channel_repr),
+                callback::iter_slot(channel_iter),
+                callback::iternext_slot(channel_iternext),
+                callback::len_slot(channel_len),
+            ],
+        ),
+        buffer: ClassDef::new::<BufferHandle>(
+            c"subinterp.Buffer",
+            c"Shared memory; memoryview(buf) gives a view of it.",
+            Vec::new(),
+            vec![callback::getset_def(
+                c"writable",
+                c"Whether views of this handle are writable.",
+                buffer_writable,
+            )],
+            vec![
+                callback::getbuffer_slot(buffer_getbuffer),
+                callback::len_slot(buffer_len),
+            ],
+        ),
+    })
+}
+
+/// Makes `subinterp` a built-in module of every interpreter. Must run before CPython is
+/// initialised.
+pub(crate) fn register_builtin() -> std::result::Result<(), String> {
+    defs();
+    module::register_static(c"subinterp", || &defs().module)
+}
+
+// ---------------------------------------------------------------- module state
+
+/// Entry `i` of the state of the `subinterp` module `module`.
+fn entry<'py>(module: &PyObj<'py>, i: usize) -> Result<PyObj<'py>> {
+    module::state_get(module, i)
+        .ok_or_else(|| Error::InvalidArgument("the subinterp module is not initialised".into()))
+}
+
+/// Entry `i` of the state of the module that made the type of `obj`.
+fn entry_of<'py>(obj: &PyObj<'py>, i: usize) -> Result<PyObj<'py>> {
+    let module = class::defining_module(obj)
+        .ok_or_else(|| Error::InvalidArgument("an object without its module".into()))?;
+    entry(&module, i)
+}
+
+fn module_exec<'py>(py: Python<'py>, module: &PyObj<'py>) -> Outcome<()> {
+    let defs = defs();
+    let channel_type = defs.channel.create(module)?;
+    let buffer_type = defs.buffer.create(module)?;
+    module::state_set(module, CHANNEL_TYPE, &channel_type)?;
+    module::state_set(module, BUFFER_TYPE, &buffer_type)?;
+    module.setattr("Channel", &channel_type)?;
+    module.setattr("Buffer", &buffer_type)?;
+    let exceptions = [
+        (
+            CLOSED_ERROR,
+            "ChannelClosed",
+            "The channel is closed (and, for receives, drained).",
+        ),
+        (EMPTY_ERROR, "ChannelEmpty", "try_recv() found no message."),
+        (
+            FULL_ERROR,
+            "ChannelFull",
+            "try_send() found the channel full.",
+        ),
+        (
+            RECEIVE_ERROR,
+            "ReceiveError",
+            "A message could not be rebuilt in this interpreter (e.g. its class is not \
+             importable here). The pickled bytes are in .pickled, the sender's type name in \
+             .type_name: the message is not lost.",
+        ),
+    ];
+    for (index, name, doc) in exceptions {
+        let class = module::new_exception(py, &format!("subinterp.{name}"), doc, None)?;
+        module::state_set(module, index, &class)?;
+        module.setattr(name, &class)?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- argument parsing
+
+/// Parses the arguments of a call against parameter `names`, the first `required` of
+/// which are required. Returns one slot per name.
+fn parse<'py, const N: usize>(
+    args: &FastArgs<'_, 'py>,
+    fname: &str,
+    names: [&str; N],
+    required: usize,
+) -> Result<[Option<PyObj<'py>>; N]> {
+    let py = args.py();
+    let mut out: [Option<PyObj<'py>>; N] = std::array::from_fn(|_| None);
+    let n = args.positional_len();
+    if n > N {
+        return Err(py.new_error(
+            ExcKind::Type,
+            &format!("{fname}() takes at most {N} arguments ({n} given)"),
+        ));
+    }
+    for (i, slot) in out.iter_mut().enumerate().take(n) {
+        *slot = args.positional(i);
+    }
+    for k in 0..args.keyword_len() {
+        let key = args.keyword_name(k).unwrap_or("");
+        let Some(index) = names.iter().position(|n| *n == key) else {
+            return Err(py.new_error(
+                ExcKind::Type,
+                &format!("{fname}() got an unexpected keyword argument '{key}'"),
+            ));
+        };
+        if out[index].is_some() {
+            return Err(py.new_error(
+                ExcKind::Type,
+                &format!("{fname}() got multiple values for argument '{key}'"),
+            ));
+        }
+        out[index] = args.keyword_value(k);
+    }
+    for (i, name) in names.iter().enumerate().take(required) {
+        if out[i].is_none() {
+            return Err(py.new_error(
+                ExcKind::Type,
+                &format!("{fname}() missing required argument '{name}'"),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// A required argument, checked present by [`parse`].
+fn required<'a, 'py>(arg: &'a Option<PyObj<'py>>) -> &'a PyObj<'py> {
+    arg.as_ref().expect("parse checks required arguments")
+}
+
+/// The longest timeout accepted, in seconds: `threading.TIMEOUT_MAX` on Linux.
+const TIMEOUT_MAX: f64 = 9_223_372_036.0;
+
+/// A timeout in seconds: `None` (wait forever) or a non-negative number (an `int` or a
+/// `float`), as `queue.Queue.get` and `threading.Lock.acquire` take it: negative is a
+/// `ValueError`, beyond `threading.TIMEOUT_MAX` an `OverflowError`.
+fn timeout_arg<'py>(py: Python<'py>, arg: Option<&PyObj<'py>>) -> Result<Option<Duration>> {
+    let Some(arg) = arg.filter(|a| !a.is_none()) else {
+        return Ok(None);
+    };
+    let seconds = match scalar(arg) {
+        Some(Scalar::Int(n)) => n as f64,
+        Some(Scalar::Bool(b)) => f64::from(u8::from(b)),
+        Some(Scalar::Float(x)) => x,
+        // An int too large for i64 (its float would be far past the longest timeout).
+        _ if arg.is_instance(&py.builtins()?.getattr("int")?)? => return Err(too_large(py)),
+        _ => {
+            return Err(py.new_error(
+                ExcKind::Type,
+                &format!(
+                    "timeout must be a number of seconds or None, not {}",
+                    arg.type_name()
+                ),
+            ))
+        }
+    };
+    if seconds.is_nan() || seconds < 0.0 {
+        return Err(py.new_error(ExcKind::Value, "timeout must be a non-negative number"));
+    }
+    if seconds > TIMEOUT_MAX {
+        return Err(too_large(py));
+    }
+    Ok(Some(Duration::from_secs_f64(seconds)))
+}
+
+fn too_large(py: Python<'_>) -> Error {
+    py.new_error(
+        ExcKind::Overflow,
+        &format!("timeout value is too large (the longest is {TIMEOUT_MAX} s)"),
+    )
+}
+
+// ---------------------------------------------------------------- module functions
+
+fn module_id<'py>(
+    py: Python<'py>,
+    _: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    parse(args, "id", [], 0)?;
+    Ok(py.to_object(&Value::Int(py.interpreter_id()))?)
+}
+
+fn module_prepare_in_main<'py>(
+    py: Python<'py>,
+    _: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    let a = parse(args, "_prepare_in_main", ["name", "path"], 2)?;
+    let name = required(&a[0]).extract_str()?;
+    let list = required(&a[1]);
+    if !list.is_instance(&py.builtins()?.getattr("list")?)? {
+        return Err(py
+            .new_error(ExcKind::Type, "path must be a list of str")
+            .into());
+    }
+    // Entries that are not str, or not UTF-8 (a directory name with surrogate
+    // escapes), are left out: the main interpreter cannot be given them as text.
+    let mut path = Vec::new();
+    for i in 0..list
+        .call_method("__len__", &[])?
+        .to_value()?
+        .as_i64()
+        .unwrap_or(0)
+    {
+        let item = list.get_item(&py.to_object(&Value::Int(i))?)?;
+        if let Some(entry) = utf8_str(&item) {
+            path.push(entry);
+        }
+    }
+    py.allow_threads(move || crate::hazards::prepare(&name, &path));
+    Ok(py.none())
+}
+
+fn module_channel<'py>(
+    py: Python<'py>,
+    module: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    let a = parse(args, "channel", ["name", "capacity"], 1)?;
+    let name = required(&a[0]).extract_str()?;
+    let capacity = match a[1].as_ref().filter(|c| !c.is_none()).map(|c| c.to_value()) {
+        None => None,
+        Some(Ok(Value::Int(n))) if n >= 1 => Some(n as usize),
+        Some(_) => {
+            return Err(py
+                .new_error(ExcKind::Value, "capacity must be an int >= 1 or None")
+                .into())
+        }
+    };
+    let channel = Channel::named_with(&name, capacity)?;
+    let class = entry(module, CHANNEL_TYPE)?;
+    Ok(class::new_instance(&defs().channel, &class, channel)?)
+}
+
+fn module_buffer<'py>(
+    py: Python<'py>,
+    module: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    let a = parse(args, "buffer", ["size_or_bytes", "writable"], 1)?;
+    let source = required(&a[0]);
+    let writable = match &a[1] {
+        Some(flag) => flag.is_true()?,
+        None => false,
+    };
+    let buffer = match source.to_value() {
+        Ok(Value::Int(n)) if n >= 0 => SharedBuffer::new(n as usize, writable)?,
+        Ok(Value::Bytes(data)) => SharedBuffer::from_bytes(&data, writable)?,
+        _ => {
+            // Any other object exporting the buffer protocol (memoryview, array, ...).
+            let data = py.call(&py.builtins()?.getattr("bytes")?, &[source])?;
+            match data.to_value()? {
+                Value::Bytes(data) => SharedBuffer::from_bytes(&data, writable)?,
+                _ => {
+                    return Err(py
+                        .new_error(
+                            ExcKind::Type,
+                            "buffer() takes a size or a bytes-like object",
+                        )
+                        .into())
+                }
+            }
+        }
+    };
+    let class = entry(module, BUFFER_TYPE)?;
+    Ok(new_buffer_object(&class, buffer, true)?)
+}
+
+// ---------------------------------------------------------------- Channel
+
+/// The channel behind a Channel object.
+fn channel_of(obj: &PyObj<'_>) -> Result<Channel> {
+    class::value::<Channel>(obj)
+        .cloned()
+        .ok_or_else(|| Error::InvalidArgument("not a subinterp.Channel".into()))
+}
+
+/// Raises a channel's stop condition in Python: the module's own exception classes for
+/// closed, empty and full channels.
+fn stop_failure(slf: &PyObj<'_>, stop: Stop) -> Failure {
+    let index = match stop {
+        Stop::Closed => CLOSED_ERROR,
+        Stop::Empty => EMPTY_ERROR,
+        Stop::Full => FULL_ERROR,
+        other => return Failure::Error(other.into_error()),
+    };
+    let message = stop.into_error().to_string();
+    match entry_of(slf, index).and_then(|class| class.call(&[&slf.py().str(&message)?])) {
+        Ok(exc) => {
+            crate::raw::err::raise_instance(exc);
+            Failure::Raised
+        }
+        Err(err) => Failure::Error(err),
+    }
+}
+
+fn channel_send<'py>(
+    py: Python<'py>,
+    slf: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    let a = parse(args, "send", ["obj", "timeout"], 1)?;
+    let timeout = timeout_arg(py, a[1].as_ref())?;
+    let channel = channel_of(slf)?;
+    let message = to_message(slf, &channel, required(&a[0]))?;
+    let message = match channel.try_send_message(message) {
+        Ok(()) => return Ok(py.none()),
+        Err((Stop::Full, message)) => message,
+        Err((stop, _)) => return Err(stop_failure(slf, stop)),
+    };
+    let interrupt = wait::lookup(py.interpreter_id());
+    let deadline = wait::deadline_after(timeout);
+    let (result, late) = py.allow_threads(move || {
+        let mut late = None;
+        let result = channel
+            .send_with(message, deadline, interrupt.as_deref(), &mut late)
+            .map_err(|(stop, _)| stop);
+        (result, late)
+    });
+    result.map_err(|stop| stop_failure(slf, stop))?;
+    deliver_late_interrupt(py, late);
+    Ok(py.none())
+}
+
+fn channel_try_send<'py>(
+    py: Python<'py>,
+    slf: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    let a = parse(args, "try_send", ["obj"], 1)?;
+    let channel = channel_of(slf)?;
+    let message = to_message(slf, &channel, required(&a[0]))?;
+    channel
+        .try_send_message(message)
+        .map_err(|(stop, _)| stop_failure(slf, stop))?;
+    Ok(py.none())
+}
+
+fn channel_recv<'py>(
+    py: Python<'py>,
+    slf: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    let a = parse(args, "recv", ["timeout"], 0)?;
+    let timeout = timeout_arg(py, a[0].as_ref())?;
+    let channel = channel_of(slf)?;
+    let message = blocking_recv(py, &channel, timeout).map_err(|stop| stop_failure(slf, stop))?;
+    from_message(slf, &channel, message)
+}
+
+/// Receives with the GIL released, interruptible by the interpreter's interrupts.
+fn blocking_recv(
+    py: Python<'_>,
+    channel: &Channel,
+    timeout: Option<Duration>,
+) -> std::result::Result<Message, Stop> {
+    match channel.try_recv_message() {
+        Ok(message) => return Ok(message),
+        Err(Stop::Empty) => {}
+        Err(stop) => return Err(stop),
+    }
+    let channel = channel.clone();
+    let interrupt = wait::lookup(py.interpreter_id());
+    let deadline = wait::deadline_after(timeout);
+    let (result, late) = py.allow_threads(move || {
+        let mut late = None;
+        let result = channel.recv_with(deadline, interrupt.as_deref(), &mut late);
+        (result, late)
+    });
+    let message = result?;
+    deliver_late_interrupt(py, late);
+    Ok(message)
+}
+
+/// An interrupt that reached a wait just as it succeeded is not dropped: the message is
+/// delivered and the interrupt raised at the next bytecode boundary.
+fn deliver_late_interrupt(py: Python<'_>, late: Option<InterruptReason>) {
+    if let Some(reason) = late {
+        raise_soon(py, reason);
+    }
+}
+
+fn channel_try_recv<'py>(
+    _py: Python<'py>,
+    slf: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    parse(args, "try_recv", [], 0)?;
+    let channel = channel_of(slf)?;
+    let message = channel
+        .try_recv_message()
+        .map_err(|stop| stop_failure(slf, stop))?;
+    from_message(slf, &channel, message)
+}
+
+fn channel_close<'py>(
+    py: Python<'py>,
+    slf: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    parse(args, "close", [], 0)?;
+    channel_of(slf)?.close();
+    Ok(py.none())
+}
+
+fn channel_name<'py>(py: Python<'py>, slf: &PyObj<'py>) -> Outcome<PyObj<'py>> {
+    Ok(match channel_of(slf)?.name() {
+        Some(name) => py.str(name)?,
+        None => py.none(),
+    })
+}
+
+fn channel_capacity<'py>(py: Python<'py>, slf: &PyObj<'py>) -> Outcome<PyObj<'py>> {
+    Ok(py.to_object(&channel_of(slf)?.capacity().map_or(Value::None, Value::from))?)
+}
+
+fn channel_closed<'py>(py: Python<'py>, slf: &PyObj<'py>) -> Outcome<PyObj<'py>> {
+    Ok(py.to_object(&Value::Bool(channel_of(slf)?.is_closed()))?)
+}
+
+fn channel_repr<'py>(py: Python<'py>, slf: &PyObj<'py>) -> Outcome<PyObj<'py>> {
+    let channel = channel_of(slf)?;
+    let name = channel
+        .name()
+        .map_or("<anonymous>".to_owned(), |n| format!("{n:?}"));
+    Ok(py.str(&format!(
+        "<subinterp.Channel {name} len={}{}>",
+        channel.len(),
+        if channel.is_closed() { " closed" } else { "" }
+    ))?)
+}
+
+fn channel_len(_py: Python<'_>, slf: &PyObj<'_>) -> Outcome<usize> {
+    Ok(channel_of(slf)?.len())
+}
+
+fn channel_iter<'py>(_py: Python<'py>, slf: &PyObj<'py>) -> Outcome<PyObj<'py>> {
+    Ok(slf.clone())
+}
+
+fn channel_iternext<'py>(py: Python<'py>, slf: &PyObj<'py>) -> Outcome<Option<PyObj<'py>>> {
+    let channel = channel_of(slf)?;
+    match blocking_recv(py, &channel, None) {
+        Ok(message) => from_message(slf, &channel, message).map(Some),
+        // End of iteration: a closed channel stops the loop without an exception.
+        Err(Stop::Closed) => Ok(None),
+        Err(stop) => Err(stop_failure(slf, stop)),
+    }
+}
+
+// ---------------------------------------------------------------- Buffer
+
+fn new_buffer_object<'py>(
+    class: &PyObj<'py>,
+    buffer: SharedBuffer,
+    writable: bool,
+) -> Result<PyObj<'py>> {
+    class::new_instance(&defs().buffer, class, BufferHandle { buffer, writable })
+}
+
+fn buffer_handle<'a>(obj: &'a PyObj<'_>) -> Result<&'a BufferHandle> {
+    class::value::<BufferHandle>(obj)
+        .ok_or_else(|| Error::InvalidArgument("not a subinterp.Buffer".into()))
+}
+
+fn buffer_getbuffer<'a>(_py: Python<'_>, obj: &'a PyObj<'_>) -> Outcome<Export<'a>> {
+    let handle = buffer_handle(obj)?;
+    Ok(Export {
+        mem: handle.buffer.mem(),
+        writable: handle.writable,
+    })
+}
+
+fn buffer_len(_py: Python<'_>, obj: &PyObj<'_>) -> Outcome<usize> {
+    Ok(buffer_handle(obj)?.buffer.len())
+}
+
+fn buffer_writable<'py>(py: Python<'py>, slf: &PyObj<'py>) -> Outcome<PyObj<'py>> {
+    Ok(py.to_object(&Value::Bool(buffer_handle(slf)?.writable))?)
+}
+
+// ---------------------------------------------------------------- messages
+
+/// Turns a Python object into a message: a shared buffer as is, plain data as a Value,
+/// anything else pickled. `slf` is the channel, whose module's types are used.
+fn to_message<'py>(slf: &PyObj<'py>, channel: &Channel, obj: &PyObj<'py>) -> Result<Message> {
+    let py = slf.py();
+    if let Some(handle) = class::value::<BufferHandle>(obj) {
+        return Ok(Message::Buffer(handle.buffer.clone()));
+    }
+    if obj.is_instance(&py.builtins()?.getattr("memoryview")?)? {
+        if let Ok(base) = obj.getattr("obj") {
+            if let Some(handle) = class::value::<BufferHandle>(&base) {
+                return Ok(Message::Buffer(handle.buffer.clone()));
+            }
+        }
+    }
+    // Bytes reuse a buffer the receiving side gave back, so that a steady stream of
+    // messages does not allocate in one thread and free in another.
+    let mut buffer = channel.reuse_buffer();
+    if copy_bytes(obj, &mut buffer) {
+        return Ok(Message::Value(Value::Bytes(buffer)));
+    }
+    match obj.to_value() {
+        Ok(value) => Ok(Message::Value(value)),
+        Err(_) => {
+            let type_name = obj.type_name();
+            let pickle = py.import("pickle")?;
+            let protocol = py.to_object(&Value::Int(5))?;
+            match pickle.call_method("dumps", &[obj, &protocol]) {
+                Ok(data) => match data.to_value()? {
+                    Value::Bytes(data) => Ok(Message::Pickled { type_name, data }),
+                    _ => Err(py.new_error(ExcKind::Type, "pickle.dumps did not return bytes")),
+                },
+                Err(Error::Python(exc)) => Err(py.new_error(
+                    ExcKind::Type,
+                    &format!(
+                        "cannot send a {type_name} object: it is not plain data and cannot be \
+                         pickled ({}: {})",
+                        exc.short_type_name(),
+                        exc.message
+                    ),
+                )),
+                Err(other) => Err(other),
+            }
+        }
+    }
+}
+
+/// Rebuilds a message as a Python object of this interpreter.
+fn from_message<'py>(slf: &PyObj<'py>, channel: &Channel, message: Message) -> Outcome<PyObj<'py>> {
+    let py = slf.py();
+    match message {
+        Message::Value(Value::Bytes(data)) => {
+            let obj = py.to_object_bytes(&data);
+            channel.recycle_buffer(data);
+            Ok(obj?)
+        }
+        Message::Value(value) => Ok(py.to_object(&value)?),
+        Message::Buffer(buffer) => {
+            let writable = buffer.is_writable();
+            let handle = new_buffer_object(&entry_of(slf, BUFFER_TYPE)?, buffer, writable)?;
+            Ok(py.call(&py.builtins()?.getattr("memoryview")?, &[&handle])?)
+        }
+        Message::Pickled { type_name, data } => {
+            let pickled = py.to_object(&Value::Bytes(data))?;
+            let loaded = py
+                .import("pickle")
+                .and_then(|p| p.call_method("loads", &[&pickled]));
+            match loaded {
+                Ok(obj) => Ok(obj),
+                Err(err) => {
+                    let reason = match &err {
+                        Error::Python(exc) => format!("{}: {}", exc.short_type_name(), exc.message),
+                        other => other.to_string(),
+                    };
+                    Err(receive_error(slf, &type_name, &reason, &pickled))
+                }
+            }
+        }
+    }
+}
+
+/// Raises `ReceiveError` carrying the pickled bytes and the type name.
+fn receive_error<'py>(
+    slf: &PyObj<'py>,
+    type_name: &str,
+    reason: &str,
+    pickled: &PyObj<'py>,
+) -> Failure {
+    let build = || -> Result<PyObj<'py>> {
+        let py = slf.py();
+        let class = entry_of(slf, RECEIVE_ERROR)?;
+        let message = py.str(&format!(
+            "cannot rebuild a received {type_name} object in this interpreter ({reason}); \
+             the pickled message is kept in this exception's .pickled attribute"
+        ))?;
+        let exc = class.call(&[&message])?;
+        exc.setattr("pickled", pickled)?;
+        exc.setattr("type_name", &py.str(type_name)?)?;
+        Ok(exc)
+    };
+    match build() {
+        Ok(exc) => {
+            crate::raw::err::raise_instance(exc);
+            Failure::Raised
+        }
+        Err(err) => Failure::Error(err),
+    }
+}
