@@ -190,13 +190,15 @@ impl<'a, 'py> FastArgs<'a, 'py> {
     /// Positional argument `i`.
     pub(crate) fn positional(&self, i: usize) -> Option<PyObj<'py>> {
         let ptr = *self.items[..self.nargs].get(i)?;
-        self.py.borrowed(ptr).ok()
+        // SAFETY: the arguments are live objects of this interpreter for the call.
+        unsafe { self.py.borrowed(ptr) }.ok()
     }
 
     /// The value of keyword argument `i`.
     pub(crate) fn keyword_value(&self, i: usize) -> Option<PyObj<'py>> {
         let ptr = *self.items[self.nargs..].get(i)?;
-        self.py.borrowed(ptr).ok()
+        // SAFETY: the arguments are live objects of this interpreter for the call.
+        unsafe { self.py.borrowed(ptr) }.ok()
     }
 
     /// The name of keyword argument `i`; `None` for a name that is not UTF-8 (a lone
@@ -688,7 +690,8 @@ pub(crate) fn capsule<'py, T: Send + Sync + 'static>(
         // SAFETY: the capsule was not made, so the box is still ours.
         drop(unsafe { Box::from_raw(boxed) });
     }
-    let capsule = py.own(made)?;
+    // SAFETY: a new reference or NULL with an exception, from PyCapsule_New.
+    let capsule = unsafe { py.own(made) }?;
     // The context holds the pointer too, for `capsule_value` to read it without comparing
     // names.
     // SAFETY: GIL held; `capsule` is the capsule just made.

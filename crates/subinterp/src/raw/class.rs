@@ -126,9 +126,13 @@ impl ClassDef {
     pub(crate) fn create<'py>(&'static self, module: &PyObj<'py>) -> Result<PyObj<'py>> {
         let py = module.py();
         // SAFETY: GIL held; the spec is complete and static; `module` is a live module.
-        py.own(unsafe {
-            ffi::PyType_FromModuleAndSpec(module.as_ptr(), self.spec, ptr::null_mut())
-        })
+        unsafe {
+            py.own(ffi::PyType_FromModuleAndSpec(
+                module.as_ptr(),
+                self.spec,
+                ptr::null_mut(),
+            ))
+        }
     }
 }
 
@@ -177,7 +181,7 @@ pub(crate) fn new_instance<'py, T: Send + 'static>(
     }
     // SAFETY: GIL held; `ty` is a native class whose instances are `Instance<T>`-sized
     // (checked above); GenericAlloc zero-fills and returns a new reference or NULL.
-    let obj = py.own(unsafe { ffi::PyType_GenericAlloc(ty, 0) })?;
+    let obj = unsafe { py.own(ffi::PyType_GenericAlloc(ty, 0)) }?;
     // SAFETY: `obj` is a fresh, zeroed instance of size `Instance<T>`: write its header
     // and value before anything can read them.
     unsafe {
@@ -219,5 +223,6 @@ pub(crate) fn defining_module<'py>(obj: &PyObj<'py>) -> Option<PyObj<'py>> {
         unsafe { ffi::PyErr_Clear() };
         return None;
     }
-    py.borrowed(module).ok()
+    // SAFETY: a live module, borrowed from the type, which `obj` keeps alive.
+    unsafe { py.borrowed(module) }.ok()
 }

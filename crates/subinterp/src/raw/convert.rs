@@ -40,24 +40,33 @@ pub(crate) fn to_object<'py>(py: Python<'py>, value: &Value, depth: usize) -> Re
     match value {
         Value::None => Ok(py.none()),
         // SAFETY: GIL held; plain value argument.
-        Value::Bool(b) => py.own(unsafe { ffi::PyBool_FromLong(i64::from(*b) as _) }),
+        Value::Bool(b) => unsafe { py.own(ffi::PyBool_FromLong(i64::from(*b) as _)) },
         // SAFETY: GIL held; plain value argument.
-        Value::Int(n) => py.own(unsafe { ffi::PyLong_FromLongLong(*n) }),
+        Value::Int(n) => unsafe { py.own(ffi::PyLong_FromLongLong(*n)) },
         Value::BigInt(n) => {
             let text = super::object::cstring(&n.to_str_radix(16));
             // SAFETY: GIL held; `text` is a NUL-terminated string alive across the call.
-            py.own(unsafe { ffi::PyLong_FromString(text.as_ptr(), std::ptr::null_mut(), 16) })
+            unsafe {
+                py.own(ffi::PyLong_FromString(
+                    text.as_ptr(),
+                    std::ptr::null_mut(),
+                    16,
+                ))
+            }
         }
         // SAFETY: GIL held; plain value argument.
-        Value::Float(x) => py.own(unsafe { ffi::PyFloat_FromDouble(*x) }),
+        Value::Float(x) => unsafe { py.own(ffi::PyFloat_FromDouble(*x)) },
         Value::Str(s) => py.str(s),
         // SAFETY: GIL held; pointer and length describe `b`, alive across the call.
-        Value::Bytes(b) => py.own(unsafe {
-            ffi::PyBytes_FromStringAndSize(b.as_ptr().cast::<c_char>(), len(b.len()))
-        }),
+        Value::Bytes(b) => unsafe {
+            py.own(ffi::PyBytes_FromStringAndSize(
+                b.as_ptr().cast::<c_char>(),
+                len(b.len()),
+            ))
+        },
         Value::List(items) => {
             // SAFETY: GIL held.
-            let list = py.own(unsafe { ffi::PyList_New(len(items.len())) })?;
+            let list = unsafe { py.own(ffi::PyList_New(len(items.len()))) }?;
             for (i, item) in items.iter().enumerate() {
                 let obj = to_object(py, item, depth + 1)?;
                 // SAFETY: fresh list of the right size; SET_ITEM steals the reference,
@@ -68,7 +77,7 @@ pub(crate) fn to_object<'py>(py: Python<'py>, value: &Value, depth: usize) -> Re
         }
         Value::Tuple(items) => {
             // SAFETY: GIL held.
-            let tuple = py.own(unsafe { ffi::PyTuple_New(len(items.len())) })?;
+            let tuple = unsafe { py.own(ffi::PyTuple_New(len(items.len()))) }?;
             for (i, item) in items.iter().enumerate() {
                 let obj = to_object(py, item, depth + 1)?;
                 // SAFETY: fresh tuple of the right size; SET_ITEM steals the reference.

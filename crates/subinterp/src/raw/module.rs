@@ -177,8 +177,13 @@ fn exec_module<'py>(py: Python<'py>, module: &PyObj<'py>) -> Outcome<()> {
         // SAFETY: GIL held; `def` is a leaked, static method definition; the capsule is
         // the function's `self` (a new reference is taken by the function object), and the
         // module name a live str.
-        let func =
-            py.own(unsafe { ffi::PyCFunction_NewEx(*def, data.as_ptr(), module_name.as_ptr()) })?;
+        let func = unsafe {
+            py.own(ffi::PyCFunction_NewEx(
+                *def,
+                data.as_ptr(),
+                module_name.as_ptr(),
+            ))
+        }?;
         module.setattr(&function.name, &func)?;
     }
     let builtins = py.builtins()?;
@@ -327,7 +332,8 @@ pub(crate) fn state_get<'py>(module: &PyObj<'py>, i: usize) -> Option<PyObj<'py>
     if entry.is_null() {
         return None;
     }
-    module.py().borrowed(entry).ok()
+    // SAFETY: the state holds a strong reference to a live object of this interpreter.
+    unsafe { module.py().borrowed(entry) }.ok()
 }
 
 /// Stores `obj` as entry `i` of the state of `module`, replacing what was there.
@@ -407,12 +413,14 @@ pub(crate) fn new_exception<'py>(
         .map_err(|_| Error::InvalidArgument("a NUL byte in an exception's docstring".into()))?;
     // SAFETY: GIL held; NUL-terminated name and doc alive across the call; `base` is NULL
     // or an exception class; no extra attributes.
-    py.own(unsafe {
-        ffi::PyErr_NewExceptionWithDoc(
-            name.as_ptr(),
-            doc.as_ptr(),
-            base.map_or(ptr::null_mut(), |b| b.as_ptr()),
-            ptr::null_mut::<ffi::PyObject>(),
-        )
-    })
+    unsafe {
+        py.own({
+            ffi::PyErr_NewExceptionWithDoc(
+                name.as_ptr(),
+                doc.as_ptr(),
+                base.map_or(ptr::null_mut(), |b| b.as_ptr()),
+                ptr::null_mut::<ffi::PyObject>(),
+            )
+        })
+    }
 }

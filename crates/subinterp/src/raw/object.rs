@@ -83,7 +83,11 @@ impl<'py> Python<'py> {
 
     /// Takes ownership of a new reference returned by the C API, or fetches the raised
     /// exception when it is NULL.
-    pub(crate) fn own(self, ptr: *mut ffi::PyObject) -> Result<PyObj<'py>> {
+    ///
+    /// # Safety
+    /// `ptr` is NULL (with an exception set, or none) or a live object of this token's
+    /// interpreter whose one reference the caller owns and hands over.
+    pub(crate) unsafe fn own(self, ptr: *mut ffi::PyObject) -> Result<PyObj<'py>> {
         match NonNull::new(ptr) {
             Some(ptr) => Ok(PyObj { ptr, py: self }),
             None => Err(self.fetch_error()),
@@ -100,13 +104,19 @@ impl<'py> Python<'py> {
     }
 
     /// Takes a new strong reference to a borrowed pointer.
-    pub(crate) fn borrowed(self, ptr: *mut ffi::PyObject) -> Result<PyObj<'py>> {
+    ///
+    /// # Safety
+    /// `ptr` is NULL (with an exception set, or none) or a live object of this token's
+    /// interpreter, alive for the call.
+    pub(crate) unsafe fn borrowed(self, ptr: *mut ffi::PyObject) -> Result<PyObj<'py>> {
         if !ptr.is_null() {
-            // SAFETY: `ptr` is a live object of this interpreter (borrowed from the caller)
+            // SAFETY: `ptr` is a live object of this interpreter (the caller's contract)
             // and the GIL is held.
             unsafe { ffi::Py_IncRef(ptr) };
         }
-        self.own(ptr)
+        // SAFETY: the reference just taken passes to the result (the caller's contract
+        // covers NULL).
+        unsafe { self.own(ptr) }
     }
 
     /// Fails with the currently raised exception if the C call reported an error (-1).
@@ -166,34 +176,36 @@ impl<'py> Python<'py> {
         if dict.is_null() && !super::err::occurred(self) {
             return Err(self.new_error(ExcKind::Value, "the interpreter has no dict"));
         }
-        self.borrowed(dict)
+        // SAFETY: the interpreter's dict, borrowed from it, or NULL with an exception.
+        unsafe { self.borrowed(dict) }
     }
 
     /// `None`.
     pub fn none(self) -> PyObj<'py> {
         // SAFETY: Py_None is immortal/static and the GIL is held.
-        self.borrowed(unsafe { ffi::Py_None() })
-            .expect("None is never NULL")
+        unsafe { self.borrowed(ffi::Py_None()) }.expect("None is never NULL")
     }
 
     /// A new `str`.
     pub fn str(self, text: &str) -> Result<PyObj<'py>> {
         // SAFETY: GIL held; pointer/length describe valid UTF-8 that lives across the call.
-        self.own(unsafe {
-            ffi::PyUnicode_FromStringAndSize(text.as_ptr().cast::<c_char>(), len(text.len()))
-        })
+        unsafe {
+            self.own({
+                ffi::PyUnicode_FromStringAndSize(text.as_ptr().cast::<c_char>(), len(text.len()))
+            })
+        }
     }
 
     /// A new `dict`.
     pub fn dict(self) -> Result<PyObj<'py>> {
         // SAFETY: GIL held.
-        self.own(unsafe { ffi::PyDict_New() })
+        unsafe { self.own(ffi::PyDict_New()) }
     }
 
     /// A new `tuple` of the given objects.
     pub fn tuple(self, items: &[&PyObj<'py>]) -> Result<PyObj<'py>> {
         // SAFETY: GIL held.
-        let tuple = self.own(unsafe { ffi::PyTuple_New(len(items.len())) })?;
+        let tuple = unsafe { self.own(ffi::PyTuple_New(len(items.len()))) }?;
         for (i, item) in items.iter().enumerate() {
             // SAFETY: `tuple` is a fresh tuple of the right size; SET_ITEM steals the new
             // reference we create for it.
@@ -212,7 +224,7 @@ impl<'py> Python<'py> {
         }
         let name_obj = self.str(name)?;
         // SAFETY: GIL held; `name_obj` is a live str.
-        self.own(unsafe { ffi::PyImport_Import(name_obj.as_ptr()) })
+        unsafe { self.own(ffi::PyImport_Import(name_obj.as_ptr())) }
     }
 
     /// The module `name` if it is already in `sys.modules`; never imports.
@@ -222,7 +234,8 @@ impl<'py> Python<'py> {
         // without an exception when the module is absent, or NULL with one on error.
         let module = unsafe { ffi::PyImport_GetModule(name_obj.as_ptr()) };
         if !module.is_null() {
-            return self.own(module).map(Some);
+            // SAFETY: the new reference PyImport_GetModule returned.
+            return unsafe { self.own(module) }.map(Some);
         }
         // SAFETY: GIL held.
         if unsafe { ffi::PyErr_Occurred() }.is_null() {
@@ -300,9 +313,17 @@ impl<'py> Python<'py> {
         // alive across the call; `flags` is a valid struct for the call; default
         // optimisation level. (Unlike `builtins.compile`, this does not set up the `ast`
         // module's types on first use, which costs about 2 ms in a new interpreter.)
-        self.own(unsafe {
-            ffi::Py_CompileStringObject(source.as_ptr(), filename.as_ptr(), start, &mut flags, -1)
-        })
+        unsafe {
+            self.own({
+                ffi::Py_CompileStringObject(
+                    source.as_ptr(),
+                    filename.as_ptr(),
+                    start,
+                    &mut flags,
+                    -1,
+                )
+            })
+        }
     }
 
     /// A `str` for a file system path, decoded as Python decodes file names
@@ -315,9 +336,14 @@ impl<'py> Python<'py> {
             return Err(self.new_error(ExcKind::Value, "embedded null byte in a path"));
         }
         // SAFETY: GIL held; pointer and length describe `bytes`, alive across the call.
-        self.own(unsafe {
-            ffi::PyUnicode_DecodeFSDefaultAndSize(bytes.as_ptr().cast::<c_char>(), len(bytes.len()))
-        })
+        unsafe {
+            self.own({
+                ffi::PyUnicode_DecodeFSDefaultAndSize(
+                    bytes.as_ptr().cast::<c_char>(),
+                    len(bytes.len()),
+                )
+            })
+        }
     }
 
     /// Evaluates a code object in `globals` (also used as locals).
@@ -332,7 +358,13 @@ impl<'py> Python<'py> {
             return Err(self.new_error(ExcKind::Type, "expected a code object"));
         }
         // SAFETY: checked types above; GIL held.
-        self.own(unsafe { ffi::PyEval_EvalCode(code.as_ptr(), globals.as_ptr(), globals.as_ptr()) })
+        unsafe {
+            self.own(ffi::PyEval_EvalCode(
+                code.as_ptr(),
+                globals.as_ptr(),
+                globals.as_ptr(),
+            ))
+        }
     }
 
     /// Runs statements in `globals`, as `exec(source, globals)` would.
@@ -374,17 +406,21 @@ impl<'py> Python<'py> {
         let kw = kwargs.map_or(std::ptr::null_mut(), |k| k.as_ptr());
         // SAFETY: GIL held; `ptrs` holds `ptrs.len()` borrowed live objects that outlive the
         // call; `kw` is NULL or a dict.
-        self.own(unsafe {
-            ffi::PyObject_VectorcallDict(callable.as_ptr(), ptrs.as_ptr(), ptrs.len(), kw)
-        })
+        unsafe {
+            self.own({
+                ffi::PyObject_VectorcallDict(callable.as_ptr(), ptrs.as_ptr(), ptrs.len(), kw)
+            })
+        }
     }
 
     /// A new `bytes` object holding a copy of `data`.
     pub(crate) fn to_object_bytes(self, data: &[u8]) -> Result<PyObj<'py>> {
         // SAFETY: GIL held; pointer and length describe `data`, alive across the call.
-        self.own(unsafe {
-            ffi::PyBytes_FromStringAndSize(data.as_ptr().cast::<c_char>(), len(data.len()))
-        })
+        unsafe {
+            self.own({
+                ffi::PyBytes_FromStringAndSize(data.as_ptr().cast::<c_char>(), len(data.len()))
+            })
+        }
     }
 }
 
@@ -403,8 +439,10 @@ impl<'py> PyObj<'py> {
     pub fn getattr(&self, name: &str) -> Result<PyObj<'py>> {
         let name = self.py.str(name)?;
         // SAFETY: GIL held; both are live objects.
-        self.py
-            .own(unsafe { ffi::PyObject_GetAttr(self.as_ptr(), name.as_ptr()) })
+        unsafe {
+            self.py
+                .own(ffi::PyObject_GetAttr(self.as_ptr(), name.as_ptr()))
+        }
     }
 
     /// `setattr(self, name, value)`.
@@ -418,8 +456,10 @@ impl<'py> PyObj<'py> {
     /// `self[key]`.
     pub fn get_item(&self, key: &PyObj<'py>) -> Result<PyObj<'py>> {
         // SAFETY: GIL held; both are live objects.
-        self.py
-            .own(unsafe { ffi::PyObject_GetItem(self.as_ptr(), key.as_ptr()) })
+        unsafe {
+            self.py
+                .own(ffi::PyObject_GetItem(self.as_ptr(), key.as_ptr()))
+        }
     }
 
     /// `self.get(key)` for a `dict`: `None` when the key is absent, or when `self` is not
@@ -437,7 +477,8 @@ impl<'py> PyObj<'py> {
             unsafe { ffi::PyErr_Clear() };
             return None;
         }
-        self.py.borrowed(item).ok()
+        // SAFETY: a live value borrowed from the dict, which `self` keeps alive.
+        unsafe { self.py.borrowed(item) }.ok()
     }
 
     /// `self[key] = value`.
@@ -482,14 +523,14 @@ impl<'py> PyObj<'py> {
     /// `str(self)` as a Rust string.
     pub fn str(&self) -> Result<String> {
         // SAFETY: GIL held; live object.
-        let s = self.py.own(unsafe { ffi::PyObject_Str(self.as_ptr()) })?;
+        let s = unsafe { self.py.own(ffi::PyObject_Str(self.as_ptr())) }?;
         s.extract_str()
     }
 
     /// `repr(self)` as a Rust string.
     pub fn repr(&self) -> Result<String> {
         // SAFETY: GIL held; live object.
-        let s = self.py.own(unsafe { ffi::PyObject_Repr(self.as_ptr()) })?;
+        let s = unsafe { self.py.own(ffi::PyObject_Repr(self.as_ptr())) }?;
         s.extract_str()
     }
 
@@ -521,9 +562,10 @@ impl<'py> PyObj<'py> {
     /// The qualified name of the object's type: `builtins.int`, `collections.OrderedDict`.
     pub fn type_name(&self) -> String {
         // SAFETY: GIL held; Py_TYPE of a live object is a live type object.
-        let ty = self
-            .py
-            .borrowed(unsafe { ffi::Py_TYPE(self.as_ptr()) }.cast::<ffi::PyObject>());
+        let ty = unsafe {
+            self.py
+                .borrowed(ffi::Py_TYPE(self.as_ptr()).cast::<ffi::PyObject>())
+        };
         match ty {
             Ok(ty) => qualified_name(&ty).unwrap_or_else(|| "<unknown type>".to_owned()),
             Err(_) => "<unknown type>".to_owned(),
