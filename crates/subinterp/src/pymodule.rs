@@ -616,7 +616,7 @@ fn to_message<'py>(slf: &PyObj<'py>, channel: &Channel, obj: &PyObj<'py>) -> Res
     if let Some(handle) = class::value::<BufferHandle>(obj) {
         return Ok(Message::Buffer(handle.buffer.clone()));
     }
-    if obj.is_instance(&py.builtins()?.getattr("memoryview")?)? {
+    if obj.is_memoryview() {
         if let Ok(base) = obj.getattr("obj") {
             if let Some(handle) = class::value::<BufferHandle>(&base) {
                 return Ok(Message::Buffer(handle.buffer.clone()));
@@ -668,7 +668,7 @@ fn from_message<'py>(slf: &PyObj<'py>, channel: &Channel, message: Message) -> O
         Message::Buffer(buffer) => {
             let writable = buffer.is_writable();
             let handle = new_buffer_object(&entry_of(slf, BUFFER_TYPE)?, buffer, writable)?;
-            Ok(py.call(&py.builtins()?.getattr("memoryview")?, &[&handle])?)
+            Ok(handle.memoryview()?)
         }
         Message::Pickled { type_name, data } => {
             let pickled = py.to_object(&Value::Bytes(data))?;

@@ -514,6 +514,19 @@ impl<'py> PyObj<'py> {
         Ok(is == 1)
     }
 
+    /// True if this is a `memoryview`.
+    pub fn is_memoryview(&self) -> bool {
+        // SAFETY: GIL held; a type check of a live object.
+        unsafe { ffi::PyMemoryView_Check(self.as_ptr()) != 0 }
+    }
+
+    /// A `memoryview` of this object (which must export the buffer protocol).
+    pub fn memoryview(&self) -> Result<PyObj<'py>> {
+        // SAFETY: GIL held; a live object; returns a new reference or NULL with an
+        // exception (the view takes its own reference to `self`).
+        unsafe { self.py.own(ffi::PyMemoryView_FromObject(self.as_ptr())) }
+    }
+
     /// True if this is `None`.
     pub fn is_none(&self) -> bool {
         // SAFETY: Py_None is static; comparing pointers needs no GIL beyond the token's.
