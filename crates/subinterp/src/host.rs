@@ -402,8 +402,8 @@ impl fmt::Debug for Caller<'_> {
 }
 
 /// The arguments of a host function, converted from the Python call: `()`, a tuple of up
-/// to eight typed values (one per parameter, each `serde::de::DeserializeOwned`), or
-/// [`Args`]. Implemented by the crate only.
+/// to eight typed values (one per parameter, each `serde::de::DeserializeOwned`), a
+/// [`Kwargs`] struct, or [`Args`]. Implemented by the crate only.
 pub trait Params: sealed::Bind + 'static {}
 
 impl<T: sealed::Bind + 'static> Params for T {}
@@ -442,14 +442,21 @@ impl Binding {
         &self,
         args: &FastArgs<'_, 'py>,
     ) -> Result<[Option<PyObj<'py>>; N]> {
+        let mut slots: [Option<PyObj<'py>>; N] = std::array::from_fn(|_| None);
+        self.fill(args, &mut slots)?;
+        Ok(slots)
+    }
+
+    /// Puts each argument in the slot of its parameter.
+    fn fill<'py>(&self, args: &FastArgs<'_, 'py>, slots: &mut [Option<PyObj<'py>>]) -> Result<()> {
+        let arity = slots.len();
         let n = args.positional_len();
-        if n > N {
+        if n > arity {
             return Err(self.type_error(format!(
-                "takes {N} positional argument{} but {n} were given",
-                if N == 1 { "" } else { "s" }
+                "takes {arity} positional argument{} but {n} were given",
+                if arity == 1 { "" } else { "s" }
             )));
         }
-        let mut slots: [Option<PyObj<'py>>; N] = std::array::from_fn(|_| None);
         for (i, slot) in slots.iter_mut().enumerate().take(n) {
             *slot = args.positional(i);
         }
@@ -463,7 +470,7 @@ impl Binding {
             }
             slots[index] = args.keyword_value(k);
         }
-        Ok(slots)
+        Ok(())
     }
 
     fn convert(&self, index: usize, obj: &PyObj<'_>) -> Result<Value> {
@@ -555,6 +562,54 @@ impl Bind for () {
     const ARITY: Option<usize> = Some(0);
     fn bind(binding: &Binding, args: &FastArgs<'_, '_>) -> Result<Self> {
         binding.slots::<0>(args).map(drop)
+    }
+}
+
+/// Arguments bound by name into a `#[derive(Deserialize)]` struct: each declared
+/// parameter, passed by position or keyword, is the struct's field of that name. A
+/// parameter left out is absent from the struct's input (fine for an `Option` field or
+/// one with `#[serde(default)]`); a mistyped one is a `TypeError` naming the field.
+///
+/// ```
+/// use serde::Deserialize;
+/// use subinterp::{Caller, HostModule, Kwargs};
+///
+/// #[derive(Deserialize)]
+/// struct Spawn {
+///     kind: String,
+///     x: f64,
+///     #[serde(default)]
+///     hidden: bool,
+/// }
+///
+/// let game = HostModule::new("game").function(
+///     "spawn",
+///     ["kind", "x", "hidden"],
+///     |_: &Caller, Kwargs(spawn): Kwargs<Spawn>| Ok(format!("{} at {}{}", spawn.kind, spawn.x,
+///         if spawn.hidden { " (hidden)" } else { "" })),
+/// );
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Kwargs<T>(pub T);
+
+#[allow(private_interfaces)]
+impl<T: DeserializeOwned + 'static> Bind for Kwargs<T> {
+    const ARITY: Option<usize> = None;
+    fn bind(binding: &Binding, args: &FastArgs<'_, '_>) -> Result<Self> {
+        let mut slots: Vec<Option<PyObj<'_>>> = vec![None; binding.params.len()];
+        binding.fill(args, &mut slots)?;
+        let mut entries = Vec::with_capacity(slots.len());
+        for (i, slot) in slots.into_iter().enumerate() {
+            if let Some(obj) = slot {
+                entries.push((
+                    Value::from(binding.params[i].as_str()),
+                    binding.convert(i, &obj)?,
+                ));
+            }
+        }
+        from_value(Value::Dict(entries))
+            .map(Kwargs)
+            .map_err(|err| binding.type_error(format!("arguments: {err}")))
     }
 }
 

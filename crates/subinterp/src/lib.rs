@@ -66,7 +66,7 @@ pub use buffer::SharedBuffer;
 pub use channel::{select, Channel, Message, RecvFuture};
 pub use config::{Gil, InterpreterConfig, DEFAULT_SHUTDOWN_GRACE};
 pub use error::{Error, ExitStatus, PyException, Result};
-pub use host::{Caller, HostModule, Interrupt, Params};
+pub use host::{Caller, HostModule, Interrupt, Kwargs, Params};
 pub use interpreter::{parse_target, Args, Interpreter, InterruptHandle, Output};
 pub use pool::{MapResults, Pool, PoolConfig, Task, TaskOptions};
 pub use raw::{PyObj, Python};

@@ -3,8 +3,18 @@
 use std::sync::{Arc, Mutex, OnceLock};
 
 use subinterp::{
-    Args, Caller, Error, HostModule, Interpreter, InterpreterConfig, Runtime, RuntimeConfig, Value,
+    Args, Caller, Error, HostModule, Interpreter, InterpreterConfig, Kwargs, Runtime,
+    RuntimeConfig, Value,
 };
+
+/// Arguments of `game.place`, bound by name.
+#[derive(serde::Deserialize)]
+struct Place {
+    kind: String,
+    x: f64,
+    #[serde(default)]
+    hidden: bool,
+}
 
 /// Per-tenant data attached to interpreters.
 struct Tenant {
@@ -73,6 +83,18 @@ fn game() -> HostModule {
                 other => format!("{other:?}"),
             })
         })
+        .function(
+            "place",
+            ["kind", "x", "hidden"],
+            |_: &Caller, Kwargs(place): Kwargs<Place>| {
+                Ok(format!(
+                    "{} at {}{}",
+                    place.kind,
+                    place.x,
+                    if place.hidden { ", hidden" } else { "" }
+                ))
+            },
+        )
         .exception("NotFound", "LookupError")
         .constant("VERSION", "1.2")
 }
@@ -152,6 +174,30 @@ fn typed_positional_and_keyword_arguments() {
         interp.eval("game.add.__text_signature__").unwrap(),
         Value::from("(a, b)")
     );
+    // Bound by name into a struct.
+    assert_eq!(
+        interp.eval("game.place('elf', 2)").unwrap(),
+        Value::from("elf at 2")
+    );
+    assert_eq!(
+        interp
+            .eval("game.place(x=1.5, kind='orc', hidden=True)")
+            .unwrap(),
+        Value::from("orc at 1.5, hidden")
+    );
+    for (call, needle) in [
+        ("game.place('elf', x='far')", "field `x`"),
+        ("game.place(x=1)", "missing field `kind`"),
+        (
+            "game.place('elf', 1, False, 4)",
+            "takes 3 positional arguments but 4 were given",
+        ),
+    ] {
+        let err = interp.eval(call).unwrap_err();
+        let exc = py_err(&err);
+        assert_eq!(exc.type_name, "builtins.TypeError", "{call}: {exc}");
+        assert!(exc.message.contains(needle), "{call}: {}", exc.message);
+    }
 }
 
 #[test]
