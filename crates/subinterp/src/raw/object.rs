@@ -112,7 +112,7 @@ impl<'py> Python<'py> {
         if !ptr.is_null() {
             // SAFETY: `ptr` is a live object of this interpreter (the caller's contract)
             // and the GIL is held.
-            unsafe { ffi::Py_IncRef(ptr) };
+            unsafe { ffi::Py_INCREF(ptr) };
         }
         // SAFETY: the reference just taken passes to the result (the caller's contract
         // covers NULL).
@@ -589,7 +589,7 @@ impl<'py> PyObj<'py> {
 impl Clone for PyObj<'_> {
     fn clone(&self) -> Self {
         // SAFETY: the brand proves the GIL of this object's interpreter is held.
-        unsafe { ffi::Py_IncRef(self.as_ptr()) };
+        unsafe { ffi::Py_INCREF(self.as_ptr()) };
         PyObj {
             ptr: self.ptr,
             py: self.py,
@@ -601,7 +601,7 @@ impl Drop for PyObj<'_> {
     fn drop(&mut self) {
         // SAFETY: the brand proves the GIL of this object's interpreter is held, and we own
         // one reference.
-        unsafe { ffi::Py_DecRef(self.as_ptr()) };
+        unsafe { ffi::Py_DECREF(self.as_ptr()) };
     }
 }
 
