@@ -241,6 +241,17 @@ impl HostModule {
 
 /// The interpreter calling a host function: which one it is, the host data attached to
 /// it, and access to its Python code.
+///
+/// A `Caller` lives for one call: its lifetime is the brand of the caller's GIL token, so
+/// it cannot be kept, or sent to another thread.
+///
+/// ```compile_fail
+/// use subinterp::{Caller, HostModule};
+/// HostModule::new("m").function("f", [], |caller: &Caller, (): ()| {
+///     let kept: &'static Caller<'static> = caller;
+///     Ok(())
+/// });
+/// ```
 pub struct Caller<'py> {
     py: Python<'py>,
 }

@@ -95,9 +95,24 @@ fn game() -> HostModule {
                 ))
             },
         )
+        .function(
+            "unknown_class",
+            [],
+            |_: &Caller, (): ()| -> subinterp::Result<()> {
+                Err(Error::python("nosuch.Missing", "not loaded here"))
+            },
+        )
+        .function("elsewhere", ["code"], |_: &Caller, (code,): (String,)| {
+            // An exception of another interpreter arrives as a snapshot: it is rebuilt.
+            let other = OTHER.lock().unwrap().clone().expect("set by the test");
+            other.exec(&code).map(|()| Value::None)
+        })
         .exception("NotFound", "LookupError")
         .constant("VERSION", "1.2")
 }
+
+/// Another interpreter, for `elsewhere`.
+static OTHER: Mutex<Option<Arc<Interpreter>>> = Mutex::new(None);
 
 fn runtime() -> Runtime {
     static RT: OnceLock<Runtime> = OnceLock::new();
@@ -248,6 +263,29 @@ fn host_errors_raise_the_exception_class_the_host_chose() {
     );
     let err = interp.eval("game.spawn('dragon', 0)").unwrap_err();
     assert_eq!(py_err(&err).type_name, "game.NotFound");
+}
+
+#[test]
+fn exceptions_known_only_as_snapshots_are_rebuilt_with_their_class_and_cause() {
+    let interp = isolated();
+    *OTHER.lock().unwrap() = Some(Arc::new(isolated()));
+    interp
+        .exec(
+            "import game\n\
+             try:\n    game.elsewhere(\"raise ValueError('bad') from KeyError('k')\")\n\
+             except ValueError as e:\n    caught = (str(e), type(e.__cause__).__name__)\n",
+        )
+        .unwrap();
+    assert_eq!(
+        interp.eval("caught").unwrap(),
+        Value::Tuple(vec![Value::from("bad"), Value::from("KeyError")])
+    );
+    // A class this interpreter does not have is a RuntimeError naming it.
+    let err = interp.eval("game.unknown_class()").unwrap_err();
+    let exc = py_err(&err);
+    assert_eq!(exc.type_name, "builtins.RuntimeError");
+    assert_eq!(exc.message, "nosuch.Missing: not loaded here");
+    *OTHER.lock().unwrap() = None;
 }
 
 #[test]
