@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::channel::{Channel, Message, Stop};
 use crate::error::{Error, PyException, Result};
 use crate::interpreter::Args;
+use crate::params;
 use crate::raw::callback::{self, FastArgs};
 use crate::raw::convert::scalar;
 use crate::raw::module::{ExceptionSpec, FunctionSpec, ModuleSpec, NativeFn};
@@ -460,28 +461,7 @@ impl Binding {
 
     /// Puts each argument in the slot of its parameter.
     fn fill<'py>(&self, args: &FastArgs<'_, 'py>, slots: &mut [Option<PyObj<'py>>]) -> Result<()> {
-        let arity = slots.len();
-        let n = args.positional_len();
-        if n > arity {
-            return Err(self.type_error(format!(
-                "takes {arity} positional argument{} but {n} were given",
-                if arity == 1 { "" } else { "s" }
-            )));
-        }
-        for (i, slot) in slots.iter_mut().enumerate().take(n) {
-            *slot = args.positional(i);
-        }
-        for k in 0..args.keyword_len() {
-            let key = args.keyword_name(k).unwrap_or("");
-            let Some(index) = self.params.iter().position(|p| p == key) else {
-                return Err(self.type_error(format!("got an unexpected keyword argument '{key}'")));
-            };
-            if slots[index].is_some() {
-                return Err(self.type_error(format!("got multiple values for argument '{key}'")));
-            }
-            slots[index] = args.keyword_value(k);
-        }
-        Ok(())
+        params::bind(&self.function, &self.params, args, slots)
     }
 
     fn convert(&self, index: usize, obj: &PyObj<'_>) -> Result<Value> {
@@ -501,8 +481,7 @@ impl Binding {
         let name = &self.params[index];
         let Some(obj) = obj else {
             // Left out: accepted where `None` is (an `Option` parameter).
-            return from_value(Value::None)
-                .map_err(|_| self.type_error(format!("missing required argument '{name}'")));
+            return from_value(Value::None).map_err(|_| params::missing(&self.function, name));
         };
         let mismatch = |shown: &str, err: Error| {
             self.type_error(format!(

@@ -54,6 +54,7 @@ mod error;
 pub mod hazards;
 mod host;
 mod interpreter;
+mod params;
 mod pool;
 mod pymodule;
 #[allow(unsafe_code)]

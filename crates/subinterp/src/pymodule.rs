@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::buffer::SharedBuffer;
 use crate::channel::{Channel, Message, Stop};
 use crate::error::{Error, Result};
+use crate::params;
 use crate::raw::callback::{self, Export, Failure, FastArgs, Outcome};
 use crate::raw::class::{self, ClassDef};
 use crate::raw::convert::{copy_bytes, scalar, utf8_str};
@@ -211,40 +212,11 @@ fn parse<'py, const N: usize>(
     names: [&str; N],
     required: usize,
 ) -> Result<[Option<PyObj<'py>>; N]> {
-    let py = args.py();
     let mut out: [Option<PyObj<'py>>; N] = std::array::from_fn(|_| None);
-    let n = args.positional_len();
-    if n > N {
-        return Err(py.new_error(
-            ExcKind::Type,
-            &format!("{fname}() takes at most {N} arguments ({n} given)"),
-        ));
-    }
-    for (i, slot) in out.iter_mut().enumerate().take(n) {
-        *slot = args.positional(i);
-    }
-    for k in 0..args.keyword_len() {
-        let key = args.keyword_name(k).unwrap_or("");
-        let Some(index) = names.iter().position(|n| *n == key) else {
-            return Err(py.new_error(
-                ExcKind::Type,
-                &format!("{fname}() got an unexpected keyword argument '{key}'"),
-            ));
-        };
-        if out[index].is_some() {
-            return Err(py.new_error(
-                ExcKind::Type,
-                &format!("{fname}() got multiple values for argument '{key}'"),
-            ));
-        }
-        out[index] = args.keyword_value(k);
-    }
+    params::bind(fname, &names, args, &mut out)?;
     for (i, name) in names.iter().enumerate().take(required) {
         if out[i].is_none() {
-            return Err(py.new_error(
-                ExcKind::Type,
-                &format!("{fname}() missing required argument '{name}'"),
-            ));
+            return Err(params::missing(fname, name));
         }
     }
     Ok(out)

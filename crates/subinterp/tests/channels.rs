@@ -661,3 +661,36 @@ fn channel_and_buffer_lengths_go_through_the_trampolines() {
         ])
     );
 }
+
+#[test]
+fn bad_calls_of_the_module_are_type_errors_naming_the_parameter() {
+    let interp = common::isolated();
+    let n = name("bad-calls");
+    interp
+        .exec(&format!("import subinterp\nch = subinterp.channel('{n}')"))
+        .unwrap();
+    for (call, needle) in [
+        ("ch.send()", "send() missing required argument 'obj'"),
+        (
+            "subinterp.channel('x', 1, 2)",
+            "channel() takes 2 positional arguments but 3 were given",
+        ),
+        (
+            "ch.recv(wait=1)",
+            "recv() got an unexpected keyword argument 'wait'",
+        ),
+        (
+            "ch.send(1, obj=2)",
+            "send() got multiple values for argument 'obj'",
+        ),
+        (
+            "subinterp.id(1)",
+            "id() takes 0 positional arguments but 1 were given",
+        ),
+    ] {
+        let err = interp.exec(call).unwrap_err();
+        let exc = py_err(&err);
+        assert_eq!(exc.type_name, "builtins.TypeError", "{call}: {exc}");
+        assert_eq!(exc.message, needle, "{call}");
+    }
+}

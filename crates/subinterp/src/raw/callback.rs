@@ -172,11 +172,6 @@ impl<'a, 'py> FastArgs<'a, 'py> {
         }
     }
 
-    /// The token of the call.
-    pub(crate) fn py(&self) -> Python<'py> {
-        self.py
-    }
-
     /// How many positional arguments were passed.
     pub(crate) fn positional_len(&self) -> usize {
         self.nargs
