@@ -138,9 +138,9 @@ impl HostModule {
             function: name.clone(),
             params: params.clone(),
         };
-        let call: NativeFn = Arc::new(move |py, args| {
-            let _in_call = InCall::enter(py.interpreter_id());
-            let caller = Caller { py };
+        let call: NativeFn = Arc::new(move |py, interp, args| {
+            let _in_call = InCall::enter(interp);
+            let caller = Caller { py, interp };
             let bound = P::bind(&binding, args)?;
             let result = f(&caller, bound)?;
             Ok(py.to_object(&to_value(&result)?)?)
@@ -255,12 +255,13 @@ impl HostModule {
 /// ```
 pub struct Caller<'py> {
     py: Python<'py>,
+    interp: i64,
 }
 
 impl<'py> Caller<'py> {
     /// CPython's id of the calling interpreter.
     pub fn interpreter_id(&self) -> i64 {
-        self.py.interpreter_id()
+        self.interp
     }
 
     /// The host data attached to the calling interpreter

@@ -17,9 +17,18 @@ use super::{PyObj, Python};
 use crate::error::Error;
 use crate::value::Value;
 
-/// The Rust side of a native function: called with the arguments of each call.
-pub(crate) type NativeFn =
-    Arc<dyn for<'a, 'py> Fn(Python<'py>, &FastArgs<'a, 'py>) -> Outcome<PyObj<'py>> + Send + Sync>;
+/// The Rust side of a native function: called with the id of the calling interpreter and
+/// the arguments of each call.
+pub(crate) type NativeFn = Arc<
+    dyn for<'a, 'py> Fn(Python<'py>, i64, &FastArgs<'a, 'py>) -> Outcome<PyObj<'py>> + Send + Sync,
+>;
+
+/// What a native function object of one interpreter holds: its Rust side, and the id of
+/// the interpreter it belongs to (known without asking CPython at each call).
+struct Bound {
+    call: NativeFn,
+    interp: i64,
+}
 
 /// A native function of a module.
 #[derive(Clone)]
@@ -173,7 +182,11 @@ fn exec_module<'py>(py: Python<'py>, module: &PyObj<'py>) -> Outcome<()> {
     let spec = &registered.spec;
     let module_name = py.str(&spec.name)?;
     for (function, def) in spec.functions.iter().zip(&registered.methods) {
-        let data = callback::capsule(py, Arc::clone(&function.call))?;
+        let bound = Bound {
+            call: Arc::clone(&function.call),
+            interp: py.interpreter_id(),
+        };
+        let data = callback::capsule(py, bound)?;
         // SAFETY: GIL held; `def` is a leaked, static method definition; the capsule is
         // the function's `self` (a new reference is taken by the function object), and the
         // module name a live str.
@@ -205,12 +218,12 @@ fn call_native<'py>(
     slf: &PyObj<'py>,
     args: &FastArgs<'_, 'py>,
 ) -> Outcome<PyObj<'py>> {
-    let call = callback::capsule_value::<NativeFn>(slf).ok_or_else(|| {
+    let bound = callback::capsule_value::<Bound>(slf).ok_or_else(|| {
         Failure::Error(Error::InvalidArgument(
             "a native function lost its definition".into(),
         ))
     })?;
-    call(py, args)
+    (bound.call)(py, bound.interp, args)
 }
 
 // ---------------------------------------------------------------- static modules
