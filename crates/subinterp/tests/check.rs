@@ -310,3 +310,30 @@ fn the_library_s_own_module_is_ok_and_keywords_are_not_module_names() {
         );
     }
 }
+
+/// On CPython 3.13.0, `datetime` in several isolated interpreters crashes plain CPython
+/// when they end (python/cpython#136423); the library prepares `_datetime` in the main
+/// interpreter, so the check says `ok` and, when its unprepared probe crashed (most
+/// runs), explains that and names `_datetime`.
+#[test]
+fn datetime_is_ok_with_the_crash_it_avoids_explained() {
+    let version = check_support::python_version();
+    if !subinterp::hazards::needs_preparation(version) {
+        return;
+    }
+    let mut explained = false;
+    for _ in 0..3 {
+        let report = check::check_module("datetime", &stdlib().options()).expect("check");
+        assert_eq!(report.verdict, Verdict::Ok, "{report:?}");
+        let detail = report.detail.clone().unwrap_or_default();
+        if detail.contains("works because subinterp imports extension modules") {
+            assert_eq!(report.culprit.as_deref(), Some("_datetime"), "{report:?}");
+            assert!(detail.contains("python/cpython#"), "{detail}");
+            explained = true;
+            break;
+        }
+    }
+    if version.starts_with("3.13") {
+        assert!(explained, "the unprepared probe never crashed in 3 checks");
+    }
+}
