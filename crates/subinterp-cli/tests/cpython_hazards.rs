@@ -109,6 +109,26 @@ fn datetime_in_four_interpreters() {
     );
 }
 
+// python/cpython#136423 again: `zoneinfo`'s C part loads `_datetime` (3.13 only; on 3.12
+// isolated interpreters cannot import `zoneinfo` at all).
+#[test]
+fn zoneinfo_in_four_interpreters() {
+    if env!("SUBINTERP_BUILD_PYTHON_VERSION") != "3.13" {
+        return;
+    }
+    survives(
+        &[
+            "run",
+            "-n",
+            "4",
+            "-c",
+            "import zoneinfo, _zoneinfo, datetime; datetime.datetime.now(datetime.UTC)",
+        ],
+        5,
+        false,
+    );
+}
+
 // 3.12.1: `_decimal` is single-phase; refused, it has already run its initialisation.
 #[test]
 fn decimal_in_four_interpreters() {
