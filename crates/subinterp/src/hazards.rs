@@ -335,6 +335,17 @@ pub(crate) fn isolated_interpreter_ended(version: &str) {
     }
 }
 
+/// Settles the process's outcome before interpreters end: from now on, if CPython
+/// crashes (SIGSEGV, SIGABRT, SIGBUS, SIGFPE, SIGILL) — as the versions this module
+/// describes can while interpreters end — `message` is written to stderr and the process
+/// exits with `status` instead of dying of the signal. For hosts whose results are all
+/// written before they end their interpreters, e.g. a command-line tool after its
+/// summary line; call it again to change the status. It does not make a crash safe to
+/// continue from: the process ends.
+pub fn settle_exit(status: u8, message: &str) {
+    crate::raw::fatal::exit_on_fatal_signal(status, message);
+}
+
 /// Whether the runtime leaves the main interpreter unfinalised on `version`
 /// ([`Workaround::SkipMainFinalization`]).
 pub fn skips_main_finalization(version: &str) -> bool {

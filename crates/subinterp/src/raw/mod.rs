@@ -11,6 +11,7 @@
 
 pub(crate) mod buffer;
 pub(crate) mod convert;
+pub(crate) mod fatal;
 pub(crate) mod lifecycle;
 mod object;
 pub(crate) mod pymodule;
