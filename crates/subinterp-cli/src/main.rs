@@ -7,6 +7,7 @@
 mod check;
 mod map;
 mod run;
+mod stdio;
 
 use std::fmt::Display;
 use std::path::PathBuf;
@@ -22,6 +23,9 @@ pub(crate) const EXIT_OK: u8 = 0;
 pub(crate) const EXIT_FAILED: u8 = 1;
 /// Exit status for a command line that could not be understood (clap uses it too).
 pub(crate) const EXIT_USAGE: u8 = 2;
+/// Exit status when the reader of the output went away (128 + SIGPIPE, what a shell
+/// shows for a Unix tool ended by a closed pipe).
+pub(crate) const EXIT_BROKEN_PIPE: u8 = 141;
 
 /// Run Python in many isolated CPython subinterpreters inside one process.
 #[derive(Debug, Parser)]

@@ -96,3 +96,40 @@ pub fn subinterp_with_stdin(cwd: &Path, args: &[&str], input: &str) -> Output {
     writer.join().expect("stdin writer");
     out
 }
+
+/// Starts `subinterp` with `args` in `cwd`, every stream piped.
+pub fn spawn_subinterp(cwd: &Path, args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_subinterp"))
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the subinterp binary")
+}
+
+/// Sends `signal` (a name such as `INT`) to the process `pid` with the real `kill`.
+pub fn kill(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+/// Waits for `child` at most `limit`; the output, or `None` if it is still running (it is
+/// then killed).
+pub fn wait_at_most(mut child: std::process::Child, limit: std::time::Duration) -> Option<Output> {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return child.wait_with_output().ok();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
