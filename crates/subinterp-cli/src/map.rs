@@ -851,10 +851,14 @@ impl serde_json::ser::Formatter for DumpsFormatter {
 /// raised while being imported, or an `--init` raised.
 fn describe_setup_error(module: &str, err: &Error) -> String {
     match err.as_python() {
-        Some(exc) if exc.type_name.ends_with(BAD_TARGET) => format!(
-            "{}\n(is its directory on --path? the current directory is searched too)",
-            exc.message
-        ),
+        Some(exc) if exc.type_name.ends_with(BAD_TARGET) => {
+            let hint = if exc.message.contains("no module named") {
+                "\n(is its directory on --path? the current directory is searched too)"
+            } else {
+                ""
+            };
+            format!("{}{hint}", exc.message)
+        }
         Some(exc) if exc.type_name.ends_with(IMPORT_FAILED) => {
             let traceback = exc
                 .cause
