@@ -128,6 +128,7 @@ fn json_report_has_every_field() {
         BTreeSet::from([
             "id",
             "script",
+            "exit_code",
             "status",
             "duration_ms",
             "stdout",
@@ -242,7 +243,7 @@ fn missing_file_fails_alone() {
         dir.path(),
         &["run", "--json", "missing.py", "ok.py", "-c", "print(2)"],
     );
-    assert_eq!(code(&out), 1);
+    assert_eq!(code(&out), 2, "python's status for a script it cannot open");
     let report = report(&out);
     let entries = entries(&report);
     assert_eq!(entries.len(), 3);
@@ -269,7 +270,7 @@ fn missing_file_fails_alone() {
 fn missing_file_without_json_says_so() {
     let dir = TempDir::new("missing-text");
     let out = subinterp(dir.path(), &["run", "nowhere.py"]);
-    assert_eq!(code(&out), 1);
+    assert_eq!(code(&out), 2, "as python exits");
     let err = stderr(&out);
     assert!(err.contains("nowhere.py"), "{err}");
     assert!(err.contains("No such file or directory"), "{err}");
@@ -377,16 +378,14 @@ fn system_exit_is_an_error_and_the_report_is_written() {
         dir.path(),
         &["run", "--json", "exit.py", "-c", "print('other')"],
     );
-    assert_eq!(
-        code(&out),
-        1,
-        "the host must not exit with the script's status"
-    );
+    assert_eq!(code(&out), 3, "the first failing interpreter's status");
     let report = report(&out);
     let entries = entries(&report);
     assert_eq!(entries.len(), 2);
     let entry = &entries[0];
     assert_eq!(text(entry, "status"), "error");
+    assert_eq!(entry["exit_code"], 3);
+    assert_eq!(entries[1]["exit_code"], 0);
     assert_eq!(text(entry, "stdout"), "leaving\n");
     let error = &entry["error"];
     assert_eq!(text(error, "type"), "builtins.SystemExit");
@@ -409,9 +408,13 @@ fn system_exit_without_json_does_not_end_the_host() {
             "print('after')",
         ],
     );
-    assert_eq!(code(&out), 1);
+    assert_eq!(code(&out), 5);
     assert_eq!(stdout(&out), "after\n");
-    assert!(stderr(&out).contains("SystemExit: 5"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("exited with status 5"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -498,9 +501,11 @@ fn help_and_version() {
         "--path",
         "--json",
         "Exit status",
-        "0  every interpreter",
-        "1  at least one",
-        "2  usage error",
+        "its own status",
+        "pytest's 1, 2, 4, 5",
+        "usage error",
+        "130  interrupted by Ctrl-C",
+        "the first one, in command-line order",
     ] {
         assert!(help.contains(needle), "help lacks {needle:?}:\n{help}");
     }
@@ -566,4 +571,148 @@ fn non_ascii_output_works_in_the_c_locale() {
         .expect("run the subinterp binary");
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(stdout(&out), "José ✓\n");
+}
+
+#[test]
+fn one_script_exits_with_its_own_status() {
+    let dir = TempDir::new("own-status");
+    for (code_text, status, printed) in [
+        ("import sys; sys.exit(4)", 4, ""),
+        ("import sys; sys.exit(5)", 5, ""),
+        ("import sys; sys.exit(2)", 2, ""),
+        ("import sys; sys.exit(False)", 0, ""),
+        ("import sys; sys.exit(True)", 1, ""),
+        ("import sys; sys.exit('bye now')", 1, "bye now\n"),
+        ("raise SystemExit(256 + 7)", 7, ""),
+        ("raise ValueError('no')", 1, "ValueError: no"),
+    ] {
+        let out = subinterp(dir.path(), &["run", "-c", code_text]);
+        assert_eq!(code(&out), status, "{code_text}: {}", stderr(&out));
+        let err = stderr(&out);
+        if printed.is_empty() {
+            assert_eq!(err, "", "{code_text}");
+        } else {
+            assert!(err.contains(printed), "{code_text}: {err}");
+            assert!(!err.contains("SystemExit"), "{code_text}: {err}");
+        }
+    }
+}
+
+#[test]
+fn several_scripts_exit_with_the_first_failing_status_and_report_each() {
+    let dir = TempDir::new("first-status");
+    let out = subinterp(
+        dir.path(),
+        &[
+            "run",
+            "--json",
+            "-c",
+            "pass",
+            "-c",
+            "import sys; sys.exit(5)",
+            "-c",
+            "import sys; sys.exit(4)",
+        ],
+    );
+    assert_eq!(code(&out), 5);
+    let report = report(&out);
+    let codes: Vec<i64> = entries(&report)
+        .iter()
+        .map(|e| e["exit_code"].as_i64().unwrap())
+        .collect();
+    assert_eq!(codes, [0, 5, 4]);
+}
+
+#[test]
+fn the_json_report_survives_scripts_that_write_to_fd_1() {
+    let dir = TempDir::new("fd1");
+    // What pytest's --capture=fd does, in two interpreters at once: fd 1 pointed at a
+    // temporary file and back, plus raw writes and a child process writing to fd 1.
+    dir.write(
+        "juggle.py",
+        "import os, subprocess, sys, tempfile, time\n\
+         saved = os.dup(1)\n\
+         with tempfile.TemporaryFile() as tmp:\n\
+         \x20   os.dup2(tmp.fileno(), 1)\n\
+         \x20   os.write(1, b'captured\\n')\n\
+         \x20   time.sleep(0.05)\n\
+         \x20   os.dup2(saved, 1)\n\
+         os.close(saved)\n\
+         os.write(1, b'RAW ON FD 1\\n')\n\
+         subprocess.run([sys.executable, '-c', 'print(\"FROM A CHILD\")'])\n\
+         print('printed')\n",
+    );
+    for _ in 0..3 {
+        let out = subinterp(dir.path(), &["run", "--json", "-n", "2", "juggle.py"]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let report = report(&out);
+        for entry in entries(&report) {
+            assert_eq!(text(entry, "stdout"), "printed\n");
+        }
+        let err = stderr(&out);
+        assert!(err.contains("RAW ON FD 1"), "{err}");
+        assert!(err.contains("FROM A CHILD"), "{err}");
+    }
+}
+
+#[test]
+fn a_stdout_that_cannot_be_written_fails_as_in_python() {
+    let dir = TempDir::new("full");
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_subinterp"))
+        .args(["run", "-c", "print(1)"])
+        .current_dir(dir.path())
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 1);
+    assert!(
+        stderr(&out).contains("cannot write the output"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("No space left"), "{}", stderr(&out));
+}
+
+#[test]
+fn ctrl_c_raises_keyboard_interrupt_so_finally_and_atexit_run() {
+    let dir = TempDir::new("sigint");
+    dir.write(
+        "loop.py",
+        "import atexit, time\n\
+         atexit.register(print, 'atexit ran', flush=True)\n\
+         print('started', flush=True)\n\
+         try:\n\
+         \x20   while True:\n\
+         \x20       time.sleep(0.01)\n\
+         finally:\n\
+         \x20   print('finally ran', flush=True)\n",
+    );
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_subinterp"))
+        .args(["run", "-n", "2", "loop.py"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // Both interpreters have started once each printed its first line; give them
+    // ample time on a loaded machine.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    common::kill(pid, "INT");
+    let out = common::wait_at_most(child, std::time::Duration::from_secs(30))
+        .expect("the run ends after Ctrl-C");
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert_eq!(text.matches("started").count(), 2, "{text}");
+    assert_eq!(text.matches("finally ran").count(), 2, "{text}");
+    assert_eq!(text.matches("atexit ran").count(), 2, "{text}");
+    assert!(
+        stderr(&out).contains("KeyboardInterrupt"),
+        "{}",
+        stderr(&out)
+    );
 }
