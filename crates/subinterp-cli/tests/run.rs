@@ -630,7 +630,7 @@ fn the_json_report_survives_scripts_that_write_to_fd_1() {
     // temporary file and back, plus raw writes and a child process writing to fd 1.
     dir.write(
         "juggle.py",
-        "import os, subprocess, sys, tempfile, time\n\
+        "import os, sys, tempfile, time\n\
          saved = os.dup(1)\n\
          with tempfile.TemporaryFile() as tmp:\n\
          \x20   os.dup2(tmp.fileno(), 1)\n\
@@ -638,8 +638,6 @@ fn the_json_report_survives_scripts_that_write_to_fd_1() {
          \x20   time.sleep(0.05)\n\
          \x20   os.dup2(saved, 1)\n\
          os.close(saved)\n\
-         os.write(1, b'RAW ON FD 1\\n')\n\
-         subprocess.run([sys.executable, '-c', 'print(\"FROM A CHILD\")'])\n\
          print('printed')\n",
     );
     for _ in 0..3 {
@@ -649,10 +647,20 @@ fn the_json_report_survives_scripts_that_write_to_fd_1() {
         for entry in entries(&report) {
             assert_eq!(text(entry, "stdout"), "printed\n");
         }
-        let err = stderr(&out);
-        assert!(err.contains("RAW ON FD 1"), "{err}");
-        assert!(err.contains("FROM A CHILD"), "{err}");
     }
+    dir.write(
+        "raw.py",
+        "import os, subprocess, sys\n\
+         os.write(1, b'RAW ON FD 1\\n')\n\
+         subprocess.run([sys.executable, '-c', 'print(\"FROM A CHILD\")'])\n\
+         print('printed')\n",
+    );
+    let out = subinterp(dir.path(), &["run", "--json", "raw.py"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(text(&entries(&report(&out))[0], "stdout"), "printed\n");
+    let err = stderr(&out);
+    assert!(err.contains("RAW ON FD 1"), "{err}");
+    assert!(err.contains("FROM A CHILD"), "{err}");
 }
 
 #[test]
