@@ -12,6 +12,7 @@ mod stdio;
 use std::fmt::Display;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::error::ErrorKind;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -101,6 +102,27 @@ pub(crate) fn usage_error(subcommand: &str, message: impl Display) -> u8 {
     // Printing can only fail when stderr is gone; the exit status still tells.
     let _ = err.print();
     EXIT_USAGE
+}
+
+/// The longest deadline `--timeout` accepts: about 31 years. Longer ones cannot be added
+/// to a clock reading.
+const MAX_TIMEOUT_SECS: f64 = 1e9;
+
+/// Parses a `--timeout`: a positive number of seconds, at most [`MAX_TIMEOUT_SECS`].
+pub(crate) fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !(seconds > 0.0 && seconds.is_finite()) {
+        return Err("the timeout must be a positive number of seconds".into());
+    }
+    if seconds > MAX_TIMEOUT_SECS {
+        return Err(format!(
+            "the timeout must be at most {MAX_TIMEOUT_SECS:.0} seconds"
+        ));
+    }
+    Duration::try_from_secs_f64(seconds).map_err(|err| err.to_string())
 }
 
 /// Starts CPython for this process with `paths` prepended to every interpreter's

@@ -75,13 +75,14 @@ pub struct MapArgs {
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
 
-    /// Number of interpreters (default: the number of cores).
+    /// Number of interpreters (default: the number of cores; at most 1024, and more than
+    /// 4 per core draws a warning).
     #[arg(short, long, value_name = "N")]
     workers: Option<usize>,
 
-    /// Deadline of each record, in seconds.
-    #[arg(long, value_name = "SECS")]
-    timeout: Option<f64>,
+    /// Deadline of each record, in seconds (positive, at most 1e9).
+    #[arg(long, value_name = "SECS", value_parser = crate::parse_seconds)]
+    timeout: Option<Duration>,
 
     /// Prepend DIR to sys.path in every interpreter (repeatable). The current directory
     /// is on sys.path too, after these.
@@ -92,6 +93,12 @@ pub struct MapArgs {
     #[arg(long, value_name = "CODE")]
     init: Vec<String>,
 }
+
+/// The most workers `--workers` accepts: each is an interpreter on a thread of its own.
+const MAX_WORKERS: usize = 1024;
+
+/// Past this many workers per core, `--workers` draws a warning.
+const WORKERS_PER_CORE: usize = 4;
 
 /// How long ending the pool may take past its grace period after a signal or a write
 /// failure before the command leaves without it.
@@ -282,11 +289,23 @@ pub fn main(args: MapArgs) -> u8 {
     if args.workers == Some(0) {
         return usage_error("map", "--workers must be at least 1");
     }
-    let timeout = match args.timeout {
-        None => None,
-        Some(secs) if secs.is_finite() && secs > 0.0 => Some(Duration::from_secs_f64(secs)),
-        Some(_) => return usage_error("map", "--timeout must be a positive number of seconds"),
-    };
+    let timeout = args.timeout;
+    if let Some(workers) = args.workers {
+        if workers > MAX_WORKERS {
+            return usage_error(
+                "map",
+                format!("--workers must be at most {MAX_WORKERS}, one interpreter and thread each"),
+            );
+        }
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        if workers > WORKERS_PER_CORE * cores {
+            eprintln!(
+                "subinterp map: warning: {workers} workers on {cores} cores: more than \
+                 {WORKERS_PER_CORE} per core only adds memory and start-up time for \
+                 CPU-bound functions"
+            );
+        }
+    }
 
     // The command's own streams, before any Python code runs: what Python writes to
     // stdout goes to stderr, and it reads an empty stdin.

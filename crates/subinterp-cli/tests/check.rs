@@ -135,6 +135,10 @@ fn usage_errors_exit_with_status_2() {
         ),
         (&["json", "--jobs", "0"][..], "--jobs"),
         (&["json", "--timeout", "0"][..], "--timeout"),
+        (&["json", "--timeout", "1e20"][..], "at most"),
+        (&["json", "--timeout", "1.5e19"][..], "at most"),
+        (&["json", "--timeout=-1"][..], "--timeout"),
+        (&["json", "--timeout", "nan"][..], "--timeout"),
     ] {
         let out = check(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));

@@ -354,3 +354,44 @@ fn inputs_json_loads_accepts_are_written_as_json_dumps_would() {
     assert!(bad["message"].as_str().unwrap().contains("too large"));
     assert_eq!(rows[3], "{\"ok\": [1, 2.5]}");
 }
+
+#[test]
+fn out_of_range_timeouts_and_worker_counts_are_usage_errors() {
+    let dir = setup("limits");
+    for timeout in ["1e20", "1.5e19", "--timeout=-1", "nan", "inf", "0", "soon"] {
+        let arg = if timeout.starts_with("--") {
+            timeout.to_owned()
+        } else {
+            format!("--timeout={timeout}")
+        };
+        let out = subinterp_with_stdin(
+            dir.path(),
+            &["map", "mapfuncs:double", "--path", "lib", &arg],
+            "{\"n\": 1}\n",
+        );
+        assert_eq!(code(&out), 2, "{arg}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("--timeout"),
+            "{arg}: {}",
+            stderr(&out)
+        );
+        assert_eq!(stdout(&out), "", "{arg}");
+    }
+    let out = subinterp_with_stdin(
+        dir.path(),
+        &["map", "mapfuncs:double", "--path", "lib", "-w", "100000"],
+        "{\"n\": 1}\n",
+    );
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("at most 1024"), "{}", stderr(&out));
+
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let many = (4 * cores + 1).to_string();
+    let out = subinterp_with_stdin(
+        dir.path(),
+        &["map", "mapfuncs:double", "--path", "lib", "-w", &many],
+        "{\"n\": 1}\n",
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).contains("warning"), "{}", stderr(&out));
+}

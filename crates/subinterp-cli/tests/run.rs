@@ -724,3 +724,17 @@ fn ctrl_c_raises_keyboard_interrupt_so_finally_and_atexit_run() {
         stderr(&out)
     );
 }
+
+#[test]
+fn too_many_interpreters_is_a_usage_error() {
+    let dir = TempDir::new("too-many");
+    for args in [
+        &["run", "-n", "1000000000", "-c", "pass"][..],
+        &["run", "-n", "100000", "-c", "pass"][..],
+        &["run", "-n", "600", "-c", "pass", "-c", "pass"][..],
+    ] {
+        let out = subinterp(dir.path(), args);
+        assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("at most 1024"), "{}", stderr(&out));
+    }
+}
