@@ -59,7 +59,7 @@ pub struct CheckArgs {
     #[arg(long)]
     json: bool,
 
-    /// Prepend DIR to sys.path (repeatable; the first given ends up first)
+    /// Prepend DIR to sys.path (repeatable; the first given ends up first; DIR must exist)
     #[arg(long = "path", value_name = "DIR")]
     paths: Vec<PathBuf>,
 

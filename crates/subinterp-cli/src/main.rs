@@ -36,6 +36,9 @@ pub(crate) const EXIT_BROKEN_PIPE: u8 = 141;
     propagate_version = true,
     after_help = "Run `subinterp help COMMAND` for the details of a command and its exit statuses.\n\
                   Exit status: 0 success, 1 some Python code failed, 2 usage error.\n\
+                  Every command: a --path that is not a directory is a usage error; a\n\
+                  VIRTUAL_ENV that is not a virtual environment for this Python is ignored\n\
+                  with a warning.\n\
                   Set SUBINTERP_LOG=info (or debug) to log interpreters and tasks on stderr."
 )]
 struct Cli {
@@ -125,12 +128,44 @@ pub(crate) fn parse_seconds(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|err| err.to_string())
 }
 
+/// Refuses a `--path` that is not a directory, with a usage error for `subcommand` (the
+/// same rule as `check`'s): a mistyped directory would otherwise go unnoticed until an
+/// import fails.
+pub(crate) fn check_paths(subcommand: &str, paths: &[PathBuf]) -> Result<(), u8> {
+    match paths.iter().find(|dir| !dir.is_dir()) {
+        Some(dir) => Err(usage_error(
+            subcommand,
+            format!("--path {}: no such directory", dir.display()),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Starts CPython for this process with `paths` prepended to every interpreter's
-/// `sys.path`.
+/// `sys.path`. A `VIRTUAL_ENV` that is not a virtual environment for this Python is
+/// ignored with a warning on stderr, as `check` does.
 pub(crate) fn start_runtime(paths: &[PathBuf]) -> subinterp::Result<Runtime> {
     let mut config = RuntimeConfig::new();
     for dir in paths {
         config.add_path(dir);
     }
-    Runtime::init(&config)
+    let runtime = Runtime::init(&config)?;
+    if let Some(venv) = std::env::var_os("VIRTUAL_ENV").filter(|v| !v.is_empty()) {
+        let venv = PathBuf::from(venv);
+        let minor: Vec<&str> = runtime.python_version().split('.').take(2).collect();
+        let site = venv
+            .join("lib")
+            .join(format!("python{}", minor.join(".")))
+            .join("site-packages");
+        if !site.is_dir() {
+            eprintln!(
+                "warning: virtual environment {} has no {} (is it made for another Python \
+                 than {}?); ignoring VIRTUAL_ENV",
+                venv.display(),
+                site.display(),
+                runtime.python_version()
+            );
+        }
+    }
+    Ok(runtime)
 }

@@ -84,8 +84,8 @@ pub struct MapArgs {
     #[arg(long, value_name = "SECS", value_parser = crate::parse_seconds)]
     timeout: Option<Duration>,
 
-    /// Prepend DIR to sys.path in every interpreter (repeatable). The current directory
-    /// is on sys.path too, after these.
+    /// Prepend DIR to sys.path in every interpreter (repeatable; DIR must exist). The
+    /// current directory is on sys.path too, after these.
     #[arg(long = "path", value_name = "DIR")]
     paths: Vec<PathBuf>,
 
@@ -290,6 +290,9 @@ pub fn main(args: MapArgs) -> u8 {
         return usage_error("map", "--workers must be at least 1");
     }
     let timeout = args.timeout;
+    if let Err(status) = crate::check_paths("map", &args.paths) {
+        return status;
+    }
     if let Some(workers) = args.workers {
         if workers > MAX_WORKERS {
             return usage_error(

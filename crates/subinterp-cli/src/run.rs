@@ -98,7 +98,7 @@ pub struct RunArgs {
     config: Preset,
 
     /// Prepend DIR to sys.path in every interpreter (repeatable; the first given ends up
-    /// first)
+    /// first; DIR must exist)
     #[arg(long = "path", value_name = "DIR")]
     paths: Vec<PathBuf>,
 
@@ -337,6 +337,9 @@ pub fn main(args: RunArgs, matches: &ArgMatches) -> u8 {
     let sources = sources(&args, matches);
     if sources.is_empty() {
         return crate::usage_error("run", "nothing to run: give at least one SCRIPT or -c CODE");
+    }
+    if let Err(status) = crate::check_paths("run", &args.paths) {
+        return status;
     }
     if sources.len().saturating_mul(args.copies) > MAX_INTERPRETERS {
         return crate::usage_error(

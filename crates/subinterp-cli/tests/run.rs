@@ -738,3 +738,39 @@ fn too_many_interpreters_is_a_usage_error() {
         assert!(stderr(&out).contains("at most 1024"), "{}", stderr(&out));
     }
 }
+
+#[test]
+fn path_and_virtual_env_follow_one_rule_in_every_command() {
+    let dir = TempDir::new("one-rule");
+    dir.write("m.py", "def f(x):\n    return x\n");
+    let missing = "/no/such/dir/for/subinterp";
+    for args in [
+        &["run", "--path", missing, "-c", "pass"][..],
+        &["map", "m:f", "--path", missing][..],
+        &["check", "json", "--path", missing][..],
+    ] {
+        let out = common::subinterp_with_stdin(dir.path(), args, "1\n");
+        assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("no such directory"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    for args in [
+        &["run", "-c", "print('ran')"][..],
+        &["map", "m:f"][..],
+        &["check", "json"][..],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_subinterp"))
+            .args(args)
+            .current_dir(dir.path())
+            .env("VIRTUAL_ENV", missing)
+            .stdin(std::fs::File::open(dir.path().join("m.py")).unwrap())
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert!(err.contains("ignoring VIRTUAL_ENV"), "{args:?}: {err}");
+        assert_ne!(code(&out), 2, "{args:?}: {err}");
+    }
+}
