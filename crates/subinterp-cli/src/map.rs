@@ -383,7 +383,7 @@ pub fn main(args: MapArgs) -> u8 {
     }
     let progress = progress_bar();
     let in_flight = 4 * workers;
-    let lines = read_lines(input, in_flight);
+    let lines = read_lines(input, 2);
     let mut sink = Sink {
         out: BufWriter::new(output),
         records: 0,
@@ -511,32 +511,44 @@ fn same_file(input: &File, destination: &Destination) -> Option<String> {
     })
 }
 
-/// Reads the input on a thread of its own, line by line as bytes, at most `capacity`
-/// lines ahead of the main loop.
-fn read_lines(input: File, capacity: usize) -> Receiver<Event> {
+/// The most lines the reader sends at once.
+const BATCH: usize = 256;
+
+/// Reads the input on a thread of its own, line by line as bytes, and sends the lines
+/// in batches: a line as soon as it is read, with the lines after it that are already
+/// buffered (no waiting for more input). At most `capacity` batches are ahead of the
+/// main loop.
+fn read_lines(input: File, capacity: usize) -> Receiver<Vec<Event>> {
     let (tx, rx) = bounded(capacity);
     let reader = move || {
         let mut reader = BufReader::with_capacity(64 << 10, input);
         let mut number = 0;
         loop {
-            let mut line = Vec::new();
-            let event = match reader.read_until(b'\n', &mut line) {
-                Ok(0) => Event::Eof,
-                Ok(_) => {
-                    number += 1;
-                    if line.last() == Some(&b'\n') {
-                        line.pop();
-                        if line.last() == Some(&b'\r') {
+            let mut batch = Vec::new();
+            let mut last = false;
+            while !last
+                && (batch.is_empty() || (batch.len() < BATCH && reader.buffer().contains(&b'\n')))
+            {
+                let mut line = Vec::new();
+                let event = match reader.read_until(b'\n', &mut line) {
+                    Ok(0) => Event::Eof,
+                    Ok(_) => {
+                        number += 1;
+                        if line.last() == Some(&b'\n') {
                             line.pop();
+                            if line.last() == Some(&b'\r') {
+                                line.pop();
+                            }
                         }
+                        Event::Line(number, line)
                     }
-                    Event::Line(number, line)
-                }
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                Err(err) => Event::ReadFailed(number + 1, err),
-            };
-            let last = !matches!(event, Event::Line(..));
-            if tx.send(event).is_err() || last {
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(err) => Event::ReadFailed(number + 1, err),
+                };
+                last = !matches!(event, Event::Line(..));
+                batch.push(event);
+            }
+            if tx.send(batch).is_err() || last {
                 break;
             }
         }
@@ -546,7 +558,7 @@ fn read_lines(input: File, capacity: usize) -> Receiver<Event> {
         .spawn(reader)
     {
         let (tx, rx) = bounded(1);
-        let _ = tx.send(Event::ReadFailed(1, err));
+        let _ = tx.send(vec![Event::ReadFailed(1, err)]);
         return rx;
     }
     rx
@@ -631,7 +643,7 @@ struct Stream<'a> {
     pool: &'a Pool,
     options: TaskOptions,
     in_flight: usize,
-    lines: &'a Receiver<Event>,
+    lines: &'a Receiver<Vec<Event>>,
     wakes: &'a Receiver<Wake>,
     waker: &'a Waker,
 }
@@ -646,6 +658,7 @@ impl Stream<'_> {
         let mut input_open = true;
         let mut read_failed = None;
         let mut polled = None;
+        let mut batch = Vec::new().into_iter();
         loop {
             while let Ok(wake) = self.wakes.try_recv() {
                 if let Wake::Signal(signal) = wake {
@@ -663,9 +676,13 @@ impl Stream<'_> {
             }
             let room = input_open && window.len() < self.in_flight;
             if room {
+                if let Some(event) = batch.next() {
+                    self.take(event, window, &mut input_open, &mut read_failed);
+                    continue;
+                }
                 match self.lines.try_recv() {
-                    Ok(event) => {
-                        self.take(event, window, &mut input_open, &mut read_failed);
+                    Ok(events) => {
+                        batch = events.into_iter();
                         continue;
                     }
                     Err(TryRecvError::Disconnected) => {
@@ -681,8 +698,8 @@ impl Stream<'_> {
             }
             let lines = if room { self.lines } else { &never };
             select! {
-                recv(lines) -> event => match event {
-                    Ok(event) => self.take(event, window, &mut input_open, &mut read_failed),
+                recv(lines) -> events => match events {
+                    Ok(events) => batch = events.into_iter(),
                     Err(_) => input_open = false,
                 },
                 recv(self.wakes) -> wake => {
