@@ -401,11 +401,14 @@ pub fn main(args: MapArgs) -> u8 {
         waker: &waker,
     };
     let end = stream.run(&mut sink, &mut window);
-    let mut ended = true;
+    let ended;
     let status = match end {
         End::Done | End::ReadFailed(..) => {
-            pool.shutdown(Duration::from_secs(5));
-            match sink.flush() {
+            let flushed = sink.flush();
+            // Every record has its result: what is left to wait for is the interpreters'
+            // own ending (threads the user's code started, atexit handlers).
+            ended = end_pool(pool, Duration::from_secs(5));
+            match flushed {
                 Err(err) => Err(err),
                 Ok(()) => {
                     progress.finish_and_clear();
@@ -470,8 +473,11 @@ pub fn main(args: MapArgs) -> u8 {
     progress.finish_and_clear();
     let status = status.unwrap_or_else(|err| write_failed(&err));
     if !ended {
-        // An interpreter is stuck in C code past the grace period: leave it behind.
-        eprintln!("subinterp map: an interpreter did not stop in time; exiting without it");
+        // Past the grace period: leave the interpreter behind rather than hang.
+        eprintln!(
+            "subinterp map: warning: an interpreter did not end in time (a thread of the \
+             user's code still running, or code stuck in C); exiting without waiting for it"
+        );
         std::process::exit(i32::from(status));
     }
     status

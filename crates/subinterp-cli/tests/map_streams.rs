@@ -418,3 +418,30 @@ fn a_second_sigint_ends_at_once() {
     );
     drop(stdin);
 }
+
+#[test]
+fn a_thread_left_running_delays_the_end_only_by_the_grace_period() {
+    let dir = setup("thread");
+    dir.write(
+        "lib/threads.py",
+        "import threading, time\n\n\
+         def f(record):\n\
+         \x20   threading.Thread(target=time.sleep, args=(1000,)).start()\n\
+         \x20   return record\n",
+    );
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_subinterp"))
+        .args(["map", "threads:f", "--path", "lib", "-w", "1"])
+        .current_dir(dir.path())
+        .stdin(std::fs::File::open(dir.write("in.jsonl", &numbers(5))).unwrap())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_at_most(child, Duration::from_secs(60)).expect("the command ends");
+    assert!(
+        stderr(&out).contains("did not end in time"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(lines(&stdout(&out)).len(), 5, "every record answered");
+}
