@@ -13,22 +13,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{figure, header, peer_figures, row};
+use common::{figure, header, peer_figures, row, rss_kib};
 use subinterp::{Pool, PoolConfig, Runtime, RuntimeConfig, Value};
 
 const TRIVIAL_TASKS: i64 = 20_000;
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 /// Samples this process's RSS every 10 ms until dropped; keeps the maximum.
 struct RssSampler {

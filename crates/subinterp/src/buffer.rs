@@ -22,8 +22,9 @@ pub struct SharedBuffer {
 impl SharedBuffer {
     /// `len` zeroed bytes; views in receiving interpreters are writable if `writable`.
     pub fn new(len: usize, writable: bool) -> Result<SharedBuffer> {
-        let mem = BufferMem::zeroed(len)
-            .ok_or_else(|| Error::Conversion(format!("cannot allocate a buffer of {len} bytes")))?;
+        let mem = BufferMem::zeroed(len).ok_or_else(|| {
+            Error::OutOfMemory(format!("cannot allocate a buffer of {len} bytes"))
+        })?;
         Ok(SharedBuffer {
             mem: Arc::new(mem),
             writable,
@@ -67,7 +68,7 @@ impl SharedBuffer {
                 self.mem.write(offset, data);
                 Ok(())
             }
-            _ => Err(Error::Conversion(format!(
+            _ => Err(Error::InvalidArgument(format!(
                 "writing {} bytes at offset {offset} runs past the end of a {}-byte buffer",
                 data.len(),
                 self.len()

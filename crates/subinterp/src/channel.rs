@@ -169,7 +169,7 @@ impl Channel {
         let map = named.get_or_insert_with(HashMap::new);
         if let Some(existing) = map.get(name) {
             if capacity.is_some() && capacity != existing.inner.capacity {
-                return Err(Error::Conversion(format!(
+                return Err(Error::InvalidArgument(format!(
                     "channel {name:?} already exists with capacity {}",
                     existing
                         .inner
@@ -504,7 +504,7 @@ impl std::fmt::Debug for Channel {
 /// [`Error::Timeout`] after `timeout`.
 pub fn select(channels: &[&Channel], timeout: Option<Duration>) -> Result<(usize, Message)> {
     if channels.is_empty() {
-        return Err(Error::Conversion(
+        return Err(Error::InvalidArgument(
             "select needs at least one channel".into(),
         ));
     }

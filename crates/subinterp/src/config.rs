@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::raw::lifecycle::RawConfig;
@@ -45,7 +46,11 @@ pub struct InterpreterConfig {
     gil: Gil,
     capture_output: bool,
     paths: Vec<PathBuf>,
+    shutdown_grace: Duration,
 }
+
+/// How long ending an interpreter waits for the threads its code started, by default.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 impl Default for InterpreterConfig {
     fn default() -> Self {
@@ -67,16 +72,20 @@ impl InterpreterConfig {
             gil: Gil::Own,
             capture_output: false,
             paths: Vec::new(),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }
 
     /// What `Py_NewInterpreter` gives: the main GIL and allocator are shared, every
     /// extension module loads (single-phase ones share their module dict's objects), and
-    /// `fork`, `exec` and daemon threads are allowed. Runs one at a time with the others.
+    /// `exec` and daemon threads are allowed. Runs one at a time with the others.
+    ///
+    /// Unlike `Py_NewInterpreter`, `os.fork()` is refused (see
+    /// [`allow_fork`](Self::allow_fork)).
     pub fn legacy() -> Self {
         InterpreterConfig {
             use_main_obmalloc: true,
-            allow_fork: true,
+            allow_fork: false,
             allow_exec: true,
             allow_threads: true,
             allow_daemon_threads: true,
@@ -84,6 +93,7 @@ impl InterpreterConfig {
             gil: Gil::Shared,
             capture_output: false,
             paths: Vec::new(),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }
 
@@ -99,7 +109,13 @@ impl InterpreterConfig {
         self
     }
 
-    /// Allow `os.fork()` in this interpreter.
+    /// Allow `os.fork()` in this interpreter: refused by [`validate`](Self::validate).
+    ///
+    /// CPython 3.12 and 3.13 cannot run a child process forked from a subinterpreter: the
+    /// child aborts at once (`Fatal Python error: _PyInterpreterState_DeleteExceptMain:
+    /// not main interpreter`). With fork off, `os.fork()` and `os.forkpty()` raise
+    /// `RuntimeError`, while `subprocess` (and `multiprocessing`'s `spawn` and
+    /// `forkserver` start methods), which fork and exec in C, keep working.
     pub fn allow_fork(&mut self, yes: bool) -> &mut Self {
         self.allow_fork = yes;
         self
@@ -150,6 +166,25 @@ impl InterpreterConfig {
         self
     }
 
+    /// How long ending the interpreter ([`Interpreter::close`](crate::Interpreter::close),
+    /// or dropping it) waits for the non-daemon Python threads its code started, as
+    /// `python` waits for them at exit (default: [`DEFAULT_SHUTDOWN_GRACE`], 5 s;
+    /// `Duration::MAX` waits without limit).
+    ///
+    /// Threads still running after that keep running: CPython cannot end an interpreter
+    /// under them. The interpreter is then left in memory, a warning names it and its
+    /// threads, the close returns, and the process can exit; the Python runtime is no
+    /// longer finalised when the last handle goes.
+    pub fn shutdown_grace(&mut self, grace: Duration) -> &mut Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// The grace period for Python threads when the interpreter ends.
+    pub fn shutdown_grace_period(&self) -> Duration {
+        self.shutdown_grace
+    }
+
     /// The GIL setting.
     pub fn gil(&self) -> Gil {
         self.gil
@@ -179,6 +214,14 @@ impl InterpreterConfig {
                 "an interpreter with its own allocator must refuse single-phase-init \
                  extension modules: set check_multi_interp_extensions(true) or \
                  use_main_obmalloc(true)"
+                    .into(),
+            ));
+        }
+        if self.allow_fork {
+            return Err(Error::InvalidConfig(
+                "allow_fork(true): a child process forked from a subinterpreter cannot run \
+                 (CPython aborts it with \"_PyInterpreterState_DeleteExceptMain: not main \
+                 interpreter\"); use subprocess, which works without it"
                     .into(),
             ));
         }
@@ -243,6 +286,15 @@ mod tests {
         c.use_main_obmalloc(false);
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("check_multi_interp_extensions(true)"), "{err}");
+    }
+
+    #[test]
+    fn fork_is_refused() {
+        assert!(!InterpreterConfig::legacy().allow_fork);
+        let mut c = InterpreterConfig::legacy();
+        c.allow_fork(true);
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("cannot run"), "{err}");
     }
 
     #[test]

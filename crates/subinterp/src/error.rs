@@ -1,6 +1,7 @@
 //! The one error type of the crate, and the snapshot of a Python exception.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// Everything that can go wrong in `subinterp`.
 ///
@@ -42,6 +43,15 @@ pub enum Error {
     /// A Rust value could not be converted to or from a [`Value`](crate::Value) (serde).
     #[error("value conversion failed: {0}")]
     Conversion(String),
+    /// An argument out of range or inconsistent with the object it applies to (a write
+    /// past the end of a buffer, a channel opened with another capacity). Raised in
+    /// Python as `ValueError`.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Memory could not be allocated (say, for a very large shared buffer). Raised in
+    /// Python as `MemoryError`.
+    #[error("{0}")]
+    OutOfMemory(String),
     /// A file could not be read.
     #[error("{path}: {source}")]
     Io {
@@ -82,6 +92,12 @@ pub enum Error {
     /// A blocking operation was interrupted.
     #[error("interrupted ({0:?})")]
     Interrupted(crate::InterruptReason),
+    /// A pool worker could not be set up — its interpreter could not be created, its
+    /// initializer raised, or set-up ran past its deadline — and the pool has no worker
+    /// left to run tasks. Every queued and later task fails with this error, which holds
+    /// the last set-up failure (for an initializer, its Python exception).
+    #[error("the pool has no workers left: setting one up failed: {0}")]
+    Setup(#[source] Arc<Error>),
     /// Rust code running on an interpreter's thread panicked; the interpreter survives.
     #[error("a Rust closure panicked on the interpreter's thread: {0}")]
     Panic(String),
@@ -100,11 +116,22 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// The Python exception, if this error is one.
+    ///
+    /// For [`Error::Setup`], the exception of the set-up failure it holds.
     pub fn as_python(&self) -> Option<&PyException> {
         match self {
             Error::Python(exc) => Some(exc),
+            Error::Setup(cause) => cause.as_python(),
             _ => None,
         }
+    }
+}
+
+impl Error {
+    /// For a `SystemExit` raised by Python code, the exit status `python` would give
+    /// ([`ExitStatus`]): `sys.exit()` → 0, `sys.exit(3)` → 3, `sys.exit("bye")` → 1.
+    pub fn exit_code(&self) -> Option<i32> {
+        self.as_python().and_then(PyException::exit_code)
     }
 }
 
@@ -132,6 +159,28 @@ pub struct PyException {
     pub cause: Option<Box<PyException>>,
     /// `__context__` (the exception being handled when this one was raised).
     pub context: Option<Box<PyException>>,
+    /// For a `SystemExit` (or a subclass): how `python` would end on it, uncaught. `None`
+    /// for every other exception.
+    pub exit: Option<ExitStatus>,
+}
+
+/// How `python` ends on an uncaught `SystemExit`, following its `code` attribute, as
+/// `sys.exit(code)` does:
+///
+/// | `code`                              | status | printed to stderr |
+/// |-------------------------------------|--------|-------------------|
+/// | `None` (`sys.exit()`), `False`, `0` | 0      | nothing           |
+/// | another integer (`3`, `True`)       | itself | nothing           |
+/// | anything else (`"0"`, `""`, `"bye"`)| 1      | `str(code)`       |
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitStatus {
+    /// The process exit status `python` would give. An integer that does not fit a C
+    /// `long` gives -1, as in CPython; like `exit(3)`, the operating system keeps only
+    /// the low 8 bits.
+    pub code: i32,
+    /// For a code that is neither `None` nor an integer: its `str()`, which `python`
+    /// prints to standard error (without a traceback) before exiting with status 1.
+    pub message: Option<String>,
 }
 
 impl PyException {
@@ -142,6 +191,11 @@ impl PyException {
                 .type_name
                 .strip_prefix("builtins.")
                 .is_some_and(|short| short == name)
+    }
+
+    /// For a `SystemExit`, the exit status `python` would give ([`ExitStatus::code`]).
+    pub fn exit_code(&self) -> Option<i32> {
+        self.exit.as_ref().map(|exit| exit.code)
     }
 
     /// The type name without the `builtins.` prefix for built-in exceptions.

@@ -9,32 +9,46 @@
 //!
 //! # Preparing extension modules in the main interpreter
 //!
-//! The crashes of [`DATETIME_STATIC_TYPES`] and [`SINGLE_PHASE_REFUSAL`] have one cause
-//! in common: an extension module's initialisation leaves state in C globals (static
-//! types, cached objects, the runtime-wide cache of single-phase modules), and when the
-//! first interpreter to initialise it is an isolated one, that state is allocated from
-//! the isolated interpreter's own allocator and freed when it ends, while the globals
-//! still point at it. The next interpreter to end frees it again ("double free or
-//! corruption", "free(): invalid pointer").
+//! The crashes of [`DATETIME_STATIC_TYPES`] and [`SINGLE_PHASE_STATE`] have one cause in
+//! common: an extension module's initialisation leaves objects in C globals or in
+//! CPython's runtime-wide caches, and when the first interpreter to run it is a
+//! subinterpreter, those objects belong to that interpreter and are freed when it ends,
+//! while the globals still point at them. The next interpreter to end frees them again
+//! ("double free or corruption", "free(): invalid pointer", SIGSEGV).
 //!
-//! When the main interpreter initialises the module first, the state belongs to the
-//! main interpreter and lives until the process ends; isolated interpreters then find
-//! the module in CPython's extension cache (a single-phase one is refused there at once,
-//! before its initialisation runs again) or find its static types ready. Measured with
-//! plain CPython (4 isolated interpreters, each importing the module, then ended): 5 of
-//! 5 runs crashed without, 0 of 5 with, for `_datetime` on 3.13.0, `msgpack._cmsgpack`
-//! on 3.13.0 and `_decimal` on 3.12.1. Importing the module in the main interpreter
-//! *after* the isolated ones have imported it does not help (5 of 5 still crash): the
-//! damage is done by the first initialisation.
+//! - `_datetime` on 3.13 is a multi-phase module whose types are static C structures
+//!   (`Modules/_datetimemodule.c`). The first interpreter that imports it readies them
+//!   (`_PyStaticType_InitForExtension`), with their dicts and cached objects allocated
+//!   by that interpreter, and tears them down when it ends. 3.14 readies them while the
+//!   main interpreter starts (python/cpython#136421), which is what preparing does.
+//! - A single-phase module (`PyInit_` returns the module itself) runs its whole
+//!   initialisation in whichever interpreter loads it first (`Python/import.c`,
+//!   `_PyImport_LoadDynamicModuleWithSpec`); only then does an isolated interpreter
+//!   refuse it, too late. CPython keeps a copy of its dict for later imports in the
+//!   runtime-wide extension cache, and the objects the module keeps in C globals came
+//!   from that first interpreter. Once the main interpreter has loaded it, the cache
+//!   holds the main interpreter's objects: `import_find_extension` finds the module
+//!   there, an isolated interpreter refuses it before anything runs, and a legacy one
+//!   gets a copy of the main interpreter's dict, both of which are safe.
 //!
-//! So, on the versions these hazards affect, every isolated interpreter the library
-//! creates wraps CPython's extension module loader: before an interpreter loads an
-//! extension module for the first time in the process, the runtime imports that module
-//! in the main interpreter (with the interpreter's `sys.path` entries appended to the
-//! main interpreter's), then the interpreter loads it as usual. Each module is prepared
-//! once per process; later loads cost one lookup in a set. The runtime logs each
-//! preparation (`tracing`, target `subinterp::hazards`), and warns, naming the module,
-//! the version and the CPython issue, when the main interpreter could not import it.
+//! Measured with plain CPython (4 isolated interpreters on 4 threads, each importing the
+//! module, then ended): 5 of 5 runs crashed without, 0 of 5 with the module imported in
+//! the main interpreter first, for `_datetime` on 3.13.0, `msgpack` on 3.13.0 and
+//! `_decimal` on 3.12.1; `psutil` in two legacy interpreters on 3.12.1 crashed 2 of
+//! 4 runs without, 0 of 6 with. Importing the module in the main interpreter *after* the
+//! subinterpreters have does not help (5 of 5 still crash): the damage is done by the
+//! first initialisation. `msgpack` and `PyYAML` crash through `_datetime`, which they
+//! import: their own compiled modules are multi-phase Cython modules that declare no
+//! support for own-GIL interpreters, which refuse them before any of their code runs.
+//!
+//! So, on the versions these hazards affect, every subinterpreter the library creates
+//! wraps CPython's extension module loader: before an interpreter loads an extension
+//! module for the first time in the process, the runtime imports that module in the main
+//! interpreter (with the interpreter's `sys.path` entries appended to the main
+//! interpreter's), then the interpreter loads it as usual. Each module is prepared once
+//! per process; later loads cost one lookup in a set. The runtime logs each preparation
+//! (`tracing`, target `subinterp::hazards`), and warns, naming the module, the version
+//! and the CPython issue, when the main interpreter could not import it.
 //! [`RuntimeConfig::prepare_extensions`](crate::RuntimeConfig::prepare_extensions)
 //! turns this on or off whatever the version.
 
@@ -55,8 +69,10 @@ pub struct Hazard {
     pub affects: &'static [(u32, u32)],
     /// The first release known to be fixed, if any.
     pub fixed_in: Option<&'static str>,
-    /// Modules known to trigger it (the standard library's; third-party ones too).
-    pub modules: &'static [&'static str],
+    /// Extension modules known to trigger it (the standard library's and third-party
+    /// ones), each with the minor versions on which it does (empty: every version the
+    /// hazard affects).
+    pub modules: &'static [(&'static str, &'static [(u32, u32)])],
     /// What the host does about it.
     pub workaround: Workaround,
 }
@@ -68,6 +84,10 @@ pub enum Workaround {
     /// Every extension module is imported in the main interpreter before a
     /// subinterpreter loads it (see the module docs).
     PrepareInMain,
+    /// The main interpreter is not finalised when the runtime ends: every
+    /// subinterpreter is ended as always, then the main interpreter's buffered output
+    /// is flushed and its memory is left to the process's exit.
+    SkipMainFinalization,
     /// Nothing the host can do; documented with figures.
     None,
 }
@@ -82,30 +102,45 @@ pub const DATETIME_STATIC_TYPES: Hazard = Hazard {
     cpython_issues: &[136421, 136423],
     affects: &[(3, 13)],
     fixed_in: Some("3.14.0"),
-    modules: &["_datetime", "datetime", "zoneinfo", "_zoneinfo"],
+    modules: &[("_datetime", &[]), ("_zoneinfo", &[])],
     workaround: Workaround::PrepareInMain,
 };
 
-/// A single-phase extension module refused by an isolated interpreter has already run
-/// its initialisation there.
-pub const SINGLE_PHASE_REFUSAL: Hazard = Hazard {
-    id: "single-phase-refusal",
-    summary: "a single-phase-init extension module refused by an isolated interpreter has \
-              already run its initialisation in that interpreter; what it keeps in C \
-              globals is freed when the interpreter ends and freed again by the next: the \
-              process aborts when interpreters end, even though the importing code fell \
-              back to pure Python",
+/// A single-phase extension module first loaded by a subinterpreter keeps that
+/// interpreter's objects after it ends.
+pub const SINGLE_PHASE_STATE: Hazard = Hazard {
+    id: "single-phase-state",
+    summary: "a single-phase-init extension module first loaded by a subinterpreter runs its \
+              initialisation there (an isolated interpreter refuses it only afterwards); \
+              what it keeps in C globals and in CPython's extension cache is freed when that \
+              interpreter ends and again by the next: the process aborts when interpreters \
+              end, even when the importing code fell back to pure Python",
     cpython_issues: &[116510, 119450],
     affects: &[(3, 12), (3, 13)],
     fixed_in: None,
+    // On 3.13 `_decimal` and `_datetime` are multi-phase modules.
     modules: &[
-        "_decimal",
-        "_datetime",
-        "msgpack._cmsgpack",
-        "yaml._yaml",
-        "psutil._psutil_linux",
+        ("_decimal", &[(3, 12)]),
+        ("_datetime", &[(3, 12)]),
+        ("psutil._psutil_linux", &[]),
     ],
     workaround: Workaround::PrepareInMain,
+};
+
+/// Keyword-argument tables of extension functions are allocated by whichever
+/// interpreter calls the function first.
+pub const ARG_PARSER_KWTUPLE: Hazard = Hazard {
+    id: "arg-parser-kwtuple",
+    summary: "the tuple of keyword names that Argument Clinic caches in a static \
+              _PyArg_Parser of an extension function is allocated by the first interpreter \
+              to call the function with keywords; freed with it, it is freed again when \
+              the main interpreter is finalised (hashlib's openssl_md5(usedforsecurity=False), \
+              so pytest: free(): invalid pointer in _PyTuple_Fini at exit)",
+    cpython_issues: &[119213],
+    affects: &[(3, 12)],
+    fixed_in: Some("3.12.4"),
+    modules: &[("_hashlib", &[])],
+    workaround: Workaround::SkipMainFinalization,
 };
 
 /// Ending an isolated interpreter does not give back all of its memory.
@@ -124,7 +159,8 @@ pub const INTERPRETER_MEMORY: Hazard = Hazard {
 /// Every hazard this library knows, for any version.
 pub const ALL: &[&Hazard] = &[
     &DATETIME_STATIC_TYPES,
-    &SINGLE_PHASE_REFUSAL,
+    &SINGLE_PHASE_STATE,
+    &ARG_PARSER_KWTUPLE,
     &INTERPRETER_MEMORY,
 ];
 
@@ -179,6 +215,17 @@ impl Hazard {
         minor_hit && !fixed
     }
 
+    /// Whether `module` triggers this hazard on `version`.
+    pub fn names(&self, module: &str, version: &str) -> bool {
+        let Some(v) = Version::parse(version) else {
+            return false;
+        };
+        self.modules.iter().any(|(name, on)| {
+            *name == module
+                && (on.is_empty() || on.iter().any(|&(ma, mi)| ma == v.major && mi == v.minor))
+        })
+    }
+
     /// `python/cpython#136421, #136423`.
     pub fn issues_text(&self) -> String {
         let list: Vec<String> = self
@@ -227,11 +274,64 @@ pub fn needs_preparation(version: &str) -> bool {
         .any(|h| h.workaround == Workaround::PrepareInMain)
 }
 
+/// The extension modules the runtime prepares for legacy interpreters on `version`: the
+/// ones a hazard with the preparation workaround names. (Isolated interpreters have every
+/// extension module prepared; legacy ones cannot: numpy, Cython and PyO3 modules load
+/// in one interpreter per process, and the main interpreter would take it.)
+pub fn prepared_in_legacy(version: &str) -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = Vec::new();
+    for hazard in for_version(version) {
+        if hazard.workaround != Workaround::PrepareInMain {
+            continue;
+        }
+        for (name, _) in hazard.modules {
+            if hazard.names(name, version) && !names.contains(name) {
+                names.push(name);
+            }
+        }
+    }
+    names
+}
+
+/// [`prepared_in_legacy`] for every minor version a hazard with the preparation
+/// workaround affects, keyed `"3.12"`, for the probe of [`crate::check`].
+pub(crate) fn legacy_preparation_table() -> std::collections::BTreeMap<String, Vec<&'static str>> {
+    preparation_rules()
+        .into_iter()
+        .map(|(major, minor, _)| {
+            let key = format!("{major}.{minor}");
+            let names = prepared_in_legacy(&format!("{key}.0"));
+            (key, names)
+        })
+        .collect()
+}
+
+/// Whether the runtime leaves the main interpreter unfinalised on `version`
+/// ([`Workaround::SkipMainFinalization`]).
+pub fn skips_main_finalization(version: &str) -> bool {
+    for_version(version)
+        .iter()
+        .any(|h| h.workaround == Workaround::SkipMainFinalization)
+}
+
+/// The versions on which the runtime prepares extension modules, as
+/// `[major, minor, first fixed release or null]` for the probe of [`crate::check`].
+pub(crate) fn preparation_rules() -> Vec<(u32, u32, Option<&'static str>)> {
+    ALL.iter()
+        .filter(|h| h.workaround == Workaround::PrepareInMain)
+        .flat_map(|h| {
+            h.affects
+                .iter()
+                .map(|&(major, minor)| (major, minor, h.fixed_in))
+        })
+        .collect()
+}
+
 /// The hazards that name `module` and affect `version`.
 pub fn naming(module: &str, version: &str) -> Vec<&'static Hazard> {
     for_version(version)
         .into_iter()
-        .filter(|h| h.modules.contains(&module))
+        .filter(|h| h.names(module, version))
         .collect()
 }
 
@@ -267,7 +367,7 @@ pub(crate) fn set_preparer(preparer: Option<std::sync::Arc<Preparer>>, version: 
 }
 
 /// Makes sure `module` was imported in the main interpreter before a subinterpreter
-/// loads it. Called by the wrapped module loaders of isolated interpreters, with their
+/// loads it. Called by the wrapped module loaders of subinterpreters, with their
 /// GIL released. Never fails: a module the main interpreter cannot import is loaded by
 /// the subinterpreter anyway, after a warning that names the hazard.
 pub(crate) fn prepare(module: &str, sys_path: &[String]) {
@@ -306,7 +406,7 @@ pub(crate) fn prepare(module: &str, sys_path: &[String]) {
             tracing::warn!(
                 target: "subinterp::hazards",
                 "{module} could not be imported in the main interpreter first ({error}); \
-                 on CPython {version}, isolated interpreters that load it may crash the \
+                 on CPython {version}, subinterpreters that load it may crash the \
                  process when they end: {}",
                 named.join("; ")
             );
@@ -338,13 +438,21 @@ mod tests {
         let ids = |v| -> Vec<&str> { for_version(v).iter().map(|h| h.id).collect() };
         assert_eq!(
             ids("3.12.1"),
-            ["single-phase-refusal", "interpreter-memory"]
+            [
+                "single-phase-state",
+                "arg-parser-kwtuple",
+                "interpreter-memory"
+            ]
         );
+        assert_eq!(ids("3.12.4"), ["single-phase-state", "interpreter-memory"]);
+        assert!(skips_main_finalization("3.12.3"));
+        assert!(!skips_main_finalization("3.12.4"));
+        assert!(!skips_main_finalization("3.13.0"));
         assert_eq!(
             ids("3.13.0"),
             [
                 "datetime-static-types",
-                "single-phase-refusal",
+                "single-phase-state",
                 "interpreter-memory"
             ]
         );
@@ -355,7 +463,12 @@ mod tests {
         assert!(needs_preparation("3.13.0"));
         assert!(!needs_preparation("3.14.1"));
         assert!(!needs_preparation("3.11.7"));
-        assert_eq!(naming("_datetime", "3.13.0").len(), 2);
+        assert_eq!(naming("_datetime", "3.13.0").len(), 1);
+        assert_eq!(naming("_datetime", "3.12.1").len(), 1);
+        assert_eq!(naming("_decimal", "3.13.0").len(), 0);
+        assert_eq!(naming("_decimal", "3.12.1")[0].id, "single-phase-state");
+        assert_eq!(naming("psutil._psutil_linux", "3.13.0").len(), 1);
+        assert_eq!(naming("msgpack._cmsgpack", "3.13.0").len(), 0);
         assert!(DATETIME_STATIC_TYPES
             .to_string()
             .contains("python/cpython#136421, #136423; fixed in 3.14.0"));

@@ -1,16 +1,19 @@
 //! [`Interpreter`]: one isolated subinterpreter, owned by a dedicated OS thread.
 
+use std::ffi::OsStr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{JoinHandle, ThreadId};
+use std::time::Duration;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use serde::de::DeserializeOwned;
 
 use crate::config::InterpreterConfig;
 use crate::error::{Error, Result};
+use crate::hazards;
 use crate::raw::lifecycle::{clear_pending_async, InterruptTarget, SubInterpreter};
 use crate::raw::{PyObj, Python};
 use crate::runtime::{Runtime, RuntimeInner};
@@ -217,11 +220,8 @@ impl Interpreter {
         let raw = config.to_raw()?;
         let rt = Arc::clone(&runtime.inner);
         let capture = config.captures_output();
-        let paths: Vec<String> = config
-            .paths()
-            .iter()
-            .map(|p| p.to_string_lossy().into_owned())
-            .collect();
+        let grace = config.shutdown_grace_period();
+        let paths: Vec<PathBuf> = config.paths().to_vec();
         let (tx, rx) = unbounded::<Msg>();
         let (ready_tx, ready_rx) = bounded::<Result<(i64, Arc<Interrupts>)>>(1);
         let thread = std::thread::Builder::new()
@@ -236,7 +236,14 @@ impl Interpreter {
                         return;
                     }
                 };
-                let prepare = rt.prepare_extensions && !raw.use_main_obmalloc;
+                // Isolated interpreters have every extension module prepared; legacy ones
+                // only those a hazard names: preparing numpy, Cython or PyO3 modules in
+                // the main interpreter would take the one interpreter they allow.
+                let prepare = match (rt.prepare_extensions, raw.use_main_obmalloc) {
+                    (false, _) => None,
+                    (true, false) => Some(None),
+                    (true, true) => Some(Some(hazards::prepared_in_legacy(&rt.version))),
+                };
                 let setup = sub.with_gil(|py| setup(py, &rt, capture, prepare, &paths));
                 if let Err(err) = setup {
                     sub.end();
@@ -259,9 +266,9 @@ impl Interpreter {
                 // Threads of the interpreter blocked in a channel wait are cancelled, so that
                 // waiting for them below ends.
                 interrupts.waits.request(InterruptReason::Cancelled);
-                let output = sub.with_gil(|py| wind_down(py, capture));
+                let ended = sub.with_gil(|py| wind_down(py, capture, grace));
                 if let Some(reply) = reply {
-                    let _ = reply.send(output);
+                    let _ = reply.send(ended.output);
                 }
                 drop(rx);
                 // No interrupter may hold a thread state of this interpreter past here.
@@ -271,8 +278,21 @@ impl Interpreter {
                     .unwrap_or_else(|e| e.into_inner())
                     .take();
                 wait::unregister(id);
-                sub.end();
-                tracing::debug!(interpreter = id, "interpreter closed");
+                if ended.running.is_empty() {
+                    sub.end();
+                    tracing::debug!(interpreter = id, "interpreter closed");
+                } else {
+                    tracing::warn!(
+                        interpreter = id,
+                        threads = ?ended.running,
+                        "interpreter {id} left running: its Python threads {:?} did not end \
+                         within the shutdown grace period of {:.1} s (daemon threads are \
+                         not waited for)",
+                        ended.running,
+                        grace.as_secs_f64()
+                    );
+                    sub.abandon();
+                }
                 drop(rt);
             })
             .map_err(|e| Error::CreateFailed(format!("cannot start a thread: {e}")))?;
@@ -371,17 +391,22 @@ impl Interpreter {
     }
 
     /// Runs a Python file in `__main__`, with `__file__` set to its path.
+    ///
+    /// The file is compiled as `python FILE` compiles it: UTF-8 unless a PEP 263 coding
+    /// line (`# -*- coding: latin-1 -*-`) says otherwise; source that does not decode is a
+    /// `SyntaxError`. A path that is not UTF-8 keeps its bytes, as `os.fsdecode` does.
     pub fn exec_file(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        let source = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        let path = path.as_ref().to_owned();
+        let source = std::fs::read(&path).map_err(|source| Error::Io {
             path: path.display().to_string(),
             source,
         })?;
-        let filename = path.display().to_string();
         self.run(move |py| {
             let globals = py.main_dict()?;
-            globals.set_item(&py.str("__file__")?, &py.str(&filename)?)?;
-            py.run(&source, &filename, &globals)
+            let filename = py.path(&path)?;
+            globals.set_item(&py.str("__file__")?, &filename)?;
+            let code = py.compile_bytes(&source, &filename, "exec")?;
+            py.eval_code(&code, &globals).map(drop)
         })
     }
 
@@ -405,12 +430,13 @@ impl Interpreter {
         crate::from_value(self.call(target, args)?)
     }
 
-    /// Prepends a directory to this interpreter's `sys.path`.
+    /// Prepends a directory to this interpreter's `sys.path`. A path that is not UTF-8
+    /// keeps its bytes, as Python's own file names do (`os.fsdecode`).
     pub fn add_path(&self, dir: impl AsRef<Path>) -> Result<()> {
-        let dir = dir.as_ref().to_string_lossy().into_owned();
+        let dir = dir.as_ref().to_owned();
         self.run(move |py| {
             let path = py.import("sys")?.getattr("path")?;
-            path.call_method("insert", &[&py.to_object(&Value::Int(0))?, &py.str(&dir)?])
+            path.call_method("insert", &[&py.to_object(&Value::Int(0))?, &py.path(&dir)?])
                 .map(drop)
         })
     }
@@ -419,6 +445,24 @@ impl Interpreter {
     pub fn set_argv<S: AsRef<str>>(&self, argv: &[S]) -> Result<()> {
         let argv = Value::List(argv.iter().map(|a| Value::from(a.as_ref())).collect());
         self.run(move |py| py.import("sys")?.setattr("argv", &py.to_object(&argv)?))
+    }
+
+    /// Sets `sys.argv` from operating-system strings (script paths, arguments), decoded
+    /// as `python` decodes its command line: bytes that are not UTF-8 become surrogate
+    /// escapes, so `os.fsencode(sys.argv[i])` gives them back.
+    pub fn set_argv_os<S: AsRef<OsStr>>(&self, argv: &[S]) -> Result<()> {
+        let argv: Vec<PathBuf> = argv.iter().map(|a| PathBuf::from(a.as_ref())).collect();
+        self.run(move |py| {
+            let items = argv
+                .iter()
+                .map(|a| py.path(a))
+                .collect::<Result<Vec<_>>>()?;
+            let list = py.to_object(&Value::List(Vec::new()))?;
+            for item in &items {
+                list.call_method("append", &[item])?;
+            }
+            py.import("sys")?.setattr("argv", &list)
+        })
     }
 
     /// Takes what the interpreter wrote to `sys.stdout` and `sys.stderr` since the last
@@ -439,6 +483,11 @@ impl Interpreter {
     /// `KeyboardInterrupt` (and the channel waits of its other threads), waits for its
     /// Python threads, runs its `atexit` handlers, flushes its output and frees it.
     /// Operations queued behind the running one still run first. Idempotent.
+    ///
+    /// The wait for Python threads lasts at most the configured
+    /// [`shutdown_grace`](InterpreterConfig::shutdown_grace); an interpreter whose threads
+    /// still run after it is left in memory with a warning (CPython cannot end it), and
+    /// this returns.
     pub fn close(&self) -> Result<()> {
         self.shut(None)
     }
@@ -518,32 +567,87 @@ fn serve(
     }
 }
 
+/// Joins the interpreter's non-daemon threads, for at most `grace` seconds (`None`: no
+/// limit), including threads started meanwhile; leaves in `left` the names of the threads
+/// still running then — and of daemon threads, which are not waited for (as `python`
+/// does not wait for them) but, running, keep the interpreter from ending. `threading`
+/// and `_thread` are the modules if loaded, else `None`.
+///
+/// Neither this thread (never asked for with `current_thread()`, which would make
+/// `threading` record it as a dummy thread) nor the main thread is waited for: in a
+/// subinterpreter `threading` may take the process's main thread for it (3.13), and it
+/// never ends while we run.
 const JOIN_THREADS: &str = "\
-skip = (threading.current_thread(), threading.main_thread())
-for thread in threading.enumerate():
-    if thread not in skip and not thread.daemon:
-        thread.join()
+def _join(threading, grace):
+    me = threading.get_ident()
+    main = threading.main_thread()
+    clock = threading._time
+    deadline = None if grace is None else clock() + grace
+    def others():
+        return [
+            t for t in threading.enumerate()
+            if t.ident != me and t is not main
+            and not isinstance(t, threading._DummyThread)
+        ]
+    while True:
+        pending = [t for t in others() if not t.daemon]
+        if not pending:
+            break
+        for thread in pending:
+            if deadline is None:
+                thread.join()
+            else:
+                thread.join(max(0.0, deadline - clock()))
+        if deadline is not None and clock() >= deadline:
+            break
+    return [t.name for t in others() if t.is_alive()]
+left = [] if threading is None else _join(threading, grace)
+if not left and _thread is not None and _thread._count() > 0:
+    left = [f'{_thread._count()} started with _thread']
 ";
+
+/// How an interpreter's end went: the output captured until then, and the names of its
+/// Python threads still running after the grace period.
+struct WoundDown {
+    output: Result<Output>,
+    running: Vec<String>,
+}
 
 /// What `Py_EndInterpreter` would do first — wait for the interpreter's Python threads and
 /// run its `atexit` callbacks — done here so their output can still be flushed and
-/// collected. `Py_EndInterpreter` repeats both steps, finding nothing left to do. Only
-/// modules already loaded are used: nothing is imported while the interpreter ends.
-fn wind_down(py: Python<'_>, capture: bool) -> Result<Output> {
+/// collected, and so the wait for threads is bounded by `grace`. `Py_EndInterpreter`
+/// repeats both steps, finding nothing left to do. Only modules already loaded are used:
+/// nothing is imported while the interpreter ends.
+fn wind_down(py: Python<'_>, capture: bool, grace: Duration) -> WoundDown {
     // Joining the threads ourselves (rather than `threading._shutdown()`, which CPython
-    // 3.12 cannot run twice) leaves `Py_EndInterpreter` nothing to wait for. The main
-    // thread is skipped: in a subinterpreter `threading` may take the process's main
-    // thread for it (3.13), and it never ends while we run.
-    let joined = py
-        .loaded_module("threading")
-        .and_then(|threading| match threading {
-            Some(threading) => {
-                let globals = py.dict()?;
-                globals.set_item(&py.str("threading")?, &threading)?;
-                py.run(JOIN_THREADS, "<subinterp shutdown>", &globals)
-            }
-            None => Ok(()),
-        });
+    // 3.12 cannot run twice, and which waits without limit) leaves `Py_EndInterpreter`
+    // nothing to wait for.
+    let mut running = Vec::new();
+    let mut join = || -> Result<()> {
+        let globals = py.dict()?;
+        for name in ["threading", "_thread"] {
+            let module = py.loaded_module(name)?.unwrap_or_else(|| py.none());
+            globals.set_item(&py.str(name)?, &module)?;
+        }
+        let grace = match grace.as_secs_f64() {
+            // Beyond a century: no limit.
+            secs if secs > 3.0e9 => py.none(),
+            secs => py.to_object(&Value::Float(secs))?,
+        };
+        globals.set_item(&py.str("grace")?, &grace)?;
+        py.run(JOIN_THREADS, "<subinterp shutdown>", &globals)?;
+        if let Value::List(names) = globals.get_item(&py.str("left")?)?.to_value()? {
+            running = names
+                .into_iter()
+                .map(|name| match name {
+                    Value::Str(name) => name,
+                    other => format!("{other:?}"),
+                })
+                .collect();
+        }
+        Ok(())
+    };
+    let joined = join();
     let exited = py
         .loaded_module("atexit")
         .and_then(|m| m.map(|m| m.call_method("_run_exitfuncs", &[])).transpose());
@@ -556,46 +660,66 @@ fn wind_down(py: Python<'_>, capture: bool) -> Result<Output> {
         }
     }
     flush_streams(py);
-    if capture {
-        Ok(Output {
-            stdout: take_stream(py, "stdout")?,
-            stderr: take_stream(py, "stderr")?,
+    let output = if capture {
+        take_stream(py, "stdout").and_then(|stdout| {
+            Ok(Output {
+                stdout,
+                stderr: take_stream(py, "stderr")?,
+            })
         })
     } else {
         Ok(Output::default())
-    }
+    };
+    WoundDown { output, running }
 }
 
-/// Wraps the extension module loader of an isolated interpreter so that the main
-/// interpreter imports each extension module first (see [`crate::hazards`]). Built-in
-/// modules are left alone: single-phase built-ins such as `faulthandler` load in isolated
-/// interpreters only while the main interpreter has not imported them (CPython
-/// python/cpython#119450), and test runners need them.
+/// Wraps the extension module loader of a subinterpreter so that the main
+/// interpreter imports each extension module first (see [`crate::hazards`]), or only
+/// those named in `only` when it is a set. Built-in modules are left alone: single-phase
+/// built-ins such as `faulthandler` load in isolated interpreters only while the main
+/// interpreter has not imported them (CPython python/cpython#119450), and test runners
+/// need them.
 const PREPARE_IN_MAIN: &str = "\
-def _wrap():
+def _wrap(only):
     import sys, subinterp
     external = sys.modules['_frozen_importlib_external']
     prepare = subinterp._prepare_in_main
     create = external.ExtensionFileLoader.create_module
 
-    def create_module(self, spec, _create=create, _prepare=prepare, _sys=sys):
-        _prepare(spec.name, [entry for entry in _sys.path if isinstance(entry, str)])
+    def create_module(self, spec, _create=create, _prepare=prepare, _sys=sys, _only=only):
+        if _only is None or spec.name in _only:
+            _prepare(spec.name, [entry for entry in _sys.path if isinstance(entry, str)])
         return _create(self, spec)
 
     external.ExtensionFileLoader.create_module = create_module
-_wrap()
+_wrap(only)
 ";
 
 fn setup(
     py: Python<'_>,
     rt: &RuntimeInner,
     capture: bool,
-    prepare: bool,
-    paths: &[String],
+    prepare: Option<Option<Vec<&'static str>>>,
+    paths: &[PathBuf],
 ) -> Result<()> {
     let globals = py.dict()?;
-    if prepare {
-        py.run(PREPARE_IN_MAIN, "<subinterp prepare>", &py.dict()?)?;
+    match prepare {
+        None => {}
+        Some(Some(names)) if names.is_empty() => {}
+        Some(only) => {
+            let scope = py.dict()?;
+            let only = match only {
+                None => Value::None,
+                Some(names) => Value::List(names.into_iter().map(Value::from).collect()),
+            };
+            scope.set_item(&py.str("only")?, &py.to_object(&only)?)?;
+            py.run(
+                "only = None if only is None else frozenset(only)\n",
+                "<subinterp prepare>",
+                &scope,
+            )?;
+            py.run(PREPARE_IN_MAIN, "<subinterp prepare>", &scope)?;
+        }
     }
     if let Some(bootstrap) = &rt.bootstrap {
         py.run(bootstrap, "<subinterp bootstrap>", &globals)?;
@@ -603,7 +727,7 @@ fn setup(
     if !paths.is_empty() {
         let path = py.import("sys")?.getattr("path")?;
         for (i, dir) in paths.iter().enumerate() {
-            path.call_method("insert", &[&py.to_object(&Value::from(i))?, &py.str(dir)?])?;
+            path.call_method("insert", &[&py.to_object(&Value::from(i))?, &py.path(dir)?])?;
         }
     }
     if capture {

@@ -54,8 +54,8 @@ mod wait;
 
 pub use buffer::SharedBuffer;
 pub use channel::{select, Channel, Message, RecvFuture};
-pub use config::{Gil, InterpreterConfig};
-pub use error::{Error, PyException, Result};
+pub use config::{Gil, InterpreterConfig, DEFAULT_SHUTDOWN_GRACE};
+pub use error::{Error, ExitStatus, PyException, Result};
 pub use interpreter::{parse_target, Args, Interpreter, InterruptHandle, Output};
 pub use pool::{MapResults, Pool, PoolConfig, Task, TaskOptions};
 pub use raw::{PyObj, Python};

@@ -12,7 +12,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
@@ -47,8 +47,12 @@ pub struct PoolConfig {
     init: Vec<String>,
     max_tasks_per_worker: Option<u64>,
     timeout: Option<Duration>,
+    setup_timeout: Option<Duration>,
     grace: Duration,
 }
+
+/// The shortest set-up deadline given by default when tasks have a deadline.
+const MIN_DEFAULT_SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Default for PoolConfig {
     fn default() -> Self {
@@ -66,6 +70,7 @@ impl PoolConfig {
             init: Vec::new(),
             max_tasks_per_worker: None,
             timeout: None,
+            setup_timeout: None,
             grace: Duration::from_secs(1),
         }
     }
@@ -99,6 +104,26 @@ impl PoolConfig {
     pub fn timeout(&mut self, timeout: Duration) -> &mut Self {
         self.timeout = Some(timeout);
         self
+    }
+
+    /// Deadline of each worker's set-up: the initializers ([`init`](Self::init)) of a new
+    /// or replacing worker, counted from when the first starts. At the deadline the
+    /// running initializer is interrupted (`TimeoutError`), as a task is at its deadline,
+    /// and the set-up fails with a `TimeoutError` naming the deadline.
+    ///
+    /// Default: none — unless tasks have a deadline ([`timeout`](Self::timeout)), then
+    /// the task deadline, but at least 30 s.
+    pub fn setup_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.setup_timeout = Some(timeout);
+        self
+    }
+
+    /// The set-up deadline in effect (see [`setup_timeout`](Self::setup_timeout)).
+    pub fn setup_deadline(&self) -> Option<Duration> {
+        self.setup_timeout.or_else(|| {
+            self.timeout
+                .map(|timeout| timeout.max(MIN_DEFAULT_SETUP_TIMEOUT))
+        })
     }
 
     /// How long a task may keep running past its deadline after it was interrupted,
@@ -153,6 +178,44 @@ struct Shared {
     watchdog: Sender<Watch>,
     next_task: AtomicU64,
     workers: Mutex<Vec<Arc<Worker>>>,
+    /// Keepers still running (each keeps one worker slot filled).
+    keepers: AtomicUsize,
+    /// Set once no keeper is left because setting up workers failed: what every
+    /// remaining and later task fails with.
+    broken: Mutex<Option<Arc<Error>>>,
+}
+
+impl Shared {
+    /// Called by each keeper as it ends, with the set-up failure that made it give up,
+    /// if any. When the last keeper ends while tasks can still arrive, the pool can no
+    /// longer run anything: queued tasks fail, and so does every later submission.
+    fn keeper_ended(&self, failure: Option<Error>) {
+        if let Some(failure) = failure {
+            let mut broken = lock(&self.broken);
+            if broken.is_none() {
+                *broken = Some(Arc::new(failure));
+            }
+        }
+        if self.keepers.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        // The last keeper: nobody takes tasks from the queue any more.
+        let cause = lock(&self.broken).clone();
+        lock(&self.queue_tx).take();
+        let fail = |queued: Queued| {
+            let err = match &cause {
+                Some(cause) => Error::Setup(Arc::clone(cause)),
+                None => Error::Cancelled,
+            };
+            queued.state.complete(Err(err));
+        };
+        while let Ok(queued) = self.queue_rx.try_recv() {
+            fail(queued);
+        }
+        if let Some(cause) = &cause {
+            tracing::error!(error = %cause, "every pool worker failed to be set up: the pool stops");
+        }
+    }
 }
 
 struct Queued {
@@ -212,6 +275,8 @@ impl Pool {
             watchdog: watch_tx,
             next_task: AtomicU64::new(1),
             workers: Mutex::new(Vec::new()),
+            keepers: AtomicUsize::new(0),
+            broken: Mutex::new(None),
         });
         let grace = config.grace;
         std::thread::Builder::new()
@@ -224,12 +289,22 @@ impl Pool {
             keepers: Vec::new(),
         };
         for _ in 0..config.workers {
-            let shared = Arc::clone(&shared);
+            let kept = Arc::clone(&shared);
             let ready = ready_tx.clone();
+            shared.keepers.fetch_add(1, Ordering::AcqRel);
             let keeper = std::thread::Builder::new()
                 .name("subinterp-keeper".into())
-                .spawn(move || keep(shared, ready))
-                .map_err(|e| Error::CreateFailed(format!("cannot start a worker: {e}")))?;
+                .spawn(move || {
+                    let failure = keep(&kept, ready);
+                    kept.keeper_ended(failure);
+                });
+            let keeper = match keeper {
+                Ok(keeper) => keeper,
+                Err(e) => {
+                    shared.keepers.fetch_sub(1, Ordering::AcqRel);
+                    return Err(Error::CreateFailed(format!("cannot start a worker: {e}")));
+                }
+            };
             pool.keepers.push(keeper);
         }
         drop(ready_tx);
@@ -249,6 +324,10 @@ impl Pool {
     }
 
     /// Queues a call of `target` (`module:function` or `module.function`) with `args`.
+    ///
+    /// Fails with [`Error::Closed`] once the pool shuts down, and with [`Error::Setup`]
+    /// once it has no worker left because every attempt to set one up failed (say, an
+    /// initializer that raises when a worker is replaced).
     pub fn submit(&self, target: &str, args: impl Into<Args>) -> Result<Task> {
         self.submit_with(target, args, TaskOptions::default())
     }
@@ -276,7 +355,12 @@ impl Pool {
             Some(tx) if self.shared.state.load(Ordering::Acquire) == RUNNING => {
                 tx.send(queued).map_err(|_| Error::Closed)?
             }
-            _ => return Err(Error::Closed),
+            _ => {
+                return Err(match lock(&self.shared.broken).as_ref() {
+                    Some(cause) => Error::Setup(Arc::clone(cause)),
+                    None => Error::Closed,
+                })
+            }
         }
         Ok(Task { id, state })
     }
@@ -398,23 +482,27 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Times a keeper tries in a row to replace its worker before it gives up.
+const REPLACE_ATTEMPTS: u32 = 3;
+
 /// Keeps one worker slot filled: creates the interpreter, runs its loop, and replaces it
-/// when it is recycled, fails or is abandoned — until the pool stops.
-fn keep(shared: Arc<Shared>, ready: Sender<Result<()>>) {
+/// when it is recycled, fails or is abandoned — until the pool stops. Returns the set-up
+/// failure that made it give up, if that is why it ended.
+fn keep(shared: &Arc<Shared>, ready: Sender<Result<()>>) -> Option<Error> {
     let mut ready = Some(ready);
     let mut failures = 0;
     while shared.state.load(Ordering::Acquire) != STOPPING {
-        let interp = match start_worker(&shared) {
+        let interp = match start_worker(shared) {
             Ok(interp) => interp,
             Err(err) => {
                 if let Some(ready) = ready.take() {
                     let _ = ready.send(Err(err));
-                    return;
+                    return None;
                 }
                 failures += 1;
                 tracing::error!(error = %err, "could not replace a pool worker");
-                if failures >= 3 {
-                    return;
+                if failures >= REPLACE_ATTEMPTS {
+                    return Some(err);
                 }
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
@@ -431,7 +519,7 @@ fn keep(shared: Arc<Shared>, ready: Sender<Result<()>>) {
         });
         lock(&shared.workers).push(Arc::clone(&worker));
         let job = {
-            let shared = Arc::clone(&shared);
+            let shared = Arc::clone(shared);
             let worker = Arc::clone(&worker);
             interp.submit(move |py| worker_loop(py, &shared, &worker))
         };
@@ -468,15 +556,77 @@ fn keep(shared: Arc<Shared>, ready: Sender<Result<()>>) {
             break;
         }
     }
+    None
 }
 
 fn start_worker(shared: &Shared) -> Result<Interpreter> {
+    let limit = shared.config.setup_deadline();
+    let deadline = limit.and_then(|limit| Instant::now().checked_add(limit));
     let interp = Interpreter::new(&shared.runtime, &shared.config.interpreter)?;
     for code in &shared.config.init {
-        interp.exec(code)?;
+        let code = code.clone();
+        let done = interp.submit(move |py| py.run(&code, "<string>", &py.main_dict()?))?;
+        let stop = |reason| {
+            let _ = interp.interrupt_handle().interrupt(reason);
+            // Give it the grace period to stop; past it, the interpreter is stuck in C.
+            done.recv_timeout(shared.config.grace).ok()
+        };
+        let deadline_passed = match deadline {
+            Some(deadline) => crossbeam_channel::at(deadline),
+            None => crossbeam_channel::never(),
+        };
+        let stopped = select! {
+            recv(done) -> result => {
+                result.map_err(|_| Error::Closed)??;
+                continue;
+            }
+            recv(deadline_passed) -> _ => (InterruptReason::Timeout, stop(InterruptReason::Timeout)),
+            recv(shared.stop_rx) -> _ => (InterruptReason::Cancelled, stop(InterruptReason::Cancelled)),
+        };
+        let limit = limit.unwrap_or_default().as_secs_f64();
+        let err = match stopped {
+            (InterruptReason::Cancelled, _) => Error::Cancelled,
+            (_, Some(Err(Error::Python(exc)))) => Error::Python(Box::new(PyException {
+                type_name: "builtins.TimeoutError".into(),
+                message: format!(
+                    "the pool's initializer ran past its set-up deadline of {limit:.3} s"
+                ),
+                ..*exc
+            })),
+            (_, Some(_)) => Error::Python(Box::new(setup_timed_out(format!(
+                "the pool's initializer ran past its set-up deadline of {limit:.3} s"
+            )))),
+            (_, None) => {
+                tracing::warn!(
+                    interpreter = interp.id(),
+                    "pool worker stuck in C code during set-up: abandoned"
+                );
+                // Its thread ends when the C call returns; close it then, off this thread.
+                std::thread::spawn(move || {
+                    let _ = done.recv();
+                    drop(interp);
+                });
+                return Err(Error::Python(Box::new(setup_timed_out(format!(
+                    "the pool's initializer ran past its set-up deadline of {limit:.3} s \
+                     and did not stop when interrupted (blocked in C code?)"
+                )))));
+            }
+        };
+        return Err(err);
     }
     tracing::debug!(interpreter = interp.id(), "pool worker ready");
     Ok(interp)
+}
+
+fn setup_timed_out(message: String) -> PyException {
+    PyException {
+        type_name: "builtins.TimeoutError".into(),
+        message,
+        traceback: String::new(),
+        cause: None,
+        context: None,
+        exit: None,
+    }
 }
 
 /// The loop a worker runs on its interpreter's thread.
@@ -518,11 +668,12 @@ fn worker_loop(py: Python<'_>, shared: &Shared, worker: &Arc<Worker>) -> Result<
             clear_pending_async(py);
         }
         let elapsed = started.elapsed();
-        let result = match result {
-            Err(Error::Python(exc)) if task.state.timed_out.load(Ordering::Acquire) => {
-                Err(Error::Python(Box::new(timed_out(*exc, task.timeout))))
-            }
-            other => other,
+        // Whatever the task did after its deadline — raise, or catch the `TimeoutError`
+        // and return — it is reported as timed out.
+        let result = if task.state.timed_out.load(Ordering::Acquire) {
+            Err(Error::Python(Box::new(timed_out(result, task.timeout))))
+        } else {
+            result
         };
         match &result {
             Ok(_) => tracing::debug!(
@@ -562,15 +713,33 @@ fn worker_loop(py: Python<'_>, shared: &Shared, worker: &Arc<Worker>) -> Result<
     }
 }
 
-/// The message of a `TimeoutError` raised at a deadline.
-fn timed_out(mut exc: PyException, timeout: Option<Duration>) -> PyException {
-    if exc.is("TimeoutError") && exc.message.is_empty() {
-        exc.message = match timeout {
-            Some(t) => format!("the task ran past its deadline of {:.3} s", t.as_secs_f64()),
-            None => "the task ran past its deadline".into(),
-        };
+/// The `TimeoutError` a task that ran past its deadline is reported with: the one raised
+/// at the deadline, given a message; or, if the task went on and returned or raised
+/// something else, a new one saying so (with what it raised as its context).
+fn timed_out(result: Result<Value>, timeout: Option<Duration>) -> PyException {
+    let deadline = match timeout {
+        Some(t) => format!("the task ran past its deadline of {:.3} s", t.as_secs_f64()),
+        None => "the task ran past its deadline".into(),
+    };
+    let went_on = |what: &str, context: Option<Box<PyException>>| PyException {
+        type_name: "builtins.TimeoutError".into(),
+        message: format!("{deadline}; it was interrupted, and then {what}"),
+        traceback: String::new(),
+        cause: None,
+        context,
+        exit: None,
+    };
+    match result {
+        Err(Error::Python(mut exc)) if exc.is("TimeoutError") => {
+            if exc.message.is_empty() {
+                exc.message = deadline;
+            }
+            *exc
+        }
+        Err(Error::Python(exc)) => went_on(&format!("raised {}", exc.type_name), Some(exc)),
+        Err(err) => went_on(&format!("failed: {err}"), None),
+        Ok(_) => went_on("returned a result, which is discarded", None),
     }
-    exc
 }
 
 struct Watch {
@@ -649,6 +818,7 @@ fn watchdog(rx: Receiver<Watch>, grace: Duration) {
                     traceback: String::new(),
                     cause: None,
                     context: None,
+                    exit: None,
                 };
                 watch.state.complete(Err(Error::Python(Box::new(exc))));
                 watch.worker.abandoned.store(true, Ordering::Release);

@@ -69,8 +69,16 @@ impl RuntimeConfig {
         self
     }
 
-    /// Use the packages of this virtual environment (its `site-packages`, with `.pth`
-    /// files) in every interpreter. Replaces the `VIRTUAL_ENV` default.
+    /// Use this virtual environment in every interpreter. Replaces the `VIRTUAL_ENV`
+    /// default.
+    ///
+    /// For an environment made from the Python this crate is built against, CPython is
+    /// started as the environment's own `bin/python`: `sys.prefix`, `sys.exec_prefix`,
+    /// `sys.executable` and `sys.path` are then what that `python` has (its
+    /// `site-packages` first, the base one only with `include-system-site-packages =
+    /// true`), and code that runs `sys.executable -m ...` runs the environment's Python.
+    /// For any other directory, its `lib/python3.X/site-packages` (with `.pth` files) is
+    /// added to `sys.path`.
     pub fn virtual_env(&mut self, dir: impl Into<PathBuf>) -> &mut Self {
         self.venv = Venv::Path(dir.into());
         self
@@ -97,10 +105,12 @@ impl RuntimeConfig {
         self
     }
 
-    /// Import every extension module in the main interpreter before an isolated
-    /// interpreter loads it for the first time, which avoids crashes of CPython 3.12 and
+    /// Import every extension module in the main interpreter before a subinterpreter
+    /// loads it for the first time, which avoids crashes of CPython 3.12 and
     /// 3.13 when interpreters end (see [`hazards`](crate::hazards)). By default this is on
-    /// exactly for the Python versions with such a hazard ([`Runtime::hazards`]).
+    /// exactly for the Python versions with such a hazard ([`Runtime::hazards`]); when
+    /// this is not called, the environment variable `SUBINTERP_PREPARE_EXTENSIONS=0` or
+    /// `=1` overrides that default.
     pub fn prepare_extensions(&mut self, yes: bool) -> &mut Self {
         self.prepare_extensions = Some(yes);
         self
@@ -138,7 +148,7 @@ pub struct Runtime {
 
 pub(crate) struct RuntimeInner {
     pub(crate) main: MainInterpreter,
-    /// Whether isolated interpreters have extension modules prepared in the main one.
+    /// Whether subinterpreters have extension modules prepared in the main one.
     pub(crate) prepare_extensions: bool,
     /// Python code run in every new interpreter to set up `sys.path`, if any is needed.
     pub(crate) bootstrap: Option<String>,
@@ -150,8 +160,9 @@ pub(crate) struct RuntimeInner {
 pub(crate) enum MainMsg {
     /// Run with the main interpreter's GIL held.
     Job(Box<dyn for<'py> FnOnce(Python<'py>) + Send>),
-    /// Finalise CPython and end the thread.
-    Stop,
+    /// Finalise CPython (unless a hazard of this version says not to) and end the
+    /// thread.
+    Stop { finalize: bool },
 }
 
 impl std::fmt::Debug for Runtime {
@@ -211,7 +222,7 @@ impl Runtime {
         hazards::for_version(&self.inner.version)
     }
 
-    /// Whether isolated interpreters have their extension modules imported in the main
+    /// Whether subinterpreters have their extension modules imported in the main
     /// interpreter first ([`RuntimeConfig::prepare_extensions`]).
     pub fn prepares_extensions(&self) -> bool {
         self.inner.prepare_extensions
@@ -224,10 +235,16 @@ fn start(config: &RuntimeConfig) -> Result<RuntimeInner> {
         .home
         .as_ref()
         .map(|p| p.to_string_lossy().into_owned());
-    let executable = if home.is_none() {
-        build_python.map(str::to_owned)
-    } else {
+    // Started as the virtual environment's own `python`, CPython finds the environment
+    // itself (its `pyvenv.cfg`) and gives every interpreter the prefixes, executable and
+    // `sys.path` that `python` has there, `include-system-site-packages` honoured.
+    let venv_python = venv_python(config, build_python);
+    let executable = if home.is_some() {
         None
+    } else if let Some(python) = &venv_python {
+        Some(python.to_string_lossy().into_owned())
+    } else {
+        build_python.map(str::to_owned)
     };
     let opts = (home, executable, config.use_environment, config.site_import);
     let (ready_tx, ready_rx) = bounded::<Result<(MainInterpreter, String), String>>(1);
@@ -254,18 +271,47 @@ fn start(config: &RuntimeConfig) -> Result<RuntimeInner> {
                     let _ = ready_tx.send(Ok((main, version)));
                     // Serve jobs for the main interpreter until the last handle goes (or the
                     // sender vanishes), then finalise.
-                    while let Ok(MainMsg::Job(job)) = main_rx.recv() {
-                        let ran = main_ts.with_gil(|py| {
-                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(py)))
-                        });
-                        if ran.is_err() {
-                            tracing::error!("a job of the main interpreter panicked");
+                    let mut finalize = true;
+                    while let Ok(message) = main_rx.recv() {
+                        match message {
+                            MainMsg::Job(job) => {
+                                let ran = main_ts.with_gil(|py| {
+                                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                        job(py)
+                                    }))
+                                });
+                                if ran.is_err() {
+                                    tracing::error!("a job of the main interpreter panicked");
+                                }
+                            }
+                            MainMsg::Stop { finalize: yes } => {
+                                finalize = yes;
+                                break;
+                            }
                         }
                     }
-                    if !main_ts.finalize() {
+                    let abandoned = lifecycle::abandoned_interpreters();
+                    if abandoned > 0 {
+                        // Finalising would wait for their threads forever.
+                        tracing::warn!(
+                            interpreters = abandoned,
+                            "Python is not finalised: threads started by Python code are \
+                             still running in interpreters that could not end"
+                        );
+                    } else if !finalize {
+                        let _ = main_ts.with_gil(|py| -> Result<()> {
+                            py.run(FLUSH_MAIN, "<subinterp flush>", &py.dict()?)
+                        });
+                        tracing::debug!(
+                            target: "subinterp::hazards",
+                            "the main interpreter is left unfinalised: arg-parser-kwtuple \
+                             (python/cpython#119213; fixed in 3.12.4)"
+                        );
+                    } else if !main_ts.finalize() {
                         tracing::warn!("Python reported an error while finalising");
+                    } else {
+                        tracing::debug!("Python runtime finalised");
                     }
-                    tracing::debug!("Python runtime finalised");
                 }
                 Err(msg) => {
                     let _ = ready_tx.send(Err(msg));
@@ -284,9 +330,10 @@ fn start(config: &RuntimeConfig) -> Result<RuntimeInner> {
             return Err(Error::InitFailed("the runtime thread ended early".into()));
         }
     };
-    let bootstrap = bootstrap_code(config, &version)?;
+    let bootstrap = bootstrap_code(config, &version, venv_python.is_some())?;
     let prepare_extensions = config
         .prepare_extensions
+        .or_else(prepare_from_environment)
         .unwrap_or_else(|| hazards::needs_preparation(&version));
     if prepare_extensions {
         let jobs = main_tx.clone();
@@ -318,6 +365,19 @@ fn start(config: &RuntimeConfig) -> Result<RuntimeInner> {
     })
 }
 
+/// `SUBINTERP_PREPARE_EXTENSIONS=0` (or `1`) overrides the default of
+/// [`RuntimeConfig::prepare_extensions`] when the host did not set it.
+fn prepare_from_environment() -> Option<bool> {
+    match std::env::var("SUBINTERP_PREPARE_EXTENSIONS").ok()?.trim() {
+        "0" | "false" | "no" | "off" => Some(false),
+        "1" | "true" | "yes" | "on" => Some(true),
+        other => {
+            tracing::warn!("ignoring SUBINTERP_PREPARE_EXTENSIONS={other:?} (want 0 or 1)");
+            None
+        }
+    }
+}
+
 /// Imports `module` in the main interpreter, with the entries of the loading
 /// interpreter's `sys.path` that the main one lacks appended to its own.
 fn import_in_main(
@@ -335,6 +395,15 @@ fn import_in_main(
     run().map_err(|err| err.to_string())
 }
 
+const FLUSH_MAIN: &str = "\
+import sys
+for stream in (sys.stdout, sys.stderr):
+    try:
+        stream.flush()
+    except Exception:
+        pass
+";
+
 const IMPORT_IN_MAIN: &str = "\
 import sys
 if name not in sys.modules:
@@ -343,11 +412,57 @@ if name not in sys.modules:
             sys.path.append(entry)
     import importlib
     importlib.import_module(name)
+    # hashlib calls _hashlib's constructors with keywords when it is imported: doing that
+    # here first gives their cached keyword tuples to the main interpreter (3.12 before
+    # 3.12.4 caches them in whichever interpreter calls first, python/cpython#119213).
+    if name == '_hashlib':
+        import hashlib
 ";
 
+/// The `python` of the configured virtual environment, when CPython can be started as
+/// it: the environment is a real one (`pyvenv.cfg`, `bin/python`) made from the Python
+/// this crate was built against (its `home` is that Python's directory), and no explicit
+/// home overrides it. Otherwise the environment's `site-packages` is added to `sys.path`
+/// by [`bootstrap_code`].
+fn venv_python(config: &RuntimeConfig, build_python: Option<&str>) -> Option<PathBuf> {
+    if config.home.is_some() {
+        return None;
+    }
+    let venv = config.venv_dir()?;
+    let python = ["python", "python3"]
+        .iter()
+        .map(|name| venv.join("bin").join(name))
+        .find(|p| p.exists())?;
+    let cfg = std::fs::read_to_string(venv.join("pyvenv.cfg")).ok()?;
+    let home = cfg.lines().find_map(|line| {
+        let (key, value) = line.split_once('=')?;
+        (key.trim() == "home").then(|| PathBuf::from(value.trim()))
+    })?;
+    let build_dir = Path::new(build_python?).parent()?;
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if same(&home, build_dir) {
+        Some(python)
+    } else {
+        tracing::debug!(
+            venv = %venv.display(),
+            home = %home.display(),
+            "the virtual environment was made from another Python: only its site-packages is used"
+        );
+        None
+    }
+}
+
 /// Python source run in each new interpreter: extra paths first on `sys.path`, then the
-/// virtual environment's `site-packages`.
-fn bootstrap_code(config: &RuntimeConfig, version: &str) -> Result<Option<String>> {
+/// virtual environment's `site-packages` unless CPython was started as the environment's
+/// own `python` (`venv_started`) and imports `site`, which then adds it.
+fn bootstrap_code(
+    config: &RuntimeConfig,
+    version: &str,
+    venv_started: bool,
+) -> Result<Option<String>> {
     let mut code = String::from("import sys\n");
     let plain = code.len();
     if !config.paths.is_empty() {
@@ -361,7 +476,9 @@ fn bootstrap_code(config: &RuntimeConfig, version: &str) -> Result<Option<String
             .join(format!("python{}", minor.join(".")))
             .join("site-packages");
         if lib.is_dir() {
-            if config.site_import {
+            if venv_started && config.site_import {
+                // `site` finds the environment by itself.
+            } else if config.site_import {
                 code.push_str(&format!("import site\nsite.addsitedir({})\n", py_str(&lib)));
             } else {
                 code.push_str(&format!("sys.path.append({})\n", py_str(&lib)));
@@ -381,20 +498,32 @@ fn bootstrap_code(config: &RuntimeConfig, version: &str) -> Result<Option<String
     Ok((code.len() > plain).then_some(code))
 }
 
-/// A Python string literal for a path.
+/// A Python expression for a path: a string literal, or for a path that is not UTF-8 its
+/// bytes decoded as Python decodes file names (UTF-8 with `surrogateescape`), so the
+/// bytes survive.
 fn py_str(path: &Path) -> String {
-    let text = path.to_string_lossy();
-    let mut out = String::from("'");
-    for c in text.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\'' => out.push_str("\\'"),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    match std::str::from_utf8(bytes) {
+        Ok(text) => {
+            let mut out = String::from("'");
+            for c in text.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '\'' => out.push_str("\\'"),
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    c => out.push(c),
+                }
+            }
+            out.push('\'');
+            out
+        }
+        Err(_) => {
+            let escaped: String = bytes.iter().map(|b| format!("\\x{b:02x}")).collect();
+            format!("b'{escaped}'.decode('utf-8', 'surrogateescape')")
         }
     }
-    out.push('\'');
-    out
 }
 
 impl Drop for RuntimeInner {
@@ -406,8 +535,27 @@ impl Drop for RuntimeInner {
         }
         let taken = self.shutdown.lock().ok().and_then(|mut s| s.take());
         if let Some((stop, thread)) = taken {
-            let _ = stop.send(MainMsg::Stop);
+            let finalize = !hazards::skips_main_finalization(&self.version);
+            let _ = stop.send(MainMsg::Stop { finalize });
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::py_str;
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Path;
+
+    #[test]
+    fn paths_become_python_expressions_that_keep_their_bytes() {
+        assert_eq!(py_str(Path::new("/opt/it's")), r"'/opt/it\'s'");
+        assert_eq!(py_str(Path::new("/opt/é")), "'/opt/é'");
+        assert_eq!(
+            py_str(Path::new(OsStr::from_bytes(b"/a\xff"))),
+            r"b'\x2f\x61\xff'.decode('utf-8', 'surrogateescape')"
+        );
     }
 }

@@ -528,3 +528,58 @@ fn bytes_messages_of_every_size_arrive_intact_while_buffers_are_reused() {
     a.exec("ch.send(bytearray(b'xy'))").unwrap();
     assert_eq!(b.eval("ch.recv()").unwrap(), Value::Bytes(b"xy".to_vec()));
 }
+
+#[test]
+fn argument_errors_are_the_exceptions_python_raises_for_them() {
+    let interp = common::isolated();
+    let n = name("argument-errors");
+    interp
+        .exec(&format!(
+            "import subinterp\nch = subinterp.channel('{n}', capacity=1)"
+        ))
+        .unwrap();
+    // Timeouts as `queue.Queue.get` and `threading.Lock.acquire` take them.
+    for (timeout, expected) in [
+        ("2**64", "builtins.OverflowError"),
+        ("10**400", "builtins.OverflowError"),
+        ("1e300", "builtins.OverflowError"),
+        ("-1", "builtins.ValueError"),
+        ("float('nan')", "builtins.ValueError"),
+        ("'soon'", "builtins.TypeError"),
+    ] {
+        let err = interp
+            .exec(&format!("ch.recv(timeout={timeout})"))
+            .unwrap_err();
+        assert_eq!(py_err(&err).type_name, expected, "timeout={timeout}");
+    }
+    let err = interp.exec("ch.recv(timeout=2**64)").unwrap_err();
+    assert!(
+        py_err(&err).message.contains("timeout value is too large"),
+        "{err}"
+    );
+    // The longest timeout Python's own locks accept is accepted too.
+    let got = interp
+        .eval(
+            "(ch.send('x', timeout=__import__('threading').TIMEOUT_MAX), \
+              ch.recv(timeout=__import__('threading').TIMEOUT_MAX))",
+        )
+        .unwrap();
+    assert_eq!(got, Value::Tuple(vec![Value::None, Value::from("x")]));
+
+    // A buffer too large to allocate is a MemoryError, as bytearray(1 << 62) is.
+    let err = interp.exec("subinterp.buffer(1 << 62)").unwrap_err();
+    assert_eq!(py_err(&err).type_name, "builtins.MemoryError");
+
+    // Errors that are not about converting values do not say they are.
+    let err = interp
+        .exec(&format!("subinterp.channel('{n}', capacity=5)"))
+        .unwrap_err();
+    assert_eq!(py_err(&err).type_name, "builtins.ValueError");
+    assert!(
+        !py_err(&err).message.contains("conversion"),
+        "{}",
+        py_err(&err).message
+    );
+    let err = interp.exec("ch.recv(timeout='soon')").unwrap_err();
+    assert!(!py_err(&err).message.contains("conversion"), "{err}");
+}

@@ -283,3 +283,26 @@ fn check_all_reports_every_extension_module_of_the_standard_library() {
         assert_eq!(row.map(|r| r.verdict), Some(report.verdict));
     }
 }
+
+#[test]
+fn the_library_s_own_module_is_ok_and_keywords_are_not_module_names() {
+    let reports = check::check(&["subinterp", "json"], &stdlib().options()).expect("check");
+    let own = &reports[0];
+    assert_eq!(own.module, "subinterp");
+    assert_eq!(own.verdict, Verdict::Ok, "{own:?}");
+    assert!(own.reason().contains("provided by subinterp"), "{}", own.reason());
+    assert_eq!(reports.len(), 2);
+    // Every interpreter the library makes can really import it.
+    let rt = subinterp::Runtime::get_or_init(&subinterp::RuntimeConfig::new()).unwrap();
+    let interp =
+        subinterp::Interpreter::new(&rt, &subinterp::InterpreterConfig::isolated()).unwrap();
+    interp.exec("import subinterp").unwrap();
+    interp.close().unwrap();
+    for keyword in ["import", "class", "a.for"] {
+        let err = check::check(&[keyword], &stdlib().options()).unwrap_err();
+        assert!(
+            matches!(err, check::CheckError::InvalidModuleName(ref n) if n == keyword),
+            "{err}"
+        );
+    }
+}

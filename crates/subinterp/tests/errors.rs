@@ -178,3 +178,30 @@ fn source_with_a_nul_byte_is_a_syntax_error() {
     assert_eq!(exc.type_name, "builtins.SyntaxError");
     assert!(exc.message.contains("null bytes"), "{}", exc.message);
 }
+
+#[test]
+fn system_exit_carries_the_status_python_would_exit_with() {
+    let interp = common::isolated();
+    let cases: [(&str, i32, Option<&str>); 11] = [
+        ("sys.exit()", 0, None),
+        ("sys.exit(None)", 0, None),
+        ("sys.exit(0)", 0, None),
+        ("sys.exit(False)", 0, None),
+        ("sys.exit(True)", 1, None),
+        ("sys.exit(3)", 3, None),
+        ("sys.exit('0')", 1, Some("0")),
+        ("sys.exit('')", 1, Some("")),
+        ("sys.exit('message')", 1, Some("message")),
+        ("sys.exit(2 ** 100)", -1, None),
+        ("class Quit(SystemExit): pass\nraise Quit(7)", 7, None),
+    ];
+    for (code, status, message) in cases {
+        let err = interp.exec(&format!("import sys\n{code}")).unwrap_err();
+        assert_eq!(err.exit_code(), Some(status), "{code}");
+        let exit = err.as_python().unwrap().exit.clone().unwrap();
+        assert_eq!(exit.message.as_deref(), message, "{code}");
+    }
+    let err = interp.exec("raise ValueError(3)").unwrap_err();
+    assert_eq!(err.exit_code(), None);
+    assert_eq!(err.as_python().unwrap().exit, None);
+}

@@ -205,3 +205,26 @@ fn legacy_interpreters_share_single_phase_module_dict_objects() {
         b.eval("id(_curses)").unwrap()
     );
 }
+
+#[test]
+fn fork_is_refused_in_every_interpreter_and_subprocess_works() {
+    for interp in [common::isolated(), common::legacy()] {
+        for fork in ["os.fork()", "os.forkpty()"] {
+            let err = interp.exec(&format!("import os\n{fork}")).unwrap_err();
+            let exc = err.as_python().unwrap();
+            assert_eq!(exc.type_name, "builtins.RuntimeError", "{fork}");
+            assert!(
+                exc.message.contains("fork not supported"),
+                "{}",
+                exc.message
+            );
+        }
+        let out = interp
+            .eval(
+                "__import__('subprocess').run(['sh', '-c', 'echo child $((6 * 7))'], \
+                 capture_output=True, check=True).stdout",
+            )
+            .unwrap();
+        assert_eq!(out, Value::Bytes(b"child 42\n".to_vec()));
+    }
+}

@@ -277,3 +277,78 @@ fn text_is_utf8_whatever_the_host_locale() {
         Value::Tuple(vec![Value::Int(1), Value::from("utf-8"), Value::from("utf-8")])
     );
 }
+
+#[test]
+fn exec_file_decodes_source_as_python_does() {
+    let dir = common::scratch_dir("coding");
+    let latin1 = dir.join("latin1.py");
+    let mut source = b"# -*- coding: latin-1 -*-\ntext = '".to_vec();
+    source.extend_from_slice(&[0xe9, 0xe8]); // 'éè' in latin-1
+    source.extend_from_slice(b"'\n");
+    std::fs::write(&latin1, &source).unwrap();
+    let interp = common::isolated();
+    interp.exec_file(&latin1).unwrap();
+    assert_eq!(interp.eval("text").unwrap(), Value::from("éè"));
+
+    // A UTF-8 BOM is honoured too.
+    let bom = dir.join("bom.py");
+    std::fs::write(&bom, "\u{feff}text = 'bom ✓'\n").unwrap();
+    interp.exec_file(&bom).unwrap();
+    assert_eq!(interp.eval("text").unwrap(), Value::from("bom ✓"));
+
+    // Source that does not decode is a SyntaxError, as for `python FILE`.
+    let broken = dir.join("broken.py");
+    std::fs::write(&broken, [b"text = '".as_slice(), &[0xe9], b"'\n"].concat()).unwrap();
+    let err = interp.exec_file(&broken).unwrap_err();
+    let exc = err.as_python().unwrap_or_else(|| panic!("{err:?}"));
+    assert_eq!(exc.type_name, "builtins.SyntaxError", "{exc}");
+
+    // Code given as text keeps its text, whatever coding line it carries.
+    interp
+        .exec("# -*- coding: latin-1 -*-\ntext = 'déjà'\n")
+        .unwrap();
+    assert_eq!(interp.eval("text").unwrap(), Value::from("déjà"));
+}
+
+#[test]
+fn paths_that_are_not_utf8_keep_their_bytes() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let dir = common::scratch_dir("bytes").join(OsStr::from_bytes(b"odd\xffdir"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("sibling.py"), "VALUE = 'from the sibling'\n").unwrap();
+    let script = dir.join(OsStr::from_bytes(b"odd\xfename.py"));
+    std::fs::write(
+        &script,
+        "import os, sys\nwhere = os.fsencode(__file__)\nargv = [os.fsencode(a) for a in sys.argv]\n",
+    )
+    .unwrap();
+    let expected = Value::Bytes(script.as_os_str().as_bytes().to_vec());
+
+    let interp = common::isolated();
+    interp.set_argv_os(&[script.as_os_str()]).unwrap();
+    interp.add_path(&dir).unwrap();
+    interp.exec_file(&script).unwrap();
+    assert_eq!(interp.eval("where").unwrap(), expected);
+    assert_eq!(interp.eval("argv").unwrap(), Value::List(vec![expected]));
+    assert_eq!(
+        interp.eval("__import__('sibling').VALUE").unwrap(),
+        Value::from("from the sibling")
+    );
+    // An extension module still imports with such a directory on sys.path.
+    interp.exec("import _json").unwrap();
+
+    let mut config = InterpreterConfig::isolated();
+    config.add_path(&dir);
+    let interp = Interpreter::new(&common::runtime(), &config).unwrap();
+    assert_eq!(
+        interp.eval("__import__('sibling').VALUE").unwrap(),
+        Value::from("from the sibling")
+    );
+    assert_eq!(
+        interp
+            .eval("__import__('os').fsencode(__import__('sys').path[0])")
+            .unwrap(),
+        Value::Bytes(dir.as_os_str().as_bytes().to_vec())
+    );
+}

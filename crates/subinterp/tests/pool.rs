@@ -285,3 +285,119 @@ fn tasks_can_be_awaited_and_waited_with_a_timeout() {
     let task = pool.submit("__main__:double", (21,)).unwrap();
     assert_eq!(common::block_on(task).unwrap(), Value::Int(42));
 }
+
+#[test]
+fn a_pool_whose_workers_cannot_be_replaced_fails_its_tasks_instead_of_hanging() {
+    // The initializer succeeds for the first worker only; the worker is replaced after a
+    // task stuck in C code, and every replacement's initializer raises.
+    let marker = common::scratch_dir("replace").join("initialised");
+    let init = format!(
+        "import os\n\
+         if os.path.exists({marker:?}):\n    \
+             raise RuntimeError('the initializer refuses to run twice')\n\
+         open({marker:?}, 'w').close()\n"
+    );
+    let pool = pool(1, |c| {
+        c.init(init)
+            .timeout(Duration::from_millis(100))
+            .grace(Duration::from_millis(100));
+    });
+    let started = Instant::now();
+    let results: Vec<_> = pool
+        .map("__main__:sleep", [3.0, 0.0, 0.0, 0.0].map(|s| (s,)))
+        .unwrap()
+        .collect();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    let first = results[0].as_ref().unwrap_err();
+    assert_eq!(py_type(first), "builtins.TimeoutError");
+    for result in &results[1..] {
+        let err = result.as_ref().unwrap_err();
+        assert!(matches!(err, Error::Setup(_)), "{err:?}");
+        let exc = err.as_python().expect("the initializer's exception");
+        assert_eq!(exc.type_name, "builtins.RuntimeError");
+        assert_eq!(exc.message, "the initializer refuses to run twice");
+        assert!(err.to_string().contains("no workers left"), "{err}");
+    }
+    // Later submissions fail at once, with the same cause.
+    let err = pool.submit("__main__:double", (1,)).unwrap_err();
+    assert!(matches!(err, Error::Setup(_)), "{err:?}");
+    pool.shutdown(Duration::from_secs(1));
+}
+
+#[test]
+fn an_initializer_that_never_ends_fails_at_the_set_up_deadline() {
+    let dir = common::scratch_dir("hang-import");
+    std::fs::write(dir.join("hangs_at_import.py"), "while True:\n    pass\n").unwrap();
+    for init in ["while True:\n    pass", "import hangs_at_import"] {
+        let mut config = PoolConfig::new();
+        config
+            .workers(2)
+            .init(format!("import sys\nsys.path.insert(0, {:?})", dir))
+            .init(init)
+            .setup_timeout(Duration::from_millis(300));
+        let started = Instant::now();
+        let err = Pool::new(&common::runtime(), &config).unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(10), "{init}");
+        let exc = err.as_python().unwrap_or_else(|| panic!("{err:?}"));
+        assert_eq!(exc.type_name, "builtins.TimeoutError", "{init}");
+        assert_eq!(
+            exc.message,
+            "the pool's initializer ran past its set-up deadline of 0.300 s"
+        );
+    }
+}
+
+#[test]
+fn the_set_up_deadline_defaults_to_the_task_deadline_or_30_seconds() {
+    let mut config = PoolConfig::new();
+    assert_eq!(config.setup_deadline(), None);
+    config.timeout(Duration::from_secs(2));
+    assert_eq!(config.setup_deadline(), Some(Duration::from_secs(30)));
+    config.timeout(Duration::from_secs(90));
+    assert_eq!(config.setup_deadline(), Some(Duration::from_secs(90)));
+    config.setup_timeout(Duration::from_secs(1));
+    assert_eq!(config.setup_deadline(), Some(Duration::from_secs(1)));
+}
+
+#[test]
+fn a_task_that_catches_its_timeout_and_returns_is_still_timed_out() {
+    let pool = pool(1, |c| {
+        c.init(
+            "def stubborn():\n    \
+                 try:\n        \
+                     while True:\n            \
+                         time.sleep(0.005)\n    \
+                 except TimeoutError:\n        \
+                     return 'finished anyway'\n",
+        );
+    });
+    let options = TaskOptions {
+        timeout: Some(Duration::from_millis(100)),
+    };
+    let err = pool
+        .submit_with("__main__:stubborn", (), options)
+        .unwrap()
+        .wait()
+        .unwrap_err();
+    let exc = err.as_python().unwrap();
+    assert_eq!(exc.type_name, "builtins.TimeoutError");
+    assert!(
+        exc.message
+            .starts_with("the task ran past its deadline of 0.100 s"),
+        "{}",
+        exc.message
+    );
+    assert!(exc.message.contains("returned a result"), "{}", exc.message);
+    // The worker goes on with the next task.
+    assert_eq!(
+        pool.submit("__main__:double", (4,))
+            .unwrap()
+            .wait()
+            .unwrap(),
+        Value::Int(8)
+    );
+}

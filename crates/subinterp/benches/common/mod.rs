@@ -87,3 +87,16 @@ pub fn print_notes(peers: &Option<Figures>) {
         }
     }
 }
+
+/// This process's resident set size, in KiB (0 where `/proc` cannot tell).
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}

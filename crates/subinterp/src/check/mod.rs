@@ -48,9 +48,20 @@
 //!    one after the other, with the import system's extension loaders wrapped to record
 //!    every extension module whose creation raised `ImportError` — including refusals
 //!    that the importing code caught. Then the interpreters are ended.
-//! 3. *legacy* (when the isolated import failed or crashed): the same with two
-//!    shared-GIL interpreters.
-//! 4. *mixed* (when isolated refused it and legacy imported it): an isolated attempt
+//! 3. *pool* (when the isolated imports worked or crashed): the way a
+//!    [`Pool`](crate::Pool) uses a module: four isolated interpreters, each created and
+//!    used on a thread of its own, all alive at once, then each ended by its thread.
+//!    Some crashes only show this way (`_datetime` on CPython 3.13.0 with two workers).
+//! 4. *prepared pool* (when one of the above crashed and the runtime prepares extension
+//!    modules on this Python, see [`crate::hazards`]): the same after importing the
+//!    module in the main interpreter, as the runtime does. When that is clean the module
+//!    is `ok`, and the detail says what crashed without the preparation and which
+//!    CPython bug it is; [`ModuleReport::culprit`] names the module that bug is about
+//!    (e.g. `_datetime` for `pytest` on 3.13.0).
+//! 5. *legacy* (when the isolated import failed or crashed): the same as 2 with two
+//!    shared-GIL interpreters, after importing in the main interpreter the modules the
+//!    runtime prepares for legacy interpreters ([`crate::hazards::prepared_in_legacy`]).
+//! 6. *mixed* (when isolated refused it and legacy imported it): an isolated attempt
 //!    followed by a legacy import in one process, as a host that tries isolated first and
 //!    falls back would do. On CPython 3.12 some single-phase modules (`_decimal`,
 //!    `_datetime`) crash the process there, because the refused attempt has already run
@@ -173,7 +184,9 @@ pub struct ModuleReport {
     pub shared_state: Option<bool>,
     /// The extension module that isolated interpreters refused while importing this one
     /// (itself, one of its own compiled modules, or a dependency's), whether the
-    /// refusal made the import fail or was caught and worked around.
+    /// refusal made the import fail or was caught and worked around; failing that, the
+    /// extension module a known CPython bug of this version names when interpreters that
+    /// imported it crashed (see [`crate::hazards`]).
     pub culprit: Option<String>,
     /// What happened, in plain words, when there is more to say than the other fields:
     /// the error of a failed import, the signal of a crash, a caught refusal, the names
@@ -295,6 +308,7 @@ pub struct CheckOptions {
     jobs: Option<usize>,
     timeout: Duration,
     all_extensions: bool,
+    prepare_extensions: Option<bool>,
 }
 
 impl Default for CheckOptions {
@@ -314,6 +328,7 @@ impl CheckOptions {
             jobs: None,
             timeout: Duration::from_secs(120),
             all_extensions: false,
+            prepare_extensions: None,
         }
     }
 
@@ -365,6 +380,16 @@ impl CheckOptions {
     /// left out.
     pub fn all_extensions(&mut self, yes: bool) -> &mut Self {
         self.all_extensions = yes;
+        self
+    }
+
+    /// Predict a runtime whose isolated interpreters do (or do not) have their extension
+    /// modules imported in the main interpreter first, as set with
+    /// [`RuntimeConfig::prepare_extensions`](crate::RuntimeConfig::prepare_extensions).
+    /// By default the check assumes what the runtime does on the Python checked: it
+    /// prepares them exactly on the versions with such a hazard ([`crate::hazards`]).
+    pub fn prepare_extensions(&mut self, yes: bool) -> &mut Self {
+        self.prepare_extensions = Some(yes);
         self
     }
 
@@ -491,7 +516,10 @@ pub fn run<S: AsRef<str>>(modules: &[S], options: &CheckOptions) -> Result<Check
             .unwrap_or(1)
     });
     let request = serde_json::json!({
-        "modules": names,
+        "modules": names
+            .iter()
+            .filter(|name| *name != OWN_MODULE)
+            .collect::<Vec<_>>(),
         "all": options.all_extensions,
         "paths": paths,
         "venv": venv.as_ref().map(|(dir, _)| dir.to_string_lossy().into_owned()),
@@ -499,6 +527,9 @@ pub fn run<S: AsRef<str>>(modules: &[S], options: &CheckOptions) -> Result<Check
         "jobs": jobs,
         "timeout": options.timeout.as_secs_f64(),
         "tmp": tmp.0.to_string_lossy(),
+        "prepare": options.prepare_extensions,
+        "prepare_rules": crate::hazards::preparation_rules(),
+        "legacy_prepare": crate::hazards::legacy_preparation_table(),
     });
 
     let spawn_error = |source| CheckError::Spawn {
@@ -531,6 +562,7 @@ pub fn run<S: AsRef<str>>(modules: &[S], options: &CheckOptions) -> Result<Check
     let mut warnings = Vec::new();
     let mut fatal = None;
     let mut python_version = None;
+    let mut prepared = false;
     let mut bad_line = None;
     for line in BufReader::new(stdout).lines() {
         let line = line.map_err(spawn_error)?;
@@ -546,7 +578,13 @@ pub fn run<S: AsRef<str>>(modules: &[S], options: &CheckOptions) -> Result<Check
                 warnings.push(message);
             }
             Ok(verdict::Line::Fatal { message }) => fatal = Some(message),
-            Ok(verdict::Line::Done { python }) => python_version = Some(python),
+            Ok(verdict::Line::Done {
+                python,
+                prepared: yes,
+            }) => {
+                python_version = Some(python);
+                prepared = yes;
+            }
             Err(e) => {
                 bad_line.get_or_insert(format!("unexpected output {line:?}: {e}"));
             }
@@ -570,8 +608,12 @@ pub fn run<S: AsRef<str>>(modules: &[S], options: &CheckOptions) -> Result<Check
 
     let mut reports = Vec::with_capacity(observations.len());
     for name in &names {
+        if let Some(report) = own_module_report(name, &python_version) {
+            reports.push(report);
+            continue;
+        }
         let report = match observations.remove(name) {
-            Some(obs) => verdict::derive(&obs),
+            Some(obs) => verdict::derive(&obs, &python_version, prepared),
             None => {
                 return Err(CheckError::Probe(format!(
                     "no answer about {name}{}",
@@ -586,7 +628,11 @@ pub fn run<S: AsRef<str>>(modules: &[S], options: &CheckOptions) -> Result<Check
         reports.push(report);
     }
     // The rest came from --all; BTreeMap order is by name.
-    reports.extend(observations.values().map(verdict::derive));
+    reports.extend(
+        observations
+            .values()
+            .map(|obs| verdict::derive(obs, &python_version, prepared)),
+    );
     Ok(CheckRun {
         python_version,
         reports,
@@ -602,7 +648,41 @@ fn is_module_name(name: &str) -> bool {
             let mut chars = part.chars();
             matches!(chars.next(), Some(c) if c == '_' || c.is_alphabetic())
                 && chars.all(|c| c == '_' || c.is_alphanumeric())
+                && !KEYWORDS.contains(&part)
         })
+}
+
+/// Python's keywords, which `import` cannot name (soft keywords such as `match` can).
+const KEYWORDS: [&str; 35] = [
+    "False", "None", "True", "and", "as", "assert", "async", "await", "break", "class", "continue",
+    "def", "del", "elif", "else", "except", "finally", "for", "from", "global", "if", "import",
+    "in", "is", "lambda", "nonlocal", "not", "or", "pass", "raise", "return", "try", "while",
+    "with", "yield",
+];
+
+/// The module every interpreter of the library has (`raw/pymodule.rs`).
+const OWN_MODULE: &str = "subinterp";
+
+/// The report on the module the library itself gives every interpreter it creates,
+/// which a plain `python` (the probe) does not have.
+fn own_module_report(name: &str, version: &str) -> Option<ModuleReport> {
+    let gil_slot =
+        crate::hazards::Version::parse(version).is_some_and(|v| (v.major, v.minor) >= (3, 13));
+    (name == OWN_MODULE).then(|| ModuleReport {
+        module: name.to_owned(),
+        verdict: Verdict::Ok,
+        kind: Some(ModuleKind::Builtin),
+        init: Some(InitKind::MultiPhase),
+        multiple_interpreters: Some(MultipleInterpreters::PerInterpreterGil),
+        gil: gil_slot.then_some(GilUse::NotUsed),
+        shared_state: Some(false),
+        culprit: None,
+        detail: Some(
+            "provided by subinterp to every interpreter it creates (channels, buffers, id()); \
+             not importable in a plain python"
+                .to_owned(),
+        ),
+    })
 }
 
 /// A private scratch directory for the probe's files, removed on drop.
@@ -650,7 +730,12 @@ mod tests {
         for good in ["json", "xml.etree.ElementTree", "_json", "héllo", "a1.b_2"] {
             assert!(is_module_name(good), "{good}");
         }
-        for bad in ["", ".", "a..b", "1abc", "a.", ".a", "a-b", "a b", "a/b"] {
+        for good in ["match", "case", "type", "_", "a.match"] {
+            assert!(is_module_name(good), "{good}");
+        }
+        for bad in [
+            "", ".", "a..b", "1abc", "a.", ".a", "a-b", "a b", "a/b", "import", "a.class", "None",
+        ] {
             assert!(!is_module_name(bad), "{bad}");
         }
     }

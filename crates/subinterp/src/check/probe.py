@@ -3,11 +3,15 @@
 It reads one JSON request on stdin:
 
     {"modules": [...], "all": bool, "paths": [...], "venv": str|null,
-     "venv_required": bool, "jobs": int, "timeout": float, "tmp": str}
+     "venv_required": bool, "jobs": int, "timeout": float, "tmp": str,
+     "prepare": bool|null, "prepare_rules": [[major, minor, fixed|null], ...],
+     "legacy_prepare": {"3.12": [module, ...], ...}}
 
 and writes JSON lines on stdout: {"type": "observation", ...} per module (in any order),
 {"type": "warning", "message": ...}, {"type": "fatal", "message": ...} and, last,
-{"type": "done", "python": "3.13.0"}.
+{"type": "done", "python": "3.13.0", "prepared": bool}. `prepare` (or, when it is null,
+`prepare_rules`, the versions the library's hazards table names) says whether the
+library would import extension modules in the main interpreter first on this Python.
 
 Every question about a module is asked in a process of its own, forked from this one
 before anything of the module has been loaded, so that what one question does to the
@@ -24,7 +28,17 @@ forks, one after another:
   second one, while recording every extension module whose creation raised ImportError
   (CPython's refusal, "module X does not support loading in subinterpreters", even when
   the importing code caught it and fell back).
-- `legacy` (only when the isolated import failed): the same with shared-GIL interpreters.
+- `pool` (when the isolated imports worked or crashed): the way a pool uses a module,
+  four isolated interpreters each created and used on a thread of its own, all alive at
+  once, then each ended by its thread. Some crashes (CPython 3.13.0's `_datetime`) only
+  show this way.
+- `pool-prepared` (when the library prepares extension modules on this Python and one
+  of the phases above crashed): the same after importing the module in the main
+  interpreter, which is what the library's runtime does; its outcome is the one a host
+  sees.
+- `legacy` (only when the isolated import failed): the same with shared-GIL interpreters,
+  after importing in the main interpreter the modules the library prepares for legacy
+  interpreters on this Python (`legacy_prepare`, by minor version).
 - `mixed` (only when isolated failed and legacy worked): an isolated attempt, then a
   legacy import in the same process, as a host that tries isolated first would do.
 
@@ -101,7 +115,7 @@ def _subinterp_check_attempt(name, out_path, bootstrap):
     be.ExtensionFileLoader.create_module = create_extension
     bs.BuiltinImporter.create_module = staticmethod(create_builtin)
     result = {"ok": False, "error": None, "failed_extensions": failed,
-              "kind": None, "origin": None, "ids": None}
+              "kind": None, "origin": None, "ids": None, "loaded": None}
     module = None
     try:
         exec("import " + name, sys.modules["__main__"].__dict__)
@@ -133,6 +147,7 @@ def _subinterp_check_attempt(name, out_path, bootstrap):
                 continue
             ids[key] = id(value)
         result["ids"] = ids
+    result["loaded"] = sorted(k for k in list(sys.modules) if isinstance(k, str))
     # The module stays alive in sys.modules while the ids are compared.
     with open(out_path, "w") as f:
         f.write(repr(result))
@@ -317,14 +332,35 @@ def phase_facts(name, kind, origin, report):
                       "gil_slot_exists": sys.version_info >= (3, 13)}})
 
 
-def phase_imports(name, bootstrap, steps, tmp, report, stop_on_failure=True):
+def prepare_modules_in_main(names, report):
+    """What the library's runtime does for legacy interpreters: the extension modules a
+    hazard names are imported in the main interpreter (here all at once, up front)."""
+    report({"stage": "importing %s in the main interpreter" % ", ".join(names)})
+    import importlib
+
+    for module in names:
+        try:
+            importlib.import_module(module)
+        except BaseException:
+            pass
+
+
+def phase_imports(name, bootstrap, steps, tmp, report, stop_on_failure=True, prepare=False,
+                  prepare_only=None):
     """Imports `name` in one new interpreter per step, one after another in this process,
-    then destroys them. A step is (isolated, words naming the interpreter).
+    then destroys them. A step is (isolated, words naming the interpreter). With
+    `prepare`, the main interpreter imports the module first (or, with `prepare_only`,
+    those modules instead).
 
     After an import that failed, the next steps are skipped (unless told otherwise): the
     question of the phase is answered, and a host would not try again either."""
     import ast
 
+    if prepare and prepare_only is not None:
+        if prepare_only:
+            prepare_modules_in_main(prepare_only, report)
+    elif prepare:
+        prepare_in_main(name, report)
     interps = []
     for n, (isolated, words) in enumerate(steps):
         report({"stage": "creating " + words})
@@ -347,6 +383,88 @@ def phase_imports(name, bootstrap, steps, tmp, report, stop_on_failure=True):
         report({"stage": "ending " + words})
         _interp.destroy(interp)
     report({"stage": "done"})
+
+
+def prepare_in_main(name, report):
+    """What the library's runtime does on versions with a preparation hazard: the main
+    interpreter imports the module before any isolated interpreter loads it."""
+    report({"stage": "importing it in the main interpreter"})
+    try:
+        import importlib
+
+        importlib.import_module(name)
+        report({"prepared": None})
+    except BaseException as e:
+        report({"prepared": "%s: %s" % (type(e).__name__, e)})
+
+
+POOL_SIZE = 4
+POOL_WORDS = "the %s isolated interpreters alive at once" % ("four" if POOL_SIZE == 4 else POOL_SIZE)
+
+
+def phase_pool(name, bootstrap, tmp, report, prepare):
+    """Imports `name` the way a pool uses it: POOL_SIZE isolated interpreters, each
+    created and used on a thread of its own, all alive at once, then each ended by its
+    thread. With `prepare`, the main interpreter imports the module first."""
+    import ast
+    import threading
+
+    if prepare:
+        prepare_in_main(name, report)
+    attempts = [None] * POOL_SIZE
+
+    def all_imported():
+        for attempt in attempts:
+            report({"attempt": attempt})
+        report({"stage": "ending " + POOL_WORDS})
+
+    barrier = threading.Barrier(POOL_SIZE, action=all_imported)
+
+    def worker(n):
+        interp = None
+        attempt = {"ok": False, "error": None, "failed_extensions": [], "isolated": True}
+        try:
+            interp = new_interpreter(True)
+            out_path = os.path.join(tmp, "attempt-%d-pool-%d.json" % (os.getpid(), n))
+            run_in(interp, ATTEMPT % (name, out_path, bootstrap))
+            with open(out_path) as f:
+                attempt = ast.literal_eval(f.read())
+            os.unlink(out_path)
+            attempt["isolated"] = True
+        except BaseException as e:
+            attempt["error"] = {"type": type(e).__name__, "message": str(e)}
+        finally:
+            attempts[n] = attempt
+            try:
+                barrier.wait()
+            except threading.BrokenBarrierError:
+                pass
+            if interp is not None:
+                _interp.destroy(interp)
+
+    report({"stage": "importing it in %s" % POOL_WORDS})
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(POOL_SIZE)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    report({"stage": "done"})
+
+
+def prepares(rules):
+    """Whether the library prepares extension modules in the main interpreter on this
+    Python: `rules` are (major, minor, first fixed version or None) from its hazards."""
+    here = sys.version_info[:3]
+    for major, minor, fixed in rules or []:
+        if (major, minor) != here[:2]:
+            continue
+        if fixed is None:
+            return True
+        fixed_parts = tuple(int("".join(c for c in part if c.isdigit()) or 0)
+                            for part in fixed.split(".")[:3])
+        if here < fixed_parts:
+            return True
+    return False
 
 
 ISOLATED_STEPS = [(True, "the first isolated interpreter"), (True, "the second isolated interpreter")]
@@ -402,7 +520,8 @@ def run_phase(label, body, tmp, progress):
     except OSError:
         pass
     phase = {"phase": label, "attempts": [], "facts": None, "stage": None,
-             "probe_error": None, "crash": None, "exit_status": None}
+             "probe_error": None, "crash": None, "exit_status": None,
+             "prepared": False, "prepare_error": None}
     for item in items:
         if "attempt" in item:
             phase["attempts"].append(item["attempt"])
@@ -412,6 +531,9 @@ def run_phase(label, body, tmp, progress):
             phase["stage"] = item["stage"]
         elif "probe_error" in item:
             phase["probe_error"] = item["probe_error"]
+        elif "prepared" in item:
+            phase["prepared"] = True
+            phase["prepare_error"] = item["prepared"]
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         try:
@@ -429,7 +551,22 @@ def run_phase(label, body, tmp, progress):
     return phase
 
 
-def supervise(name, optional, bootstrap, tmp, progress):
+def clean(phase, count):
+    """Whether every interpreter of the phase imported the module and the process
+    survived their end."""
+    return (
+        phase["crash"] is None
+        and phase["probe_error"] is None
+        and len(phase["attempts"]) == count
+        and all(a["ok"] for a in phase["attempts"])
+    )
+
+
+def crashed(phase):
+    return phase["crash"] is not None or phase["probe_error"] is not None
+
+
+def supervise(name, optional, bootstrap, tmp, progress, prepare, legacy_prepare):
     """Asks every question about one module, each in a fresh forked process."""
     spec = find_spec(name)
     kind, origin = static_kind(name, spec)
@@ -445,32 +582,46 @@ def supervise(name, optional, bootstrap, tmp, progress):
     isolated = run_phase(
         "isolated", lambda report: phase_imports(name, bootstrap, ISOLATED_STEPS, tmp, report), tmp, progress)
     obs["phases"].append(isolated)
-    iso_ok = (
-        isolated["crash"] is None
-        and len(isolated["attempts"]) == 2
-        and all(a["ok"] for a in isolated["attempts"])
-    )
+    # The phase whose outcome a host's isolated interpreters would see.
+    deciding = isolated
+    if clean(isolated, 2) or crashed(isolated):
+        progress("importing it in %d isolated interpreters at once" % POOL_SIZE)
+        pool = run_phase(
+            "pool", lambda report: phase_pool(name, bootstrap, tmp, report, False), tmp, progress)
+        obs["phases"].append(pool)
+        if crashed(pool):
+            deciding = pool
+        if prepare and (crashed(isolated) or crashed(pool)):
+            progress("importing it in the main interpreter, then in %d isolated ones" % POOL_SIZE)
+            deciding = run_phase(
+                "pool-prepared", lambda report: phase_pool(name, bootstrap, tmp, report, True),
+                tmp, progress)
+            obs["phases"].append(deciding)
+    iso_ok = clean(deciding, POOL_SIZE if deciding is not isolated else 2)
     if not iso_ok:
         progress("importing it in legacy interpreters")
         legacy = run_phase(
-            "legacy", lambda report: phase_imports(name, bootstrap, LEGACY_STEPS, tmp, report),
+            "legacy", lambda report: phase_imports(
+                name, bootstrap, LEGACY_STEPS, tmp, report, prepare=prepare,
+                prepare_only=legacy_prepare),
             tmp, progress)
         obs["phases"].append(legacy)
         refused_first = (
-            isolated["crash"] is None
-            and isolated["attempts"]
-            and not isolated["attempts"][0]["ok"]
+            deciding["crash"] is None
+            and deciding["attempts"]
+            and not deciding["attempts"][0]["ok"]
         )
         if refused_first and legacy["crash"] is None and legacy["attempts"] and legacy["attempts"][0]["ok"]:
             progress("importing it in a legacy interpreter after an isolated one refused it")
             obs["phases"].append(run_phase(
                 "mixed", lambda report: phase_imports(
-                    name, bootstrap, MIXED_STEPS, tmp, report, stop_on_failure=False),
+                    name, bootstrap, MIXED_STEPS, tmp, report, stop_on_failure=False,
+                    prepare=prepare),
                 tmp, progress))
     return obs
 
 
-def start_supervisor(name, optional, bootstrap, tmp):
+def start_supervisor(name, optional, bootstrap, tmp, prepare, legacy_prepare):
     progress_path = os.path.join(tmp, "module-%d-%d.progress" % (os.getpid(), time.monotonic_ns()))
     result_path = progress_path[: -len(".progress")] + ".json"
     sys.stdout.flush()
@@ -487,7 +638,8 @@ def start_supervisor(name, optional, bootstrap, tmp):
                     progress_file.write(stage + "\n")
                     progress_file.flush()
                 try:
-                    obs = supervise(name, optional, bootstrap, tmp, progress)
+                    obs = supervise(
+                        name, optional, bootstrap, tmp, progress, prepare, legacy_prepare)
                 except BaseException as e:
                     import traceback
                     obs = {"module": name, "probe_error": "".join(traceback.format_exception(e))}
@@ -539,16 +691,56 @@ def main():
         for name, origin, tagged in extension_modules():
             if name not in named:
                 work.append((name, not tagged))
+    prepare = request.get("prepare")
+    if prepare is None:
+        prepare = prepares(request.get("prepare_rules"))
+    legacy_prepare = (request.get("legacy_prepare") or {}).get(
+        "%d.%d" % sys.version_info[:2], [])
     jobs = max(1, int(request.get("jobs") or 1))
     timeout = float(request.get("timeout") or 120.0)
 
     pending = list(work)
     pending.reverse()
     running = {}
+    parent = os.getppid()
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    # Every process this probe started ends with it, however it ends: Ctrl-C (the
+    # supervisors have process groups of their own, so the terminal's SIGINT does not
+    # reach them), SIGTERM, SIGHUP, or the library's process going away.
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
+    try:
+        supervise_all(pending, running, bootstrap, tmp, prepare, legacy_prepare, jobs,
+                      timeout, parent)
+    finally:
+        for pid in list(running):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            try:
+                os.waitpid(pid, 0)
+            except OSError:
+                pass
+    emit("done", python=sys.version.split()[0], prepared=bool(prepare))
+
+
+def supervise_all(pending, running, bootstrap, tmp, prepare, legacy_prepare, jobs, timeout,
+                  parent):
+    """Runs the supervisors, `jobs` at a time, and emits what each observed."""
     while pending or running:
+        if os.getppid() != parent:
+            raise KeyboardInterrupt  # the library's process is gone
         while pending and len(running) < jobs:
             name, optional = pending.pop()
-            pid, progress_path, result_path = start_supervisor(name, optional, bootstrap, tmp)
+            pid, progress_path, result_path = start_supervisor(
+                name, optional, bootstrap, tmp, prepare, legacy_prepare)
             running[pid] = (name, progress_path, result_path, time.monotonic() + timeout)
         finished = False
         while running:
@@ -595,7 +787,6 @@ def main():
                         pass
         if not finished and running:
             time.sleep(0.005)
-    emit("done", python=sys.version.split()[0])
 
 
 main()

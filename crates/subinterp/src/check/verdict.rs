@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::{GilUse, InitKind, ModuleKind, ModuleReport, MultipleInterpreters, Verdict};
+use crate::hazards::{self, Hazard, Workaround};
 
 /// CPython's message when an interpreter refuses an extension module.
 const REFUSAL: &str = "does not support loading in subinterpreters";
@@ -18,9 +19,19 @@ const SHARED_NAMES_SHOWN: usize = 5;
 #[serde(tag = "type", rename_all = "snake_case")]
 pub(super) enum Line {
     Observation(Box<Observation>),
-    Warning { message: String },
-    Fatal { message: String },
-    Done { python: String },
+    Warning {
+        message: String,
+    },
+    Fatal {
+        message: String,
+    },
+    Done {
+        python: String,
+        /// Whether the probe imported modules in the main interpreter first, as the
+        /// runtime does on this Python.
+        #[serde(default)]
+        prepared: bool,
+    },
 }
 
 /// Everything the probe saw about one module.
@@ -58,6 +69,12 @@ struct Phase {
     crash: Option<Crash>,
     #[serde(default)]
     exit_status: Option<i32>,
+    /// The main interpreter imported the module first (`pool-prepared`, `mixed`).
+    #[serde(default)]
+    prepared: bool,
+    /// How that import failed, if it did.
+    #[serde(default)]
+    prepare_error: Option<String>,
 }
 
 /// One import in one interpreter.
@@ -73,6 +90,9 @@ struct Attempt {
     kind: Option<String>,
     #[serde(default)]
     ids: Option<BTreeMap<String, u64>>,
+    /// The names in the interpreter's `sys.modules` after the import.
+    #[serde(default)]
+    loaded: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -158,8 +178,9 @@ impl Phase {
     }
 }
 
-/// Turns an observation into a report.
-pub(super) fn derive(obs: &Observation) -> ModuleReport {
+/// Turns an observation into a report, for CPython `version`, on which the probe did
+/// (`prepared`) or did not import modules in the main interpreter first.
+pub(super) fn derive(obs: &Observation, version: &str, prepared: bool) -> ModuleReport {
     let mut report = ModuleReport {
         module: obs.module.clone(),
         verdict: Verdict::Broken,
@@ -190,7 +211,19 @@ pub(super) fn derive(obs: &Observation) -> ModuleReport {
         return report;
     }
     let phase = |name: &str| obs.phases.iter().find(|p| p.phase == name);
-    let isolated = phase("isolated");
+    let crashed = |p: &&Phase| matches!(p.outcome(), Outcome::Crashed(_));
+    // What the host's isolated interpreters would see: the pool of interpreters prepared
+    // in the main one when the runtime prepares them and that helped, else the first
+    // phase that crashed (importing in two interpreters one after the other, or in a
+    // pool), else the plain isolated imports.
+    let bare_crash = phase("isolated")
+        .filter(crashed)
+        .or(phase("pool").filter(crashed));
+    let prepared_phase = phase("pool-prepared");
+    let isolated = prepared_phase
+        .filter(|p| !crashed(p))
+        .or(bare_crash)
+        .or(phase("isolated"));
     let legacy = phase("legacy");
     let mixed = phase("mixed");
 
@@ -221,10 +254,41 @@ pub(super) fn derive(obs: &Observation) -> ModuleReport {
         }
     }
     report.culprit = culprit(obs, isolated, &refused).map(|(name, _)| name.clone());
+    // A crash that no refusal explains: blame the first module a hazard of this Python
+    // names among those the crashed interpreters had loaded (`_datetime` for pytest).
+    let hazardous = bare_crash
+        .map(|p| hazard_modules(p, version, &obs.module, report.culprit.as_deref()))
+        .unwrap_or_default();
+    if report.culprit.is_none() {
+        report.culprit = hazardous
+            .first()
+            .and_then(|(_, modules)| modules.first())
+            .map(|name| (*name).to_owned());
+    }
 
     let iso = isolated.map_or(Outcome::NotRun, Phase::outcome);
     let leg = legacy.map_or(Outcome::NotRun, Phase::outcome);
     let mut notes: Vec<String> = Vec::new();
+    let deciding_prepared = isolated.is_some_and(|p| p.prepared);
+    if let Some(error) = isolated.and_then(|p| p.prepare_error.as_deref()) {
+        notes.push(format!(
+            "the main interpreter could not import it first ({}), as subinterp tries on \
+             CPython {version}",
+            last_line(error)
+        ));
+    }
+    if let Some(bare) = bare_crash {
+        if prepared && deciding_prepared && !matches!(iso, Outcome::Crashed(_)) {
+            notes.push(prepared_words(bare, &hazardous, version));
+        }
+    }
+    let unhelped = prepared_phase.filter(crashed).map(|p| {
+        format!(
+            "importing it in the main interpreter first, as subinterp does on CPython \
+             {version}, does not help: {}",
+            p.crash_words()
+        )
+    });
 
     match iso {
         Outcome::Imported => {
@@ -334,10 +398,99 @@ pub(super) fn derive(obs: &Observation) -> ModuleReport {
             return report;
         }
     }
+    notes.extend(unhelped);
     if !notes.is_empty() {
         report.detail = Some(notes.join("; "));
     }
     report
+}
+
+/// The modules loaded (or refused) by the interpreters of `phase` that a hazard of
+/// CPython `version` names, grouped by hazard: the hazard of `first` (the refused
+/// module, if any) ahead, then that of the module's own package, then the others.
+fn hazard_modules<'a>(
+    phase: &'a Phase,
+    version: &str,
+    module: &str,
+    first: Option<&str>,
+) -> Vec<(&'static Hazard, Vec<&'a str>)> {
+    let names = phase.attempts.iter().flat_map(|a| {
+        a.failed_extensions
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .chain(a.loaded.iter().flatten().map(String::as_str))
+    });
+    let top = module.split('.').next().unwrap_or_default();
+    let rank = |name: &str| {
+        if Some(name) == first {
+            0
+        } else if name == top || name.strip_prefix(top).is_some_and(|r| r.starts_with('.')) {
+            1
+        } else {
+            2
+        }
+    };
+    let mut found: Vec<(&'static Hazard, Vec<&'a str>, u8)> = Vec::new();
+    for name in names {
+        for hazard in hazards::naming(name, version)
+            .into_iter()
+            .filter(|h| h.workaround == Workaround::PrepareInMain)
+        {
+            match found.iter_mut().find(|(h, _, _)| h.id == hazard.id) {
+                Some((_, modules, best)) => {
+                    if !modules.contains(&name) {
+                        modules.push(name);
+                        *best = (*best).min(rank(name));
+                    }
+                }
+                None => found.push((hazard, vec![name], rank(name))),
+            }
+        }
+    }
+    found.sort_by_key(|(_, _, best)| *best);
+    found
+        .into_iter()
+        .map(|(hazard, mut modules, _)| {
+            modules.sort_by_key(|name| rank(name));
+            (hazard, modules)
+        })
+        .collect()
+}
+
+/// Why a module that crashed bare is fine for the host: the runtime prepares it.
+fn prepared_words(bare: &Phase, hazardous: &[(&Hazard, Vec<&str>)], version: &str) -> String {
+    let how = if bare.phase == "pool" {
+        "four isolated interpreters alive at once"
+    } else {
+        "two isolated interpreters"
+    };
+    let bug = if !hazardous.is_empty() {
+        hazardous
+            .iter()
+            .map(|(hazard, modules)| {
+                format!(
+                    "{} of {}, {}, {}",
+                    hazard.id,
+                    modules.join(", "),
+                    hazard.issues_text(),
+                    hazard.fixed_text()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    } else {
+        hazards::for_version(version)
+            .iter()
+            .filter(|h| h.workaround == Workaround::PrepareInMain)
+            .map(|h| format!("{}, {}", h.id, h.issues_text()))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    format!(
+        "works because subinterp imports extension modules in the main interpreter first on \
+         CPython {version}; without that, with {how}, {} (CPython bugs: {bug})",
+        bare.crash_words()
+    )
 }
 
 /// The refusal to blame. When the isolated import failed: the refusal whose message the
@@ -592,6 +745,7 @@ mod tests {
                 .collect(),
             kind: ok.then(|| "python".to_owned()),
             ids: None,
+            loaded: None,
         }
     }
 
@@ -613,12 +767,16 @@ mod tests {
         }
     }
 
+    fn derive_(o: &Observation) -> ModuleReport {
+        derive(o, "3.13.0", true)
+    }
+
     const REFUSED: &str = "module pkg._speedups does not support loading in subinterpreters";
 
     #[test]
     fn caught_refusal_is_ok_with_a_culprit() {
         let a = || attempt(true, None, &[("pkg._speedups", REFUSED)]);
-        let r = derive(&obs(vec![phase("isolated", vec![a(), a()])]));
+        let r = derive_(&obs(vec![phase("isolated", vec![a(), a()])]));
         assert_eq!(r.verdict, Verdict::Ok);
         assert_eq!(r.culprit.as_deref(), Some("pkg._speedups"));
         assert!(r.detail.unwrap().contains("caught the refusal"));
@@ -634,7 +792,7 @@ mod tests {
             )
         };
         let fine = || attempt(true, None, &[]);
-        let r = derive(&obs(vec![
+        let r = derive_(&obs(vec![
             phase("isolated", vec![refused(), refused()]),
             phase("legacy", vec![fine(), fine()]),
             phase("mixed", vec![refused(), fine()]),
@@ -662,7 +820,7 @@ mod tests {
             )
         };
         let fine = || attempt(true, None, &[]);
-        let r = derive(&obs(vec![
+        let r = derive_(&obs(vec![
             phase("isolated", vec![failed()]),
             phase("legacy", vec![fine(), fine()]),
         ]));
@@ -675,7 +833,7 @@ mod tests {
                 &[("_datetime", OTHER), ("pkg._speedups", REFUSED)],
             )
         };
-        let r = derive(&obs(vec![phase("isolated", vec![caught(), caught()])]));
+        let r = derive_(&obs(vec![phase("isolated", vec![caught(), caught()])]));
         assert_eq!(r.verdict, Verdict::Ok);
         assert_eq!(r.culprit.as_deref(), Some("pkg._speedups"));
         assert!(r
@@ -692,7 +850,7 @@ mod tests {
             name: Some("SIGSEGV".into()),
             output: "boom\nFatal Python error: Segmentation fault\n\nCurrent thread".into(),
         });
-        let r = derive(&obs(vec![crashed]));
+        let r = derive_(&obs(vec![crashed]));
         assert_eq!(r.verdict, Verdict::Broken);
         let detail = r.detail.unwrap();
         assert!(
@@ -700,6 +858,82 @@ mod tests {
             "{detail}"
         );
         assert!(detail.contains("its last output: boom"), "{detail}");
+    }
+
+    fn loading(ok: bool, loaded: &[&str]) -> Attempt {
+        let mut a = attempt(ok, None, &[]);
+        a.loaded = Some(loaded.iter().map(|n| n.to_string()).collect());
+        a
+    }
+
+    fn crashed_while_ending(name: &str, attempts: Vec<Attempt>) -> Phase {
+        let mut p = phase(name, attempts);
+        p.stage = Some("ending the four isolated interpreters alive at once".into());
+        p.crash = Some(Crash {
+            name: Some("SIGABRT".into()),
+            output: "free(): invalid pointer\n".into(),
+        });
+        p
+    }
+
+    #[test]
+    fn a_pool_crash_the_runtime_prevents_is_ok_and_explained() {
+        let four = || {
+            (0..4)
+                .map(|_| loading(true, &["_datetime", "pkg"]))
+                .collect()
+        };
+        let mut prepared = phase("pool-prepared", four());
+        prepared.prepared = true;
+        let r = derive_(&obs(vec![
+            phase(
+                "isolated",
+                vec![loading(true, &["pkg"]), loading(true, &["pkg"])],
+            ),
+            crashed_while_ending("pool", four()),
+            prepared,
+        ]));
+        assert_eq!(r.verdict, Verdict::Ok, "{r:?}");
+        assert_eq!(r.culprit.as_deref(), Some("_datetime"));
+        let detail = r.detail.unwrap();
+        assert!(
+            detail.contains("works because subinterp imports extension modules in the main interpreter first on CPython 3.13.0"),
+            "{detail}"
+        );
+        assert!(detail.contains("with four isolated interpreters alive at once, the process crashed with SIGABRT while ending"), "{detail}");
+        assert!(detail.contains("datetime-static-types of _datetime, python/cpython#136421, #136423, fixed in 3.14.0"), "{detail}");
+        // Without the runtime's preparation (3.14, or turned off) the same crash is broken.
+        let r = derive(
+            &obs(vec![
+                phase(
+                    "isolated",
+                    vec![loading(true, &["pkg"]), loading(true, &["pkg"])],
+                ),
+                crashed_while_ending("pool", four()),
+            ]),
+            "3.13.0",
+            false,
+        );
+        assert_eq!(r.verdict, Verdict::Broken, "{r:?}");
+        assert!(r
+            .detail
+            .unwrap()
+            .contains("while ending the four isolated interpreters"));
+    }
+
+    #[test]
+    fn a_crash_preparation_does_not_prevent_is_broken() {
+        let four = || (0..4).map(|_| loading(true, &["_datetime"])).collect();
+        let mut prepared = crashed_while_ending("pool-prepared", four());
+        prepared.prepared = true;
+        let r = derive_(&obs(vec![
+            crashed_while_ending("isolated", vec![loading(true, &["_datetime"])]),
+            crashed_while_ending("pool", four()),
+            prepared,
+        ]));
+        assert_eq!(r.verdict, Verdict::Broken);
+        let detail = r.detail.unwrap();
+        assert!(detail.contains("does not help"), "{detail}");
     }
 
     #[test]
@@ -716,7 +950,7 @@ mod tests {
             phase("legacy", vec![missing(), missing()]),
         ]);
         o.static_kind = None;
-        let r = derive(&o);
+        let r = derive_(&o);
         assert_eq!(r.verdict, Verdict::Broken);
         assert_eq!(r.kind, None);
         assert_eq!(r.detail.as_deref(), Some("No module named 'nope'"));
@@ -730,7 +964,7 @@ mod tests {
             stage: Some("importing it in isolated interpreters".into()),
             ..Observation::default()
         };
-        let r = derive(&o);
+        let r = derive_(&o);
         assert_eq!(r.verdict, Verdict::Broken);
         assert_eq!(
             r.detail.as_deref(),
@@ -740,7 +974,7 @@ mod tests {
 
     #[test]
     fn facts_map_to_slot_values() {
-        let mut r = derive(&obs(vec![]));
+        let mut r = derive_(&obs(vec![]));
         apply_facts(
             &mut r,
             &Facts {
@@ -756,7 +990,7 @@ mod tests {
             Some(MultipleInterpreters::PerInterpreterGil)
         );
         assert_eq!(r.gil, Some(GilUse::NotUsed));
-        let mut r = derive(&obs(vec![]));
+        let mut r = derive_(&obs(vec![]));
         apply_facts(
             &mut r,
             &Facts {
@@ -775,7 +1009,7 @@ mod tests {
 
     #[test]
     fn json_shape() {
-        let r = derive(&obs(vec![]));
+        let r = derive_(&obs(vec![]));
         let v = serde_json::to_value(&r).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
         assert_eq!(

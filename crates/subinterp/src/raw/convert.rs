@@ -105,6 +105,27 @@ pub(crate) fn str_contents(obj: &PyObj<'_>) -> Result<String> {
         .unwrap_or_else(|_| String::from_utf8_lossy(bytes).into_owned()))
 }
 
+/// The contents of a `str` that is valid UTF-8 (no lone surrogates); `None` for anything
+/// else, without leaving or reporting an exception (no traceback is formatted).
+pub(crate) fn utf8_str(obj: &PyObj<'_>) -> Option<String> {
+    // SAFETY: GIL held; live object.
+    if unsafe { ffi::PyUnicode_Check(obj.as_ptr()) } == 0 {
+        return None;
+    }
+    let mut size: ffi::Py_ssize_t = 0;
+    // SAFETY: `obj` is a str; see `str_contents`.
+    let data = unsafe { ffi::PyUnicode_AsUTF8AndSize(obj.as_ptr(), &mut size) };
+    if data.is_null() {
+        // SAFETY: GIL held; drops the UnicodeEncodeError just raised.
+        unsafe { ffi::PyErr_Clear() };
+        return None;
+    }
+    let size = usize::try_from(size).unwrap_or(0);
+    // SAFETY: `size` valid bytes at `data`, alive while `obj` is.
+    let bytes = unsafe { std::slice::from_raw_parts(data.cast::<u8>(), size) };
+    std::str::from_utf8(bytes).ok().map(str::to_owned)
+}
+
 fn bytes_of(obj: &PyObj<'_>, data: *const c_char, size: ffi::Py_ssize_t) -> Vec<u8> {
     let _ = obj;
     let size = usize::try_from(size).unwrap_or(0);

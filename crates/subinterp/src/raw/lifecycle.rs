@@ -331,16 +331,79 @@ impl SubInterpreter {
     }
 
     /// Ends the interpreter: waits for its Python threads, runs `atexit`, and frees it.
+    ///
+    /// From CPython 3.13 on, the thread state the interpreter's code ran on is cleared
+    /// first, while its modules are still intact, and the interpreter is ended on a fresh
+    /// one — as CPython's own `_interpreters` does, which runs code on temporary thread
+    /// states. What the old state held (thread-local data, such as the record 3.13's
+    /// `threading` keeps of a thread it did not start) is released then, not during
+    /// finalisation, when module globals are already gone and releasing it fails noisily.
+    /// CPython 3.12 keeps no such record, and its `threading._shutdown` expects the thread
+    /// state that imported `threading` to be alive still: it ends on the old one.
     pub(crate) fn end(self) {
-        // SAFETY: this thread owns both thread states. Attach the interpreter's own, end it
-        // (which leaves no current thread state), then attach and delete this thread's
-        // main thread state.
+        // SAFETY: the thread state is alive; reading its interpreter needs no GIL.
+        let interp = unsafe { ffi::PyThreadState_GetInterpreter(self.tstate.as_ptr()) };
+        // SAFETY: reading an immutable integer CPython exports.
+        let version = unsafe { ffi::Py_Version };
+        let fresh = if version >= 0x030D_0000 {
+            // SAFETY: `interp` is alive until ended below; the new thread state belongs
+            // to this thread and is not attached yet.
+            NonNull::new(unsafe { ffi::PyThreadState_New(interp) })
+        } else {
+            None
+        };
+        let last = match fresh {
+            Some(fresh) => {
+                // SAFETY: this thread owns the detached old thread state: attach it, clear
+                // it (running any finalisers with the modules intact) and delete it,
+                // which detaches it. The fresh one then becomes the only thread state of
+                // this thread in the interpreter.
+                unsafe {
+                    ffi::PyEval_RestoreThread(self.tstate.as_ptr());
+                    ffi::PyThreadState_Clear(self.tstate.as_ptr());
+                    ffi::PyThreadState_DeleteCurrent();
+                }
+                fresh
+            }
+            // CPython 3.12, or no memory for a new thread state: end on the old one.
+            None => self.tstate,
+        };
+        // SAFETY: this thread owns both thread states. Attach the interpreter's remaining
+        // one, end it (which leaves no current thread state), then attach and delete this
+        // thread's main thread state.
         unsafe {
-            ffi::PyEval_RestoreThread(self.tstate.as_ptr());
-            ffi::Py_EndInterpreter(self.tstate.as_ptr());
+            ffi::PyEval_RestoreThread(last.as_ptr());
+            ffi::Py_EndInterpreter(last.as_ptr());
             ffi::PyEval_RestoreThread(self.main_tstate.as_ptr());
             ffi::PyThreadState_Clear(self.main_tstate.as_ptr());
             ffi::PyThreadState_DeleteCurrent();
         }
     }
+
+    /// Leaves the interpreter alive, never to be used again by this thread: for an
+    /// interpreter whose own Python threads are still running, which CPython cannot end
+    /// (`Py_EndInterpreter` waits for them without limit). Its memory stays allocated
+    /// until the process exits, and the runtime is no longer finalised
+    /// ([`abandoned_interpreters`]).
+    pub(crate) fn abandon(self) {
+        ABANDONED.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        // SAFETY: this thread owns the detached main thread state; attach and delete it.
+        // The interpreter's own thread state stays allocated and detached: its threads
+        // may still use the interpreter.
+        unsafe {
+            ffi::PyEval_RestoreThread(self.main_tstate.as_ptr());
+            ffi::PyThreadState_Clear(self.main_tstate.as_ptr());
+            ffi::PyThreadState_DeleteCurrent();
+        }
+    }
+}
+
+/// Interpreters left alive by [`SubInterpreter::abandon`].
+static ABANDONED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many interpreters were abandoned with threads still running in them. While any
+/// is, CPython must not be finalised: finalising would wait for those threads forever
+/// or free what they still use.
+pub(crate) fn abandoned_interpreters() -> usize {
+    ABANDONED.load(std::sync::atomic::Ordering::Acquire)
 }

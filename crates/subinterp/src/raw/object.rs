@@ -6,7 +6,7 @@ use std::ptr::NonNull;
 
 use pyo3_ffi as ffi;
 
-use crate::error::{Error, PyException, Result};
+use crate::error::{Error, ExitStatus, PyException, Result};
 use crate::Value;
 
 /// Proof that the current thread holds the GIL of one interpreter.
@@ -130,6 +130,7 @@ impl<'py> Python<'py> {
                 traceback: String::new(),
                 cause: None,
                 context: None,
+                exit: None,
             },
         }
     }
@@ -218,8 +219,33 @@ impl<'py> Python<'py> {
     }
 
     /// Compiles `source` (mode `"exec"`, `"eval"` or `"single"`) with `filename` shown in
-    /// tracebacks.
+    /// tracebacks. The text is taken as it is: a PEP 263 coding line in it is ignored, as
+    /// `compile()` ignores it in a `str`.
     pub fn compile(self, source: &str, filename: &str, mode: &str) -> Result<PyObj<'py>> {
+        let filename = self.str(filename)?;
+        self.compile_source(source.as_bytes(), &filename, mode, SourceKind::Text)
+    }
+
+    /// Compiles source code given as bytes, as `python` compiles a file: decoded from
+    /// UTF-8, or from the encoding its PEP 263 coding line (or a UTF-8 BOM) declares.
+    /// Source that does not decode is a `SyntaxError`. `filename` is a `str` object (a
+    /// path may hold surrogate escapes).
+    pub(crate) fn compile_bytes(
+        self,
+        source: &[u8],
+        filename: &PyObj<'py>,
+        mode: &str,
+    ) -> Result<PyObj<'py>> {
+        self.compile_source(source, filename, mode, SourceKind::Bytes)
+    }
+
+    fn compile_source(
+        self,
+        source: &[u8],
+        filename: &PyObj<'py>,
+        mode: &str,
+        kind: SourceKind,
+    ) -> Result<PyObj<'py>> {
         let start = match mode {
             "exec" => ffi::Py_file_input,
             "eval" => ffi::Py_eval_input,
@@ -237,19 +263,36 @@ impl<'py> Python<'py> {
                 "source code string cannot contain null bytes",
             ));
         };
-        let filename = self.str(filename)?;
-        // SAFETY: GIL held; `source` is NUL-terminated UTF-8 and `filename` a live str, both
-        // alive across the call; no compiler flags; default optimisation level. (Unlike
-        // `builtins.compile`, this does not set up the `ast` module's types on first use,
-        // which costs about 2 ms in a new interpreter.)
+        // SAFETY: reading an immutable integer CPython exports.
+        let minor = unsafe { (ffi::Py_Version >> 16) & 0xff };
+        let mut flags = ffi::PyCompilerFlags {
+            cf_flags: match kind {
+                SourceKind::Text => PYCF_SOURCE_IS_UTF8 | PYCF_IGNORE_COOKIE,
+                SourceKind::Bytes => 0,
+            },
+            cf_feature_version: std::ffi::c_int::try_from(minor).unwrap_or(0),
+        };
+        // SAFETY: GIL held; `source` is NUL-terminated and `filename` a live object, both
+        // alive across the call; `flags` is a valid struct for the call; default
+        // optimisation level. (Unlike `builtins.compile`, this does not set up the `ast`
+        // module's types on first use, which costs about 2 ms in a new interpreter.)
         self.own(unsafe {
-            ffi::Py_CompileStringObject(
-                source.as_ptr(),
-                filename.as_ptr(),
-                start,
-                std::ptr::null_mut(),
-                -1,
-            )
+            ffi::Py_CompileStringObject(source.as_ptr(), filename.as_ptr(), start, &mut flags, -1)
+        })
+    }
+
+    /// A `str` for a file system path, decoded as Python decodes file names
+    /// (`os.fsdecode`: UTF-8 with `surrogateescape`), so bytes that are not UTF-8 survive
+    /// a round trip through `os.fsencode`.
+    pub fn path(self, path: &std::path::Path) -> Result<PyObj<'py>> {
+        use std::os::unix::ffi::OsStrExt;
+        let bytes = path.as_os_str().as_bytes();
+        if bytes.contains(&0) {
+            return Err(self.new_error(ExcKind::Value, "embedded null byte in a path"));
+        }
+        // SAFETY: GIL held; pointer and length describe `bytes`, alive across the call.
+        self.own(unsafe {
+            ffi::PyUnicode_DecodeFSDefaultAndSize(bytes.as_ptr().cast::<c_char>(), len(bytes.len()))
         })
     }
 
@@ -450,6 +493,20 @@ impl std::fmt::Debug for PyObj<'_> {
     }
 }
 
+/// `PyCF_SOURCE_IS_UTF8` of CPython's `compile.h`: the source is UTF-8 text.
+const PYCF_SOURCE_IS_UTF8: std::ffi::c_int = 0x0100;
+/// `PyCF_IGNORE_COOKIE` of CPython's `compile.h`: ignore a PEP 263 coding line.
+const PYCF_IGNORE_COOKIE: std::ffi::c_int = 0x0800;
+
+/// What source code handed to the compiler is.
+#[derive(Clone, Copy)]
+enum SourceKind {
+    /// Already text (a Rust `str`).
+    Text,
+    /// The bytes of a file, decoded as its coding line says.
+    Bytes,
+}
+
 /// Built-in exception types raised by the crate itself.
 #[derive(Clone, Copy)]
 pub(crate) enum ExcKind {
@@ -457,6 +514,7 @@ pub(crate) enum ExcKind {
     Value,
     Syntax,
     Recursion,
+    Overflow,
 }
 
 impl ExcKind {
@@ -468,6 +526,7 @@ impl ExcKind {
                 ExcKind::Value => ffi::PyExc_ValueError,
                 ExcKind::Syntax => ffi::PyExc_SyntaxError,
                 ExcKind::Recursion => ffi::PyExc_RecursionError,
+                ExcKind::Overflow => ffi::PyExc_OverflowError,
             }
         }
     }
@@ -493,6 +552,11 @@ fn qualified_name(ty: &PyObj<'_>) -> Option<String> {
 
 const MAX_CHAIN: usize = 16;
 
+thread_local! {
+    /// Set while [`snapshot`] formats a traceback on this thread.
+    static FORMATTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Copies an exception object into plain data. Never raises: every failure while
 /// describing the exception degrades to a placeholder text.
 fn snapshot(exc: &PyObj<'_>, depth: usize) -> PyException {
@@ -505,7 +569,17 @@ fn snapshot(exc: &PyObj<'_>, depth: usize) -> PyException {
         clear();
         format!("<exception str() failed for {type_name}>")
     });
-    let traceback = format_traceback(exc).unwrap_or_else(|_| {
+    // Formatting the traceback runs Python code (and may import `traceback`), which may
+    // fail in turn and be snapshotted: that nested snapshot does without a traceback,
+    // instead of recursing until the stack overflows.
+    let formatted = if FORMATTING.with(|f| f.replace(true)) {
+        Err(Error::Closed)
+    } else {
+        let formatted = format_traceback(exc);
+        FORMATTING.with(|f| f.set(false));
+        formatted
+    };
+    let traceback = formatted.unwrap_or_else(|_| {
         clear();
         if message.is_empty() {
             format!("{type_name}\n")
@@ -527,13 +601,56 @@ fn snapshot(exc: &PyObj<'_>, depth: usize) -> PyException {
     };
     let cause = linked("__cause__");
     let context = linked("__context__");
+    let exit = exit_status(exc);
+    clear();
     PyException {
         type_name,
         message,
         traceback,
         cause,
         context,
+        exit,
     }
+}
+
+/// For a `SystemExit`, the status and message `python` would exit with (see
+/// `_Py_HandleSystemExit` in CPython's `pythonrun.c`).
+fn exit_status(exc: &PyObj<'_>) -> Option<ExitStatus> {
+    // SAFETY: GIL held (the token lives in `exc`); `exc` is a live object and
+    // `PyExc_SystemExit` a static type object.
+    if unsafe { ffi::PyObject_IsInstance(exc.as_ptr(), ffi::PyExc_SystemExit) } != 1 {
+        return None;
+    }
+    let Ok(code) = exc.getattr("code") else {
+        return Some(ExitStatus {
+            code: 1,
+            message: None,
+        });
+    };
+    if code.is_none() {
+        return Some(ExitStatus {
+            code: 0,
+            message: None,
+        });
+    }
+    // SAFETY: GIL held; `code` is a live object.
+    if unsafe { ffi::PyLong_Check(code.as_ptr()) } != 0 {
+        // SAFETY: GIL held; `code` is an int. -1 with an exception set means it does not
+        // fit a C long, which CPython turns into status -1 as well.
+        let value = unsafe { ffi::PyLong_AsLong(code.as_ptr()) };
+        // C's `(int)` conversion, as CPython does.
+        return Some(ExitStatus {
+            code: value as i32,
+            message: None,
+        });
+    }
+    Some(ExitStatus {
+        code: 1,
+        message: Some(
+            code.str()
+                .unwrap_or_else(|_| "<SystemExit code str() failed>".into()),
+        ),
+    })
 }
 
 fn format_traceback(exc: &PyObj<'_>) -> Result<String> {

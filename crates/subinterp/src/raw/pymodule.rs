@@ -106,7 +106,7 @@ fn defs() -> &'static Defs {
                 module_prepare_in_main,
                 c"_prepare_in_main(name, path)\n--\n\nImports the module name in the main \
                   interpreter (with the str entries of path appended to its sys.path) unless \
-                  that was done before; called by the module loaders of isolated interpreters \
+                  that was done before; called by the module loaders of subinterpreters \
                   on CPython versions where loading an extension module there first crashes \
                   the process later. Never raises for the import itself.",
             ),
@@ -317,6 +317,8 @@ where
 fn raise(py: Python<'_>, state: *mut ModuleState, err: Error) {
     let message = match &err {
         Error::Python(exc) => exc.message.clone(),
+        // The exception's type says it is about conversion; the prefix would repeat it.
+        Error::Conversion(message) => message.clone(),
         other => other.to_string(),
     };
     // SAFETY: `state` is NULL or the live state of this interpreter's module.
@@ -335,7 +337,8 @@ fn raise(py: Python<'_>, state: *mut ModuleState, err: Error) {
             }
             Error::Interrupted(InterruptReason::Cancelled) => ffi::PyExc_KeyboardInterrupt,
             Error::Unshareable { .. } => ffi::PyExc_TypeError,
-            Error::Conversion(_) => ffi::PyExc_ValueError,
+            Error::Conversion(_) | Error::InvalidArgument(_) => ffi::PyExc_ValueError,
+            Error::OutOfMemory(_) => ffi::PyExc_MemoryError,
             Error::Python(exc) => builtin_exception(py, &exc.type_name),
             _ => ffi::PyExc_RuntimeError,
         }
@@ -575,28 +578,52 @@ fn parse<'py>(
     Ok(out)
 }
 
-/// A timeout in seconds: `None` (wait forever) or a non-negative number.
+/// The longest timeout accepted, in seconds: `threading.TIMEOUT_MAX` on Linux.
+const TIMEOUT_MAX: f64 = 9_223_372_036.0;
+
+/// A timeout in seconds: `None` (wait forever) or a non-negative number (an `int` or a
+/// `float`), as `queue.Queue.get` and `threading.Lock.acquire` take it: negative is a
+/// `ValueError`, beyond `threading.TIMEOUT_MAX` an `OverflowError`.
 fn timeout_arg(py: Python<'_>, arg: Option<&PyObj<'_>>) -> Result<Option<Duration>> {
     let Some(arg) = arg.filter(|a| !a.is_none()) else {
         return Ok(None);
     };
-    let seconds = match arg.to_value() {
-        Ok(Value::Int(n)) => n as f64,
-        Ok(Value::Float(x)) => x,
-        _ => {
-            return Err(py.new_error(
-                ExcKind::Type,
-                &format!(
-                    "timeout must be a number of seconds or None, not {}",
-                    arg.type_name()
-                ),
-            ))
-        }
-    };
+    // SAFETY: GIL held; type checks of a live object.
+    let is_int = unsafe { ffi::PyLong_Check(arg.as_ptr()) } != 0;
+    // SAFETY: as above.
+    let is_float = unsafe { ffi::PyFloat_Check(arg.as_ptr()) } != 0;
+    if !is_int && !is_float {
+        return Err(py.new_error(
+            ExcKind::Type,
+            &format!(
+                "timeout must be a number of seconds or None, not {}",
+                arg.type_name()
+            ),
+        ));
+    }
+    // SAFETY: GIL held; `arg` is an int or a float. Fails (-1.0 with an exception set)
+    // only for an int too large for a float.
+    let seconds = unsafe { ffi::PyFloat_AsDouble(arg.as_ptr()) };
+    // SAFETY: GIL held.
+    if seconds == -1.0 && !unsafe { ffi::PyErr_Occurred() }.is_null() {
+        // SAFETY: GIL held; replaced by the error below.
+        unsafe { ffi::PyErr_Clear() };
+        return Err(too_large(py));
+    }
     if seconds.is_nan() || seconds < 0.0 {
         return Err(py.new_error(ExcKind::Value, "timeout must be a non-negative number"));
     }
-    Ok(Duration::try_from_secs_f64(seconds).ok())
+    if seconds > TIMEOUT_MAX {
+        return Err(too_large(py));
+    }
+    Ok(Some(Duration::from_secs_f64(seconds)))
+}
+
+fn too_large(py: Python<'_>) -> Error {
+    py.new_error(
+        ExcKind::Overflow,
+        &format!("timeout value is too large (the longest is {TIMEOUT_MAX} s)"),
+    )
 }
 
 // ---------------------------------------------------------------- module functions
@@ -620,16 +647,25 @@ unsafe extern "C" fn module_prepare_in_main(
     trampoline(state_of_module(module), |py| {
         let a = parse(py, "_prepare_in_main", args, kwargs, &["name", "path"], 2)?;
         let name = a[0].as_ref().expect("required").extract_str()?;
-        let path: Vec<String> = match a[1].as_ref().expect("required").to_value() {
-            Ok(Value::List(items)) => items
-                .into_iter()
-                .filter_map(|item| match item {
-                    Value::Str(entry) => Some(entry),
-                    _ => None,
-                })
-                .collect(),
-            _ => return Err(py.new_error(ExcKind::Type, "path must be a list of str")),
-        };
+        let list = a[1].as_ref().expect("required");
+        // SAFETY: GIL held; checks the type of a live object.
+        if unsafe { ffi::PyList_Check(list.as_ptr()) } == 0 {
+            return Err(py.new_error(ExcKind::Type, "path must be a list of str"));
+        }
+        // Entries that are not str, or not UTF-8 (a directory name with surrogate
+        // escapes), are left out: the main interpreter cannot be given them as text.
+        let mut path = Vec::new();
+        for i in 0..list
+            .call_method("__len__", &[])?
+            .to_value()?
+            .as_i64()
+            .unwrap_or(0)
+        {
+            let item = list.get_item(&py.to_object(&Value::Int(i))?)?;
+            if let Some(entry) = super::convert::utf8_str(&item) {
+                path.push(entry);
+            }
+        }
         py.allow_threads(move || crate::hazards::prepare(&name, &path));
         Ok(py.none())
     })

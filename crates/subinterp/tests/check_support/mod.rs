@@ -18,6 +18,18 @@ use subinterp::{Interpreter, InterpreterConfig, Runtime, RuntimeConfig};
 /// CPython's message when an interpreter refuses an extension module.
 pub const REFUSAL: &str = "does not support loading in subinterpreters";
 
+/// The version of the Python the crate was built with, e.g. `3.13.0`.
+pub fn python_version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| {
+        let out = Command::new(build_python())
+            .args(["-c", "import platform; print(platform.python_version())"])
+            .output()
+            .expect("run the build Python");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    })
+}
+
 /// The Python the crate was built with (and embeds).
 pub fn build_python() -> PathBuf {
     PathBuf::from(env!("SUBINTERP_BUILD_PYTHON"))
@@ -356,22 +368,47 @@ pub fn compare(report: &ModuleReport, setup: &Setup) -> Vec<String> {
     // The culprit: CPython refuses it in an isolated interpreter, and it is what the
     // failing import was about (or, for a fallback, it is not loaded afterwards).
     if let Some(culprit) = &report.culprit {
-        match ask(culprit, true, setup).first() {
+        let refused = matches!(
+            ask(culprit, true, setup).first(),
             Some(Import::Raised { type_name, message })
-                if type_name == "ImportError" && message.contains(REFUSAL) => {}
-            other => problem(format!(
-                "culprit {culprit} is not refused by an isolated interpreter: {other:?}"
-            )),
-        }
-        let short = culprit.rsplit('.').next().unwrap();
-        match isolated.first() {
-            Some(Import::Raised { message, .. }) if !message.contains(short) => problem(format!(
-                "the isolated import's error does not mention the culprit {culprit}: {message}"
-            )),
-            Some(Import::Ok { loaded, .. }) if loaded.contains(culprit) => problem(format!(
-                "the isolated import worked, yet the culprit {culprit} is loaded"
-            )),
-            _ => {}
+                if type_name == "ImportError" && message.contains(REFUSAL)
+        );
+        let hazard_named = !subinterp::hazards::naming(culprit, python_version()).is_empty();
+        if refused {
+            let short = culprit.rsplit('.').next().unwrap();
+            match isolated.first() {
+                Some(Import::Raised { message, .. }) if !message.contains(short) => {
+                    problem(format!(
+                        "the isolated import's error does not mention the culprit {culprit}: \
+                         {message}"
+                    ))
+                }
+                Some(Import::Ok { loaded, .. }) if loaded.contains(culprit) => problem(format!(
+                    "the isolated import worked, yet the culprit {culprit} is loaded"
+                )),
+                _ => {}
+            }
+        } else if hazard_named {
+            // A module a known CPython bug of this version names, blamed for a crash when
+            // interpreters end: the report says which bug, and the import loaded it.
+            let detail = report.detail.as_deref().unwrap_or_default();
+            if !detail.contains("python/cpython#") {
+                problem(format!(
+                    "culprit {culprit} without the CPython bug named: {detail}"
+                ));
+            }
+            let loaded = |t: &Truth| match t.first() {
+                Some(Import::Ok { loaded, .. }) => loaded.contains(culprit),
+                _ => false,
+            };
+            if !loaded(&isolated) && !legacy.as_ref().is_some_and(loaded) {
+                problem(format!("culprit {culprit} is not loaded by the import"));
+            }
+        } else {
+            problem(format!(
+                "culprit {culprit} is neither refused by an isolated interpreter nor named by \
+                 a CPython bug of this version"
+            ));
         }
     } else if let Some(Import::Raised { message, .. }) = isolated.first() {
         if message.contains(REFUSAL) {

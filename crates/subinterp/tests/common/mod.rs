@@ -45,3 +45,12 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
         }
     }
 }
+
+/// A new empty directory under the system's temporary directory, unique to this test
+/// process and `name`.
+pub fn scratch_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("subinterp-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create a scratch directory");
+    dir
+}
