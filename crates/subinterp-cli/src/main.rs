@@ -10,6 +10,7 @@ mod run;
 mod stdio;
 
 use std::fmt::Display;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use clap::error::ErrorKind;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use subinterp::{Runtime, RuntimeConfig};
+use tracing_subscriber::layer::SubscriberExt;
 
 /// Exit status when everything succeeded.
 pub(crate) const EXIT_OK: u8 = 0;
@@ -77,15 +79,31 @@ fn main() -> ExitCode {
 
 /// Sends the library's `tracing` events (interpreters created and closed, tasks started,
 /// finished, failed, timed out, with durations) to stderr when `SUBINTERP_LOG` names a
-/// level: `error`, `warn`, `info`, `debug` or `trace`.
+/// level: `error`, `warn`, `info`, `debug` or `trace`. Without it, the library's warnings
+/// are shown (an interpreter left running past its shutdown grace period, a module the
+/// runtime could not prepare), except the pool's about single tasks, which the commands
+/// report themselves.
 fn init_logging() {
     let Ok(level) = std::env::var("SUBINTERP_LOG") else {
+        let quiet = tracing_subscriber::fmt()
+            .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+            .with_writer(std::io::stderr)
+            .without_time()
+            .with_target(false)
+            .with_ansi(std::io::stderr().is_terminal())
+            .finish()
+            .with(tracing_subscriber::filter::filter_fn(|meta| {
+                !meta.target().starts_with("subinterp::pool")
+            }));
+        // Only fails if a subscriber is already set, and then that one logs.
+        let _ = tracing::subscriber::set_global_default(quiet);
         return;
     };
     match level.parse::<tracing_subscriber::filter::LevelFilter>() {
         Ok(level) => tracing_subscriber::fmt()
             .with_max_level(level)
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
             .init(),
         Err(_) => eprintln!(
             "subinterp: ignoring SUBINTERP_LOG={level:?}: expected error, warn, info, debug or trace"

@@ -290,7 +290,11 @@ fn the_library_s_own_module_is_ok_and_keywords_are_not_module_names() {
     let own = &reports[0];
     assert_eq!(own.module, "subinterp");
     assert_eq!(own.verdict, Verdict::Ok, "{own:?}");
-    assert!(own.reason().contains("provided by subinterp"), "{}", own.reason());
+    assert!(
+        own.reason().contains("provided by subinterp"),
+        "{}",
+        own.reason()
+    );
     assert_eq!(reports.len(), 2);
     // Every interpreter the library makes can really import it.
     let rt = subinterp::Runtime::get_or_init(&subinterp::RuntimeConfig::new()).unwrap();
