@@ -273,17 +273,14 @@ fn exit_status(err: &Error) -> (u8, Option<String>) {
     if exc.is("KeyboardInterrupt") {
         return (EXIT_INTERRUPTED, None);
     }
-    if !exc.is("SystemExit") {
-        return (EXIT_FAILED, None);
-    }
-    // The snapshot keeps `str(code)`.
-    match exc.message.as_str() {
-        "" | "None" | "False" => (EXIT_OK, Some(String::new())),
-        "True" => (1, Some(String::new())),
-        text => match text.parse::<i64>() {
-            Ok(code) => ((code & 0xff) as u8, Some(String::new())),
-            Err(_) => (EXIT_FAILED, Some(text.to_owned())),
-        },
+    match &exc.exit {
+        // The library reads `SystemExit.code` as `python` does; the system keeps the low
+        // 8 bits of the status (-1, for a code past a C long, is 255 as in `python`).
+        Some(exit) => (
+            exit.code as u8,
+            Some(exit.message.clone().unwrap_or_default()),
+        ),
+        None => (EXIT_FAILED, None),
     }
 }
 

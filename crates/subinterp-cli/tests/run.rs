@@ -584,6 +584,8 @@ fn one_script_exits_with_its_own_status() {
         ("import sys; sys.exit(True)", 1, ""),
         ("import sys; sys.exit('bye now')", 1, "bye now\n"),
         ("raise SystemExit(256 + 7)", 7, ""),
+        ("import sys; sys.exit('0')", 1, "0\n"),
+        ("import sys; sys.exit(None)", 0, ""),
         ("raise ValueError('no')", 1, "ValueError: no"),
     ] {
         let out = subinterp(dir.path(), &["run", "-c", code_text]);
@@ -596,6 +598,20 @@ fn one_script_exits_with_its_own_status() {
             assert!(!err.contains("SystemExit"), "{code_text}: {err}");
         }
     }
+}
+
+#[test]
+fn sys_exit_with_an_empty_string_fails_as_in_python() {
+    let dir = TempDir::new("empty-exit");
+    let out = subinterp(dir.path(), &["run", "-c", "import sys; sys.exit('')"]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(!stderr(&out).contains("SystemExit"), "{}", stderr(&out));
+    let out = subinterp(
+        dir.path(),
+        &["run", "--json", "-c", "import sys; sys.exit('')"],
+    );
+    assert_eq!(code(&out), 1);
+    assert_eq!(entries(&report(&out))[0]["exit_code"], 1);
 }
 
 #[test]
