@@ -55,7 +55,7 @@ Exit status:
   1    at least one record failed (or was an invalid input)
   2    usage or set-up error: bad option, unreadable input, unwritable output, an output
        that is the input file, module or function not found, a module that raised while
-       being imported, an --init that raised
+       being imported, an --init that raised, a set-up past --setup-timeout
   130  stopped by SIGINT (143: SIGTERM)
   141  the reader of the output went away (broken pipe)";
 
@@ -83,6 +83,12 @@ pub struct MapArgs {
     /// Deadline of each record, in seconds (positive, at most 1e9).
     #[arg(long, value_name = "SECS", value_parser = crate::parse_seconds)]
     timeout: Option<Duration>,
+
+    /// Deadline for setting up each interpreter: importing the module and running the
+    /// --init codes, in seconds (default: none; with --timeout, that deadline but at least
+    /// 30 s).
+    #[arg(long, value_name = "SECS", value_parser = crate::parse_seconds)]
+    setup_timeout: Option<Duration>,
 
     /// Prepend DIR to sys.path in every interpreter (repeatable; DIR must exist). The
     /// current directory is on sys.path too, after these.
@@ -353,6 +359,12 @@ pub fn main(args: MapArgs) -> u8 {
     let mut config = PoolConfig::new();
     if let Some(n) = args.workers {
         config.workers(n);
+    }
+    if let Some(timeout) = timeout {
+        config.timeout(timeout);
+    }
+    if let Some(setup) = args.setup_timeout {
+        config.setup_timeout(setup);
     }
     config.init(PRELUDE);
     for code in &args.init {
@@ -896,6 +908,28 @@ impl serde_json::ser::Formatter for DumpsFormatter {
 /// raised while being imported, or an `--init` raised.
 fn describe_setup_error(module: &str, err: &Error) -> String {
     match err.as_python() {
+        Some(exc) if exc.is("TimeoutError") && exc.message.contains("set-up deadline") => {
+            // The library's own TimeoutError, with the traceback of where the set-up was.
+            let in_import = exc.traceback.contains(IMPORT_FAILED);
+            let traceback = match (&exc.cause, in_import) {
+                (Some(cause), true) => cause.traceback.as_str(),
+                _ => exc.traceback.as_str(),
+            };
+            let place = if in_import {
+                format!("importing {module}")
+            } else {
+                "an --init code".to_owned()
+            };
+            let mut text = format!(
+                "setting up the interpreters timed out in {place}: {} (--setup-timeout)",
+                exc.message
+            );
+            if !traceback.trim().is_empty() {
+                text.push_str(":\n");
+                text.push_str(traceback.trim_end());
+            }
+            text
+        }
         Some(exc) if exc.type_name.ends_with(BAD_TARGET) => {
             let hint = if exc.message.contains("no module named") {
                 "\n(is its directory on --path? the current directory is searched too)"

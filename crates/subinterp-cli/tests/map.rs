@@ -395,3 +395,43 @@ fn out_of_range_timeouts_and_worker_counts_are_usage_errors() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(stderr(&out).contains("warning"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_set_up_that_hangs_ends_at_its_deadline() {
+    let dir = setup("setup-deadline");
+    dir.write("lib/hangs.py", "while True:\n    pass\n");
+    for (args, needle) in [
+        (
+            &["map", "hangs:f", "--path", "lib", "--setup-timeout", "1"][..],
+            "importing hangs",
+        ),
+        (
+            &[
+                "map",
+                "mapfuncs:double",
+                "--path",
+                "lib",
+                "--init",
+                "while True: pass",
+                "--setup-timeout",
+                "1",
+            ][..],
+            "--init",
+        ),
+    ] {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_subinterp"))
+            .args(args)
+            .current_dir(dir.path())
+            .stdin(std::fs::File::open(dir.write("in.jsonl", "1\n")).unwrap())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = common::wait_at_most(child, std::time::Duration::from_secs(60))
+            .expect("the set-up ends at its deadline instead of hanging");
+        assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains("timed out"), "{err}");
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+}
