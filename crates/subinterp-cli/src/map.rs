@@ -55,7 +55,8 @@ Exit status:
   1    at least one record failed (or was an invalid input)
   2    usage or set-up error: bad option, unreadable input, unwritable output, an output
        that is the input file, module or function not found, a module that raised while
-       being imported, an --init that raised, a set-up past --setup-timeout
+       being imported, an --init that raised, a set-up past --setup-timeout, a pool that
+       could not set up a replacement for a stuck worker (the run stops there)
   130  stopped by SIGINT (143: SIGTERM)
   141  the reader of the output went away (broken pipe)";
 
@@ -251,6 +252,9 @@ enum End {
     Done,
     /// Reading the input failed at this line; the records before it were written.
     ReadFailed(usize, io::Error),
+    /// The pool could not take the record of this line (it has no workers left); the
+    /// records before it were written.
+    PoolFailed(usize, Error),
     /// Writing the output failed (or the reader of a pipe went away).
     WriteFailed(io::Error),
     /// SIGINT or SIGTERM.
@@ -415,7 +419,7 @@ pub fn main(args: MapArgs) -> u8 {
     let end = stream.run(&mut sink, &mut window);
     let ended;
     let status = match end {
-        End::Done | End::ReadFailed(..) => {
+        End::Done | End::ReadFailed(..) | End::PoolFailed(..) => {
             let flushed = sink.flush();
             // Every record has its result: what is left to wait for is the interpreters'
             // own ending (threads the user's code started, atexit handlers).
@@ -428,6 +432,9 @@ pub fn main(args: MapArgs) -> u8 {
                     Ok(match end {
                         End::ReadFailed(line, err) => {
                             setup_error(format!("cannot read line {line} of the input: {err}"))
+                        }
+                        End::PoolFailed(line, err) => {
+                            setup_error(format!("stopped before line {line} of the input: {err}"))
                         }
                         _ if sink.errors == 0 => EXIT_OK,
                         _ => EXIT_FAILED,
@@ -674,7 +681,7 @@ impl Stream<'_> {
     fn run(&self, sink: &mut Sink<'_>, window: &mut VecDeque<Pending>) -> End {
         let never = crossbeam_channel::never();
         let mut input_open = true;
-        let mut read_failed = None;
+        let mut stopped = None;
         let mut polled = None;
         let mut batch = Vec::new().into_iter();
         loop {
@@ -687,15 +694,12 @@ impl Stream<'_> {
                 return End::WriteFailed(err);
             }
             if !input_open && window.is_empty() {
-                return match read_failed {
-                    Some((line, err)) => End::ReadFailed(line, err),
-                    None => End::Done,
-                };
+                return stopped.unwrap_or(End::Done);
             }
             let room = input_open && window.len() < self.in_flight;
             if room {
                 if let Some(event) = batch.next() {
-                    self.take(event, window, &mut input_open, &mut read_failed);
+                    self.take(event, window, &mut input_open, &mut stopped);
                     continue;
                 }
                 match self.lines.try_recv() {
@@ -770,7 +774,7 @@ impl Stream<'_> {
         event: Event,
         window: &mut VecDeque<Pending>,
         input_open: &mut bool,
-        read_failed: &mut Option<(usize, io::Error)>,
+        stopped: &mut Option<End>,
     ) {
         let (line_no, bytes) = match event {
             Event::Line(line_no, bytes) => (line_no, bytes),
@@ -780,7 +784,7 @@ impl Stream<'_> {
             }
             Event::ReadFailed(line_no, err) => {
                 *input_open = false;
-                *read_failed = Some((line_no, err));
+                *stopped = Some(End::ReadFailed(line_no, err));
                 return;
             }
         };
@@ -804,7 +808,13 @@ impl Stream<'_> {
                     self.options,
                 ) {
                     Ok(task) => Pending::Task(task, line_no),
-                    Err(err) => invalid(format!("could not submit the record: {err}")),
+                    Err(err) => {
+                        // No interpreter can take it (none could be set up again): stop
+                        // reading; what was submitted is written.
+                        *input_open = false;
+                        *stopped = Some(End::PoolFailed(line_no, err));
+                        return;
+                    }
                 },
             },
         };

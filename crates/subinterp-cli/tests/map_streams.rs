@@ -442,3 +442,49 @@ fn a_thread_left_running_delays_the_end_only_by_the_grace_period() {
     assert!(stderr(&out).contains("did not end"), "{}", stderr(&out));
     assert_eq!(lines(&stdout(&out)).len(), 5, "every record answered");
 }
+
+#[test]
+fn a_pool_that_cannot_replace_its_workers_stops_the_run_instead_of_hanging() {
+    let dir = setup("no-workers");
+    let flag = dir.path().join("flag");
+    dir.write(
+        "lib/stuck_once.py",
+        "import time\n\n\
+         def f(record):\n\
+         \x20   if record == 3:\n\
+         \x20       open(FLAG, 'w').close()\n\
+         \x20       time.sleep(10)\n\
+         \x20   return record\n",
+    );
+    let init = format!(
+        "import os, stuck_once; stuck_once.FLAG = {flag:?}\n\
+         assert not os.path.exists({flag:?}), 'set-up fails once the flag exists'"
+    );
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_subinterp"))
+        .args([
+            "map",
+            "stuck_once:f",
+            "--path",
+            "lib",
+            "-w",
+            "1",
+            "--timeout",
+            "0.5",
+            "--init",
+            &init,
+        ])
+        .current_dir(dir.path())
+        .stdin(std::fs::File::open(dir.write("in.jsonl", &numbers(50))).unwrap())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_at_most(child, Duration::from_secs(60)).expect("the run ends");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let results = lines(&stdout(&out));
+    assert_eq!(results[0]["ok"], 1);
+    assert_eq!(results[1]["ok"], 2);
+    assert_eq!(results[2]["error"]["type"], "builtins.TimeoutError");
+    assert!(results.len() < 50, "the run stopped");
+    assert!(stderr(&out).contains("no workers left"), "{}", stderr(&out));
+}
