@@ -629,7 +629,7 @@ fn run_one(
 fn prepare(interp: &Interpreter, source: &Source) -> subinterp::Result<()> {
     match source {
         Source::Script(path) => {
-            interp.set_argv(&[path.to_string_lossy()])?;
+            interp.set_argv_os(&[path.as_os_str()])?;
             if let Some(dir) = script_dir(path) {
                 interp.add_path(dir)?;
             }

@@ -790,3 +790,23 @@ fn path_and_virtual_env_follow_one_rule_in_every_command() {
         assert_ne!(code(&out), 2, "{args:?}: {err}");
     }
 }
+
+#[test]
+fn a_script_name_that_is_not_utf8_keeps_its_bytes_in_argv() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = TempDir::new("odd-name");
+    let name = std::ffi::OsStr::from_bytes(b"odd\xffname.py");
+    std::fs::write(
+        dir.path().join(name),
+        "import os, sys\nprint(os.fsencode(sys.argv[0]) == b'odd\\xffname.py', os.path.exists(sys.argv[0]))\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_subinterp"))
+        .arg("run")
+        .arg(name)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "True True\n");
+}
