@@ -53,6 +53,10 @@ A missing script is reported as builtins.FileNotFoundError, an interpreter that 
 be created as subinterp.CreateFailed (with \"id\": null). \"exit_code\" is the status
 `python` would give for that script alone.
 
+With --json or several interpreters, os._exit(N) ends only its own interpreter, as
+sys.exit(N) does (SystemExit), so that one script cannot end the others or lose the
+report; with one script and no --json it ends the process, as in `python`.
+
 Ctrl-C (SIGINT) raises KeyboardInterrupt in every running interpreter, so `finally`
 blocks and atexit handlers run, as with `python`; code blocked in a C call gets it when
 the call returns. A second Ctrl-C ends the process at once. The exit status is then 130.
@@ -499,6 +503,7 @@ fn run_all(
     interrupts: &Interrupts,
 ) -> Vec<Outcome> {
     let json = config.captures_output();
+    let guard_exit = json || jobs.len() > 1;
     let report = |source: &Source, outcome: &Outcome| {
         if let (false, Some(failure)) = (json, &outcome.failure) {
             print_failure(source, outcome, failure, headed);
@@ -512,7 +517,7 @@ fn run_all(
                 thread::Builder::new()
                     .name(format!("subinterp-run-{i}"))
                     .spawn_scoped(scope, move || {
-                        let outcome = run_one(runtime, config, source, interrupts);
+                        let outcome = run_one(runtime, config, source, interrupts, guard_exit);
                         report(source, &outcome);
                         outcome
                     })
@@ -545,6 +550,7 @@ fn run_one(
     config: &InterpreterConfig,
     source: &Source,
     interrupts: &Interrupts,
+    guard_exit: bool,
 ) -> Outcome {
     let interp = match Interpreter::new(runtime, config) {
         Ok(interp) => interp,
@@ -552,7 +558,7 @@ fn run_one(
     };
     let mut duration = Duration::ZERO;
     let result = if interrupts.register(&interp) {
-        prepare(&interp, source).and_then(|()| {
+        prepare(&interp, source, guard_exit).and_then(|()| {
             let started = Instant::now();
             let result = match source {
                 Source::Script(path) => interp.exec_file(path),
@@ -625,8 +631,27 @@ fn run_one(
     }
 }
 
+/// Makes `os._exit(n)` end only its own interpreter, as `sys.exit(n)` does, instead of
+/// the whole process: with several interpreters or a report to write, one script must
+/// not end the others' run and lose the report. Leaves no name behind in `__main__`.
+const EXIT_GUARD: &str = "\
+def _subinterp_exit_guard():
+    import os, posix
+
+    def _exit(status, /):
+        raise SystemExit(status)
+
+    os._exit = posix._exit = _exit
+
+_subinterp_exit_guard()
+del _subinterp_exit_guard
+";
+
 /// Sets `sys.argv` and `sys.path[0]` the way `python SCRIPT` and `python -c CODE` do.
-fn prepare(interp: &Interpreter, source: &Source) -> subinterp::Result<()> {
+fn prepare(interp: &Interpreter, source: &Source, guard_exit: bool) -> subinterp::Result<()> {
+    if guard_exit {
+        interp.exec(EXIT_GUARD)?;
+    }
     match source {
         Source::Script(path) => {
             interp.set_argv_os(&[path.as_os_str()])?;

@@ -810,3 +810,29 @@ fn a_script_name_that_is_not_utf8_keeps_its_bytes_in_argv() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(stdout(&out), "True True\n");
 }
+
+#[test]
+fn os_exit_ends_only_its_interpreter_when_others_or_a_report_depend_on_it() {
+    let dir = TempDir::new("os-exit");
+    let out = subinterp(
+        dir.path(),
+        &[
+            "run",
+            "--json",
+            "-c",
+            "import os; print('before'); os._exit(3)",
+            "-c",
+            "import time; time.sleep(0.2); print('other finished')",
+        ],
+    );
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let report = report(&out);
+    let entries = entries(&report);
+    assert_eq!(entries[0]["exit_code"], 3);
+    assert_eq!(text(&entries[0], "stdout"), "before\n");
+    assert_eq!(text(&entries[1], "stdout"), "other finished\n");
+
+    // One script without --json: the process ends with it, as in python.
+    let out = subinterp(dir.path(), &["run", "-c", "import os; os._exit(4)"]);
+    assert_eq!(code(&out), 4);
+}
