@@ -71,6 +71,7 @@ Exit status: with one script, its own status, as `python SCRIPT` gives it:
   2    the script could not be opened (as with `python`), or a usage error: bad option,
        no SCRIPT and no -c, --copies 0, more than 1024 interpreters, unknown --config
   130  interrupted by Ctrl-C
+  141  --json: the reader of the report went away (broken pipe)
 With several scripts or copies, the status of the first one, in command-line order,
 that did not succeed (0 if all did).";
 
@@ -427,9 +428,16 @@ pub fn main(args: RunArgs, matches: &ArgMatches) -> u8 {
                 })
                 .collect(),
         };
-        if let Err(err) = print_report(file, &report) {
-            eprintln!("subinterp: cannot write the report: {err}");
-            return EXIT_FAILED;
+        match print_report(file, &report) {
+            Ok(()) => {}
+            // The reader went away (`| head`): end quietly, as Unix tools do.
+            Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => {
+                return crate::EXIT_BROKEN_PIPE;
+            }
+            Err(err) => {
+                eprintln!("subinterp: cannot write the report: {err}");
+                return EXIT_FAILED;
+            }
         }
     }
     if interrupts.requested() {

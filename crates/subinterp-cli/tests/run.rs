@@ -836,3 +836,23 @@ fn os_exit_ends_only_its_interpreter_when_others_or_a_report_depend_on_it() {
     let out = subinterp(dir.path(), &["run", "-c", "import os; os._exit(4)"]);
     assert_eq!(code(&out), 4);
 }
+
+#[test]
+fn a_report_reader_that_goes_away_ends_the_command_quietly() {
+    use std::io::Read;
+    let dir = TempDir::new("report-pipe");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_subinterp"))
+        .args(["run", "--json", "-n", "100", "-c", "print('x' * 10000)"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 1];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    // The pipe is closed here, long before the megabyte of report is written.
+    let out = common::wait_at_most(child, std::time::Duration::from_secs(60)).unwrap();
+    assert_eq!(first, *b"{");
+    assert_eq!(out.status.code(), Some(141), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("cannot write"), "{}", stderr(&out));
+}
