@@ -219,6 +219,36 @@ enum Pending {
         line: usize,
         message: String,
     },
+    /// A record whose output line is known, and whether it succeeded.
+    Done((String, bool)),
+}
+
+/// How long the main loop waits for the first record at a time before it looks for
+/// signals again.
+const SIGNAL_CHECK: Duration = Duration::from_millis(50);
+
+impl Pending {
+    /// True when its output line can be written now.
+    fn is_ready(&self) -> bool {
+        match self {
+            Pending::Task(task, _) => task.is_finished(),
+            Pending::Invalid { .. } | Pending::Done(_) => true,
+        }
+    }
+
+    /// Waits at most [`SIGNAL_CHECK`] for a submitted record to finish.
+    fn wait_briefly(&mut self) {
+        if !matches!(self, Pending::Task(..)) {
+            return;
+        }
+        let placeholder = Pending::Done((String::new(), true));
+        if let Pending::Task(task, line) = std::mem::replace(self, placeholder) {
+            *self = match task.wait_timeout(SIGNAL_CHECK) {
+                Ok(result) => Pending::Done(render_result(result, line)),
+                Err(task) => Pending::Task(task, line),
+            };
+        }
+    }
 }
 
 /// What the input reader sends.
@@ -679,7 +709,6 @@ impl Stream<'_> {
     /// flushed whenever the loop has to wait (the input is idle or the next result is not
     /// ready), so results show as they are computed even when the input is slow.
     fn run(&self, sink: &mut Sink<'_>, window: &mut VecDeque<Pending>) -> End {
-        let never = crossbeam_channel::never();
         let mut input_open = true;
         let mut stopped = None;
         let mut polled = None;
@@ -690,7 +719,7 @@ impl Stream<'_> {
                     return End::Signal(signal);
                 }
             }
-            if let Err(err) = self.write_ready(sink, window, &mut polled) {
+            if let Err(err) = self.write_ready(sink, window) {
                 return End::WriteFailed(err);
             }
             if !input_open && window.is_empty() {
@@ -718,9 +747,28 @@ impl Stream<'_> {
             if let Err(err) = sink.flush() {
                 return End::WriteFailed(err);
             }
-            let lines = if room { self.lines } else { &never };
+            if !room {
+                // Only the first record can let the loop go on: wait for it alone (the
+                // cheapest wait), looking for signals now and then.
+                if let Some(front) = window.front_mut() {
+                    front.wait_briefly();
+                }
+                continue;
+            }
+            // Waiting for input as well: the first record wakes the loop when it finishes.
+            if let Some(Pending::Task(task, line)) = window.front_mut() {
+                if polled != Some(task.id()) {
+                    polled = Some(task.id());
+                    let line = *line;
+                    let mut cx = Context::from_waker(self.waker);
+                    if let Poll::Ready(result) = Pin::new(task).poll(&mut cx) {
+                        window[0] = Pending::Done(render_result(result, line));
+                        continue;
+                    }
+                }
+            }
             select! {
-                recv(lines) -> events => match events {
+                recv(self.lines) -> events => match events {
                     Ok(events) => batch = events.into_iter(),
                     Err(_) => input_open = false,
                 },
@@ -733,39 +781,15 @@ impl Stream<'_> {
         }
     }
 
-    /// Writes the finished records at the front of the window. Leaves the task at the
-    /// front, if unfinished, set to wake the loop when it finishes.
-    fn write_ready(
-        &self,
-        sink: &mut Sink<'_>,
-        window: &mut VecDeque<Pending>,
-        polled: &mut Option<u64>,
-    ) -> io::Result<()> {
-        loop {
-            let (text, ok) = match window.front_mut() {
-                None => return Ok(()),
-                Some(Pending::Task(task, line)) => {
-                    let line = *line;
-                    if *polled == Some(task.id()) && !task.is_finished() {
-                        return Ok(());
-                    }
-                    *polled = Some(task.id());
-                    let mut cx = Context::from_waker(self.waker);
-                    match Pin::new(task).poll(&mut cx) {
-                        Poll::Pending => return Ok(()),
-                        Poll::Ready(result) => {
-                            window.pop_front();
-                            render_result(result, line)
-                        }
-                    }
-                }
-                Some(Pending::Invalid { .. }) => match window.pop_front() {
-                    Some(invalid) => render(invalid),
-                    None => return Ok(()),
-                },
-            };
-            sink.write(&text, ok)?;
+    /// Writes the finished records at the front of the window.
+    fn write_ready(&self, sink: &mut Sink<'_>, window: &mut VecDeque<Pending>) -> io::Result<()> {
+        while window.front().is_some_and(Pending::is_ready) {
+            if let Some(done) = window.pop_front() {
+                let (text, ok) = render(done);
+                sink.write(&text, ok)?;
+            }
         }
+        Ok(())
     }
 
     /// Takes one event of the input reader: submits a line, or notes the input's end.
@@ -830,6 +854,7 @@ fn render(pending: Pending) -> (String, bool) {
             false,
         ),
         Pending::Task(task, line) => render_result(task.wait(), line),
+        Pending::Done(done) => done,
     }
 }
 
