@@ -48,7 +48,8 @@ Progress is shown on stderr when it is a terminal; a summary line is printed at 
 On SIGINT or SIGTERM, reading stops, records in flight get a second to finish, results
 are written up to the first unfinished record (the output stays a prefix of the input),
 the summary is printed and the command exits with 130 or 143; a second signal ends it at
-once. When the reader of the output goes away (`| head`), the command stops quietly.
+once. A signal ignored when the command started (nohup, a script's background job)
+stays ignored. When the reader of the output goes away (`| head`), the command stops quietly.
 
 Exit status:
   0    every record succeeded
@@ -620,14 +621,22 @@ fn read_lines(input: File, capacity: usize) -> Receiver<Vec<Event>> {
 }
 
 /// On the first SIGINT or SIGTERM, wakes the main loop with it; a second one ends the
-/// process at once, with status 128 + the signal.
+/// process at once, with status 128 + the signal. A signal ignored when the command
+/// started (a background job of a script, `nohup`) stays ignored.
 fn watch_signals(wakes: Sender<Wake>) -> io::Result<()> {
+    let handled: Vec<i32> = [SIGINT, SIGTERM]
+        .into_iter()
+        .filter(|&signal| !stdio::ignored_at_start(signal))
+        .collect();
+    if handled.is_empty() {
+        return Ok(());
+    }
     let again = Arc::new(AtomicBool::new(false));
-    for signal in [SIGINT, SIGTERM] {
+    for &signal in &handled {
         signal_hook::flag::register_conditional_shutdown(signal, 128 + signal, Arc::clone(&again))?;
         signal_hook::flag::register(signal, Arc::clone(&again))?;
     }
-    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    let mut signals = Signals::new(&handled)?;
     std::thread::Builder::new()
         .name("subinterp-map-signals".into())
         .spawn(move || {

@@ -60,6 +60,7 @@ report; with one script and no --json it ends the process, as in `python`.
 Ctrl-C (SIGINT) raises KeyboardInterrupt in every running interpreter, so `finally`
 blocks and atexit handlers run, as with `python`; code blocked in a C call gets it when
 the call returns. A second Ctrl-C ends the process at once. The exit status is then 130.
+A SIGINT ignored when the command started (a script's background job) stays ignored.
 
 Exit status: with one script, its own status, as `python SCRIPT` gives it:
   0    the script ran to the end, or sys.exit() / sys.exit(0) / sys.exit(None) /
@@ -466,6 +467,10 @@ impl Interrupts {
     /// `finally` blocks and `atexit` handlers run, as with `python`); a second SIGINT ends
     /// the process at once with status 130.
     fn watch(&self) -> std::io::Result<()> {
+        if stdio::ignored_at_start(SIGINT) {
+            // Started with SIGINT ignored (a background job of a script): leave it so.
+            return Ok(());
+        }
         signal_hook::flag::register_conditional_shutdown(
             SIGINT,
             i32::from(EXIT_INTERRUPTED),

@@ -45,3 +45,21 @@ pub fn take_stdin() -> io::Result<File> {
 pub fn stdin_from_null() -> io::Result<()> {
     Ok(rustix::stdio::dup2_stdin(File::open("/dev/null")?)?)
 }
+
+/// True when `signal` was set to be ignored by whoever started this process (a shell
+/// running a command in the background, `nohup`): such a signal is left ignored, as
+/// `python` leaves it, instead of being handled. Read from `/proc/self/status`; when that
+/// cannot be read the signal counts as not ignored.
+pub fn ignored_at_start(signal: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    let mask = status
+        .lines()
+        .find_map(|line| line.strip_prefix("SigIgn:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok());
+    match (mask, u32::try_from(signal - 1)) {
+        (Some(mask), Ok(bit)) if bit < 64 => mask & (1 << bit) != 0,
+        _ => false,
+    }
+}

@@ -494,3 +494,31 @@ fn a_pool_that_cannot_replace_its_workers_stops_the_run_instead_of_hanging() {
     assert!(results.len() < 50, "the run stopped");
     assert!(stderr(&out).contains("no workers left"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_sigint_ignored_at_start_stays_ignored() {
+    let dir = setup("ignored");
+    let bin = env!("CARGO_BIN_EXE_subinterp");
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("trap '' INT; exec \"$0\" map hostile:slow --path lib")
+        .arg(bin)
+        .current_dir(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(numbers(100).as_bytes()).unwrap();
+    let mut results = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    results.read_line(&mut first).unwrap();
+    kill(child.id(), "INT");
+    drop(stdin);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut results, &mut rest).unwrap();
+    let out = wait_at_most(child, Duration::from_secs(60)).expect("the run ends");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(lines(&format!("{first}{rest}")).len(), 100, "every record");
+}

@@ -715,8 +715,7 @@ fn ctrl_c_raises_keyboard_interrupt_so_finally_and_atexit_run() {
          finally:\n\
          \x20   print('finally ran', flush=True)\n",
     );
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_subinterp"))
-        .args(["run", "-n", "2", "loop.py"])
+    let child = common::command_with_sigint(&["run", "-n", "2", "loop.py"])
         .current_dir(dir.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

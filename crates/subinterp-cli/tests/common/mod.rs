@@ -97,10 +97,28 @@ pub fn subinterp_with_stdin(cwd: &Path, args: &[&str], input: &str) -> Output {
     out
 }
 
-/// Starts `subinterp` with `args` in `cwd`, every stream piped.
+/// A command running `subinterp` with `args` with SIGINT at its default action, whatever
+/// the test itself inherited (a shell ignores SIGINT for the background jobs of a
+/// script, and `subinterp` leaves an ignored SIGINT ignored): `python3` resets it and
+/// execs the binary.
+pub fn command_with_sigint(args: &[&str]) -> Command {
+    let mut command = Command::new("python3");
+    command
+        .arg("-c")
+        .arg(
+            "import os, signal, sys\n\
+             signal.signal(signal.SIGINT, signal.SIG_DFL)\n\
+             os.execv(sys.argv[1], sys.argv[1:])",
+        )
+        .arg(env!("CARGO_BIN_EXE_subinterp"))
+        .args(args);
+    command
+}
+
+/// Starts `subinterp` with `args` in `cwd`, every stream piped, SIGINT at its default
+/// action (see [`command_with_sigint`]).
 pub fn spawn_subinterp(cwd: &Path, args: &[&str]) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_subinterp"))
-        .args(args)
+    command_with_sigint(args)
         .current_dir(cwd)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
