@@ -584,9 +584,12 @@ fn run_one(
         Err(Error::Cancelled)
     };
     // What the script printed and Python still buffers must reach its destination: a
-    // stdout that cannot be written (a full disk, /dev/full) is an error, as in `python`.
-    let flushed = interp
-        .eval("(__import__('sys').stdout.flush(), __import__('sys').stderr.flush()) and None");
+    // stdout that cannot be written (a full disk, /dev/full) is an error, as in `python`,
+    // which flushes sys.stdout and sys.stderr unless they are None or closed.
+    let flushed = interp.eval(
+        "[f.flush() for f in (__import__('sys').stdout, __import__('sys').stderr) \
+         if f is not None and not getattr(f, 'closed', False)] and None",
+    );
     let (mut exit_code, mut exit_message) = match &result {
         Ok(()) => (EXIT_OK, None),
         Err(err) => exit_status(err),

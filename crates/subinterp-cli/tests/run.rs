@@ -702,6 +702,19 @@ fn a_stdout_that_cannot_be_written_fails_as_in_python() {
 }
 
 #[test]
+fn a_stdout_set_to_none_or_closed_is_not_a_write_failure() {
+    let dir = TempDir::new("stdout-none");
+    for code_text in [
+        "import sys; sys.stdout = None; print('lost')",
+        "import sys; sys.stdout.close()",
+        "import sys; sys.stderr = None",
+    ] {
+        let out = subinterp(dir.path(), &["run", "-c", code_text]);
+        assert_eq!(code(&out), 0, "{code_text}: {}", stderr(&out));
+    }
+}
+
+#[test]
 fn ctrl_c_raises_keyboard_interrupt_so_finally_and_atexit_run() {
     let dir = TempDir::new("sigint");
     dir.write(
