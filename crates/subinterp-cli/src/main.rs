@@ -113,6 +113,19 @@ fn init_logging() {
 
 /// Prints a usage error for `subcommand` in clap's format (with the usage line) on
 /// stderr, and returns the usage exit status.
+/// Settles the command's exit status once its results and summary are out: if CPython
+/// crashes while the interpreters end (3.12 and 3.13 have such bugs, see
+/// `subinterp::hazards`), the process still exits with `status`, saying so on stderr.
+pub(crate) fn settle(subcommand: &str, status: u8) {
+    subinterp::hazards::settle_exit(
+        status,
+        &format!(
+            "subinterp {subcommand}: CPython crashed while the interpreters ended, after \
+             every result was written; exiting with the run's status {status}\n"
+        ),
+    );
+}
+
 pub(crate) fn usage_error(subcommand: &str, message: impl Display) -> u8 {
     let mut cli = Cli::command();
     cli.build();

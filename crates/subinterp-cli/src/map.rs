@@ -451,11 +451,10 @@ pub fn main(args: MapArgs) -> u8 {
     let ended;
     let status = match end {
         End::Done | End::ReadFailed(..) | End::PoolFailed(..) => {
-            let flushed = sink.flush();
-            // Every record has its result: what is left to wait for is the interpreters'
-            // own ending (threads the user's code started, atexit handlers).
-            ended = end_pool(pool, Duration::from_secs(5));
-            match flushed {
+            // Every record has its result: write them and the summary, and settle the
+            // exit status, before what is left, the interpreters' own ending (threads
+            // the user's code started, atexit handlers, and CPython's bugs there).
+            let outcome = match sink.flush() {
                 Err(err) => Err(err),
                 Ok(()) => {
                     progress.finish_and_clear();
@@ -471,7 +470,11 @@ pub fn main(args: MapArgs) -> u8 {
                         _ => EXIT_FAILED,
                     })
                 }
-            }
+            };
+            let code = outcome.unwrap_or_else(|err| write_failed(&err));
+            crate::settle("map", code);
+            ended = end_pool(pool, Duration::from_secs(5));
+            Ok(code)
         }
         End::WriteFailed(err) => {
             ended = end_pool(pool, Duration::ZERO);
@@ -515,6 +518,7 @@ pub fn main(args: MapArgs) -> u8 {
                         n => format!(" ({n} records in flight not written)"),
                     };
                     sink.summary(&format!("stopped by {name}{dropped}: "), started, workers);
+                    crate::settle("map", 128 + signal as u8);
                     Ok(128 + signal as u8)
                 }
             }

@@ -441,9 +441,13 @@ pub fn main(args: RunArgs, matches: &ArgMatches) -> u8 {
             }
         }
     }
-    if interrupts.requested() {
-        return EXIT_INTERRUPTED;
-    }
+    let status = if interrupts.requested() {
+        EXIT_INTERRUPTED
+    } else {
+        status
+    };
+    // Everything is out; what is left is finalising Python when `runtime` drops.
+    crate::settle("run", status);
     status
 }
 
