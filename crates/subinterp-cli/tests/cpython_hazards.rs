@@ -265,9 +265,14 @@ fn a_real_test_suite_in_several_interpreters() {
 
 /// With the preparation turned off, CPython crashes while the workers end (the cases
 /// above); the results and the summary are out by then and the exit status is settled:
-/// the command exits 0 and says what happened, instead of dying of SIGABRT.
+/// the command exits 0 and says what happened, instead of dying of SIGABRT. (On 3.12.1,
+/// without the preparation, the second interpreter to import `_decimal` already crashes
+/// while importing it: there is no result to keep.)
 #[test]
 fn a_crash_after_every_result_is_written_keeps_the_run_s_status() {
+    if env!("SUBINTERP_BUILD_PYTHON_VERSION") != "3.13" {
+        return;
+    }
     let dir = TempDir::new("hazards-settled");
     dir.write(
         "dtd.py",
