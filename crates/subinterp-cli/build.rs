@@ -6,5 +6,9 @@ fn main() {
     if let Some(exe) = config.executable() {
         println!("cargo:rustc-env=SUBINTERP_BUILD_PYTHON={exe}");
     }
+    println!(
+        "cargo:rustc-env=SUBINTERP_BUILD_PYTHON_VERSION={}",
+        config.version()
+    );
     println!("cargo:rerun-if-changed=build.rs");
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 use subinterp::check::{self, CheckError, CheckOptions, ModuleReport, Verdict};
 
-use crate::{usage_error, EXIT_FAILED, EXIT_OK};
+use crate::{usage_error, EXIT_BROKEN_PIPE, EXIT_FAILED, EXIT_OK};
 
 /// Shown after the options in `subinterp check --help`.
 const AFTER_HELP: &str = "\
@@ -37,10 +37,12 @@ module, verdict, kind (extension, builtin, python), init, multiple_interpreters,
 shared_state, culprit, detail (null where not applicable).
 
 Exit status:
-  0  every module is ok
-  1  some module is legacy-only or broken, or the check could not run
-  2  usage error: no MODULE and no --all, a name that is not a module name, a --path
-     that is not a directory, a bad option";
+  0    every module is ok
+  1    some module is legacy-only or broken, the check could not run, or the output
+       could not be written
+  2    usage error: no MODULE and no --all, a name that is not a module name, a --path
+       that is not a directory, a bad option
+  141  the reader of the output went away (broken pipe)";
 
 /// Options of `subinterp check`.
 #[derive(Debug, Args)]
@@ -59,7 +61,7 @@ pub struct CheckArgs {
     #[arg(long)]
     json: bool,
 
-    /// Prepend DIR to sys.path (repeatable; the first given ends up first)
+    /// Prepend DIR to sys.path (repeatable; the first given ends up first; DIR must exist)
     #[arg(long = "path", value_name = "DIR")]
     paths: Vec<PathBuf>,
 
@@ -67,20 +69,9 @@ pub struct CheckArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     jobs: Option<u16>,
 
-    /// Give up on a module after SECONDS; it is then broken
-    #[arg(long, value_name = "SECONDS", default_value_t = 120.0, value_parser = parse_seconds)]
-    timeout: f64,
-}
-
-/// Parses `--timeout`: a positive number of seconds.
-fn parse_seconds(text: &str) -> Result<f64, String> {
-    let seconds: f64 = text
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
-    if !(seconds > 0.0 && seconds.is_finite()) {
-        return Err("the timeout must be a positive number of seconds".into());
-    }
-    Ok(seconds)
+    /// Give up on a module after SECONDS (positive, at most 1e9); it is then broken
+    #[arg(long, value_name = "SECONDS", default_value = "120", value_parser = crate::parse_seconds)]
+    timeout: Duration,
 }
 
 /// Runs `subinterp check`; returns the exit status.
@@ -95,9 +86,7 @@ pub fn main(args: CheckArgs) -> u8 {
     if let Some(jobs) = args.jobs {
         options.jobs(usize::from(jobs));
     }
-    options
-        .timeout(Duration::from_secs_f64(args.timeout))
-        .all_extensions(args.all);
+    options.timeout(args.timeout).all_extensions(args.all);
     let run = match check::run(&args.modules, &options) {
         Ok(run) => run,
         Err(err @ (CheckError::InvalidModuleName(_) | CheckError::NoSuchDirectory(_))) => {
@@ -111,9 +100,8 @@ pub fn main(args: CheckArgs) -> u8 {
     for warning in &run.warnings {
         eprintln!("warning: {warning}");
     }
-    let mut stdout = std::io::stdout().lock();
-    // Writing can only fail when stdout is gone; the exit status still tells.
-    let _ = if args.json {
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    let written = if args.json {
         serde_json::to_writer_pretty(&mut stdout, &run.reports)
             .map_err(std::io::Error::from)
             .and_then(|()| writeln!(stdout))
@@ -126,6 +114,15 @@ pub fn main(args: CheckArgs) -> u8 {
             )
         })
     };
+    match written.and_then(|()| stdout.flush()) {
+        Ok(()) => {}
+        // The reader went away (`| head`): end quietly, as Unix tools do.
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => return EXIT_BROKEN_PIPE,
+        Err(err) => {
+            eprintln!("error: cannot write the output: {err}");
+            return EXIT_FAILED;
+        }
+    }
     if run.reports.iter().all(|r| r.verdict == Verdict::Ok) {
         EXIT_OK
     } else {

@@ -7,14 +7,18 @@
 mod check;
 mod map;
 mod run;
+mod stdio;
 
 use std::fmt::Display;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::error::ErrorKind;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use subinterp::{Runtime, RuntimeConfig};
+use tracing_subscriber::layer::SubscriberExt;
 
 /// Exit status when everything succeeded.
 pub(crate) const EXIT_OK: u8 = 0;
@@ -22,6 +26,9 @@ pub(crate) const EXIT_OK: u8 = 0;
 pub(crate) const EXIT_FAILED: u8 = 1;
 /// Exit status for a command line that could not be understood (clap uses it too).
 pub(crate) const EXIT_USAGE: u8 = 2;
+/// Exit status when the reader of the output went away (128 + SIGPIPE, what a shell
+/// shows for a Unix tool ended by a closed pipe).
+pub(crate) const EXIT_BROKEN_PIPE: u8 = 141;
 
 /// Run Python in many isolated CPython subinterpreters inside one process.
 #[derive(Debug, Parser)]
@@ -31,6 +38,9 @@ pub(crate) const EXIT_USAGE: u8 = 2;
     propagate_version = true,
     after_help = "Run `subinterp help COMMAND` for the details of a command and its exit statuses.\n\
                   Exit status: 0 success, 1 some Python code failed, 2 usage error.\n\
+                  Every command: a --path that is not a directory is a usage error; a\n\
+                  VIRTUAL_ENV that is not a virtual environment for this Python is ignored\n\
+                  with a warning.\n\
                   Set SUBINTERP_LOG=info (or debug) to log interpreters and tasks on stderr."
 )]
 struct Cli {
@@ -69,15 +79,31 @@ fn main() -> ExitCode {
 
 /// Sends the library's `tracing` events (interpreters created and closed, tasks started,
 /// finished, failed, timed out, with durations) to stderr when `SUBINTERP_LOG` names a
-/// level: `error`, `warn`, `info`, `debug` or `trace`.
+/// level: `error`, `warn`, `info`, `debug` or `trace`. Without it, the library's warnings
+/// are shown (an interpreter left running past its shutdown grace period, a module the
+/// runtime could not prepare), except the pool's about single tasks, which the commands
+/// report themselves.
 fn init_logging() {
     let Ok(level) = std::env::var("SUBINTERP_LOG") else {
+        let quiet = tracing_subscriber::fmt()
+            .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+            .with_writer(std::io::stderr)
+            .without_time()
+            .with_target(false)
+            .with_ansi(std::io::stderr().is_terminal())
+            .finish()
+            .with(tracing_subscriber::filter::filter_fn(|meta| {
+                !meta.target().starts_with("subinterp::pool")
+            }));
+        // Only fails if a subscriber is already set, and then that one logs.
+        let _ = tracing::subscriber::set_global_default(quiet);
         return;
     };
     match level.parse::<tracing_subscriber::filter::LevelFilter>() {
         Ok(level) => tracing_subscriber::fmt()
             .with_max_level(level)
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
             .init(),
         Err(_) => eprintln!(
             "subinterp: ignoring SUBINTERP_LOG={level:?}: expected error, warn, info, debug or trace"
@@ -87,6 +113,19 @@ fn init_logging() {
 
 /// Prints a usage error for `subcommand` in clap's format (with the usage line) on
 /// stderr, and returns the usage exit status.
+/// Settles the command's exit status once its results and summary are out: if CPython
+/// crashes while the interpreters end (3.12 and 3.13 have such bugs, see
+/// `subinterp::hazards`), the process still exits with `status`, saying so on stderr.
+pub(crate) fn settle(subcommand: &str, status: u8) {
+    subinterp::hazards::settle_exit(
+        status,
+        &format!(
+            "subinterp {subcommand}: CPython crashed while the interpreters ended, after \
+             every result was written; exiting with the run's status {status}\n"
+        ),
+    );
+}
+
 pub(crate) fn usage_error(subcommand: &str, message: impl Display) -> u8 {
     let mut cli = Cli::command();
     cli.build();
@@ -99,12 +138,65 @@ pub(crate) fn usage_error(subcommand: &str, message: impl Display) -> u8 {
     EXIT_USAGE
 }
 
+/// The longest deadline `--timeout` accepts: about 31 years. Longer ones cannot be added
+/// to a clock reading.
+const MAX_TIMEOUT_SECS: f64 = 1e9;
+
+/// Parses a `--timeout`: a positive number of seconds, at most [`MAX_TIMEOUT_SECS`].
+pub(crate) fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !(seconds > 0.0 && seconds.is_finite()) {
+        return Err("the timeout must be a positive number of seconds".into());
+    }
+    if seconds > MAX_TIMEOUT_SECS {
+        return Err(format!(
+            "the timeout must be at most {MAX_TIMEOUT_SECS:.0} seconds"
+        ));
+    }
+    Duration::try_from_secs_f64(seconds).map_err(|err| err.to_string())
+}
+
+/// Refuses a `--path` that is not a directory, with a usage error for `subcommand` (the
+/// same rule as `check`'s): a mistyped directory would otherwise go unnoticed until an
+/// import fails.
+pub(crate) fn check_paths(subcommand: &str, paths: &[PathBuf]) -> Result<(), u8> {
+    match paths.iter().find(|dir| !dir.is_dir()) {
+        Some(dir) => Err(usage_error(
+            subcommand,
+            format!("--path {}: no such directory", dir.display()),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Starts CPython for this process with `paths` prepended to every interpreter's
-/// `sys.path`.
+/// `sys.path`. A `VIRTUAL_ENV` that is not a virtual environment for this Python is
+/// ignored with a warning on stderr, as `check` does.
 pub(crate) fn start_runtime(paths: &[PathBuf]) -> subinterp::Result<Runtime> {
     let mut config = RuntimeConfig::new();
     for dir in paths {
         config.add_path(dir);
     }
-    Runtime::init(&config)
+    let runtime = Runtime::init(&config)?;
+    if let Some(venv) = std::env::var_os("VIRTUAL_ENV").filter(|v| !v.is_empty()) {
+        let venv = PathBuf::from(venv);
+        let minor: Vec<&str> = runtime.python_version().split('.').take(2).collect();
+        let site = venv
+            .join("lib")
+            .join(format!("python{}", minor.join(".")))
+            .join("site-packages");
+        if !site.is_dir() {
+            eprintln!(
+                "warning: virtual environment {} has no {} (is it made for another Python \
+                 than {}?); ignoring VIRTUAL_ENV",
+                venv.display(),
+                site.display(),
+                runtime.python_version()
+            );
+        }
+    }
+    Ok(runtime)
 }

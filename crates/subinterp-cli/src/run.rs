@@ -1,16 +1,31 @@
 //! `subinterp run`: run scripts and code snippets, every copy in its own interpreter on
 //! its own thread, all at the same time.
 
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::{ArgMatches, Args, ValueEnum};
 use serde::Serialize;
-use subinterp::{Error, Interpreter, InterpreterConfig, Output, Runtime};
+use signal_hook::consts::SIGINT;
+use signal_hook::iterator::Signals;
+use subinterp::{
+    Error, Interpreter, InterpreterConfig, InterruptHandle, InterruptReason, Output, Runtime,
+};
 
-use crate::{EXIT_FAILED, EXIT_OK};
+use crate::{stdio, EXIT_FAILED, EXIT_OK};
+
+/// The most interpreters one `run` starts (scripts and codes times copies): each has a
+/// thread and its own memory, and far more than this exhausts the machine before the
+/// first script starts.
+const MAX_INTERPRETERS: usize = 1024;
+
+/// Exit status after SIGINT (128 + 2), as a shell shows for `python` ended by Ctrl-C.
+const EXIT_INTERRUPTED: u8 = 130;
 
 /// Shown after the options in `subinterp run --help`.
 const AFTER_HELP: &str = "\
@@ -20,26 +35,46 @@ them run at the same time. A script runs as __main__ with sys.argv == [SCRIPT] a
 script's directory first on sys.path, like `python SCRIPT`; -c CODE runs with
 sys.argv == ['-c'] and the current directory first on sys.path, like `python -c CODE`.
 
-Without --json, output goes straight to this process's stdout and stderr, and the
-traceback of each interpreter that fails is printed on stderr. With --json, output is
-captured and one JSON document is printed on stdout:
+Without --json, the scripts' output is this process's own stdout and stderr, as with
+`python`, and the traceback of each interpreter that fails is printed on stderr. A stdout
+that cannot be written (a full disk, /dev/full) fails the script, as in `python`. With
+--json, sys.stdout and sys.stderr are captured, whatever is written to fd 1 below them
+(os.write, subprocesses, pytest's fd capture) goes to stderr, and one JSON document is
+printed on the command's own copy of stdout, taken at start:
 
   {\"wall_ms\": 12.3,
    \"interpreters\": [{\"id\": 1, \"script\": \"a.py\", \"status\": \"ok\",
-                     \"duration_ms\": 4.5, \"stdout\": \"...\", \"stderr\": \"...\",
-                     \"error\": null}]}
+                     \"duration_ms\": 4.5, \"exit_code\": 0, \"stdout\": \"...\",
+                     \"stderr\": \"...\", \"error\": null}]}
 
 where a failed interpreter has \"status\": \"error\" and
 \"error\": {\"type\": \"builtins.ValueError\", \"message\": \"...\", \"traceback\": \"...\"}.
 A missing script is reported as builtins.FileNotFoundError, an interpreter that could not
-be created as subinterp.CreateFailed (with \"id\": null).
+be created as subinterp.CreateFailed (with \"id\": null). \"exit_code\" is the status
+`python` would give for that script alone.
 
-Exit status:
-  0  every interpreter ran its script to the end
-  1  at least one raised (an exception, a syntax error, or SystemExit with a non-zero
-     code; sys.exit() and sys.exit(0) count as success), had a
-     missing or unreadable script, or could not be created
-  2  usage error: bad option, no SCRIPT and no -c, --copies 0, unknown --config";
+With --json or several interpreters, os._exit(N) ends only its own interpreter, as
+sys.exit(N) does (SystemExit), so that one script cannot end the others or lose the
+report; with one script and no --json it ends the process, as in `python`.
+
+Ctrl-C (SIGINT) raises KeyboardInterrupt in every running interpreter, so `finally`
+blocks and atexit handlers run, as with `python`; code blocked in a C call gets it when
+the call returns. A second Ctrl-C ends the process at once. The exit status is then 130.
+A SIGINT ignored when the command started (a script's background job) stays ignored.
+
+Exit status: with one script, its own status, as `python SCRIPT` gives it:
+  0    the script ran to the end, or sys.exit() / sys.exit(0) / sys.exit(None) /
+       sys.exit(False)
+  N    sys.exit(N) with an integer N (pytest's 1, 2, 4, 5 come through)
+  1    an uncaught exception, a syntax error, sys.exit(\"message\") (the message is
+       printed), an interpreter that could not be created or a stdout that could not
+       be written
+  2    the script could not be opened (as with `python`), or a usage error: bad option,
+       no SCRIPT and no -c, --copies 0, more than 1024 interpreters, unknown --config
+  130  interrupted by Ctrl-C
+  141  --json: the reader of the report went away (broken pipe)
+With several scripts or copies, the status of the first one, in command-line order,
+that did not succeed (0 if all did).";
 
 /// Options of `subinterp run`.
 #[derive(Debug, Args)]
@@ -69,7 +104,7 @@ pub struct RunArgs {
     config: Preset,
 
     /// Prepend DIR to sys.path in every interpreter (repeatable; the first given ends up
-    /// first)
+    /// first; DIR must exist)
     #[arg(long = "path", value_name = "DIR")]
     paths: Vec<PathBuf>,
 
@@ -105,6 +140,11 @@ fn parse_copies(text: &str) -> Result<usize, String> {
         .map_err(|_| format!("{text:?} is not a whole number"))?;
     if n == 0 {
         return Err("the number of copies must be at least 1".into());
+    }
+    if n > MAX_INTERPRETERS {
+        return Err(format!(
+            "at most {MAX_INTERPRETERS} interpreters can run at once, each on a thread of its own"
+        ));
     }
     Ok(n)
 }
@@ -204,6 +244,10 @@ struct Outcome {
     output: Output,
     /// The failure, if any.
     failure: Option<Failure>,
+    /// The exit status `python` would give for this script alone.
+    exit_code: u8,
+    /// What `python` prints instead of a traceback for this ending (`sys.exit("bye")`).
+    exit_message: Option<String>,
 }
 
 impl Outcome {
@@ -214,7 +258,35 @@ impl Outcome {
             duration: Duration::ZERO,
             output: Output::default(),
             failure: Some(Failure::from_error(err, Phase::Create)),
+            exit_code: EXIT_FAILED,
+            exit_message: None,
         }
+    }
+}
+
+/// How `python` would end on `err`: the exit status, and what it prints instead of a
+/// traceback (`None`: the traceback). `SystemExit` follows `sys.exit`: no code, `None`
+/// and `False` give 0, an integer gives itself (its low 8 bits, as the system keeps),
+/// anything else gives 1 and is printed; `KeyboardInterrupt` gives 130; a script that
+/// cannot be opened gives 2, as `python` does.
+fn exit_status(err: &Error) -> (u8, Option<String>) {
+    if let Error::Io { .. } = err {
+        return (2, None);
+    }
+    let Some(exc) = err.as_python() else {
+        return (EXIT_FAILED, None);
+    };
+    if exc.is("KeyboardInterrupt") {
+        return (EXIT_INTERRUPTED, None);
+    }
+    match &exc.exit {
+        // The library reads `SystemExit.code` as `python` does; the system keeps the low
+        // 8 bits of the status (-1, for a code past a C long, is 255 as in `python`).
+        Some(exit) => (
+            exit.code as u8,
+            Some(exit.message.clone().unwrap_or_default()),
+        ),
+        None => (EXIT_FAILED, None),
     }
 }
 
@@ -229,6 +301,8 @@ struct InterpreterReport {
     status: Status,
     /// Milliseconds spent running the script.
     duration_ms: f64,
+    /// The exit status `python` would give for this script alone.
+    exit_code: u8,
     /// Everything the interpreter wrote to `sys.stdout`.
     stdout: String,
     /// Everything the interpreter wrote to `sys.stderr`.
@@ -267,6 +341,36 @@ pub fn main(args: RunArgs, matches: &ArgMatches) -> u8 {
     if sources.is_empty() {
         return crate::usage_error("run", "nothing to run: give at least one SCRIPT or -c CODE");
     }
+    if let Err(status) = crate::check_paths("run", &args.paths) {
+        return status;
+    }
+    if sources.len().saturating_mul(args.copies) > MAX_INTERPRETERS {
+        return crate::usage_error(
+            "run",
+            format!(
+                "{} interpreters asked for ({} scripts or codes, {} copies each): at most \
+                 {MAX_INTERPRETERS} can run at once, each on a thread of its own",
+                sources.len().saturating_mul(args.copies),
+                sources.len(),
+                args.copies
+            ),
+        );
+    }
+    // With --json the report goes to the command's own copy of stdout, taken before any
+    // Python code runs: what scripts write to fd 1 (subprocesses, os.write, pytest's fd
+    // capture) shows on stderr and cannot reach it. Without --json, stdout is the
+    // scripts' own, as with `python`.
+    let report_to = if args.json {
+        match stdio::take_stdout() {
+            Ok(file) => Some(file),
+            Err(err) => {
+                eprintln!("subinterp: cannot use standard output: {err}");
+                return EXIT_FAILED;
+            }
+        }
+    } else {
+        None
+    };
     let mut config = args.config.config();
     config.capture_output(args.json);
 
@@ -276,11 +380,16 @@ pub fn main(args: RunArgs, matches: &ArgMatches) -> u8 {
         .collect();
     let many = jobs.len() > 1;
 
+    let interrupts = Interrupts::default();
+    if let Err(err) = interrupts.watch() {
+        eprintln!("subinterp: cannot handle SIGINT: {err}");
+        return EXIT_FAILED;
+    }
     // Kept alive until the report is out: dropping it finalises Python.
     let runtime = crate::start_runtime(&args.paths);
     let started = Instant::now();
     let outcomes = match &runtime {
-        Ok(runtime) => run_all(runtime, &config, &jobs, !args.json && many, args.json),
+        Ok(runtime) => run_all(runtime, &config, &jobs, !args.json && many, &interrupts),
         Err(err) => {
             if !args.json {
                 eprintln!("subinterp: {err}");
@@ -291,8 +400,14 @@ pub fn main(args: RunArgs, matches: &ArgMatches) -> u8 {
     };
     let wall = started.elapsed();
 
-    let failed = outcomes.iter().any(|o| o.failure.is_some());
-    if args.json {
+    // One script: its own status, as `python SCRIPT` gives. Several: the status of the
+    // first one (in command-line order) that did not succeed.
+    let status = outcomes
+        .iter()
+        .map(|o| o.exit_code)
+        .find(|&code| code != EXIT_OK)
+        .unwrap_or(EXIT_OK);
+    if let Some(file) = report_to {
         let report = Report {
             wall_ms: millis(wall),
             interpreters: jobs
@@ -307,45 +422,108 @@ pub fn main(args: RunArgs, matches: &ArgMatches) -> u8 {
                         Status::Ok
                     },
                     duration_ms: millis(outcome.duration),
+                    exit_code: outcome.exit_code,
                     stdout: outcome.output.stdout,
                     stderr: outcome.output.stderr,
                     error: outcome.failure,
                 })
                 .collect(),
         };
-        if let Err(err) = print_report(&report) {
-            eprintln!("subinterp: cannot write the report: {err}");
-            return EXIT_FAILED;
+        match print_report(file, &report) {
+            Ok(()) => {}
+            // The reader went away (`| head`): end quietly, as Unix tools do.
+            Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => {
+                return crate::EXIT_BROKEN_PIPE;
+            }
+            Err(err) => {
+                eprintln!("subinterp: cannot write the report: {err}");
+                return EXIT_FAILED;
+            }
         }
     }
-    if failed {
-        EXIT_FAILED
+    let status = if interrupts.requested() {
+        EXIT_INTERRUPTED
     } else {
-        EXIT_OK
-    }
+        status
+    };
+    // Everything is out; what is left is finalising Python when `runtime` drops.
+    crate::settle("run", status);
+    status
 }
 
-/// Writes the report as one JSON document on stdout.
-fn print_report(report: &Report) -> std::io::Result<()> {
-    let mut out = std::io::stdout().lock();
+/// Writes the report as one JSON document.
+fn print_report(file: File, report: &Report) -> std::io::Result<()> {
+    let mut out = std::io::BufWriter::new(file);
     serde_json::to_writer_pretty(&mut out, report)?;
     out.write_all(b"\n")?;
     out.flush()
 }
 
+/// Ctrl-C: the interpreters that are running, to deliver `KeyboardInterrupt` to.
+#[derive(Clone, Default)]
+struct Interrupts {
+    handles: Arc<Mutex<Vec<InterruptHandle>>>,
+    requested: Arc<AtomicBool>,
+}
+
+impl Interrupts {
+    /// On the first SIGINT, raises `KeyboardInterrupt` in every running interpreter (so
+    /// `finally` blocks and `atexit` handlers run, as with `python`); a second SIGINT ends
+    /// the process at once with status 130.
+    fn watch(&self) -> std::io::Result<()> {
+        if stdio::ignored_at_start(SIGINT) {
+            // Started with SIGINT ignored (a background job of a script): leave it so.
+            return Ok(());
+        }
+        signal_hook::flag::register_conditional_shutdown(
+            SIGINT,
+            i32::from(EXIT_INTERRUPTED),
+            Arc::clone(&self.requested),
+        )?;
+        let mut signals = Signals::new([SIGINT])?;
+        let this = self.clone();
+        thread::Builder::new()
+            .name("subinterp-run-signals".into())
+            .spawn(move || {
+                for _ in signals.forever() {
+                    this.requested.store(true, Ordering::SeqCst);
+                    let handles = this.handles.lock().unwrap_or_else(|e| e.into_inner());
+                    for handle in handles.iter() {
+                        // An interpreter that has ended has nothing to interrupt.
+                        let _ = handle.interrupt(InterruptReason::Cancelled);
+                    }
+                }
+            })?;
+        Ok(())
+    }
+
+    /// Registers a new interpreter; false if Ctrl-C came already (do not start it).
+    fn register(&self, interp: &Interpreter) -> bool {
+        let mut handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+        handles.push(interp.interrupt_handle());
+        !self.requested()
+    }
+
+    fn requested(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
+    }
+}
+
 /// Runs every job on a thread of its own, all at once, and returns their outcomes in
-/// job order. Unless `json`, each failure is printed on stderr as it happens, headed by
-/// the job's name when `headed`.
+/// job order. Unless the output is captured, each failure is printed on stderr as it
+/// happens, headed by the job's name when `headed`.
 fn run_all(
     runtime: &Runtime,
     config: &InterpreterConfig,
     jobs: &[Source],
     headed: bool,
-    json: bool,
+    interrupts: &Interrupts,
 ) -> Vec<Outcome> {
+    let json = config.captures_output();
+    let guard_exit = json || jobs.len() > 1;
     let report = |source: &Source, outcome: &Outcome| {
         if let (false, Some(failure)) = (json, &outcome.failure) {
-            print_failure(source, outcome.id, failure, headed);
+            print_failure(source, outcome, failure, headed);
         }
     };
     thread::scope(|scope| {
@@ -356,7 +534,7 @@ fn run_all(
                 thread::Builder::new()
                     .name(format!("subinterp-run-{i}"))
                     .spawn_scoped(scope, move || {
-                        let outcome = run_one(runtime, config, source);
+                        let outcome = run_one(runtime, config, source, interrupts, guard_exit);
                         report(source, &outcome);
                         outcome
                     })
@@ -384,30 +562,66 @@ fn run_all(
 }
 
 /// Creates an interpreter, runs `source` in it, collects its output and closes it.
-fn run_one(runtime: &Runtime, config: &InterpreterConfig, source: &Source) -> Outcome {
+fn run_one(
+    runtime: &Runtime,
+    config: &InterpreterConfig,
+    source: &Source,
+    interrupts: &Interrupts,
+    guard_exit: bool,
+) -> Outcome {
     let interp = match Interpreter::new(runtime, config) {
         Ok(interp) => interp,
         Err(err) => return Outcome::not_created(&err),
     };
     let mut duration = Duration::ZERO;
-    let result = prepare(&interp, source).and_then(|()| {
-        let started = Instant::now();
-        let result = match source {
-            Source::Script(path) => interp.exec_file(path),
-            Source::Code(code) => interp.exec(code),
-        };
-        duration = started.elapsed();
-        result
-    });
-    // `sys.exit()`, `sys.exit(0)` and `sys.exit(None)` end a script successfully, as in
-    // `python script.py`.
-    let result = result.or_else(|err| {
-        if is_clean_exit(&err) {
-            Ok(())
-        } else {
-            Err(err)
-        }
-    });
+    let result = if interrupts.register(&interp) {
+        prepare(&interp, source, guard_exit).and_then(|()| {
+            let started = Instant::now();
+            let result = match source {
+                Source::Script(path) => interp.exec_file(path),
+                Source::Code(code) => interp.exec(code),
+            };
+            duration = started.elapsed();
+            result
+        })
+    } else {
+        Err(Error::Cancelled)
+    };
+    // What the script printed and Python still buffers must reach its destination: a
+    // stdout that cannot be written (a full disk, /dev/full) is an error, as in `python`,
+    // which flushes sys.stdout and sys.stderr unless they are None or closed.
+    let flushed = interp.eval(
+        "[f.flush() for f in (__import__('sys').stdout, __import__('sys').stderr) \
+         if f is not None and not getattr(f, 'closed', False)] and None",
+    );
+    let (mut exit_code, mut exit_message) = match &result {
+        Ok(()) => (EXIT_OK, None),
+        Err(err) => exit_status(err),
+    };
+    // `sys.exit()`, `sys.exit(0)`, `sys.exit(None)` and `sys.exit(False)` end a script
+    // successfully, as in `python script.py`.
+    let result = match result {
+        Err(_) if exit_code == EXIT_OK => Ok(()),
+        other => other,
+    };
+    let mut failure = result
+        .err()
+        .map(|err| Failure::from_error(&err, Phase::Run));
+    if let (None, Err(err)) = (&failure, flushed) {
+        exit_code = EXIT_FAILED;
+        exit_message = None;
+        failure = Some(Failure {
+            type_name: err
+                .as_python()
+                .map_or("builtins.OSError".to_owned(), |exc| exc.type_name.clone()),
+            message: format!(
+                "cannot write the output: {}",
+                err.as_python()
+                    .map_or(err.to_string(), |exc| exc.message.clone())
+            ),
+            traceback: String::new(),
+        });
+    }
     let (output, closed) = if config.captures_output() {
         match interp.close_and_take_output() {
             Ok(output) => (output, Ok(())),
@@ -422,29 +636,45 @@ fn run_one(runtime: &Runtime, config: &InterpreterConfig, source: &Source) -> Ou
     } else {
         (Output::default(), interp.close())
     };
-    let result = result.and(closed);
+    if let (None, Err(err)) = (&failure, closed) {
+        exit_code = EXIT_FAILED;
+        exit_message = None;
+        failure = Some(Failure::from_error(&err, Phase::Run));
+    }
     Outcome {
         id: Some(interp.id()),
         duration,
         output,
-        failure: result
-            .err()
-            .map(|err| Failure::from_error(&err, Phase::Run)),
+        failure,
+        exit_code,
+        exit_message,
     }
 }
 
-/// True for a `SystemExit` whose code means success (none or zero).
-fn is_clean_exit(err: &Error) -> bool {
-    err.as_python().is_some_and(|exc| {
-        exc.type_name == "builtins.SystemExit" && matches!(exc.message.as_str(), "" | "0" | "None")
-    })
-}
+/// Makes `os._exit(n)` end only its own interpreter, as `sys.exit(n)` does, instead of
+/// the whole process: with several interpreters or a report to write, one script must
+/// not end the others' run and lose the report. Leaves no name behind in `__main__`.
+const EXIT_GUARD: &str = "\
+def _subinterp_exit_guard():
+    import os, posix
+
+    def _exit(status, /):
+        raise SystemExit(status)
+
+    os._exit = posix._exit = _exit
+
+_subinterp_exit_guard()
+del _subinterp_exit_guard
+";
 
 /// Sets `sys.argv` and `sys.path[0]` the way `python SCRIPT` and `python -c CODE` do.
-fn prepare(interp: &Interpreter, source: &Source) -> subinterp::Result<()> {
+fn prepare(interp: &Interpreter, source: &Source, guard_exit: bool) -> subinterp::Result<()> {
+    if guard_exit {
+        interp.exec(EXIT_GUARD)?;
+    }
     match source {
         Source::Script(path) => {
-            interp.set_argv(&[path.to_string_lossy()])?;
+            interp.set_argv_os(&[path.as_os_str()])?;
             if let Some(dir) = script_dir(path) {
                 interp.add_path(dir)?;
             }
@@ -466,23 +696,41 @@ fn script_dir(path: &Path) -> Option<PathBuf> {
 
 /// Prints a failure on stderr: the traceback for a Python exception, else the message;
 /// headed by the script and interpreter id when several interpreters run.
-fn print_failure(source: &Source, id: Option<i64>, failure: &Failure, headed: bool) {
+fn print_failure(source: &Source, outcome: &Outcome, failure: &Failure, headed: bool) {
     let mut text = String::new();
     if headed {
-        let who = match id {
+        let who = match outcome.id {
             Some(id) => format!("interpreter {id}"),
             None => "interpreter not created".to_owned(),
         };
-        text.push_str(&format!("subinterp: {} ({who}) failed:\n", source.label()));
+        let how = match outcome.exit_message.as_deref() {
+            Some("") => format!("exited with status {}", outcome.exit_code),
+            Some(_) => format!("exited with status {}:", outcome.exit_code),
+            None => "failed:".to_owned(),
+        };
+        text.push_str(&format!("subinterp: {} ({who}) {how}\n", source.label()));
     }
-    if failure.traceback.is_empty() {
-        let prefix = if headed { "" } else { "subinterp: " };
-        text.push_str(&format!("{prefix}{}\n", failure.message));
-    } else {
-        text.push_str(&failure.traceback);
-        if !failure.traceback.ends_with('\n') {
+    match &outcome.exit_message {
+        // `sys.exit(3)`: python prints nothing.
+        Some(message) if message.is_empty() => {}
+        // `sys.exit("bye")`: python prints the message alone.
+        Some(message) => {
+            text.push_str(message);
             text.push('\n');
         }
+        None if failure.traceback.is_empty() => {
+            let prefix = if headed { "" } else { "subinterp: " };
+            text.push_str(&format!("{prefix}{}\n", failure.message));
+        }
+        None => {
+            text.push_str(&failure.traceback);
+            if !failure.traceback.ends_with('\n') {
+                text.push('\n');
+            }
+        }
+    }
+    if text.is_empty() {
+        return;
     }
     // One write, so failures of interpreters finishing together do not interleave.
     let _ = std::io::stderr().lock().write_all(text.as_bytes());

@@ -135,6 +135,10 @@ fn usage_errors_exit_with_status_2() {
         ),
         (&["json", "--jobs", "0"][..], "--jobs"),
         (&["json", "--timeout", "0"][..], "--timeout"),
+        (&["json", "--timeout", "1e20"][..], "at most"),
+        (&["json", "--timeout", "1.5e19"][..], "at most"),
+        (&["json", "--timeout=-1"][..], "--timeout"),
+        (&["json", "--timeout", "nan"][..], "--timeout"),
     ] {
         let out = check(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
@@ -160,4 +164,23 @@ fn help_explains_verdicts_and_exit_statuses() {
     ] {
         assert!(text.contains(word), "{word} missing from:\n{text}");
     }
+}
+
+#[test]
+fn an_output_that_cannot_be_written_is_an_error() {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_subinterp"))
+        .args(["check", "json"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot write the output"),
+        "{}",
+        stderr(&out)
+    );
 }

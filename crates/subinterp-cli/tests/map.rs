@@ -253,3 +253,185 @@ fn help_explains_the_output_and_exit_statuses() {
         assert!(help.contains(needle), "{needle}: {help}");
     }
 }
+
+#[test]
+fn set_up_errors_name_what_failed_with_its_traceback() {
+    let dir = setup("blame");
+    dir.write("lib/badimport.py", "import nonexistent_mod\n");
+    dir.write("lib/badattr.py", "import os\nX = os.no_such_attr\n");
+    for (args, needles) in [
+        (
+            &["map", "badimport:f", "--path", "lib"][..],
+            &[
+                "importing badimport raised",
+                "badimport.py\", line 1",
+                "No module named 'nonexistent_mod'",
+            ][..],
+        ),
+        (
+            &["map", "badattr:f", "--path", "lib"][..],
+            &["importing badattr raised", "line 2", "no_such_attr"][..],
+        ),
+        (
+            &[
+                "map",
+                "mapfuncs:double",
+                "--path",
+                "lib",
+                "--init",
+                "import nonexistent_x",
+            ][..],
+            &["--init", "No module named 'nonexistent_x'"][..],
+        ),
+    ] {
+        let out = subinterp_with_stdin(dir.path(), args, "1\n");
+        assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        for needle in needles {
+            assert!(err.contains(needle), "{args:?} {needle}: {err}");
+        }
+        assert!(!err.contains("cannot find"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn a_user_json_module_does_not_break_the_wrapper() {
+    let dir = setup("json-shadow");
+    dir.write("json.py", "MINE = True\n");
+    dir.write(
+        "usejson.py",
+        "import json\n\ndef f(record):\n    return json.MINE\n",
+    );
+    let out = subinterp_with_stdin(dir.path(), &["map", "usejson:f"], "{\"a\": 1}\n");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "{\"ok\": true}\n",
+        "the user's json is the user's"
+    );
+}
+
+#[test]
+fn error_lines_are_spaced_like_ok_lines_without_the_wrapper_frame() {
+    let dir = setup("format");
+    let out = subinterp_with_stdin(
+        dir.path(),
+        &["map", "mapfuncs:picky", "--path", "lib"],
+        "3\n",
+    );
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("{\"error\": {\"type\": \"builtins.ValueError\", \"message\": "),
+        "{text}"
+    );
+    let traceback = lines(&text)[0]["error"]["traceback"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(traceback.starts_with("Traceback (most recent call last):\n  File \""));
+    assert!(traceback.contains("in picky"), "{traceback}");
+    assert!(!traceback.contains("_subinterp_map_record"), "{traceback}");
+    assert!(!traceback.contains("<string>"), "{traceback}");
+}
+
+#[test]
+fn inputs_json_loads_accepts_are_written_as_json_dumps_would() {
+    let dir = setup("surrogate");
+    dir.write("lib/ident.py", "def ident(record):\n    return record\n");
+    let out = subinterp_with_stdin(
+        dir.path(),
+        &["map", "ident:ident", "--path", "lib"],
+        "\"\\ud800\"\n\"caf\u{e9}\"\n1e400\n[1, 2.5]\n",
+    );
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let text = stdout(&out);
+    let rows: Vec<&str> = text.lines().collect();
+    assert_eq!(rows[0], "{\"ok\": \"\\ud800\"}");
+    assert_eq!(rows[1], "{\"ok\": \"caf\u{e9}\"}");
+    let bad = &lines(rows[2])[0]["error"];
+    assert_eq!(bad["type"], "InvalidInput", "{}", rows[2]);
+    assert_eq!(bad["line"], 3);
+    assert!(bad["message"].as_str().unwrap().contains("too large"));
+    assert_eq!(rows[3], "{\"ok\": [1, 2.5]}");
+}
+
+#[test]
+fn out_of_range_timeouts_and_worker_counts_are_usage_errors() {
+    let dir = setup("limits");
+    for timeout in ["1e20", "1.5e19", "--timeout=-1", "nan", "inf", "0", "soon"] {
+        let arg = if timeout.starts_with("--") {
+            timeout.to_owned()
+        } else {
+            format!("--timeout={timeout}")
+        };
+        let out = subinterp_with_stdin(
+            dir.path(),
+            &["map", "mapfuncs:double", "--path", "lib", &arg],
+            "{\"n\": 1}\n",
+        );
+        assert_eq!(code(&out), 2, "{arg}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("--timeout"),
+            "{arg}: {}",
+            stderr(&out)
+        );
+        assert_eq!(stdout(&out), "", "{arg}");
+    }
+    let out = subinterp_with_stdin(
+        dir.path(),
+        &["map", "mapfuncs:double", "--path", "lib", "-w", "100000"],
+        "{\"n\": 1}\n",
+    );
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("at most 1024"), "{}", stderr(&out));
+
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let many = (4 * cores + 1).to_string();
+    let out = subinterp_with_stdin(
+        dir.path(),
+        &["map", "mapfuncs:double", "--path", "lib", "-w", &many],
+        "{\"n\": 1}\n",
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).contains("warning"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_set_up_that_hangs_ends_at_its_deadline() {
+    let dir = setup("setup-deadline");
+    dir.write("lib/hangs.py", "while True:\n    pass\n");
+    for (args, needle) in [
+        (
+            &["map", "hangs:f", "--path", "lib", "--setup-timeout", "1"][..],
+            "importing hangs",
+        ),
+        (
+            &[
+                "map",
+                "mapfuncs:double",
+                "--path",
+                "lib",
+                "--init",
+                "while True: pass",
+                "--setup-timeout",
+                "1",
+            ][..],
+            "--init",
+        ),
+    ] {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_subinterp"))
+            .args(args)
+            .current_dir(dir.path())
+            .stdin(std::fs::File::open(dir.write("in.jsonl", "1\n")).unwrap())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = common::wait_at_most(child, std::time::Duration::from_secs(60))
+            .expect("the set-up ends at its deadline instead of hanging");
+        assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains("timed out"), "{err}");
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+}

@@ -128,6 +128,7 @@ fn json_report_has_every_field() {
         BTreeSet::from([
             "id",
             "script",
+            "exit_code",
             "status",
             "duration_ms",
             "stdout",
@@ -242,7 +243,7 @@ fn missing_file_fails_alone() {
         dir.path(),
         &["run", "--json", "missing.py", "ok.py", "-c", "print(2)"],
     );
-    assert_eq!(code(&out), 1);
+    assert_eq!(code(&out), 2, "python's status for a script it cannot open");
     let report = report(&out);
     let entries = entries(&report);
     assert_eq!(entries.len(), 3);
@@ -269,7 +270,7 @@ fn missing_file_fails_alone() {
 fn missing_file_without_json_says_so() {
     let dir = TempDir::new("missing-text");
     let out = subinterp(dir.path(), &["run", "nowhere.py"]);
-    assert_eq!(code(&out), 1);
+    assert_eq!(code(&out), 2, "as python exits");
     let err = stderr(&out);
     assert!(err.contains("nowhere.py"), "{err}");
     assert!(err.contains("No such file or directory"), "{err}");
@@ -377,16 +378,14 @@ fn system_exit_is_an_error_and_the_report_is_written() {
         dir.path(),
         &["run", "--json", "exit.py", "-c", "print('other')"],
     );
-    assert_eq!(
-        code(&out),
-        1,
-        "the host must not exit with the script's status"
-    );
+    assert_eq!(code(&out), 3, "the first failing interpreter's status");
     let report = report(&out);
     let entries = entries(&report);
     assert_eq!(entries.len(), 2);
     let entry = &entries[0];
     assert_eq!(text(entry, "status"), "error");
+    assert_eq!(entry["exit_code"], 3);
+    assert_eq!(entries[1]["exit_code"], 0);
     assert_eq!(text(entry, "stdout"), "leaving\n");
     let error = &entry["error"];
     assert_eq!(text(error, "type"), "builtins.SystemExit");
@@ -409,9 +408,13 @@ fn system_exit_without_json_does_not_end_the_host() {
             "print('after')",
         ],
     );
-    assert_eq!(code(&out), 1);
+    assert_eq!(code(&out), 5);
     assert_eq!(stdout(&out), "after\n");
-    assert!(stderr(&out).contains("SystemExit: 5"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("exited with status 5"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -498,9 +501,11 @@ fn help_and_version() {
         "--path",
         "--json",
         "Exit status",
-        "0  every interpreter",
-        "1  at least one",
-        "2  usage error",
+        "its own status",
+        "pytest's 1, 2, 4, 5",
+        "usage error",
+        "130  interrupted by Ctrl-C",
+        "the first one, in command-line order",
     ] {
         assert!(help.contains(needle), "help lacks {needle:?}:\n{help}");
     }
@@ -566,4 +571,300 @@ fn non_ascii_output_works_in_the_c_locale() {
         .expect("run the subinterp binary");
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(stdout(&out), "José ✓\n");
+}
+
+#[test]
+fn one_script_exits_with_its_own_status() {
+    let dir = TempDir::new("own-status");
+    for (code_text, status, printed) in [
+        ("import sys; sys.exit(4)", 4, ""),
+        ("import sys; sys.exit(5)", 5, ""),
+        ("import sys; sys.exit(2)", 2, ""),
+        ("import sys; sys.exit(False)", 0, ""),
+        ("import sys; sys.exit(True)", 1, ""),
+        ("import sys; sys.exit('bye now')", 1, "bye now\n"),
+        ("raise SystemExit(256 + 7)", 7, ""),
+        ("import sys; sys.exit('0')", 1, "0\n"),
+        ("import sys; sys.exit(None)", 0, ""),
+        ("raise ValueError('no')", 1, "ValueError: no"),
+    ] {
+        let out = subinterp(dir.path(), &["run", "-c", code_text]);
+        assert_eq!(code(&out), status, "{code_text}: {}", stderr(&out));
+        let err = stderr(&out);
+        if printed.is_empty() {
+            assert_eq!(err, "", "{code_text}");
+        } else {
+            assert!(err.contains(printed), "{code_text}: {err}");
+            assert!(!err.contains("SystemExit"), "{code_text}: {err}");
+        }
+    }
+}
+
+#[test]
+fn sys_exit_with_an_empty_string_fails_as_in_python() {
+    let dir = TempDir::new("empty-exit");
+    let out = subinterp(dir.path(), &["run", "-c", "import sys; sys.exit('')"]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(!stderr(&out).contains("SystemExit"), "{}", stderr(&out));
+    let out = subinterp(
+        dir.path(),
+        &["run", "--json", "-c", "import sys; sys.exit('')"],
+    );
+    assert_eq!(code(&out), 1);
+    assert_eq!(entries(&report(&out))[0]["exit_code"], 1);
+}
+
+#[test]
+fn several_scripts_exit_with_the_first_failing_status_and_report_each() {
+    let dir = TempDir::new("first-status");
+    let out = subinterp(
+        dir.path(),
+        &[
+            "run",
+            "--json",
+            "-c",
+            "pass",
+            "-c",
+            "import sys; sys.exit(5)",
+            "-c",
+            "import sys; sys.exit(4)",
+        ],
+    );
+    assert_eq!(code(&out), 5);
+    let report = report(&out);
+    let codes: Vec<i64> = entries(&report)
+        .iter()
+        .map(|e| e["exit_code"].as_i64().unwrap())
+        .collect();
+    assert_eq!(codes, [0, 5, 4]);
+}
+
+#[test]
+fn the_json_report_survives_scripts_that_write_to_fd_1() {
+    let dir = TempDir::new("fd1");
+    // What pytest's --capture=fd does, in two interpreters at once: fd 1 pointed at a
+    // temporary file and back, plus raw writes and a child process writing to fd 1.
+    dir.write(
+        "juggle.py",
+        "import os, sys, tempfile, time\n\
+         saved = os.dup(1)\n\
+         with tempfile.TemporaryFile() as tmp:\n\
+         \x20   os.dup2(tmp.fileno(), 1)\n\
+         \x20   os.write(1, b'captured\\n')\n\
+         \x20   time.sleep(0.05)\n\
+         \x20   os.dup2(saved, 1)\n\
+         os.close(saved)\n\
+         print('printed')\n",
+    );
+    for _ in 0..3 {
+        let out = subinterp(dir.path(), &["run", "--json", "-n", "2", "juggle.py"]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let report = report(&out);
+        for entry in entries(&report) {
+            assert_eq!(text(entry, "stdout"), "printed\n");
+        }
+    }
+    dir.write(
+        "raw.py",
+        "import os, subprocess, sys\n\
+         os.write(1, b'RAW ON FD 1\\n')\n\
+         subprocess.run([sys.executable, '-c', 'print(\"FROM A CHILD\")'])\n\
+         print('printed')\n",
+    );
+    let out = subinterp(dir.path(), &["run", "--json", "raw.py"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(text(&entries(&report(&out))[0], "stdout"), "printed\n");
+    let err = stderr(&out);
+    assert!(err.contains("RAW ON FD 1"), "{err}");
+    assert!(err.contains("FROM A CHILD"), "{err}");
+}
+
+#[test]
+fn a_stdout_that_cannot_be_written_fails_as_in_python() {
+    let dir = TempDir::new("full");
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_subinterp"))
+        .args(["run", "-c", "print(1)"])
+        .current_dir(dir.path())
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 1);
+    assert!(
+        stderr(&out).contains("cannot write the output"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("No space left"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_stdout_set_to_none_or_closed_is_not_a_write_failure() {
+    let dir = TempDir::new("stdout-none");
+    for code_text in [
+        "import sys; sys.stdout = None; print('lost')",
+        "import sys; sys.stdout.close()",
+        "import sys; sys.stderr = None",
+    ] {
+        let out = subinterp(dir.path(), &["run", "-c", code_text]);
+        assert_eq!(code(&out), 0, "{code_text}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn ctrl_c_raises_keyboard_interrupt_so_finally_and_atexit_run() {
+    let dir = TempDir::new("sigint");
+    dir.write(
+        "loop.py",
+        "import atexit, time\n\
+         atexit.register(print, 'atexit ran', flush=True)\n\
+         print('started', flush=True)\n\
+         try:\n\
+         \x20   while True:\n\
+         \x20       time.sleep(0.01)\n\
+         finally:\n\
+         \x20   print('finally ran', flush=True)\n",
+    );
+    let child = common::command_with_sigint(&["run", "-n", "2", "loop.py"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // Both interpreters have started once each printed its first line; give them
+    // ample time on a loaded machine.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    common::kill(pid, "INT");
+    let out = common::wait_at_most(child, std::time::Duration::from_secs(30))
+        .expect("the run ends after Ctrl-C");
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert_eq!(text.matches("started").count(), 2, "{text}");
+    assert_eq!(text.matches("finally ran").count(), 2, "{text}");
+    assert_eq!(text.matches("atexit ran").count(), 2, "{text}");
+    assert!(
+        stderr(&out).contains("KeyboardInterrupt"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn too_many_interpreters_is_a_usage_error() {
+    let dir = TempDir::new("too-many");
+    for args in [
+        &["run", "-n", "1000000000", "-c", "pass"][..],
+        &["run", "-n", "100000", "-c", "pass"][..],
+        &["run", "-n", "600", "-c", "pass", "-c", "pass"][..],
+    ] {
+        let out = subinterp(dir.path(), args);
+        assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("at most 1024"), "{}", stderr(&out));
+    }
+}
+
+#[test]
+fn path_and_virtual_env_follow_one_rule_in_every_command() {
+    let dir = TempDir::new("one-rule");
+    dir.write("m.py", "def f(x):\n    return x\n");
+    let missing = "/no/such/dir/for/subinterp";
+    for args in [
+        &["run", "--path", missing, "-c", "pass"][..],
+        &["map", "m:f", "--path", missing][..],
+        &["check", "json", "--path", missing][..],
+    ] {
+        let out = common::subinterp_with_stdin(dir.path(), args, "1\n");
+        assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("no such directory"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    for args in [
+        &["run", "-c", "print('ran')"][..],
+        &["map", "m:f"][..],
+        &["check", "json"][..],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_subinterp"))
+            .args(args)
+            .current_dir(dir.path())
+            .env("VIRTUAL_ENV", missing)
+            .stdin(std::fs::File::open(dir.path().join("m.py")).unwrap())
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert!(err.contains("ignoring VIRTUAL_ENV"), "{args:?}: {err}");
+        assert_ne!(code(&out), 2, "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn a_script_name_that_is_not_utf8_keeps_its_bytes_in_argv() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = TempDir::new("odd-name");
+    let name = std::ffi::OsStr::from_bytes(b"odd\xffname.py");
+    std::fs::write(
+        dir.path().join(name),
+        "import os, sys\nprint(os.fsencode(sys.argv[0]) == b'odd\\xffname.py', os.path.exists(sys.argv[0]))\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_subinterp"))
+        .arg("run")
+        .arg(name)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "True True\n");
+}
+
+#[test]
+fn os_exit_ends_only_its_interpreter_when_others_or_a_report_depend_on_it() {
+    let dir = TempDir::new("os-exit");
+    let out = subinterp(
+        dir.path(),
+        &[
+            "run",
+            "--json",
+            "-c",
+            "import os; print('before'); os._exit(3)",
+            "-c",
+            "import time; time.sleep(0.2); print('other finished')",
+        ],
+    );
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let report = report(&out);
+    let entries = entries(&report);
+    assert_eq!(entries[0]["exit_code"], 3);
+    assert_eq!(text(&entries[0], "stdout"), "before\n");
+    assert_eq!(text(&entries[1], "stdout"), "other finished\n");
+
+    // One script without --json: the process ends with it, as in python.
+    let out = subinterp(dir.path(), &["run", "-c", "import os; os._exit(4)"]);
+    assert_eq!(code(&out), 4);
+}
+
+#[test]
+fn a_report_reader_that_goes_away_ends_the_command_quietly() {
+    use std::io::Read;
+    let dir = TempDir::new("report-pipe");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_subinterp"))
+        .args(["run", "--json", "-n", "100", "-c", "print('x' * 10000)"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 1];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    // The pipe is closed here, long before the megabyte of report is written.
+    let out = common::wait_at_most(child, std::time::Duration::from_secs(60)).unwrap();
+    assert_eq!(first, *b"{");
+    assert_eq!(out.status.code(), Some(141), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("cannot write"), "{}", stderr(&out));
 }

@@ -288,6 +288,9 @@ impl Interpreter {
                 if ended.running.is_empty() {
                     sub.end();
                     tracing::debug!(interpreter = id, "interpreter closed");
+                    if !raw.use_main_obmalloc {
+                        hazards::isolated_interpreter_ended(&rt.version);
+                    }
                 } else {
                     tracing::warn!(
                         interpreter = id,

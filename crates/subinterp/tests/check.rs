@@ -283,3 +283,57 @@ fn check_all_reports_every_extension_module_of_the_standard_library() {
         assert_eq!(row.map(|r| r.verdict), Some(report.verdict));
     }
 }
+
+#[test]
+fn the_library_s_own_module_is_ok_and_keywords_are_not_module_names() {
+    let reports = check::check(&["subinterp", "json"], &stdlib().options()).expect("check");
+    let own = &reports[0];
+    assert_eq!(own.module, "subinterp");
+    assert_eq!(own.verdict, Verdict::Ok, "{own:?}");
+    assert!(
+        own.reason().contains("provided by subinterp"),
+        "{}",
+        own.reason()
+    );
+    assert_eq!(reports.len(), 2);
+    // Every interpreter the library makes can really import it.
+    let rt = subinterp::Runtime::get_or_init(&subinterp::RuntimeConfig::new()).unwrap();
+    let interp =
+        subinterp::Interpreter::new(&rt, &subinterp::InterpreterConfig::isolated()).unwrap();
+    interp.exec("import subinterp").unwrap();
+    interp.close().unwrap();
+    for keyword in ["import", "class", "a.for"] {
+        let err = check::check(&[keyword], &stdlib().options()).unwrap_err();
+        assert!(
+            matches!(err, check::CheckError::InvalidModuleName(ref n) if n == keyword),
+            "{err}"
+        );
+    }
+}
+
+/// On CPython 3.13.0, `datetime` in several isolated interpreters crashes plain CPython
+/// when they end (python/cpython#136423); the library prepares `_datetime` in the main
+/// interpreter, so the check says `ok` and, when its unprepared probe crashed (most
+/// runs), explains that and names `_datetime`.
+#[test]
+fn datetime_is_ok_with_the_crash_it_avoids_explained() {
+    let version = check_support::python_version();
+    if !subinterp::hazards::needs_preparation(version) {
+        return;
+    }
+    let mut explained = false;
+    for _ in 0..3 {
+        let report = check::check_module("datetime", &stdlib().options()).expect("check");
+        assert_eq!(report.verdict, Verdict::Ok, "{report:?}");
+        let detail = report.detail.clone().unwrap_or_default();
+        if detail.contains("works because subinterp imports extension modules") {
+            assert_eq!(report.culprit.as_deref(), Some("_datetime"), "{report:?}");
+            assert!(detail.contains("python/cpython#"), "{detail}");
+            explained = true;
+            break;
+        }
+    }
+    if version.starts_with("3.13") {
+        assert!(explained, "the unprepared probe never crashed in 3 checks");
+    }
+}

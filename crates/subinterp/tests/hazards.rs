@@ -58,6 +58,12 @@ fn scenario_helper() {
             assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
             pool.shutdown(std::time::Duration::from_secs(10));
         }
+        "settled" => {
+            // All is written; then CPython dies of a signal while interpreters end.
+            println!("{DONE}");
+            hazards::settle_exit(7, "settled: results complete, CPython crashed at the end\n");
+            std::process::abort();
+        }
         other => panic!("no scenario {other}"),
     }
     println!("{DONE}");
@@ -158,6 +164,17 @@ fn without_the_preparation_cpython_crashes() {
         outcomes.len(),
         python_version(),
         outcomes.join("\n---\n")
+    );
+}
+
+#[test]
+fn a_settled_exit_survives_a_crash_at_the_end() {
+    let out = run_scenario("settled", None);
+    assert_eq!(out.status.code(), Some(7), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("settled: results complete"),
+        "{}",
+        describe(&out)
     );
 }
 

@@ -96,3 +96,58 @@ pub fn subinterp_with_stdin(cwd: &Path, args: &[&str], input: &str) -> Output {
     writer.join().expect("stdin writer");
     out
 }
+
+/// A command running `subinterp` with `args` with SIGINT at its default action, whatever
+/// the test itself inherited (a shell ignores SIGINT for the background jobs of a
+/// script, and `subinterp` leaves an ignored SIGINT ignored): `python3` resets it and
+/// execs the binary.
+pub fn command_with_sigint(args: &[&str]) -> Command {
+    let mut command = Command::new("python3");
+    command
+        .arg("-c")
+        .arg(
+            "import os, signal, sys\n\
+             signal.signal(signal.SIGINT, signal.SIG_DFL)\n\
+             os.execv(sys.argv[1], sys.argv[1:])",
+        )
+        .arg(env!("CARGO_BIN_EXE_subinterp"))
+        .args(args);
+    command
+}
+
+/// Starts `subinterp` with `args` in `cwd`, every stream piped, SIGINT at its default
+/// action (see [`command_with_sigint`]).
+pub fn spawn_subinterp(cwd: &Path, args: &[&str]) -> std::process::Child {
+    command_with_sigint(args)
+        .current_dir(cwd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the subinterp binary")
+}
+
+/// Sends `signal` (a name such as `INT`) to the process `pid` with the real `kill`.
+pub fn kill(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+/// Waits for `child` at most `limit`; the output, or `None` if it is still running (it is
+/// then killed).
+pub fn wait_at_most(mut child: std::process::Child, limit: std::time::Duration) -> Option<Output> {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return child.wait_with_output().ok();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}

@@ -516,7 +516,10 @@ pub fn run<S: AsRef<str>>(modules: &[S], options: &CheckOptions) -> Result<Check
             .unwrap_or(1)
     });
     let request = serde_json::json!({
-        "modules": names,
+        "modules": names
+            .iter()
+            .filter(|name| *name != OWN_MODULE)
+            .collect::<Vec<_>>(),
         "all": options.all_extensions,
         "paths": paths,
         "venv": venv.as_ref().map(|(dir, _)| dir.to_string_lossy().into_owned()),
@@ -605,6 +608,10 @@ pub fn run<S: AsRef<str>>(modules: &[S], options: &CheckOptions) -> Result<Check
 
     let mut reports = Vec::with_capacity(observations.len());
     for name in &names {
+        if let Some(report) = own_module_report(name, &python_version) {
+            reports.push(report);
+            continue;
+        }
         let report = match observations.remove(name) {
             Some(obs) => verdict::derive(&obs, &python_version, prepared),
             None => {
@@ -641,7 +648,41 @@ fn is_module_name(name: &str) -> bool {
             let mut chars = part.chars();
             matches!(chars.next(), Some(c) if c == '_' || c.is_alphabetic())
                 && chars.all(|c| c == '_' || c.is_alphanumeric())
+                && !KEYWORDS.contains(&part)
         })
+}
+
+/// Python's keywords, which `import` cannot name (soft keywords such as `match` can).
+const KEYWORDS: [&str; 35] = [
+    "False", "None", "True", "and", "as", "assert", "async", "await", "break", "class", "continue",
+    "def", "del", "elif", "else", "except", "finally", "for", "from", "global", "if", "import",
+    "in", "is", "lambda", "nonlocal", "not", "or", "pass", "raise", "return", "try", "while",
+    "with", "yield",
+];
+
+/// The module every interpreter of the library has (`raw/pymodule.rs`).
+const OWN_MODULE: &str = "subinterp";
+
+/// The report on the module the library itself gives every interpreter it creates,
+/// which a plain `python` (the probe) does not have.
+fn own_module_report(name: &str, version: &str) -> Option<ModuleReport> {
+    let gil_slot =
+        crate::hazards::Version::parse(version).is_some_and(|v| (v.major, v.minor) >= (3, 13));
+    (name == OWN_MODULE).then(|| ModuleReport {
+        module: name.to_owned(),
+        verdict: Verdict::Ok,
+        kind: Some(ModuleKind::Builtin),
+        init: Some(InitKind::MultiPhase),
+        multiple_interpreters: Some(MultipleInterpreters::PerInterpreterGil),
+        gil: gil_slot.then_some(GilUse::NotUsed),
+        shared_state: Some(false),
+        culprit: None,
+        detail: Some(
+            "provided by subinterp to every interpreter it creates (channels, buffers, id()); \
+             not importable in a plain python"
+                .to_owned(),
+        ),
+    })
 }
 
 /// A private scratch directory for the probe's files, removed on drop.
@@ -689,7 +730,12 @@ mod tests {
         for good in ["json", "xml.etree.ElementTree", "_json", "héllo", "a1.b_2"] {
             assert!(is_module_name(good), "{good}");
         }
-        for bad in ["", ".", "a..b", "1abc", "a.", ".a", "a-b", "a b", "a/b"] {
+        for good in ["match", "case", "type", "_", "a.match"] {
+            assert!(is_module_name(good), "{good}");
+        }
+        for bad in [
+            "", ".", "a..b", "1abc", "a.", ".a", "a-b", "a b", "a/b", "import", "a.class", "None",
+        ] {
             assert!(!is_module_name(bad), "{bad}");
         }
     }

@@ -702,7 +702,41 @@ def main():
     pending = list(work)
     pending.reverse()
     running = {}
+    parent = os.getppid()
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    # Every process this probe started ends with it, however it ends: Ctrl-C (the
+    # supervisors have process groups of their own, so the terminal's SIGINT does not
+    # reach them), SIGTERM, SIGHUP, or the library's process going away.
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
+    try:
+        supervise_all(pending, running, bootstrap, tmp, prepare, legacy_prepare, jobs,
+                      timeout, parent)
+    finally:
+        for pid in list(running):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            try:
+                os.waitpid(pid, 0)
+            except OSError:
+                pass
+    emit("done", python=sys.version.split()[0], prepared=bool(prepare))
+
+
+def supervise_all(pending, running, bootstrap, tmp, prepare, legacy_prepare, jobs, timeout,
+                  parent):
+    """Runs the supervisors, `jobs` at a time, and emits what each observed."""
     while pending or running:
+        if os.getppid() != parent:
+            raise KeyboardInterrupt  # the library's process is gone
         while pending and len(running) < jobs:
             name, optional = pending.pop()
             pid, progress_path, result_path = start_supervisor(
@@ -753,7 +787,6 @@ def main():
                         pass
         if not finished and running:
             time.sleep(0.005)
-    emit("done", python=sys.version.split()[0], prepared=bool(prepare))
 
 
 main()

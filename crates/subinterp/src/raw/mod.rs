@@ -16,13 +16,15 @@
 //! - native classes whose instances own a Rust value ([`class`]) and module definitions
 //!   with per-interpreter state, static or made at run time ([`module`]);
 //! - process start-up and shut-down, and the thread states of subinterpreters
-//!   ([`lifecycle`]); the memory behind shared buffers ([`buffer`]).
+//!   ([`lifecycle`]); the memory behind shared buffers ([`buffer`]); ending the process
+//!   with a chosen status on a fatal signal ([`fatal`]).
 
 pub(crate) mod buffer;
 pub(crate) mod callback;
 pub(crate) mod class;
 pub(crate) mod convert;
 pub(crate) mod err;
+pub(crate) mod fatal;
 pub(crate) mod lifecycle;
 pub(crate) mod module;
 mod object;
