@@ -107,6 +107,9 @@ fn game() -> HostModule {
             let other = OTHER.lock().unwrap().clone().expect("set by the test");
             other.exec(&code).map(|()| Value::None)
         })
+        .function("poll", ["name"], |_: &Caller, (name,): (String,)| {
+            subinterp::Channel::named(&name).try_recv()?.into_value()
+        })
         .exception("NotFound", "LookupError")
         .constant("VERSION", "1.2")
 }
@@ -286,6 +289,20 @@ fn exceptions_known_only_as_snapshots_are_rebuilt_with_their_class_and_cause() {
     assert_eq!(exc.type_name, "builtins.RuntimeError");
     assert_eq!(exc.message, "nosuch.Missing: not loaded here");
     *OTHER.lock().unwrap() = None;
+}
+
+#[test]
+fn channel_errors_of_host_functions_are_the_subinterp_module_exceptions() {
+    let interp = isolated();
+    let name = format!("host-poll-{}", std::process::id());
+    interp
+        .exec(&format!(
+            "import game, subinterp\n\
+             try:\n    game.poll('{name}')\n\
+             except subinterp.ChannelEmpty:\n    empty = True\n"
+        ))
+        .unwrap();
+    assert_eq!(interp.eval("empty").unwrap(), Value::Bool(true));
 }
 
 #[test]
