@@ -373,6 +373,24 @@ fn each_interpreter_sees_its_own_host_data() {
 }
 
 #[test]
+fn pool_workers_get_the_host_data_of_their_configuration() {
+    use subinterp::{Pool, PoolConfig};
+    let mut interp_config = InterpreterConfig::isolated();
+    interp_config.host_data(Tenant {
+        name: "pooled".to_owned(),
+    });
+    let mut config = PoolConfig::new();
+    config.workers(2).interpreter(interp_config);
+    let pool = Pool::new(&runtime(), &config).unwrap();
+    let names: Vec<Value> = pool
+        .map("game:tenant", (0..4).map(|_| ()))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(names, vec![Value::from("pooled"); 4]);
+}
+
+#[test]
 fn calling_back_into_the_same_interpreter_is_would_deadlock_another_works() {
     let interp = Arc::new(isolated());
     *REENTRY.lock().unwrap() = Some(Arc::clone(&interp));
