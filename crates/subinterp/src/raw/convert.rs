@@ -21,7 +21,7 @@ impl<'py> Python<'py> {
 
 impl PyObj<'_> {
     /// Copies the object out as a [`Value`], or fails with
-    /// [`Error::Unshareable`](crate::Error::Unshareable) naming the first object that is
+    /// [`Error::Unshareable`] naming the first object that is
     /// not plain data.
     pub fn to_value(&self) -> Result<Value> {
         to_value(self, 0)
