@@ -50,6 +50,10 @@ are written up to the first unfinished record (the output stays a prefix of the 
 the summary is printed and the command exits with 130 or 143; a second signal ends it at
 once. A signal ignored when the command started (nohup, a script's background job)
 stays ignored. When the reader of the output goes away (`| head`), the command stops quietly.
+Every result and the summary are written, and the exit status settled, before the
+interpreters end: if CPython crashes while they end (CPython 3.12 and 3.13 have such
+bugs; subinterp works around the known ones), the command says so and still exits with
+that status.
 
 Exit status:
   0    every record succeeded

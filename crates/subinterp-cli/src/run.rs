@@ -61,6 +61,8 @@ Ctrl-C (SIGINT) raises KeyboardInterrupt in every running interpreter, so `final
 blocks and atexit handlers run, as with `python`; code blocked in a C call gets it when
 the call returns. A second Ctrl-C ends the process at once. The exit status is then 130.
 A SIGINT ignored when the command started (a script's background job) stays ignored.
+Once the outcome is known (and the --json report written), a CPython crash while Python
+is finalised no longer changes the exit status: the command says so and exits with it.
 
 Exit status: with one script, its own status, as `python SCRIPT` gives it:
   0    the script ran to the end, or sys.exit() / sys.exit(0) / sys.exit(None) /
