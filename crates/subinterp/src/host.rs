@@ -552,6 +552,9 @@ impl Bind for Args {
 impl Bind for () {
     const ARITY: Option<usize> = Some(0);
     fn bind(binding: &Binding, args: &FastArgs<'_, '_>) -> Result<Self> {
+        if args.positional_len() == 0 && args.keyword_len() == 0 {
+            return Ok(());
+        }
         binding.slots::<0>(args).map(drop)
     }
 }
@@ -610,6 +613,10 @@ macro_rules! params_tuple {
         impl<$($t: DeserializeOwned + 'static),+> Bind for ($($t,)+) {
             const ARITY: Option<usize> = Some($n);
             fn bind(binding: &Binding, args: &FastArgs<'_, '_>) -> Result<Self> {
+                if args.keyword_len() == 0 && args.positional_len() == $n {
+                    // Every parameter passed by position, in order: nothing to match.
+                    return Ok(($(binding.typed::<$t>($i, args.positional($i))?,)+));
+                }
                 let mut slots = binding.slots::<$n>(args)?.into_iter();
                 Ok(($(binding.typed::<$t>($i, slots.next().flatten())?,)+))
             }
