@@ -15,7 +15,7 @@ use crate::error::{Error, PyException, Result};
 use crate::interpreter::Args;
 use crate::params;
 use crate::raw::callback::{self, FastArgs};
-use crate::raw::convert::scalar;
+use crate::raw::convert::{scalar, scalar_object};
 use crate::raw::module::{ExceptionSpec, FunctionSpec, ModuleSpec, NativeFn};
 use crate::raw::{PyObj, Python};
 use crate::value::de::{from_scalar, Scalar};
@@ -143,7 +143,11 @@ impl HostModule {
             let caller = Caller { py, interp };
             let bound = P::bind(&binding, args)?;
             let result = f(&caller, bound)?;
-            Ok(py.to_object(&to_value(&result)?)?)
+            // A scalar result is built at once; other data goes through a `Value`.
+            match scalar_object(py, &result) {
+                Some(obj) => Ok(obj?),
+                None => Ok(py.to_object(&to_value(&result)?)?),
+            }
         });
         self.functions.push(HostFunction { name, params, call });
         self
