@@ -15,7 +15,7 @@ use crate::error::{Error, PyException, Result};
 use crate::interpreter::Args;
 use crate::params;
 use crate::raw::callback::{self, FastArgs};
-use crate::raw::convert::scalar;
+use crate::raw::convert::{scalar, scalar_object};
 use crate::raw::module::{ExceptionSpec, FunctionSpec, ModuleSpec, NativeFn};
 use crate::raw::{PyObj, Python};
 use crate::value::de::{from_scalar, Scalar};
@@ -143,7 +143,11 @@ impl HostModule {
             let caller = Caller { py, interp };
             let bound = P::bind(&binding, args)?;
             let result = f(&caller, bound)?;
-            Ok(py.to_object(&to_value(&result)?)?)
+            // A scalar result is built at once; other data goes through a `Value`.
+            match scalar_object(py, &result) {
+                Some(obj) => Ok(obj?),
+                None => Ok(py.to_object(&to_value(&result)?)?),
+            }
         });
         self.functions.push(HostFunction { name, params, call });
         self
@@ -552,6 +556,9 @@ impl Bind for Args {
 impl Bind for () {
     const ARITY: Option<usize> = Some(0);
     fn bind(binding: &Binding, args: &FastArgs<'_, '_>) -> Result<Self> {
+        if args.positional_len() == 0 && args.keyword_len() == 0 {
+            return Ok(());
+        }
         binding.slots::<0>(args).map(drop)
     }
 }
@@ -610,6 +617,10 @@ macro_rules! params_tuple {
         impl<$($t: DeserializeOwned + 'static),+> Bind for ($($t,)+) {
             const ARITY: Option<usize> = Some($n);
             fn bind(binding: &Binding, args: &FastArgs<'_, '_>) -> Result<Self> {
+                if args.keyword_len() == 0 && args.positional_len() == $n {
+                    // Every parameter passed by position, in order: nothing to match.
+                    return Ok(($(binding.typed::<$t>($i, args.positional($i))?,)+));
+                }
                 let mut slots = binding.slots::<$n>(args)?.into_iter();
                 Ok(($(binding.typed::<$t>($i, slots.next().flatten())?,)+))
             }

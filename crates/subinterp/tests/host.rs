@@ -110,6 +110,11 @@ fn game() -> HostModule {
         .function("poll", ["name"], |_: &Caller, (name,): (String,)| {
             subinterp::Channel::named(&name).try_recv()?.into_value()
         })
+        .function("same", ["x"], |_: &Caller, (x,): (Value,)| Ok(x))
+        .function("widest", [], |_: &Caller, (): ()| Ok(u64::MAX))
+        .function("half", [], |_: &Caller, (): ()| Ok(0.5f32))
+        .function("maybe", ["x"], |_: &Caller, (x,): (Option<i64>,)| Ok(x))
+        .function("flag", ["x"], |_: &Caller, (x,): (bool,)| Ok(!x))
         .exception("NotFound", "LookupError")
         .constant("VERSION", "1.2")
 }
@@ -216,6 +221,27 @@ fn typed_positional_and_keyword_arguments() {
         assert_eq!(exc.type_name, "builtins.TypeError", "{call}: {exc}");
         assert!(exc.message.contains(needle), "{call}: {}", exc.message);
     }
+}
+
+#[test]
+fn results_of_every_kind_come_back_with_their_python_type() {
+    let interp = isolated();
+    interp
+        .exec(
+            r#"
+import game
+for v in [None, True, False, 0, -5, 2**63 - 1, -2**63, 2**63, 2**70, -2**70, 1.5,
+          float('inf'), '', 'é', b'x', [1, 'a'], {'k': [2]}]:
+    r = game.same(v)
+    assert r == v and type(r) is type(v), (v, r)
+assert game.widest() == 2**64 - 1 and type(game.widest()) is int
+assert game.half() == 0.5 and type(game.half()) is float
+assert game.maybe(3) == 3 and game.maybe(None) is None and game.maybe() is None
+assert game.flag(False) is True and game.flag(x=True) is False
+assert game.explode.__name__ == 'explode'
+"#,
+        )
+        .unwrap();
 }
 
 #[test]

@@ -309,3 +309,166 @@ pub(crate) fn scalar<'a>(obj: &'a PyObj<'_>) -> Option<Scalar<'a>> {
     }
     None
 }
+
+/// Builds the Python object for `value` straight from its serde form when it is a scalar
+/// (`None`, `()`, a bool, an integer that fits `i64`, a float, a `str`), as
+/// [`Python::to_object`] builds it from the equal [`Value`]; `None` for any other data,
+/// which is to go through a [`Value`] (also for a `Serialize` error, reported there).
+pub(crate) fn scalar_object<'py, T: serde::Serialize + ?Sized>(
+    py: Python<'py>,
+    value: &T,
+) -> Option<Result<PyObj<'py>>> {
+    match value.serialize(ScalarObject(py)) {
+        Ok(obj) => Some(Ok(obj)),
+        Err(Direct::Failed(err)) => Some(Err(err)),
+        Err(Direct::NotScalar) => None,
+    }
+}
+
+/// Why [`ScalarObject`] made no object.
+#[derive(Debug)]
+enum Direct {
+    /// The data is not a scalar.
+    NotScalar,
+    /// Making the object failed.
+    Failed(Error),
+}
+
+impl std::fmt::Display for Direct {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Direct::NotScalar => f.write_str("not a scalar"),
+            Direct::Failed(err) => err.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for Direct {}
+
+impl serde::ser::Error for Direct {
+    fn custom<M: std::fmt::Display>(_msg: M) -> Self {
+        Direct::NotScalar
+    }
+}
+
+/// The serializer behind [`scalar_object`].
+struct ScalarObject<'py>(Python<'py>);
+
+impl ScalarObject<'_> {
+    fn int<'py>(py: Python<'py>, n: i64) -> std::result::Result<PyObj<'py>, Direct> {
+        // SAFETY: GIL held (the token); a new reference or NULL with an exception set.
+        unsafe { py.own(ffi::PyLong_FromLongLong(n)) }.map_err(Direct::Failed)
+    }
+
+    fn float<'py>(py: Python<'py>, x: f64) -> std::result::Result<PyObj<'py>, Direct> {
+        // SAFETY: GIL held (the token); a new reference or NULL with an exception set.
+        unsafe { py.own(ffi::PyFloat_FromDouble(x)) }.map_err(Direct::Failed)
+    }
+}
+
+macro_rules! not_scalar {
+    ($($method:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
+        $(
+            fn $method(self, $($arg: $ty),*) -> std::result::Result<$ret, Direct> {
+                let _ = ($($arg,)*);
+                Err(Direct::NotScalar)
+            }
+        )*
+    };
+}
+
+impl<'py> serde::Serializer for ScalarObject<'py> {
+    type Ok = PyObj<'py>;
+    type Error = Direct;
+    type SerializeSeq = serde::ser::Impossible<PyObj<'py>, Direct>;
+    type SerializeTuple = serde::ser::Impossible<PyObj<'py>, Direct>;
+    type SerializeTupleStruct = serde::ser::Impossible<PyObj<'py>, Direct>;
+    type SerializeTupleVariant = serde::ser::Impossible<PyObj<'py>, Direct>;
+    type SerializeMap = serde::ser::Impossible<PyObj<'py>, Direct>;
+    type SerializeStruct = serde::ser::Impossible<PyObj<'py>, Direct>;
+    type SerializeStructVariant = serde::ser::Impossible<PyObj<'py>, Direct>;
+
+    fn serialize_bool(self, v: bool) -> std::result::Result<PyObj<'py>, Direct> {
+        // SAFETY: GIL held (the token); a new reference or NULL with an exception set.
+        unsafe { self.0.own(ffi::PyBool_FromLong(i64::from(v) as _)) }.map_err(Direct::Failed)
+    }
+    fn serialize_i8(self, v: i8) -> std::result::Result<PyObj<'py>, Direct> {
+        Self::int(self.0, i64::from(v))
+    }
+    fn serialize_i16(self, v: i16) -> std::result::Result<PyObj<'py>, Direct> {
+        Self::int(self.0, i64::from(v))
+    }
+    fn serialize_i32(self, v: i32) -> std::result::Result<PyObj<'py>, Direct> {
+        Self::int(self.0, i64::from(v))
+    }
+    fn serialize_i64(self, v: i64) -> std::result::Result<PyObj<'py>, Direct> {
+        Self::int(self.0, v)
+    }
+    fn serialize_u8(self, v: u8) -> std::result::Result<PyObj<'py>, Direct> {
+        Self::int(self.0, i64::from(v))
+    }
+    fn serialize_u16(self, v: u16) -> std::result::Result<PyObj<'py>, Direct> {
+        Self::int(self.0, i64::from(v))
+    }
+    fn serialize_u32(self, v: u32) -> std::result::Result<PyObj<'py>, Direct> {
+        Self::int(self.0, i64::from(v))
+    }
+    fn serialize_u64(self, v: u64) -> std::result::Result<PyObj<'py>, Direct> {
+        let n = i64::try_from(v).map_err(|_| Direct::NotScalar)?;
+        Self::int(self.0, n)
+    }
+    fn serialize_f32(self, v: f32) -> std::result::Result<PyObj<'py>, Direct> {
+        Self::float(self.0, f64::from(v))
+    }
+    fn serialize_f64(self, v: f64) -> std::result::Result<PyObj<'py>, Direct> {
+        Self::float(self.0, v)
+    }
+    fn serialize_str(self, v: &str) -> std::result::Result<PyObj<'py>, Direct> {
+        self.0.str(v).map_err(Direct::Failed)
+    }
+    fn serialize_none(self) -> std::result::Result<PyObj<'py>, Direct> {
+        Ok(self.0.none())
+    }
+    fn serialize_some<T: serde::Serialize + ?Sized>(
+        self,
+        value: &T,
+    ) -> std::result::Result<PyObj<'py>, Direct> {
+        value.serialize(self)
+    }
+    fn serialize_unit(self) -> std::result::Result<PyObj<'py>, Direct> {
+        Ok(self.0.none())
+    }
+    fn serialize_unit_struct(self, _name: &'static str) -> std::result::Result<PyObj<'py>, Direct> {
+        Ok(self.0.none())
+    }
+    fn serialize_newtype_struct<T: serde::Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        _value: &T,
+    ) -> std::result::Result<PyObj<'py>, Direct> {
+        Err(Direct::NotScalar)
+    }
+    fn serialize_newtype_variant<T: serde::Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        _index: u32,
+        _variant: &'static str,
+        _value: &T,
+    ) -> std::result::Result<PyObj<'py>, Direct> {
+        Err(Direct::NotScalar)
+    }
+    not_scalar! {
+        serialize_i128(v: i128) -> PyObj<'py>;
+        serialize_u128(v: u128) -> PyObj<'py>;
+        serialize_char(v: char) -> PyObj<'py>;
+        serialize_bytes(v: &[u8]) -> PyObj<'py>;
+        serialize_unit_variant(name: &'static str, index: u32, variant: &'static str) -> PyObj<'py>;
+        serialize_seq(len: Option<usize>) -> Self::SerializeSeq;
+        serialize_tuple(len: usize) -> Self::SerializeTuple;
+        serialize_tuple_struct(name: &'static str, len: usize) -> Self::SerializeTupleStruct;
+        serialize_tuple_variant(name: &'static str, index: u32, variant: &'static str, len: usize) -> Self::SerializeTupleVariant;
+        serialize_map(len: Option<usize>) -> Self::SerializeMap;
+        serialize_struct(name: &'static str, len: usize) -> Self::SerializeStruct;
+        serialize_struct_variant(name: &'static str, index: u32, variant: &'static str, len: usize) -> Self::SerializeStructVariant;
+    }
+}
