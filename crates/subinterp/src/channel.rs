@@ -134,7 +134,7 @@ impl Stop {
             Stop::TimedOut => Error::Timeout,
             Stop::Empty => Error::ChannelEmpty,
             Stop::Full => Error::ChannelFull,
-            Stop::Interrupted(reason) => Error::Interrupted(reason),
+            Stop::Interrupted(reason) => Error::interrupted(reason),
         }
     }
 }

@@ -86,10 +86,13 @@ pub enum Error {
     /// A blocking operation's timeout passed.
     #[error("timed out")]
     Timeout,
-    /// The task was cancelled.
+    /// The work was cancelled: a task, or a blocking operation inside one. This is the
+    /// one way the library says "cancelled"; [`Error::interrupted`] makes it from an
+    /// [`InterruptReason`].
     #[error("the task was cancelled")]
     Cancelled,
-    /// A blocking operation was interrupted.
+    /// A blocking operation was interrupted by a deadline (always
+    /// [`InterruptReason::Timeout`]: a cancellation is [`Error::Cancelled`]).
     #[error("interrupted ({0:?})")]
     Interrupted(InterruptReason),
     /// A pool worker could not be set up — its interpreter could not be created, its
@@ -115,6 +118,15 @@ fn detail_suffix(detail: &str) -> String {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// The error for a wait ended by `reason`: [`Error::Cancelled`] for a cancellation,
+    /// [`Error::Interrupted`] for a deadline.
+    pub fn interrupted(reason: InterruptReason) -> Error {
+        match reason {
+            InterruptReason::Cancelled => Error::Cancelled,
+            InterruptReason::Timeout => Error::Interrupted(InterruptReason::Timeout),
+        }
+    }
+
     /// The Python exception, if this error is one.
     ///
     /// For [`Error::Setup`], the exception of the set-up failure it holds.
@@ -242,5 +254,22 @@ impl InterruptReason {
             2 => Some(InterruptReason::Cancelled),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cancellation_has_one_error() {
+        assert!(matches!(
+            Error::interrupted(InterruptReason::Cancelled),
+            Error::Cancelled
+        ));
+        assert!(matches!(
+            Error::interrupted(InterruptReason::Timeout),
+            Error::Interrupted(InterruptReason::Timeout)
+        ));
     }
 }

@@ -326,7 +326,7 @@ impl Caller<'_> {
                 _ => None,
             };
             match interrupt.seen.get() {
-                Some(reason) => (Err(Error::Interrupted(reason)), None),
+                Some(reason) => (Err(Error::interrupted(reason)), None),
                 None => (result, late),
             }
         });
@@ -357,7 +357,7 @@ impl Interrupt {
     /// [`Error::Interrupted`] once the call is interrupted.
     pub fn check(&self) -> Result<()> {
         match self.reason() {
-            Some(reason) => Err(Error::Interrupted(reason)),
+            Some(reason) => Err(Error::interrupted(reason)),
             None => Ok(()),
         }
     }
