@@ -241,9 +241,9 @@ impl Interpreter {
                 // only those a hazard names: preparing numpy, Cython or PyO3 modules in
                 // the main interpreter would take the one interpreter they allow.
                 let prepare = match (rt.prepare_extensions, raw.use_main_obmalloc) {
-                    (false, _) => None,
-                    (true, false) => Some(None),
-                    (true, true) => Some(Some(hazards::prepared_in_legacy(&rt.version))),
+                    (false, _) => Preparation::Off,
+                    (true, false) => Preparation::All,
+                    (true, true) => Preparation::Only(hazards::prepared_in_legacy(&rt.version)),
                 };
                 let setup = sub.with_gil(|py| {
                     setup(py, &rt, capture, prepare, &paths)?;
@@ -702,34 +702,34 @@ def _wrap(only):
         return _create(self, spec)
 
     external.ExtensionFileLoader.create_module = create_module
-_wrap(only)
+_wrap(None if only is None else frozenset(only))
 ";
+
+/// Which extension modules a new interpreter has imported in the main interpreter first.
+enum Preparation {
+    Off,
+    All,
+    Only(Vec<&'static str>),
+}
 
 fn setup(
     py: Python<'_>,
     rt: &RuntimeInner,
     capture: bool,
-    prepare: Option<Option<Vec<&'static str>>>,
+    prepare: Preparation,
     paths: &[PathBuf],
 ) -> Result<()> {
     let globals = py.dict()?;
-    match prepare {
-        None => {}
-        Some(Some(names)) if names.is_empty() => {}
-        Some(only) => {
-            let scope = py.dict()?;
-            let only = match only {
-                None => Value::None,
-                Some(names) => Value::List(names.into_iter().map(Value::from).collect()),
-            };
-            scope.set_item(&py.str("only")?, &py.to_object(&only)?)?;
-            py.run(
-                "only = None if only is None else frozenset(only)\n",
-                "<subinterp prepare>",
-                &scope,
-            )?;
-            py.run(PREPARE_IN_MAIN, "<subinterp prepare>", &scope)?;
-        }
+    let only = match prepare {
+        Preparation::Off => None,
+        Preparation::Only(names) if names.is_empty() => None,
+        Preparation::All => Some(Value::None),
+        Preparation::Only(names) => Some(Value::List(names.into_iter().map(Value::from).collect())),
+    };
+    if let Some(only) = only {
+        let scope = py.dict()?;
+        scope.set_item(&py.str("only")?, &py.to_object(&only)?)?;
+        py.run(PREPARE_IN_MAIN, "<subinterp prepare>", &scope)?;
     }
     if let Some(bootstrap) = &rt.bootstrap {
         py.run(bootstrap, "<subinterp bootstrap>", &globals)?;

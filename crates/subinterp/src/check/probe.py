@@ -717,18 +717,23 @@ def main():
                       timeout, parent)
     finally:
         for pid in list(running):
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except OSError:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-            try:
-                os.waitpid(pid, 0)
-            except OSError:
-                pass
+            kill_supervisor(pid)
     emit("done", python=sys.version.split()[0], prepared=bool(prepare))
+
+
+def kill_supervisor(pid):
+    """Kills a supervisor and the phase it runs (its process group), and reaps it."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    try:
+        os.waitpid(pid, 0)
+    except OSError:
+        pass
 
 
 def supervise_all(pending, running, bootstrap, tmp, prepare, legacy_prepare, jobs, timeout,
@@ -769,14 +774,7 @@ def supervise_all(pending, running, bootstrap, tmp, prepare, legacy_prepare, job
         now = time.monotonic()
         for pid, (name, progress_path, result_path, deadline) in list(running.items()):
             if now >= deadline:
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except OSError:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except OSError:
-                        pass
-                os.waitpid(pid, 0)
+                kill_supervisor(pid)
                 running.pop(pid)
                 emit("observation", module=name, timeout=timeout,
                      stage=last_progress(progress_path))

@@ -340,13 +340,9 @@ unsafe extern "C" fn getter<F: UnaryBody>(
     slf: *mut ffi::PyObject,
     _closure: *mut c_void,
 ) -> *mut ffi::PyObject {
-    // SAFETY: CPython calls getters with the GIL held and a live `slf`.
-    unsafe {
-        guard(ptr::null_mut(), |py| {
-            let slf = py.borrowed(slf)?;
-            conjure::<F>()(py, &slf).map(into_raw)
-        })
-    }
+    // SAFETY: CPython calls getters with the GIL held and a live `slf`, which is all the
+    // unary trampoline asks.
+    unsafe { unary::<F>(slf) }
 }
 
 /// A `tp_iternext` body: `Ok(None)` ends the iteration (no exception).

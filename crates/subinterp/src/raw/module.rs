@@ -104,28 +104,7 @@ pub(crate) fn register(specs: Vec<ModuleSpec>) -> Result<(), String> {
             let def = callback::method_def(fname, fdoc, call_native);
             methods.push(Box::into_raw(Box::new(def.0)));
         }
-        let slots = Box::leak(
-            vec![
-                ffi::PyModuleDef_Slot {
-                    slot: ffi::Py_mod_exec,
-                    value: callback::exec_slot(exec_module).0,
-                },
-                ffi::PyModuleDef_Slot {
-                    slot: ffi::Py_mod_multiple_interpreters,
-                    value: ffi::Py_MOD_PER_INTERPRETER_GIL_SUPPORTED,
-                },
-                #[cfg(Py_3_13)]
-                ffi::PyModuleDef_Slot {
-                    slot: ffi::Py_mod_gil,
-                    value: ffi::Py_MOD_GIL_NOT_USED,
-                },
-                ffi::PyModuleDef_Slot {
-                    slot: 0,
-                    value: ptr::null_mut(),
-                },
-            ]
-            .into_boxed_slice(),
-        );
+        let slots = module_slots(callback::exec_slot(exec_module).0);
         let def = Box::into_raw(Box::new(ffi::PyModuleDef {
             m_base: ffi::PyModuleDef_HEAD_INIT,
             m_name: name.as_ptr(),
@@ -257,28 +236,7 @@ impl StaticModuleDef {
     ) -> StaticModuleDef {
         let mut methods: Vec<ffi::PyMethodDef> = methods.into_iter().map(|m| m.0).collect();
         methods.push(ffi::PyMethodDef::zeroed());
-        let module_slots = Box::leak(
-            vec![
-                ffi::PyModuleDef_Slot {
-                    slot: ffi::Py_mod_exec,
-                    value: exec.0,
-                },
-                ffi::PyModuleDef_Slot {
-                    slot: ffi::Py_mod_multiple_interpreters,
-                    value: ffi::Py_MOD_PER_INTERPRETER_GIL_SUPPORTED,
-                },
-                #[cfg(Py_3_13)]
-                ffi::PyModuleDef_Slot {
-                    slot: ffi::Py_mod_gil,
-                    value: ffi::Py_MOD_GIL_NOT_USED,
-                },
-                ffi::PyModuleDef_Slot {
-                    slot: 0,
-                    value: ptr::null_mut(),
-                },
-            ]
-            .into_boxed_slice(),
-        );
+        let module_slots = module_slots(exec.0);
         let def = Box::into_raw(Box::new(ffi::PyModuleDef {
             m_base: ffi::PyModuleDef_HEAD_INIT,
             m_name: name.as_ptr(),
@@ -436,4 +394,31 @@ pub(crate) fn new_exception<'py>(
             )
         })
     }
+}
+
+/// The slots of every module the library defines: `exec`, then own-GIL interpreters
+/// supported and (3.13+) no GIL needed. Leaked: module definitions live for the process.
+fn module_slots(exec: *mut std::ffi::c_void) -> &'static mut [ffi::PyModuleDef_Slot] {
+    Box::leak(
+        vec![
+            ffi::PyModuleDef_Slot {
+                slot: ffi::Py_mod_exec,
+                value: exec,
+            },
+            ffi::PyModuleDef_Slot {
+                slot: ffi::Py_mod_multiple_interpreters,
+                value: ffi::Py_MOD_PER_INTERPRETER_GIL_SUPPORTED,
+            },
+            #[cfg(Py_3_13)]
+            ffi::PyModuleDef_Slot {
+                slot: ffi::Py_mod_gil,
+                value: ffi::Py_MOD_GIL_NOT_USED,
+            },
+            ffi::PyModuleDef_Slot {
+                slot: 0,
+                value: ptr::null_mut(),
+            },
+        ]
+        .into_boxed_slice(),
+    )
 }
