@@ -190,6 +190,11 @@ impl HostModule {
         if !identifier(&self.name) {
             return bad("the module name", &self.name);
         }
+        if self.name == "subinterp" {
+            return Err(Error::InvalidConfig(
+                "host module \"subinterp\": the name is the library's own module".into(),
+            ));
+        }
         for f in &self.functions {
             if !identifier(&f.name) {
                 return bad("the function name", &f.name);
@@ -221,6 +226,7 @@ impl HostModule {
         ModuleSpec {
             name: self.name.clone(),
             doc: self.doc.clone(),
+            methods: Vec::new(),
             functions: self
                 .functions
                 .iter()
@@ -239,6 +245,7 @@ impl HostModule {
                     doc: String::new(),
                 })
                 .collect(),
+            classes: Vec::new(),
             constants: self.constants.clone(),
         }
     }

@@ -1,9 +1,10 @@
 //! The built-in `subinterp` Python module, importable in every interpreter of the process:
 //! channels, shared buffers, `id()`.
 //!
-//! It is built on the same mechanisms as host modules ([`crate::raw::callback`],
-//! [`crate::raw::class`], [`crate::raw::module`]), in safe code: a multi-phase-init module
-//! with per-interpreter state, declaring support for a per-interpreter GIL. Every
+//! It is the first module the runtime registers, from a [`ModuleSpec`] like every host
+//! module's, in safe code over the generic trampolines ([`crate::raw::callback`]) and
+//! native classes ([`crate::raw::class`]): a multi-phase-init module with per-interpreter
+//! state, declaring support for a per-interpreter GIL. Every
 //! interpreter that imports it gets its own module object, its own `Channel` and `Buffer`
 //! types and its own exception classes; only the Rust channels and buffers behind them
 //! are shared, and those are thread-safe.
@@ -19,20 +20,20 @@ use crate::raw::callback::{self, Export, Failure, FastArgs, Outcome};
 use crate::raw::class::{self, ClassDef};
 use crate::raw::convert::{copy_bytes, scalar, utf8_str};
 use crate::raw::lifecycle::raise_soon;
-use crate::raw::module::{self, StaticModuleDef};
+use crate::raw::module::{self, ClassSpec, ExceptionSpec, ModuleSpec};
 use crate::raw::{ExcKind, PyObj, Python};
 use crate::value::de::Scalar;
 use crate::value::Value;
 use crate::wait::{self, InterruptReason};
 
-/// The entries of the module's per-interpreter state.
+/// The entries of the module's per-interpreter state: its classes, then its exceptions,
+/// in the order of [`spec`].
 const CHANNEL_TYPE: usize = 0;
 const BUFFER_TYPE: usize = 1;
 const CLOSED_ERROR: usize = 2;
 const EMPTY_ERROR: usize = 3;
 const FULL_ERROR: usize = 4;
 const RECEIVE_ERROR: usize = 5;
-const STATE_ENTRIES: usize = 6;
 
 /// What a `Buffer` object holds.
 struct BufferHandle {
@@ -41,50 +42,16 @@ struct BufferHandle {
     writable: bool,
 }
 
-struct Defs {
-    module: StaticModuleDef,
+/// The module's native classes, made once for the process.
+struct Classes {
     channel: ClassDef,
     buffer: ClassDef,
 }
 
-static DEFS: OnceLock<Defs> = OnceLock::new();
+static CLASSES: OnceLock<Classes> = OnceLock::new();
 
-fn defs() -> &'static Defs {
-    DEFS.get_or_init(|| Defs {
-        module: StaticModuleDef::new(
-            c"subinterp",
-            c"Channels and shared buffers between the interpreters of this process.",
-            vec![
-                callback::method_def(c"id", c"id()\n--\n\nThis interpreter's id.", module_id),
-                callback::method_def(
-                    c"channel",
-                    c"channel(name, capacity=None)\n--\n\nThe channel called name, shared by \
-                      every interpreter and the host; created on first use, unbounded unless \
-                      capacity is given.",
-                    module_channel,
-                ),
-                callback::method_def(
-                    c"buffer",
-                    c"buffer(size_or_bytes, writable=False)\n--\n\nA buffer of shared memory: \
-                      send it through a channel and receivers get a memoryview over the same \
-                      bytes, read-only unless writable=True. This handle's own views are always \
-                      writable.",
-                    module_buffer,
-                ),
-                callback::method_def(
-                    c"_prepare_in_main",
-                    c"_prepare_in_main(name, path)\n--\n\nImports the module name in the main \
-                      interpreter (with the str entries of path appended to its sys.path) \
-                      unless that was done before; called by the module loaders of \
-                      subinterpreters on CPython versions where loading an extension module \
-                      there first crashes the process later. Never raises for the import \
-                      itself.",
-                    module_prepare_in_main,
-                ),
-            ],
-            STATE_ENTRIES,
-            callback::exec_slot(module_exec),
-        ),
+fn classes() -> &'static Classes {
+    CLASSES.get_or_init(|| Classes {
         channel: ClassDef::new::<Channel>(
             c"subinterp.Channel",
             c"A channel shared by every interpreter; get one with subinterp.channel(name).",
@@ -144,11 +111,73 @@ fn defs() -> &'static Defs {
     })
 }
 
-/// Makes `subinterp` a built-in module of every interpreter. Must run before CPython is
-/// initialised.
-pub(crate) fn register_builtin() -> std::result::Result<(), String> {
-    defs();
-    module::register_static(c"subinterp", || &defs().module)
+/// The definition of the `subinterp` module, registered like a host module: its state
+/// holds its classes, then its exceptions, at the indices named above.
+pub(crate) fn spec() -> ModuleSpec {
+    let classes = classes();
+    let exception = |name: &str, doc: &str| ExceptionSpec {
+        name: name.into(),
+        base: "Exception".into(),
+        doc: doc.into(),
+    };
+    ModuleSpec {
+        name: "subinterp".into(),
+        doc: "Channels and shared buffers between the interpreters of this process.".into(),
+        methods: vec![
+            callback::method_def(c"id", c"id()\n--\n\nThis interpreter's id.", module_id),
+            callback::method_def(
+                c"channel",
+                c"channel(name, capacity=None)\n--\n\nThe channel called name, shared by \
+                  every interpreter and the host; created on first use, unbounded unless \
+                  capacity is given.",
+                module_channel,
+            ),
+            callback::method_def(
+                c"buffer",
+                c"buffer(size_or_bytes, writable=False)\n--\n\nA buffer of shared memory: \
+                  send it through a channel and receivers get a memoryview over the same \
+                  bytes, read-only unless writable=True. This handle's own views are always \
+                  writable.",
+                module_buffer,
+            ),
+            callback::method_def(
+                c"_prepare_in_main",
+                c"_prepare_in_main(name, path)\n--\n\nImports the module name in the main \
+                  interpreter (with the str entries of path appended to its sys.path) \
+                  unless that was done before; called by the module loaders of \
+                  subinterpreters on CPython versions where loading an extension module \
+                  there first crashes the process later. Never raises for the import \
+                  itself.",
+                module_prepare_in_main,
+            ),
+        ],
+        functions: Vec::new(),
+        classes: vec![
+            ClassSpec {
+                name: "Channel",
+                def: &classes.channel,
+            },
+            ClassSpec {
+                name: "Buffer",
+                def: &classes.buffer,
+            },
+        ],
+        exceptions: vec![
+            exception(
+                "ChannelClosed",
+                "The channel is closed (and, for receives, drained).",
+            ),
+            exception("ChannelEmpty", "try_recv() found no message."),
+            exception("ChannelFull", "try_send() found the channel full."),
+            exception(
+                "ReceiveError",
+                "A message could not be rebuilt in this interpreter (e.g. its class is not \
+                 importable here). The pickled bytes are in .pickled, the sender's type name \
+                 in .type_name: the message is not lost.",
+            ),
+        ],
+        constants: Vec::new(),
+    }
 }
 
 // ---------------------------------------------------------------- module state
@@ -164,42 +193,6 @@ fn entry_of<'py>(obj: &PyObj<'py>, i: usize) -> Result<PyObj<'py>> {
     let module = class::defining_module(obj)
         .ok_or_else(|| Error::InvalidArgument("an object without its module".into()))?;
     entry(&module, i)
-}
-
-fn module_exec<'py>(py: Python<'py>, module: &PyObj<'py>) -> Outcome<()> {
-    let defs = defs();
-    let channel_type = defs.channel.create(module)?;
-    let buffer_type = defs.buffer.create(module)?;
-    module::state_set(module, CHANNEL_TYPE, &channel_type)?;
-    module::state_set(module, BUFFER_TYPE, &buffer_type)?;
-    module.setattr("Channel", &channel_type)?;
-    module.setattr("Buffer", &buffer_type)?;
-    let exceptions = [
-        (
-            CLOSED_ERROR,
-            "ChannelClosed",
-            "The channel is closed (and, for receives, drained).",
-        ),
-        (EMPTY_ERROR, "ChannelEmpty", "try_recv() found no message."),
-        (
-            FULL_ERROR,
-            "ChannelFull",
-            "try_send() found the channel full.",
-        ),
-        (
-            RECEIVE_ERROR,
-            "ReceiveError",
-            "A message could not be rebuilt in this interpreter (e.g. its class is not \
-             importable here). The pickled bytes are in .pickled, the sender's type name in \
-             .type_name: the message is not lost.",
-        ),
-    ];
-    for (index, name, doc) in exceptions {
-        let class = module::new_exception(py, &format!("subinterp.{name}"), doc, None)?;
-        module::state_set(module, index, &class)?;
-        module.setattr(name, &class)?;
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------- argument parsing
@@ -329,7 +322,7 @@ fn module_channel<'py>(
     };
     let channel = Channel::named_with(&name, capacity)?;
     let class = entry(module, CHANNEL_TYPE)?;
-    Ok(class::new_instance(&defs().channel, &class, channel)?)
+    Ok(class::new_instance(&classes().channel, &class, channel)?)
 }
 
 fn module_buffer<'py>(
@@ -555,7 +548,7 @@ fn new_buffer_object<'py>(
     buffer: SharedBuffer,
     writable: bool,
 ) -> Result<PyObj<'py>> {
-    class::new_instance(&defs().buffer, class, BufferHandle { buffer, writable })
+    class::new_instance(&classes().buffer, class, BufferHandle { buffer, writable })
 }
 
 fn buffer_handle<'a>(obj: &'a PyObj<'_>) -> Result<&'a BufferHandle> {

@@ -64,7 +64,8 @@ impl RuntimeConfig {
     /// Registers a module of native Rust functions that every interpreter of the runtime
     /// can import ([`HostModule`]). Host modules are built into CPython when it starts:
     /// they are registered by the configuration that starts the runtime
-    /// ([`Runtime::init`]), and at most 32 can be.
+    /// ([`Runtime::init`]), and at most 32 can be. A module of the name of one registered
+    /// before replaces it; the name `subinterp` is the library's own module.
     pub fn host_module(&mut self, module: HostModule) -> &mut Self {
         self.host_modules.retain(|m| m.name() != module.name());
         self.host_modules.push(module);
@@ -243,6 +244,9 @@ impl Runtime {
     }
 }
 
+/// The most host modules a runtime can have (besides its own `subinterp` module).
+const MAX_HOST_MODULES: usize = 32;
+
 fn start(config: &RuntimeConfig) -> Result<RuntimeInner> {
     let build_python = option_env!("SUBINTERP_BUILD_PYTHON").filter(|p| Path::new(p).exists());
     let home = config
@@ -263,10 +267,14 @@ fn start(config: &RuntimeConfig) -> Result<RuntimeInner> {
     for module in &config.host_modules {
         module.validate()?;
     }
-    let modules: Vec<ModuleSpec> = config
-        .host_modules
-        .iter()
-        .map(HostModule::to_spec)
+    if config.host_modules.len() > MAX_HOST_MODULES {
+        return Err(Error::InvalidConfig(format!(
+            "at most {MAX_HOST_MODULES} host modules can be registered, not {}",
+            config.host_modules.len()
+        )));
+    }
+    let modules: Vec<ModuleSpec> = std::iter::once(crate::pymodule::spec())
+        .chain(config.host_modules.iter().map(HostModule::to_spec))
         .collect();
     let opts = (home, executable, config.use_environment, config.site_import);
     let (ready_tx, ready_rx) = bounded::<Result<(MainInterpreter, String), String>>(1);
@@ -281,7 +289,6 @@ fn start(config: &RuntimeConfig) -> Result<RuntimeInner> {
                 use_environment,
                 site_import,
                 modules: &modules,
-                register_builtins: crate::pymodule::register_builtin,
             };
             match lifecycle::initialize(&init) {
                 Ok((main_ts, main)) => {

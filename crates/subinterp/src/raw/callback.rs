@@ -236,7 +236,14 @@ impl<F> MethodBody for F where
 }
 
 /// A method definition made by [`method_def`].
+#[derive(Clone, Copy)]
 pub(crate) struct MethodDef(pub(in crate::raw) ffi::PyMethodDef);
+
+// SAFETY: a method definition points only to static data (its name and doc, and a
+// trampoline), which CPython only reads.
+unsafe impl Send for MethodDef {}
+// SAFETY: see `Send`.
+unsafe impl Sync for MethodDef {}
 
 /// An attribute definition made by [`getset_def`].
 pub(crate) struct GetSetDef(pub(in crate::raw) ffi::PyGetSetDef);
@@ -581,37 +588,9 @@ unsafe extern "C" fn free<F: RawBody<(), ()>>(obj: *mut c_void) {
     let _ = catch_unwind(AssertUnwindSafe(|| conjure::<F>()(obj.cast(), ())));
 }
 
-/// A module init function (`PyInit_*`, or an inittab entry) returning what `body`
-/// returns: the module definition, initialised.
-pub(in crate::raw) fn init_fn<F: Fn() -> *mut ffi::PyModuleDef + Copy + 'static>(
-    body: F,
-) -> unsafe extern "C" fn() -> *mut ffi::PyObject {
-    accept(body);
-    init::<F>
-}
-
-unsafe extern "C" fn init<F: Fn() -> *mut ffi::PyModuleDef + Copy + 'static>() -> *mut ffi::PyObject
-{
-    match catch_unwind(AssertUnwindSafe(|| conjure::<F>()())) {
-        // SAFETY: the body returns a complete, static module definition; PyModuleDef_Init
-        // only initialises its object header.
-        Ok(def) if !def.is_null() => unsafe { ffi::PyModuleDef_Init(def) },
-        _ => {
-            // SAFETY: CPython calls init functions with the GIL held; static message.
-            unsafe {
-                ffi::PyErr_SetString(
-                    ffi::PyExc_SystemError,
-                    c"a module definition could not be made".as_ptr(),
-                )
-            };
-            ptr::null_mut()
-        }
-    }
-}
-
-/// How many module init functions [`indexed_init_fns`] makes: the most host modules a
-/// runtime can have.
-pub(crate) const MAX_INDEXED_INITS: usize = 32;
+/// How many module init functions [`indexed_init_fns`] makes: the most modules defined
+/// at run time, the built-in `subinterp` module and 32 host modules.
+pub(crate) const MAX_INDEXED_INITS: usize = 33;
 
 /// Module init functions that know their index: the `i`th calls `body(i)` for the module
 /// definition to initialise (for modules defined at run time, which need one init
@@ -623,7 +602,7 @@ pub(crate) fn indexed_init_fns<F: Fn(usize) -> *mut ffi::PyModuleDef + Copy + 's
     macro_rules! table {
         ($($i:literal)*) => { [$(indexed_init::<F, $i>),*] };
     }
-    table!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31)
+    table!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32)
 }
 
 unsafe extern "C" fn indexed_init<

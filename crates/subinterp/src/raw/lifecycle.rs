@@ -17,10 +17,9 @@ pub(crate) struct InitOptions<'a> {
     pub executable: Option<&'a str>,
     pub use_environment: bool,
     pub site_import: bool,
-    /// Modules defined at run time, built in to every interpreter.
+    /// Modules defined at run time, built in to every interpreter: the crate's own
+    /// `subinterp` module and the host's modules.
     pub modules: &'a [super::module::ModuleSpec],
-    /// Registers the crate's own built-in modules (called before CPython starts).
-    pub register_builtins: fn() -> Result<(), String>,
 }
 
 /// The main interpreter's thread state, detached, owned by the thread that initialised
@@ -61,7 +60,6 @@ pub(crate) fn initialize(
     if unsafe { ffi::Py_IsInitialized() } != 0 {
         return Err("Python is already initialised in this process by other code".into());
     }
-    (opts.register_builtins)()?;
     super::module::register(opts.modules.to_vec())?;
     // UTF-8 mode (PEP 540): file names, `open()` and the standard streams use UTF-8
     // whatever locale the host process has (a host rarely calls setlocale, which leaves

@@ -1,10 +1,14 @@
 //! Modules defined at run time, before CPython starts: built-in modules of every
-//! interpreter, made of native functions, exception classes and constants.
+//! interpreter, made of native functions, native classes, exception classes and
+//! constants. The library's own `subinterp` module and the host's modules are all made
+//! here, from one [`ModuleSpec`] each.
 //!
 //! Each is a multi-phase-init module (PEP 489) declaring support for a per-interpreter
 //! GIL (and, on 3.13, for running without the GIL): every interpreter that imports it
-//! gets its own module object, functions and exception classes. What is shared is only
-//! the Rust side of each function, which is `Send + Sync`.
+//! gets its own module object, functions, types and exception classes, the types and
+//! exception classes also held in the module's per-interpreter state (classes first,
+//! then exceptions, in the order of the spec: [`state_get`]). What is shared is only the
+//! Rust side of each function, which is `Send + Sync`.
 
 use std::ffi::{CStr, CString};
 use std::ptr;
@@ -12,7 +16,8 @@ use std::sync::{Arc, OnceLock};
 
 use pyo3_ffi as ffi;
 
-use super::callback::{self, ExecSlot, Failure, FastArgs, MethodDef, Outcome};
+use super::callback::{self, Failure, FastArgs, MethodDef, Outcome};
+use super::class::ClassDef;
 use super::{PyObj, Python};
 use crate::error::Error;
 use crate::value::Value;
@@ -48,14 +53,33 @@ pub(crate) struct ExceptionSpec {
     pub(crate) doc: String,
 }
 
+/// A native class of a module, made in each interpreter from one static definition.
+#[derive(Clone, Copy)]
+pub(crate) struct ClassSpec {
+    /// The module attribute naming it.
+    pub(crate) name: &'static str,
+    pub(crate) def: &'static ClassDef,
+}
+
 /// A module to define.
 #[derive(Clone)]
 pub(crate) struct ModuleSpec {
     pub(crate) name: String,
     pub(crate) doc: String,
+    /// Functions written against the C calling convention, whose `self` is the module.
+    pub(crate) methods: Vec<MethodDef>,
+    /// Functions with a Rust side shared by every interpreter ([`NativeFn`]).
     pub(crate) functions: Vec<FunctionSpec>,
+    pub(crate) classes: Vec<ClassSpec>,
     pub(crate) exceptions: Vec<ExceptionSpec>,
     pub(crate) constants: Vec<(String, Value)>,
+}
+
+impl ModuleSpec {
+    /// How many entries the module's state holds: its classes, then its exceptions.
+    fn state_entries(&self) -> usize {
+        self.classes.len() + self.exceptions.len()
+    }
 }
 
 struct Registered {
@@ -88,7 +112,7 @@ pub(crate) fn register(specs: Vec<ModuleSpec>) -> Result<(), String> {
     }
     if specs.len() > callback::MAX_INDEXED_INITS {
         return Err(format!(
-            "at most {} host modules can be registered, not {}",
+            "at most {} modules can be registered, not {}",
             callback::MAX_INDEXED_INITS,
             specs.len()
         ));
@@ -104,17 +128,20 @@ pub(crate) fn register(specs: Vec<ModuleSpec>) -> Result<(), String> {
             let def = callback::method_def(fname, fdoc, call_native);
             methods.push(Box::into_raw(Box::new(def.0)));
         }
+        let mut module_methods: Vec<ffi::PyMethodDef> = spec.methods.iter().map(|m| m.0).collect();
+        module_methods.push(ffi::PyMethodDef::zeroed());
         let slots = module_slots(callback::exec_slot(exec_module).0);
         let def = Box::into_raw(Box::new(ffi::PyModuleDef {
             m_base: ffi::PyModuleDef_HEAD_INIT,
             m_name: name.as_ptr(),
             m_doc: doc.as_ptr(),
-            m_size: 0,
-            m_methods: ptr::null_mut(),
+            m_size: ffi::Py_ssize_t::try_from(spec.state_entries() * SLOT)
+                .map_err(|_| format!("module {:?} has too many classes", spec.name))?,
+            m_methods: Box::leak(module_methods.into_boxed_slice()).as_mut_ptr(),
             m_slots: slots.as_mut_ptr(),
-            m_traverse: None,
-            m_clear: None,
-            m_free: None,
+            m_traverse: Some(state_traverse_fn()),
+            m_clear: Some(callback::clear_slot(state_clear)),
+            m_free: Some(callback::free_slot(state_free)),
         }));
         table.push(Registered { def, spec, methods });
     }
@@ -178,11 +205,17 @@ fn exec_module<'py>(py: Python<'py>, module: &PyObj<'py>) -> Outcome<()> {
         }?;
         module.setattr(&function.name, &func)?;
     }
+    for (i, class) in spec.classes.iter().enumerate() {
+        let type_object = class.def.create(module)?;
+        state_set(module, i, &type_object)?;
+        module.setattr(class.name, &type_object)?;
+    }
     let builtins = py.builtins()?;
-    for exc in &spec.exceptions {
+    for (i, exc) in spec.exceptions.iter().enumerate() {
         let base = builtins.getattr(&exc.base)?;
         let full = format!("{}.{}", spec.name, exc.name);
         let class = new_exception(py, &full, &exc.doc, Some(&base))?;
+        state_set(module, spec.classes.len() + i, &class)?;
         module.setattr(&exc.name, &class)?;
     }
     for (name, value) in &spec.constants {
@@ -205,77 +238,20 @@ fn call_native<'py>(
     (bound.call)(py, bound.interp, args)
 }
 
-// ---------------------------------------------------------------- static modules
-
-/// A module definition made once for the process, whose per-interpreter state holds
-/// `slots` strong references to objects (its types and exception classes, say), released
-/// with the module. Each interpreter's module object fills its state in its exec slot
-/// ([`state_set`]).
-pub(crate) struct StaticModuleDef {
-    def: *mut ffi::PyModuleDef,
-}
-
-// SAFETY: the definition is leaked and never mutated after creation; CPython only reads
-// it (and initialises its object header once, under the import lock).
-unsafe impl Send for StaticModuleDef {}
-// SAFETY: see `Send`.
-unsafe impl Sync for StaticModuleDef {}
+// ---------------------------------------------------------------- module state
 
 const SLOT: usize = std::mem::size_of::<*mut ffi::PyObject>();
 
-impl StaticModuleDef {
-    /// A multi-phase-init module `name` with functions `methods`, `slots` state entries
-    /// and the exec slot `exec`, supporting a per-interpreter GIL (and, on 3.13, running
-    /// without the GIL).
-    pub(crate) fn new(
-        name: &'static CStr,
-        doc: &'static CStr,
-        methods: Vec<MethodDef>,
-        slots: usize,
-        exec: ExecSlot,
-    ) -> StaticModuleDef {
-        let mut methods: Vec<ffi::PyMethodDef> = methods.into_iter().map(|m| m.0).collect();
-        methods.push(ffi::PyMethodDef::zeroed());
-        let module_slots = module_slots(exec.0);
-        let def = Box::into_raw(Box::new(ffi::PyModuleDef {
-            m_base: ffi::PyModuleDef_HEAD_INIT,
-            m_name: name.as_ptr(),
-            m_doc: doc.as_ptr(),
-            m_size: ffi::Py_ssize_t::try_from(slots * SLOT).expect("a small state"),
-            m_methods: Box::leak(methods.into_boxed_slice()).as_mut_ptr(),
-            m_slots: module_slots.as_mut_ptr(),
-            m_traverse: Some(state_traverse_fn()),
-            m_clear: Some(callback::clear_slot(state_clear)),
-            m_free: Some(callback::free_slot(state_free)),
-        }));
-        StaticModuleDef { def }
-    }
-}
-
-/// Makes the module of `def()` a built-in module `name` of every interpreter. Must run
-/// before CPython is initialised.
-pub(crate) fn register_static<F>(name: &'static CStr, def: F) -> Result<(), String>
-where
-    F: Fn() -> &'static StaticModuleDef + Copy + 'static,
-{
-    let init = callback::init_fn(move || def().def);
-    // SAFETY: called before Py_Initialize, with a static name and init function.
-    let status = unsafe { ffi::PyImport_AppendInittab(name.as_ptr(), Some(init)) };
-    if status == 0 {
-        Ok(())
-    } else {
-        Err(format!("could not register the module {name:?}"))
-    }
-}
-
-/// The state entries of a module made from a [`StaticModuleDef`]; `None` for any other
-/// module, or before its state exists.
-fn state_entries(module: *mut ffi::PyObject) -> Option<&'static mut [*mut ffi::PyObject]> {
-    // SAFETY: `module` is a live module object (callers hold it, or CPython passes it to a
-    // GC slot). Its definition is ours when its traverse slot is `state_traverse`'s
+/// The state of a module made from a [`ModuleSpec`]: where its entries start and how
+/// many there are; `None` for any other module, or before its state exists.
+///
+/// The entries are read and written one at a time, under the GIL, through the pointer;
+/// no reference to them outlives a statement.
+fn state_of(module: *mut ffi::PyObject) -> Option<(*mut *mut ffi::PyObject, usize)> {
+    // SAFETY: `module` is a live object (callers hold it, or CPython passes it to a GC
+    // slot). Its definition is ours when its traverse slot is `state_traverse`'s
     // trampoline; the state then holds `m_size / SLOT` pointers, zeroed at creation, and
-    // lives as long as the module. Only one reference to it is used at a time, under the
-    // GIL.
+    // lives as long as the module.
     unsafe {
         if ffi::PyModule_Check(module) == 0 {
             return None;
@@ -292,14 +268,19 @@ fn state_entries(module: *mut ffi::PyObject) -> Option<&'static mut [*mut ffi::P
         if state.is_null() {
             return None;
         }
-        let n = usize::try_from((*def).m_size).unwrap_or(0) / SLOT;
-        Some(std::slice::from_raw_parts_mut(state, n))
+        Some((state, usize::try_from((*def).m_size).unwrap_or(0) / SLOT))
     }
 }
 
-/// Entry `i` of the state of `module` (made from a [`StaticModuleDef`]).
+/// Entry `i` of the state of `module` (made from a [`ModuleSpec`]): its `i`th class, or
+/// for `i` past its classes, its exceptions.
 pub(crate) fn state_get<'py>(module: &PyObj<'py>, i: usize) -> Option<PyObj<'py>> {
-    let entry = *state_entries(module.as_ptr())?.get(i)?;
+    let (state, n) = state_of(module.as_ptr())?;
+    if i >= n {
+        return None;
+    }
+    // SAFETY: `i` is within the state (checked above), which is live with the module.
+    let entry = unsafe { *state.add(i) };
     if entry.is_null() {
         return None;
     }
@@ -308,17 +289,17 @@ pub(crate) fn state_get<'py>(module: &PyObj<'py>, i: usize) -> Option<PyObj<'py>
 }
 
 /// Stores `obj` as entry `i` of the state of `module`, replacing what was there.
-pub(crate) fn state_set(module: &PyObj<'_>, i: usize, obj: &PyObj<'_>) -> Result<(), Error> {
-    let entries = state_entries(module.as_ptr())
+fn state_set(module: &PyObj<'_>, i: usize, obj: &PyObj<'_>) -> Result<(), Error> {
+    let (state, n) = state_of(module.as_ptr())
         .ok_or_else(|| Error::InvalidArgument("not a module with state".into()))?;
-    let slot = entries
-        .get_mut(i)
-        .ok_or_else(|| Error::InvalidArgument(format!("no state entry {i}")))?;
-    // SAFETY: GIL held (the objects carry the token); the state takes a strong reference
-    // and releases the one it held.
+    if i >= n {
+        return Err(Error::InvalidArgument(format!("no state entry {i}")));
+    }
+    // SAFETY: GIL held (the objects carry the token); `i` is within the state. The state
+    // takes a strong reference and releases the one it held.
     unsafe {
         ffi::Py_IncRef(obj.as_ptr());
-        let old = std::mem::replace(slot, obj.as_ptr());
+        let old = std::mem::replace(&mut *state.add(i), obj.as_ptr());
         if !old.is_null() {
             ffi::Py_DecRef(old);
         }
@@ -326,16 +307,21 @@ pub(crate) fn state_set(module: &PyObj<'_>, i: usize, obj: &PyObj<'_>) -> Result
     Ok(())
 }
 
-/// The traverse slot of static modules, which also marks them as such (one address,
-/// taken once).
+/// The traverse slot of the modules made here, which also marks them as such (one
+/// address, taken once).
 fn state_traverse_fn() -> ffi::traverseproc {
     static TRAVERSE: OnceLock<ffi::traverseproc> = OnceLock::new();
     *TRAVERSE.get_or_init(|| callback::traverse_slot(state_traverse))
 }
 
 fn state_traverse(module: *mut ffi::PyObject, visit: callback::Visit) -> std::ffi::c_int {
-    for entry in state_entries(module).into_iter().flatten() {
-        if let Some(obj) = ptr::NonNull::new(*entry) {
+    let Some((state, n)) = state_of(module) else {
+        return 0;
+    };
+    for i in 0..n {
+        // SAFETY: `i` is within the live state; a read of one entry.
+        let entry = unsafe { *state.add(i) };
+        if let Some(obj) = ptr::NonNull::new(entry) {
             let r = visit.call(obj);
             if r != 0 {
                 return r;
@@ -346,12 +332,18 @@ fn state_traverse(module: *mut ffi::PyObject, visit: callback::Visit) -> std::ff
 }
 
 fn state_clear(module: *mut ffi::PyObject, (): ()) -> std::ffi::c_int {
-    for entry in state_entries(module).into_iter().flatten() {
-        let obj = std::mem::replace(entry, ptr::null_mut());
-        if !obj.is_null() {
-            // SAFETY: CPython clears modules with the GIL held; releasing the reference
-            // the state held.
-            unsafe { ffi::Py_DecRef(obj) };
+    let Some((state, n)) = state_of(module) else {
+        return 0;
+    };
+    for i in 0..n {
+        // SAFETY: `i` is within the live state; the entry is emptied before the
+        // reference it held is released (CPython clears modules with the GIL held), so
+        // code run by that release sees it empty.
+        unsafe {
+            let obj = std::mem::replace(&mut *state.add(i), ptr::null_mut());
+            if !obj.is_null() {
+                ffi::Py_DecRef(obj);
+            }
         }
     }
     0
