@@ -15,7 +15,7 @@ use crate::error::{Error, PyException, Result};
 use crate::interpreter::Args;
 use crate::params;
 use crate::raw::callback::{self, FastArgs};
-use crate::raw::convert::{scalar, scalar_object};
+use crate::raw::convert::{exact_bool, exact_float, exact_int, scalar, scalar_object};
 use crate::raw::module::{ExceptionSpec, FunctionSpec, ModuleSpec, NativeFn};
 use crate::raw::{PyObj, Python};
 use crate::value::de::{from_scalar, Scalar};
@@ -319,7 +319,7 @@ impl Caller<'_> {
         T: Send,
         F: FnOnce(&Interrupt) -> Result<T> + Send,
     {
-        let state = wait::lookup(self.interpreter_id());
+        let state = wait::lookup(self.py);
         let (result, late) = self.py.allow_threads(move || {
             let slot = state.as_ref().map(|s| s.enter_wait());
             let interrupt = Interrupt {
@@ -489,7 +489,14 @@ impl Binding {
 
     /// Argument `index` as a `T`: a scalar read in place, anything else through a
     /// [`Value`].
-    fn typed<T: DeserializeOwned>(&self, index: usize, obj: Option<PyObj<'_>>) -> Result<T> {
+    fn typed<T: DeserializeOwned + 'static>(
+        &self,
+        index: usize,
+        obj: Option<PyObj<'_>>,
+    ) -> Result<T> {
+        if let Some(value) = obj.as_ref().and_then(direct::<T>) {
+            return Ok(value);
+        }
         let name = &self.params[index];
         let Some(obj) = obj else {
             // Left out: accepted where `None` is (an `Option` parameter).
@@ -508,6 +515,24 @@ impl Binding {
         let shown = describe(&value);
         from_value(value).map_err(|err| mismatch(shown, err))
     }
+}
+
+/// `obj` as a `T` read straight from the object, for the commonest parameter types
+/// (`i64` from an exact `int`, `f64` from an exact `float`, `bool`); `None` for any other
+/// type or object, which then goes through serde with the same result. The type tests
+/// are resolved at compile time.
+#[inline(always)]
+fn direct<T: 'static>(obj: &PyObj<'_>) -> Option<T> {
+    let mut out: Option<T> = None;
+    let slot: &mut dyn Any = &mut out;
+    if let Some(slot) = slot.downcast_mut::<Option<i64>>() {
+        *slot = exact_int(obj);
+    } else if let Some(slot) = slot.downcast_mut::<Option<f64>>() {
+        *slot = exact_float(obj);
+    } else if let Some(slot) = slot.downcast_mut::<Option<bool>>() {
+        *slot = exact_bool(obj);
+    }
+    out
 }
 
 fn describe_scalar(scalar: &Scalar<'_>) -> &'static str {
@@ -626,7 +651,12 @@ macro_rules! params_tuple {
             fn bind(binding: &Binding, args: &FastArgs<'_, '_>) -> Result<Self> {
                 if args.keyword_len() == 0 && args.positional_len() == $n {
                     // Every parameter passed by position, in order: nothing to match.
-                    return Ok(($(binding.typed::<$t>($i, args.positional($i))?,)+));
+                    return Ok(($(
+                        match args.positional_ref($i).and_then(direct::<$t>) {
+                            Some(value) => value,
+                            None => binding.typed::<$t>($i, args.positional($i))?,
+                        },
+                    )+));
                 }
                 let mut slots = binding.slots::<$n>(args)?.into_iter();
                 Ok(($(binding.typed::<$t>($i, slots.next().flatten())?,)+))
@@ -667,30 +697,54 @@ fn host_data(py: Python<'_>) -> Option<Arc<dyn Any + Send + Sync>> {
 // ---------------------------------------------------------------- re-entrancy
 
 thread_local! {
-    /// The interpreters whose host functions are running on this thread, innermost last.
-    static CALLS: RefCell<Vec<i64>> = const { RefCell::new(Vec::new()) };
+    /// The interpreter whose host functions are running innermost on this thread, and
+    /// how many of its calls are nested there (0: none).
+    static CALLS: Cell<(i64, usize)> = const { Cell::new((0, 0)) };
+    /// The same for the interpreters further out, when calls of several are nested on
+    /// one thread (rare: each interpreter runs on its own thread), innermost last.
+    static OUTER_CALLS: RefCell<Vec<(i64, usize)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A host function call in progress on this thread.
-struct InCall;
+struct InCall {
+    /// Whether the call began a nesting of a different interpreter's calls.
+    switched: bool,
+}
 
 impl InCall {
     fn enter(interp: i64) -> InCall {
-        CALLS.with(|c| c.borrow_mut().push(interp));
-        InCall
+        let (current, n) = CALLS.with(Cell::get);
+        let switched = n > 0 && current != interp;
+        if switched {
+            OUTER_CALLS.with(|outer| outer.borrow_mut().push((current, n)));
+            CALLS.with(|c| c.set((interp, 1)));
+        } else {
+            CALLS.with(|c| c.set((interp, n + 1)));
+        }
+        InCall { switched }
     }
 }
 
 impl Drop for InCall {
     fn drop(&mut self) {
-        CALLS.with(|c| c.borrow_mut().pop());
+        if self.switched {
+            let outer = OUTER_CALLS.with(|outer| outer.borrow_mut().pop());
+            CALLS.with(|c| c.set(outer.unwrap_or((0, 0))));
+        } else {
+            CALLS.with(|c| {
+                let (interp, n) = c.get();
+                c.set((interp, n.saturating_sub(1)));
+            });
+        }
     }
 }
 
 /// True if this thread is running a host function called by interpreter `interp`: an
 /// operation on `interp` from here would wait for the call to end.
 pub(crate) fn calling_from(interp: i64) -> bool {
-    CALLS.with(|c| c.borrow().contains(&interp))
+    let (current, n) = CALLS.with(Cell::get);
+    (n > 0 && current == interp)
+        || OUTER_CALLS.with(|outer| outer.borrow().iter().any(|(i, _)| *i == interp))
 }
 
 impl Error {

@@ -247,21 +247,24 @@ impl Interpreter {
                 };
                 let setup = sub.with_gil(|py| {
                     setup(py, &rt, capture, prepare, &paths)?;
-                    match host_data {
-                        Some(data) => crate::host::attach_data(py, data),
-                        None => Ok(()),
+                    if let Some(data) = host_data {
+                        crate::host::attach_data(py, data)?;
                     }
+                    wait::register(py)
                 });
-                if let Err(err) = setup {
-                    sub.end();
-                    let _ = ready_tx.send(Err(err));
-                    return;
-                }
+                let waits = match setup {
+                    Ok(waits) => waits,
+                    Err(err) => {
+                        sub.end();
+                        let _ = ready_tx.send(Err(err));
+                        return;
+                    }
+                };
                 let id = sub.id();
                 let interrupts = Arc::new(Interrupts {
                     target: Mutex::new(Some(sub.interrupt_target())),
                     running: AtomicBool::new(false),
-                    waits: wait::register(id),
+                    waits,
                 });
                 tracing::debug!(
                     interpreter = id,
@@ -284,7 +287,6 @@ impl Interpreter {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .take();
-                wait::unregister(id);
                 if ended.running.is_empty() {
                     sub.end();
                     tracing::debug!(interpreter = id, "interpreter closed");

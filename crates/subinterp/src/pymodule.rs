@@ -401,7 +401,7 @@ fn channel_send<'py>(
         Err((Stop::Full, message)) => message,
         Err((stop, _)) => return Err(stop_failure(slf, stop)),
     };
-    let interrupt = wait::lookup(py.interpreter_id());
+    let interrupt = wait::lookup(py);
     let deadline = wait::deadline_after(timeout);
     let (result, late) = py.allow_threads(move || {
         let mut late = None;
@@ -453,7 +453,7 @@ fn blocking_recv(
         Err(stop) => return Err(stop),
     }
     let channel = channel.clone();
-    let interrupt = wait::lookup(py.interpreter_id());
+    let interrupt = wait::lookup(py);
     let deadline = wait::deadline_after(timeout);
     let (result, late) = py.allow_threads(move || {
         let mut late = None;

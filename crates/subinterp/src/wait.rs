@@ -3,12 +3,15 @@
 //! also be interrupted (a deadline or a cancellation), through a per-interpreter
 //! [`InterruptState`].
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
 use std::thread::Thread;
 use std::time::{Duration, Instant};
+
+use crate::error::Result;
+use crate::raw::callback;
+use crate::raw::Python;
 
 pub use crate::error::InterruptReason;
 
@@ -132,37 +135,28 @@ impl InterruptState {
     }
 }
 
-static INTERRUPTS: Mutex<Option<HashMap<i64, Arc<InterruptState>>>> = Mutex::new(None);
+/// The key of an interpreter's own dict under which its [`InterruptState`] is kept.
+const INTERRUPTS_KEY: &str = "subinterp.interrupts";
 
-/// Registers an interpreter (by CPython id) so that waits in it can be interrupted.
-pub(crate) fn register(interp_id: i64) -> Arc<InterruptState> {
+/// What the interpreter's dict holds.
+struct Attached(Arc<InterruptState>);
+
+/// Makes the waits of the interpreter of `py` interruptible: its interrupt state is kept
+/// in the interpreter's own dict (it goes with the interpreter), where every thread of it
+/// finds it.
+pub(crate) fn register(py: Python<'_>) -> Result<Arc<InterruptState>> {
     let state = Arc::new(InterruptState::new());
-    INTERRUPTS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get_or_insert_with(HashMap::new)
-        .insert(interp_id, Arc::clone(&state));
-    state
+    let capsule = callback::capsule(py, Attached(Arc::clone(&state)))?;
+    py.interpreter_dict()?
+        .set_item(&py.str(INTERRUPTS_KEY)?, &capsule)?;
+    Ok(state)
 }
 
-/// Forgets an interpreter that has ended.
-pub(crate) fn unregister(interp_id: i64) {
-    if let Some(map) = INTERRUPTS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_mut()
-    {
-        map.remove(&interp_id);
-    }
-}
-
-/// The interrupt state of an interpreter, if it was created by this crate.
-pub(crate) fn lookup(interp_id: i64) -> Option<Arc<InterruptState>> {
-    INTERRUPTS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        .and_then(|map| map.get(&interp_id).cloned())
+/// The interrupt state of the interpreter of `py`, if it was created by this crate.
+pub(crate) fn lookup(py: Python<'_>) -> Option<Arc<InterruptState>> {
+    let dict = py.interpreter_dict().ok()?;
+    let capsule = dict.dict_get(&py.str(INTERRUPTS_KEY).ok()?)?;
+    callback::capsule_value::<Attached>(&capsule).map(|a| Arc::clone(&a.0))
 }
 
 /// How long a blocked operation may wait.

@@ -182,6 +182,19 @@ impl<'a, 'py> FastArgs<'a, 'py> {
         self.items.len() - self.nargs
     }
 
+    /// Positional argument `i`, borrowed from the call: no reference is taken.
+    pub(crate) fn positional_ref(&self, i: usize) -> Option<&PyObj<'py>> {
+        let item = self.items[..self.nargs].get(i)?;
+        if item.is_null() {
+            return None;
+        }
+        // SAFETY: `PyObj` is `repr(transparent)` over a non-NULL object pointer (its token
+        // is zero-sized); the item is a live, non-NULL object of this interpreter, held by
+        // the caller for `'a`, which the returned reference cannot outlive. Nothing drops
+        // it through the reference.
+        Some(unsafe { &*std::ptr::from_ref(item).cast::<PyObj<'py>>() })
+    }
+
     /// Positional argument `i`.
     pub(crate) fn positional(&self, i: usize) -> Option<PyObj<'py>> {
         let ptr = *self.items[..self.nargs].get(i)?;

@@ -270,6 +270,48 @@ fn in_container(err: Error, place: &str) -> Error {
     }
 }
 
+/// `obj` as an `i64` when it is exactly an `int` (not a `bool` or another subclass)
+/// that fits; `None` otherwise, with no exception left set.
+pub(crate) fn exact_int(obj: &PyObj<'_>) -> Option<i64> {
+    let p = obj.as_ptr();
+    // SAFETY: the token in `obj` proves the GIL is held and `p` is live; the value is read
+    // only after the exact type check.
+    unsafe {
+        if ffi::PyLong_CheckExact(p) == 0 {
+            return None;
+        }
+        let mut overflow = 0;
+        let n = ffi::PyLong_AsLongLongAndOverflow(p, &mut overflow);
+        if overflow != 0 || (n == -1 && !ffi::PyErr_Occurred().is_null()) {
+            ffi::PyErr_Clear();
+            return None;
+        }
+        Some(n)
+    }
+}
+
+/// `obj` as an `f64` when it is exactly a `float`.
+pub(crate) fn exact_float(obj: &PyObj<'_>) -> Option<f64> {
+    let p = obj.as_ptr();
+    // SAFETY: the token proves the GIL is held and `p` is live; read after the type check.
+    unsafe { (ffi::PyFloat_CheckExact(p) != 0).then(|| ffi::PyFloat_AS_DOUBLE(p)) }
+}
+
+/// `obj` as a `bool` when it is `True` or `False`.
+pub(crate) fn exact_bool(obj: &PyObj<'_>) -> Option<bool> {
+    let p = obj.as_ptr();
+    // SAFETY: comparing pointers with CPython's two static bools.
+    unsafe {
+        if p == ffi::Py_True() {
+            Some(true)
+        } else if p == ffi::Py_False() {
+            Some(false)
+        } else {
+            None
+        }
+    }
+}
+
 /// The object as a plain scalar (`None`, `bool`, an `int` that fits `i64`, `float`, a
 /// UTF-8 `str`), read in place; `None` for anything else, leaving no exception.
 pub(crate) fn scalar<'a>(obj: &'a PyObj<'_>) -> Option<Scalar<'a>> {

@@ -10,7 +10,7 @@
 //! is loaded in this interpreter, `RuntimeError` otherwise, with the message and the
 //! cause chain. Raising never prints anything.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ptr::NonNull;
 
 use pyo3_ffi as ffi;
@@ -26,35 +26,54 @@ struct Live {
     snapshot: PyException,
 }
 
-/// One callback in progress on this thread.
-struct FrameSlot {
-    live: Option<Live>,
-}
-
 thread_local! {
-    static FRAMES: RefCell<Vec<FrameSlot>> = const { RefCell::new(Vec::new()) };
+    /// How many callbacks are in progress on this thread.
+    static DEPTH: Cell<usize> = const { Cell::new(0) };
+    /// The exceptions kept by frames, each with the depth of its frame, innermost last;
+    /// at most one per frame. Most frames keep none, so opening and closing one only
+    /// counts.
+    static KEPT: RefCell<Vec<(usize, Live)>> = const { RefCell::new(Vec::new()) };
+    /// The depth of the innermost frame that keeps an exception; 0 for none.
+    static KEPT_TOP: Cell<usize> = const { Cell::new(0) };
 }
 
 /// A callback in progress: fetched exceptions are kept until it ends.
 pub(crate) struct Frame<'py> {
     py: Python<'py>,
+    depth: usize,
 }
 
 impl<'py> Frame<'py> {
     /// Opens a frame for the callback running under `py`.
     pub(crate) fn enter(py: Python<'py>) -> Frame<'py> {
-        FRAMES.with(|frames| frames.borrow_mut().push(FrameSlot { live: None }));
-        Frame { py }
+        let depth = DEPTH.with(|d| {
+            let depth = d.get() + 1;
+            d.set(depth);
+            depth
+        });
+        Frame { py, depth }
     }
 }
 
 impl Drop for Frame<'_> {
     fn drop(&mut self) {
-        let slot = FRAMES.with(|frames| frames.borrow_mut().pop());
-        if let Some(live) = slot.and_then(|s| s.live) {
-            release(self.py, live);
+        DEPTH.with(|d| d.set(self.depth - 1));
+        if KEPT_TOP.with(Cell::get) == self.depth {
+            if let Some(live) = pop_kept() {
+                release(self.py, live);
+            }
         }
     }
+}
+
+/// Removes the innermost kept exception.
+fn pop_kept() -> Option<Live> {
+    KEPT.with(|kept| {
+        let mut kept = kept.borrow_mut();
+        let live = kept.pop().map(|(_, live)| live);
+        KEPT_TOP.with(|top| top.set(kept.last().map_or(0, |(depth, _)| *depth)));
+        live
+    })
 }
 
 fn current_interp(_py: Python<'_>) -> *mut ffi::PyInterpreterState {
@@ -75,19 +94,28 @@ fn release(py: Python<'_>, live: Live) {
 /// Keeps `exc`, just fetched and snapshotted, in the innermost frame of this thread (if
 /// one is open in this interpreter), replacing the one kept before.
 pub(crate) fn remember(exc: &PyObj<'_>, snapshot: &PyException) {
+    let depth = DEPTH.with(Cell::get);
+    if depth == 0 {
+        return;
+    }
     let py = exc.py();
-    let interp = current_interp(py);
-    let replaced = FRAMES.with(|frames| {
-        let mut frames = frames.borrow_mut();
-        let top = frames.last_mut()?;
-        // SAFETY: GIL held; the frame takes a strong reference of its own.
-        unsafe { ffi::Py_IncRef(exc.as_ptr()) };
-        let live = Live {
-            exc: NonNull::new(exc.as_ptr()).expect("a live object is never NULL"),
-            interp,
-            snapshot: snapshot.clone(),
-        };
-        top.live.replace(live)
+    // SAFETY: GIL held; the frame takes a strong reference of its own.
+    unsafe { ffi::Py_IncRef(exc.as_ptr()) };
+    let live = Live {
+        exc: NonNull::new(exc.as_ptr()).expect("a live object is never NULL"),
+        interp: current_interp(py),
+        snapshot: snapshot.clone(),
+    };
+    let replaced = KEPT.with(|kept| {
+        let mut kept = kept.borrow_mut();
+        match kept.last_mut() {
+            Some((d, top)) if *d == depth => Some(std::mem::replace(top, live)),
+            _ => {
+                kept.push((depth, live));
+                KEPT_TOP.with(|top| top.set(depth));
+                None
+            }
+        }
     });
     if let Some(old) = replaced {
         release(py, old);
@@ -96,16 +124,20 @@ pub(crate) fn remember(exc: &PyObj<'_>, snapshot: &PyException) {
 
 /// The exception the innermost frame kept, if its snapshot is `snapshot`.
 fn take_live<'py>(py: Python<'py>, snapshot: &PyException) -> Option<PyObj<'py>> {
+    let depth = DEPTH.with(Cell::get);
+    if depth == 0 || KEPT_TOP.with(Cell::get) != depth {
+        return None;
+    }
     let interp = current_interp(py);
-    let live = FRAMES.with(|frames| {
-        let mut frames = frames.borrow_mut();
-        let top = frames.last_mut()?;
-        let live = top.live.as_ref()?;
-        if live.interp != interp || live.snapshot != *snapshot {
-            return None;
-        }
-        top.live.take()
-    })?;
+    let matches = KEPT.with(|kept| {
+        kept.borrow()
+            .last()
+            .is_some_and(|(_, live)| live.interp == interp && live.snapshot == *snapshot)
+    });
+    if !matches {
+        return None;
+    }
+    let live = pop_kept()?;
     // SAFETY: the kept exception belongs to this interpreter (checked above) and the
     // frame held a strong reference, which passes to the returned object.
     Some(unsafe { py.adopt(live.exc) })

@@ -41,6 +41,11 @@ type Brand<'py> = PhantomData<(fn(&'py ()) -> &'py (), *mut ())>;
 
 /// An owned (strong) reference to a Python object of the interpreter whose GIL the
 /// brand `'py` stands for. Cloning increments the reference count; dropping decrements it.
+///
+/// Transparent over the pointer (the token is zero-sized), so a live object pointer that
+/// CPython lends for a call can be read as a `&PyObj` without taking a reference
+/// ([`super::callback::FastArgs::positional_ref`]).
+#[repr(transparent)]
 pub struct PyObj<'py> {
     ptr: NonNull<ffi::PyObject>,
     py: Python<'py>,
