@@ -722,6 +722,14 @@ fn setup(
     paths: &[PathBuf],
 ) -> Result<()> {
     let globals = py.dict()?;
+    if rt.borrowed {
+        // No built-in `subinterp` module in a borrowed Python: this interpreter gets its
+        // own from the definition the extension module made.
+        let module = crate::raw::module::instantiate(py, 0, "subinterp")?;
+        py.import("sys")?
+            .getattr("modules")?
+            .set_item(&py.str("subinterp")?, &module)?;
+    }
     let only = match prepare {
         Preparation::Off => None,
         Preparation::Only(names) if names.is_empty() => None,

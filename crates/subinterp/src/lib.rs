@@ -54,6 +54,8 @@ mod error;
 pub mod hazards;
 mod host;
 mod interpreter;
+#[doc(hidden)]
+pub mod package;
 mod params;
 mod pool;
 mod pymodule;

@@ -199,7 +199,7 @@ fn entry_of<'py>(obj: &PyObj<'py>, i: usize) -> Result<PyObj<'py>> {
 
 /// Parses the arguments of a call against parameter `names`, the first `required` of
 /// which are required. Returns one slot per name.
-fn parse<'py, const N: usize>(
+pub(crate) fn parse<'py, const N: usize>(
     args: &FastArgs<'_, 'py>,
     fname: &str,
     names: [&str; N],
@@ -216,7 +216,7 @@ fn parse<'py, const N: usize>(
 }
 
 /// A required argument, checked present by [`parse`].
-fn required<'a, 'py>(arg: &'a Option<PyObj<'py>>) -> &'a PyObj<'py> {
+pub(crate) fn required<'a, 'py>(arg: &'a Option<PyObj<'py>>) -> &'a PyObj<'py> {
     arg.as_ref().expect("parse checks required arguments")
 }
 

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crossbeam_channel::{bounded, Sender};
 
@@ -29,6 +30,7 @@ pub struct RuntimeConfig {
     use_environment: bool,
     prepare_extensions: Option<bool>,
     host_modules: Vec<HostModule>,
+    borrow: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -58,6 +60,7 @@ impl RuntimeConfig {
             use_environment: false,
             prepare_extensions: None,
             host_modules: Vec::new(),
+            borrow: false,
         }
     }
 
@@ -131,6 +134,19 @@ impl RuntimeConfig {
         self
     }
 
+    /// Uses the CPython already running in this process instead of starting one: for
+    /// this crate loaded as a Python extension module (the `subinterp` Python package).
+    /// The main interpreter stays the running program's; the runtime never finalises
+    /// it. Home, virtual environment and `site` settings are the running Python's own
+    /// (paths added here are still put first on the `sys.path` of new interpreters), and
+    /// host modules cannot be added to a running CPython. Callers on a thread of that
+    /// Python must not hold its GIL while starting the runtime or creating interpreters,
+    /// which need it.
+    pub fn borrow_running(&mut self) -> &mut Self {
+        self.borrow = true;
+        self
+    }
+
     fn venv_dir(&self) -> Option<PathBuf> {
         match &self.venv {
             Venv::Off => None,
@@ -150,6 +166,27 @@ enum State {
 
 static STATE: Mutex<State> = Mutex::new(State::Uninit);
 
+/// Set once the runtime has ended: its last handle and interpreter gone, the thread of
+/// the main interpreter finished.
+static ENDED: (Mutex<bool>, std::sync::Condvar) = (Mutex::new(false), std::sync::Condvar::new());
+
+/// Waits up to `timeout` for the runtime to end; true once it has, or if it never started.
+/// An interpreter stuck in C code keeps the runtime alive until the call returns.
+pub(crate) fn wait_ended(timeout: Duration) -> bool {
+    if matches!(
+        *STATE.lock().unwrap_or_else(|e| e.into_inner()),
+        State::Uninit
+    ) {
+        return true;
+    }
+    let (ended, changed) = &ENDED;
+    let guard = ended.lock().unwrap_or_else(|e| e.into_inner());
+    let (guard, _) = changed
+        .wait_timeout_while(guard, timeout, |ended| !*ended)
+        .unwrap_or_else(|e| e.into_inner());
+    *guard
+}
+
 /// The embedded CPython runtime of this process.
 ///
 /// There is at most one per process. [`Runtime::init`] starts it; every [`Runtime`]
@@ -168,6 +205,9 @@ pub(crate) struct RuntimeInner {
     /// Python code run in every new interpreter to set up `sys.path`, if any is needed.
     pub(crate) bootstrap: Option<String>,
     pub(crate) version: String,
+    /// Whether the Python is borrowed ([`RuntimeConfig::borrow_running`]): interpreters
+    /// then make their `subinterp` module from its definition, as no built-in one exists.
+    pub(crate) borrowed: bool,
     shutdown: Mutex<Option<(Sender<MainMsg>, JoinHandle<()>)>>,
 }
 
@@ -248,6 +288,18 @@ impl Runtime {
 const MAX_HOST_MODULES: usize = 32;
 
 fn start(config: &RuntimeConfig) -> Result<RuntimeInner> {
+    if config.borrow {
+        if !config.host_modules.is_empty() {
+            return Err(Error::InvalidConfig(
+                "host modules cannot be added to a running Python (borrow_running)".into(),
+            ));
+        }
+        if config.home.is_some() {
+            return Err(Error::InvalidConfig(
+                "a borrowed Python has its own home (borrow_running)".into(),
+            ));
+        }
+    }
     let build_python = option_env!("SUBINTERP_BUILD_PYTHON").filter(|p| Path::new(p).exists());
     let home = config
         .home
@@ -276,6 +328,7 @@ fn start(config: &RuntimeConfig) -> Result<RuntimeInner> {
     let modules: Vec<ModuleSpec> = std::iter::once(crate::pymodule::spec())
         .chain(config.host_modules.iter().map(HostModule::to_spec))
         .collect();
+    let borrow = config.borrow;
     let opts = (home, executable, config.use_environment, config.site_import);
     let (ready_tx, ready_rx) = bounded::<Result<(MainInterpreter, String), String>>(1);
     let (main_tx, main_rx) = crossbeam_channel::unbounded::<MainMsg>();
@@ -290,7 +343,12 @@ fn start(config: &RuntimeConfig) -> Result<RuntimeInner> {
                 site_import,
                 modules: &modules,
             };
-            match lifecycle::initialize(&init) {
+            let started = if borrow {
+                lifecycle::borrow_running()
+            } else {
+                lifecycle::initialize(&init)
+            };
+            match started {
                 Ok((main_ts, main)) => {
                     let version = main_ts.with_gil(|py| {
                         py.import("sys")
@@ -322,7 +380,11 @@ fn start(config: &RuntimeConfig) -> Result<RuntimeInner> {
                         }
                     }
                     let abandoned = lifecycle::abandoned_interpreters();
-                    if abandoned > 0 {
+                    if borrow {
+                        // The running program's Python goes on; only our thread state goes.
+                        main_ts.release();
+                        tracing::debug!("the borrowed Python runtime is given back");
+                    } else if abandoned > 0 {
                         // Finalising would wait for their threads forever.
                         tracing::warn!(
                             interpreters = abandoned,
@@ -392,6 +454,7 @@ fn start(config: &RuntimeConfig) -> Result<RuntimeInner> {
         prepare_extensions,
         bootstrap,
         version,
+        borrowed: config.borrow,
         shutdown: Mutex::new(Some((main_tx, thread))),
     })
 }
@@ -456,7 +519,7 @@ if name not in sys.modules:
 /// home overrides it. Otherwise the environment's `site-packages` is added to `sys.path`
 /// by [`bootstrap_code`].
 fn venv_python(config: &RuntimeConfig, build_python: Option<&str>) -> Option<PathBuf> {
-    if config.home.is_some() {
+    if config.home.is_some() || config.borrow {
         return None;
     }
     let venv = config.venv_dir()?;
@@ -500,7 +563,7 @@ fn bootstrap_code(
         let dirs: Vec<String> = config.paths.iter().map(|p| py_str(p)).collect();
         code.push_str(&format!("sys.path[0:0] = [{}]\n", dirs.join(", ")));
     }
-    if let Some(venv) = config.venv_dir() {
+    if let Some(venv) = config.venv_dir().filter(|_| !config.borrow) {
         let minor: Vec<&str> = version.split('.').take(2).collect();
         let lib = venv
             .join("lib")
@@ -570,6 +633,9 @@ impl Drop for RuntimeInner {
             let _ = stop.send(MainMsg::Stop { finalize });
             let _ = thread.join();
         }
+        let (ended, changed) = &ENDED;
+        *ended.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        changed.notify_all();
     }
 }
 

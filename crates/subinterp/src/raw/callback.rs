@@ -720,3 +720,19 @@ unsafe extern "C" fn capsule_drop<T: Send + Sync + 'static>(capsule: *mut ffi::P
         }
     }));
 }
+
+// ---------------------------------------------------------------- extension modules
+
+/// Defines `PyInit_<name>`, the init function of a Python extension module, as a call of
+/// `$entry: fn() -> *mut c_void` (which must catch every panic and set a Python error when
+/// it returns null). The `subinterp` Python package makes its init function with this.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! extension_entry {
+    ($init:ident, $entry:path) => {
+        #[no_mangle]
+        pub extern "C" fn $init() -> *mut ::std::ffi::c_void {
+            $entry()
+        }
+    };
+}

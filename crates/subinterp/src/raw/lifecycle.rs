@@ -122,7 +122,42 @@ pub(crate) fn initialize(
     }
 }
 
+/// Borrows the CPython already running in this process (this crate loaded as one of its
+/// extension modules): a new thread state of its main interpreter for the calling
+/// thread, detached, to give back with [`MainThreadState::release`]. The module
+/// definitions must be made already ([`super::module::extension_init`]).
+pub(crate) fn borrow_running() -> Result<(MainThreadState, MainInterpreter), String> {
+    // SAFETY: reading a flag.
+    if unsafe { ffi::Py_IsInitialized() } == 0 {
+        return Err("no Python is running in this process to borrow".into());
+    }
+    if !super::module::defined() {
+        return Err("the subinterp extension module is not loaded".into());
+    }
+    // SAFETY: Python is initialised, so the main interpreter exists; a new thread state
+    // needs no GIL (CPython serialises its creation) and starts detached.
+    let (interp, tstate) = unsafe {
+        let interp = ffi::PyInterpreterState_Main();
+        (interp, ffi::PyThreadState_New(interp))
+    };
+    match (NonNull::new(tstate), NonNull::new(interp)) {
+        (Some(ts), Some(interp)) => Ok((MainThreadState(ts), MainInterpreter(interp))),
+        _ => Err("could not make a thread state of the main interpreter".into()),
+    }
+}
+
 impl MainThreadState {
+    /// Gives back a thread state made by [`borrow_running`]: Python goes on running.
+    pub(crate) fn release(self) {
+        // SAFETY: this thread owns the detached thread state; attach it (waiting for the
+        // main GIL), clear it and delete it, which detaches.
+        unsafe {
+            ffi::PyEval_RestoreThread(self.0.as_ptr());
+            ffi::PyThreadState_Clear(self.0.as_ptr());
+            ffi::PyThreadState_DeleteCurrent();
+        }
+    }
+
     /// Runs `f` with the main interpreter's GIL held.
     pub(crate) fn with_gil<R>(&self, f: impl for<'py> FnOnce(Python<'py>) -> R) -> R {
         // SAFETY: this thread owns the detached main thread state.

@@ -110,6 +110,79 @@ pub(crate) fn register(specs: Vec<ModuleSpec>) -> Result<(), String> {
     if specs.is_empty() {
         return Ok(());
     }
+    let names = define(specs)?;
+    let inits = callback::indexed_init_fns(definition);
+    for (i, name) in names.into_iter().enumerate() {
+        // SAFETY: called before Py_Initialize, with a static name and init function.
+        let status = unsafe { ffi::PyImport_AppendInittab(name.as_ptr(), Some(inits[i])) };
+        if status != 0 {
+            return Err(format!("could not register the module {name:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the module definitions of the process are made ([`register`] or
+/// [`extension_init`] ran).
+pub(crate) fn defined() -> bool {
+    MODULES.get().is_some()
+}
+
+/// The body of an extension module's `PyInit_*` function, for a process whose CPython
+/// this crate did not start: makes the definitions of the process from `specs` the
+/// first time (its first module is the extension's), then returns the first one,
+/// initialised. On failure an exception is set and NULL returned.
+pub(crate) fn extension_init(specs: fn() -> Vec<ModuleSpec>) -> *mut ffi::PyObject {
+    let made = std::panic::catch_unwind(|| {
+        if !defined() {
+            // Two interpreters importing the extension at once: one defines, the other
+            // finds the definitions made.
+            if let Err(err) = define(specs()) {
+                if !defined() {
+                    return Err(err);
+                }
+            }
+        }
+        Ok(definition(0))
+    });
+    match made {
+        // SAFETY: a complete, static module definition; PyModuleDef_Init only
+        // initialises its object header.
+        Ok(Ok(def)) if !def.is_null() => unsafe { ffi::PyModuleDef_Init(def) },
+        _ => {
+            // SAFETY: CPython calls init functions with the GIL held; static message.
+            unsafe {
+                ffi::PyErr_SetString(
+                    ffi::PyExc_SystemError,
+                    c"the subinterp module definitions could not be made".as_ptr(),
+                )
+            };
+            ptr::null_mut()
+        }
+    }
+}
+
+/// Makes a new module object from the `i`th definition, named `name`, executed, in the
+/// interpreter of `py` (which then holds its own copy, as an import would give it).
+pub(crate) fn instantiate<'py>(py: Python<'py>, i: usize, name: &str) -> Result<PyObj<'py>, Error> {
+    let def = definition(i);
+    if def.is_null() {
+        return Err(Error::InvalidArgument(format!("no module definition {i}")));
+    }
+    let spec = py
+        .import("importlib.machinery")?
+        .getattr("ModuleSpec")?
+        .call(&[&py.str(name)?, &py.none()])?;
+    // SAFETY: GIL held (the token); `def` is a complete, static definition and `spec` a
+    // live module spec; the new reference passes to the result.
+    let module = unsafe { py.own(ffi::PyModule_FromDefAndSpec(def, spec.as_ptr()))? };
+    // SAFETY: GIL held; the module was made from `def` just above.
+    py.check(unsafe { ffi::PyModule_ExecDef(module.as_ptr(), def) })?;
+    Ok(module)
+}
+
+/// Builds the definitions of `specs` and makes them the process's; returns their names.
+fn define(specs: Vec<ModuleSpec>) -> Result<Vec<&'static CStr>, String> {
     if specs.len() > callback::MAX_INDEXED_INITS {
         return Err(format!(
             "at most {} modules can be registered, not {}",
@@ -153,15 +226,7 @@ pub(crate) fn register(specs: Vec<ModuleSpec>) -> Result<(), String> {
     if MODULES.set(Table(table)).is_err() {
         return Err("host modules were registered before".into());
     }
-    let inits = callback::indexed_init_fns(definition);
-    for (i, name) in names.into_iter().enumerate() {
-        // SAFETY: called before Py_Initialize, with a static name and init function.
-        let status = unsafe { ffi::PyImport_AppendInittab(name.as_ptr(), Some(inits[i])) };
-        if status != 0 {
-            return Err(format!("could not register the module {name:?}"));
-        }
-    }
-    Ok(())
+    Ok(names)
 }
 
 /// The definition of the `i`th registered module.

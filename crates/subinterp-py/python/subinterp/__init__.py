@@ -1,0 +1,447 @@
+"""Pure-Python work on every core: pools of isolated CPython subinterpreters.
+
+``subinterp.Pool`` is a ``concurrent.futures.Executor`` whose workers are isolated
+interpreters of this process, each with its own GIL, running in parallel. Tasks can have
+deadlines that stop them; plain data (None, bool, int, float, str, bytes, and lists,
+tuples and dicts of them) crosses without pickling. ``subinterp.channel`` and
+``subinterp.buffer`` work between this interpreter and the workers.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import itertools
+import os
+import pickle
+import sys
+import threading
+from pathlib import Path
+
+from . import _native
+from ._worker import _subinterp_plain as _plain
+from ._native import (  # noqa: F401 - re-exported
+    Buffer,
+    Channel,
+    ChannelClosed,
+    ChannelEmpty,
+    ChannelFull,
+    ReceiveError,
+    buffer,
+    channel,
+    id,
+)
+
+__all__ = [
+    "Buffer",
+    "Channel",
+    "ChannelClosed",
+    "ChannelEmpty",
+    "ChannelFull",
+    "Pool",
+    "ReceiveError",
+    "RemoteError",
+    "buffer",
+    "channel",
+    "id",
+]
+
+_WORKER_SOURCE = (Path(__file__).parent / "_worker.py").read_text(encoding="utf-8")
+_RUN = "_subinterp_worker:_subinterp_run"
+_RUN_CHUNK = "_subinterp_worker:_subinterp_run_chunk"
+
+
+class RemoteError(Exception):
+    """An exception of a worker that cannot be rebuilt here as its own type.
+
+    ``type_name``, ``message`` and ``traceback`` (the worker's, as text) say what it was.
+    """
+
+    def __init__(self, type_name: str, message: str, traceback: str = ""):
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+        self.traceback = traceback
+
+
+class _RemoteTraceback(Exception):
+    """The worker's traceback, attached as ``__cause__`` of a task's exception."""
+
+    def __init__(self, tb: str):
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.tb}"""'
+
+
+def _reference(fn) -> tuple[str, str]:
+    """The module and qualified name a worker finds ``fn`` by, or a ``TypeError``."""
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None)
+    if not callable(fn) or not isinstance(module, str) or not isinstance(qualname, str):
+        raise TypeError(
+            f"subinterp.Pool runs module-level functions, found by module and name; "
+            f"{fn!r} has no module and qualified name"
+        )
+    if "<lambda>" in qualname or "<locals>" in qualname:
+        raise TypeError(
+            f"subinterp.Pool cannot run {qualname!r} from {module!r}: lambdas, closures and "
+            f"nested functions cannot be found by name in another interpreter; define it at "
+            f"the top level of a module"
+        )
+    if module == "__main__" and not _main_path():
+        raise TypeError(
+            f"subinterp.Pool cannot run {qualname!r}: it is defined in __main__, which has "
+            f"no file to load in the workers (interactive session); put it in a module"
+        )
+    return module, qualname
+
+
+def _main_path() -> str | None:
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if isinstance(path, str) and os.path.exists(path):
+        return os.path.abspath(path)
+    return None
+
+
+def _rebuild(type_name: str, message: str, tb: str) -> BaseException:
+    module, _, name = type_name.rpartition(".")
+    if module == "builtins":
+        import builtins
+
+        kind = getattr(builtins, name, None)
+        if isinstance(kind, type) and issubclass(kind, BaseException):
+            try:
+                exc = kind(message)
+            except Exception:
+                exc = RemoteError(type_name, message, tb)
+            exc.__cause__ = _RemoteTraceback(tb)
+            return exc
+    return RemoteError(type_name, message, tb)
+
+
+def _from_worker(reply):
+    """The value a task gave, or the exception to raise."""
+    tag = reply[0]
+    if tag == 0:
+        return reply[1], None
+    if tag == 1:
+        return pickle.loads(reply[1]), None
+    _, pickled, type_name, message, tb = reply
+    exc = None
+    if pickled is not None:
+        try:
+            exc = pickle.loads(pickled)
+        except Exception:
+            exc = None
+    if not isinstance(exc, BaseException):
+        exc = RemoteError(type_name, message, tb)
+    else:
+        exc.__cause__ = _RemoteTraceback(tb)
+    return None, exc
+
+
+class _Future(concurrent.futures.Future):
+    """A future of a task: cancelling it also stops the task in its pool."""
+
+    def __init__(self, pool: "Pool"):
+        super().__init__()
+        self._pool = pool
+        self._task: int | None = None
+
+    def cancel(self) -> bool:
+        if not super().cancel():
+            return False
+        if self._task is not None:
+            self._pool._cancel_task(self._task)
+        return True
+
+
+_POOLS: "set[Pool]" = set()
+_POOLS_LOCK = threading.Lock()
+
+
+class Pool(concurrent.futures.Executor):
+    """A pool of isolated interpreters, as a ``concurrent.futures.Executor``.
+
+    ``max_workers`` (default: the number of cores), ``initializer`` and ``initargs`` mean
+    what they mean for the standard executors (``initializer`` must be a module-level
+    function). Beyond them:
+
+    - ``init``: Python source run in each worker before its first task;
+    - ``timeout``: the default deadline of a task, in seconds, counted from its start. A
+      task past it fails with ``TimeoutError`` and its interpreter is reused; one stuck
+      in C code is reported the same way and its worker replaced;
+    - ``max_tasks_per_worker``: tasks per worker before it is replaced by a fresh one;
+    - ``setup_timeout``: a deadline for each worker's set-up (``init``, ``initializer``).
+
+    Workers see this interpreter's ``sys.path`` as it was when the pool started, and
+    functions of the main script (loaded in each worker as ``__mp_main__``).
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        initializer=None,
+        initargs: tuple = (),
+        *,
+        init: str | None = None,
+        timeout: float | None = None,
+        max_tasks_per_worker: int | None = None,
+        setup_timeout: float | None = None,
+    ):
+        if max_workers is None:
+            max_workers = os.cpu_count() or 1
+        if not isinstance(max_workers, int) or max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        _native._runtime_start()
+        code = [
+            "import sys, types",
+            f"sys.path[:] = {[p for p in sys.path if isinstance(p, str)]!r}",
+            "_w = types.ModuleType('_subinterp_worker')",
+            f"exec({_WORKER_SOURCE!r}, _w.__dict__)",
+            "sys.modules['_subinterp_worker'] = _w",
+        ]
+        main = _main_path()
+        if main is not None:
+            code.append(f"_w._subinterp_load_main({main!r})")
+        if initializer is not None:
+            module, qualname = _reference(initializer)
+            code.append(
+                f"_w._subinterp_resolve({module!r}, {qualname!r})"
+                f"(*__import__('pickle').loads({pickle.dumps(tuple(initargs))!r}))"
+            )
+        if init is not None:
+            code.append(init)
+        self._handle = _native._pool_new(
+            {
+                "workers": max_workers,
+                "init": "\n".join(code) + "\n",
+                "timeout": timeout,
+                "max_tasks_per_worker": max_tasks_per_worker,
+                "setup_timeout": setup_timeout,
+            }
+        )
+        self._max_workers = max_workers
+        self._lock = threading.Lock()
+        self._futures: dict[int, _Future] = {}
+        self._shutdown = False
+        self._collector = threading.Thread(
+            target=self._collect, name="subinterp-pool-results", daemon=True
+        )
+        self._collector.start()
+        with _POOLS_LOCK:
+            _POOLS.add(self)
+
+    # ------------------------------------------------------------------ submitting
+
+    def submit(self, fn, /, *args, **kwargs) -> concurrent.futures.Future:
+        """Runs ``fn(*args, **kwargs)`` in a worker; returns its future."""
+        return self.submit_with(fn, args, kwargs)
+
+    def submit_with(
+        self, fn, args: tuple = (), kwargs: dict | None = None, *, timeout: float | None = None
+    ) -> concurrent.futures.Future:
+        """Like ``submit``, with this call's own deadline (seconds from its start)."""
+        module, qualname = _reference(fn)
+        kwargs = {} if kwargs is None else dict(kwargs)
+        if _plain(args) and _plain(kwargs):
+            call_args = [module, qualname, None, *args]
+            call_kwargs = kwargs
+        else:
+            call_args = [module, qualname, self._pickle((tuple(args), kwargs))]
+            call_kwargs = {}
+        return self._queue(_RUN, call_args, call_kwargs, timeout, _from_worker)
+
+    def map(self, fn, *iterables, timeout=None, chunksize=1):
+        """Like ``Executor.map``: results in input order. A ``chunksize`` above 1 sends
+        the items to the workers in chunks of that many."""
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1")
+        if chunksize == 1:
+            return super().map(fn, *iterables, timeout=timeout)
+        module, qualname = _reference(fn)
+        chunks = iter(lambda it=zip(*iterables): list(itertools.islice(it, chunksize)), [])
+        futures = []
+        for chunk in chunks:
+            if _plain(chunk):
+                call_args = [module, qualname, None, [list(args) for args in chunk]]
+            else:
+                call_args = [module, qualname, self._pickle(chunk), []]
+            futures.append(self._queue(_RUN_CHUNK, call_args, {}, None, _chunk_from_worker))
+        return _chained(futures, timeout)
+
+    def _pickle(self, obj) -> bytes:
+        try:
+            return pickle.dumps(obj)
+        except Exception as exc:
+            raise TypeError(
+                f"subinterp.Pool: an argument cannot be sent to a worker: {exc}"
+            ) from exc
+
+    def _queue(self, target, args, kwargs, timeout, unwrap) -> _Future:
+        future = _Future(self)
+        future._unwrap = unwrap
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            task = _native._pool_submit(self._handle, target, args, kwargs, timeout)
+            future._task = task
+            self._futures[task] = future
+        return future
+
+    def _cancel_task(self, task: int) -> None:
+        try:
+            _native._pool_cancel(self._handle, task)
+        except RuntimeError:
+            pass
+
+    # ------------------------------------------------------------------ results
+
+    def _collect(self) -> None:
+        while True:
+            try:
+                done = _native._pool_done(self._handle, 0.5)
+            except RuntimeError:
+                return
+            if done is None:
+                break
+            for task, kind, payload in done:
+                with self._lock:
+                    future = self._futures.pop(task, None)
+                if future is not None:
+                    _deliver(future, kind, payload)
+        with self._lock:
+            left = list(self._futures.values())
+            self._futures.clear()
+        for future in left:
+            if future.cancel():
+                future.set_running_or_notify_cancel()
+
+    # ------------------------------------------------------------------ ending
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Ends the pool. With ``cancel_futures``, tasks not finished are cancelled
+        (running ones interrupted); otherwise they finish first. With ``wait``, returns
+        once every worker has ended."""
+        with self._lock:
+            if self._shutdown and not cancel_futures:
+                already = True
+            else:
+                already = False
+            self._shutdown = True
+            pending = list(self._futures.values()) if cancel_futures else []
+        for future in pending:
+            future.cancel()
+        if already and not wait:
+            return
+
+        def end():
+            try:
+                _native._pool_shutdown(self._handle, True, None)
+            except RuntimeError:
+                pass
+
+        if wait:
+            end()
+            self._collector.join()
+        else:
+            threading.Thread(target=end, name="subinterp-pool-shutdown", daemon=True).start()
+        with _POOLS_LOCK:
+            _POOLS.discard(self)
+
+
+def _deliver(future: _Future, kind: str, payload) -> None:
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        if kind == "ok":
+            value, exc = future._unwrap(payload)
+        elif kind == "python":
+            value, exc = None, _rebuild(*payload)
+        elif kind == "timeout":
+            value, exc = None, TimeoutError(payload)
+        elif kind == "cancelled":
+            value, exc = None, concurrent.futures.CancelledError()
+        else:
+            value, exc = None, RemoteError("subinterp.Error", str(payload))
+    except BaseException as error:  # unpickling the result failed
+        value, exc = None, error
+    if exc is None:
+        future.set_result(value)
+    else:
+        future.set_exception(exc)
+
+
+def _chunk_from_worker(replies):
+    """A chunk's values up to its first exception, and that exception (or None)."""
+    values = []
+    for reply in replies:
+        value, exc = _from_worker(reply)
+        if exc is not None:
+            return (values, exc), None
+        values.append(value)
+    return (values, None), None
+
+
+def _chained(futures, timeout):
+    import time
+
+    end = None if timeout is None else time.monotonic() + timeout
+
+    def results():
+        try:
+            for future in futures:
+                left = None if end is None else end - time.monotonic()
+                values, exc = future.result(left)
+                yield from values
+                if exc is not None:
+                    raise exc
+        finally:
+            for future in futures:
+                future.cancel()
+
+    return results()
+
+
+@atexit.register
+def _end_all() -> None:
+    with _POOLS_LOCK:
+        pools = list(_POOLS)
+    for pool in pools:
+        pool.shutdown(wait=True, cancel_futures=True)
+    _native._runtime_stop()
+    # A task stuck in C code (reported as TimeoutError, its worker replaced) keeps its
+    # interpreter until the call returns; Python must not finalise before it ends, so
+    # exiting waits for it, as it waits for non-daemon threads.
+    left = _native._runtime_wait(1.0)
+    if left is None:
+        sys.stderr.write(
+            "subinterp: waiting for tasks stuck in C code to return before Python exits "
+            "(Ctrl-C exits at once)\n"
+        )
+        sys.stderr.flush()
+        try:
+            while left is None:
+                left = _native._runtime_wait(0.25)
+        except KeyboardInterrupt:
+            _exit_now(130)
+    if left:
+        # Interpreters whose Python threads did not end cannot be finalised: CPython
+        # would abort the process ("remaining subinterpreters") or free what they use.
+        sys.stderr.write(
+            f"subinterp: {left} interpreter(s) still run Python threads that did not end; "
+            "Python cannot finalise with them, so the process exits now with status 1\n"
+        )
+        _exit_now(1)
+
+
+def _exit_now(status: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(status)

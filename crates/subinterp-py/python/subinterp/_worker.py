@@ -1,0 +1,86 @@
+"""The code each worker interpreter runs: calling a task's function by reference.
+
+Its source is sent to the workers as part of their set-up code (workers cannot import
+the package: their ``subinterp`` module is the native one), so it defines everything it
+needs at the top level of the worker's ``__main__``.
+"""
+
+import sys as _sys
+
+
+def _subinterp_plain(value, depth=0):
+    """Whether ``value`` crosses between interpreters without pickling."""
+    kind = type(value)
+    if value is None or kind in (bool, int, float, str, bytes):
+        return True
+    if depth > 50:
+        return False
+    if kind in (list, tuple):
+        return all(_subinterp_plain(item, depth + 1) for item in value)
+    if kind is dict:
+        return all(
+            _subinterp_plain(k, depth + 1) and _subinterp_plain(v, depth + 1)
+            for k, v in value.items()
+        )
+    return False
+
+
+def _subinterp_resolve(module, qualname):
+    import importlib
+
+    if module == "__main__":
+        module = "__mp_main__"
+    obj = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _subinterp_run(module, qualname, payload, *args, **kwargs):
+    """Calls ``module.qualname``; returns ``(0, result)`` for plain data, ``(1, pickled
+    result)`` otherwise, or ``(2, pickled exception or None, type name, message,
+    traceback)`` for an exception of the function. Deadlines and cancellations
+    (``TimeoutError``, ``KeyboardInterrupt`` injected by the pool) pass through."""
+    import pickle
+
+    try:
+        if payload is not None:
+            args, kwargs = pickle.loads(payload)
+        result = _subinterp_resolve(module, qualname)(*args, **kwargs)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: B902 - reported to the caller whole
+        import traceback
+
+        text = "".join(traceback.format_exception(exc))
+        try:
+            pickled = pickle.dumps(exc)
+        except Exception:
+            pickled = None
+        kind = type(exc)
+        return (2, pickled, f"{kind.__module__}.{kind.__qualname__}", str(exc), text)
+    if _subinterp_plain(result):
+        return (0, result)
+    return (1, pickle.dumps(result))
+
+
+def _subinterp_run_chunk(module, qualname, payload, items):
+    """Calls the function on each argument tuple of ``items`` (a map chunk); returns the
+    list of what ``_subinterp_run`` returns for each."""
+    import pickle
+
+    if payload is not None:
+        items = pickle.loads(payload)
+    return [_subinterp_run(module, qualname, None, *args) for args in items]
+
+
+def _subinterp_load_main(path):
+    """Loads the caller's main script as ``__mp_main__`` (code under ``if __name__ ==
+    "__main__":`` does not run), and makes it what ``__main__`` means for pickle."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("__mp_main__", path)
+    module = importlib.util.module_from_spec(spec)
+    _sys.modules["__mp_main__"] = module
+    spec.loader.exec_module(module)
+    _sys.modules["__main__"] = module

@@ -1,0 +1,87 @@
+"""Module-level functions the tests run in workers (found there by module and name)."""
+
+import sys
+import time
+
+
+def add(a, b):
+    return a + b
+
+
+def echo(*args, **kwargs):
+    return [list(args), kwargs]
+
+
+def fail(message):
+    raise KeyError(message)
+
+
+class Point:
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __eq__(self, other):
+        return isinstance(other, Point) and (self.x, self.y) == (other.x, other.y)
+
+
+class Custom(Exception):
+    pass
+
+
+def raise_custom(message):
+    raise Custom(message)
+
+
+def make_point(x, y):
+    return Point(x, y)
+
+
+def norm(point):
+    return point.x * point.x + point.y * point.y
+
+
+def spin():
+    while True:
+        pass
+
+
+def sleep_c(seconds):
+    time.sleep(seconds)
+    return "slept"
+
+
+def slow(x, seconds):
+    time.sleep(seconds)
+    return x
+
+
+def path():
+    return list(sys.path)
+
+
+def prefix():
+    return [sys.prefix, sys.executable]
+
+
+def interp_id():
+    import subinterp
+
+    return subinterp.id()
+
+
+def relay(name):
+    import subinterp
+
+    ch = subinterp.channel(name)
+    got = ch.recv(timeout=10)
+    subinterp.channel(name + "-back").send(got * 2)
+    return "relayed"
+
+
+def fill(name):
+    import subinterp
+
+    buf = subinterp.channel(name).recv(timeout=10)
+    view = memoryview(buf)
+    view[:5] = b"hello"
+    return len(view)

@@ -1,0 +1,224 @@
+"""subinterp.Pool as a concurrent.futures.Executor."""
+
+import asyncio
+import concurrent.futures
+import math
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import helpers
+import subinterp
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with subinterp.Pool(2) as p:
+        yield p
+
+
+def test_results_and_plain_data(pool):
+    assert pool.submit(math.factorial, 20).result(30) == 2432902008176640000
+    assert pool.submit(helpers.add, 2, b=40).result(30) == 42
+    assert pool.submit(helpers.echo, 1, "two", [3.0, None], x={"k": b"v"}).result(30) == [
+        [1, "two", [3.0, None]],
+        {"x": {"k": b"v"}},
+    ]
+    assert pool.submit(helpers.add, 2**100, 1).result(30) == 2**100 + 1
+
+
+def test_futures_are_standard(pool):
+    futures = [pool.submit(helpers.add, i, i) for i in range(20)]
+    assert all(isinstance(f, concurrent.futures.Future) for f in futures)
+    done = [f.result() for f in concurrent.futures.as_completed(futures, timeout=30)]
+    assert sorted(done) == [2 * i for i in range(20)]
+    finished, pending = concurrent.futures.wait(futures, timeout=30)
+    assert len(finished) == 20 and not pending
+
+
+def test_pickled_arguments_results_and_exceptions(pool):
+    assert pool.submit(helpers.norm, helpers.Point(3, 4)).result(30) == 25
+    assert pool.submit(helpers.make_point, 1, 2).result(30) == helpers.Point(1, 2)
+    with pytest.raises(helpers.Custom, match="boom") as info:
+        pool.submit(helpers.raise_custom, "boom").result(30)
+    assert "raise Custom(message)" in str(info.value.__cause__)
+    with pytest.raises(KeyError, match="missing"):
+        pool.submit(helpers.fail, "missing").result(30)
+
+
+def test_unpicklable_argument_is_a_type_error_in_the_caller(pool):
+    with pytest.raises(TypeError, match="cannot be sent"):
+        pool.submit(helpers.echo, threading_lock())
+
+
+def threading_lock():
+    import threading
+
+    return threading.Lock()
+
+
+def test_lambdas_and_closures_are_refused_at_submit(pool):
+    with pytest.raises(TypeError, match="lambda"):
+        pool.submit(lambda: 1)
+
+    def nested():
+        return 1
+
+    with pytest.raises(TypeError, match="nested"):
+        pool.submit(nested)
+
+
+def test_map_keeps_order_with_and_without_chunks(pool):
+    assert list(pool.map(helpers.add, range(50), range(50))) == [2 * i for i in range(50)]
+    assert list(pool.map(helpers.add, range(50), range(50), chunksize=7)) == [
+        2 * i for i in range(50)
+    ]
+    results = pool.map(helpers.fail, ["a"], chunksize=3)
+    with pytest.raises(KeyError):
+        list(results)
+
+
+def test_map_is_lazy_about_results(pool):
+    results = pool.map(helpers.slow, [1, 2, 3], [0.0, 0.0, 0.0])
+    assert next(results) == 1
+    assert list(results) == [2, 3]
+
+
+def test_deadline_stops_a_runaway_task_and_the_worker_is_reused():
+    with subinterp.Pool(1, timeout=0.5) as p:
+        start = time.monotonic()
+        with pytest.raises(TimeoutError):
+            p.submit(helpers.spin).result(30)
+        assert time.monotonic() - start < 15
+        assert p.submit(helpers.add, 1, 1).result(30) == 2
+
+
+def test_per_call_deadline_and_stuck_c_call():
+    with subinterp.Pool(1) as p:
+        with pytest.raises(TimeoutError):
+            p.submit_with(helpers.spin, timeout=0.3).result(30)
+        start = time.monotonic()
+        with pytest.raises(TimeoutError):
+            p.submit_with(helpers.sleep_c, (8,), timeout=0.3).result(30)
+        assert time.monotonic() - start < 6
+        assert p.submit(helpers.add, 2, 2).result(30) == 4
+
+
+def test_shutdown_semantics():
+    p = subinterp.Pool(1)
+    slow = [p.submit(helpers.slow, i, 0.2) for i in range(3)]
+    p.shutdown(wait=True)
+    assert [f.result() for f in slow] == [0, 1, 2]
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        p.submit(helpers.add, 1, 2)
+
+    p = subinterp.Pool(1)
+    running = p.submit(helpers.spin)
+    queued = [p.submit(helpers.add, i, 1) for i in range(5)]
+    p.shutdown(wait=True, cancel_futures=True)
+    assert running.cancelled() or isinstance(running.exception(5), BaseException)
+    assert all(f.cancelled() or f.done() for f in queued)
+
+
+def test_future_cancel_stops_the_task():
+    with subinterp.Pool(1) as p:
+        running = p.submit(helpers.spin)
+        time.sleep(0.3)
+        assert running.cancel()
+        assert p.submit(helpers.add, 3, 4).result(30) == 7
+
+
+def test_workers_see_the_callers_sys_path_and_prefix(pool):
+    worker_path = pool.submit(helpers.path).result(30)
+    for entry in sys.path:
+        assert entry in worker_path
+    assert pool.submit(helpers.prefix).result(30)[0] == sys.prefix
+
+
+def test_workers_are_other_interpreters(pool):
+    ids = {pool.submit(helpers.interp_id).result(30) for _ in range(10)}
+    assert 0 not in ids and subinterp.id() == 0
+
+
+def test_channels_between_main_and_workers(pool):
+    future = pool.submit(helpers.relay, "t-relay")
+    subinterp.channel("t-relay").send(21)
+    assert subinterp.channel("t-relay-back").recv(timeout=30) == 42
+    assert future.result(30) == "relayed"
+
+
+def test_buffers_are_shared_memory(pool):
+    buf = subinterp.buffer(16, writable=True)
+    future = pool.submit(helpers.fill, "t-buffer")
+    subinterp.channel("t-buffer").send(buf)
+    assert future.result(30) == 16
+    assert bytes(memoryview(buf)[:5]) == b"hello"
+
+
+def test_asyncio_run_in_executor(pool):
+    async def main():
+        loop = asyncio.get_running_loop()
+        one = loop.run_in_executor(pool, helpers.add, 1, 2)
+        two = asyncio.wrap_future(pool.submit(helpers.add, 3, 4))
+        return await asyncio.gather(one, two)
+
+    assert asyncio.run(main()) == [3, 7]
+
+
+def test_initializer_and_init_code():
+    with subinterp.Pool(1, initializer=helpers.add, initargs=(1, 2), init="X = 5") as p:
+        assert p.submit(helpers.add, 1, 1).result(30) == 2
+
+
+def test_main_script_functions_run(tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import subinterp
+
+            def square(x):
+                return x * x
+
+            if __name__ == "__main__":
+                with subinterp.Pool(2) as pool:
+                    print(sum(pool.map(square, range(10))))
+            """
+        )
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "285"
+
+
+def test_exit_waits_for_a_task_stuck_in_c_and_keeps_the_status(tmp_path):
+    script = tmp_path / "stuck.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import sys
+            sys.path.insert(0, {os.path.dirname(__file__)!r})
+            import helpers, subinterp
+
+            if __name__ == "__main__":
+                pool = subinterp.Pool(1)
+                try:
+                    pool.submit_with(helpers.sleep_c, (3,), timeout=0.2).result(30)
+                except TimeoutError:
+                    print("timed out")
+                sys.exit(7)
+            """
+        )
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 7, out.stderr
+    assert out.stdout.strip() == "timed out"
+    assert "Fatal" not in out.stderr

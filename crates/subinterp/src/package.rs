@@ -1,0 +1,519 @@
+//! The engine of the `subinterp` Python package: this crate loaded as an extension
+//! module (`subinterp._native`) of a CPython it did not start.
+//!
+//! The extension module is the `subinterp` module of every interpreter (channels,
+//! buffers, `id()`) plus a few functions for the package's Python code, which only the
+//! main interpreter may call: they start the runtime in borrow mode
+//! ([`RuntimeConfig::borrow_running`]) and drive pools of isolated interpreters. The
+//! package's `Pool` (a `concurrent.futures.Executor`) is Python code over them. Every
+//! wait releases the caller's GIL: the runtime needs the main interpreter's GIL to make
+//! interpreters, and the program's other threads go on meanwhile.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::config::InterpreterConfig;
+use crate::error::{Error, Result};
+use crate::interpreter::Args;
+use crate::pool::{Pool, PoolConfig, Task, TaskOptions};
+use crate::pymodule::{parse, required};
+use crate::raw::callback::{self, FastArgs, Outcome};
+use crate::raw::module::{self, ModuleSpec};
+use crate::raw::{ExcKind, PyObj, Python};
+use crate::runtime::{Runtime, RuntimeConfig};
+use crate::value::Value;
+
+/// Defines `PyInit_<name>` of the package's extension module: the module definition,
+/// initialised (NULL with an exception set on failure).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! python_extension {
+    ($init:ident) => {
+        $crate::extension_entry!($init, $crate::package::extension_init);
+    };
+}
+
+/// The body of the package's `PyInit__native`, made by
+/// [`python_extension!`](crate::python_extension).
+#[doc(hidden)]
+pub fn extension_init() -> *mut std::ffi::c_void {
+    module::extension_init(specs).cast()
+}
+
+fn specs() -> Vec<ModuleSpec> {
+    let mut spec = crate::pymodule::spec();
+    spec.methods.extend([
+        callback::method_def(
+            c"_runtime_start",
+            c"_runtime_start()\n--\n\nStarts the engine over this Python (once).",
+            runtime_start,
+        ),
+        callback::method_def(
+            c"_runtime_stop",
+            c"_runtime_stop()\n--\n\nEnds every pool and gives the main interpreter back.",
+            runtime_stop,
+        ),
+        callback::method_def(
+            c"_runtime_wait",
+            c"_runtime_wait(timeout)\n--\n\nWaits at most timeout seconds for the engine to \
+              end after _runtime_stop (a task stuck in C code holds it until the call \
+              returns): None while it runs, else the number of interpreters left running \
+              with Python threads that did not end.",
+            runtime_wait,
+        ),
+        callback::method_def(
+            c"_pool_new",
+            c"_pool_new(config)\n--\n\nA pool of isolated interpreters; config is a dict.",
+            pool_new,
+        ),
+        callback::method_def(
+            c"_pool_submit",
+            c"_pool_submit(pool, target, args, kwargs, timeout)\n--\n\nQueues a call of \
+              target ('module:qualname'); returns the task's id.",
+            pool_submit,
+        ),
+        callback::method_def(
+            c"_pool_done",
+            c"_pool_done(pool, timeout)\n--\n\nWaits at most timeout seconds for finished \
+              tasks: a list of (id, kind, payload), [] on timeout, None once the pool ended \
+              and every result was handed out.",
+            pool_done,
+        ),
+        callback::method_def(
+            c"_pool_cancel",
+            c"_pool_cancel(pool, id)\n--\n\nCancels a queued or running task.",
+            pool_cancel,
+        ),
+        callback::method_def(
+            c"_pool_shutdown",
+            c"_pool_shutdown(pool, wait, timeout)\n--\n\nEnds the pool: with wait, queued \
+              and running tasks finish first (those still running after timeout seconds \
+              are cancelled).",
+            pool_shutdown,
+        ),
+    ]);
+    vec![spec]
+}
+
+// ---------------------------------------------------------------- runtime
+
+static RUNTIME: Mutex<Option<Runtime>> = Mutex::new(None);
+
+fn main_only(py: Python<'_>, what: &str) -> Result<()> {
+    if py.interpreter_id() == 0 {
+        Ok(())
+    } else {
+        Err(Error::python(
+            "builtins.RuntimeError",
+            format!("subinterp.{what} is only available in the main interpreter"),
+        ))
+    }
+}
+
+fn runtime() -> Result<Runtime> {
+    let mut held = RUNTIME.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(rt) = held.as_ref() {
+        return Ok(rt.clone());
+    }
+    let rt = Runtime::init(RuntimeConfig::new().borrow_running())?;
+    *held = Some(rt.clone());
+    Ok(rt)
+}
+
+fn runtime_start<'py>(
+    py: Python<'py>,
+    _: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    parse(args, "_runtime_start", [], 0)?;
+    main_only(py, "_runtime_start")?;
+    let version = py.allow_threads(|| runtime().map(|rt| rt.python_version().to_owned()))?;
+    Ok(py.to_object(&Value::from(version))?)
+}
+
+fn runtime_stop<'py>(
+    py: Python<'py>,
+    _: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    parse(args, "_runtime_stop", [], 0)?;
+    main_only(py, "_runtime_stop")?;
+    let pools: Vec<Arc<PoolHandle>> = POOLS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .unwrap_or_default()
+        .into_values()
+        .collect();
+    py.allow_threads(move || {
+        for pool in pools {
+            pool.end(None);
+        }
+        RUNTIME.lock().unwrap_or_else(|e| e.into_inner()).take();
+    });
+    Ok(py.none())
+}
+
+fn runtime_wait<'py>(
+    py: Python<'py>,
+    _: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    let a = parse(args, "_runtime_wait", ["timeout"], 1)?;
+    main_only(py, "_runtime_wait")?;
+    let timeout = seconds(py, a[0].as_ref(), "timeout")?.unwrap_or(Duration::ZERO);
+    if !py.allow_threads(move || crate::runtime::wait_ended(timeout)) {
+        return Ok(py.none());
+    }
+    let left = crate::raw::lifecycle::abandoned_interpreters();
+    Ok(py.to_object(&Value::Int(left as i64))?)
+}
+
+// ---------------------------------------------------------------- pools
+
+/// A pool and what its Python side has not collected yet.
+struct PoolHandle {
+    pool: Mutex<Option<Pool>>,
+    /// Ids of tasks whose result is ready, sent by their wakers.
+    ready_tx: Sender<u64>,
+    ready_rx: Receiver<u64>,
+    tasks: Mutex<HashMap<u64, Pending>>,
+    /// Set once the pool has ended: every task has its result then.
+    ended: std::sync::atomic::AtomicBool,
+}
+
+enum Pending {
+    Running(Task),
+    Done(Result<Value>),
+}
+
+/// Sends a task's id when its result is ready.
+struct Notify {
+    id: u64,
+    tx: Sender<u64>,
+}
+
+impl Wake for Notify {
+    fn wake(self: Arc<Self>) {
+        let _ = self.tx.send(self.id);
+    }
+}
+
+impl PoolHandle {
+    /// Ends the pool (gracefully within `grace`, or at once), cancelling what is left.
+    fn end(&self, grace: Option<Duration>) {
+        let pool = self.pool.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match (pool, grace) {
+            (Some(pool), Some(grace)) => pool.shutdown(grace),
+            (Some(pool), None) => pool.shutdown_now(),
+            (None, _) => {}
+        }
+        self.ended.store(true, std::sync::atomic::Ordering::Release);
+        // Wake a collector waiting for results: the pool has ended.
+        let _ = self.ready_tx.send(u64::MAX);
+    }
+}
+
+/// Pools by handle number, so that Python code holds plain ints.
+static POOLS: Mutex<Option<HashMap<u64, Arc<PoolHandle>>>> = Mutex::new(None);
+static NEXT_POOL: OnceLock<std::sync::atomic::AtomicU64> = OnceLock::new();
+
+fn pool_of(handle: &PyObj<'_>) -> Result<Arc<PoolHandle>> {
+    let id = handle.to_value()?.as_i64().unwrap_or(-1);
+    POOLS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .and_then(|pools| {
+            u64::try_from(id)
+                .ok()
+                .and_then(|id| pools.get(&id).cloned())
+        })
+        .ok_or_else(|| Error::python("builtins.RuntimeError", "the pool has ended"))
+}
+
+fn seconds(py: Python<'_>, obj: Option<&PyObj<'_>>, what: &str) -> Result<Option<Duration>> {
+    let Some(obj) = obj.filter(|o| !o.is_none()) else {
+        return Ok(None);
+    };
+    let secs = match obj.to_value()? {
+        Value::Int(n) => n as f64,
+        Value::Float(f) => f,
+        _ => return Err(py.new_error(ExcKind::Type, &format!("{what} must be a number or None"))),
+    };
+    Duration::try_from_secs_f64(secs)
+        .map(Some)
+        .map_err(|_| py.new_error(ExcKind::Value, &format!("{what} must be >= 0 and finite")))
+}
+
+fn field<'a>(config: &'a [(Value, Value)], name: &str) -> Option<&'a Value> {
+    config
+        .iter()
+        .find(|(k, _)| matches!(k, Value::Str(s) if s == name))
+        .map(|(_, v)| v)
+        .filter(|v| !matches!(v, Value::None))
+}
+
+fn pool_new<'py>(py: Python<'py>, _: &PyObj<'py>, args: &FastArgs<'_, 'py>) -> Outcome<PyObj<'py>> {
+    let a = parse(args, "_pool_new", ["config"], 1)?;
+    main_only(py, "Pool")?;
+    let Value::Dict(config) = required(&a[0]).to_value()? else {
+        return Err(py.new_error(ExcKind::Type, "config must be a dict").into());
+    };
+    let mut pool_config = PoolConfig::new();
+    let mut interp = InterpreterConfig::isolated();
+    let bad = |what: &str| py.new_error(ExcKind::Value, &format!("invalid pool setting {what}"));
+    if let Some(v) = field(&config, "workers") {
+        let n = v
+            .as_i64()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| bad("workers"))?;
+        pool_config.workers(n as usize);
+    }
+    if let Some(Value::Str(code)) = field(&config, "init") {
+        pool_config.init(code.clone());
+    }
+    let float = |v: &Value| match v {
+        Value::Int(n) => Some(*n as f64),
+        Value::Float(f) => Some(*f),
+        _ => None,
+    };
+    if let Some(v) = field(&config, "timeout") {
+        let secs = float(v)
+            .filter(|s| *s > 0.0)
+            .ok_or_else(|| bad("timeout"))?;
+        pool_config.timeout(Duration::try_from_secs_f64(secs).map_err(|_| bad("timeout"))?);
+    }
+    if let Some(v) = field(&config, "setup_timeout") {
+        let secs = float(v)
+            .filter(|s| *s > 0.0)
+            .ok_or_else(|| bad("setup_timeout"))?;
+        pool_config
+            .setup_timeout(Duration::try_from_secs_f64(secs).map_err(|_| bad("setup_timeout"))?);
+    }
+    if let Some(v) = field(&config, "max_tasks_per_worker") {
+        let n = v
+            .as_i64()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| bad("max_tasks_per_worker"))?;
+        pool_config.max_tasks_per_worker(n as u64);
+    }
+    if let Some(Value::List(paths)) = field(&config, "paths") {
+        for p in paths.iter().rev() {
+            if let Value::Str(p) = p {
+                interp.add_path(p);
+            }
+        }
+    }
+    pool_config.interpreter(interp);
+    let pool = py.allow_threads(move || runtime().and_then(|rt| Pool::new(&rt, &pool_config)))?;
+    let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
+    let handle = Arc::new(PoolHandle {
+        pool: Mutex::new(Some(pool)),
+        ready_tx,
+        ready_rx,
+        tasks: Mutex::new(HashMap::new()),
+        ended: std::sync::atomic::AtomicBool::new(false),
+    });
+    let id = NEXT_POOL
+        .get_or_init(|| std::sync::atomic::AtomicU64::new(1))
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    POOLS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .insert(id, handle);
+    Ok(py.to_object(&Value::Int(id as i64))?)
+}
+
+fn pool_submit<'py>(
+    py: Python<'py>,
+    _: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    let a = parse(
+        args,
+        "_pool_submit",
+        ["pool", "target", "args", "kwargs", "timeout"],
+        4,
+    )?;
+    let handle = pool_of(required(&a[0]))?;
+    let target = required(&a[1]).extract_str()?;
+    let positional = match required(&a[2]).to_value()? {
+        Value::List(items) | Value::Tuple(items) => items,
+        _ => return Err(py.new_error(ExcKind::Type, "args must be a list").into()),
+    };
+    let keywords = match required(&a[3]).to_value()? {
+        Value::Dict(items) => items
+            .into_iter()
+            .map(|(k, v)| match k {
+                Value::Str(k) => Ok((k, v)),
+                _ => Err(py.new_error(ExcKind::Type, "keyword names must be str")),
+            })
+            .collect::<Result<Vec<_>>>()?,
+        _ => return Err(py.new_error(ExcKind::Type, "kwargs must be a dict").into()),
+    };
+    let options = TaskOptions {
+        timeout: seconds(py, a[4].as_ref(), "timeout")?,
+    };
+    let call = Args {
+        positional,
+        keywords,
+    };
+    let id = {
+        let pool = handle.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let pool = pool
+            .as_ref()
+            .ok_or_else(|| Error::python("builtins.RuntimeError", "the pool has ended"))?;
+        let mut task = pool.submit_with(&target, call, options)?;
+        let id = task.id();
+        let waker = Waker::from(Arc::new(Notify {
+            id,
+            tx: handle.ready_tx.clone(),
+        }));
+        let pending = match std::pin::Pin::new(&mut task).poll(&mut Context::from_waker(&waker)) {
+            Poll::Ready(result) => {
+                let _ = handle.ready_tx.send(id);
+                Pending::Done(result)
+            }
+            Poll::Pending => Pending::Running(task),
+        };
+        handle
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, pending);
+        id
+    };
+    Ok(py.to_object(&Value::Int(id as i64))?)
+}
+
+/// What Python code gets for a finished task: `(id, "ok", value)`, `(id, "python",
+/// (type name, message, traceback))`, `(id, "cancelled", None)`, `(id, "timeout",
+/// message)` or `(id, "error", message)`.
+fn outcome(id: u64, result: Result<Value>) -> Value {
+    let (kind, payload) = match result {
+        Ok(value) => ("ok", value),
+        Err(Error::Python(exc)) => (
+            "python",
+            Value::Tuple(vec![
+                Value::from(exc.type_name.as_str()),
+                Value::from(exc.message.as_str()),
+                Value::from(exc.traceback.as_str()),
+            ]),
+        ),
+        Err(Error::Cancelled) => ("cancelled", Value::None),
+        Err(err @ Error::Interrupted(_)) => ("timeout", Value::from(err.to_string())),
+        Err(err) => ("error", Value::from(err.to_string())),
+    };
+    Value::Tuple(vec![Value::Int(id as i64), Value::from(kind), payload])
+}
+
+fn pool_done<'py>(
+    py: Python<'py>,
+    _: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    let a = parse(args, "_pool_done", ["pool", "timeout"], 2)?;
+    let handle = pool_of(required(&a[0]))?;
+    let timeout = seconds(py, a[1].as_ref(), "timeout")?.unwrap_or(Duration::from_secs(3600));
+    let id = required(&a[0]).to_value()?.as_i64().unwrap_or(-1);
+    let done = py.allow_threads(move || {
+        // Set only after the pool's shutdown returned, when every task has its result.
+        let ended = handle.ended.load(std::sync::atomic::Ordering::Acquire);
+        let mut tasks = handle.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        if ended {
+            // Every task has its result once the pool ended: hand out what is left.
+            if tasks.is_empty() {
+                return None;
+            }
+            return Some(
+                tasks
+                    .drain()
+                    .map(|(id, pending)| {
+                        let result = match pending {
+                            Pending::Done(result) => result,
+                            Pending::Running(task) if task.is_finished() => task.wait(),
+                            Pending::Running(_) => Err(Error::Closed),
+                        };
+                        outcome(id, result)
+                    })
+                    .collect(),
+            );
+        }
+        drop(tasks);
+        let mut ids = Vec::new();
+        match handle.ready_rx.recv_timeout(timeout) {
+            Ok(id) => ids.push(id),
+            Err(_) => return Some(Vec::new()),
+        }
+        ids.extend(handle.ready_rx.try_iter());
+        let mut tasks = handle.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        Some(
+            ids.into_iter()
+                .filter_map(|id| {
+                    let result = match tasks.remove(&id)? {
+                        Pending::Done(result) => result,
+                        Pending::Running(task) => task.wait(),
+                    };
+                    Some(outcome(id, result))
+                })
+                .collect(),
+        )
+    });
+    let Some(done) = done else {
+        if let Ok(id) = u64::try_from(id) {
+            if let Some(pools) = POOLS.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                pools.remove(&id);
+            }
+        }
+        return Ok(py.none());
+    };
+    Ok(py.to_object(&Value::List(done))?)
+}
+
+fn pool_cancel<'py>(
+    py: Python<'py>,
+    _: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    let a = parse(args, "_pool_cancel", ["pool", "id"], 2)?;
+    let handle = pool_of(required(&a[0]))?;
+    let id = required(&a[1]).to_value()?.as_i64().unwrap_or(-1);
+    let cancelled = u64::try_from(id).ok().is_some_and(|id| {
+        match handle
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+        {
+            Some(Pending::Running(task)) => task.cancel(),
+            _ => false,
+        }
+    });
+    Ok(py.to_object(&Value::Bool(cancelled))?)
+}
+
+fn pool_shutdown<'py>(
+    py: Python<'py>,
+    _: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    let a = parse(args, "_pool_shutdown", ["pool", "wait", "timeout"], 2)?;
+    let handle = pool_of(required(&a[0]))?;
+    let wait = matches!(required(&a[1]).to_value()?, Value::Bool(true));
+    let grace = seconds(py, a[2].as_ref(), "timeout")?;
+    py.allow_threads(move || {
+        handle.end(if wait {
+            Some(grace.unwrap_or(Duration::from_secs(365 * 24 * 3600)))
+        } else {
+            None
+        });
+    });
+    Ok(py.none())
+}
