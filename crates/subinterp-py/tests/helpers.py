@@ -85,3 +85,42 @@ def fill(name):
     view = memoryview(buf)
     view[:5] = b"hello"
     return len(view)
+
+
+def signal_then_sleep(name, seconds):
+    import subinterp
+
+    subinterp.channel(name).send("started")
+    time.sleep(seconds)
+    return "slept"
+
+
+def signal_then_spin(name):
+    import subinterp
+
+    subinterp.channel(name).send("started")
+    while True:
+        pass
+
+
+def write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def collatz_steps(n):
+    steps = 0
+    while n > 1:
+        n = 3 * n + 1 if n % 2 else n // 2
+        steps += 1
+    return steps
+
+
+def where(_):
+    import subinterp
+
+    return subinterp.id()
+
+
+def total(values):
+    return sum(values)

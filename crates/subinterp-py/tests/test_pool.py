@@ -4,6 +4,7 @@ import asyncio
 import concurrent.futures
 import math
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -116,20 +117,39 @@ def test_shutdown_semantics():
     with pytest.raises(RuntimeError, match="after shutdown"):
         p.submit(helpers.add, 1, 2)
 
+    # cancel_futures cancels what waits; what runs finishes.
     p = subinterp.Pool(1)
-    running = p.submit(helpers.spin)
+    running = p.submit(helpers.signal_then_sleep, "shutdown-started", 0.5)
     queued = [p.submit(helpers.add, i, 1) for i in range(5)]
+    assert subinterp.channel("shutdown-started").recv(timeout=60) == "started"
     p.shutdown(wait=True, cancel_futures=True)
-    assert running.cancelled() or isinstance(running.exception(5), BaseException)
-    assert all(f.cancelled() or f.done() for f in queued)
+    assert running.result(0) == "slept"
+    assert all(f.cancelled() for f in queued)
+
+    # interrupt stops what runs as well.
+    p = subinterp.Pool(1)
+    running = p.submit(helpers.signal_then_spin, "shutdown-spinning")
+    queued = p.submit(helpers.add, 1, 1)
+    assert subinterp.channel("shutdown-spinning").recv(timeout=60) == "started"
+    p.shutdown(wait=True, interrupt=True)
+    assert running.cancelled() and queued.cancelled()
 
 
-def test_future_cancel_stops_the_task():
+def test_cancel_is_standard_and_interrupt_stops_a_running_task():
     with subinterp.Pool(1) as p:
-        running = p.submit(helpers.spin)
-        time.sleep(0.3)
-        assert running.cancel()
-        assert p.submit(helpers.add, 3, 4).result(30) == 7
+        running = p.submit(helpers.signal_then_spin, "cancel-spinning")
+        queued = p.submit(helpers.add, 3, 4)
+        assert subinterp.channel("cancel-spinning").recv(timeout=60) == "started"
+        assert running.running() and not queued.running()
+        assert not running.cancel(), "a running task is not cancelled"
+        assert queued.cancel() and queued.cancelled()
+        assert running.interrupt()
+        assert running.cancelled()
+        with pytest.raises(concurrent.futures.CancelledError):
+            running.result(30)
+        done = p.submit(helpers.add, 3, 4)
+        assert done.result(30) == 7
+        assert not done.cancel() and not done.interrupt()
 
 
 def test_workers_see_the_callers_sys_path_and_prefix(pool):
@@ -222,3 +242,72 @@ def test_exit_waits_for_a_task_stuck_in_c_and_keeps_the_status(tmp_path):
     assert out.returncode == 7, out.stderr
     assert out.stdout.strip() == "timed out"
     assert "Fatal" not in out.stderr
+
+
+def _script(tmp_path, body):
+    script = tmp_path / "script.py"
+    script.write_text(
+        f"import sys\nsys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+        + textwrap.dedent(body)
+    )
+    return script
+
+
+def test_ctrl_c_during_result_interrupts_the_wait_and_the_task(tmp_path):
+    script = _script(
+        tmp_path,
+        """
+        import helpers, subinterp
+
+        if __name__ == "__main__":
+            pool = subinterp.Pool(1)
+            future = pool.submit(helpers.signal_then_spin, "ctrl-c")
+            subinterp.channel("ctrl-c").recv(timeout=60)
+            print("ready", flush=True)
+            future.result()
+        """,
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGINT, err
+    assert "KeyboardInterrupt" in err
+    assert "Fatal" not in err
+
+
+def test_exit_lets_submitted_tasks_finish(tmp_path):
+    marker = tmp_path / "written"
+    script = _script(
+        tmp_path,
+        f"""
+        import helpers, subinterp
+
+        if __name__ == "__main__":
+            pool = subinterp.Pool(1)
+            pool.submit(helpers.slow, 1, 0.3)
+            pool.submit(helpers.write, {str(marker)!r}, "done")
+        """,
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert marker.read_text() == "done"
+
+
+def test_no_result_is_lost_when_threads_submit_at_once(pool):
+    # Tasks that finish while submit() is still filing them must still be delivered.
+    def client(base):
+        futures = [pool.submit(helpers.add, base, i) for i in range(500)]
+        return [f.result(60) for f in futures]
+
+    with concurrent.futures.ThreadPoolExecutor(4) as threads:
+        results = list(threads.map(client, [0, 1000, 2000, 3000]))
+    assert results == [[base + i for i in range(500)] for base in (0, 1000, 2000, 3000)]

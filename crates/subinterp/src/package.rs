@@ -86,14 +86,20 @@ fn specs() -> Vec<ModuleSpec> {
         ),
         callback::method_def(
             c"_pool_cancel",
-            c"_pool_cancel(pool, id)\n--\n\nCancels a queued or running task.",
+            c"_pool_cancel(pool, id, running)\n--\n\nCancels a task not started yet; with \
+              running, one that runs too (interrupted in its worker).",
             pool_cancel,
         ),
         callback::method_def(
+            c"_pool_started",
+            c"_pool_started(pool, id)\n--\n\nWhether a worker took the task (false once \
+              its result is collected).",
+            pool_started,
+        ),
+        callback::method_def(
             c"_pool_shutdown",
-            c"_pool_shutdown(pool, wait, timeout)\n--\n\nEnds the pool: with wait, queued \
-              and running tasks finish first (those still running after timeout seconds \
-              are cancelled).",
+            c"_pool_shutdown(pool)\n--\n\nStarts ending the pool, in the background: queued \
+              and running tasks finish first; _pool_done says when it has ended.",
             pool_shutdown,
         ),
     ]);
@@ -206,12 +212,13 @@ impl Wake for Notify {
 
 impl PoolHandle {
     /// Ends the pool (gracefully within `grace`, or at once), cancelling what is left.
+    /// Only the first call ends it; the others return at once.
     fn end(&self, grace: Option<Duration>) {
         let pool = self.pool.lock().unwrap_or_else(|e| e.into_inner()).take();
         match (pool, grace) {
             (Some(pool), Some(grace)) => pool.shutdown(grace),
             (Some(pool), None) => pool.shutdown_now(),
-            (None, _) => {}
+            (None, _) => return,
         }
         self.ended.store(true, std::sync::atomic::Ordering::Release);
         // Wake a collector waiting for results: the pool has ended.
@@ -372,6 +379,9 @@ fn pool_submit<'py>(
             .ok_or_else(|| Error::python("builtins.RuntimeError", "the pool has ended"))?;
         let mut task = pool.submit_with(&target, call, options)?;
         let id = task.id();
+        // Held until the task is in the map: its waker may fire at once, and the
+        // collector looks the id up only after taking this lock.
+        let mut tasks = handle.tasks.lock().unwrap_or_else(|e| e.into_inner());
         let waker = Waker::from(Arc::new(Notify {
             id,
             tx: handle.ready_tx.clone(),
@@ -383,11 +393,7 @@ fn pool_submit<'py>(
             }
             Poll::Pending => Pending::Running(task),
         };
-        handle
-            .tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, pending);
+        tasks.insert(id, pending);
         id
     };
     Ok(py.to_object(&Value::Int(id as i64))?)
@@ -482,21 +488,47 @@ fn pool_cancel<'py>(
     _: &PyObj<'py>,
     args: &FastArgs<'_, 'py>,
 ) -> Outcome<PyObj<'py>> {
-    let a = parse(args, "_pool_cancel", ["pool", "id"], 2)?;
+    let a = parse(args, "_pool_cancel", ["pool", "id", "running"], 3)?;
     let handle = pool_of(required(&a[0]))?;
-    let id = required(&a[1]).to_value()?.as_i64().unwrap_or(-1);
-    let cancelled = u64::try_from(id).ok().is_some_and(|id| {
+    let running = matches!(required(&a[2]).to_value()?, Value::Bool(true));
+    let cancelled = with_task(&handle, required(&a[1]), |task| {
+        if running {
+            task.cancel()
+        } else {
+            task.cancel_queued()
+        }
+    })?;
+    Ok(py.to_object(&Value::Bool(cancelled))?)
+}
+
+fn pool_started<'py>(
+    py: Python<'py>,
+    _: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    let a = parse(args, "_pool_started", ["pool", "id"], 2)?;
+    let handle = pool_of(required(&a[0]))?;
+    let started = with_task(&handle, required(&a[1]), Task::is_started)?;
+    Ok(py.to_object(&Value::Bool(started))?)
+}
+
+/// `f` of the task with this id while it has no result; false once it has one.
+fn with_task(handle: &PoolHandle, id: &PyObj<'_>, f: impl FnOnce(&Task) -> bool) -> Result<bool> {
+    let id = id.to_value()?.as_i64().unwrap_or(-1);
+    let Ok(id) = u64::try_from(id) else {
+        return Ok(false);
+    };
+    Ok(
         match handle
             .tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&id)
         {
-            Some(Pending::Running(task)) => task.cancel(),
+            Some(Pending::Running(task)) => f(task),
             _ => false,
-        }
-    });
-    Ok(py.to_object(&Value::Bool(cancelled))?)
+        },
+    )
 }
 
 fn pool_shutdown<'py>(
@@ -504,16 +536,16 @@ fn pool_shutdown<'py>(
     _: &PyObj<'py>,
     args: &FastArgs<'_, 'py>,
 ) -> Outcome<PyObj<'py>> {
-    let a = parse(args, "_pool_shutdown", ["pool", "wait", "timeout"], 2)?;
+    let a = parse(args, "_pool_shutdown", ["pool"], 1)?;
     let handle = pool_of(required(&a[0]))?;
-    let wait = matches!(required(&a[1]).to_value()?, Value::Bool(true));
-    let grace = seconds(py, a[2].as_ref(), "timeout")?;
-    py.allow_threads(move || {
-        handle.end(if wait {
-            Some(grace.unwrap_or(Duration::from_secs(365 * 24 * 3600)))
-        } else {
-            None
-        });
-    });
+    // Ended off this thread (Python may not start threads any more at exit): queued and
+    // running tasks finish first; the collector sees the end.
+    let ender = Arc::clone(&handle);
+    let started = std::thread::Builder::new()
+        .name("subinterp-pool-end".into())
+        .spawn(move || ender.end(Some(Duration::from_secs(365 * 24 * 3600))));
+    if started.is_err() {
+        py.allow_threads(move || handle.end(Some(Duration::from_secs(365 * 24 * 3600))));
+    }
     Ok(py.none())
 }

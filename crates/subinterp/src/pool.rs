@@ -644,11 +644,11 @@ fn worker_loop(py: Python<'_>, shared: &Shared, worker: &Arc<Worker>) -> Result<
         let Ok(task) = next else {
             return Ok(()); // the queue was closed and drained
         };
-        if task.state.is_done() {
+        worker.current.store(task.id, Ordering::Release);
+        if !task.state.start(worker) {
+            worker.current.store(0, Ordering::Release);
             continue; // cancelled while queued
         }
-        worker.current.store(task.id, Ordering::Release);
-        task.state.set_worker(worker);
         let started = Instant::now();
         if let Some(timeout) = task.timeout {
             let _ = shared.watchdog.send(Watch {
@@ -838,6 +838,8 @@ struct TaskState {
 struct TaskSlot {
     result: Option<Result<Value>>,
     finished: bool,
+    /// Set when a worker takes the task.
+    started: bool,
     wakers: Vec<Waker>,
     worker: Option<Arc<Worker>>,
 }
@@ -855,14 +857,27 @@ impl TaskState {
         lock(&self.slot).finished
     }
 
-    fn set_worker(&self, worker: &Arc<Worker>) {
-        lock(&self.slot).worker = Some(Arc::clone(worker));
+    /// A worker takes the task: false if it was cancelled while queued.
+    fn start(&self, worker: &Arc<Worker>) -> bool {
+        let mut slot = lock(&self.slot);
+        if slot.finished {
+            return false;
+        }
+        slot.started = true;
+        slot.worker = Some(Arc::clone(worker));
+        true
     }
 
     /// Stores the result unless one is already there; returns whether it was stored.
     fn complete(&self, result: Result<Value>) -> bool {
+        self.complete_if(result, |_| true)
+    }
+
+    /// Stores the result if there is none yet and `when` holds for the slot, in one
+    /// critical section; returns whether it was stored.
+    fn complete_if(&self, result: Result<Value>, when: impl FnOnce(&TaskSlot) -> bool) -> bool {
         let mut slot = lock(&self.slot);
-        if slot.finished {
+        if slot.finished || !when(&slot) {
             return false;
         }
         slot.finished = true;
@@ -941,6 +956,18 @@ impl Task {
             worker.interrupt_task(self.id, InterruptReason::Cancelled);
         }
         true
+    }
+
+    /// Cancels the task only if no worker has taken it yet, as
+    /// `concurrent.futures.Future.cancel` does: returns false once it runs or finished.
+    pub fn cancel_queued(&self) -> bool {
+        self.state
+            .complete_if(Err(Error::Cancelled), |slot| !slot.started)
+    }
+
+    /// True once a worker has taken the task (it may have finished since).
+    pub fn is_started(&self) -> bool {
+        lock(&self.state.slot).started
     }
 }
 

@@ -229,6 +229,23 @@ fn graceful_shutdown_finishes_queued_work_and_then_escalates() {
 }
 
 #[test]
+fn cancel_queued_leaves_a_started_task_alone() {
+    let pool = pool(1, |_| {});
+    let running = pool.submit("__main__:sleep", (0.5,)).unwrap();
+    let queued = pool.submit("__main__:double", (4,)).unwrap();
+    let until = Instant::now() + Duration::from_secs(60);
+    while !running.is_started() {
+        assert!(Instant::now() < until, "the first task never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!queued.is_started());
+    assert!(!running.cancel_queued(), "it runs already");
+    assert!(queued.cancel_queued());
+    assert_eq!(running.wait().unwrap(), Value::from("slept"));
+    assert!(matches!(queued.wait(), Err(Error::Cancelled)));
+}
+
+#[test]
 fn dropping_the_pool_cancels_what_is_queued_and_interrupts_what_runs() {
     let pool = pool(1, |_| {});
     let running = pool.submit("__main__:spin", ()).unwrap();

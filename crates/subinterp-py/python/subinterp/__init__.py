@@ -46,6 +46,11 @@ __all__ = [
     "id",
 ]
 
+# Objects of the main script come back from workers as __mp_main__'s (the name it is
+# loaded under there); multiprocessing makes the same alias.
+if "__main__" in sys.modules:
+    sys.modules.setdefault("__mp_main__", sys.modules["__main__"])
+
 _WORKER_SOURCE = (Path(__file__).parent / "_worker.py").read_text(encoding="utf-8")
 _RUN = "_subinterp_worker:_subinterp_run"
 _RUN_CHUNK = "_subinterp_worker:_subinterp_run_chunk"
@@ -144,7 +149,11 @@ def _from_worker(reply):
 
 
 class _Future(concurrent.futures.Future):
-    """A future of a task: cancelling it also stops the task in its pool."""
+    """The future of a task of a ``Pool``.
+
+    ``cancel()`` means what it means for every ``concurrent.futures.Future``: it succeeds
+    only while the task waits in the queue. ``interrupt()`` also stops a running task.
+    """
 
     def __init__(self, pool: "Pool"):
         super().__init__()
@@ -152,11 +161,27 @@ class _Future(concurrent.futures.Future):
         self._task: int | None = None
 
     def cancel(self) -> bool:
-        if not super().cancel():
+        """Cancels the task if no worker has started it; False once it runs or is done."""
+        if self._task is not None and not self.done():
+            if not self._pool._cancel_task(self._task, running=False):
+                return self.cancelled()
+        return super().cancel()
+
+    def interrupt(self) -> bool:
+        """Stops the task: a queued one never runs, a running one is interrupted in its
+        worker (``KeyboardInterrupt`` is raised in it), and the future is cancelled.
+        False if the task had already finished."""
+        if self._task is None or self.done():
             return False
-        if self._task is not None:
-            self._pool._cancel_task(self._task)
-        return True
+        if not self._pool._cancel_task(self._task, running=True):
+            return False
+        return super().cancel()
+
+    def running(self) -> bool:
+        """True while a worker runs the task."""
+        if self.done() or self._task is None:
+            return False
+        return self._pool._started(self._task)
 
 
 _POOLS: "set[Pool]" = set()
@@ -292,11 +317,17 @@ class Pool(concurrent.futures.Executor):
             self._futures[task] = future
         return future
 
-    def _cancel_task(self, task: int) -> None:
+    def _cancel_task(self, task: int, running: bool) -> bool:
         try:
-            _native._pool_cancel(self._handle, task)
+            return _native._pool_cancel(self._handle, task, running)
+        except RuntimeError:  # the pool has ended: every task has its result
+            return False
+
+    def _started(self, task: int) -> bool:
+        try:
+            return _native._pool_started(self._handle, task)
         except RuntimeError:
-            pass
+            return False
 
     # ------------------------------------------------------------------ results
 
@@ -305,7 +336,7 @@ class Pool(concurrent.futures.Executor):
             try:
                 done = _native._pool_done(self._handle, 0.5)
             except RuntimeError:
-                return
+                break
             if done is None:
                 break
             for task, kind, payload in done:
@@ -317,40 +348,41 @@ class Pool(concurrent.futures.Executor):
             left = list(self._futures.values())
             self._futures.clear()
         for future in left:
-            if future.cancel():
-                future.set_running_or_notify_cancel()
+            concurrent.futures.Future.cancel(future)
+            future.set_running_or_notify_cancel()
+        with _POOLS_LOCK:
+            _POOLS.discard(self)
 
     # ------------------------------------------------------------------ ending
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Ends the pool. With ``cancel_futures``, tasks not finished are cancelled
-        (running ones interrupted); otherwise they finish first. With ``wait``, returns
-        once every worker has ended."""
+    def shutdown(
+        self, wait: bool = True, *, cancel_futures: bool = False, interrupt: bool = False
+    ) -> None:
+        """Ends the pool: no task can be submitted after it. Tasks already submitted run
+        to the end, except that ``cancel_futures`` cancels those no worker has started
+        and ``interrupt`` also stops the running ones. With ``wait``, returns once every
+        task has its result and every worker has ended (Ctrl-C stops the waiting, not
+        the ending)."""
         with self._lock:
-            if self._shutdown and not cancel_futures:
-                already = True
-            else:
-                already = False
+            first = not self._shutdown
             self._shutdown = True
-            pending = list(self._futures.values()) if cancel_futures else []
+            pending = list(self._futures.values()) if cancel_futures or interrupt else []
         for future in pending:
-            future.cancel()
-        if already and not wait:
-            return
-
-        def end():
+            if interrupt:
+                future.interrupt()
+            else:
+                future.cancel()
+        if first:
             try:
-                _native._pool_shutdown(self._handle, True, None)
-            except RuntimeError:
+                _native._pool_shutdown(self._handle)
+            except RuntimeError:  # already ended
                 pass
-
         if wait:
-            end()
             self._collector.join()
-        else:
-            threading.Thread(target=end, name="subinterp-pool-shutdown", daemon=True).start()
-        with _POOLS_LOCK:
-            _POOLS.discard(self)
+
+    def _ended(self, timeout: float | None) -> bool:
+        self._collector.join(timeout)
+        return not self._collector.is_alive()
 
 
 def _deliver(future: _Future, kind: str, payload) -> None:
@@ -408,10 +440,33 @@ def _chained(futures, timeout):
 
 @atexit.register
 def _end_all() -> None:
+    # As at the exit of a program with a ThreadPoolExecutor, tasks already submitted
+    # finish first, unless the program ended with Ctrl-C (KeyboardInterrupt) or Ctrl-C is
+    # pressed while waiting: then running tasks are interrupted.
     with _POOLS_LOCK:
         pools = list(_POOLS)
-    for pool in pools:
-        pool.shutdown(wait=True, cancel_futures=True)
+    stop = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
+    try:
+        for pool in pools:
+            pool.shutdown(wait=False, interrupt=stop)
+        if not all(pool._ended(1.0) for pool in pools):
+            sys.stderr.write(
+                "subinterp: waiting for submitted tasks to finish before Python exits "
+                "(Ctrl-C stops them)\n"
+            )
+            sys.stderr.flush()
+            for pool in pools:
+                pool._ended(None)
+    except KeyboardInterrupt:
+        stop = True
+    if stop:
+        try:
+            for pool in pools:
+                pool.shutdown(wait=False, interrupt=True)
+            for pool in pools:
+                pool._ended(None)
+        except KeyboardInterrupt:
+            _exit_now(130)
     _native._runtime_stop()
     # A task stuck in C code (reported as TimeoutError, its worker replaced) keeps its
     # interpreter until the call returns; Python must not finalise before it ends, so
@@ -436,6 +491,21 @@ def _end_all() -> None:
             "Python cannot finalise with them, so the process exits now with status 1\n"
         )
         _exit_now(1)
+    _keep_the_interrupt_status()
+
+
+def _keep_the_interrupt_status() -> None:
+    # CPython ends a program that died of an uncaught KeyboardInterrupt by SIGINT, as a
+    # shell expects, if a process-wide flag says so. Every exec()/eval() of a string in
+    # any interpreter resets that flag, and sets it when KeyboardInterrupt leaves it, so
+    # the workers' code (or interrupting it) may have changed it: put it back.
+    if isinstance(getattr(sys, "last_value", None), KeyboardInterrupt):
+        try:
+            exec("raise KeyboardInterrupt", {})
+        except KeyboardInterrupt:
+            pass
+    else:
+        exec("pass", {})
 
 
 def _exit_now(status: int) -> None:
@@ -444,4 +514,10 @@ def _exit_now(status: int) -> None:
             stream.flush()
         except Exception:
             pass
+    if status == 130:
+        # Die of SIGINT, as Python does after Ctrl-C, so that a shell sees it.
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
     os._exit(status)

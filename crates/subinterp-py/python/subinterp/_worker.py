@@ -28,7 +28,9 @@ def _subinterp_plain(value, depth=0):
 def _subinterp_resolve(module, qualname):
     import importlib
 
-    if module == "__main__":
+    if module in ("__main__", "__mp_main__"):
+        if _subinterp_main_error is not None:
+            raise ImportError(_subinterp_main_error)
         module = "__mp_main__"
     obj = importlib.import_module(module)
     for part in qualname.split("."):
@@ -37,31 +39,66 @@ def _subinterp_resolve(module, qualname):
 
 
 def _subinterp_run(module, qualname, payload, *args, **kwargs):
-    """Calls ``module.qualname``; returns ``(0, result)`` for plain data, ``(1, pickled
-    result)`` otherwise, or ``(2, pickled exception or None, type name, message,
-    traceback)`` for an exception of the function. Deadlines and cancellations
-    (``TimeoutError``, ``KeyboardInterrupt`` injected by the pool) pass through."""
+    """Calls ``module.qualname``; returns what ``_subinterp_call`` returns."""
     import pickle
 
     try:
         if payload is not None:
             args, kwargs = pickle.loads(payload)
-        result = _subinterp_resolve(module, qualname)(*args, **kwargs)
+        fn = _subinterp_resolve(module, qualname)
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # noqa: B902 - reported to the caller whole
-        import traceback
+        return _subinterp_failure(exc)
+    return _subinterp_call(fn, args, kwargs)
 
-        text = "".join(traceback.format_exception(exc))
-        try:
-            pickled = pickle.dumps(exc)
-        except Exception:
-            pickled = None
-        kind = type(exc)
-        return (2, pickled, f"{kind.__module__}.{kind.__qualname__}", str(exc), text)
+
+def _subinterp_call(fn, args, kwargs):
+    """Calls ``fn``; returns ``(0, result)`` for plain data, ``(1, pickled result)``
+    otherwise, or ``(2, pickled exception or None, type name, message, traceback)`` for
+    an exception of the function. Deadlines and cancellations (``TimeoutError``,
+    ``KeyboardInterrupt`` injected by the pool) pass through."""
+    try:
+        result = fn(*args, **kwargs)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: B902 - reported to the caller whole
+        return _subinterp_failure(exc)
     if _subinterp_plain(result):
         return (0, result)
-    return (1, pickle.dumps(result))
+    import pickle
+
+    try:
+        return (1, pickle.dumps(result))
+    except Exception as exc:
+        return _subinterp_failure(
+            TypeError(f"the result ({type(result).__qualname__}) cannot be sent back: {exc}")
+        )
+
+
+def _subinterp_failure(exc):
+    import pickle
+    import traceback
+
+    text = "".join(traceback.format_exception(exc))
+    try:
+        pickled = pickle.dumps(exc)
+    except Exception:
+        pickled = None
+    kind = type(exc)
+    return (2, pickled, f"{kind.__module__}.{kind.__qualname__}", str(exc), text)
+
+
+def _subinterp_run_node(payload):
+    """Runs a Dask task (a pickled ``(GraphNode, data)``): ``[start, stop, reply]`` with
+    wall-clock times around the call and ``reply`` as ``_subinterp_call`` gives it."""
+    import pickle
+    import time
+
+    task, data = pickle.loads(payload)
+    start = time.time()
+    reply = _subinterp_call(task, (data,), {})
+    return [start, time.time(), reply]
 
 
 def _subinterp_run_chunk(module, qualname, payload, items):
@@ -74,13 +111,28 @@ def _subinterp_run_chunk(module, qualname, payload, items):
     return [_subinterp_run(module, qualname, None, *args) for args in items]
 
 
+_subinterp_main_error = None
+
+
 def _subinterp_load_main(path):
     """Loads the caller's main script as ``__mp_main__`` (code under ``if __name__ ==
-    "__main__":`` does not run), and makes it what ``__main__`` means for pickle."""
+    "__main__":`` does not run), and makes it what ``__main__`` means for pickle. If it
+    cannot be loaded here (it imports a module that refuses isolated interpreters, say),
+    only the tasks that need it fail, with that error."""
+    global _subinterp_main_error
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("__mp_main__", path)
     module = importlib.util.module_from_spec(spec)
     _sys.modules["__mp_main__"] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: B902 - kept for the tasks that need it
+        del _sys.modules["__mp_main__"]
+        _subinterp_main_error = f"the main script {path} cannot be loaded in a worker: " + (
+            f"{type(exc).__name__}: {exc}"
+        )
+        return
     _sys.modules["__main__"] = module
