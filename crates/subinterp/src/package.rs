@@ -19,7 +19,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::config::InterpreterConfig;
 use crate::error::{Error, Result};
-use crate::interpreter::Args;
+use crate::interpreter::{call_target, parse_target, Args, Interpreter};
 use crate::pool::{Pool, PoolConfig, Task, TaskOptions};
 use crate::pymodule::{parse, required};
 use crate::raw::callback::{self, FastArgs, Outcome};
@@ -65,6 +65,35 @@ fn specs() -> Vec<ModuleSpec> {
               returns): None while it runs, else the number of interpreters left running \
               with Python threads that did not end.",
             runtime_wait,
+        ),
+        callback::method_def(
+            c"_interp_new",
+            c"_interp_new(config)\n--\n\nA new interpreter; config is a dict (isolated, \
+              paths, init).",
+            interp_new,
+        ),
+        callback::method_def(
+            c"_interp_exec",
+            c"_interp_exec(interp, code, timeout)\n--\n\nRuns code in the interpreter's \
+              __main__: (kind, payload) as _pool_done gives them.",
+            interp_exec,
+        ),
+        callback::method_def(
+            c"_interp_call",
+            c"_interp_call(interp, target, args, kwargs, timeout)\n--\n\nCalls target \
+              ('module:qualname') in the interpreter: (kind, payload).",
+            interp_call,
+        ),
+        callback::method_def(
+            c"_interp_close",
+            c"_interp_close(interp)\n--\n\nEnds the interpreter.",
+            interp_close,
+        ),
+        callback::method_def(
+            c"_check",
+            c"_check(modules, paths, timeout)\n--\n\nWhat `subinterp check` reports for \
+              each module: a list of dicts.",
+            check_modules,
         ),
         callback::method_def(
             c"_pool_new",
@@ -178,6 +207,231 @@ fn runtime_wait<'py>(
     }
     let left = crate::raw::lifecycle::abandoned_interpreters();
     Ok(py.to_object(&Value::Int(left as i64))?)
+}
+
+// ---------------------------------------------------------------- interpreters
+
+/// Interpreters by handle number.
+static INTERPS: Mutex<Option<HashMap<u64, Arc<Interpreter>>>> = Mutex::new(None);
+
+fn next_handle() -> u64 {
+    NEXT_POOL
+        .get_or_init(|| std::sync::atomic::AtomicU64::new(1))
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+fn interp_of(handle: &PyObj<'_>) -> Result<Arc<Interpreter>> {
+    let id = handle.to_value()?.as_i64().unwrap_or(-1);
+    INTERPS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .and_then(|all| u64::try_from(id).ok().and_then(|id| all.get(&id).cloned()))
+        .ok_or_else(|| Error::python("builtins.RuntimeError", "the interpreter is closed"))
+}
+
+fn interp_new<'py>(
+    py: Python<'py>,
+    _: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    let a = parse(args, "_interp_new", ["config"], 1)?;
+    main_only(py, "Interpreter")?;
+    let Value::Dict(config) = required(&a[0]).to_value()? else {
+        return Err(py.new_error(ExcKind::Type, "config must be a dict").into());
+    };
+    let mut interp = match field(&config, "isolated") {
+        Some(Value::Bool(false)) => InterpreterConfig::legacy(),
+        _ => InterpreterConfig::isolated(),
+    };
+    if let Some(Value::List(paths)) = field(&config, "paths") {
+        for p in paths.iter().rev() {
+            if let Value::Str(p) = p {
+                interp.add_path(p);
+            }
+        }
+    }
+    let init = match field(&config, "init") {
+        Some(Value::Str(code)) => Some(code.clone()),
+        _ => None,
+    };
+    let made = py.allow_threads(move || -> Result<Interpreter> {
+        let made = Interpreter::new(&runtime()?, &interp)?;
+        if let Some(code) = init {
+            made.exec(&code)?;
+        }
+        Ok(made)
+    })?;
+    let id = next_handle();
+    INTERPS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .insert(id, Arc::new(made));
+    Ok(py.to_object(&Value::Int(id as i64))?)
+}
+
+/// How long a job interrupted by a deadline or Ctrl-C is waited for.
+const GRACE: Duration = Duration::from_secs(1);
+
+/// Runs `job` in `interp` and waits for it with this interpreter's GIL released: past
+/// `timeout` the job is interrupted (`TimeoutError` in it); Ctrl-C (a signal handler
+/// raising here) interrupts it too and is raised here once it has stopped.
+fn run_in<'py>(
+    py: Python<'py>,
+    interp: &Interpreter,
+    timeout: Option<Duration>,
+    job: impl for<'a> FnOnce(Python<'a>) -> Result<Value> + Send + 'static,
+) -> Outcome<PyObj<'py>> {
+    let reply = interp.submit(job)?;
+    let deadline = timeout.and_then(|t| std::time::Instant::now().checked_add(t));
+    let handle = interp.interrupt_handle();
+    let mut timed_out = false;
+    let result = loop {
+        let slice = Duration::from_millis(50);
+        match py.allow_threads(|| reply.recv_timeout(slice)) {
+            Ok(result) => break result,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break Err(Error::Closed),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+        }
+        let now = std::time::Instant::now();
+        if let Some(due) = deadline.filter(|due| now >= *due) {
+            if !timed_out {
+                timed_out = true;
+                // Interrupting takes the target's GIL on this thread: not with ours held.
+                let _ =
+                    py.allow_threads(|| handle.interrupt(crate::wait::InterruptReason::Timeout));
+            } else if now >= due + GRACE {
+                // Stuck in C code: report the deadline; the interpreter finishes the call
+                // when it returns, before anything queued after it.
+                break Err(Error::Interrupted(crate::wait::InterruptReason::Timeout));
+            }
+        }
+        if let Err(signal) = py.check_signals() {
+            let _ = py.allow_threads(|| {
+                let _ = handle.interrupt(crate::wait::InterruptReason::Cancelled);
+                reply.recv_timeout(GRACE)
+            });
+            return Err(signal.into());
+        }
+    };
+    // Whatever the code did once interrupted (raised, or caught the TimeoutError and
+    // returned), the call is reported as past its deadline, as a pool's tasks are.
+    if let (true, Some(limit)) = (timed_out, timeout) {
+        let message = format!(
+            "the call did not finish within its deadline of {:.3} s",
+            limit.as_secs_f64()
+        );
+        return Ok(py.to_object(&Value::Tuple(vec![
+            Value::from("timeout"),
+            Value::from(message),
+        ]))?);
+    }
+    let Value::Tuple(mut parts) = outcome(0, result) else {
+        unreachable!("outcome is a tuple")
+    };
+    parts.remove(0);
+    Ok(py.to_object(&Value::Tuple(parts))?)
+}
+
+fn interp_exec<'py>(
+    py: Python<'py>,
+    _: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    let a = parse(args, "_interp_exec", ["interp", "code", "timeout"], 2)?;
+    let interp = interp_of(required(&a[0]))?;
+    let code = required(&a[1]).extract_str()?;
+    let timeout = seconds(py, a[2].as_ref(), "timeout")?;
+    run_in(py, &interp, timeout, move |py| {
+        py.run(&code, "<string>", &py.main_dict()?)?;
+        Ok(Value::None)
+    })
+}
+
+fn interp_call<'py>(
+    py: Python<'py>,
+    _: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    let a = parse(
+        args,
+        "_interp_call",
+        ["interp", "target", "args", "kwargs", "timeout"],
+        4,
+    )?;
+    let interp = interp_of(required(&a[0]))?;
+    let (module, path) = parse_target(&required(&a[1]).extract_str()?)?;
+    let call = call_args(py, required(&a[2]), required(&a[3]))?;
+    let timeout = seconds(py, a[4].as_ref(), "timeout")?;
+    run_in(py, &interp, timeout, move |py| {
+        call_target(py, &module, &path, &call)
+    })
+}
+
+fn interp_close<'py>(
+    py: Python<'py>,
+    _: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    let a = parse(args, "_interp_close", ["interp"], 1)?;
+    let id = required(&a[0]).to_value()?.as_i64().unwrap_or(-1);
+    let taken = u64::try_from(id).ok().and_then(|id| {
+        INTERPS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+            .and_then(|all| all.remove(&id))
+    });
+    if let Some(interp) = taken {
+        py.allow_threads(move || interp.close())?;
+    }
+    Ok(py.none())
+}
+
+fn check_modules<'py>(
+    py: Python<'py>,
+    _: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    let a = parse(args, "_check", ["modules", "paths", "timeout"], 2)?;
+    main_only(py, "check")?;
+    let names = match required(&a[0]).to_value()? {
+        Value::List(items) => items
+            .into_iter()
+            .map(|v| match v {
+                Value::Str(s) => Ok(s),
+                _ => Err(py.new_error(ExcKind::Type, "module names must be str")),
+            })
+            .collect::<Result<Vec<_>>>()?,
+        _ => return Err(py.new_error(ExcKind::Type, "modules must be a list").into()),
+    };
+    let mut options = crate::check::CheckOptions::new();
+    let executable = py.import("sys")?.getattr("executable")?.extract_str()?;
+    options.python(executable);
+    if let Value::List(paths) = required(&a[1]).to_value()? {
+        for p in paths {
+            if let Value::Str(p) = p {
+                options.add_path(p);
+            }
+        }
+    }
+    if let Some(timeout) = seconds(py, a[2].as_ref(), "timeout")? {
+        options.timeout(timeout);
+    }
+    let reports = py
+        .allow_threads(move || crate::check::check(&names, &options))
+        .map_err(|e| Error::python("builtins.RuntimeError", e.to_string()))?;
+    let mut out = Vec::with_capacity(reports.len());
+    for report in reports {
+        let reason = report.reason();
+        let mut value = crate::value::to_value(&report)?;
+        if let Value::Dict(items) = &mut value {
+            items.push((Value::from("reason"), Value::from(reason)));
+        }
+        out.push(value);
+    }
+    Ok(py.to_object(&Value::List(out))?)
 }
 
 // ---------------------------------------------------------------- pools
@@ -327,15 +581,35 @@ fn pool_new<'py>(py: Python<'py>, _: &PyObj<'py>, args: &FastArgs<'_, 'py>) -> O
         tasks: Mutex::new(HashMap::new()),
         ended: std::sync::atomic::AtomicBool::new(false),
     });
-    let id = NEXT_POOL
-        .get_or_init(|| std::sync::atomic::AtomicU64::new(1))
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let id = next_handle();
     POOLS
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .get_or_insert_with(HashMap::new)
         .insert(id, handle);
     Ok(py.to_object(&Value::Int(id as i64))?)
+}
+
+/// A call's arguments from a list and a dict of plain data.
+fn call_args(py: Python<'_>, args: &PyObj<'_>, kwargs: &PyObj<'_>) -> Result<Args> {
+    let positional = match args.to_value()? {
+        Value::List(items) | Value::Tuple(items) => items,
+        _ => return Err(py.new_error(ExcKind::Type, "args must be a list")),
+    };
+    let keywords = match kwargs.to_value()? {
+        Value::Dict(items) => items
+            .into_iter()
+            .map(|(k, v)| match k {
+                Value::Str(k) => Ok((k, v)),
+                _ => Err(py.new_error(ExcKind::Type, "keyword names must be str")),
+            })
+            .collect::<Result<Vec<_>>>()?,
+        _ => return Err(py.new_error(ExcKind::Type, "kwargs must be a dict")),
+    };
+    Ok(Args {
+        positional,
+        keywords,
+    })
 }
 
 fn pool_submit<'py>(
@@ -351,26 +625,9 @@ fn pool_submit<'py>(
     )?;
     let handle = pool_of(required(&a[0]))?;
     let target = required(&a[1]).extract_str()?;
-    let positional = match required(&a[2]).to_value()? {
-        Value::List(items) | Value::Tuple(items) => items,
-        _ => return Err(py.new_error(ExcKind::Type, "args must be a list").into()),
-    };
-    let keywords = match required(&a[3]).to_value()? {
-        Value::Dict(items) => items
-            .into_iter()
-            .map(|(k, v)| match k {
-                Value::Str(k) => Ok((k, v)),
-                _ => Err(py.new_error(ExcKind::Type, "keyword names must be str")),
-            })
-            .collect::<Result<Vec<_>>>()?,
-        _ => return Err(py.new_error(ExcKind::Type, "kwargs must be a dict").into()),
-    };
+    let call = call_args(py, required(&a[2]), required(&a[3]))?;
     let options = TaskOptions {
         timeout: seconds(py, a[4].as_ref(), "timeout")?,
-    };
-    let call = Args {
-        positional,
-        keywords,
     };
     let id = {
         let pool = handle.pool.lock().unwrap_or_else(|e| e.into_inner());

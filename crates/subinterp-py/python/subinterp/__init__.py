@@ -38,11 +38,13 @@ __all__ = [
     "ChannelClosed",
     "ChannelEmpty",
     "ChannelFull",
+    "Interpreter",
     "Pool",
     "ReceiveError",
     "RemoteError",
     "buffer",
     "channel",
+    "check",
     "id",
 ]
 
@@ -109,6 +111,49 @@ def _main_path() -> str | None:
     if isinstance(path, str) and os.path.exists(path):
         return os.path.abspath(path)
     return None
+
+
+def _setup_code() -> list[str]:
+    """Python statements that make a new interpreter a worker: this interpreter's
+    ``sys.path``, the runner module, the main script."""
+    code = [
+        "import sys, types",
+        f"sys.path[:] = {[p for p in sys.path if isinstance(p, str)]!r}",
+        "_w = types.ModuleType('_subinterp_worker')",
+        f"exec({_WORKER_SOURCE!r}, _w.__dict__)",
+        "sys.modules['_subinterp_worker'] = _w",
+    ]
+    main = _main_path()
+    if main is not None:
+        code.append(f"_w._subinterp_load_main({main!r})")
+    return code
+
+
+def _encode_call(fn, args, kwargs) -> tuple[list, dict]:
+    """The runner's arguments for calling ``fn(*args, **kwargs)`` in a worker: plain data
+    as it is, anything else pickled."""
+    module, qualname = _reference(fn)
+    kwargs = {} if kwargs is None else dict(kwargs)
+    if _plain(args) and _plain(kwargs):
+        return [module, qualname, None, *args], kwargs
+    try:
+        payload = pickle.dumps((tuple(args), kwargs))
+    except Exception as exc:
+        raise TypeError(f"subinterp: an argument cannot be sent to a worker: {exc}") from exc
+    return [module, qualname, payload], {}
+
+
+def _outcome(kind: str, payload, unwrap):
+    """``(value, exception)`` from what the engine reports for a finished call."""
+    if kind == "ok":
+        return unwrap(payload)
+    if kind == "python":
+        return None, _rebuild(*payload)
+    if kind == "timeout":
+        return None, TimeoutError(payload)
+    if kind == "cancelled":
+        return None, concurrent.futures.CancelledError()
+    return None, RemoteError("subinterp.Error", str(payload))
 
 
 def _rebuild(type_name: str, message: str, tb: str) -> BaseException:
@@ -222,16 +267,7 @@ class Pool(concurrent.futures.Executor):
         if not isinstance(max_workers, int) or max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         _native._runtime_start()
-        code = [
-            "import sys, types",
-            f"sys.path[:] = {[p for p in sys.path if isinstance(p, str)]!r}",
-            "_w = types.ModuleType('_subinterp_worker')",
-            f"exec({_WORKER_SOURCE!r}, _w.__dict__)",
-            "sys.modules['_subinterp_worker'] = _w",
-        ]
-        main = _main_path()
-        if main is not None:
-            code.append(f"_w._subinterp_load_main({main!r})")
+        code = _setup_code()
         if initializer is not None:
             module, qualname = _reference(initializer)
             code.append(
@@ -270,14 +306,7 @@ class Pool(concurrent.futures.Executor):
         self, fn, args: tuple = (), kwargs: dict | None = None, *, timeout: float | None = None
     ) -> concurrent.futures.Future:
         """Like ``submit``, with this call's own deadline (seconds from its start)."""
-        module, qualname = _reference(fn)
-        kwargs = {} if kwargs is None else dict(kwargs)
-        if _plain(args) and _plain(kwargs):
-            call_args = [module, qualname, None, *args]
-            call_kwargs = kwargs
-        else:
-            call_args = [module, qualname, self._pickle((tuple(args), kwargs))]
-            call_kwargs = {}
+        call_args, call_kwargs = _encode_call(fn, args, kwargs)
         return self._queue(_RUN, call_args, call_kwargs, timeout, _from_worker)
 
     def map(self, fn, *iterables, timeout=None, chunksize=1):
@@ -389,16 +418,7 @@ def _deliver(future: _Future, kind: str, payload) -> None:
     if not future.set_running_or_notify_cancel():
         return
     try:
-        if kind == "ok":
-            value, exc = future._unwrap(payload)
-        elif kind == "python":
-            value, exc = None, _rebuild(*payload)
-        elif kind == "timeout":
-            value, exc = None, TimeoutError(payload)
-        elif kind == "cancelled":
-            value, exc = None, concurrent.futures.CancelledError()
-        else:
-            value, exc = None, RemoteError("subinterp.Error", str(payload))
+        value, exc = _outcome(kind, payload, future._unwrap)
     except BaseException as error:  # unpickling the result failed
         value, exc = None, error
     if exc is None:
@@ -438,6 +458,115 @@ def _chained(futures, timeout):
     return results()
 
 
+_INTERPRETERS: "set[Interpreter]" = set()
+
+
+class Interpreter:
+    """One isolated interpreter of this process, with its own GIL, modules and ``sys``:
+    for hosting plugins or running code apart from the program's own state.
+
+    It sees this interpreter's ``sys.path`` as it was when it was made, and the main
+    script's functions (loaded as ``__mp_main__``). ``isolated=False`` makes a legacy
+    interpreter (shares the process's GIL; loads modules that refuse isolated ones).
+    ``init`` is Python source run in it first; ``timeout`` is the default deadline of
+    each ``exec``/``call``, in seconds. Waiting releases this interpreter's GIL, and
+    Ctrl-C interrupts the running code and raises ``KeyboardInterrupt`` here.
+    """
+
+    def __init__(
+        self, *, isolated: bool = True, init: str | None = None, timeout: float | None = None
+    ):
+        _native._runtime_start()
+        code = _setup_code()
+        if init is not None:
+            code.append(init)
+        self._handle = _native._interp_new(
+            {"isolated": isolated, "init": "\n".join(code) + "\n"}
+        )
+        self._timeout = timeout
+        self._closed = False
+        with _POOLS_LOCK:
+            _INTERPRETERS.add(self)
+        self.id: int = self.call("subinterp:id")
+
+    def exec(self, code: str, *, timeout: float | None = None) -> None:
+        """Runs Python statements in the interpreter's ``__main__``. An exception there is
+        raised here (its type when it can be rebuilt, else ``RemoteError``); past the
+        deadline the code is interrupted and ``TimeoutError`` raised."""
+        kind, payload = _native._interp_exec(self._live(), code, self._deadline(timeout))
+        value, exc = _outcome(kind, payload, lambda _: (None, None))
+        if exc is not None:
+            raise exc
+
+    def call(self, fn, /, *args, **kwargs):
+        """Calls ``fn(*args, **kwargs)`` in the interpreter and returns its result. ``fn``
+        is a module-level function (found there by module and qualified name) or a
+        ``"module:qualname"`` string; arguments and results that are not plain data are
+        pickled."""
+        return self.call_with(fn, args, kwargs)
+
+    def call_with(self, fn, args: tuple = (), kwargs: dict | None = None, *, timeout=None):
+        """Like ``call``, with this call's own deadline in seconds."""
+        if isinstance(fn, str):
+            module, sep, qualname = fn.partition(":")
+            if not sep or not module or not qualname:
+                raise ValueError(f"expected 'module:qualname', got {fn!r}")
+            fn = _Named(module, qualname)
+        call_args, call_kwargs = _encode_call(fn, args, kwargs)
+        kind, payload = _native._interp_call(
+            self._live(), _RUN, call_args, call_kwargs, self._deadline(timeout)
+        )
+        value, exc = _outcome(kind, payload, _from_worker)
+        if exc is not None:
+            raise exc
+        return value
+
+    def close(self) -> None:
+        """Ends the interpreter (waiting for its threads, within a grace period)."""
+        if not self._closed:
+            self._closed = True
+            _native._interp_close(self._handle)
+            with _POOLS_LOCK:
+                _INTERPRETERS.discard(self)
+
+    def __enter__(self) -> "Interpreter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _live(self) -> int:
+        if self._closed:
+            raise RuntimeError("the interpreter is closed")
+        return self._handle
+
+    def _deadline(self, timeout):
+        return self._timeout if timeout is None else timeout
+
+
+class _Named:
+    """A function named by module and qualified name, for ``Interpreter.call``."""
+
+    def __init__(self, module: str, qualname: str):
+        self.__module__ = module
+        self.__qualname__ = qualname
+
+    def __call__(self, *args, **kwargs):  # never called here
+        raise TypeError("a reference to a function of another interpreter")
+
+
+def check(module, *, timeout: float | None = None):
+    """What ``subinterp check`` reports for a module (a name) or for each of several (a
+    list of names): dicts with the verdict (``ok``, ``legacy-only``, ``refused``,
+    ``crash``, ...), its reason, and the details the CLI prints with ``--json``. Each
+    module is imported in separate probe processes of this Python, with this ``sys.path``.
+    """
+    names = [module] if isinstance(module, str) else list(module)
+    paths = [p for p in sys.path if isinstance(p, str) and os.path.isdir(p)]
+    reports = _native._check(names, paths, timeout)
+    return reports[0] if isinstance(module, str) else reports
+
+
 @atexit.register
 def _end_all() -> None:
     # As at the exit of a program with a ThreadPoolExecutor, tasks already submitted
@@ -467,6 +596,10 @@ def _end_all() -> None:
                 pool._ended(None)
         except KeyboardInterrupt:
             _exit_now(130)
+    with _POOLS_LOCK:
+        interpreters = list(_INTERPRETERS)
+    for interp in interpreters:
+        interp.close()
     _native._runtime_stop()
     # A task stuck in C code (reported as TimeoutError, its worker replaced) keeps its
     # interpreter until the call returns; Python must not finalise before it ends, so

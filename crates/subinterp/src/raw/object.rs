@@ -133,6 +133,15 @@ impl<'py> Python<'py> {
         }
     }
 
+    /// Runs the pending Python signal handlers now (`PyErr_CheckSignals`) and fails with
+    /// what one raised (`KeyboardInterrupt` after Ctrl-C). Handlers run only on the main
+    /// thread of the main interpreter; anywhere else this does nothing.
+    pub(crate) fn check_signals(self) -> Result<()> {
+        // SAFETY: GIL held; CPython decides itself whether this thread runs handlers.
+        let status = unsafe { ffi::PyErr_CheckSignals() };
+        self.check(status)
+    }
+
     /// The exception currently raised in this interpreter, as an [`Error`]. When none is
     /// raised (a C function failed without setting one) a `SystemError` snapshot is made.
     pub(crate) fn fetch_error(self) -> Error {

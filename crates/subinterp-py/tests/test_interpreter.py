@@ -1,0 +1,70 @@
+"""subinterp.Interpreter and subinterp.check."""
+
+import sys
+import time
+
+import pytest
+
+import helpers
+import subinterp
+
+
+def test_exec_call_and_isolation():
+    with subinterp.Interpreter() as interp:
+        assert interp.id > 0
+        interp.exec("import sys\nsys.marker = 'inside'\ncounter = 41")
+        assert not hasattr(sys, "marker"), "its sys is its own"
+        assert interp.call(helpers.add, 1, 2) == 3
+        assert interp.call("operator:add", 40, 2) == 42
+        assert interp.call(helpers.norm, helpers.Point(3, 4)) == 25  # pickled argument
+        assert interp.call(helpers.make_point, 1, 2) == helpers.Point(1, 2)
+        assert interp.call(helpers.interp_id) == interp.id
+
+
+def test_exceptions_keep_their_type_message_and_traceback():
+    with subinterp.Interpreter() as interp:
+        with pytest.raises(KeyError, match="missing") as caught:
+            interp.call(helpers.fail, "missing")
+        assert "helpers.py" in str(caught.value.__cause__)
+        with pytest.raises(helpers.Custom, match="mine"):
+            interp.call(helpers.raise_custom, "mine")
+        with pytest.raises(ZeroDivisionError):
+            interp.exec("1 / 0")
+        with pytest.raises(SyntaxError):
+            interp.exec("def broken(:")
+        with pytest.raises(ModuleNotFoundError):
+            interp.call("no_such_module_here:f")
+        assert interp.call(helpers.add, 2, 2) == 4, "it keeps working"
+
+
+def test_deadlines_stop_a_runaway_call_and_the_interpreter_is_reused():
+    with subinterp.Interpreter(timeout=30) as interp:
+        start = time.monotonic()
+        with pytest.raises(TimeoutError):
+            interp.call_with(helpers.spin, timeout=0.3)
+        with pytest.raises(TimeoutError):
+            interp.exec("while True: pass", timeout=0.3)
+        assert time.monotonic() - start < 20
+        assert interp.call(helpers.add, 5, 5) == 10
+
+
+def test_closed_interpreter_refuses_work_and_legacy_interpreters_work():
+    interp = subinterp.Interpreter(isolated=False, init="value = 7")
+    assert interp.call(helpers.add, 1, 1) == 2
+    interp.close()
+    interp.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        interp.exec("pass")
+    with pytest.raises(TypeError, match="lambda"):
+        subinterp.Interpreter().call(lambda: 1)
+
+
+def test_check_reports_what_the_cli_reports():
+    ok = subinterp.check("json")
+    assert ok["module"] == "json" and ok["verdict"] == "ok", ok
+    assert ok["reason"]
+    reports = subinterp.check(["psutil", "no_such_module_here"])
+    assert reports[0]["verdict"] != "ok", reports[0]
+    assert reports[0]["culprit"] == "psutil._psutil_linux", reports[0]
+    assert reports[1]["verdict"] == "broken", reports[1]
+    assert "No module named" in reports[1]["detail"]
