@@ -204,6 +204,7 @@ class _Future(concurrent.futures.Future):
         super().__init__()
         self._pool = pool
         self._task: int | None = None
+        self._unwrap = _from_worker
 
     def cancel(self) -> bool:
         """Cancels the task if no worker has started it; False once it runs or is done."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import threading
 
-import cloudpickle
+import cloudpickle  # type: ignore[import-untyped]
 
 from . import Pool, _from_worker
 
@@ -73,6 +73,7 @@ def _report(reply, time_delay: float) -> dict:
 
     start, stop, outcome = reply
     result, exc = _from_worker(outcome)
+    msg: dict
     if exc is None:
         msg = {
             "op": "task-finished",
@@ -84,7 +85,7 @@ def _report(reply, time_delay: float) -> dict:
     else:
         if isinstance(exc, (SystemExit, KeyboardInterrupt)):
             raise exc
-        msg = error_message(exc)
+        msg = dict(error_message(exc))
         msg["op"] = "task-erred"
         msg["actual_exception"] = exc
     msg["start"] = start + time_delay
@@ -94,12 +95,12 @@ def _report(reply, time_delay: float) -> dict:
 
 
 try:
-    from distributed import WorkerPlugin as _WorkerPlugin
+    from distributed import WorkerPlugin
 except ImportError:  # the pool works without distributed; the plugin needs it
-    _WorkerPlugin = object
+    WorkerPlugin = object  # type: ignore[misc,assignment]
 
 
-class PoolPlugin(_WorkerPlugin):
+class PoolPlugin(WorkerPlugin):
     """A Dask worker plugin that gives each worker a ``DaskPool`` as its executor
     ``name`` (default ``"subinterp"``). The keywords are ``Pool``'s (``max_workers``,
     ``timeout``, ``init``, ...). The pool ends with the worker."""
