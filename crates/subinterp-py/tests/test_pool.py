@@ -311,3 +311,13 @@ def test_no_result_is_lost_when_threads_submit_at_once(pool):
     with concurrent.futures.ThreadPoolExecutor(4) as threads:
         results = list(threads.map(client, [0, 1000, 2000, 3000]))
     assert results == [[base + i for i in range(500)] for base in (0, 1000, 2000, 3000)]
+
+
+def test_result_timeout_is_the_callers_and_the_task_goes_on(pool):
+    future = pool.submit(helpers.slow, "late", 1.5)
+    start = time.monotonic()
+    with pytest.raises(TimeoutError):
+        future.result(timeout=0.2)
+    assert time.monotonic() - start < 1.2, "the timeout is not counted twice"
+    assert future.result(30) == "late"
+    assert future.exception(0) is None

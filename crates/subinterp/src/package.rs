@@ -114,6 +114,12 @@ fn specs() -> Vec<ModuleSpec> {
             pool_done,
         ),
         callback::method_def(
+            c"_pool_wait",
+            c"_pool_wait(pool, id, timeout)\n--\n\nWaits for one task and takes its \
+              result: (id, kind, payload); False on timeout; None if the collector has it.",
+            pool_wait,
+        ),
+        callback::method_def(
             c"_pool_cancel",
             c"_pool_cancel(pool, id, running)\n--\n\nCancels a task not started yet; with \
               running, one that runs too (interrupted in its worker).",
@@ -448,7 +454,8 @@ struct PoolHandle {
 }
 
 enum Pending {
-    Running(Task),
+    /// Shared with a caller waiting for this very task (`_pool_wait`).
+    Running(Arc<Task>),
     Done(Result<Value>),
 }
 
@@ -648,7 +655,7 @@ fn pool_submit<'py>(
                 let _ = handle.ready_tx.send(id);
                 Pending::Done(result)
             }
-            Poll::Pending => Pending::Running(task),
+            Poll::Pending => Pending::Running(Arc::new(task)),
         };
         tasks.insert(id, pending);
         id
@@ -698,36 +705,32 @@ fn pool_done<'py>(
             return Some(
                 tasks
                     .drain()
-                    .map(|(id, pending)| {
-                        let result = match pending {
-                            Pending::Done(result) => result,
-                            Pending::Running(task) if task.is_finished() => task.wait(),
-                            Pending::Running(_) => Err(Error::Closed),
-                        };
-                        outcome(id, result)
-                    })
+                    .map(|(id, pending)| outcome(id, take(pending)))
                     .collect(),
             );
         }
         drop(tasks);
-        let mut ids = Vec::new();
-        match handle.ready_rx.recv_timeout(timeout) {
-            Ok(id) => ids.push(id),
-            Err(_) => return Some(Vec::new()),
+        // Return to Python (and its GIL) only with results: a task whose caller took
+        // its result itself (`_pool_wait`) still sends its id here.
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let Ok(first) = handle.ready_rx.recv_timeout(left) else {
+                return Some(Vec::new());
+            };
+            let ids: Vec<u64> = std::iter::once(first)
+                .chain(handle.ready_rx.try_iter())
+                .collect();
+            let mut tasks = handle.tasks.lock().unwrap_or_else(|e| e.into_inner());
+            let done: Vec<Value> = ids
+                .iter()
+                .filter_map(|id| Some(outcome(*id, take(tasks.remove(id)?))))
+                .collect();
+            // u64::MAX says the pool has ended: the next call hands out what is left.
+            if !done.is_empty() || ids.contains(&u64::MAX) {
+                return Some(done);
+            }
         }
-        ids.extend(handle.ready_rx.try_iter());
-        let mut tasks = handle.tasks.lock().unwrap_or_else(|e| e.into_inner());
-        Some(
-            ids.into_iter()
-                .filter_map(|id| {
-                    let result = match tasks.remove(&id)? {
-                        Pending::Done(result) => result,
-                        Pending::Running(task) => task.wait(),
-                    };
-                    Some(outcome(id, result))
-                })
-                .collect(),
-        )
     });
     let Some(done) = done else {
         if let Ok(id) = u64::try_from(id) {
@@ -738,6 +741,57 @@ fn pool_done<'py>(
         return Ok(py.none());
     };
     Ok(py.to_object(&Value::List(done))?)
+}
+
+/// The result of a task taken out of the map (so that nobody else reports it).
+fn take(pending: Pending) -> Result<Value> {
+    match pending {
+        Pending::Done(result) => result,
+        Pending::Running(task) => task.try_take().unwrap_or(Err(Error::Closed)),
+    }
+}
+
+fn pool_wait<'py>(
+    py: Python<'py>,
+    _: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    let a = parse(args, "_pool_wait", ["pool", "id", "timeout"], 2)?;
+    let handle = pool_of(required(&a[0]))?;
+    let id = required(&a[1]).to_value()?.as_i64().unwrap_or(-1);
+    let Ok(id) = u64::try_from(id) else {
+        return Ok(py.none());
+    };
+    let timeout = seconds(py, a[2].as_ref(), "timeout")?;
+    let deadline = timeout.and_then(|t| std::time::Instant::now().checked_add(t));
+    loop {
+        let task = {
+            let mut tasks = handle.tasks.lock().unwrap_or_else(|e| e.into_inner());
+            match tasks.get(&id) {
+                Some(Pending::Running(task)) if !task.is_finished() => Arc::clone(task),
+                Some(_) => {
+                    let result = take(tasks.remove(&id).expect("just seen"));
+                    drop(tasks);
+                    return Ok(py.to_object(&outcome(id, result))?);
+                }
+                // Collected (or being delivered) by the pool's collector.
+                None => return Ok(py.none()),
+            }
+        };
+        let mut slice = Duration::from_millis(50);
+        if let Some(deadline) = deadline {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Ok(py.to_object(&Value::Bool(false))?);
+            }
+            slice = slice.min(left);
+        }
+        let finished = py.allow_threads(|| task.wait_finished(slice));
+        drop(task);
+        if !finished {
+            py.check_signals()?;
+        }
+    }
 }
 
 fn pool_cancel<'py>(

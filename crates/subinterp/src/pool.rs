@@ -940,6 +940,28 @@ impl Task {
         Ok(self.wait())
     }
 
+    /// Waits at most `timeout` for the task to finish, without taking its result: true
+    /// once it has one.
+    pub fn wait_finished(&self, timeout: Duration) -> bool {
+        let slot = lock(&self.state.slot);
+        let (slot, _) = self
+            .state
+            .done
+            .wait_timeout_while(slot, timeout, |slot| !slot.finished)
+            .unwrap_or_else(|e| e.into_inner());
+        slot.finished
+    }
+
+    /// The result, if the task has finished and it was not taken yet.
+    pub fn try_take(&self) -> Option<Result<Value>> {
+        let mut slot = lock(&self.state.slot);
+        if slot.finished {
+            slot.result.take()
+        } else {
+            None
+        }
+    }
+
     /// True once the task has a result (or was cancelled).
     pub fn is_finished(&self) -> bool {
         self.state.is_done()

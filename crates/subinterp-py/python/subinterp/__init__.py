@@ -223,6 +223,21 @@ class _Future(concurrent.futures.Future):
             return False
         return super().cancel()
 
+    def result(self, timeout: float | None = None):
+        return super().result(self._fetch(timeout))
+
+    def exception(self, timeout: float | None = None):
+        return super().exception(self._fetch(timeout))
+
+    def _fetch(self, timeout: float | None) -> float | None:
+        # The waiting caller takes the result straight from its task (one thread
+        # wake-up fewer than through the pool's collector thread). Returns what is
+        # left of the timeout for the standard wait.
+        if self._task is not None and not self.done():
+            if self._pool._wait_for(self, timeout):
+                return 0
+        return timeout
+
     def running(self) -> bool:
         """True while a worker runs the task."""
         if self.done() or self._task is None:
@@ -352,6 +367,24 @@ class Pool(concurrent.futures.Executor):
             return _native._pool_cancel(self._handle, task, running)
         except RuntimeError:  # the pool has ended: every task has its result
             return False
+
+    def _wait_for(self, future: _Future, timeout: float | None) -> bool:
+        """Waits for the future's task and delivers it; true if the timeout passed."""
+        if future._task is None:
+            return False
+        try:
+            got = _native._pool_wait(self._handle, future._task, timeout)
+        except RuntimeError:  # the pool has ended: the collector delivers
+            return False
+        if got is None:  # the collector has it
+            return False
+        if isinstance(got, bool):
+            return True
+        task, kind, payload = got
+        with self._lock:
+            self._futures.pop(task, None)
+        _deliver(future, kind, payload)
+        return False
 
     def _started(self, task: int) -> bool:
         try:
