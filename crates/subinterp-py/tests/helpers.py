@@ -124,3 +124,9 @@ def where(_):
 
 def total(values):
     return sum(values)
+
+
+def import_name(name):
+    import importlib
+
+    return importlib.import_module(name).__name__

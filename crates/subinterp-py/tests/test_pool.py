@@ -321,3 +321,11 @@ def test_result_timeout_is_the_callers_and_the_task_goes_on(pool):
     assert time.monotonic() - start < 1.2, "the timeout is not counted twice"
     assert future.result(30) == "late"
     assert future.exception(0) is None
+
+
+def test_legacy_workers_load_modules_isolated_ones_refuse():
+    with subinterp.Pool(1, isolated=False) as p:
+        assert p.submit(helpers.import_name, "psutil").result(60) == "psutil"
+    with subinterp.Pool(1) as p:
+        with pytest.raises(ImportError, match="subinterpreters"):
+            p.submit(helpers.import_name, "psutil").result(60)

@@ -534,7 +534,12 @@ fn pool_new<'py>(py: Python<'py>, _: &PyObj<'py>, args: &FastArgs<'_, 'py>) -> O
         return Err(py.new_error(ExcKind::Type, "config must be a dict").into());
     };
     let mut pool_config = PoolConfig::new();
-    let mut interp = InterpreterConfig::isolated();
+    // The first result comes sooner; the other workers start meanwhile.
+    pool_config.start_on_first_worker(true);
+    let mut interp = match field(&config, "isolated") {
+        Some(Value::Bool(false)) => InterpreterConfig::legacy(),
+        _ => InterpreterConfig::isolated(),
+    };
     let bad = |what: &str| py.new_error(ExcKind::Value, &format!("invalid pool setting {what}"));
     if let Some(v) = field(&config, "workers") {
         let n = v

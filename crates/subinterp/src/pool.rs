@@ -49,6 +49,7 @@ pub struct PoolConfig {
     timeout: Option<Duration>,
     setup_timeout: Option<Duration>,
     grace: Duration,
+    ready_on_first: bool,
 }
 
 /// The shortest set-up deadline given by default when tasks have a deadline.
@@ -72,6 +73,7 @@ impl PoolConfig {
             timeout: None,
             setup_timeout: None,
             grace: Duration::from_secs(1),
+            ready_on_first: false,
         }
     }
 
@@ -124,6 +126,14 @@ impl PoolConfig {
             self.timeout
                 .map(|timeout| timeout.max(MIN_DEFAULT_SETUP_TIMEOUT))
         })
+    }
+
+    /// Whether [`Pool::new`] returns as soon as one worker is ready (default: once all
+    /// are). The others finish their set-up meanwhile; a set-up error of the first is
+    /// still `new`'s error, one of the others is handled like a failed replacement.
+    pub fn start_on_first_worker(&mut self, yes: bool) -> &mut Self {
+        self.ready_on_first = yes;
+        self
     }
 
     /// How long a task may keep running past its deadline after it was interrupted,
@@ -308,7 +318,12 @@ impl Pool {
             pool.keepers.push(keeper);
         }
         drop(ready_tx);
-        for _ in 0..config.workers {
+        let wait_for = if config.ready_on_first {
+            1
+        } else {
+            config.workers
+        };
+        for _ in 0..wait_for {
             match ready_rx.recv() {
                 Ok(Ok(())) => {}
                 Ok(Err(err)) => return Err(err),
@@ -495,10 +510,18 @@ fn keep(shared: &Arc<Shared>, ready: Sender<Result<()>>) -> Option<Error> {
         let interp = match start_worker(shared) {
             Ok(interp) => interp,
             Err(err) => {
-                if let Some(ready) = ready.take() {
-                    let _ = ready.send(Err(err));
-                    return None;
-                }
+                let err = match ready.take() {
+                    Some(ready) => match ready.send(Err(err)) {
+                        Ok(()) => return None, // Pool::new reports it
+                        // Pool::new no longer waits (it returned on the first worker):
+                        // a failure like a replacement's.
+                        Err(crossbeam_channel::SendError(back)) => match back {
+                            Err(err) => err,
+                            Ok(()) => return None,
+                        },
+                    },
+                    None => err,
+                };
                 failures += 1;
                 tracing::error!(error = %err, "could not replace a pool worker");
                 if failures >= REPLACE_ATTEMPTS {

@@ -229,6 +229,27 @@ fn graceful_shutdown_finishes_queued_work_and_then_escalates() {
 }
 
 #[test]
+fn a_pool_can_start_on_its_first_worker() {
+    let pool = pool(3, |c| {
+        c.start_on_first_worker(true);
+    });
+    let tasks: Vec<_> = (0..30)
+        .map(|_| pool.submit("__main__:whoami", ()).unwrap())
+        .collect();
+    for task in tasks {
+        assert!(matches!(task.wait().unwrap(), Value::Int(id) if id > 0));
+    }
+    // A set-up error of the first worker is still new()'s.
+    let mut config = PoolConfig::new();
+    config
+        .workers(2)
+        .start_on_first_worker(true)
+        .init("raise ValueError('no set-up')");
+    let err = Pool::new(&common::runtime(), &config).unwrap_err();
+    assert!(err.to_string().contains("no set-up"), "{err}");
+}
+
+#[test]
 fn cancel_queued_leaves_a_started_task_alone() {
     let pool = pool(1, |_| {});
     let running = pool.submit("__main__:sleep", (0.5,)).unwrap();

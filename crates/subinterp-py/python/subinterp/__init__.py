@@ -257,6 +257,8 @@ class Pool(concurrent.futures.Executor):
     function). Beyond them:
 
     - ``init``: Python source run in each worker before its first task;
+    - ``isolated``: False makes the workers legacy interpreters (they share the process's
+      GIL, so they do not run in parallel, but load modules that refuse isolated ones);
     - ``timeout``: the default deadline of a task, in seconds, counted from its start. A
       task past it fails with ``TimeoutError`` and its interpreter is reused; one stuck
       in C code is reported the same way and its worker replaced;
@@ -264,7 +266,8 @@ class Pool(concurrent.futures.Executor):
     - ``setup_timeout``: a deadline for each worker's set-up (``init``, ``initializer``).
 
     Workers see this interpreter's ``sys.path`` as it was when the pool started, and
-    functions of the main script (loaded in each worker as ``__mp_main__``).
+    functions of the main script (loaded in each worker as ``__mp_main__``). The pool is
+    ready when its first worker is; the others start meanwhile.
     """
 
     def __init__(
@@ -274,6 +277,7 @@ class Pool(concurrent.futures.Executor):
         initargs: tuple = (),
         *,
         init: str | None = None,
+        isolated: bool = True,
         timeout: float | None = None,
         max_tasks_per_worker: int | None = None,
         setup_timeout: float | None = None,
@@ -295,6 +299,7 @@ class Pool(concurrent.futures.Executor):
         self._handle = _native._pool_new(
             {
                 "workers": max_workers,
+                "isolated": bool(isolated),
                 "init": "\n".join(code) + "\n",
                 "timeout": timeout,
                 "max_tasks_per_worker": max_tasks_per_worker,
