@@ -130,3 +130,9 @@ def import_name(name):
     import importlib
 
     return importlib.import_module(name).__name__
+
+
+def fail_on(value):
+    if value != "ok":
+        raise KeyError(value)
+    return value

@@ -81,6 +81,18 @@ def test_map_keeps_order_with_and_without_chunks(pool):
     results = pool.map(helpers.fail, ["a"], chunksize=3)
     with pytest.raises(KeyError):
         list(results)
+    # One iterable, in chunks: plain items, pickled items, and a failure mid-chunk
+    # after which the earlier results are still given.
+    assert list(pool.map(helpers.collatz_steps, range(1, 100), chunksize=16)) == [
+        helpers.collatz_steps(n) for n in range(1, 100)
+    ]
+    points = [helpers.Point(i, i) for i in range(10)]
+    assert list(pool.map(helpers.norm, points, chunksize=4)) == [2 * i * i for i in range(10)]
+    got = []
+    with pytest.raises(KeyError, match="b"):
+        for value in pool.map(helpers.fail_on, ["ok", "ok", "b", "ok"], chunksize=4):
+            got.append(value)
+    assert got == ["ok", "ok"]
 
 
 def test_map_is_lazy_about_results(pool):

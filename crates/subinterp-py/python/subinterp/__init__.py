@@ -338,13 +338,16 @@ class Pool(concurrent.futures.Executor):
         if chunksize == 1:
             return super().map(fn, *iterables, timeout=timeout)
         module, qualname = _reference(fn)
-        chunks = iter(lambda it=zip(*iterables): list(itertools.islice(it, chunksize)), [])
+        # One iterable: its items are the arguments, no tuple is made for each.
+        star = len(iterables) != 1
+        items = zip(*iterables) if star else iter(iterables[0])
+        chunks = iter(lambda: list(itertools.islice(items, chunksize)), [])
         futures = []
         for chunk in chunks:
             if _plain(chunk):
-                call_args = [module, qualname, None, [list(args) for args in chunk]]
+                call_args = [module, qualname, None, chunk, star]
             else:
-                call_args = [module, qualname, self._pickle(chunk), []]
+                call_args = [module, qualname, self._pickle(chunk), [], star]
             futures.append(self._queue(_RUN_CHUNK, call_args, {}, None, _chunk_from_worker))
         return _chained(futures, timeout)
 
@@ -466,15 +469,12 @@ def _deliver(future: _Future, kind: str, payload) -> None:
         future.set_exception(exc)
 
 
-def _chunk_from_worker(replies):
+def _chunk_from_worker(reply):
     """A chunk's values up to its first exception, and that exception (or None)."""
-    values = []
-    for reply in replies:
-        value, exc = _from_worker(reply)
-        if exc is not None:
-            return (values, exc), None
-        values.append(value)
-    return (values, None), None
+    encoded, failure = reply
+    values, _ = _from_worker(encoded)
+    exc = None if failure is None else _from_worker(failure)[1]
+    return (values, exc), None
 
 
 def _chained(futures, timeout):

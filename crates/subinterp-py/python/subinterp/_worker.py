@@ -8,15 +8,32 @@ needs at the top level of the worker's ``__main__``.
 import sys as _sys
 
 
+_SUBINTERP_SCALARS = frozenset((bool, int, float, str, bytes))
+
+
 def _subinterp_plain(value, depth=0):
     """Whether ``value`` crosses between interpreters without pickling."""
     kind = type(value)
-    if value is None or kind in (bool, int, float, str, bytes):
+    if value is None or kind in _SUBINTERP_SCALARS:
         return True
     if depth > 50:
         return False
-    if kind in (list, tuple):
-        return all(_subinterp_plain(item, depth + 1) for item in value)
+    if kind is list or kind is tuple:
+        scalars = _SUBINTERP_SCALARS
+        for item in value:
+            if item is None or type(item) in scalars:
+                continue
+            if type(item) is tuple or type(item) is list:
+                # One level inline: map chunks are lists of argument tuples.
+                for inner in item:
+                    if inner is None or type(inner) in scalars:
+                        continue
+                    if not _subinterp_plain(inner, depth + 2):
+                        return False
+                continue
+            if not _subinterp_plain(item, depth + 1):
+                return False
+        return True
     if kind is dict:
         return all(
             _subinterp_plain(k, depth + 1) and _subinterp_plain(v, depth + 1)
@@ -101,14 +118,40 @@ def _subinterp_run_node(payload):
     return [start, time.time(), reply]
 
 
-def _subinterp_run_chunk(module, qualname, payload, items):
-    """Calls the function on each argument tuple of ``items`` (a map chunk); returns the
-    list of what ``_subinterp_run`` returns for each."""
+def _subinterp_run_chunk(module, qualname, payload, items, star=True):
+    """Calls the function on each argument tuple of ``items`` (a map chunk; each item
+    is the one argument when not ``star``), up to the first exception; returns
+    ``[values, failure]``: the values as ``_subinterp_call`` encodes a result, and the
+    exception as it encodes one (or None)."""
     import pickle
 
-    if payload is not None:
-        items = pickle.loads(payload)
-    return [_subinterp_run(module, qualname, None, *args) for args in items]
+    try:
+        if payload is not None:
+            items = pickle.loads(payload)
+        fn = _subinterp_resolve(module, qualname)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: B902 - reported to the caller whole
+        return [(0, []), _subinterp_failure(exc)]
+    values = []
+    failure = None
+    try:
+        if star:
+            for args in items:
+                values.append(fn(*args))
+        else:
+            for arg in items:
+                values.append(fn(arg))
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: B902 - reported to the caller whole
+        failure = _subinterp_failure(exc)
+    if _subinterp_plain(values):
+        return [(0, values), failure]
+    try:
+        return [(1, pickle.dumps(values)), failure]
+    except Exception as exc:
+        return [(0, []), failure or _subinterp_failure(TypeError(f"a result cannot be sent back: {exc}"))]
 
 
 _subinterp_main_error = None
