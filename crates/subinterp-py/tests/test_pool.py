@@ -341,3 +341,36 @@ def test_legacy_workers_load_modules_isolated_ones_refuse():
     with subinterp.Pool(1) as p:
         with pytest.raises(ImportError, match="subinterpreters"):
             p.submit(helpers.import_name, "psutil").result(60)
+
+
+def test_a_main_script_written_for_the_caller_loads_in_workers(tmp_path):
+    # `from subinterp import Pool` and `import subinterp.dask` at the top of the main
+    # script: in a worker, subinterp is the native module, with stand-ins for the rest.
+    script = _script(
+        tmp_path,
+        """
+        from subinterp import Pool, Interpreter, check
+        import subinterp.dask
+
+        def square(x):
+            return x * x
+
+        def make_a_pool():
+            try:
+                Pool(1)
+            except RuntimeError as exc:
+                return str(exc)
+
+        if __name__ == "__main__":
+            with Pool(2) as pool:
+                print(pool.submit(square, 7).result(60))
+                print(pool.submit(make_a_pool).result(60))
+        """,
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "49"
+    assert "only available in the main interpreter" in lines[1]

@@ -50,7 +50,7 @@ __all__ = [
 
 # Objects of the main script come back from workers as __mp_main__'s (the name it is
 # loaded under there); multiprocessing makes the same alias.
-if "__main__" in sys.modules:
+if "__main__" in sys.modules and _native.id() == 0:
     sys.modules.setdefault("__mp_main__", sys.modules["__main__"])
 
 _WORKER_SOURCE = (Path(__file__).parent / "_worker.py").read_text(encoding="utf-8")
@@ -122,6 +122,7 @@ def _setup_code() -> list[str]:
         "_w = types.ModuleType('_subinterp_worker')",
         f"exec({_WORKER_SOURCE!r}, _w.__dict__)",
         "sys.modules['_subinterp_worker'] = _w",
+        f"_w._subinterp_stand_in(__import__('subinterp'), {str(Path(__file__).parent)!r})",
     ]
     main = _main_path()
     if main is not None:

@@ -154,6 +154,31 @@ def _subinterp_run_chunk(module, qualname, payload, items, star=True):
         return [(0, []), failure or _subinterp_failure(TypeError(f"a result cannot be sent back: {exc}"))]
 
 
+def _subinterp_stand_in(native, package_dir):
+    """Lets a main script written for the caller load in a worker: there ``subinterp``
+    is the native module, so the package's main-interpreter API (``from subinterp import
+    Pool``, ``import subinterp.dask``) gets stand-ins that say where it works."""
+
+    def refuse(name):
+        def refused(*args, **kwargs):
+            raise RuntimeError(
+                f"subinterp.{name} is only available in the main interpreter, "
+                "not in a pool worker or an Interpreter"
+            )
+
+        return refused
+
+    for name in ("Pool", "Interpreter"):
+        if not hasattr(native, name):
+            setattr(native, name, type(name, (), {"__init__": refuse(name)}))
+    if not hasattr(native, "check"):
+        native.check = refuse("check")
+    if not hasattr(native, "RemoteError"):
+        native.RemoteError = type("RemoteError", (Exception,), {})
+    native._native = native
+    native.__path__ = [package_dir]
+
+
 _subinterp_main_error = None
 
 
@@ -178,4 +203,6 @@ def _subinterp_load_main(path):
             f"{type(exc).__name__}: {exc}"
         )
         return
-    _sys.modules["__main__"] = module
+    # Set again: importing multiprocessing while the script loads points __mp_main__
+    # at the worker's own __main__.
+    _sys.modules["__main__"] = _sys.modules["__mp_main__"] = module

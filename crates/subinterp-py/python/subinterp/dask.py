@@ -24,7 +24,7 @@ import threading
 
 import cloudpickle  # type: ignore[import-untyped]
 
-from . import Pool, _from_worker
+from . import Pool
 
 __all__ = ["DaskPool", "PoolPlugin"]
 
@@ -70,6 +70,8 @@ def _report(reply, time_delay: float) -> dict:
     """What ``distributed.worker._run_task_simple`` returns, from a worker's reply."""
     from dask.sizeof import sizeof
     from distributed.core import error_message
+
+    from . import _from_worker
 
     start, stop, outcome = reply
     result, exc = _from_worker(outcome)
