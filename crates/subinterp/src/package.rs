@@ -449,6 +449,8 @@ struct PoolHandle {
     ready_tx: Sender<u64>,
     ready_rx: Receiver<u64>,
     tasks: Mutex<HashMap<u64, Pending>>,
+    /// Tasks a caller waits for in `_pool_wait`: the collector leaves them to it.
+    awaited: Mutex<std::collections::HashSet<u64>>,
     /// Set once the pool has ended: every task has its result then.
     ended: std::sync::atomic::AtomicBool,
 }
@@ -591,6 +593,7 @@ fn pool_new<'py>(py: Python<'py>, _: &PyObj<'py>, args: &FastArgs<'_, 'py>) -> O
         ready_tx,
         ready_rx,
         tasks: Mutex::new(HashMap::new()),
+        awaited: Mutex::new(std::collections::HashSet::new()),
         ended: std::sync::atomic::AtomicBool::new(false),
     });
     let id = next_handle();
@@ -727,10 +730,21 @@ fn pool_done<'py>(
                 .chain(handle.ready_rx.try_iter())
                 .collect();
             let mut tasks = handle.tasks.lock().unwrap_or_else(|e| e.into_inner());
-            let done: Vec<Value> = ids
-                .iter()
-                .filter_map(|id| Some(outcome(*id, take(tasks.remove(id)?))))
-                .collect();
+            let awaited = handle.awaited.lock().unwrap_or_else(|e| e.into_inner());
+            let mut done = Vec::new();
+            for id in &ids {
+                let unfinished =
+                    matches!(tasks.get(id), Some(Pending::Running(t)) if !t.is_finished());
+                // Left to the caller waiting for it, or (sent again by a caller that
+                // stopped waiting) reported by its waker when it finishes.
+                if awaited.contains(id) || unfinished {
+                    continue;
+                }
+                if let Some(pending) = tasks.remove(id) {
+                    done.push(outcome(*id, take(pending)));
+                }
+            }
+            drop(awaited);
             // u64::MAX says the pool has ended: the next call hands out what is left.
             if !done.is_empty() || ids.contains(&u64::MAX) {
                 return Some(done);
@@ -769,29 +783,81 @@ fn pool_wait<'py>(
     };
     let timeout = seconds(py, a[2].as_ref(), "timeout")?;
     let deadline = timeout.and_then(|t| std::time::Instant::now().checked_add(t));
+    {
+        let tasks = handle.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        if !tasks.contains_key(&id) {
+            return Ok(py.none()); // collected (or being delivered) by the collector
+        }
+        handle
+            .awaited
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id);
+    }
+    let got = wait_awaited(py, &handle, id, deadline);
+    handle
+        .awaited
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&id);
+    if !matches!(got, Ok(Waited::Taken(_))) {
+        // Not taken here (deadline, Ctrl-C): the collector reports it when it finishes,
+        // or now if it already has.
+        let _ = handle.ready_tx.send(id);
+    }
+    match got? {
+        Waited::Taken(done) => Ok(py.to_object(&done)?),
+        Waited::TimedOut => Ok(py.to_object(&Value::Bool(false))?),
+        Waited::Collected => Ok(py.none()),
+    }
+}
+
+enum Waited {
+    /// The task's outcome, taken out of the map.
+    Taken(Value),
+    TimedOut,
+    /// The pool ended and its collector handed every task out.
+    Collected,
+}
+
+/// Waits for a task marked awaited and takes its result.
+fn wait_awaited(
+    py: Python<'_>,
+    handle: &PoolHandle,
+    id: u64,
+    deadline: Option<std::time::Instant>,
+) -> Result<Waited> {
     loop {
         let task = {
             let mut tasks = handle.tasks.lock().unwrap_or_else(|e| e.into_inner());
             match tasks.get(&id) {
                 Some(Pending::Running(task)) if !task.is_finished() => Arc::clone(task),
                 Some(_) => {
-                    let result = take(tasks.remove(&id).expect("just seen"));
-                    drop(tasks);
-                    return Ok(py.to_object(&outcome(id, result))?);
+                    let result = tasks.remove(&id).map_or(Err(Error::Closed), take);
+                    return Ok(Waited::Taken(outcome(id, result)));
                 }
-                // Collected (or being delivered) by the pool's collector.
-                None => return Ok(py.none()),
+                None => return Ok(Waited::Collected),
             }
         };
         let mut slice = Duration::from_millis(50);
         if let Some(deadline) = deadline {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
-                return Ok(py.to_object(&Value::Bool(false))?);
+                return Ok(Waited::TimedOut);
             }
             slice = slice.min(left);
         }
-        let finished = py.allow_threads(|| task.wait_finished(slice));
+        let finished = py.allow_threads(|| {
+            // A short task is often done before a sleeping thread could be woken.
+            let start = std::time::Instant::now();
+            while start.elapsed() < crate::pool::SPIN {
+                if task.is_finished() {
+                    return true;
+                }
+                std::thread::yield_now();
+            }
+            task.wait_finished(slice)
+        });
         drop(task);
         if !finished {
             py.check_signals()?;

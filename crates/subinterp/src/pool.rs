@@ -18,7 +18,9 @@ use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, select, unbounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{
+    bounded, select, unbounded, Receiver, RecvError, RecvTimeoutError, Sender, TryRecvError,
+};
 
 use crate::config::InterpreterConfig;
 use crate::error::{Error, PyException, Result};
@@ -652,6 +654,24 @@ fn setup_timed_out(message: String) -> PyException {
     }
 }
 
+/// How long an idle worker, or a caller waiting for a result, keeps checking before it
+/// sleeps: waking a sleeping thread costs tens of microseconds on some machines, more
+/// than a short task takes.
+pub(crate) const SPIN: Duration = Duration::from_micros(50);
+
+/// Receives the next task, checking for [`SPIN`] before sleeping on the queue.
+fn spin_then_recv(rx: &Receiver<Queued>) -> std::result::Result<Queued, RecvError> {
+    let start = Instant::now();
+    loop {
+        match rx.try_recv() {
+            Ok(task) => return Ok(task),
+            Err(TryRecvError::Disconnected) => return Err(RecvError),
+            Err(TryRecvError::Empty) if start.elapsed() < SPIN => std::thread::yield_now(),
+            Err(TryRecvError::Empty) => return rx.recv(),
+        }
+    }
+}
+
 /// The loop a worker runs on its interpreter's thread.
 fn worker_loop(py: Python<'_>, shared: &Shared, worker: &Arc<Worker>) -> Result<()> {
     let mut done: u64 = 0;
@@ -661,7 +681,7 @@ fn worker_loop(py: Python<'_>, shared: &Shared, worker: &Arc<Worker>) -> Result<
             Ok(task) => Ok(task),
             Err(_) => {
                 let rx = shared.queue_rx.clone();
-                py.allow_threads(move || rx.recv())
+                py.allow_threads(move || spin_then_recv(&rx))
             }
         };
         let Ok(task) = next else {

@@ -105,12 +105,18 @@ def _reference(fn) -> tuple[str, str]:
     return module, qualname
 
 
+_MAIN_PATHS: dict[str, str | None] = {}
+
+
 def _main_path() -> str | None:
+    """The main script's absolute path, if it has a file (checked once per path)."""
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
-    if isinstance(path, str) and os.path.exists(path):
-        return os.path.abspath(path)
-    return None
+    if not isinstance(path, str):
+        return None
+    if path not in _MAIN_PATHS:
+        _MAIN_PATHS[path] = os.path.abspath(path) if os.path.exists(path) else None
+    return _MAIN_PATHS[path]
 
 
 def _setup_code() -> list[str]:
