@@ -68,3 +68,38 @@ def test_check_reports_what_the_cli_reports():
     assert reports[0]["culprit"] == "psutil._psutil_linux", reports[0]
     assert reports[1]["verdict"] == "broken", reports[1]
     assert "No module named" in reports[1]["detail"]
+
+
+def test_ctrl_c_interrupts_a_call_and_is_raised_in_the_caller(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import textwrap
+
+    script = tmp_path / "plugin_host.py"
+    script.write_text(
+        f"import sys\nsys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+        + textwrap.dedent(
+            """
+            import helpers, subinterp
+
+            if __name__ == "__main__":
+                interp = subinterp.Interpreter()
+                print("ready", flush=True)
+                try:
+                    interp.call(helpers.spin)
+                except KeyboardInterrupt:
+                    print("interrupted", flush=True)
+                print(interp.call(helpers.add, 1, 2), flush=True)
+            """
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert out.split() == ["interrupted", "3"], (out, err)
