@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
@@ -69,7 +69,7 @@ fn specs() -> Vec<ModuleSpec> {
         callback::method_def(
             c"_interp_new",
             c"_interp_new(config)\n--\n\nA new interpreter; config is a dict (isolated, \
-              paths, init).",
+              init).",
             interp_new,
         ),
         callback::method_def(
@@ -141,6 +141,70 @@ fn specs() -> Vec<ModuleSpec> {
     vec![spec]
 }
 
+// ---------------------------------------------------------------- handles
+
+/// Objects Python code refers to by plain int handles.
+struct Registry<T> {
+    items: Mutex<Option<HashMap<u64, Arc<T>>>>,
+}
+
+static NEXT_HANDLE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+impl<T> Registry<T> {
+    const fn new() -> Self {
+        Registry {
+            items: Mutex::new(None),
+        }
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, Option<HashMap<u64, Arc<T>>>> {
+        self.items.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps `item`; returns its handle.
+    fn insert(&self, item: T) -> u64 {
+        let id = NEXT_HANDLE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.map()
+            .get_or_insert_with(HashMap::new)
+            .insert(id, Arc::new(item));
+        id
+    }
+
+    fn id_of(handle: &PyObj<'_>) -> Result<Option<u64>> {
+        Ok(u64::try_from(handle.to_value()?.as_i64().unwrap_or(-1)).ok())
+    }
+
+    /// The item of a handle, or a `RuntimeError` saying it is `gone`.
+    fn get(&self, handle: &PyObj<'_>, gone: &str) -> Result<Arc<T>> {
+        Self::id_of(handle)?
+            .and_then(|id| self.map().as_ref()?.get(&id).cloned())
+            .ok_or_else(|| Error::python("builtins.RuntimeError", gone))
+    }
+
+    fn remove(&self, handle: &PyObj<'_>) -> Result<Option<Arc<T>>> {
+        Ok(Self::id_of(handle)?.and_then(|id| self.map().as_mut()?.remove(&id)))
+    }
+
+    fn take_all(&self) -> Vec<Arc<T>> {
+        self.map()
+            .take()
+            .unwrap_or_default()
+            .into_values()
+            .collect()
+    }
+}
+
+static POOLS: Registry<PoolHandle> = Registry::new();
+static INTERPS: Registry<Interpreter> = Registry::new();
+
+fn pool_of(handle: &PyObj<'_>) -> Result<Arc<PoolHandle>> {
+    POOLS.get(handle, "the pool has ended")
+}
+
+fn interp_of(handle: &PyObj<'_>) -> Result<Arc<Interpreter>> {
+    INTERPS.get(handle, "the interpreter is closed")
+}
+
 // ---------------------------------------------------------------- runtime
 
 static RUNTIME: Mutex<Option<Runtime>> = Mutex::new(None);
@@ -184,13 +248,7 @@ fn runtime_stop<'py>(
 ) -> Outcome<PyObj<'py>> {
     parse(args, "_runtime_stop", [], 0)?;
     main_only(py, "_runtime_stop")?;
-    let pools: Vec<Arc<PoolHandle>> = POOLS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take()
-        .unwrap_or_default()
-        .into_values()
-        .collect();
+    let pools = POOLS.take_all();
     py.allow_threads(move || {
         for pool in pools {
             pool.end(None);
@@ -217,25 +275,6 @@ fn runtime_wait<'py>(
 
 // ---------------------------------------------------------------- interpreters
 
-/// Interpreters by handle number.
-static INTERPS: Mutex<Option<HashMap<u64, Arc<Interpreter>>>> = Mutex::new(None);
-
-fn next_handle() -> u64 {
-    NEXT_POOL
-        .get_or_init(|| std::sync::atomic::AtomicU64::new(1))
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-}
-
-fn interp_of(handle: &PyObj<'_>) -> Result<Arc<Interpreter>> {
-    let id = handle.to_value()?.as_i64().unwrap_or(-1);
-    INTERPS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        .and_then(|all| u64::try_from(id).ok().and_then(|id| all.get(&id).cloned()))
-        .ok_or_else(|| Error::python("builtins.RuntimeError", "the interpreter is closed"))
-}
-
 fn interp_new<'py>(
     py: Python<'py>,
     _: &PyObj<'py>,
@@ -246,17 +285,7 @@ fn interp_new<'py>(
     let Value::Dict(config) = required(&a[0]).to_value()? else {
         return Err(py.new_error(ExcKind::Type, "config must be a dict").into());
     };
-    let mut interp = match field(&config, "isolated") {
-        Some(Value::Bool(false)) => InterpreterConfig::legacy(),
-        _ => InterpreterConfig::isolated(),
-    };
-    if let Some(Value::List(paths)) = field(&config, "paths") {
-        for p in paths.iter().rev() {
-            if let Value::Str(p) = p {
-                interp.add_path(p);
-            }
-        }
-    }
+    let interp = interpreter_config(&config);
     let init = match field(&config, "init") {
         Some(Value::Str(code)) => Some(code.clone()),
         _ => None,
@@ -268,12 +297,7 @@ fn interp_new<'py>(
         }
         Ok(made)
     })?;
-    let id = next_handle();
-    INTERPS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get_or_insert_with(HashMap::new)
-        .insert(id, Arc::new(made));
+    let id = INTERPS.insert(made);
     Ok(py.to_object(&Value::Int(id as i64))?)
 }
 
@@ -333,11 +357,8 @@ fn run_in<'py>(
             Value::from(message),
         ]))?);
     }
-    let Value::Tuple(mut parts) = outcome(0, result) else {
-        unreachable!("outcome is a tuple")
-    };
-    parts.remove(0);
-    Ok(py.to_object(&Value::Tuple(parts))?)
+    let (kind, payload) = kind_and_payload(result);
+    Ok(py.to_object(&Value::Tuple(vec![Value::from(kind), payload]))?)
 }
 
 fn interp_exec<'py>(
@@ -381,15 +402,7 @@ fn interp_close<'py>(
     args: &FastArgs<'_, 'py>,
 ) -> Outcome<PyObj<'py>> {
     let a = parse(args, "_interp_close", ["interp"], 1)?;
-    let id = required(&a[0]).to_value()?.as_i64().unwrap_or(-1);
-    let taken = u64::try_from(id).ok().and_then(|id| {
-        INTERPS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_mut()
-            .and_then(|all| all.remove(&id))
-    });
-    if let Some(interp) = taken {
+    if let Some(interp) = INTERPS.remove(required(&a[0]))? {
         py.allow_threads(move || interp.close())?;
     }
     Ok(py.none())
@@ -489,24 +502,6 @@ impl PoolHandle {
     }
 }
 
-/// Pools by handle number, so that Python code holds plain ints.
-static POOLS: Mutex<Option<HashMap<u64, Arc<PoolHandle>>>> = Mutex::new(None);
-static NEXT_POOL: OnceLock<std::sync::atomic::AtomicU64> = OnceLock::new();
-
-fn pool_of(handle: &PyObj<'_>) -> Result<Arc<PoolHandle>> {
-    let id = handle.to_value()?.as_i64().unwrap_or(-1);
-    POOLS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        .and_then(|pools| {
-            u64::try_from(id)
-                .ok()
-                .and_then(|id| pools.get(&id).cloned())
-        })
-        .ok_or_else(|| Error::python("builtins.RuntimeError", "the pool has ended"))
-}
-
 fn seconds(py: Python<'_>, obj: Option<&PyObj<'_>>, what: &str) -> Result<Option<Duration>> {
     let Some(obj) = obj.filter(|o| !o.is_none()) else {
         return Ok(None);
@@ -529,6 +524,26 @@ fn field<'a>(config: &'a [(Value, Value)], name: &str) -> Option<&'a Value> {
         .filter(|v| !matches!(v, Value::None))
 }
 
+/// The interpreter settings of a pool's or an interpreter's config dict.
+fn interpreter_config(config: &[(Value, Value)]) -> InterpreterConfig {
+    match field(config, "isolated") {
+        Some(Value::Bool(false)) => InterpreterConfig::legacy(),
+        _ => InterpreterConfig::isolated(),
+    }
+}
+
+/// A positive number of seconds.
+fn positive_seconds(value: &Value) -> Option<Duration> {
+    let secs = match value {
+        Value::Int(n) => *n as f64,
+        Value::Float(f) => *f,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+}
+
 fn pool_new<'py>(py: Python<'py>, _: &PyObj<'py>, args: &FastArgs<'_, 'py>) -> Outcome<PyObj<'py>> {
     let a = parse(args, "_pool_new", ["config"], 1)?;
     main_only(py, "Pool")?;
@@ -538,10 +553,6 @@ fn pool_new<'py>(py: Python<'py>, _: &PyObj<'py>, args: &FastArgs<'_, 'py>) -> O
     let mut pool_config = PoolConfig::new();
     // The first result comes sooner; the other workers start meanwhile.
     pool_config.start_on_first_worker(true);
-    let mut interp = match field(&config, "isolated") {
-        Some(Value::Bool(false)) => InterpreterConfig::legacy(),
-        _ => InterpreterConfig::isolated(),
-    };
     let bad = |what: &str| py.new_error(ExcKind::Value, &format!("invalid pool setting {what}"));
     if let Some(v) = field(&config, "workers") {
         let n = v
@@ -553,23 +564,11 @@ fn pool_new<'py>(py: Python<'py>, _: &PyObj<'py>, args: &FastArgs<'_, 'py>) -> O
     if let Some(Value::Str(code)) = field(&config, "init") {
         pool_config.init(code.clone());
     }
-    let float = |v: &Value| match v {
-        Value::Int(n) => Some(*n as f64),
-        Value::Float(f) => Some(*f),
-        _ => None,
-    };
     if let Some(v) = field(&config, "timeout") {
-        let secs = float(v)
-            .filter(|s| *s > 0.0)
-            .ok_or_else(|| bad("timeout"))?;
-        pool_config.timeout(Duration::try_from_secs_f64(secs).map_err(|_| bad("timeout"))?);
+        pool_config.timeout(positive_seconds(v).ok_or_else(|| bad("timeout"))?);
     }
     if let Some(v) = field(&config, "setup_timeout") {
-        let secs = float(v)
-            .filter(|s| *s > 0.0)
-            .ok_or_else(|| bad("setup_timeout"))?;
-        pool_config
-            .setup_timeout(Duration::try_from_secs_f64(secs).map_err(|_| bad("setup_timeout"))?);
+        pool_config.setup_timeout(positive_seconds(v).ok_or_else(|| bad("setup_timeout"))?);
     }
     if let Some(v) = field(&config, "max_tasks_per_worker") {
         let n = v
@@ -578,30 +577,18 @@ fn pool_new<'py>(py: Python<'py>, _: &PyObj<'py>, args: &FastArgs<'_, 'py>) -> O
             .ok_or_else(|| bad("max_tasks_per_worker"))?;
         pool_config.max_tasks_per_worker(n as u64);
     }
-    if let Some(Value::List(paths)) = field(&config, "paths") {
-        for p in paths.iter().rev() {
-            if let Value::Str(p) = p {
-                interp.add_path(p);
-            }
-        }
-    }
-    pool_config.interpreter(interp);
+    pool_config.interpreter(interpreter_config(&config));
     let pool = py.allow_threads(move || runtime().and_then(|rt| Pool::new(&rt, &pool_config)))?;
     let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
-    let handle = Arc::new(PoolHandle {
+    let handle = PoolHandle {
         pool: Mutex::new(Some(pool)),
         ready_tx,
         ready_rx,
         tasks: Mutex::new(HashMap::new()),
         awaited: Mutex::new(std::collections::HashSet::new()),
         ended: std::sync::atomic::AtomicBool::new(false),
-    });
-    let id = next_handle();
-    POOLS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get_or_insert_with(HashMap::new)
-        .insert(id, handle);
+    };
+    let id = POOLS.insert(handle);
     Ok(py.to_object(&Value::Int(id as i64))?)
 }
 
@@ -675,7 +662,13 @@ fn pool_submit<'py>(
 /// (type name, message, traceback))`, `(id, "cancelled", None)`, `(id, "timeout",
 /// message)` or `(id, "error", message)`.
 fn outcome(id: u64, result: Result<Value>) -> Value {
-    let (kind, payload) = match result {
+    let (kind, payload) = kind_and_payload(result);
+    Value::Tuple(vec![Value::Int(id as i64), Value::from(kind), payload])
+}
+
+/// The kind and payload of [`outcome`].
+fn kind_and_payload(result: Result<Value>) -> (&'static str, Value) {
+    match result {
         Ok(value) => ("ok", value),
         Err(Error::Python(exc)) => (
             "python",
@@ -688,8 +681,7 @@ fn outcome(id: u64, result: Result<Value>) -> Value {
         Err(Error::Cancelled) => ("cancelled", Value::None),
         Err(err @ Error::Interrupted(_)) => ("timeout", Value::from(err.to_string())),
         Err(err) => ("error", Value::from(err.to_string())),
-    };
-    Value::Tuple(vec![Value::Int(id as i64), Value::from(kind), payload])
+    }
 }
 
 fn pool_done<'py>(
@@ -700,7 +692,6 @@ fn pool_done<'py>(
     let a = parse(args, "_pool_done", ["pool", "timeout"], 2)?;
     let handle = pool_of(required(&a[0]))?;
     let timeout = seconds(py, a[1].as_ref(), "timeout")?.unwrap_or(Duration::from_secs(3600));
-    let id = required(&a[0]).to_value()?.as_i64().unwrap_or(-1);
     let done = py.allow_threads(move || {
         // Set only after the pool's shutdown returned, when every task has its result.
         let ended = handle.ended.load(std::sync::atomic::Ordering::Acquire);
@@ -752,11 +743,7 @@ fn pool_done<'py>(
         }
     });
     let Some(done) = done else {
-        if let Ok(id) = u64::try_from(id) {
-            if let Some(pools) = POOLS.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-                pools.remove(&id);
-            }
-        }
+        POOLS.remove(required(&a[0]))?;
         return Ok(py.none());
     };
     Ok(py.to_object(&Value::List(done))?)

@@ -143,11 +143,15 @@ def _encode_call(fn, args, kwargs) -> tuple[list, dict]:
     kwargs = {} if kwargs is None else dict(kwargs)
     if _plain(args) and _plain(kwargs):
         return [module, qualname, None, *args], kwargs
+    return [module, qualname, _dumps((tuple(args), kwargs))], {}
+
+
+def _dumps(obj) -> bytes:
+    """``obj`` pickled for a worker; what cannot be pickled is a ``TypeError`` here."""
     try:
-        payload = pickle.dumps((tuple(args), kwargs))
+        return pickle.dumps(obj)
     except Exception as exc:
         raise TypeError(f"subinterp: an argument cannot be sent to a worker: {exc}") from exc
-    return [module, qualname, payload], {}
 
 
 def _outcome(kind: str, payload, unwrap):
@@ -299,7 +303,7 @@ class Pool(concurrent.futures.Executor):
             module, qualname = _reference(initializer)
             code.append(
                 f"_w._subinterp_resolve({module!r}, {qualname!r})"
-                f"(*__import__('pickle').loads({pickle.dumps(tuple(initargs))!r}))"
+                f"(*__import__('pickle').loads({_dumps(tuple(initargs))!r}))"
             )
         if init is not None:
             code.append(init)
@@ -354,17 +358,9 @@ class Pool(concurrent.futures.Executor):
             if _plain(chunk):
                 call_args = [module, qualname, None, chunk, star]
             else:
-                call_args = [module, qualname, self._pickle(chunk), [], star]
+                call_args = [module, qualname, _dumps(chunk), [], star]
             futures.append(self._queue(_RUN_CHUNK, call_args, {}, None, _chunk_from_worker))
         return _chained(futures, timeout)
-
-    def _pickle(self, obj) -> bytes:
-        try:
-            return pickle.dumps(obj)
-        except Exception as exc:
-            raise TypeError(
-                f"subinterp.Pool: an argument cannot be sent to a worker: {exc}"
-            ) from exc
 
     def _queue(self, target, args, kwargs, timeout, unwrap) -> _Future:
         future = _Future(self)
