@@ -8,7 +8,11 @@ use std::sync::Arc;
 /// Python exceptions raised by user code arrive as [`Error::Python`], with a
 /// [`PyException`] snapshot that owns plain data only, so it can be sent between threads
 /// and outlive the interpreter it came from.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` prints a Python exception as Python does — its traceback, then its type and
+/// message — so `fn main() -> subinterp::Result<()>` reports an uncaught one readably;
+/// the other variants print as derived.
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// Python code raised an exception.
@@ -104,6 +108,65 @@ pub enum Error {
     /// Rust code running on an interpreter's thread panicked; the interpreter survives.
     #[error("a Rust closure panicked on the interpreter's thread: {0}")]
     Panic(String),
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Python(exc) => write_python(exc, f),
+            Error::Closed => f.write_str("Closed"),
+            Error::InvalidConfig(s) => f.debug_tuple("InvalidConfig").field(s).finish(),
+            Error::CreateFailed(s) => f.debug_tuple("CreateFailed").field(s).finish(),
+            Error::AlreadyInitialized => f.write_str("AlreadyInitialized"),
+            Error::Finalized => f.write_str("Finalized"),
+            Error::InitFailed(s) => f.debug_tuple("InitFailed").field(s).finish(),
+            Error::Unshareable { type_name, detail } => f
+                .debug_struct("Unshareable")
+                .field("type_name", type_name)
+                .field("detail", detail)
+                .finish(),
+            Error::Conversion(s) => f.debug_tuple("Conversion").field(s).finish(),
+            Error::InvalidArgument(s) => f.debug_tuple("InvalidArgument").field(s).finish(),
+            Error::OutOfMemory(s) => f.debug_tuple("OutOfMemory").field(s).finish(),
+            Error::Io { path, source } => f
+                .debug_struct("Io")
+                .field("path", path)
+                .field("source", source)
+                .finish(),
+            Error::InvalidTarget { target, reason } => f
+                .debug_struct("InvalidTarget")
+                .field("target", target)
+                .field("reason", reason)
+                .finish(),
+            Error::WouldDeadlock => f.write_str("WouldDeadlock"),
+            Error::ChannelClosed => f.write_str("ChannelClosed"),
+            Error::ChannelEmpty => f.write_str("ChannelEmpty"),
+            Error::ChannelFull => f.write_str("ChannelFull"),
+            Error::Timeout => f.write_str("Timeout"),
+            Error::Cancelled => f.write_str("Cancelled"),
+            Error::Interrupted(reason) => f.debug_tuple("Interrupted").field(reason).finish(),
+            Error::Setup(cause) => match cause.as_python() {
+                // The set-up failure's own exception, as Python prints it.
+                Some(exc) => {
+                    f.write_str("a pool worker could not be set up:\n")?;
+                    write_python(exc, f)
+                }
+                None => f.debug_tuple("Setup").field(cause).finish(),
+            },
+            Error::Panic(s) => f.debug_tuple("Panic").field(s).finish(),
+        }
+    }
+}
+
+/// An exception as Python prints it uncaught: the traceback (chained exceptions
+/// included), or the type and message of one that has none.
+fn write_python(exc: &PyException, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    let text = exc.traceback.trim_end_matches('\n');
+    if text.is_empty() {
+        write!(f, "{exc}")
+    } else {
+        f.write_str(text)
+    }
 }
 
 fn detail_suffix(detail: &str) -> String {

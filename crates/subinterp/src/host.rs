@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::channel::{Channel, Message, Stop};
 use crate::error::{Error, PyException, Result};
 use crate::interpreter::Args;
+use crate::names;
 use crate::params;
 use crate::raw::callback::{self, FastArgs};
 use crate::raw::convert::{exact_bool, exact_float, exact_int, scalar, scalar_object};
@@ -54,6 +55,8 @@ pub struct HostModule {
     constants: Vec<(String, Value)>,
     /// Mistakes found while the module was built, reported when the runtime starts.
     problems: Vec<String>,
+    /// Whether the module may replace a standard-library module of its name.
+    shadow_stdlib: bool,
 }
 
 #[derive(Clone)]
@@ -77,7 +80,12 @@ impl fmt::Debug for HostModule {
 }
 
 impl HostModule {
-    /// A module to be imported as `name` (a Python identifier, without dots).
+    /// A module to be imported as `name`: a Python identifier (without dots, not a
+    /// keyword), unique among the runtime's host modules, and not the name of a module of
+    /// the standard library unless [`shadow_stdlib`](Self::shadow_stdlib) says so. A
+    /// name, function, parameter, exception or constant that breaks these rules, or one
+    /// used twice, is refused with [`Error::InvalidConfig`] when the runtime starts
+    /// ([`Runtime::init`](crate::Runtime::init)), before CPython does.
     pub fn new(name: impl Into<String>) -> HostModule {
         HostModule {
             name: name.into(),
@@ -86,6 +94,7 @@ impl HostModule {
             exceptions: Vec::new(),
             constants: Vec::new(),
             problems: Vec::new(),
+            shadow_stdlib: false,
         }
     }
 
@@ -168,53 +177,108 @@ impl HostModule {
         self
     }
 
-    /// Checks the names, for the runtime to refuse a module CPython could not import.
-    pub(crate) fn validate(&self) -> Result<()> {
-        if let Some(problem) = self.problems.first() {
-            return Err(Error::InvalidConfig(format!(
-                "host module {:?}: {problem}",
-                self.name
-            )));
-        }
-        let identifier = |s: &str| {
-            let mut chars = s.chars();
-            chars.next().is_some_and(|c| c == '_' || c.is_alphabetic())
-                && chars.all(|c| c == '_' || c.is_alphanumeric())
-        };
-        let bad = |what: &str, name: &str| {
+    /// Lets the module take the name of a module of Python's standard library
+    /// (`sys.stdlib_module_names`), which it then replaces in every interpreter of the
+    /// runtime: `import json` gets this module, in the standard library's own imports too.
+    /// Without this, such a name is refused when the runtime starts
+    /// ([`Error::InvalidConfig`]), so that a host module never hides a standard module by
+    /// accident. A module built into CPython itself (`sys.builtin_module_names`: `sys`,
+    /// `time`, `_io`...) cannot be replaced, and stays refused.
+    pub fn shadow_stdlib(mut self) -> Self {
+        self.shadow_stdlib = true;
+        self
+    }
+
+    /// Checks the names, for the runtime to refuse a module CPython could not import, or
+    /// one whose names clash. `builtin` lists the modules built into CPython.
+    pub(crate) fn validate(&self, builtin: &[String]) -> Result<()> {
+        let refuse = |problem: String| {
             Err(Error::InvalidConfig(format!(
-                "host module {:?}: {what} {name:?} is not a Python identifier",
+                "host module {:?}: {problem}",
                 self.name
             )))
         };
-        if !identifier(&self.name) {
+        if let Some(problem) = self.problems.first() {
+            return refuse(problem.clone());
+        }
+        let bad = |what: &str, name: &str| {
+            refuse(format!(
+                "{what} {name:?} is not a Python identifier (or is a keyword)"
+            ))
+        };
+        if !names::is_identifier(&self.name) {
             return bad("the module name", &self.name);
         }
         if self.name == "subinterp" {
-            return Err(Error::InvalidConfig(
-                "host module \"subinterp\": the name is the library's own module".into(),
-            ));
+            return refuse("the name is the library's own module".into());
+        }
+        if builtin.contains(&self.name) {
+            return refuse(
+                "the name is a module built into CPython (sys.builtin_module_names), which \
+                 a host module cannot replace"
+                    .into(),
+            );
+        }
+        if names::is_stdlib_module(&self.name) && !self.shadow_stdlib {
+            return refuse(
+                "the name is a module of Python's standard library, which this module would \
+                 replace in every interpreter; choose another name, or call \
+                 HostModule::shadow_stdlib() to replace it on purpose"
+                    .into(),
+            );
         }
         for f in &self.functions {
-            if !identifier(&f.name) {
+            if !names::is_identifier(&f.name) {
                 return bad("the function name", &f.name);
             }
-            if let Some(p) = f.params.iter().find(|p| !identifier(p)) {
+            if let Some(p) = f.params.iter().find(|p| !names::is_identifier(p)) {
                 return bad("the parameter name", p);
+            }
+            for (i, p) in f.params.iter().enumerate() {
+                if f.params[..i].contains(p) {
+                    return refuse(format!(
+                        "function {:?} names the parameter {p:?} twice",
+                        f.name
+                    ));
+                }
             }
         }
         for (name, base) in &self.exceptions {
-            if !identifier(name) {
+            if !names::is_identifier(name) {
                 return bad("the exception name", name);
             }
-            if !identifier(base) {
+            if !names::is_identifier(base) {
                 return bad("the exception base", base);
             }
         }
         for (name, _) in &self.constants {
-            if !identifier(name) {
+            if !names::is_identifier(name) {
                 return bad("the constant name", name);
             }
+        }
+        // Functions, exceptions and constants are attributes of one module namespace.
+        let mut seen: Vec<(&str, &str)> = Vec::new();
+        let attributes = self
+            .functions
+            .iter()
+            .map(|f| ("a function", f.name.as_str()))
+            .chain(
+                self.exceptions
+                    .iter()
+                    .map(|(n, _)| ("an exception", n.as_str())),
+            )
+            .chain(
+                self.constants
+                    .iter()
+                    .map(|(n, _)| ("a constant", n.as_str())),
+            );
+        for (what, name) in attributes {
+            if let Some((first, _)) = seen.iter().find(|(_, n)| *n == name) {
+                return refuse(format!(
+                    "the name {name:?} is used twice in the module ({first}, then {what})"
+                ));
+            }
+            seen.push((what, name));
         }
         if self.doc.contains('\0') {
             return bad("the docstring", &self.doc);

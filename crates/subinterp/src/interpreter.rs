@@ -841,14 +841,7 @@ pub fn parse_target(target: &str) -> Result<(String, String)> {
             .rsplit_once('.')
             .ok_or_else(|| bad("expected module:function or module.function"))?,
     };
-    let valid = |dotted: &str| {
-        !dotted.is_empty()
-            && dotted.split('.').all(|part| {
-                let mut chars = part.chars();
-                chars.next().is_some_and(|c| c == '_' || c.is_alphabetic())
-                    && chars.all(|c| c == '_' || c.is_alphanumeric())
-            })
-    };
+    let valid = crate::names::is_dotted;
     if !valid(module) {
         return Err(bad("the module name must be a dotted Python identifier"));
     }

@@ -3,7 +3,8 @@
 //! # Core concepts
 //!
 //! - [`Runtime`]: CPython itself, started once per process with a [`RuntimeConfig`] and
-//!   finalised when the last handle (and the last interpreter) is gone.
+//!   finalised when the last handle (and the last interpreter) is gone — or, started by
+//!   [`Runtime::get_or_init`], kept until the process ends.
 //! - [`Interpreter`]: one subinterpreter with its own modules, builtins and `sys`, owned
 //!   by a dedicated OS thread. Built from an [`InterpreterConfig`]: the `isolated` preset
 //!   (the default) gives it its own GIL, so interpreters run Python in parallel.
@@ -54,6 +55,7 @@ mod error;
 pub mod hazards;
 mod host;
 mod interpreter;
+mod names;
 #[doc(hidden)]
 pub mod package;
 mod params;

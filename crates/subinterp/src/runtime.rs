@@ -1,7 +1,7 @@
 //! Process-wide CPython start-up and shut-down.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -67,12 +67,48 @@ impl RuntimeConfig {
     /// Registers a module of native Rust functions that every interpreter of the runtime
     /// can import ([`HostModule`]). Host modules are built into CPython when it starts:
     /// they are registered by the configuration that starts the runtime
-    /// ([`Runtime::init`]), and at most 32 can be. A module of the name of one registered
-    /// before replaces it; the name `subinterp` is the library's own module.
+    /// ([`Runtime::init`]), and at most 32 can be. Each must have a name of its own: a
+    /// second module of a name already registered, the name `subinterp` (the library's
+    /// own module) and, unless the module says [`HostModule::shadow_stdlib`], the name of a
+    /// standard-library module are refused by [`Runtime::init`] with
+    /// [`Error::InvalidConfig`].
     pub fn host_module(&mut self, module: HostModule) -> &mut Self {
-        self.host_modules.retain(|m| m.name() != module.name());
         self.host_modules.push(module);
         self
+    }
+
+    /// Refuses host modules CPython could not import, or whose names clash.
+    fn validate_host_modules(&self) -> Result<()> {
+        if self.borrow && !self.host_modules.is_empty() {
+            return Err(Error::InvalidConfig(
+                "host modules cannot be added to a running Python (borrow_running)".into(),
+            ));
+        }
+        let builtin = if self.host_modules.is_empty() {
+            Vec::new()
+        } else {
+            crate::raw::module::builtin_module_names()
+        };
+        for (i, module) in self.host_modules.iter().enumerate() {
+            module.validate(&builtin)?;
+            if self.host_modules[..i]
+                .iter()
+                .any(|m| m.name() == module.name())
+            {
+                return Err(Error::InvalidConfig(format!(
+                    "host module {:?} is registered twice: each host module needs a name of \
+                     its own",
+                    module.name()
+                )));
+            }
+        }
+        if self.host_modules.len() > MAX_HOST_MODULES {
+            return Err(Error::InvalidConfig(format!(
+                "at most {MAX_HOST_MODULES} host modules can be registered, not {}",
+                self.host_modules.len()
+            )));
+        }
+        Ok(())
     }
 
     /// The Python installation to use (`PYTHONHOME`): the prefix holding `lib/python3.X`.
@@ -192,7 +228,8 @@ pub(crate) fn wait_ended(timeout: Duration) -> bool {
 /// There is at most one per process. [`Runtime::init`] starts it; every [`Runtime`]
 /// handle and every [`Interpreter`](crate::Interpreter) keeps it alive, and when the
 /// last of them is dropped CPython is finalised — after every interpreter has ended.
-/// CPython cannot be started again in the same process after that.
+/// CPython cannot be started again in the same process after that. A runtime obtained
+/// with [`Runtime::get_or_init`] is kept for the life of the process instead.
 #[derive(Clone)]
 pub struct Runtime {
     pub(crate) inner: Arc<RuntimeInner>,
@@ -233,8 +270,13 @@ impl Runtime {
     ///
     /// Fails with [`Error::AlreadyInitialized`] if a runtime is running (get it with
     /// [`Runtime::current`]) and [`Error::Finalized`] if one ran and was finalised.
+    ///
+    /// A configuration CPython would refuse, such as host modules with clashing names, is
+    /// [`Error::InvalidConfig`] whether or not a runtime is running.
     pub fn init(config: &RuntimeConfig) -> Result<Runtime> {
         let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
+        // Under the lock: no other start-up is adding modules to CPython's table meanwhile.
+        config.validate_host_modules()?;
         match &*state {
             State::Running(weak) if weak.strong_count() > 0 => {
                 return Err(Error::AlreadyInitialized)
@@ -256,15 +298,29 @@ impl Runtime {
         }
     }
 
-    /// The running runtime, or a new one started with `config`.
+    /// The running runtime, or a new one started with `config`; kept for the life of the
+    /// process.
+    ///
+    /// A runtime this returns is never finalised: CPython stays up until the process ends,
+    /// whatever handles are dropped (as a `static` would keep it), so code that calls
+    /// `get_or_init` again later — the next `#[test]` of a test binary, a function called
+    /// twice — gets it again instead of [`Error::Finalized`]. Use [`Runtime::init`] for a
+    /// runtime finalised when its last handle and interpreter are gone (its interpreters'
+    /// `atexit` callbacks and the main interpreter's finalisation then run before the
+    /// process ends). `config` only applies when this call starts the runtime.
     pub fn get_or_init(config: &RuntimeConfig) -> Result<Runtime> {
-        match Runtime::current() {
-            Some(rt) => Ok(rt),
+        /// The runtime kept for the life of the process.
+        static KEPT: OnceLock<Runtime> = OnceLock::new();
+        let runtime = match Runtime::current() {
+            Some(rt) => rt,
             None => match Runtime::init(config) {
-                Err(Error::AlreadyInitialized) => Runtime::current().ok_or(Error::Finalized),
-                other => other,
+                Err(Error::AlreadyInitialized) => Runtime::current().ok_or(Error::Finalized)?,
+                other => other?,
             },
-        }
+        };
+        // At most one runtime runs per process, and a kept one never ends: the first kept
+        // is this one.
+        Ok(KEPT.get_or_init(|| runtime.clone()).clone())
     }
 
     /// The embedded Python's version, e.g. `"3.13.0"`.
@@ -288,17 +344,10 @@ impl Runtime {
 const MAX_HOST_MODULES: usize = 32;
 
 fn start(config: &RuntimeConfig) -> Result<RuntimeInner> {
-    if config.borrow {
-        if !config.host_modules.is_empty() {
-            return Err(Error::InvalidConfig(
-                "host modules cannot be added to a running Python (borrow_running)".into(),
-            ));
-        }
-        if config.home.is_some() {
-            return Err(Error::InvalidConfig(
-                "a borrowed Python has its own home (borrow_running)".into(),
-            ));
-        }
+    if config.borrow && config.home.is_some() {
+        return Err(Error::InvalidConfig(
+            "a borrowed Python has its own home (borrow_running)".into(),
+        ));
     }
     let build_python = option_env!("SUBINTERP_BUILD_PYTHON").filter(|p| Path::new(p).exists());
     let home = config
@@ -316,15 +365,6 @@ fn start(config: &RuntimeConfig) -> Result<RuntimeInner> {
     } else {
         build_python.map(str::to_owned)
     };
-    for module in &config.host_modules {
-        module.validate()?;
-    }
-    if config.host_modules.len() > MAX_HOST_MODULES {
-        return Err(Error::InvalidConfig(format!(
-            "at most {MAX_HOST_MODULES} host modules can be registered, not {}",
-            config.host_modules.len()
-        )));
-    }
     let modules: Vec<ModuleSpec> = std::iter::once(crate::pymodule::spec())
         .chain(config.host_modules.iter().map(HostModule::to_spec))
         .collect();

@@ -205,3 +205,30 @@ fn system_exit_carries_the_status_python_would_exit_with() {
     assert_eq!(err.exit_code(), None);
     assert_eq!(err.as_python().unwrap().exit, None);
 }
+
+#[test]
+fn debug_prints_a_python_exception_as_python_does() {
+    // `fn main() -> subinterp::Result<()>` prints `Error: {err:?}` for an error it
+    // returns: the traceback, not an escaped struct.
+    let interp = common::isolated();
+    interp
+        .exec("def parse(text):\n    return int(text)\n")
+        .unwrap();
+    let err = interp.call("__main__:parse", ("twelve",)).unwrap_err();
+    let shown = format!("{err:?}");
+    assert!(
+        shown.starts_with("Traceback (most recent call last):\n"),
+        "{shown}"
+    );
+    assert!(shown.contains("in parse\n"), "{shown}");
+    assert!(
+        shown.ends_with("ValueError: invalid literal for int() with base 10: 'twelve'"),
+        "{shown}"
+    );
+    assert!(!shown.contains("PyException") && !shown.contains("\\n"), "{shown}");
+    // An exception never raised has no traceback: its type and message.
+    let made = Error::python("KeyError", "no such key");
+    assert_eq!(format!("{made:?}"), "builtins.KeyError: no such key");
+    // Other errors print as their variant.
+    assert_eq!(format!("{:?}", Error::Closed), "Closed");
+}

@@ -126,7 +126,10 @@ fn runtime() -> Runtime {
     static RT: OnceLock<Runtime> = OnceLock::new();
     RT.get_or_init(|| {
         let mut config = RuntimeConfig::new();
-        config.host_module(game()).host_module(waiting());
+        config
+            .host_module(game())
+            .host_module(waiting())
+            .host_module(shadowing());
         Runtime::init(&config).expect("start Python with the host module")
     })
     .clone()
@@ -259,6 +262,12 @@ fn wrong_arity_and_wrong_types_are_type_errors_naming_the_parameter() {
         ("game.add(1, 'two')", "argument 'b'"),
         ("game.spawn('elf', x='far')", "argument 'x'"),
         ("game.add(1, object())", "argument 'b' must be plain data"),
+        // A `String` parameter takes a `str` only, as Python keeps bytes apart.
+        (
+            "game.spawn(b'orc', 1.0)",
+            "argument 'kind': bytes is not accepted",
+        ),
+        ("game.lookup(key=bytearray(b'k'))", "argument 'key'"),
     ] {
         let err = interp.eval(call).unwrap_err();
         let exc = py_err(&err);
@@ -522,4 +531,133 @@ fn a_blocking_host_function_releases_the_gil_and_is_interrupted_at_a_pool_deadli
         interp.eval("got").unwrap(),
         Value::List(vec![Value::from("from python")])
     );
+}
+
+/// A module that replaces a standard-library module on purpose.
+fn shadowing() -> HostModule {
+    HostModule::new("colorsys")
+        .shadow_stdlib()
+        .constant("SHADOWED", true)
+}
+
+#[test]
+fn a_host_module_replaces_a_standard_module_only_when_it_says_so() {
+    let interp = isolated();
+    assert_eq!(
+        interp
+            .eval("__import__('colorsys').SHADOWED")
+            .expect("the host module, not the standard one"),
+        Value::Bool(true)
+    );
+}
+
+/// `Runtime::init` with `modules` registered: the error it gives. A runtime runs in this
+/// test binary, so a configuration that passes the checks is `AlreadyInitialized`.
+fn register(modules: Vec<HostModule>) -> Error {
+    let _running = runtime();
+    let mut config = RuntimeConfig::new();
+    for module in modules {
+        config.host_module(module);
+    }
+    Runtime::init(&config).expect_err("a runtime is already running")
+}
+
+#[test]
+fn clashing_names_keywords_and_standard_modules_are_refused_at_registration() {
+    let one = |x: i64| -> subinterp::Result<i64> { Ok(x) };
+    let cases: Vec<(Vec<HostModule>, &str)> = vec![
+        (
+            vec![HostModule::new("tools"), HostModule::new("tools")],
+            "host module \"tools\" is registered twice",
+        ),
+        (
+            vec![HostModule::new("json")],
+            "a module of Python's standard library",
+        ),
+        (
+            vec![HostModule::new("_json")],
+            "HostModule::shadow_stdlib()",
+        ),
+        (
+            vec![HostModule::new("sys").shadow_stdlib()],
+            "built into CPython",
+        ),
+        (
+            vec![HostModule::new("class")],
+            "the module name \"class\" is not a Python identifier (or is a keyword)",
+        ),
+        (
+            vec![HostModule::new("tools").function(
+                "f",
+                ["lambda"],
+                move |_: &Caller, (x,): (i64,)| one(x),
+            )],
+            "the parameter name \"lambda\"",
+        ),
+        (
+            vec![HostModule::new("tools").function(
+                "f",
+                ["a", "a"],
+                |_: &Caller, (a, b): (i64, i64)| Ok(a + b),
+            )],
+            "function \"f\" names the parameter \"a\" twice",
+        ),
+        (
+            vec![HostModule::new("tools")
+                .function("f", ["x"], move |_: &Caller, (x,): (i64,)| one(x))
+                .function("f", ["y"], move |_: &Caller, (y,): (i64,)| one(y))],
+            "the name \"f\" is used twice in the module (a function, then a function)",
+        ),
+        (
+            vec![HostModule::new("tools")
+                .exception("f", "Exception")
+                .constant("f", 1)],
+            "the name \"f\" is used twice in the module (an exception, then a constant)",
+        ),
+    ];
+    for (modules, needle) in cases {
+        let names: Vec<String> = modules.iter().map(|m| m.name().to_owned()).collect();
+        match register(modules) {
+            Error::InvalidConfig(message) => {
+                assert!(message.contains(needle), "{names:?}: {message}")
+            }
+            other => panic!("{names:?}: expected InvalidConfig, got {other:?}"),
+        }
+    }
+    // Allowed on purpose, or unrelated to the standard library: the checks pass.
+    for module in [
+        HostModule::new("json").shadow_stdlib(),
+        HostModule::new("tools")
+            .function("f", ["a", "b"], |_: &Caller, (a, b): (i64, i64)| Ok(a + b)),
+    ] {
+        assert!(
+            matches!(register(vec![module]), Error::AlreadyInitialized),
+            "a correct module passes the checks"
+        );
+    }
+}
+
+#[test]
+fn every_standard_module_of_the_running_python_is_known_as_one() {
+    // The list the checks use is the running Python's `sys.stdlib_module_names`, or more.
+    let interp = isolated();
+    let names = interp
+        .eval("sorted(__import__('sys').stdlib_module_names)")
+        .unwrap();
+    let Value::List(names) = names else {
+        panic!("a list: {names:?}")
+    };
+    for name in names {
+        let Value::Str(name) = name else {
+            panic!("a str: {name:?}")
+        };
+        let module = HostModule::new(name.as_str());
+        let refused = match register(vec![module]) {
+            Error::InvalidConfig(message) => {
+                message.contains("standard library") || message.contains("built into CPython")
+            }
+            _ => false,
+        };
+        assert!(refused, "{name} is not refused as a standard module");
+    }
 }

@@ -90,6 +90,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+/// Whether `name` is a dotted sequence of Python identifiers, none a keyword.
+use crate::names::is_dotted as is_module_name;
+
 /// The probe script run by the child Python process (see the module docs).
 const PROBE: &str = include_str!("probe.py");
 
@@ -640,25 +643,6 @@ pub fn run<S: AsRef<str>>(modules: &[S], options: &CheckOptions) -> Result<Check
         elapsed: started.elapsed(),
     })
 }
-
-/// Whether `name` is a dotted sequence of Python identifiers.
-fn is_module_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.split('.').all(|part| {
-            let mut chars = part.chars();
-            matches!(chars.next(), Some(c) if c == '_' || c.is_alphabetic())
-                && chars.all(|c| c == '_' || c.is_alphanumeric())
-                && !KEYWORDS.contains(&part)
-        })
-}
-
-/// Python's keywords, which `import` cannot name (soft keywords such as `match` can).
-const KEYWORDS: [&str; 35] = [
-    "False", "None", "True", "and", "as", "assert", "async", "await", "break", "class", "continue",
-    "def", "del", "elif", "else", "except", "finally", "for", "from", "global", "if", "import",
-    "in", "is", "lambda", "nonlocal", "not", "or", "pass", "raise", "return", "try", "while",
-    "with", "yield",
-];
 
 /// The module every interpreter of the library has (`raw/pymodule.rs`).
 const OWN_MODULE: &str = "subinterp";

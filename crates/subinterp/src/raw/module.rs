@@ -122,6 +122,25 @@ pub(crate) fn register(specs: Vec<ModuleSpec>) -> Result<(), String> {
     Ok(())
 }
 
+/// The names of the modules in CPython's table of built-in modules
+/// (`sys.builtin_module_names`, and any module registered by [`register`]). The caller
+/// makes sure no registration runs meanwhile (the runtime's start-up lock).
+pub(crate) fn builtin_module_names() -> Vec<String> {
+    let mut names = Vec::new();
+    // SAFETY: `PyImport_Inittab` points to CPython's static table of built-in modules (or
+    // to the copy `PyImport_AppendInittab` made of it, which only `register` calls, never
+    // concurrently with this), an array ended by an entry whose name is NULL; every name
+    // is a NUL-terminated string that lives as long as the table.
+    unsafe {
+        let mut entry = ffi::PyImport_Inittab;
+        while !entry.is_null() && !(*entry).name.is_null() {
+            names.push(CStr::from_ptr((*entry).name).to_string_lossy().into_owned());
+            entry = entry.add(1);
+        }
+    }
+    names
+}
+
 /// Whether the module definitions of the process are made ([`register`] or
 /// [`extension_init`] ran).
 pub(crate) fn defined() -> bool {

@@ -242,7 +242,7 @@ impl fmt::Display for Path<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (depth, segment) in self.0.iter().rev().enumerate() {
             match segment {
-                Segment::Key(Value::Str(name)) if is_identifier(name) => {
+                Segment::Key(Value::Str(name)) if crate::names::is_identifier(name) => {
                     if depth > 0 {
                         f.write_str(".")?;
                     }
@@ -254,14 +254,6 @@ impl fmt::Display for Path<'_> {
         }
         Ok(())
     }
-}
-
-fn is_identifier(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|first| first.is_alphabetic() || first == '_')
-        && chars.all(|c| c.is_alphanumeric() || c == '_')
 }
 
 impl std::error::Error for Error {}
@@ -513,6 +505,19 @@ impl<'de> Deserializer<'de> for ValueDeserializer {
         self.deserialize_bytes(visitor)
     }
 
+    /// Text is a `str`: `bytes` are refused, as Python keeps the two apart (serde's
+    /// `String` would otherwise take any UTF-8 bytes).
+    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        match self.0 {
+            Value::Bytes(b) => Err(de::Error::invalid_type(Unexpected::Bytes(&b), &visitor)),
+            other => ValueDeserializer(other).deserialize_any(visitor),
+        }
+    }
+
+    fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.deserialize_string(visitor)
+    }
+
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         match self.0 {
             Value::Bytes(b) => visit_seq(b.into_iter().map(Value::from), visitor),
@@ -572,7 +577,7 @@ impl<'de> Deserializer<'de> for ValueDeserializer {
     }
 
     serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 char str string map struct identifier
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 char map struct identifier
     }
 }
 
@@ -1286,6 +1291,11 @@ mod tests {
         assert_eq!(
             message::<Blob>(s("abc")),
             r#"expected bytes, found str "abc""#
+        );
+        // Text is a str: bytes do not become a String, even valid UTF-8 ones.
+        assert_eq!(
+            message::<String>(Value::Bytes(b"abc".to_vec())),
+            "expected a string, found bytes"
         );
 
         assert_eq!(from_value::<Vec<u8>>(small).unwrap(), vec![1, 2, 255]);
