@@ -225,7 +225,10 @@ fn debug_prints_a_python_exception_as_python_does() {
         shown.ends_with("ValueError: invalid literal for int() with base 10: 'twelve'"),
         "{shown}"
     );
-    assert!(!shown.contains("PyException") && !shown.contains("\\n"), "{shown}");
+    assert!(
+        !shown.contains("PyException") && !shown.contains("\\n"),
+        "{shown}"
+    );
     // An exception never raised has no traceback: its type and message.
     let made = Error::python("KeyError", "no such key");
     assert_eq!(format!("{made:?}"), "builtins.KeyError: no such key");
