@@ -39,6 +39,15 @@
 //! # Ok::<(), subinterp::Error>(())
 //! ```
 //!
+//! # In a crate of your own
+//!
+//! Add the `subinterp-build` helper to `[build-dependencies]` and call
+//! `subinterp_build::link()` from the crate's `build.rs`: its binaries and tests then find
+//! `libpython` without `LD_LIBRARY_PATH`. The build links against the Python named by
+//! `PYO3_PYTHON` (or the first `python3` on `PATH`), which must be CPython 3.12+ with a
+//! shared `libpython`; the README's "Using subinterp from your own crate" has the details
+//! and what deploying the binary takes.
+//!
 //! # What is process-wide
 //!
 //! Interpreters do not share Python objects, but they share the process: the current

@@ -122,10 +122,14 @@ pub(crate) fn register(specs: Vec<ModuleSpec>) -> Result<(), String> {
     Ok(())
 }
 
-/// The names of the modules in CPython's table of built-in modules
-/// (`sys.builtin_module_names`, and any module registered by [`register`]). The caller
-/// makes sure no registration runs meanwhile (the runtime's start-up lock).
+/// The names of the modules built into CPython (`sys.builtin_module_names`): its table
+/// of built-in modules, less the modules [`register`] added. The caller makes sure no
+/// registration runs meanwhile (the runtime's start-up lock).
 pub(crate) fn builtin_module_names() -> Vec<String> {
+    let ours: Vec<&str> = MODULES
+        .get()
+        .map(|table| table.0.iter().map(|r| r.spec.name.as_str()).collect())
+        .unwrap_or_default();
     let mut names = Vec::new();
     // SAFETY: `PyImport_Inittab` points to CPython's static table of built-in modules (or
     // to the copy `PyImport_AppendInittab` made of it, which only `register` calls, never
@@ -134,7 +138,10 @@ pub(crate) fn builtin_module_names() -> Vec<String> {
     unsafe {
         let mut entry = ffi::PyImport_Inittab;
         while !entry.is_null() && !(*entry).name.is_null() {
-            names.push(CStr::from_ptr((*entry).name).to_string_lossy().into_owned());
+            let name = CStr::from_ptr((*entry).name).to_string_lossy();
+            if !ours.contains(&name.as_ref()) {
+                names.push(name.into_owned());
+            }
             entry = entry.add(1);
         }
     }
