@@ -304,10 +304,11 @@ impl Runtime {
     /// A runtime this returns is never finalised: CPython stays up until the process ends,
     /// whatever handles are dropped (as a `static` would keep it), so code that calls
     /// `get_or_init` again later — the next `#[test]` of a test binary, a function called
-    /// twice — gets it again instead of [`Error::Finalized`]. Use [`Runtime::init`] for a
-    /// runtime finalised when its last handle and interpreter are gone (its interpreters'
-    /// `atexit` callbacks and the main interpreter's finalisation then run before the
-    /// process ends). `config` only applies when this call starts the runtime.
+    /// twice — gets it again instead of [`Error::Finalized`]. Interpreters still end when
+    /// they are closed or dropped; only the main interpreter is never finalised (its own
+    /// `atexit` callbacks do not run). Use [`Runtime::init`] for a runtime finalised when
+    /// its last handle and interpreter are gone. `config` only applies when this call
+    /// starts the runtime.
     pub fn get_or_init(config: &RuntimeConfig) -> Result<Runtime> {
         /// The runtime kept for the life of the process.
         static KEPT: OnceLock<Runtime> = OnceLock::new();
