@@ -225,7 +225,8 @@ pub(crate) struct InterruptTarget {
 unsafe impl Send for InterruptTarget {}
 
 impl InterruptTarget {
-    /// Attaches a fresh thread state of the target interpreter (waiting for its GIL),
+    /// Attaches a fresh thread state of the target interpreter (waiting for its GIL: the
+    /// caller is a thread of its own, never one that must not wait),
     /// asks `decide` whether to interrupt, and if so raises `reason` asynchronously in the
     /// interpreter's own thread. The temporary thread state is then deleted, so it never
     /// outlives this call. Returns `decide`'s answer.
