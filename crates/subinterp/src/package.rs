@@ -87,7 +87,8 @@ fn specs() -> Vec<ModuleSpec> {
         ),
         callback::method_def(
             c"_interp_close",
-            c"_interp_close(interp)\n--\n\nEnds the interpreter.",
+            c"_interp_close(interp)\n--\n\nEnds the interpreter within its grace period; the \
+              grace period in seconds if it was left running, else None.",
             interp_close,
         ),
         callback::method_def(
