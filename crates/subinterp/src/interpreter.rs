@@ -95,14 +95,14 @@ impl<R> Running<R> {
 
     /// Interrupts this operation, never another: raises `reason` in it if it runs (again
     /// every [`REPEAT_INTERRUPT`] until it ends, with `repeat`), or withdraws it if it
-    /// has not started (its result is then the interrupt). Never waits for the
+    /// has not started: then it never runs, and this returns true. Never waits for the
     /// interpreter's GIL.
-    pub(crate) fn interrupt(&self, reason: InterruptReason, repeat: bool) {
+    pub(crate) fn interrupt(&self, reason: InterruptReason, repeat: bool) -> bool {
         match self
             .op
             .compare_exchange(0, NEVER, Ordering::AcqRel, Ordering::Acquire)
         {
-            Ok(_) | Err(NEVER) => {}
+            Ok(_) | Err(NEVER) => true,
             Err(op) => {
                 let _ = self.interrupts.request(Request {
                     reason,
@@ -110,6 +110,7 @@ impl<R> Running<R> {
                     still_wanted: None,
                     repeat,
                 });
+                false
             }
         }
     }
@@ -656,9 +657,12 @@ impl Interpreter {
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
         }
         let limit = options.timeout.unwrap_or_default();
-        running.interrupt(InterruptReason::Timeout, true);
+        if running.interrupt(InterruptReason::Timeout, true) {
+            // Queued behind other operations until its deadline: it never runs.
+            return Err(Error::Interrupted(InterruptReason::Timeout));
+        }
         match running.wait(CALL_GRACE) {
-            // Stopped by the interrupt, or withdrawn before it started.
+            // Stopped by the interrupt.
             Some(Err(Error::Python(mut exc))) if exc.is("TimeoutError") => {
                 if exc.message.is_empty() {
                     exc.message = past_deadline(limit);

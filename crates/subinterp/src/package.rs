@@ -308,6 +308,10 @@ fn interp_new<'py>(
                 "builtins.TimeoutError",
                 timed_out_message("the interpreter's init", limit, stuck),
             )),
+            Ok(Ended::NotStarted { limit }) => Some(Error::python(
+                "builtins.TimeoutError",
+                not_started_message("the interpreter's init", limit),
+            )),
             Err(err) => Some(err),
         };
         if let Some(err) = failure {
@@ -331,6 +335,18 @@ enum Ended {
         limit: Duration,
         stuck: bool,
     },
+    /// Its deadline passed while it waited behind earlier code, which it never ran.
+    NotStarted {
+        limit: Duration,
+    },
+}
+
+fn not_started_message(what: &str, limit: Duration) -> String {
+    format!(
+        "{what} did not start within its deadline of {:.3} s: the interpreter is busy \
+         with earlier code (stuck in C since an earlier deadline or Ctrl-C?)",
+        limit.as_secs_f64()
+    )
 }
 
 fn timed_out_message(what: &str, limit: Duration, stuck: bool) -> String {
@@ -394,7 +410,9 @@ fn wait_in(
         if let Some(due) = deadline.filter(|due| now >= *due) {
             if !timed_out {
                 timed_out = true;
-                running.interrupt(InterruptReason::Timeout, true);
+                if running.interrupt(InterruptReason::Timeout, true) {
+                    return Ok(Ended::NotStarted { limit });
+                }
             } else if now >= due + GRACE {
                 return Ok(Ended::TimedOut { limit, stuck: true });
             }
@@ -407,8 +425,9 @@ fn wait_in(
             }
         }
         if let Err(signal) = py.check_signals() {
-            running.interrupt(InterruptReason::Cancelled, false);
-            let _ = py.allow_threads(|| running.wait(GRACE));
+            if !running.interrupt(InterruptReason::Cancelled, false) {
+                let _ = py.allow_threads(|| running.wait(GRACE));
+            }
             return Err(signal);
         }
     }
@@ -426,6 +445,10 @@ fn run_in<'py>(
         Ended::TimedOut { limit, stuck } => (
             "timeout",
             Value::from(timed_out_message("the call", limit, stuck)),
+        ),
+        Ended::NotStarted { limit } => (
+            "timeout",
+            Value::from(not_started_message("the call", limit)),
         ),
     };
     Ok(py.to_object(&Value::Tuple(vec![Value::from(kind), payload]))?)
