@@ -1,7 +1,9 @@
 //! A host with a `host` module that its Python plugins call: `log`, a per-tenant `config`
 //! lookup from the interpreter's host data, and a blocking `fetch` that waits for the host
-//! to answer on a channel (the interpreter's GIL released meanwhile). Three plugins, each
-//! in its own isolated interpreter, run in parallel.
+//! to answer on a channel (the interpreter's GIL released meanwhile). Four plugins, each
+//! in its own isolated interpreter, run in parallel, each call with a deadline: the
+//! fourth plugin never returns (and swallows every `Exception`), so its call ends with
+//! a timeout, and closing its interpreter stops it.
 //!
 //! `cargo run -p subinterp --example plugin_host`
 
@@ -10,9 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use subinterp::{
-    Caller, Channel, Error, HostModule, Interpreter, InterpreterConfig, Runtime, RuntimeConfig,
-    Value,
+    CallOptions, Caller, Channel, Error, HostModule, Interpreter, InterpreterConfig,
+    InterruptReason, Runtime, RuntimeConfig, Value,
 };
+
+/// How long a plugin's call may run.
+const DEADLINE: Duration = Duration::from_secs(2);
 
 /// What the host knows about the tenant a plugin runs for: attached to its interpreter.
 struct Tenant {
@@ -25,6 +30,12 @@ import host
 
 def run(item):
     host.log(f"starting on {item!r}")
+    if item == "perpetuum mobile":
+        while True:  # a buggy plugin: never returns, and swallows the TimeoutError
+            try:
+                sum(range(10_000))
+            except Exception:
+                pass
     currency = host.config("currency")
     try:
         host.config("missing")
@@ -122,6 +133,7 @@ fn main() -> subinterp::Result<()> {
         ("acme", "EUR", "anvil"),
         ("globex", "USD", "laser"),
         ("initech", "CHF", "stapler"),
+        ("hooli", "USD", "perpetuum mobile"),
     ];
     let plugins: Vec<_> = tenants
         .into_iter()
@@ -133,9 +145,24 @@ fn main() -> subinterp::Result<()> {
                     name: name.to_owned(),
                     settings: HashMap::from([("currency".to_owned(), currency.to_owned())]),
                 });
+                // Closing waits this long for the plugin's threads, or for a call
+                // stuck in C code, before leaving the interpreter behind.
+                config.shutdown_grace(Duration::from_secs(2));
                 let interp = Interpreter::new(&rt, &config)?;
                 interp.exec(PLUGIN)?;
-                interp.call("__main__:run", (item,))
+                let options = CallOptions::new().timeout(DEADLINE);
+                let result = match interp.call_with("__main__:run", (item,), options) {
+                    Err(Error::Interrupted(InterruptReason::Timeout)) => Ok(Value::from(format!(
+                        "{name}: no answer within {} s",
+                        DEADLINE.as_secs()
+                    ))),
+                    Err(err) if err.as_python().is_some_and(|e| e.is("TimeoutError")) => {
+                        Ok(Value::from(format!("{name}: stopped at its deadline")))
+                    }
+                    other => other,
+                };
+                interp.close()?;
+                result
             })
         })
         .collect();

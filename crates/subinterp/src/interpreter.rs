@@ -1,12 +1,13 @@
 //! [`Interpreter`]: one isolated subinterpreter, owned by a dedicated OS thread.
 
+use std::cell::RefCell;
 use std::ffi::OsStr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{JoinHandle, ThreadId};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use serde::de::DeserializeOwned;
@@ -33,6 +34,88 @@ enum Msg {
     Close(Option<Sender<Result<Output>>>),
 }
 
+/// How long an operation interrupted at its deadline may go on before the caller gets
+/// [`Error::Interrupted`] anyway (code blocked in C cannot be stopped).
+pub const CALL_GRACE: Duration = Duration::from_secs(1);
+
+/// How often an operation past its deadline is interrupted again, until it ends: code
+/// that catches the `TimeoutError` (say, `except Exception` in a plugin's loop) gets it
+/// again.
+const REPEAT_INTERRUPT: Duration = Duration::from_millis(200);
+
+/// Options of one [`call_with`](Interpreter::call_with) or
+/// [`exec_with`](Interpreter::exec_with) (compare the pool's
+/// [`TaskOptions`](crate::TaskOptions)).
+///
+/// ```
+/// use std::time::Duration;
+/// let options = subinterp::CallOptions::new().timeout(Duration::from_secs(2));
+/// assert_eq!(options.timeout, Some(Duration::from_secs(2)));
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallOptions {
+    /// Deadline, counted from the call — time spent queued behind other operations of
+    /// the interpreter included.
+    pub timeout: Option<Duration>,
+}
+
+impl CallOptions {
+    /// No deadline.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the deadline.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+}
+
+/// An interpreter's operation, started; see [`Interpreter::start`].
+pub(crate) struct Running<R> {
+    reply: Receiver<Result<R>>,
+    /// The operation's number once it runs (0: not yet; [`NEVER`]: it never will).
+    op: Arc<AtomicU64>,
+    interrupts: Arc<Interrupts>,
+}
+
+/// [`Running::op`] of an operation withdrawn before it started.
+const NEVER: u64 = u64::MAX;
+
+impl<R> Running<R> {
+    /// Waits up to `timeout` for the result (`None`: not yet).
+    pub(crate) fn wait(&self, timeout: Duration) -> Option<Result<R>> {
+        match self.reply.recv_timeout(timeout) {
+            Ok(result) => Some(result),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Some(Err(Error::Closed)),
+        }
+    }
+
+    /// Interrupts this operation, never another: raises `reason` in it if it runs (again
+    /// every [`REPEAT_INTERRUPT`] until it ends, with `repeat`), or withdraws it if it
+    /// has not started: then it never runs, and this returns true. Never waits for the
+    /// interpreter's GIL.
+    pub(crate) fn interrupt(&self, reason: InterruptReason, repeat: bool) -> bool {
+        match self
+            .op
+            .compare_exchange(0, NEVER, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) | Err(NEVER) => true,
+            Err(op) => {
+                let _ = self.interrupts.request(Request {
+                    reason,
+                    op,
+                    still_wanted: None,
+                    repeat,
+                });
+                false
+            }
+        }
+    }
+}
+
 /// An isolated Python interpreter running on a thread of its own.
 ///
 /// Every operation is sent to that thread, runs there with the interpreter's GIL held,
@@ -52,13 +135,28 @@ enum Msg {
 ///
 /// Dropping the handle closes the interpreter. Every operation after
 /// [`close`](Self::close) fails with [`Error::Closed`].
+///
+/// # Deadlines and stuck interpreters
+///
+/// [`call_with`](Self::call_with) and [`exec_with`](Self::exec_with) take a deadline: at
+/// it, the operation gets `TimeoutError` (and again every 0.2 s while it goes on, so a
+/// loop that catches `Exception` does not outlive it); if it still runs
+/// [`CALL_GRACE`] later — blocked in C code, which no interrupt reaches — the caller gets
+/// [`Error::Interrupted`] and the operation is left running. The interpreter is then
+/// busy until that code returns: later operations wait for it (queued in order; a
+/// deadline counts from the call, so a later `call_with` times out in turn), and
+/// [`close`](Self::close) leaves it behind after its grace period.
 pub struct Interpreter {
     tx: Sender<Msg>,
     id: i64,
     thread_id: ThreadId,
     closed: AtomicBool,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Disconnected when the interpreter's thread has ended; a message when it has
+    /// finished its operations and is ending the interpreter.
+    ending: Receiver<()>,
     capture: bool,
+    grace: Duration,
     interrupts: Arc<Interrupts>,
 }
 
@@ -68,8 +166,143 @@ struct Interrupts {
     target: Mutex<Option<InterruptTarget>>,
     /// True while an operation runs; changed only with the interpreter's GIL held.
     running: AtomicBool,
+    /// The number of the operation running or last run; changed only with the GIL held.
+    op: AtomicU64,
     /// Blocking waits (channels) in progress in this interpreter.
     waits: Arc<InterruptState>,
+    /// Interrupts waiting for the delivery thread.
+    delivery: Mutex<Delivery>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Delivery {
+    pending: Vec<Request>,
+    started: bool,
+    /// Set when the interpreter ends: no more interrupts.
+    ended: bool,
+}
+
+/// An interrupt for the delivery thread to raise.
+struct Request {
+    reason: InterruptReason,
+    /// The operation it is meant for.
+    op: u64,
+    /// Asked with the interpreter's GIL held, right before raising.
+    still_wanted: Option<Box<dyn Fn() -> bool + Send>>,
+    /// Raise again every [`REPEAT_INTERRUPT`] until the operation ends.
+    repeat: bool,
+}
+
+impl Interrupts {
+    fn new(target: InterruptTarget, waits: Arc<InterruptState>) -> Self {
+        Interrupts {
+            target: Mutex::new(Some(target)),
+            running: AtomicBool::new(false),
+            op: AtomicU64::new(0),
+            waits,
+            delivery: Mutex::new(Delivery::default()),
+            wake: Condvar::new(),
+        }
+    }
+
+    /// True while operation `op` runs (as seen without the GIL).
+    fn runs(&self, op: u64) -> bool {
+        self.running.load(Ordering::Acquire) && self.op.load(Ordering::Acquire) == op
+    }
+
+    /// Hands `request` to the delivery thread (started on first use), which raises it
+    /// with the interpreter's GIL held: whoever interrupts never waits for that GIL,
+    /// which code running in C may hold for long.
+    fn request(self: &Arc<Self>, request: Request) -> Result<()> {
+        let mut delivery = lock(&self.delivery);
+        if delivery.ended {
+            return Err(Error::Closed);
+        }
+        delivery.pending.push(request);
+        if !delivery.started {
+            let interrupts = Arc::clone(self);
+            let spawned = std::thread::Builder::new()
+                .name("subinterp-interrupt".into())
+                .spawn(move || interrupts.deliver_all());
+            if let Err(err) = spawned {
+                delivery.pending.clear();
+                tracing::error!("cannot start the interrupt thread: {err}");
+                return Ok(());
+            }
+            delivery.started = true;
+        }
+        self.wake.notify_all();
+        Ok(())
+    }
+
+    /// The delivery thread: raises each request, and the repeating ones again until
+    /// their operation ends; ends with the interpreter.
+    fn deliver_all(self: Arc<Self>) {
+        let mut repeating: Vec<Request> = Vec::new();
+        loop {
+            let batch = {
+                let mut delivery = lock(&self.delivery);
+                loop {
+                    if delivery.ended {
+                        return;
+                    }
+                    if !delivery.pending.is_empty() {
+                        break std::mem::take(&mut delivery.pending);
+                    }
+                    repeating.retain(|r| self.runs(r.op));
+                    if repeating.is_empty() {
+                        delivery = self.wake.wait(delivery).unwrap_or_else(|e| e.into_inner());
+                    } else {
+                        let (guard, waited) = self
+                            .wake
+                            .wait_timeout(delivery, REPEAT_INTERRUPT)
+                            .unwrap_or_else(|e| e.into_inner());
+                        delivery = guard;
+                        if waited.timed_out() && delivery.pending.is_empty() {
+                            break Vec::new();
+                        }
+                    }
+                }
+            };
+            let again = batch.is_empty();
+            for request in batch.iter().chain(repeating.iter().filter(|_| again)) {
+                self.deliver(request);
+            }
+            repeating.extend(batch.into_iter().filter(|r| r.repeat));
+        }
+    }
+
+    /// Raises `request` if its operation still runs, with the interpreter's GIL held so
+    /// that the operation cannot end meanwhile: an interrupt never reaches a later one.
+    fn deliver(&self, request: &Request) {
+        let target = lock(&self.target);
+        let Some(target) = target.as_ref() else {
+            return;
+        };
+        target.interrupt(
+            || {
+                self.runs(request.op)
+                    && request.still_wanted.as_ref().map_or(true, |wanted| wanted())
+                    // A wait in progress receives the interrupt directly; otherwise the
+                    // running bytecode gets it as an asynchronous exception.
+                    && !self.waits.request(request.reason)
+            },
+            request.reason,
+        );
+    }
+
+    /// No more interrupts: the interpreter ends.
+    fn end(&self) {
+        let mut delivery = lock(&self.delivery);
+        delivery.ended = true;
+        delivery.pending.clear();
+        self.wake.notify_all();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Interrupts the operation an [`Interpreter`] is running, from any thread (compare
@@ -78,7 +311,10 @@ struct Interrupts {
 /// Python code running bytecode gets the exception at its next bytecode boundary (within
 /// about 5 ms, CPython's switch interval); code blocked in a channel `send`/`recv` wakes at
 /// once and raises it. Code blocked inside a C function that never returns to Python
-/// cannot be interrupted this way.
+/// cannot be interrupted this way. Interrupting never waits for the interpreter: the
+/// exception is raised by a thread of its own, which takes the interpreter's GIL (code
+/// running in C may hold it for long), and only if the operation running when
+/// [`interrupt`](Self::interrupt) was called is still running then.
 #[derive(Clone)]
 pub struct InterruptHandle {
     interrupts: Arc<Interrupts>,
@@ -89,7 +325,7 @@ impl InterruptHandle {
     /// ([`InterruptReason::Cancelled`]) in the running operation. Returns whether an
     /// operation was running; [`Error::Closed`] once the interpreter has ended.
     pub fn interrupt(&self, reason: InterruptReason) -> Result<bool> {
-        self.interrupt_if(reason, || true)
+        self.request(reason, None)
     }
 
     /// Like [`interrupt`](Self::interrupt), only if `still_wanted()` — evaluated with the
@@ -97,27 +333,30 @@ impl InterruptHandle {
     pub(crate) fn interrupt_if(
         &self,
         reason: InterruptReason,
-        still_wanted: impl FnOnce() -> bool,
+        still_wanted: impl Fn() -> bool + Send + 'static,
     ) -> Result<bool> {
-        let target = self
-            .interrupts
-            .target
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let Some(target) = target.as_ref() else {
-            return Err(Error::Closed);
-        };
+        self.request(reason, Some(Box::new(still_wanted)))
+    }
+
+    fn request(
+        &self,
+        reason: InterruptReason,
+        still_wanted: Option<Box<dyn Fn() -> bool + Send>>,
+    ) -> Result<bool> {
         let interrupts = &self.interrupts;
-        let mut running = false;
-        target.interrupt(
-            || {
-                running = interrupts.running.load(Ordering::Acquire) && still_wanted();
-                // A wait in progress receives the interrupt directly; otherwise the
-                // running bytecode gets it as an asynchronous exception.
-                running && !interrupts.waits.request(reason)
-            },
-            reason,
-        );
+        let op = interrupts.op.load(Ordering::Acquire);
+        let running = interrupts.runs(op);
+        if lock(&interrupts.delivery).ended {
+            return Err(Error::Closed);
+        }
+        if running {
+            interrupts.request(Request {
+                reason,
+                op,
+                still_wanted,
+                repeat: false,
+            })?;
+        }
         Ok(running)
     }
 }
@@ -126,6 +365,19 @@ impl std::fmt::Debug for InterruptHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InterruptHandle").finish_non_exhaustive()
     }
+}
+
+thread_local! {
+    /// The interpreters whose operations wait, directly or through host functions, for
+    /// the operation running on this thread (this interpreter's own id last).
+    static CHAIN: RefCell<Vec<i64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// True if interpreter `id` waits for what this thread runs: an operation on it from
+/// here would wait for itself (A calls a host function that evaluates in B, whose host
+/// function evaluates in A).
+fn waits_for_this_thread(id: i64) -> bool {
+    CHAIN.with(|chain| chain.borrow().contains(&id))
 }
 
 /// Captured output of an interpreter (see [`InterpreterConfig::capture_output`]).
@@ -225,6 +477,7 @@ impl Interpreter {
         let host_data = config.host_data_value();
         let (tx, rx) = unbounded::<Msg>();
         let (ready_tx, ready_rx) = bounded::<Result<(i64, Arc<Interrupts>)>>(1);
+        let (ending_tx, ending) = bounded::<()>(1);
         let thread = std::thread::Builder::new()
             .name("subinterp".into())
             .stack_size(INTERPRETER_STACK)
@@ -261,11 +514,7 @@ impl Interpreter {
                     }
                 };
                 let id = sub.id();
-                let interrupts = Arc::new(Interrupts {
-                    target: Mutex::new(Some(sub.interrupt_target())),
-                    running: AtomicBool::new(false),
-                    waits,
-                });
+                let interrupts = Arc::new(Interrupts::new(sub.interrupt_target(), waits));
                 tracing::debug!(
                     interpreter = id,
                     elapsed_us = started.elapsed().as_micros() as u64,
@@ -273,6 +522,7 @@ impl Interpreter {
                 );
                 let _ = ready_tx.send(Ok((id, Arc::clone(&interrupts))));
                 let reply = serve(&sub, &rx, &interrupts);
+                let _ = ending_tx.try_send(());
                 // Threads of the interpreter blocked in a channel wait are cancelled, so that
                 // waiting for them below ends.
                 interrupts.waits.request(InterruptReason::Cancelled);
@@ -281,12 +531,9 @@ impl Interpreter {
                     let _ = reply.send(ended.output);
                 }
                 drop(rx);
+                interrupts.end();
                 // No interrupter may hold a thread state of this interpreter past here.
-                interrupts
-                    .target
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .take();
+                lock(&interrupts.target).take();
                 if ended.running.is_empty() {
                     sub.end();
                     tracing::debug!(interpreter = id, "interpreter closed");
@@ -306,6 +553,7 @@ impl Interpreter {
                     sub.abandon();
                 }
                 drop(rt);
+                drop(ending_tx);
             })
             .map_err(|e| Error::CreateFailed(format!("cannot start a thread: {e}")))?;
         let thread_id = thread.thread().id();
@@ -328,7 +576,9 @@ impl Interpreter {
             thread_id,
             closed: AtomicBool::new(false),
             thread: Mutex::new(Some(thread)),
+            ending,
             capture,
+            grace,
             interrupts,
         })
     }
@@ -370,10 +620,69 @@ impl Interpreter {
         F: for<'py> FnOnce(Python<'py>) -> Result<R> + Send + 'static,
         R: Send + 'static,
     {
-        if std::thread::current().id() == self.thread_id || crate::host::calling_from(self.id) {
+        self.run_with(f, CallOptions::default())
+    }
+
+    /// [`Error::WouldDeadlock`] if waiting here for an operation of this interpreter
+    /// would wait for itself: on its own thread, in a host function it called, or on the
+    /// thread of an interpreter that one of its operations waits for (a cycle of host
+    /// functions evaluating in each other's interpreters).
+    fn check_reentry(&self) -> Result<()> {
+        if std::thread::current().id() == self.thread_id
+            || crate::host::calling_from(self.id)
+            || waits_for_this_thread(self.id)
+        {
             return Err(Error::WouldDeadlock);
         }
-        self.submit(f)?.recv().map_err(|_| Error::Closed)?
+        Ok(())
+    }
+
+    /// Runs `f` as an operation with `options` (see [`call_with`](Self::call_with)).
+    fn run_with<R, F>(&self, f: F, options: CallOptions) -> Result<R>
+    where
+        F: for<'py> FnOnce(Python<'py>) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.check_reentry()?;
+        let deadline = options
+            .timeout
+            .map(|t| Instant::now().checked_add(t).unwrap_or_else(far_future));
+        let running = self.start(f)?;
+        let Some(deadline) = deadline else {
+            return running.reply.recv().map_err(|_| Error::Closed)?;
+        };
+        match running.reply.recv_deadline(deadline) {
+            Ok(result) => return result,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Err(Error::Closed),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+        }
+        let limit = options.timeout.unwrap_or_default();
+        if running.interrupt(InterruptReason::Timeout, true) {
+            // Queued behind other operations until its deadline: it never runs.
+            return Err(Error::Interrupted(InterruptReason::Timeout));
+        }
+        match running.wait(CALL_GRACE) {
+            // Stopped by the interrupt.
+            Some(Err(Error::Python(mut exc))) if exc.is("TimeoutError") => {
+                if exc.message.is_empty() {
+                    exc.message = past_deadline(limit);
+                }
+                Err(Error::Python(exc))
+            }
+            // Whatever it did once interrupted (returned, raised something else), the
+            // deadline passed: its result is discarded.
+            Some(_) => Err(Error::Interrupted(InterruptReason::Timeout)),
+            None => {
+                tracing::warn!(
+                    interpreter = self.id,
+                    "{}; it did not stop within {:.1} s of being interrupted (blocked in C \
+                     code?) and is left running: the interpreter is busy until it returns",
+                    past_deadline(limit),
+                    CALL_GRACE.as_secs_f64()
+                );
+                Err(Error::Interrupted(InterruptReason::Timeout))
+            }
+        }
     }
 
     /// Queues `f` to run on the interpreter's thread without waiting for it; its result
@@ -383,23 +692,67 @@ impl Interpreter {
         F: for<'py> FnOnce(Python<'py>) -> Result<R> + Send + 'static,
         R: Send + 'static,
     {
+        Ok(self.start(f)?.reply)
+    }
+
+    /// Queues `f` as an operation of this interpreter, which the returned handle can
+    /// wait for and interrupt.
+    pub(crate) fn start<R, F>(&self, f: F) -> Result<Running<R>>
+    where
+        F: for<'py> FnOnce(Python<'py>) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
         if self.is_closed() {
             return Err(Error::Closed);
         }
         let (reply_tx, reply_rx) = bounded::<Result<R>>(1);
+        let op = Arc::new(AtomicU64::new(0));
+        // The interpreters that wait for this operation: those waiting for the caller,
+        // and this one.
+        let mut chain = CHAIN.with(|chain| chain.borrow().clone());
+        chain.push(self.id);
+        let interrupts = Arc::clone(&self.interrupts);
+        let this_op = Arc::clone(&op);
         let job: Job = Box::new(move |py| {
+            let number = interrupts.op.load(Ordering::Acquire);
+            if let Err(NEVER) =
+                this_op.compare_exchange(0, number, Ordering::AcqRel, Ordering::Acquire)
+            {
+                // Withdrawn by its deadline before it started.
+                let _ = reply_tx.send(Err(Error::Interrupted(InterruptReason::Timeout)));
+                return;
+            }
+            let outer = CHAIN.with(|c| std::mem::replace(&mut *c.borrow_mut(), chain));
             let result = catch_unwind(AssertUnwindSafe(|| f(py)))
                 .unwrap_or_else(|payload| Err(Error::Panic(panic_message(&*payload))));
+            CHAIN.with(|c| *c.borrow_mut() = outer);
             let _ = reply_tx.send(result);
         });
         self.tx.send(Msg::Job(job)).map_err(|_| Error::Closed)?;
-        Ok(reply_rx)
+        Ok(Running {
+            reply: reply_rx,
+            op,
+            interrupts: Arc::clone(&self.interrupts),
+        })
+    }
+
+    /// The grace period of this interpreter's end ([`InterpreterConfig::shutdown_grace`]).
+    pub(crate) fn grace(&self) -> Duration {
+        self.grace
     }
 
     /// Runs Python statements in the interpreter's `__main__` namespace.
     pub fn exec(&self, code: &str) -> Result<()> {
+        self.exec_with(code, CallOptions::default())
+    }
+
+    /// Like [`exec`](Self::exec), with a deadline (see [`call_with`](Self::call_with)).
+    pub fn exec_with(&self, code: &str, options: CallOptions) -> Result<()> {
         let code = code.to_owned();
-        self.run(move |py| py.run(&code, "<string>", &py.main_dict()?))
+        self.run_with(
+            move |py| py.run(&code, "<string>", &py.main_dict()?),
+            options,
+        )
     }
 
     /// Runs a Python file in `__main__`, with `__file__` set to its path.
@@ -432,9 +785,36 @@ impl Interpreter {
     /// `"pkg.mod:Class.method"`) or `module.attr` (e.g. `"math.sqrt"`), importing the
     /// module if needed, and copies the result out.
     pub fn call(&self, target: &str, args: impl Into<Args>) -> Result<Value> {
+        self.call_with(target, args, CallOptions::default())
+    }
+
+    /// Like [`call`](Self::call), with a deadline: past `options.timeout` the call gets
+    /// `TimeoutError` — again every 0.2 s while it goes on — and its caller gets that
+    /// `TimeoutError` ([`Error::Python`]) once the call has stopped, or
+    /// [`Error::Interrupted`] if it went on and returned, or still runs [`CALL_GRACE`]
+    /// after the deadline (blocked in C code: it is left running, and the interpreter
+    /// stays busy until it returns; see [`Interpreter`]).
+    ///
+    /// ```no_run
+    /// # use subinterp::{CallOptions, Error, Interpreter, InterpreterConfig, Runtime, RuntimeConfig};
+    /// # use std::time::Duration;
+    /// # let rt = Runtime::init(&RuntimeConfig::new())?;
+    /// # let interp = Interpreter::new(&rt, &InterpreterConfig::isolated())?;
+    /// interp.exec("def spin():\n    while True:\n        pass")?;
+    /// let options = CallOptions::new().timeout(Duration::from_millis(100));
+    /// let err = interp.call_with("__main__:spin", (), options).unwrap_err();
+    /// assert!(err.as_python().is_some_and(|e| e.is("TimeoutError")));
+    /// # Ok::<(), subinterp::Error>(())
+    /// ```
+    pub fn call_with(
+        &self,
+        target: &str,
+        args: impl Into<Args>,
+        options: CallOptions,
+    ) -> Result<Value> {
         let (module, path) = parse_target(target)?;
         let args = args.into();
-        self.run(move |py| call_target(py, &module, &path, &args))
+        self.run_with(move |py| call_target(py, &module, &path, &args), options)
     }
 
     /// Like [`call`](Self::call), converting the result to `T` with serde.
@@ -496,17 +876,27 @@ impl Interpreter {
     /// Python threads, runs its `atexit` handlers, flushes its output and frees it.
     /// Operations queued behind the running one still run first. Idempotent.
     ///
-    /// The wait for Python threads lasts at most the configured
-    /// [`shutdown_grace`](InterpreterConfig::shutdown_grace); an interpreter whose threads
-    /// still run after it is left in memory with a warning (CPython cannot end it), and
-    /// this returns.
+    /// Bounded by the configured [`shutdown_grace`](InterpreterConfig::shutdown_grace)
+    /// (default [`DEFAULT_SHUTDOWN_GRACE`](crate::DEFAULT_SHUTDOWN_GRACE)): if the
+    /// operations do not end within it (code blocked in C, such as `time.sleep(3600)`,
+    /// which no interrupt reaches), or the interpreter's Python threads still run after
+    /// it, the interpreter is left behind with a warning (`tracing`) and this returns. Its
+    /// thread ends it when the blocked code returns, if ever; until then the runtime is
+    /// not finalised.
     pub fn close(&self) -> Result<()> {
+        self.shut(None).map(drop)
+    }
+
+    /// Closes like [`close`](Self::close); true if the interpreter was left behind,
+    /// still running, past the grace period.
+    pub(crate) fn close_reporting(&self) -> Result<bool> {
         self.shut(None)
     }
 
     /// Closes the interpreter like [`close`](Self::close) and returns the output it
     /// captured until its very end — including what its Python threads and `atexit`
     /// callbacks wrote while it ended. Needs [`InterpreterConfig::capture_output`].
+    /// [`Error::Timeout`] if the interpreter was left behind, still running.
     pub fn close_and_take_output(&self) -> Result<Output> {
         if !self.capture {
             return Err(capture_off());
@@ -515,13 +905,16 @@ impl Interpreter {
             return Err(Error::Closed);
         }
         let (tx, rx) = bounded(1);
-        self.shut(Some(tx))?;
-        rx.recv().map_err(|_| Error::Closed)?
+        if self.shut(Some(tx))? {
+            return Err(Error::Timeout);
+        }
+        rx.try_recv().map_err(|_| Error::Closed)?
     }
 
-    fn shut(&self, reply: Option<Sender<Result<Output>>>) -> Result<()> {
+    /// Returns whether the interpreter was left behind, still running.
+    fn shut(&self, reply: Option<Sender<Result<Output>>>) -> Result<bool> {
         if self.closed.swap(true, Ordering::AcqRel) {
-            return Ok(());
+            return Ok(false);
         }
         let _ = self.tx.send(Msg::Close(reply));
         // A running operation (say, blocked in a channel receive) is cancelled.
@@ -530,15 +923,45 @@ impl Interpreter {
             .interrupt(InterruptReason::Cancelled);
         if std::thread::current().id() == self.thread_id {
             // Closing from inside one of its own operations: the thread ends after it.
-            return Ok(());
+            return Ok(false);
         }
-        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
-        if let Some(thread) = thread {
-            thread
-                .join()
-                .map_err(|p| Error::Panic(panic_message(&*p)))?;
+        let started = Instant::now();
+        let grace = self.grace;
+        // The operations get the grace period to end; then ending the interpreter (its
+        // Python threads get the grace period again, `atexit` a little more).
+        let served = match self.ending.recv_timeout(grace) {
+            Ok(()) => true,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => true,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => false,
+        };
+        let ended = served
+            && matches!(
+                self.ending
+                    .recv_timeout(grace.saturating_add(grace).saturating_add(CALL_GRACE)),
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected)
+            );
+        let thread = lock(&self.thread).take();
+        if ended {
+            if let Some(thread) = thread {
+                thread
+                    .join()
+                    .map_err(|p| Error::Panic(panic_message(&*p)))?;
+            }
+            return Ok(false);
         }
-        Ok(())
+        let what = if served {
+            "it did not finish ending"
+        } else {
+            "its running operation did not stop (blocked in C code?)"
+        };
+        tracing::warn!(
+            interpreter = self.id,
+            "interpreter {} left running: {what} within {:.1} s of being closed; it ends \
+             when that code returns",
+            self.id,
+            started.elapsed().as_secs_f64()
+        );
+        Ok(true)
     }
 }
 
@@ -567,6 +990,7 @@ fn serve(
     loop {
         match rx.recv() {
             Ok(Msg::Job(job)) => sub.with_gil(|py| {
+                interrupts.op.fetch_add(1, Ordering::AcqRel);
                 interrupts.running.store(true, Ordering::Release);
                 job(py);
                 // An interrupt that arrived as the job ended must not hit the next one.
@@ -797,10 +1221,10 @@ pub(crate) fn call_target(py: Python<'_>, module: &str, path: &str, args: &Args)
     for attr in path.split('.') {
         callable = callable.getattr(attr)?;
     }
-    call_with(py, &callable, args)?.to_value()
+    call_object(py, &callable, args)?.to_value()
 }
 
-fn call_with<'py>(py: Python<'py>, callable: &PyObj<'py>, args: &Args) -> Result<PyObj<'py>> {
+fn call_object<'py>(py: Python<'py>, callable: &PyObj<'py>, args: &Args) -> Result<PyObj<'py>> {
     let positional = args
         .positional
         .iter()
@@ -849,6 +1273,17 @@ pub fn parse_target(target: &str) -> Result<(String, String)> {
         return Err(bad("the function name must be a dotted Python identifier"));
     }
     Ok((module.to_owned(), path.to_owned()))
+}
+
+fn past_deadline(limit: Duration) -> String {
+    format!(
+        "the call ran past its deadline of {:.3} s",
+        limit.as_secs_f64()
+    )
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(60 * 60 * 24 * 365)
 }
 
 fn capture_off() -> Error {

@@ -81,7 +81,9 @@ pub use channel::{select, Channel, Message, RecvFuture};
 pub use config::{Gil, InterpreterConfig, DEFAULT_SHUTDOWN_GRACE};
 pub use error::{Error, ExitStatus, PyException, Result};
 pub use host::{Caller, HostModule, Interrupt, Kwargs, Params};
-pub use interpreter::{parse_target, Args, Interpreter, InterruptHandle, Output};
+pub use interpreter::{
+    parse_target, Args, CallOptions, Interpreter, InterruptHandle, Output, CALL_GRACE,
+};
 pub use pool::{MapResults, Pool, PoolConfig, Task, TaskOptions};
 pub use raw::{PyObj, Python};
 pub use runtime::{Runtime, RuntimeConfig};

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -27,6 +27,7 @@ use crate::raw::module::{self, ModuleSpec};
 use crate::raw::{ExcKind, PyObj, Python};
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::value::Value;
+use crate::wait::InterruptReason;
 
 /// Defines `PyInit_<name>` of the package's extension module: the module definition,
 /// initialised (NULL with an exception set on failure).
@@ -86,7 +87,8 @@ fn specs() -> Vec<ModuleSpec> {
         ),
         callback::method_def(
             c"_interp_close",
-            c"_interp_close(interp)\n--\n\nEnds the interpreter.",
+            c"_interp_close(interp)\n--\n\nEnds the interpreter within its grace period; the \
+              grace period in seconds if it was left running, else None.",
             interp_close,
         ),
         callback::method_def(
@@ -163,10 +165,12 @@ impl<T> Registry<T> {
 
     /// Keeps `item`; returns its handle.
     fn insert(&self, item: T) -> u64 {
+        self.insert_shared(Arc::new(item))
+    }
+
+    fn insert_shared(&self, item: Arc<T>) -> u64 {
         let id = NEXT_HANDLE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.map()
-            .get_or_insert_with(HashMap::new)
-            .insert(id, Arc::new(item));
+        self.map().get_or_insert_with(HashMap::new).insert(id, item);
         id
     }
 
@@ -290,74 +294,163 @@ fn interp_new<'py>(
         Some(Value::Str(code)) => Some(code.clone()),
         _ => None,
     };
-    let made = py.allow_threads(move || -> Result<Interpreter> {
-        let made = Interpreter::new(&runtime()?, &interp)?;
-        if let Some(code) = init {
-            made.exec(&code)?;
+    let timeout = field(&config, "timeout").and_then(positive_seconds);
+    let made = Arc::new(py.allow_threads(move || Interpreter::new(&runtime()?, &interp))?);
+    if let Some(code) = init {
+        let ran = wait_in(py, &made, timeout, move |py| {
+            py.run(&code, "<string>", &py.main_dict()?)?;
+            Ok(Value::None)
+        });
+        let failure = match ran {
+            Ok(Ended::Done(Ok(_))) => None,
+            Ok(Ended::Done(Err(err))) => Some(err),
+            Ok(Ended::TimedOut { limit, stuck }) => Some(Error::python(
+                "builtins.TimeoutError",
+                timed_out_message("the interpreter's init", limit, stuck),
+            )),
+            Ok(Ended::NotStarted { limit }) => Some(Error::python(
+                "builtins.TimeoutError",
+                not_started_message("the interpreter's init", limit),
+            )),
+            Err(err) => Some(err),
+        };
+        if let Some(err) = failure {
+            // Interrupted (it was) or failed: end it without making the caller wait.
+            std::thread::spawn(move || made.close());
+            return Err(err.into());
         }
-        Ok(made)
-    })?;
-    let id = INTERPS.insert(made);
+    }
+    let id = INTERPS.insert_shared(made);
     Ok(py.to_object(&Value::Int(id as i64))?)
 }
 
 /// How long a job interrupted by a deadline or Ctrl-C is waited for.
 const GRACE: Duration = Duration::from_secs(1);
 
+/// How an operation of a package's interpreter ended.
+enum Ended {
+    Done(Result<Value>),
+    /// Past its deadline; `stuck`: it still runs (blocked in C code).
+    TimedOut {
+        limit: Duration,
+        stuck: bool,
+    },
+    /// Its deadline passed while it waited behind earlier code, which it never ran.
+    NotStarted {
+        limit: Duration,
+    },
+}
+
+fn not_started_message(what: &str, limit: Duration) -> String {
+    format!(
+        "{what} did not start within its deadline of {:.3} s: the interpreter is busy \
+         with earlier code (stuck in C since an earlier deadline or Ctrl-C?)",
+        limit.as_secs_f64()
+    )
+}
+
+fn timed_out_message(what: &str, limit: Duration, stuck: bool) -> String {
+    let mut message = format!(
+        "{what} did not finish within its deadline of {:.3} s",
+        limit.as_secs_f64()
+    );
+    if stuck {
+        message.push_str(
+            "; it did not stop when interrupted (blocked in C code?) and still runs: the \
+             interpreter is busy until it returns",
+        );
+    }
+    message
+}
+
 /// Runs `job` in `interp` and waits for it with this interpreter's GIL released: past
-/// `timeout` the job is interrupted (`TimeoutError` in it); Ctrl-C (a signal handler
-/// raising here) interrupts it too and is raised here once it has stopped.
+/// `timeout` the job is interrupted (`TimeoutError` in it, again every 0.2 s until it
+/// stops) and reported as timed out, at once if it stops within [`GRACE`], else then
+/// (left running). Ctrl-C (a signal handler raising here) interrupts it too and is raised
+/// here once it has stopped, or after [`GRACE`]. Closing the interpreter meanwhile is a
+/// `RuntimeError` here. Interrupting never waits for the interpreter's GIL.
+fn wait_in(
+    py: Python<'_>,
+    interp: &Interpreter,
+    timeout: Option<Duration>,
+    job: impl for<'a> FnOnce(Python<'a>) -> Result<Value> + Send + 'static,
+) -> Result<Ended> {
+    let running = interp.start(job)?;
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    let limit = timeout.unwrap_or_default();
+    let mut timed_out = false;
+    let mut closed_at = None;
+    let closed = || {
+        Error::python(
+            "builtins.RuntimeError",
+            "the interpreter was closed while this call ran",
+        )
+    };
+    loop {
+        if let Some(result) = py.allow_threads(|| running.wait(Duration::from_millis(50))) {
+            // Whatever the code did once interrupted (raised, or caught the TimeoutError
+            // and returned), the call is reported as past its deadline.
+            if timed_out {
+                return Ok(Ended::TimedOut {
+                    limit,
+                    stuck: false,
+                });
+            }
+            let cancelled = match &result {
+                Err(Error::Closed) => true,
+                Err(err) => err.as_python().is_some_and(|e| e.is("KeyboardInterrupt")),
+                Ok(_) => false,
+            };
+            if cancelled && interp.is_closed() {
+                return Err(closed());
+            }
+            return Ok(Ended::Done(result));
+        }
+        let now = Instant::now();
+        if let Some(due) = deadline.filter(|due| now >= *due) {
+            if !timed_out {
+                timed_out = true;
+                if running.interrupt(InterruptReason::Timeout, true) {
+                    return Ok(Ended::NotStarted { limit });
+                }
+            } else if now >= due + GRACE {
+                return Ok(Ended::TimedOut { limit, stuck: true });
+            }
+        }
+        if interp.is_closed() {
+            // Closed from another thread: `close` gives the call its grace period.
+            let since = *closed_at.get_or_insert(now);
+            if now >= since + interp.grace() + GRACE {
+                return Err(closed());
+            }
+        }
+        if let Err(signal) = py.check_signals() {
+            if !running.interrupt(InterruptReason::Cancelled, false) {
+                let _ = py.allow_threads(|| running.wait(GRACE));
+            }
+            return Err(signal);
+        }
+    }
+}
+
+/// [`wait_in`], its outcome as the `(kind, payload)` pair the package's code reads.
 fn run_in<'py>(
     py: Python<'py>,
     interp: &Interpreter,
     timeout: Option<Duration>,
     job: impl for<'a> FnOnce(Python<'a>) -> Result<Value> + Send + 'static,
 ) -> Outcome<PyObj<'py>> {
-    let reply = interp.submit(job)?;
-    let deadline = timeout.and_then(|t| std::time::Instant::now().checked_add(t));
-    let handle = interp.interrupt_handle();
-    let mut timed_out = false;
-    let result = loop {
-        let slice = Duration::from_millis(50);
-        match py.allow_threads(|| reply.recv_timeout(slice)) {
-            Ok(result) => break result,
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break Err(Error::Closed),
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-        }
-        let now = std::time::Instant::now();
-        if let Some(due) = deadline.filter(|due| now >= *due) {
-            if !timed_out {
-                timed_out = true;
-                // Interrupting takes the target's GIL on this thread: not with ours held.
-                let _ =
-                    py.allow_threads(|| handle.interrupt(crate::wait::InterruptReason::Timeout));
-            } else if now >= due + GRACE {
-                // Stuck in C code: report the deadline; the interpreter finishes the call
-                // when it returns, before anything queued after it.
-                break Err(Error::Interrupted(crate::wait::InterruptReason::Timeout));
-            }
-        }
-        if let Err(signal) = py.check_signals() {
-            let _ = py.allow_threads(|| {
-                let _ = handle.interrupt(crate::wait::InterruptReason::Cancelled);
-                reply.recv_timeout(GRACE)
-            });
-            return Err(signal.into());
-        }
+    let (kind, payload) = match wait_in(py, interp, timeout, job)? {
+        Ended::Done(result) => kind_and_payload(result),
+        Ended::TimedOut { limit, stuck } => (
+            "timeout",
+            Value::from(timed_out_message("the call", limit, stuck)),
+        ),
+        Ended::NotStarted { limit } => (
+            "timeout",
+            Value::from(not_started_message("the call", limit)),
+        ),
     };
-    // Whatever the code did once interrupted (raised, or caught the TimeoutError and
-    // returned), the call is reported as past its deadline, as a pool's tasks are.
-    if let (true, Some(limit)) = (timed_out, timeout) {
-        let message = format!(
-            "the call did not finish within its deadline of {:.3} s",
-            limit.as_secs_f64()
-        );
-        return Ok(py.to_object(&Value::Tuple(vec![
-            Value::from("timeout"),
-            Value::from(message),
-        ]))?);
-    }
-    let (kind, payload) = kind_and_payload(result);
     Ok(py.to_object(&Value::Tuple(vec![Value::from(kind), payload]))?)
 }
 
@@ -396,14 +489,32 @@ fn interp_call<'py>(
     })
 }
 
+/// Ends the interpreter within its grace period (Ctrl-C stops the waiting, not the
+/// ending). Returns the grace period in seconds if the interpreter was left behind,
+/// still running (blocked in C code), else `None`.
 fn interp_close<'py>(
     py: Python<'py>,
     _: &PyObj<'py>,
     args: &FastArgs<'_, 'py>,
 ) -> Outcome<PyObj<'py>> {
     let a = parse(args, "_interp_close", ["interp"], 1)?;
-    if let Some(interp) = INTERPS.remove(required(&a[0]))? {
-        py.allow_threads(move || interp.close())?;
+    let Some(interp) = INTERPS.remove(required(&a[0]))? else {
+        return Ok(py.none());
+    };
+    let grace = interp.grace();
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let _ = tx.send(interp.close_reporting());
+    });
+    let left = loop {
+        match py.allow_threads(|| rx.recv_timeout(Duration::from_millis(50))) {
+            Ok(result) => break result?,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break false,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => py.check_signals()?,
+        }
+    };
+    if left {
+        return Ok(py.to_object(&Value::Float(grace.as_secs_f64()))?);
     }
     Ok(py.none())
 }

@@ -251,14 +251,12 @@ struct Worker {
 
 impl Worker {
     fn interrupt_task(self: &Arc<Self>, task: u64, reason: InterruptReason) {
-        // Interrupting waits for the worker's GIL, which code stuck in C may hold for a
-        // long time: never block the caller on it.
+        // Interrupting never waits for the worker's GIL (a thread of the interpreter's
+        // raises it).
         self.interrupted.store(true, Ordering::Release);
-        let worker = Arc::clone(self);
-        std::thread::spawn(move || {
-            let _ = worker
-                .interrupt
-                .interrupt_if(reason, || worker.current.load(Ordering::Acquire) == task);
+        let current = Arc::clone(self);
+        let _ = self.interrupt.interrupt_if(reason, move || {
+            current.current.load(Ordering::Acquire) == task
         });
     }
 }

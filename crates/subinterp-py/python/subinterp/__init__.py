@@ -307,7 +307,8 @@ class Pool(concurrent.futures.Executor):
             )
         if init is not None:
             code.append(init)
-        self._handle = _native._pool_new(
+        self._handle = _interruptible(
+            _native._pool_new,
             {
                 "workers": max_workers,
                 "isolated": bool(isolated),
@@ -315,7 +316,7 @@ class Pool(concurrent.futures.Executor):
                 "timeout": timeout,
                 "max_tasks_per_worker": max_tasks_per_worker,
                 "setup_timeout": setup_timeout,
-            }
+            },
         )
         self._max_workers = max_workers
         self._lock = threading.Lock()
@@ -459,6 +460,40 @@ class Pool(concurrent.futures.Executor):
         return not self._collector.is_alive()
 
 
+def _interruptible(start, config):
+    """``start(config)`` — a native call that waits for a pool's first worker — on a
+    helper thread, so that Ctrl-C interrupts waiting for it. A pool that starts after the
+    caller gave up is ended then; one whose set-up never ends (no ``setup_timeout``) is
+    left behind, and exiting does not wait for it."""
+    if threading.current_thread() is not threading.main_thread():
+        return start(config)
+    outcome: list = []
+    gave_up = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome.append((start(config), None))
+        except BaseException as exc:
+            outcome.append((None, exc))
+            return
+        if gave_up.is_set():
+            _native._pool_shutdown(outcome[0][0])
+
+    helper = threading.Thread(target=run, name="subinterp-pool-start", daemon=True)
+    helper.start()
+    try:
+        helper.join()
+    except KeyboardInterrupt:
+        global _LEFT_BEHIND
+        gave_up.set()
+        _LEFT_BEHIND = True
+        raise
+    handle, exc = outcome[0]
+    if exc is not None:
+        raise exc
+    return handle
+
+
 def _deliver(future: _Future, kind: str, payload) -> None:
     if not future.set_running_or_notify_cancel():
         return
@@ -510,9 +545,17 @@ class Interpreter:
     It sees this interpreter's ``sys.path`` as it was when it was made, and the main
     script's functions (loaded as ``__mp_main__``). ``isolated=False`` makes a legacy
     interpreter (shares the process's GIL; loads modules that refuse isolated ones).
-    ``init`` is Python source run in it first; ``timeout`` is the default deadline of
-    each ``exec``/``call``, in seconds. Waiting releases this interpreter's GIL, and
-    Ctrl-C interrupts the running code and raises ``KeyboardInterrupt`` here.
+    ``init`` is Python source run in it first; ``timeout`` is the deadline of ``init``
+    and the default deadline of each ``exec``/``call``, in seconds. Waiting releases this
+    interpreter's GIL, and Ctrl-C interrupts the running code and raises
+    ``KeyboardInterrupt`` here.
+
+    Code past its deadline gets ``TimeoutError`` (again every 0.2 s until it stops);
+    code blocked in C, which no interrupt reaches, is reported with ``TimeoutError``
+    (or ``KeyboardInterrupt`` on Ctrl-C) one second later and left running: the
+    interpreter is busy until it returns — later calls wait for it (their deadline
+    counts from the call) — and ``close()`` and exit leave it behind after a grace period,
+    with a message on stderr.
     """
 
     def __init__(
@@ -523,7 +566,7 @@ class Interpreter:
         if init is not None:
             code.append(init)
         self._handle = _native._interp_new(
-            {"isolated": isolated, "init": "\n".join(code) + "\n"}
+            {"isolated": isolated, "init": "\n".join(code) + "\n", "timeout": timeout}
         )
         self._timeout = timeout
         self._closed = False
@@ -564,12 +607,26 @@ class Interpreter:
         return value
 
     def close(self) -> None:
-        """Ends the interpreter (waiting for its threads, within a grace period)."""
+        """Ends the interpreter, waiting for its threads within a grace period (5 s). A
+        call still running (say, blocked in C code) is interrupted; if it does not stop
+        within the grace period, the interpreter is left running with a message on
+        stderr. A call running meanwhile in another thread raises ``RuntimeError``."""
         if not self._closed:
             self._closed = True
-            _native._interp_close(self._handle)
-            with _POOLS_LOCK:
-                _INTERPRETERS.discard(self)
+            try:
+                grace = _native._interp_close(self._handle)
+            finally:
+                with _POOLS_LOCK:
+                    _INTERPRETERS.discard(self)
+            if grace is not None:
+                global _LEFT_BEHIND
+                _LEFT_BEHIND = True
+                sys.stderr.write(
+                    f"subinterp: interpreter {self.id} did not end within its grace period "
+                    f"of {grace:.1f} s (blocked in C code?); it is left running until that "
+                    "code returns\n"
+                )
+                sys.stderr.flush()
 
     def __enter__(self) -> "Interpreter":
         return self
@@ -609,6 +666,12 @@ def check(module, *, timeout: float | None = None):
     return reports[0] if isinstance(module, str) else reports
 
 
+# How long exiting waits for code stuck in C (beyond the first second), unless an
+# interpreter was already left behind, stuck, by close() or a pool's start given up.
+_EXIT_GRACE = 5.0
+_LEFT_BEHIND = False
+
+
 @atexit.register
 def _end_all() -> None:
     # As at the exit of a program with a ThreadPoolExecutor, tasks already submitted
@@ -640,24 +703,39 @@ def _end_all() -> None:
             _exit_now(130)
     with _POOLS_LOCK:
         interpreters = list(_INTERPRETERS)
-    for interp in interpreters:
-        interp.close()
+    try:
+        for interp in interpreters:
+            interp.close()
+    except KeyboardInterrupt:
+        _exit_now(130)
     _native._runtime_stop()
-    # A task stuck in C code (reported as TimeoutError, its worker replaced) keeps its
-    # interpreter until the call returns; Python must not finalise before it ends, so
-    # exiting waits for it, as it waits for non-daemon threads.
+    # Code stuck in C (a task reported as TimeoutError, its worker replaced; an
+    # Interpreter's call past its deadline or Ctrl-C) keeps its interpreter until the call
+    # returns; Python must not finalise before it ends, so exiting waits for it — within
+    # a grace period: past it, the process exits without finalising.
     left = _native._runtime_wait(1.0)
-    if left is None:
+    if left is None and not _LEFT_BEHIND:
         sys.stderr.write(
-            "subinterp: waiting for tasks stuck in C code to return before Python exits "
-            "(Ctrl-C exits at once)\n"
+            f"subinterp: waiting up to {_EXIT_GRACE:.0f} s for code stuck in C to return "
+            "before Python exits (Ctrl-C exits at once)\n"
         )
         sys.stderr.flush()
+        import time
+
+        end = time.monotonic() + _EXIT_GRACE
         try:
-            while left is None:
+            while left is None and time.monotonic() < end:
                 left = _native._runtime_wait(0.25)
         except KeyboardInterrupt:
             _exit_now(130)
+    if left is None:
+        status = 130 if stop else 1
+        sys.stderr.write(
+            "subinterp: code still runs in an interpreter (stuck in C, or a pool's set-up "
+            "given up with Ctrl-C); Python cannot finalise while it runs, so the process "
+            f"exits now with status {status}\n"
+        )
+        _exit_now(status)
     if left:
         # Interpreters whose Python threads did not end cannot be finalised: CPython
         # would abort the process ("remaining subinterpreters") or free what they use.

@@ -79,6 +79,10 @@ def _subinterp_call(fn, args, kwargs):
         result = fn(*args, **kwargs)
     except (KeyboardInterrupt, SystemExit):
         raise
+    except TimeoutError as exc:
+        if type(exc) is TimeoutError:  # a deadline's (or plain): passed through whole
+            raise
+        return _subinterp_failure(exc)
     except BaseException as exc:  # noqa: B902 - reported to the caller whole
         return _subinterp_failure(exc)
     if _subinterp_plain(result):

@@ -225,9 +225,9 @@ pub(crate) struct InterruptTarget {
 unsafe impl Send for InterruptTarget {}
 
 impl InterruptTarget {
-    /// Attaches a fresh thread state of the target interpreter (waiting for its GIL),
-    /// asks `decide` whether to interrupt, and if so raises `reason` asynchronously in the
-    /// interpreter's own thread. The temporary thread state is then deleted, so it never
+    /// Attaches a fresh thread state of the target interpreter (waiting for its GIL: the
+    /// caller is a delivery thread of its own, which may wait), asks `decide` whether to
+    /// interrupt, and if so raises `reason` asynchronously in the interpreter's own thread. The temporary thread state is then deleted, so it never
     /// outlives this call. Returns `decide`'s answer.
     pub(crate) fn interrupt(&self, decide: impl FnOnce() -> bool, reason: InterruptReason) -> bool {
         // SAFETY: the interpreter is alive (see `Send`); the new thread state belongs to
