@@ -74,9 +74,10 @@ pub enum Error {
         reason: String,
     },
     /// An interpreter operation was called from that interpreter's own thread (inside
-    /// [`Interpreter::with_gil`](crate::Interpreter::with_gil)), where it would wait for
-    /// itself.
-    #[error("an interpreter cannot wait for itself: this operation was called from inside one of its own closures")]
+    /// [`Interpreter::with_gil`](crate::Interpreter::with_gil)), or from a host function
+    /// of another interpreter that the first is itself waiting for (A calls into B, whose
+    /// host function calls back into A): it would wait for itself forever.
+    #[error("an interpreter cannot wait for itself: this operation was called from inside one of its own operations, directly or through a host function of another interpreter that it is waiting for")]
     WouldDeadlock,
     /// The channel is closed (and, for receives, drained).
     #[error("the channel is closed")]
