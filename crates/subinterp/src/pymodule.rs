@@ -129,8 +129,9 @@ pub(crate) fn spec() -> ModuleSpec {
             callback::method_def(
                 c"channel",
                 c"channel(name, capacity=None)\n--\n\nThe channel called name, shared by \
-                  every interpreter and the host; created on first use, unbounded unless \
-                  capacity is given.",
+                  every interpreter and the host; created, unbounded unless capacity is \
+                  given, if none of that name exists. A channel that is closed, drained \
+                  and without handles anywhere is freed: its name then makes a new one.",
                 module_channel,
             ),
             callback::method_def(
