@@ -104,45 +104,47 @@ pub(crate) struct ViewInfo {
 /// (the exception raised) if it exports none, or a released `memoryview`.
 pub(crate) fn view_info(obj: &PyObj<'_>) -> Result<ViewInfo> {
     let py = obj.py();
-    let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::zeroed();
+    let mut storage = std::mem::MaybeUninit::<ffi::Py_buffer>::zeroed();
+    // The view stays where the exporter filled it: some exporters point its `shape` at
+    // its own `len` field.
+    let view = storage.as_mut_ptr();
     // SAFETY: GIL held (the token in `obj`), `obj` is live and `view` is writable
     // storage for one Py_buffer, filled on success (status 0).
-    let status =
-        unsafe { ffi::PyObject_GetBuffer(obj.as_ptr(), view.as_mut_ptr(), ffi::PyBUF_FULL_RO) };
+    let status = unsafe { ffi::PyObject_GetBuffer(obj.as_ptr(), view, ffi::PyBUF_FULL_RO) };
     py.check(status)?;
-    // SAFETY: filled by the successful call above.
-    let mut view = unsafe { view.assume_init() };
-    let ndim = usize::try_from(view.ndim).unwrap_or(0);
-    // SAFETY: a view filled with PyBUF_FULL_RO has a NUL-terminated format (or NULL for
-    // "B") and `ndim` shape entries (or NULL for one dimension of `len` bytes), valid
-    // until it is released below; PyBuffer_IsContiguous reads only the view.
+    // SAFETY: the view was filled by the successful call above, with PyBUF_FULL_RO: a
+    // NUL-terminated format (or NULL for "B") and `ndim` shape entries (or NULL for one
+    // dimension of `len` bytes), valid until it is released below; PyBuffer_IsContiguous
+    // reads only the view.
     let info = unsafe {
-        let format = if view.format.is_null() {
+        let v = &*view;
+        let ndim = usize::try_from(v.ndim).unwrap_or(0);
+        let format = if v.format.is_null() {
             "B".to_owned()
         } else {
-            std::ffi::CStr::from_ptr(view.format)
+            std::ffi::CStr::from_ptr(v.format)
                 .to_string_lossy()
                 .into_owned()
         };
-        let len = usize::try_from(view.len).unwrap_or(0);
-        let shape = if view.shape.is_null() {
+        let len = usize::try_from(v.len).unwrap_or(0);
+        let shape = if v.shape.is_null() {
             vec![len]
         } else {
-            std::slice::from_raw_parts(view.shape, ndim)
+            std::slice::from_raw_parts(v.shape, ndim)
                 .iter()
                 .map(|&n| usize::try_from(n).unwrap_or(0))
                 .collect()
         };
         ViewInfo {
-            addr: view.buf as usize,
+            addr: v.buf as usize,
             len,
-            readonly: view.readonly != 0,
-            contiguous: ffi::PyBuffer_IsContiguous(&view, b'C' as std::ffi::c_char) != 0,
+            readonly: v.readonly != 0,
+            contiguous: ffi::PyBuffer_IsContiguous(view, b'C' as std::ffi::c_char) != 0,
             format,
             shape,
         }
     };
-    // SAFETY: releases the view obtained above, once.
-    unsafe { ffi::PyBuffer_Release(&mut view) };
+    // SAFETY: releases the view obtained above, once, where it was filled.
+    unsafe { ffi::PyBuffer_Release(view) };
     Ok(info)
 }
