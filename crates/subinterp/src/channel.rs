@@ -9,7 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -71,6 +71,11 @@ impl From<SharedBuffer> for Message {
 /// ([`Channel::named`]) are the same channel for the host and for Python code in every
 /// interpreter (`subinterp.channel(name)`).
 ///
+/// A named channel lives while it is open or holds messages, and while any handle on it
+/// exists (a Rust `Channel` or a Python `subinterp.Channel` in any interpreter). Once it
+/// is closed, drained and without handles, it is freed, and its name is free again: a
+/// later `Channel::named` with that name makes a new, open channel.
+///
 /// ```
 /// use subinterp::{Channel, Value};
 /// let ch = Channel::new(None);
@@ -86,7 +91,8 @@ pub struct Channel {
 }
 
 struct Inner {
-    /// Byte buffers of received messages, handed back for senders to reuse.
+    /// Byte buffers of received messages, handed back for senders to reuse (an unbounded
+    /// queue, which allocates nothing until used; at most [`SPARE_BUFFERS`] are kept).
     spare: (
         crossbeam_channel::Sender<Vec<u8>>,
         crossbeam_channel::Receiver<Vec<u8>>,
@@ -104,6 +110,10 @@ struct State {
     closed: bool,
     receivers: Vec<(u64, Waiter)>,
     senders: Vec<(u64, Waiter)>,
+    /// For a named channel that is open or holds messages: a handle on itself, which keeps
+    /// it alive (and its name taken) without any other handle. Dropped once it is closed
+    /// and drained.
+    pin: Option<Channel>,
 }
 
 /// How many spare byte buffers a channel keeps, and the largest it keeps.
@@ -111,7 +121,10 @@ const SPARE_BUFFERS: usize = 256;
 const SPARE_MAX_BYTES: usize = 64 * 1024;
 
 static NEXT_WAITER: AtomicU64 = AtomicU64::new(1);
-static NAMED: Mutex<Option<HashMap<String, Channel>>> = Mutex::new(None);
+/// The named channels that exist. A channel removes its own entry when it is freed; the
+/// lock is never held while a handle is dropped (that could free a channel, which takes
+/// it).
+static NAMED: Mutex<Option<HashMap<String, Weak<Inner>>>> = Mutex::new(None);
 
 /// How long a receiver spins (without the lock or the GIL) before parking: long enough to
 /// catch a reply that is already on its way, short enough not to burn a core.
@@ -148,7 +161,7 @@ impl Channel {
     fn build(name: Option<String>, capacity: Option<usize>) -> Channel {
         Channel {
             inner: Arc::new(Inner {
-                spare: crossbeam_channel::bounded(SPARE_BUFFERS),
+                spare: crossbeam_channel::unbounded(),
                 name,
                 capacity,
                 len: AtomicUsize::new(0),
@@ -157,7 +170,9 @@ impl Channel {
         }
     }
 
-    /// The process-wide channel called `name`, created (unbounded) on first use.
+    /// The process-wide channel called `name`, created (unbounded) if no channel of that
+    /// name exists: never used, or freed after it was closed, drained and left without
+    /// handles.
     pub fn named(name: &str) -> Channel {
         Channel::named_with(name, None).expect("no capacity to conflict with")
     }
@@ -167,20 +182,31 @@ impl Channel {
     pub fn named_with(name: &str, capacity: Option<usize>) -> Result<Channel> {
         let mut named = NAMED.lock().unwrap_or_else(|e| e.into_inner());
         let map = named.get_or_insert_with(HashMap::new);
-        if let Some(existing) = map.get(name) {
-            if capacity.is_some() && capacity != existing.inner.capacity {
-                return Err(Error::InvalidArgument(format!(
-                    "channel {name:?} already exists with capacity {}",
-                    existing
-                        .inner
-                        .capacity
-                        .map_or("unbounded".to_owned(), |c| c.to_string())
-                )));
+        let existing = map
+            .get(name)
+            .and_then(Weak::upgrade)
+            .map(|inner| Channel { inner });
+        let channel = match existing {
+            Some(existing) => existing,
+            None => {
+                let channel = Channel::build(Some(name.to_owned()), capacity);
+                channel.lock().pin = Some(channel.clone());
+                map.insert(name.to_owned(), Arc::downgrade(&channel.inner));
+                channel
             }
-            return Ok(existing.clone());
+        };
+        // The handle may be the last one (when another thread just dropped its own): it is
+        // dropped, if need be, without the lock, which freeing a channel takes.
+        drop(named);
+        if capacity.is_some() && capacity != channel.inner.capacity {
+            return Err(Error::InvalidArgument(format!(
+                "channel {name:?} already exists with capacity {}",
+                channel
+                    .inner
+                    .capacity
+                    .map_or("unbounded".to_owned(), |c| c.to_string())
+            )));
         }
-        let channel = Channel::build(Some(name.to_owned()), capacity);
-        map.insert(name.to_owned(), channel.clone());
         Ok(channel)
     }
 
@@ -224,6 +250,7 @@ impl Channel {
         for (_, w) in state.receivers.drain(..).chain(state.senders.drain(..)) {
             w.wake();
         }
+        unpin_if_done(state);
     }
 
     /// Sends, waiting while the channel is full.
@@ -306,7 +333,7 @@ impl Channel {
 
     /// Gives the buffer of a received message back for reuse (small ones only).
     pub(crate) fn recycle_buffer(&self, buffer: Vec<u8>) {
-        if buffer.capacity() <= SPARE_MAX_BYTES {
+        if buffer.capacity() <= SPARE_MAX_BYTES && self.inner.spare.1.len() < SPARE_BUFFERS {
             let _ = self.inner.spare.0.try_send(buffer);
         }
     }
@@ -321,6 +348,7 @@ impl Channel {
         if let Some((_, sender)) = pop_waiter(&mut state.senders) {
             sender.wake();
         }
+        unpin_if_done(state);
         Some(message)
     }
 
@@ -469,6 +497,31 @@ impl Channel {
         let start = Instant::now();
         while self.inner.len.load(Ordering::Acquire) == 0 && start.elapsed() < SPIN {
             std::hint::spin_loop();
+        }
+    }
+}
+
+/// Drops a named channel's handle on itself once it is closed and drained: it is freed
+/// when the last other handle goes. The caller holds a handle, so this is never the last.
+fn unpin_if_done(state: &mut State) {
+    if state.closed && state.queue.is_empty() {
+        state.pin = None;
+    }
+}
+
+impl Drop for Inner {
+    /// A named channel gives its name back as it is freed (unless a new channel took it
+    /// meanwhile: the entry is then no longer this one's).
+    fn drop(&mut self) {
+        let Some(name) = &self.name else { return };
+        let mut named = NAMED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(map) = named.as_mut() {
+            if map
+                .get(name)
+                .is_some_and(|entry| std::ptr::eq(entry.as_ptr(), self))
+            {
+                map.remove(name);
+            }
         }
     }
 }

@@ -10,15 +10,16 @@
 //! are shared, and those are thread-safe.
 
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::buffer::SharedBuffer;
+use crate::buffer::{Layout, SharedBuffer};
 use crate::channel::{Channel, Message, Stop};
 use crate::error::{Error, Result};
 use crate::params;
+use crate::raw::buffer::view_info;
 use crate::raw::callback::{self, Export, Failure, FastArgs, Outcome};
 use crate::raw::class::{self, ClassDef};
-use crate::raw::convert::{copy_bytes, scalar, utf8_str};
+use crate::raw::convert::{copy_bytes, scalar, to_plain_value, utf8_str};
 use crate::raw::lifecycle::raise_soon;
 use crate::raw::module::{self, ClassSpec, ExceptionSpec, ModuleSpec};
 use crate::raw::{ExcKind, PyObj, Python};
@@ -128,8 +129,9 @@ pub(crate) fn spec() -> ModuleSpec {
             callback::method_def(
                 c"channel",
                 c"channel(name, capacity=None)\n--\n\nThe channel called name, shared by \
-                  every interpreter and the host; created on first use, unbounded unless \
-                  capacity is given.",
+                  every interpreter and the host; created, unbounded unless capacity is \
+                  given, if none of that name exists. A channel that is closed, drained \
+                  and without handles anywhere is freed: its name then makes a new one.",
                 module_channel,
             ),
             callback::method_def(
@@ -403,16 +405,45 @@ fn channel_send<'py>(
     };
     let interrupt = wait::lookup(py);
     let deadline = wait::deadline_after(timeout);
-    let (result, late) = py.allow_threads(move || {
-        let mut late = None;
-        let result = channel
-            .send_with(message, deadline, interrupt.as_deref(), &mut late)
-            .map_err(|(stop, _)| stop);
-        (result, late)
-    });
-    result.map_err(|stop| stop_failure(slf, stop))?;
-    deliver_late_interrupt(py, late);
+    let mut message = message;
+    loop {
+        let until = wait_until(deadline, interrupt.is_some());
+        let (result, late) = py.allow_threads(|| {
+            let mut late = None;
+            let result = channel.send_with(message, until, interrupt.as_deref(), &mut late);
+            (result, late)
+        });
+        match result {
+            Ok(()) => {
+                deliver_late_interrupt(py, late);
+                break;
+            }
+            Err((Stop::TimedOut, back)) if until != deadline => {
+                // A slice of the wait ended: Ctrl-C is raised now, else the wait goes on.
+                py.check_signals()?;
+                message = back;
+            }
+            Err((stop, _)) => return Err(stop_failure(slf, stop)),
+        }
+    }
     Ok(py.none())
+}
+
+/// How long a wait without interrupt state sleeps before it runs the pending signal
+/// handlers.
+const SIGNAL_SLICE: Duration = Duration::from_millis(50);
+
+/// Where one stretch of a blocking wait ends. In an interpreter of this crate, interrupts
+/// wake the wait ([`wait::InterruptState`]): it sleeps until `deadline`. Anywhere else —
+/// the main interpreter, where Ctrl-C arrives — a signal handler cannot wake it, so it
+/// sleeps in slices of [`SIGNAL_SLICE`] and runs the handlers
+/// ([`Python::check_signals`]) between them, as `queue.Queue.get()` reacts to Ctrl-C.
+fn wait_until(deadline: Option<Instant>, interruptible: bool) -> Option<Instant> {
+    if interruptible {
+        return deadline;
+    }
+    let slice = Instant::now() + SIGNAL_SLICE;
+    Some(deadline.map_or(slice, |d| d.min(slice)))
 }
 
 fn channel_try_send<'py>(
@@ -437,32 +468,41 @@ fn channel_recv<'py>(
     let a = parse(args, "recv", ["timeout"], 0)?;
     let timeout = timeout_arg(py, a[0].as_ref())?;
     let channel = channel_of(slf)?;
-    let message = blocking_recv(py, &channel, timeout).map_err(|stop| stop_failure(slf, stop))?;
+    let message = blocking_recv(py, &channel, timeout)?.map_err(|stop| stop_failure(slf, stop))?;
     from_message(slf, &channel, message)
 }
 
-/// Receives with the GIL released, interruptible by the interpreter's interrupts.
+/// Receives with the GIL released, interruptible by the interpreter's interrupts and, in
+/// the main interpreter, by Ctrl-C (the outer error: what a signal handler raised).
 fn blocking_recv(
     py: Python<'_>,
     channel: &Channel,
     timeout: Option<Duration>,
-) -> std::result::Result<Message, Stop> {
+) -> Result<std::result::Result<Message, Stop>> {
     match channel.try_recv_message() {
-        Ok(message) => return Ok(message),
+        Ok(message) => return Ok(Ok(message)),
         Err(Stop::Empty) => {}
-        Err(stop) => return Err(stop),
+        Err(stop) => return Ok(Err(stop)),
     }
-    let channel = channel.clone();
     let interrupt = wait::lookup(py);
     let deadline = wait::deadline_after(timeout);
-    let (result, late) = py.allow_threads(move || {
-        let mut late = None;
-        let result = channel.recv_with(deadline, interrupt.as_deref(), &mut late);
-        (result, late)
-    });
-    let message = result?;
-    deliver_late_interrupt(py, late);
-    Ok(message)
+    loop {
+        let until = wait_until(deadline, interrupt.is_some());
+        let (result, late) = py.allow_threads(|| {
+            let mut late = None;
+            let result = channel.recv_with(until, interrupt.as_deref(), &mut late);
+            (result, late)
+        });
+        match result {
+            Ok(message) => {
+                deliver_late_interrupt(py, late);
+                return Ok(Ok(message));
+            }
+            // A slice of the wait ended: Ctrl-C is raised now, else the wait goes on.
+            Err(Stop::TimedOut) if until != deadline => py.check_signals()?,
+            Err(stop) => return Ok(Err(stop)),
+        }
+    }
 }
 
 /// An interrupt that reached a wait just as it succeeded is not dropped: the message is
@@ -533,7 +573,7 @@ fn channel_iter<'py>(_py: Python<'py>, slf: &PyObj<'py>) -> Outcome<PyObj<'py>> 
 
 fn channel_iternext<'py>(py: Python<'py>, slf: &PyObj<'py>) -> Outcome<Option<PyObj<'py>>> {
     let channel = channel_of(slf)?;
-    match blocking_recv(py, &channel, None) {
+    match blocking_recv(py, &channel, None)? {
         Ok(message) => from_message(slf, &channel, message).map(Some),
         // End of iteration: a closed channel stops the loop without an exception.
         Err(Stop::Closed) => Ok(None),
@@ -560,6 +600,8 @@ fn buffer_getbuffer<'a>(_py: Python<'_>, obj: &'a PyObj<'_>) -> Outcome<Export<'
     let handle = buffer_handle(obj)?;
     Ok(Export {
         mem: handle.buffer.mem(),
+        start: handle.buffer.start(),
+        len: handle.buffer.len(),
         writable: handle.writable,
     })
 }
@@ -584,7 +626,7 @@ fn to_message<'py>(slf: &PyObj<'py>, channel: &Channel, obj: &PyObj<'py>) -> Res
     if obj.is_memoryview() {
         if let Ok(base) = obj.getattr("obj") {
             if let Some(handle) = class::value::<BufferHandle>(&base) {
-                return Ok(Message::Buffer(handle.buffer.clone()));
+                return view_message(obj, &handle.buffer).map(Message::Buffer);
             }
         }
     }
@@ -594,7 +636,10 @@ fn to_message<'py>(slf: &PyObj<'py>, channel: &Channel, obj: &PyObj<'py>) -> Res
     if copy_bytes(obj, &mut buffer) {
         return Ok(Message::Value(Value::Bytes(buffer)));
     }
-    match obj.to_value() {
+    // Only the exact plain types cross natively: a subclass (an IntEnum member, an
+    // OrderedDict, a namedtuple) or a bytearray anywhere in the object is pickled with it,
+    // so that it arrives as what was sent.
+    match to_plain_value(obj) {
         Ok(value) => Ok(Message::Value(value)),
         Err(_) => {
             let type_name = obj.type_name();
@@ -620,6 +665,46 @@ fn to_message<'py>(slf: &PyObj<'py>, channel: &Channel, obj: &PyObj<'py>) -> Res
     }
 }
 
+/// The part of a shared buffer that the memoryview `view` of it shows: the same memory,
+/// not a copy, read-only if the view is. A view whose bytes are not one contiguous block
+/// (a strided slice such as `[::2]`) is refused: sharing its bytes would need a copy,
+/// which would silently stop sharing the memory.
+fn view_message(view: &PyObj<'_>, buffer: &SharedBuffer) -> Result<SharedBuffer> {
+    let py = view.py();
+    let info = view_info(view)?;
+    if !info.contiguous {
+        return Err(py.new_error(
+            ExcKind::Type,
+            "cannot send a non-contiguous view of a shared buffer (a strided slice): only \
+             a contiguous slice crosses as shared memory; send bytes(view) to send a copy \
+             of what it shows",
+        ));
+    }
+    let start = buffer
+        .mem()
+        .offset_of(info.addr, info.len)
+        .filter(|start| {
+            *start >= buffer.start() && start + info.len <= buffer.start() + buffer.len()
+        })
+        .ok_or_else(|| {
+            py.new_error(
+                ExcKind::Value,
+                "the memoryview shows memory outside its shared buffer",
+            )
+        })?;
+    let plain = info.format == "B" && info.shape.len() == 1;
+    let layout = (!plain).then_some(Layout {
+        format: info.format,
+        shape: info.shape,
+    });
+    Ok(buffer.window(
+        start,
+        info.len,
+        buffer.is_writable() && !info.readonly,
+        layout,
+    ))
+}
+
 /// Rebuilds a message as a Python object of this interpreter.
 fn from_message<'py>(slf: &PyObj<'py>, channel: &Channel, message: Message) -> Outcome<PyObj<'py>> {
     let py = slf.py();
@@ -632,8 +717,23 @@ fn from_message<'py>(slf: &PyObj<'py>, channel: &Channel, message: Message) -> O
         Message::Value(value) => Ok(py.to_object(&value)?),
         Message::Buffer(buffer) => {
             let writable = buffer.is_writable();
+            let layout = buffer.layout().map(|l| (l.format.clone(), l.shape.clone()));
             let handle = new_buffer_object(&entry_of(slf, BUFFER_TYPE)?, buffer, writable)?;
-            Ok(handle.memoryview()?)
+            let view = handle.memoryview()?;
+            match layout {
+                // The layout the sender's view had (a cast, several dimensions).
+                Some((format, shape)) => {
+                    let format = py.str(&format)?;
+                    // `cast` takes no shape with a zero in it; one dimension needs none.
+                    if shape.len() == 1 || shape.contains(&0) {
+                        Ok(view.call_method("cast", &[&format])?)
+                    } else {
+                        let shape = Value::List(shape.into_iter().map(Value::from).collect());
+                        Ok(view.call_method("cast", &[&format, &py.to_object(&shape)?])?)
+                    }
+                }
+                None => Ok(view),
+            }
         }
         Message::Pickled { type_name, data } => {
             let pickled = py.to_object(&Value::Bytes(data))?;

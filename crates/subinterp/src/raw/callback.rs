@@ -431,6 +431,9 @@ unsafe extern "C" fn length<F: LenBody>(slf: *mut ffi::PyObject) -> ffi::Py_ssiz
 pub(crate) struct Export<'a> {
     /// The memory.
     pub(crate) mem: &'a BufferMem,
+    /// The part of it exported: `len` bytes from `start`.
+    pub(crate) start: usize,
+    pub(crate) len: usize,
     /// Whether views may write to it.
     pub(crate) writable: bool,
 }
@@ -465,7 +468,15 @@ unsafe extern "C" fn getbuffer<F: GetBufferBody>(
         guard(-1, |py| {
             let obj = py.borrowed(slf)?;
             let export = conjure::<F>()(py, &obj)?;
-            let len = ffi::Py_ssize_t::try_from(export.mem.len()).unwrap_or(ffi::Py_ssize_t::MAX);
+            let buf = export
+                .mem
+                .range_ptr(export.start, export.len)
+                .ok_or_else(|| {
+                    Failure::Error(Error::InvalidArgument(
+                        "the exported range runs past the end of the buffer".into(),
+                    ))
+                })?;
+            let len = ffi::Py_ssize_t::try_from(export.len).unwrap_or(ffi::Py_ssize_t::MAX);
             // The memory is owned by `slf` (the body's contract) and the view holds a
             // reference to `slf` (PyBuffer_FillInfo sets view->obj), so the memory
             // outlives the view. A writable request on read-only memory is a
@@ -473,7 +484,7 @@ unsafe extern "C" fn getbuffer<F: GetBufferBody>(
             let status = ffi::PyBuffer_FillInfo(
                 view,
                 slf,
-                export.mem.as_ptr().cast::<c_void>(),
+                buf.cast::<c_void>(),
                 len,
                 c_int::from(!export.writable),
                 flags,

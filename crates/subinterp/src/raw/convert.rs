@@ -24,8 +24,17 @@ impl PyObj<'_> {
     /// [`Error::Unshareable`] naming the first object that is
     /// not plain data.
     pub fn to_value(&self) -> Result<Value> {
-        to_value(self, 0)
+        to_value::<false>(self, 0)
     }
+}
+
+/// Copies `obj` out as a [`Value`] only if it and everything in it are of exactly the
+/// plain types (`None`, `bool`, `int`, `float`, `str`, `bytes`, `list`, `tuple`, `dict`):
+/// a subclass (an `IntEnum` member, an `OrderedDict`, a namedtuple) or a `bytearray`
+/// anywhere in it is [`Error::Unshareable`], so that the caller can pickle the object
+/// and keep its types.
+pub(crate) fn to_plain_value(obj: &PyObj<'_>) -> Result<Value> {
+    to_value::<true>(obj, 0)
 }
 
 /// Deeper nesting than this is refused (it is almost always a self-referencing container).
@@ -158,7 +167,9 @@ pub(crate) fn copy_bytes(obj: &PyObj<'_>, out: &mut Vec<u8>) -> bool {
     true
 }
 
-pub(crate) fn to_value(obj: &PyObj<'_>, depth: usize) -> Result<Value> {
+/// The conversion behind [`PyObj::to_value`] (subclasses convert as their base type) and,
+/// with `EXACT`, [`to_plain_value`] (only the exact plain types convert).
+fn to_value<const EXACT: bool>(obj: &PyObj<'_>, depth: usize) -> Result<Value> {
     let py = obj.py();
     let p = obj.as_ptr();
     if depth > MAX_DEPTH {
@@ -176,7 +187,7 @@ pub(crate) fn to_value(obj: &PyObj<'_>, depth: usize) -> Result<Value> {
         if ffi::PyBool_Check(p) != 0 {
             return Ok(Value::Bool(p == ffi::Py_True()));
         }
-        if ffi::PyLong_Check(p) != 0 {
+        if is(p, ffi::PyLong_CheckExact, ffi::PyLong_Check, EXACT) {
             let mut overflow = 0;
             let n = ffi::PyLong_AsLongLongAndOverflow(p, &mut overflow);
             if overflow == 0 {
@@ -199,47 +210,51 @@ pub(crate) fn to_value(obj: &PyObj<'_>, depth: usize) -> Result<Value> {
                 magnitude
             }));
         }
-        if ffi::PyFloat_Check(p) != 0 {
+        if is(p, ffi::PyFloat_CheckExact, ffi::PyFloat_Check, EXACT) {
             return Ok(Value::Float(ffi::PyFloat_AsDouble(p)));
         }
-        if ffi::PyUnicode_Check(p) != 0 {
+        if is(p, ffi::PyUnicode_CheckExact, ffi::PyUnicode_Check, EXACT) {
             return obj.extract_str().map(Value::Str);
         }
-        if ffi::PyBytes_Check(p) != 0 {
+        if is(p, ffi::PyBytes_CheckExact, ffi::PyBytes_Check, EXACT) {
             return Ok(Value::Bytes(bytes_of(
                 obj,
                 ffi::PyBytes_AsString(p),
                 ffi::PyBytes_Size(p),
             )));
         }
-        if ffi::PyByteArray_Check(p) != 0 {
+        if !EXACT && ffi::PyByteArray_Check(p) != 0 {
             return Ok(Value::Bytes(bytes_of(
                 obj,
                 ffi::PyByteArray_AsString(p),
                 ffi::PyByteArray_Size(p),
             )));
         }
-        if ffi::PyList_Check(p) != 0 {
+        if is(p, ffi::PyList_CheckExact, ffi::PyList_Check, EXACT) {
             // Index each time: user code cannot run in between, but be exact anyway.
             let mut items = Vec::with_capacity(usize::try_from(ffi::PyList_Size(p)).unwrap_or(0));
             let mut i = 0;
             while i < ffi::PyList_Size(p) {
                 let item = py.borrowed(ffi::PyList_GetItem(p, i))?;
-                items.push(to_value(&item, depth + 1).map_err(|e| in_container(e, "list"))?);
+                items.push(
+                    to_value::<EXACT>(&item, depth + 1).map_err(|e| in_container(e, "list"))?,
+                );
                 i += 1;
             }
             return Ok(Value::List(items));
         }
-        if ffi::PyTuple_Check(p) != 0 {
+        if is(p, ffi::PyTuple_CheckExact, ffi::PyTuple_Check, EXACT) {
             let n = ffi::PyTuple_Size(p);
             let mut items = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
             for i in 0..n {
                 let item = py.borrowed(ffi::PyTuple_GetItem(p, i))?;
-                items.push(to_value(&item, depth + 1).map_err(|e| in_container(e, "tuple"))?);
+                items.push(
+                    to_value::<EXACT>(&item, depth + 1).map_err(|e| in_container(e, "tuple"))?,
+                );
             }
             return Ok(Value::Tuple(items));
         }
-        if ffi::PyDict_Check(p) != 0 {
+        if is(p, ffi::PyDict_CheckExact, ffi::PyDict_Check, EXACT) {
             let mut items = Vec::with_capacity(usize::try_from(ffi::PyDict_Size(p)).unwrap_or(0));
             let mut pos: ffi::Py_ssize_t = 0;
             let mut key: *mut ffi::PyObject = std::ptr::null_mut();
@@ -247,8 +262,10 @@ pub(crate) fn to_value(obj: &PyObj<'_>, depth: usize) -> Result<Value> {
             while ffi::PyDict_Next(p, &mut pos, &mut key, &mut val) != 0 {
                 let k = py.borrowed(key)?;
                 let v = py.borrowed(val)?;
-                let kv = to_value(&k, depth + 1).map_err(|e| in_container(e, "dict key"))?;
-                let vv = to_value(&v, depth + 1).map_err(|e| in_container(e, "dict value"))?;
+                let kv =
+                    to_value::<EXACT>(&k, depth + 1).map_err(|e| in_container(e, "dict key"))?;
+                let vv =
+                    to_value::<EXACT>(&v, depth + 1).map_err(|e| in_container(e, "dict value"))?;
                 items.push((kv, vv));
             }
             return Ok(Value::Dict(items));
@@ -258,6 +275,21 @@ pub(crate) fn to_value(obj: &PyObj<'_>, depth: usize) -> Result<Value> {
         type_name: obj.type_name(),
         detail: String::new(),
     })
+}
+
+/// Whether `p` is of the type `exact` checks for (with `EXACT`) or of it or a subclass
+/// (`any`).
+///
+/// # Safety
+/// The GIL is held and `p` is a live object.
+unsafe fn is(
+    p: *mut ffi::PyObject,
+    exact: unsafe fn(*mut ffi::PyObject) -> std::ffi::c_int,
+    any: unsafe fn(*mut ffi::PyObject) -> std::ffi::c_int,
+    exact_only: bool,
+) -> bool {
+    // SAFETY: the caller's contract; both checks only read the object's type.
+    unsafe { (if exact_only { exact(p) } else { any(p) }) != 0 }
 }
 
 fn in_container(err: Error, place: &str) -> Error {

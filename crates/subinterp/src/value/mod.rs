@@ -30,7 +30,11 @@ pub use ser::to_value;
 ///
 /// Subclasses convert as their base type (an `IntEnum` member becomes an `int`, an
 /// `OrderedDict` a `dict`). Anything else is refused with [`Error::Unshareable`]
-/// naming the type.
+/// naming the type. Channels are stricter: they send natively only objects of exactly
+/// these types (and no `bytearray`), and pickle anything else, subclasses included, so
+/// that Python receivers get what was sent ([`Message::Pickled`] for a Rust receiver).
+///
+/// [`Message::Pickled`]: crate::Message::Pickled
 ///
 /// An integer is [`Value::Int`] whenever it fits in `i64`; [`Value::BigInt`] holds only
 /// integers outside that range. The constructors in this crate keep that rule;
