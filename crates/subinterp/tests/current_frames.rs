@@ -210,6 +210,9 @@ fn samplers(rt: &Runtime) {
         );
     }
     assert!(!workers.is_empty());
+    // Neither sampler sees the other interpreter's threads.
+    let [sub, main] = &reports;
+    assert!(sub.seen.is_disjoint(&main.seen), "{sub:?}\n{main:?}");
 }
 
 fn run_scenario(scenario: &str) -> Output {
