@@ -8,13 +8,16 @@
 
 use std::collections::BTreeSet;
 use std::process::Output;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 mod common;
 
 use common::describe;
 use subinterp::{
-    Channel, Interpreter, InterpreterConfig, Pool, PoolConfig, Runtime, RuntimeConfig, Value,
+    Channel, Interpreter, InterpreterConfig, InterruptReason, Pool, PoolConfig, Runtime,
+    RuntimeConfig, Value,
 };
 
 const SCENARIO: &str = "SUBINTERP_TEST_FRAMES_SCENARIO";
@@ -135,7 +138,8 @@ fn report(name: &str) -> Report {
 }
 
 /// A pool of three isolated interpreters runs rounds of Python tasks while a sampler
-/// runs in another isolated interpreter and one in the main interpreter.
+/// runs in another isolated interpreter and one in the main interpreter, and a thread
+/// keeps interrupting the sampler's interpreter.
 fn samplers(rt: &Runtime) {
     let mut config = PoolConfig::new();
     config.workers(3).init(WORK);
@@ -170,6 +174,25 @@ fn samplers(rt: &Runtime) {
         .expect("start the main interpreter's sampler");
     starter.close().expect("close");
 
+    // Meanwhile a thread interrupts the sampler's (idle) interpreter over and over: each
+    // interrupt makes a thread state in that interpreter from another thread, attaches it
+    // and deletes it, racing the sampler's walk over the interpreter's thread states.
+    let stop = Arc::new(AtomicBool::new(false));
+    let interrupter = {
+        let (handle, stop) = (sampler.interrupt_handle(), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut calls = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                handle
+                    .interrupt(InterruptReason::Timeout)
+                    .expect("interrupt the idle interpreter");
+                calls += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            calls
+        })
+    };
+
     let mut workers = BTreeSet::new();
     for round in 0..5 {
         let results: Vec<_> = pool
@@ -184,6 +207,9 @@ fn samplers(rt: &Runtime) {
             workers.insert(ident as u64);
         }
     }
+    stop.store(true, Ordering::Relaxed);
+    let interrupts = interrupter.join().expect("the interrupter");
+    assert!(interrupts > 0);
     for name in ["sub", "main"] {
         Channel::named(&format!("{name}-stop"))
             .send(Value::None)
