@@ -51,6 +51,13 @@
 //! and the CPython issue, when the main interpreter could not import it.
 //! [`RuntimeConfig::prepare_extensions`](crate::RuntimeConfig::prepare_extensions)
 //! turns this on or off whatever the version.
+//!
+//! # Samplers of every thread
+//!
+//! `sys._current_frames()` and `sys._current_exceptions()` crash the process while
+//! other interpreters run Python, on every version known ([`CURRENT_FRAMES`]); the
+//! runtime replaces them in each interpreter it sets up and in the main interpreter by
+//! functions that report the calling interpreter's threads only.
 
 use std::fmt;
 
