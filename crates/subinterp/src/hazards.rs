@@ -51,6 +51,13 @@
 //! and the CPython issue, when the main interpreter could not import it.
 //! [`RuntimeConfig::prepare_extensions`](crate::RuntimeConfig::prepare_extensions)
 //! turns this on or off whatever the version.
+//!
+//! # Samplers of every thread
+//!
+//! `sys._current_frames()` and `sys._current_exceptions()` crash the process while
+//! other interpreters run Python, on every version known ([`CURRENT_FRAMES`]); the
+//! runtime replaces them in each interpreter it sets up and in the main interpreter by
+//! functions that report the calling interpreter's threads only.
 
 use std::fmt;
 
@@ -88,6 +95,10 @@ pub enum Workaround {
     /// subinterpreter is ended as always, then the main interpreter's buffered output
     /// is flushed and its memory is left to the process's exit.
     SkipMainFinalization,
+    /// `sys._current_frames()` and `sys._current_exceptions()` of every interpreter the
+    /// runtime makes, and of the main interpreter once the runtime has started, report
+    /// the threads of the calling interpreter only (see [`CURRENT_FRAMES`]).
+    CurrentInterpreterThreads,
     /// Nothing the host can do; documented with figures.
     None,
 }
@@ -160,12 +171,50 @@ pub const INTERPRETER_MEMORY: Hazard = Hazard {
     workaround: Workaround::None,
 };
 
+/// `sys._current_frames()` and `sys._current_exceptions()` make objects for the threads
+/// of every interpreter, with the caller's allocator.
+///
+/// CPython's implementation (`_PyThread_CurrentFrames` and `_PyThread_CurrentExceptions`
+/// in `Python/pystate.c`) walks the thread states of *all* interpreters and makes a frame
+/// object for each thread running Python, including threads that run at that very moment
+/// under another interpreter's GIL: the frame object comes from the caller's allocator, is
+/// linked into the other thread's frame and later freed by the other interpreter's. A
+/// sampler thread calling it every 1-10 ms (Dask's worker profiler, APM profilers,
+/// pytest-timeout's thread method) aborts the process within milliseconds while other
+/// interpreters run Python (`free(): invalid pointer`, double free, SIGSEGV); CPython's
+/// own `_interpreters` crashes the same way, and a public report has 3.14.7 and
+/// 3.15.0rc1 (default builds) crash on the first call from a subinterpreter.
+///
+/// The runtime replaces both `sys` functions in every interpreter it makes, and in the
+/// main interpreter when it starts (embedded or borrowed by the Python package), by
+/// functions that walk only the calling interpreter's threads while holding its GIL
+/// (`PyInterpreterState_ThreadHead`, `PyThreadState_GetFrame`): the same dicts, keyed by
+/// `threading.get_ident()`, without other interpreters' threads. On a version whose
+/// thread-state layout the library does not know (the key is a field the C API does not
+/// expose), they report the calling thread alone. C code that calls
+/// `_PyThread_CurrentFrames` directly, and code that kept a reference to the original
+/// `sys._current_frames` from before the runtime started, are not covered.
+pub const CURRENT_FRAMES: Hazard = Hazard {
+    id: "current-frames",
+    summary: "sys._current_frames() and sys._current_exceptions() walk the threads of every \
+              interpreter and make frame objects for threads running under other \
+              interpreters' GILs with the caller's allocator: a sampler (Dask's worker \
+              profiler, APM profilers, pytest-timeout) aborts the process within \
+              milliseconds while other interpreters run Python",
+    cpython_issues: &[],
+    affects: &[(3, 12), (3, 13), (3, 14), (3, 15)],
+    fixed_in: None,
+    modules: &[],
+    workaround: Workaround::CurrentInterpreterThreads,
+};
+
 /// Every hazard this library knows, for any version.
 pub const ALL: &[&Hazard] = &[
     &DATETIME_STATIC_TYPES,
     &SINGLE_PHASE_STATE,
     &ARG_PARSER_KWTUPLE,
     &INTERPRETER_MEMORY,
+    &CURRENT_FRAMES,
 ];
 
 /// A CPython version, as `sys.version` starts: `3.13.0`, `3.14.0rc1`, `3.12.1+`.
@@ -236,8 +285,11 @@ impl Hazard {
         Version::parse(version).is_some_and(|v| self.affects(v))
     }
 
-    /// `python/cpython#136421, #136423`.
+    /// `python/cpython#136421, #136423`, or `no python/cpython issue known`.
     pub fn issues_text(&self) -> String {
+        if self.cpython_issues.is_empty() {
+            return "no python/cpython issue known".to_owned();
+        }
         let list: Vec<String> = self
             .cpython_issues
             .iter()
@@ -344,6 +396,23 @@ pub(crate) fn isolated_interpreter_ended(version: &str) {
 /// continue from: the process ends.
 pub fn settle_exit(status: u8, message: &str) {
     crate::raw::fatal::exit_on_fatal_signal(status, message);
+}
+
+/// Limits `sys._current_frames()` and `sys._current_exceptions()` of the calling
+/// interpreter to its own threads ([`CURRENT_FRAMES`]): called when every interpreter is
+/// set up and when the runtime starts, for the main interpreter. On every version, since
+/// no fixed release is known and the replacement reads only what is safe to read.
+pub(crate) fn limit_thread_walks(py: crate::Python<'_>) -> crate::Result<()> {
+    let replaced = crate::raw::threads::install(py)?;
+    tracing::trace!(
+        target: "subinterp::hazards",
+        interpreter = py.interpreter_id(),
+        replaced,
+        all_threads = crate::raw::threads::reports_all_threads(py),
+        "sys._current_frames limited to the interpreter's own threads ({})",
+        CURRENT_FRAMES.id
+    );
+    Ok(())
 }
 
 /// Whether the runtime leaves the main interpreter unfinalised on `version`
@@ -481,10 +550,14 @@ mod tests {
             [
                 "single-phase-state",
                 "arg-parser-kwtuple",
-                "interpreter-memory"
+                "interpreter-memory",
+                "current-frames"
             ]
         );
-        assert_eq!(ids("3.12.4"), ["single-phase-state", "interpreter-memory"]);
+        assert_eq!(
+            ids("3.12.4"),
+            ["single-phase-state", "interpreter-memory", "current-frames"]
+        );
         assert!(skips_main_finalization("3.12.3"));
         assert!(!skips_main_finalization("3.12.4"));
         assert!(!skips_main_finalization("3.13.0"));
@@ -493,9 +566,15 @@ mod tests {
             [
                 "datetime-static-types",
                 "single-phase-state",
-                "interpreter-memory"
+                "interpreter-memory",
+                "current-frames"
             ]
         );
+        assert_eq!(ids("3.14.7"), ["current-frames"]);
+        assert_eq!(ids("3.15.0rc1"), ["current-frames"]);
+        assert!(CURRENT_FRAMES
+            .to_string()
+            .contains("no python/cpython issue known; no fixed release known"));
         assert!(ids("3.14.0")
             .iter()
             .all(|id| *id != "datetime-static-types"));

@@ -1145,6 +1145,7 @@ fn setup(
     prepare: Preparation,
     paths: &[PathBuf],
 ) -> Result<()> {
+    hazards::limit_thread_walks(py)?;
     let globals = py.dict()?;
     if rt.borrowed {
         // No built-in `subinterp` module in a borrowed Python: this interpreter gets its

@@ -391,6 +391,9 @@ fn start(config: &RuntimeConfig) -> Result<RuntimeInner> {
             };
             match started {
                 Ok((main_ts, main)) => {
+                    if let Err(err) = main_ts.with_gil(hazards::limit_thread_walks) {
+                        tracing::warn!("sys._current_frames of the main interpreter: {err}");
+                    }
                     let version = main_ts.with_gil(|py| {
                         py.import("sys")
                             .and_then(|sys| sys.getattr("version"))

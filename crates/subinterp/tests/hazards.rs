@@ -7,9 +7,12 @@
 //! starts once per process. Each is repeated: the crashes are frequent but not certain.
 
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::{Arc, Barrier};
 
+mod common;
+
+use common::describe;
 use subinterp::{
     hazards, Interpreter, InterpreterConfig, Pool, PoolConfig, Runtime, RuntimeConfig,
 };
@@ -90,25 +93,12 @@ fn interpreters(rt: &Runtime, config: InterpreterConfig) {
 }
 
 fn run_scenario(scenario: &str, prepare: Option<bool>) -> Output {
-    let mut command = Command::new(std::env::current_exe().unwrap());
-    command
-        .args(["--exact", "scenario_helper", "--ignored", "--nocapture"])
-        .env(SCENARIO, scenario)
-        .env_remove(PREPARE);
+    let mut command = common::scenario_command();
+    command.env(SCENARIO, scenario).env_remove(PREPARE);
     if let Some(prepare) = prepare {
         command.env(PREPARE, if prepare { "1" } else { "0" });
     }
     command.output().expect("run the scenario helper")
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "status {:?} (signal {:?})\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        out.status.signal(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn assert_survives(scenario: &str, runs: usize) {
@@ -185,6 +175,7 @@ fn the_runtime_reports_its_hazards() {
         .map(|h| h.id)
         .collect();
     assert!(ids.contains(&"single-phase-state"), "{ids:?}");
+    assert!(ids.contains(&"current-frames"), "{ids:?}");
     if python_version().starts_with("3.13") {
         assert!(ids.contains(&"datetime-static-types"), "{ids:?}");
     }

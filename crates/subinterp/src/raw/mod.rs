@@ -17,7 +17,9 @@
 //!   with per-interpreter state, static or made at run time ([`module`]);
 //! - process start-up and shut-down, and the thread states of subinterpreters
 //!   ([`lifecycle`]); the memory behind shared buffers ([`buffer`]); ending the process
-//!   with a chosen status on a fatal signal ([`fatal`]).
+//!   with a chosen status on a fatal signal ([`fatal`]);
+//! - `sys._current_frames()` and `sys._current_exceptions()` limited to the calling
+//!   interpreter's threads ([`threads`]).
 
 pub(crate) mod buffer;
 pub(crate) mod callback;
@@ -28,6 +30,7 @@ pub(crate) mod fatal;
 pub(crate) mod lifecycle;
 pub(crate) mod module;
 mod object;
+pub(crate) mod threads;
 
 pub(crate) use object::ExcKind;
 pub use object::{PyObj, Python};

@@ -54,3 +54,24 @@ pub fn scratch_dir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).expect("create a scratch directory");
     dir
 }
+
+/// This test binary's ignored `scenario_helper` test, to run alone in a process of its
+/// own (a crash of CPython takes the whole process with it); the caller adds the
+/// environment that names the scenario.
+pub fn scenario_command() -> std::process::Command {
+    let mut command = std::process::Command::new(std::env::current_exe().expect("test binary"));
+    command.args(["--exact", "scenario_helper", "--ignored", "--nocapture"]);
+    command
+}
+
+/// How a scenario's process ended, and what it wrote.
+pub fn describe(out: &std::process::Output) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    format!(
+        "status {:?} (signal {:?})\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        out.status.signal(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
