@@ -96,8 +96,21 @@ fn specs() -> Vec<ModuleSpec> {
             check_modules,
         ),
         callback::method_def(
+            c"_exit_guard",
+            c"_exit_guard()\n--\n\nPython statements that make os._exit raise RuntimeError \
+              in the interpreter that runs them.",
+            exit_guard,
+        ),
+        callback::method_def(
+            c"_memory_warning",
+            c"_memory_warning()\n--\n\nThe latest warning about the memory CPython keeps \
+              of ended interpreters not taken yet, or None.",
+            memory_warning,
+        ),
+        callback::method_def(
             c"_pool_new",
-            c"_pool_new(config)\n--\n\nA pool of isolated interpreters; config is a dict.",
+            c"_pool_new(config)\n--\n\nA pool of isolated interpreters; config is a dict \
+              (its init a list of sources run one after the other).",
             pool_new,
         ),
         callback::method_def(
@@ -133,8 +146,11 @@ fn specs() -> Vec<ModuleSpec> {
         ),
         callback::method_def(
             c"_pool_shutdown",
-            c"_pool_shutdown(pool)\n--\n\nStarts ending the pool, in the background: queued \
-              and running tasks finish first; _pool_done says when it has ended.",
+            c"_pool_shutdown(pool, now=False)\n--\n\nStarts ending the pool, in the \
+              background: queued and running tasks finish first, or with now, are \
+              cancelled and interrupted (one stuck in C code is left behind after the \
+              grace period), even if a graceful end is under way; _pool_done says when it \
+              has ended.",
             pool_shutdown,
         ),
     ]);
@@ -458,6 +474,8 @@ fn check_modules<'py>(
 /// A pool and what its Python side has not collected yet.
 struct PoolHandle {
     pool: Mutex<Option<Pool>>,
+    /// Makes a graceful end under way immediate.
+    stopper: crate::pool::Stopper,
     /// Ids of tasks whose result is ready, sent by their wakers.
     ready_tx: Sender<u64>,
     ready_rx: Receiver<u64>,
@@ -551,8 +569,8 @@ fn pool_new<'py>(py: Python<'py>, _: &PyObj<'py>, args: &FastArgs<'_, 'py>) -> O
         return Err(py.new_error(ExcKind::Type, "config must be a dict").into());
     };
     let mut pool_config = PoolConfig::new();
-    // The first result comes sooner; the other workers start meanwhile.
-    pool_config.start_on_first_worker(true);
+    // As the standard executors: workers start as tasks arrive, one at first.
+    pool_config.start_on_demand(true);
     let bad = |what: &str| py.new_error(ExcKind::Value, &format!("invalid pool setting {what}"));
     if let Some(v) = field(&config, "workers") {
         let n = v
@@ -561,8 +579,19 @@ fn pool_new<'py>(py: Python<'py>, _: &PyObj<'py>, args: &FastArgs<'_, 'py>) -> O
             .ok_or_else(|| bad("workers"))?;
         pool_config.workers(n as usize);
     }
-    if let Some(Value::Str(code)) = field(&config, "init") {
-        pool_config.init(code.clone());
+    match field(&config, "init") {
+        Some(Value::Str(code)) => {
+            pool_config.init(code.clone());
+        }
+        Some(Value::List(codes)) => {
+            // Each its own source, so that errors point at the lines of the one they are in.
+            for code in codes {
+                if let Value::Str(code) = code {
+                    pool_config.init(code.clone());
+                }
+            }
+        }
+        _ => {}
     }
     if let Some(v) = field(&config, "timeout") {
         pool_config.timeout(positive_seconds(v).ok_or_else(|| bad("timeout"))?);
@@ -581,6 +610,7 @@ fn pool_new<'py>(py: Python<'py>, _: &PyObj<'py>, args: &FastArgs<'_, 'py>) -> O
     let pool = py.allow_threads(move || runtime().and_then(|rt| Pool::new(&rt, &pool_config)))?;
     let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
     let handle = PoolHandle {
+        stopper: pool.stopper(),
         pool: Mutex::new(Some(pool)),
         ready_tx,
         ready_rx,
@@ -590,6 +620,30 @@ fn pool_new<'py>(py: Python<'py>, _: &PyObj<'py>, args: &FastArgs<'_, 'py>) -> O
     };
     let id = POOLS.insert(handle);
     Ok(py.to_object(&Value::Int(id as i64))?)
+}
+
+fn exit_guard<'py>(
+    py: Python<'py>,
+    _: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    parse(args, "_exit_guard", [], 0)?;
+    let code = crate::guards::exit_guard(crate::guards::ExitGuard::Refuse(
+        "code in a subinterp Pool worker or Interpreter",
+    ));
+    Ok(py.to_object(&Value::from(code))?)
+}
+
+fn memory_warning<'py>(
+    py: Python<'py>,
+    _: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    parse(args, "_memory_warning", [], 0)?;
+    match crate::hazards::take_memory_warning() {
+        Some(message) => Ok(py.to_object(&Value::from(message))?),
+        None => Ok(py.none()),
+    }
 }
 
 /// A call's arguments from a list and a dict of plain data.
@@ -905,8 +959,23 @@ fn pool_shutdown<'py>(
     _: &PyObj<'py>,
     args: &FastArgs<'_, 'py>,
 ) -> Outcome<PyObj<'py>> {
-    let a = parse(args, "_pool_shutdown", ["pool"], 1)?;
+    let a = parse(args, "_pool_shutdown", ["pool", "now"], 1)?;
     let handle = pool_of(required(&a[0]))?;
+    if matches!(
+        a[1].as_ref().map(|o| o.to_value()).transpose()?,
+        Some(Value::Bool(true))
+    ) {
+        // A graceful end under way (it owns the pool) becomes immediate.
+        handle.stopper.stop_now();
+        let ender = Arc::clone(&handle);
+        let started = std::thread::Builder::new()
+            .name("subinterp-pool-end".into())
+            .spawn(move || ender.end(None));
+        if started.is_err() {
+            py.allow_threads(move || handle.end(None));
+        }
+        return Ok(py.none());
+    }
     // Ended off this thread (Python may not start threads any more at exit): queued and
     // running tasks finish first; the collector sees the end.
     let ender = Arc::clone(&handle);
