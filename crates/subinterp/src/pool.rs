@@ -1,5 +1,7 @@
 //! [`Pool`]: a fixed number of isolated interpreters taking calls from one queue, with
-//! deadlines that stop runaway Python code, cancellation, recycling and shutdown.
+//! deadlines that stop runaway Python code, cancellation, recycling and shutdown. The
+//! workers start with the pool, or one with it and the others as work arrives
+//! ([`PoolConfig::start_on_demand`]).
 //!
 //! Each worker is an [`Interpreter`] running a loop on its own thread: it waits for the
 //! next task with its GIL released, runs it, and hands the result straight back — one
@@ -280,8 +282,9 @@ impl Worker {
 }
 
 impl Pool {
-    /// Starts the workers (in parallel) and runs the initializer in each; fails if any
-    /// worker cannot be created or its initializer raises.
+    /// Starts the workers (in parallel; only the first with
+    /// [`start_on_demand`](PoolConfig::start_on_demand)) and runs the initializer in each;
+    /// fails if any worker started here cannot be created or its initializer raises.
     pub fn new(runtime: &Runtime, config: &PoolConfig) -> Result<Pool> {
         if config.workers == 0 {
             return Err(Error::InvalidConfig(

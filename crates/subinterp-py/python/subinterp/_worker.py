@@ -133,7 +133,12 @@ def _subinterp_failure(exc):
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename == _SUBINTERP_FILE:
         tb = tb.tb_next
-    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    # Without the exception's own last lines: the caller shows them when it raises the
+    # exception, and a long message (numpy's refusal) would be printed twice.
+    shown = traceback.TracebackException(type(exc), exc, tb)
+    lines = list(shown.format())
+    own = len(list(shown.format_exception_only()))
+    text = "".join(lines[: len(lines) - own] if own < len(lines) else lines)
     try:
         pickled = pickle.dumps(exc)
     except Exception:
