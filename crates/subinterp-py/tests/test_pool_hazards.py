@@ -434,3 +434,44 @@ def test_one_ctrl_c_at_exit_ends_a_pool_stuck_in_c(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_ctrl_c_while_waiting_for_a_task_stuck_in_c_stops_the_pool_without_asking_again(
+    tmp_path,
+):
+    script = tmp_path / "stuck.py"
+    script.write_text(
+        "import helpers, subinterp\n"
+        "pool = subinterp.Pool(1)\n"
+        "future = pool.submit(helpers.signal_then_sleep, 'stuck', 3600)\n"
+        "subinterp.channel('stuck').recv(timeout=60)\n"
+        "print('ready', flush=True)\n"
+        "future.result()\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(__file__))
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        # The KeyboardInterrupt's traceback, then only the wait for the interpreter
+        # stuck in C, which says what Ctrl-C does there: no message asks for a Ctrl-C
+        # to stop what the first one already stopped.
+        seen = []
+        while True:
+            line = proc.stderr.readline()
+            assert line, seen
+            seen.append(line)
+            if "subinterp:" in line:
+                break
+        assert "stuck in C code" in line and "Ctrl-C exits at once" in line, seen
+        assert "KeyboardInterrupt" in "".join(seen)
+    finally:
+        proc.kill()
+        proc.wait()

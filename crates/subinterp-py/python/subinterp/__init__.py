@@ -843,17 +843,23 @@ def _end_all() -> None:
     try:
         for pool in pools:
             pool.shutdown(False, False, stop)
-        if not all(pool.wait_ended(1.0) for pool in pools):
+        # Stopping takes at most the grace period (1 s) of a task stuck in C code, which
+        # is then left behind.
+        if not all(pool.wait_ended(2.5 if stop else 1.0) for pool in pools):
             sys.stderr.write(
-                "subinterp: waiting for submitted tasks to finish before Python exits "
+                "subinterp: stopping the running tasks before Python exits "
+                "(Ctrl-C exits at once)\n"
+                if stop
+                else "subinterp: waiting for submitted tasks to finish before Python exits "
                 "(Ctrl-C stops them)\n"
             )
             sys.stderr.flush()
             for pool in pools:
                 pool.wait_ended(None)
     except KeyboardInterrupt:
+        if stop:
+            _exit_now(130)
         stop = True
-    if stop:
         try:
             # Running tasks are interrupted, and a task stuck in C code is left behind
             # after the grace period: the pools end at once, as the message said.
