@@ -475,3 +475,28 @@ def test_ctrl_c_while_waiting_for_a_task_stuck_in_c_stops_the_pool_without_askin
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_ctrl_c_stops_a_pool_whose_init_never_ends(tmp_path):
+    script = tmp_path / "init.py"
+    script.write_text(
+        "import subinterp\n"
+        "try:\n"
+        "    subinterp.Pool(1, init=\"print('ready', flush=True)\\nwhile True: pass\")\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted', flush=True)\n"
+        "print(subinterp.Pool(1).submit(len, 'abc').result(60), flush=True)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert out.split() == ["interrupted", "3"], err
+        assert proc.returncode == 0, err
+    finally:
+        proc.kill()
+        proc.wait()

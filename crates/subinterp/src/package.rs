@@ -607,7 +607,37 @@ fn pool_new<'py>(py: Python<'py>, _: &PyObj<'py>, args: &FastArgs<'_, 'py>) -> O
         pool_config.max_tasks_per_worker(n as u64);
     }
     pool_config.interpreter(interpreter_config(&config));
-    let pool = py.allow_threads(move || runtime().and_then(|rt| Pool::new(&rt, &pool_config)))?;
+    // Set up off this thread, so that Ctrl-C (a signal handler raising here) stops it.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = Arc::clone(&stop);
+    let (made_tx, made_rx) = crossbeam_channel::bounded(1);
+    std::thread::Builder::new()
+        .name("subinterp-pool-setup".into())
+        .spawn(move || {
+            let made = runtime().and_then(|rt| {
+                Pool::new_until(&rt, &pool_config, || {
+                    stopped.load(std::sync::atomic::Ordering::Acquire)
+                })
+            });
+            let _ = made_tx.send(made);
+        })
+        .map_err(|e| Error::CreateFailed(format!("cannot start the pool: {e}")))?;
+    let pool = loop {
+        match py.allow_threads(|| made_rx.recv_timeout(Duration::from_millis(50))) {
+            Ok(made) => break made?,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                return Err(Error::Closed.into())
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+        }
+        if let Err(signal) = py.check_signals() {
+            // The set-up is interrupted; one stuck in C code is left behind after the
+            // grace period.
+            stop.store(true, std::sync::atomic::Ordering::Release);
+            let _ = py.allow_threads(|| made_rx.recv());
+            return Err(signal.into());
+        }
+    };
     let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
     let handle = PoolHandle {
         stopper: pool.stopper(),

@@ -286,6 +286,17 @@ impl Pool {
     /// [`start_on_demand`](PoolConfig::start_on_demand)) and runs the initializer in each;
     /// fails if any worker started here cannot be created or its initializer raises.
     pub fn new(runtime: &Runtime, config: &PoolConfig) -> Result<Pool> {
+        Self::new_until(runtime, config, || false)
+    }
+
+    /// [`new`](Self::new) that gives up once `stop` says so (it is asked every 50 ms
+    /// while the set-up runs): the set-up is interrupted, as by
+    /// [`shutdown_now`](Self::shutdown_now), and the result is [`Error::Cancelled`].
+    pub(crate) fn new_until(
+        runtime: &Runtime,
+        config: &PoolConfig,
+        stop: impl Fn() -> bool,
+    ) -> Result<Pool> {
         if config.workers == 0 {
             return Err(Error::InvalidConfig(
                 "a pool needs at least one worker".into(),
@@ -327,11 +338,16 @@ impl Pool {
         }
         drop(ready_tx);
         let wait_for = if config.ready_on_first { 1 } else { start };
-        for _ in 0..wait_for {
-            match ready_rx.recv() {
-                Ok(Ok(())) => {}
+        let mut ready = 0;
+        while ready < wait_for {
+            match ready_rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(Ok(())) => ready += 1,
                 Ok(Err(err)) => return Err(err),
-                Err(_) => return Err(Error::CreateFailed("a worker ended during start-up".into())),
+                Err(RecvTimeoutError::Timeout) if stop() => return Err(Error::Cancelled),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(Error::CreateFailed("a worker ended during start-up".into()))
+                }
             }
         }
         Ok(pool)
