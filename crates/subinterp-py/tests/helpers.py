@@ -219,3 +219,7 @@ def nested_failure():
 
 def _fails_inside():
     raise KeyError("deep")
+
+
+def raise_timeout(message):
+    raise TimeoutError(message)

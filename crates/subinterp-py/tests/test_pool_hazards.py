@@ -500,3 +500,13 @@ def test_ctrl_c_stops_a_pool_whose_init_never_ends(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_runaway_task_past_its_deadline_is_reported_as_such():
+    with subinterp.Pool(1, timeout=0.3) as p:
+        with pytest.raises(TimeoutError) as info:
+            p.submit(helpers.spin).result(60)
+        assert str(info.value) == "the task ran past its deadline of 0.300 s"
+        # A task's own TimeoutError is its own.
+        with pytest.raises(TimeoutError, match="mine"):
+            p.submit(helpers.raise_timeout, "mine").result(60)

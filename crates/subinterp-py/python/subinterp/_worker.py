@@ -56,10 +56,11 @@ def _subinterp_resolve(module, qualname):
 
 
 def _subinterp_injected(exc):
-    """Whether ``exc`` is how the pool stops a task (a plain ``KeyboardInterrupt``),
-    which must pass through; the task's own exceptions, ``SystemExit`` and subclasses of
-    ``KeyboardInterrupt`` included, are reported to the caller."""
-    return type(exc) is KeyboardInterrupt
+    """Whether ``exc`` may be how the pool stops a task (a plain ``KeyboardInterrupt``,
+    or ``TimeoutError`` at a deadline), which must reach the pool as raised, so that it
+    reports a deadline as one; the task's other exceptions, ``SystemExit`` and subclasses
+    of ``KeyboardInterrupt`` included, are reported to the caller by this runner."""
+    return type(exc) is KeyboardInterrupt or type(exc) is TimeoutError
 
 
 def _subinterp_run(module, qualname, payload, *args, **kwargs):
