@@ -119,6 +119,32 @@ def test_fork_beside_a_live_pool_is_refused_and_other_start_methods_work(tmp_pat
     ]
 
 
+def test_fork_is_refused_while_a_worker_stuck_in_c_is_left_behind(tmp_path):
+    out = run_script(
+        tmp_path,
+        """
+        import os, time, helpers, subinterp
+
+        if __name__ == "__main__":
+            with subinterp.Pool(1) as pool:
+                try:
+                    pool.submit_with(helpers.sleep_c, (3,), timeout=0.2).result(60)
+                except TimeoutError:
+                    print("timed out")
+            try:
+                os.fork()
+            except RuntimeError:
+                print("refused")
+            time.sleep(5)  # the C call returns: its interpreter ends
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            print("forked", os.waitpid(pid, 0)[1])
+        """,
+    )
+    assert _ok(out) == ["timed out", "refused", "forked 0"]
+
+
 def test_fork_beside_a_live_interpreter_is_refused(tmp_path):
     out = run_script(
         tmp_path,

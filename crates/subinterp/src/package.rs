@@ -102,6 +102,12 @@ fn specs() -> Vec<ModuleSpec> {
             exit_guard,
         ),
         callback::method_def(
+            c"_workers_left_behind",
+            c"_workers_left_behind()\n--\n\nThe number of pool workers left behind stuck in C \
+              code whose interpreters still exist.",
+            workers_left_behind,
+        ),
+        callback::method_def(
             c"_memory_warning",
             c"_memory_warning()\n--\n\nThe latest warning about the memory CPython keeps \
               of ended interpreters not taken yet, or None.",
@@ -662,6 +668,16 @@ fn exit_guard<'py>(
         "code in a subinterp Pool worker or Interpreter",
     ));
     Ok(py.to_object(&Value::from(code))?)
+}
+
+fn workers_left_behind<'py>(
+    py: Python<'py>,
+    _: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    parse(args, "_workers_left_behind", [], 0)?;
+    let n = crate::pool::workers_left_behind();
+    Ok(py.to_object(&Value::Int(n as i64))?)
 }
 
 fn memory_warning<'py>(

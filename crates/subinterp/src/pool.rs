@@ -668,10 +668,7 @@ fn keep(shared: &Arc<Shared>, mut ready: Option<Sender<Result<()>>>) -> Option<E
                 "pool worker stuck in C code: replaced"
             );
             // Its thread ends when the C call returns; close it then, off this thread.
-            std::thread::spawn(move || {
-                let _ = job.recv();
-                drop(interp);
-            });
+            left_behind(interp, job);
         } else {
             let _ = interp.close();
         }
@@ -725,10 +722,7 @@ fn start_worker(shared: &Shared) -> Result<Interpreter> {
                     "pool worker stuck in C code during set-up: abandoned"
                 );
                 // Its thread ends when the C call returns; close it then, off this thread.
-                std::thread::spawn(move || {
-                    let _ = done.recv();
-                    drop(interp);
-                });
+                left_behind(interp, done);
                 return Err(Error::Python(Box::new(setup_timed_out(format!(
                     "the pool's initializer ran past its set-up deadline of {limit:.3} s \
                      and did not stop when interrupted (blocked in C code?)"
@@ -739,6 +733,25 @@ fn start_worker(shared: &Shared) -> Result<Interpreter> {
     }
     tracing::debug!(interpreter = interp.id(), "pool worker ready");
     Ok(interp)
+}
+
+/// Workers left behind stuck in C code whose interpreter has not ended yet.
+static LEFT_BEHIND: AtomicUsize = AtomicUsize::new(0);
+
+/// The number of pool workers left behind stuck in C code, in every pool, whose
+/// interpreters still exist (they end when the C call returns).
+pub(crate) fn workers_left_behind() -> usize {
+    LEFT_BEHIND.load(Ordering::Acquire)
+}
+
+/// Ends `interp`, stuck in C code, once `running` (its job) has finished, off this thread.
+fn left_behind<T: Send + 'static>(interp: Interpreter, running: Receiver<T>) {
+    LEFT_BEHIND.fetch_add(1, Ordering::AcqRel);
+    std::thread::spawn(move || {
+        let _ = running.recv();
+        drop(interp);
+        LEFT_BEHIND.fetch_sub(1, Ordering::AcqRel);
+    });
 }
 
 fn setup_timed_out(message: String) -> PyException {

@@ -630,8 +630,9 @@ class Pool(concurrent.futures.Executor):
 
 
 def _live() -> bool:
-    """Whether a pool or an interpreter of this package is alive."""
-    return bool(_POOLS or _INTERPRETERS)
+    """Whether a pool or an interpreter of this package is alive (a pool's worker left
+    behind stuck in C code included)."""
+    return bool(_POOLS or _INTERPRETERS or _native._workers_left_behind())
 
 
 _FORK_REFUSED = (
