@@ -648,7 +648,14 @@ _FORK_REFUSED = (
 
 def _guard_fork() -> None:
     """Makes ``os.fork`` and ``os.forkpty`` of this interpreter refuse while a pool or an
-    interpreter is alive (multiprocessing looks them up when it starts a process)."""
+    interpreter is alive (multiprocessing looks them up when it starts a process).
+
+    There is no sound fork then: in the child, ``PyOS_AfterFork_Child`` calls
+    ``_PyInterpreterState_DeleteExceptMain``, which clears every other interpreter with
+    no thread state of it current (CPython's own comments there: "XXX Won't this fail
+    since PyInterpreterState_Clear() requires the "current" tstate to be set?", "XXX must
+    activate?"); 3.13.0 aborts in ``PyThreadState_Get``, 3.12.1 hangs. ``subprocess``
+    forks and execs in C, with no Python in the child, and is not affected."""
     for name in ("fork", "forkpty"):
         original = getattr(os, name, None)
         if original is None or getattr(original, "_subinterp_guarded", False):
