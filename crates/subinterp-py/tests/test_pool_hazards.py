@@ -382,6 +382,14 @@ def _threads() -> int:
 
 
 def test_a_dropped_pool_ends_its_workers():
+    # What was submitted still runs to the end.
+    future = subinterp.Pool(2).submit(helpers.slow, 5, 0.3)
+    gc.collect()
+    assert future.result(60) == 5
+    assert list(subinterp.Pool(2).map(helpers.add, range(5), range(5), chunksize=2)) == [
+        0, 2, 4, 6, 8
+    ]
+    gc.collect()
     before = _threads()
     for _ in range(5):
         p = subinterp.Pool(2)
