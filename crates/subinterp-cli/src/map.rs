@@ -19,6 +19,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
+use subinterp::guards::{exit_guard, ExitGuard};
 use subinterp::{Error, Pool, PoolConfig, Task, TaskOptions, Value};
 
 use crate::stdio;
@@ -126,10 +127,11 @@ const BAD_INPUT: &str = "_SubinterpBadInput";
 
 /// Runs first in every worker, before the user's `--init`: takes private references to
 /// what the record wrapper needs (`json` from the standard library, even when the user's
-/// directory has a `json.py`, which stays importable as the user's own), and replaces
-/// `os._exit` so that no Python code can end the whole process as if the run succeeded.
+/// directory has a `json.py`, which stays importable as the user's own). Before it, the
+/// exit guard makes `os._exit` raise, so that no Python code can end the whole process as
+/// if the run succeeded.
 const PRELUDE: &str = r#"
-import sys as _si_sys, os as _si_os, posix as _si_posix
+import sys as _si_sys, os as _si_os
 
 class _SubinterpBadTarget(Exception):
     pass
@@ -153,12 +155,6 @@ def _si_guard():
         if name == "json" or name.startswith("json."):
             del _si_sys.modules[name]
 
-    def _exit(status, /):
-        raise RuntimeError(
-            f"os._exit({status!r}) would end the whole subinterp process; "
-            "a map function or --init cannot call it"
-        )
-    _si_os._exit = _si_posix._exit = _exit
     return json.loads, json.dumps
 
 _si_loads, _si_dumps = _si_guard()
@@ -405,6 +401,7 @@ pub fn main(args: MapArgs) -> u8 {
     if let Some(setup) = args.setup_timeout {
         config.setup_timeout(setup);
     }
+    config.init(exit_guard(ExitGuard::Refuse("a map function or --init")));
     config.init(PRELUDE);
     for code in &args.init {
         config.init(code.clone());

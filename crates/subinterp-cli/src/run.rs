@@ -13,6 +13,7 @@ use clap::{ArgMatches, Args, ValueEnum};
 use serde::Serialize;
 use signal_hook::consts::SIGINT;
 use signal_hook::iterator::Signals;
+use subinterp::guards::{exit_guard, ExitGuard};
 use subinterp::{
     Error, Interpreter, InterpreterConfig, InterruptHandle, InterruptReason, Output, Runtime,
 };
@@ -653,26 +654,13 @@ fn run_one(
     }
 }
 
-/// Makes `os._exit(n)` end only its own interpreter, as `sys.exit(n)` does, instead of
-/// the whole process: with several interpreters or a report to write, one script must
-/// not end the others' run and lose the report. Leaves no name behind in `__main__`.
-const EXIT_GUARD: &str = "\
-def _subinterp_exit_guard():
-    import os, posix
-
-    def _exit(status, /):
-        raise SystemExit(status)
-
-    os._exit = posix._exit = _exit
-
-_subinterp_exit_guard()
-del _subinterp_exit_guard
-";
-
 /// Sets `sys.argv` and `sys.path[0]` the way `python SCRIPT` and `python -c CODE` do.
 fn prepare(interp: &Interpreter, source: &Source, guard_exit: bool) -> subinterp::Result<()> {
     if guard_exit {
-        interp.exec(EXIT_GUARD)?;
+        // `os._exit(n)` ends only its own interpreter, as `sys.exit(n)` does: with several
+        // interpreters or a report to write, one script must not end the others' run and
+        // lose the report.
+        interp.exec(&exit_guard(ExitGuard::SystemExit))?;
     }
     match source {
         Source::Script(path) => {

@@ -136,3 +136,90 @@ def fail_on(value):
     if value != "ok":
         raise KeyError(value)
     return value
+
+
+def run_script(directory, source, *, args=(), timeout=120, stdin=None, module=None):
+    """Runs ``source`` as the main script of a child Python (this one) in ``directory``,
+    with a generous timeout so that a hang fails the test instead of stopping the run;
+    ``module`` runs it as ``python -m module`` (source written to module's path)."""
+    import os
+    import subprocess
+    import textwrap
+
+    if module is None:
+        script = os.path.join(directory, "main.py")
+        command = [sys.executable, script, *args]
+    else:
+        script = os.path.join(directory, *module.split(".")) + ".py"
+        command = [sys.executable, "-m", module, *args]
+    os.makedirs(os.path.dirname(script), exist_ok=True)
+    with open(script, "w") as f:
+        f.write(textwrap.dedent(source))
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(__file__))
+    return subprocess.run(
+        command,
+        cwd=directory,
+        env=env,
+        stdin=subprocess.DEVNULL if stdin is None else stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+class Scaler:
+    def __init__(self, factor):
+        self.factor = factor
+
+    def scale(self, x):
+        return self.factor * x
+
+    def __call__(self, x):
+        return self.factor + x
+
+
+def scale_by(x, factor=1, offset=0):
+    return x * factor + offset
+
+
+def exit_now(status):
+    import os
+
+    os._exit(status)
+
+
+class Stop(SystemExit):
+    pass
+
+
+class Interrupted(KeyboardInterrupt):
+    pass
+
+
+def raise_stop():
+    raise Stop(3)
+
+
+def raise_interrupted():
+    raise Interrupted("mine")
+
+
+class BadStr(Exception):
+    def __str__(self):
+        raise ValueError("no text")
+
+
+def raise_bad_str():
+    raise BadStr("x")
+
+
+def nested_failure():
+    return _fails_inside()
+
+
+def _fails_inside():
+    raise KeyError("deep")
+
+
+def raise_timeout(message):
+    raise TimeoutError(message)

@@ -375,8 +375,7 @@ pub(crate) fn isolated_interpreter_ended(version: &str) {
     static ENDED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = ENDED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
     if n >= 256 && n.is_power_of_two() && INTERPRETER_MEMORY.affects_text(version) {
-        tracing::warn!(
-            target: "subinterp::hazards",
+        let message = format!(
             "{n} isolated interpreters have ended in this process; CPython {version} keeps \
              about 2 MB of each one ({}, {}): reuse interpreters (a Pool recycles its \
              workers only when max_tasks_per_worker says so) or use legacy interpreters, \
@@ -384,7 +383,22 @@ pub(crate) fn isolated_interpreter_ended(version: &str) {
             INTERPRETER_MEMORY.id,
             INTERPRETER_MEMORY.issues_text()
         );
+        tracing::warn!(target: "subinterp::hazards", "{message}");
+        *MEMORY_WARNING.lock().unwrap_or_else(|e| e.into_inner()) = Some(message);
     }
+}
+
+/// The latest warning of [`isolated_interpreter_ended`] not taken yet.
+static MEMORY_WARNING: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Takes the latest warning about the memory of ended interpreters, if one was given
+/// since the last call: for a host that shows warnings its own way (the Python package
+/// raises it as a `RuntimeWarning`).
+pub(crate) fn take_memory_warning() -> Option<String> {
+    MEMORY_WARNING
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
 }
 
 /// Settles the process's outcome before interpreters end: from now on, if CPython

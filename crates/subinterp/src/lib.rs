@@ -61,6 +61,7 @@ mod channel;
 pub mod check;
 mod config;
 mod error;
+pub mod guards;
 pub mod hazards;
 mod host;
 mod interpreter;

@@ -98,8 +98,27 @@ fn specs() -> Vec<ModuleSpec> {
             check_modules,
         ),
         callback::method_def(
+            c"_exit_guard",
+            c"_exit_guard()\n--\n\nPython statements that make os._exit raise RuntimeError \
+              in the interpreter that runs them.",
+            exit_guard,
+        ),
+        callback::method_def(
+            c"_workers_left_behind",
+            c"_workers_left_behind()\n--\n\nThe number of pool workers left behind stuck in C \
+              code whose interpreters still exist.",
+            workers_left_behind,
+        ),
+        callback::method_def(
+            c"_memory_warning",
+            c"_memory_warning()\n--\n\nThe latest warning about the memory CPython keeps \
+              of ended interpreters not taken yet, or None.",
+            memory_warning,
+        ),
+        callback::method_def(
             c"_pool_new",
-            c"_pool_new(config)\n--\n\nA pool of isolated interpreters; config is a dict.",
+            c"_pool_new(config)\n--\n\nA pool of isolated interpreters; config is a dict \
+              (its init a list of sources run one after the other).",
             pool_new,
         ),
         callback::method_def(
@@ -135,8 +154,11 @@ fn specs() -> Vec<ModuleSpec> {
         ),
         callback::method_def(
             c"_pool_shutdown",
-            c"_pool_shutdown(pool)\n--\n\nStarts ending the pool, in the background: queued \
-              and running tasks finish first; _pool_done says when it has ended.",
+            c"_pool_shutdown(pool, now=False)\n--\n\nStarts ending the pool, in the \
+              background: queued and running tasks finish first, or with now, are \
+              cancelled and interrupted (one stuck in C code is left behind after the \
+              grace period), even if a graceful end is under way; _pool_done says when it \
+              has ended.",
             pool_shutdown,
         ),
     ]);
@@ -569,6 +591,8 @@ fn check_modules<'py>(
 /// A pool and what its Python side has not collected yet.
 struct PoolHandle {
     pool: Mutex<Option<Pool>>,
+    /// Makes a graceful end under way immediate.
+    stopper: crate::pool::Stopper,
     /// Ids of tasks whose result is ready, sent by their wakers.
     ready_tx: Sender<u64>,
     ready_rx: Receiver<u64>,
@@ -662,8 +686,8 @@ fn pool_new<'py>(py: Python<'py>, _: &PyObj<'py>, args: &FastArgs<'_, 'py>) -> O
         return Err(py.new_error(ExcKind::Type, "config must be a dict").into());
     };
     let mut pool_config = PoolConfig::new();
-    // The first result comes sooner; the other workers start meanwhile.
-    pool_config.start_on_first_worker(true);
+    // As the standard executors: workers start as tasks arrive, one at first.
+    pool_config.start_on_demand(true);
     let bad = |what: &str| py.new_error(ExcKind::Value, &format!("invalid pool setting {what}"));
     if let Some(v) = field(&config, "workers") {
         let n = v
@@ -672,8 +696,19 @@ fn pool_new<'py>(py: Python<'py>, _: &PyObj<'py>, args: &FastArgs<'_, 'py>) -> O
             .ok_or_else(|| bad("workers"))?;
         pool_config.workers(n as usize);
     }
-    if let Some(Value::Str(code)) = field(&config, "init") {
-        pool_config.init(code.clone());
+    match field(&config, "init") {
+        Some(Value::Str(code)) => {
+            pool_config.init(code.clone());
+        }
+        Some(Value::List(codes)) => {
+            // Each its own source, so that errors point at the lines of the one they are in.
+            for code in codes {
+                if let Value::Str(code) = code {
+                    pool_config.init(code.clone());
+                }
+            }
+        }
+        _ => {}
     }
     if let Some(v) = field(&config, "timeout") {
         pool_config.timeout(positive_seconds(v).ok_or_else(|| bad("timeout"))?);
@@ -689,9 +724,40 @@ fn pool_new<'py>(py: Python<'py>, _: &PyObj<'py>, args: &FastArgs<'_, 'py>) -> O
         pool_config.max_tasks_per_worker(n as u64);
     }
     pool_config.interpreter(interpreter_config(&config));
-    let pool = py.allow_threads(move || runtime().and_then(|rt| Pool::new(&rt, &pool_config)))?;
+    // Set up off this thread, so that Ctrl-C (a signal handler raising here) stops it.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = Arc::clone(&stop);
+    let (made_tx, made_rx) = crossbeam_channel::bounded(1);
+    std::thread::Builder::new()
+        .name("subinterp-pool-setup".into())
+        .spawn(move || {
+            let made = runtime().and_then(|rt| {
+                Pool::new_until(&rt, &pool_config, || {
+                    stopped.load(std::sync::atomic::Ordering::Acquire)
+                })
+            });
+            let _ = made_tx.send(made);
+        })
+        .map_err(|e| Error::CreateFailed(format!("cannot start the pool: {e}")))?;
+    let pool = loop {
+        match py.allow_threads(|| made_rx.recv_timeout(Duration::from_millis(50))) {
+            Ok(made) => break made?,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                return Err(Error::Closed.into())
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+        }
+        if let Err(signal) = py.check_signals() {
+            // The set-up is interrupted; one stuck in C code is left behind after the
+            // grace period.
+            stop.store(true, std::sync::atomic::Ordering::Release);
+            let _ = py.allow_threads(|| made_rx.recv());
+            return Err(signal.into());
+        }
+    };
     let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
     let handle = PoolHandle {
+        stopper: pool.stopper(),
         pool: Mutex::new(Some(pool)),
         ready_tx,
         ready_rx,
@@ -701,6 +767,40 @@ fn pool_new<'py>(py: Python<'py>, _: &PyObj<'py>, args: &FastArgs<'_, 'py>) -> O
     };
     let id = POOLS.insert(handle);
     Ok(py.to_object(&Value::Int(id as i64))?)
+}
+
+fn exit_guard<'py>(
+    py: Python<'py>,
+    _: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    parse(args, "_exit_guard", [], 0)?;
+    let code = crate::guards::exit_guard(crate::guards::ExitGuard::Refuse(
+        "code in a subinterp Pool worker or Interpreter",
+    ));
+    Ok(py.to_object(&Value::from(code))?)
+}
+
+fn workers_left_behind<'py>(
+    py: Python<'py>,
+    _: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    parse(args, "_workers_left_behind", [], 0)?;
+    let n = crate::pool::workers_left_behind();
+    Ok(py.to_object(&Value::Int(n as i64))?)
+}
+
+fn memory_warning<'py>(
+    py: Python<'py>,
+    _: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    parse(args, "_memory_warning", [], 0)?;
+    match crate::hazards::take_memory_warning() {
+        Some(message) => Ok(py.to_object(&Value::from(message))?),
+        None => Ok(py.none()),
+    }
 }
 
 /// A call's arguments from a list and a dict of plain data.
@@ -1016,8 +1116,23 @@ fn pool_shutdown<'py>(
     _: &PyObj<'py>,
     args: &FastArgs<'_, 'py>,
 ) -> Outcome<PyObj<'py>> {
-    let a = parse(args, "_pool_shutdown", ["pool"], 1)?;
+    let a = parse(args, "_pool_shutdown", ["pool", "now"], 1)?;
     let handle = pool_of(required(&a[0]))?;
+    if matches!(
+        a[1].as_ref().map(|o| o.to_value()).transpose()?,
+        Some(Value::Bool(true))
+    ) {
+        // A graceful end under way (it owns the pool) becomes immediate.
+        handle.stopper.stop_now();
+        let ender = Arc::clone(&handle);
+        let started = std::thread::Builder::new()
+            .name("subinterp-pool-end".into())
+            .spawn(move || ender.end(None));
+        if started.is_err() {
+            py.allow_threads(move || handle.end(None));
+        }
+        return Ok(py.none());
+    }
     // Ended off this thread (Python may not start threads any more at exit): queued and
     // running tasks finish first; the collector sees the end.
     let ender = Arc::clone(&handle);

@@ -1,5 +1,7 @@
 //! [`Pool`]: a fixed number of isolated interpreters taking calls from one queue, with
-//! deadlines that stop runaway Python code, cancellation, recycling and shutdown.
+//! deadlines that stop runaway Python code, cancellation, recycling and shutdown. The
+//! workers start with the pool, or one with it and the others as work arrives
+//! ([`PoolConfig::start_on_demand`]).
 //!
 //! Each worker is an [`Interpreter`] running a loop on its own thread: it waits for the
 //! next task with its GIL released, runs it, and hands the result straight back — one
@@ -52,6 +54,7 @@ pub struct PoolConfig {
     setup_timeout: Option<Duration>,
     grace: Duration,
     ready_on_first: bool,
+    on_demand: bool,
 }
 
 /// The shortest set-up deadline given by default when tasks have a deadline.
@@ -76,6 +79,7 @@ impl PoolConfig {
             setup_timeout: None,
             grace: Duration::from_secs(1),
             ready_on_first: false,
+            on_demand: false,
         }
     }
 
@@ -138,6 +142,16 @@ impl PoolConfig {
         self
     }
 
+    /// Whether workers start as work arrives (default: all start in [`Pool::new`]). With
+    /// it, `new` starts one worker; each submitted task that finds no idle worker starts
+    /// one more, up to [`workers`](Self::workers), as `concurrent.futures` executors do.
+    /// A pool that never has much to do then never pays for its other interpreters (each
+    /// costs memory, a thread and its set-up). Workers are not ended when idle.
+    pub fn start_on_demand(&mut self, yes: bool) -> &mut Self {
+        self.on_demand = yes;
+        self
+    }
+
     /// How long a task may keep running past its deadline after it was interrupted,
     /// before it is reported as timed out and its worker replaced (default 1 s).
     pub fn grace(&mut self, grace: Duration) -> &mut Self {
@@ -171,7 +185,6 @@ pub struct TaskOptions {
 /// Dropping the pool is an immediate shutdown ([`Pool::shutdown_now`]).
 pub struct Pool {
     shared: Arc<Shared>,
-    keepers: Vec<JoinHandle<()>>,
 }
 
 const RUNNING: u8 = 0;
@@ -192,6 +205,11 @@ struct Shared {
     workers: Mutex<Vec<Arc<Worker>>>,
     /// Keepers still running (each keeps one worker slot filled).
     keepers: AtomicUsize,
+    /// The keepers' threads, taken by the shutdown that joins them. Keepers are started
+    /// only with this lock held and while the pool runs.
+    keeper_threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Tasks a worker has taken and not finished.
+    busy: AtomicUsize,
     /// Set once no keeper is left because setting up workers failed: what every
     /// remaining and later task fails with.
     broken: Mutex<Option<Arc<Error>>>,
@@ -262,9 +280,21 @@ impl Worker {
 }
 
 impl Pool {
-    /// Starts the workers (in parallel) and runs the initializer in each; fails if any
-    /// worker cannot be created or its initializer raises.
+    /// Starts the workers (in parallel; only the first with
+    /// [`start_on_demand`](PoolConfig::start_on_demand)) and runs the initializer in each;
+    /// fails if any worker started here cannot be created or its initializer raises.
     pub fn new(runtime: &Runtime, config: &PoolConfig) -> Result<Pool> {
+        Self::new_until(runtime, config, || false)
+    }
+
+    /// [`new`](Self::new) that gives up once `stop` says so (it is asked every 50 ms
+    /// while the set-up runs): the set-up is interrupted, as by
+    /// [`shutdown_now`](Self::shutdown_now), and the result is [`Error::Cancelled`].
+    pub(crate) fn new_until(
+        runtime: &Runtime,
+        config: &PoolConfig,
+        stop: impl Fn() -> bool,
+    ) -> Result<Pool> {
         if config.workers == 0 {
             return Err(Error::InvalidConfig(
                 "a pool needs at least one worker".into(),
@@ -286,6 +316,8 @@ impl Pool {
             next_task: AtomicU64::new(1),
             workers: Mutex::new(Vec::new()),
             keepers: AtomicUsize::new(0),
+            keeper_threads: Mutex::new(Vec::new()),
+            busy: AtomicUsize::new(0),
             broken: Mutex::new(None),
         });
         let grace = config.grace;
@@ -294,40 +326,26 @@ impl Pool {
             .spawn(move || watchdog(watch_rx, grace))
             .map_err(|e| Error::CreateFailed(format!("cannot start the watchdog: {e}")))?;
         let (ready_tx, ready_rx) = unbounded::<Result<()>>();
-        let mut pool = Pool {
+        let pool = Pool {
             shared: Arc::clone(&shared),
-            keepers: Vec::new(),
         };
-        for _ in 0..config.workers {
-            let kept = Arc::clone(&shared);
-            let ready = ready_tx.clone();
-            shared.keepers.fetch_add(1, Ordering::AcqRel);
-            let keeper = std::thread::Builder::new()
-                .name("subinterp-keeper".into())
-                .spawn(move || {
-                    let failure = keep(&kept, ready);
-                    kept.keeper_ended(failure);
-                });
-            let keeper = match keeper {
-                Ok(keeper) => keeper,
-                Err(e) => {
-                    shared.keepers.fetch_sub(1, Ordering::AcqRel);
-                    return Err(Error::CreateFailed(format!("cannot start a worker: {e}")));
-                }
-            };
-            pool.keepers.push(keeper);
+        let start = if config.on_demand { 1 } else { config.workers };
+        for _ in 0..start {
+            let mut threads = lock(&shared.keeper_threads);
+            start_keeper(&shared, &mut threads, Some(ready_tx.clone()))?;
         }
         drop(ready_tx);
-        let wait_for = if config.ready_on_first {
-            1
-        } else {
-            config.workers
-        };
-        for _ in 0..wait_for {
-            match ready_rx.recv() {
-                Ok(Ok(())) => {}
+        let wait_for = if config.ready_on_first { 1 } else { start };
+        let mut ready = 0;
+        while ready < wait_for {
+            match ready_rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(Ok(())) => ready += 1,
                 Ok(Err(err)) => return Err(err),
-                Err(_) => return Err(Error::CreateFailed("a worker ended during start-up".into())),
+                Err(RecvTimeoutError::Timeout) if stop() => return Err(Error::Cancelled),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(Error::CreateFailed("a worker ended during start-up".into()))
+                }
             }
         }
         Ok(pool)
@@ -368,7 +386,8 @@ impl Pool {
         let tx = lock(&self.shared.queue_tx);
         match tx.as_ref() {
             Some(tx) if self.shared.state.load(Ordering::Acquire) == RUNNING => {
-                tx.send(queued).map_err(|_| Error::Closed)?
+                tx.send(queued).map_err(|_| Error::Closed)?;
+                grow(&self.shared);
             }
             _ => {
                 return Err(match lock(&self.shared.broken).as_ref() {
@@ -418,11 +437,11 @@ impl Pool {
     /// Graceful shutdown: no new tasks; queued and running tasks finish. What is still
     /// running after `timeout` is cancelled as by [`shutdown_now`](Self::shutdown_now).
     /// Returns once every worker has ended (or was abandoned, stuck in C code).
-    pub fn shutdown(mut self, timeout: Duration) {
+    pub fn shutdown(self, timeout: Duration) {
         self.shared.state.store(DRAINING, Ordering::Release);
         lock(&self.shared.queue_tx).take();
         let deadline = Instant::now() + timeout;
-        let keepers = std::mem::take(&mut self.keepers);
+        let keepers = std::mem::take(&mut *lock(&self.shared.keeper_threads));
         let (done_tx, done_rx) = unbounded();
         let count = keepers.len();
         std::thread::spawn(move || {
@@ -451,37 +470,117 @@ impl Pool {
     /// Immediate shutdown: queued tasks are cancelled, running ones interrupted
     /// (`KeyboardInterrupt`), and every interpreter ends. Returns within about the grace
     /// period even if tasks are stuck in C code (their interpreters are abandoned).
-    pub fn shutdown_now(mut self) {
+    pub fn shutdown_now(self) {
         self.stop_now();
-        for keeper in std::mem::take(&mut self.keepers) {
+        self.join_keepers();
+    }
+
+    fn join_keepers(&self) {
+        let keepers = std::mem::take(&mut *lock(&self.shared.keeper_threads));
+        for keeper in keepers {
             let _ = keeper.join();
         }
     }
 
     fn stop_now(&self) {
-        self.shared.state.store(STOPPING, Ordering::Release);
-        lock(&self.shared.queue_tx).take();
-        while let Ok(queued) = self.shared.queue_rx.try_recv() {
+        self.shared.stop_now();
+    }
+
+    /// A handle that turns a graceful shutdown running on another thread into an
+    /// immediate one.
+    pub(crate) fn stopper(&self) -> Stopper {
+        Stopper(Arc::downgrade(&self.shared))
+    }
+}
+
+/// See [`Pool::stopper`].
+pub(crate) struct Stopper(std::sync::Weak<Shared>);
+
+impl Stopper {
+    /// As [`Pool::shutdown_now`], without waiting: queued tasks are cancelled, running
+    /// ones interrupted, and one stuck in C code is abandoned after the grace period.
+    pub(crate) fn stop_now(&self) {
+        if let Some(shared) = self.0.upgrade() {
+            shared.stop_now();
+        }
+    }
+}
+
+impl Shared {
+    fn stop_now(&self) {
+        self.state.store(STOPPING, Ordering::Release);
+        lock(&self.queue_tx).take();
+        while let Ok(queued) = self.queue_rx.try_recv() {
             queued.state.complete(Err(Error::Cancelled));
         }
-        for worker in lock(&self.shared.workers).iter() {
+        for worker in lock(&self.workers).iter() {
             let task = worker.current.load(Ordering::Acquire);
             if task != 0 {
                 worker.interrupt_task(task, InterruptReason::Cancelled);
             }
         }
-        lock(&self.shared.stop_tx).take();
+        lock(&self.stop_tx).take();
     }
 }
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        if !self.keepers.is_empty() {
+        if !lock(&self.shared.keeper_threads).is_empty() {
             self.stop_now();
-            for keeper in std::mem::take(&mut self.keepers) {
-                let _ = keeper.join();
-            }
+            self.join_keepers();
         }
+    }
+}
+
+/// Starts a keeper (one more worker slot) with `threads`, the pool's keeper threads,
+/// locked; `ready` hears when its worker is set up.
+fn start_keeper(
+    shared: &Arc<Shared>,
+    threads: &mut Vec<JoinHandle<()>>,
+    ready: Option<Sender<Result<()>>>,
+) -> Result<()> {
+    let kept = Arc::clone(shared);
+    shared.keepers.fetch_add(1, Ordering::AcqRel);
+    let keeper = std::thread::Builder::new()
+        .name("subinterp-keeper".into())
+        .spawn(move || {
+            let failure = keep(&kept, ready);
+            kept.keeper_ended(failure);
+        });
+    match keeper {
+        Ok(keeper) => {
+            threads.push(keeper);
+            Ok(())
+        }
+        Err(e) => {
+            shared.keepers.fetch_sub(1, Ordering::AcqRel);
+            Err(Error::CreateFailed(format!("cannot start a worker: {e}")))
+        }
+    }
+}
+
+/// With workers started on demand: starts one more if the tasks waiting or running
+/// outnumber the workers and the pool may have more. Called after a task is queued and
+/// after a worker takes one (so that a task queued while the last idle worker was taking
+/// another is not left waiting).
+fn grow(shared: &Arc<Shared>) {
+    if !shared.config.on_demand {
+        return;
+    }
+    let wanted = |shared: &Shared| {
+        let keepers = shared.keepers.load(Ordering::Acquire);
+        keepers < shared.config.workers
+            && shared.queue_rx.len() + shared.busy.load(Ordering::Acquire) > keepers
+    };
+    if !wanted(shared) {
+        return;
+    }
+    let mut threads = lock(&shared.keeper_threads);
+    if shared.state.load(Ordering::Acquire) != RUNNING || !wanted(shared) {
+        return;
+    }
+    if let Err(err) = start_keeper(shared, &mut threads, None) {
+        tracing::warn!(error = %err, "could not start one more pool worker");
     }
 }
 
@@ -503,8 +602,7 @@ const REPLACE_ATTEMPTS: u32 = 3;
 /// Keeps one worker slot filled: creates the interpreter, runs its loop, and replaces it
 /// when it is recycled, fails or is abandoned — until the pool stops. Returns the set-up
 /// failure that made it give up, if that is why it ended.
-fn keep(shared: &Arc<Shared>, ready: Sender<Result<()>>) -> Option<Error> {
-    let mut ready = Some(ready);
+fn keep(shared: &Arc<Shared>, mut ready: Option<Sender<Result<()>>>) -> Option<Error> {
     let mut failures = 0;
     while shared.state.load(Ordering::Acquire) != STOPPING {
         let interp = match start_worker(shared) {
@@ -568,10 +666,7 @@ fn keep(shared: &Arc<Shared>, ready: Sender<Result<()>>) -> Option<Error> {
                 "pool worker stuck in C code: replaced"
             );
             // Its thread ends when the C call returns; close it then, off this thread.
-            std::thread::spawn(move || {
-                let _ = job.recv();
-                drop(interp);
-            });
+            left_behind(interp, job);
         } else {
             let _ = interp.close();
         }
@@ -625,10 +720,7 @@ fn start_worker(shared: &Shared) -> Result<Interpreter> {
                     "pool worker stuck in C code during set-up: abandoned"
                 );
                 // Its thread ends when the C call returns; close it then, off this thread.
-                std::thread::spawn(move || {
-                    let _ = done.recv();
-                    drop(interp);
-                });
+                left_behind(interp, done);
                 return Err(Error::Python(Box::new(setup_timed_out(format!(
                     "the pool's initializer ran past its set-up deadline of {limit:.3} s \
                      and did not stop when interrupted (blocked in C code?)"
@@ -639,6 +731,25 @@ fn start_worker(shared: &Shared) -> Result<Interpreter> {
     }
     tracing::debug!(interpreter = interp.id(), "pool worker ready");
     Ok(interp)
+}
+
+/// Workers left behind stuck in C code whose interpreter has not ended yet.
+static LEFT_BEHIND: AtomicUsize = AtomicUsize::new(0);
+
+/// The number of pool workers left behind stuck in C code, in every pool, whose
+/// interpreters still exist (they end when the C call returns).
+pub(crate) fn workers_left_behind() -> usize {
+    LEFT_BEHIND.load(Ordering::Acquire)
+}
+
+/// Ends `interp`, stuck in C code, once `running` (its job) has finished, off this thread.
+fn left_behind<T: Send + 'static>(interp: Interpreter, running: Receiver<T>) {
+    LEFT_BEHIND.fetch_add(1, Ordering::AcqRel);
+    std::thread::spawn(move || {
+        let _ = running.recv();
+        drop(interp);
+        LEFT_BEHIND.fetch_sub(1, Ordering::AcqRel);
+    });
 }
 
 fn setup_timed_out(message: String) -> PyException {
@@ -671,7 +782,7 @@ fn spin_then_recv(rx: &Receiver<Queued>) -> std::result::Result<Queued, RecvErro
 }
 
 /// The loop a worker runs on its interpreter's thread.
-fn worker_loop(py: Python<'_>, shared: &Shared, worker: &Arc<Worker>) -> Result<()> {
+fn worker_loop(py: Python<'_>, shared: &Arc<Shared>, worker: &Arc<Worker>) -> Result<()> {
     let mut done: u64 = 0;
     loop {
         // Take a waiting task while holding the GIL; release it only to wait for one.
@@ -690,6 +801,8 @@ fn worker_loop(py: Python<'_>, shared: &Shared, worker: &Arc<Worker>) -> Result<
             worker.current.store(0, Ordering::Release);
             continue; // cancelled while queued
         }
+        shared.busy.fetch_add(1, Ordering::AcqRel);
+        grow(shared);
         let started = Instant::now();
         if let Some(timeout) = task.timeout {
             let _ = shared.watchdog.send(Watch {
@@ -736,6 +849,7 @@ fn worker_loop(py: Python<'_>, shared: &Shared, worker: &Arc<Worker>) -> Result<
             ),
         }
         task.state.complete(result);
+        shared.busy.fetch_sub(1, Ordering::AcqRel);
         if worker.abandoned.load(Ordering::Acquire) {
             return Ok(());
         }

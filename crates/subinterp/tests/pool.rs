@@ -29,6 +29,21 @@ def sleep(seconds):
 def whoami():
     return subinterp.id()
 
+def whoami_after(seconds):
+    time.sleep(seconds)
+    return subinterp.id()
+
+def exec_and_wait(name, count):
+    # Each of `count` such tasks tells every one (itself included) that it runs, then
+    # waits to hear from all: they finish only if they all run at once.
+    prefix = name.rsplit("-", 1)[0]
+    for i in range(count):
+        subinterp.channel(f"{prefix}-{i}").send(name)
+    ch = subinterp.channel(name)
+    for _ in range(count):
+        ch.recv(timeout=60)
+    return count
+
 def record(tag):
     subinterp.channel('pool-record').send(tag)
     return tag
@@ -438,4 +453,46 @@ fn a_task_that_catches_its_timeout_and_returns_is_still_timed_out() {
             .unwrap(),
         Value::Int(8)
     );
+}
+
+#[test]
+fn workers_started_on_demand_grow_with_the_work_up_to_the_limit() {
+    let pool = pool(4, |c| {
+        c.start_on_demand(true);
+    });
+    // One task at a time: the one worker started by new() runs them all.
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..20 {
+        seen.insert(
+            pool.submit("__main__:whoami", ())
+                .unwrap()
+                .wait()
+                .unwrap()
+                .as_i64(),
+        );
+    }
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    // Tasks that wait for one another need a worker each: 4 run at once.
+    let tasks: Vec<_> = (0..4)
+        .map(|i| {
+            pool.submit(
+                "__main__:exec_and_wait",
+                (format!("pool-demand-{i}"), 4_i64),
+            )
+            .unwrap()
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.wait().unwrap(), Value::Int(4));
+    }
+    // Never more than the limit: 12 sleeping tasks keep the 4 workers.
+    let tasks: Vec<_> = (0..12)
+        .map(|_| pool.submit("__main__:whoami_after", (0.05,)).unwrap())
+        .collect();
+    let ids: std::collections::HashSet<_> = tasks
+        .into_iter()
+        .map(|t| t.wait().unwrap().as_i64())
+        .collect();
+    assert!(ids.len() <= 4, "{ids:?}");
+    pool.shutdown(Duration::from_secs(10));
 }

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import functools
 import itertools
 import os
 import pickle
 import sys
 import threading
+import types
+import warnings
+import weakref
 from pathlib import Path
 
 from . import _native
@@ -54,6 +58,8 @@ if "__main__" in sys.modules and _native.id() == 0:
     sys.modules.setdefault("__mp_main__", sys.modules["__main__"])
 
 _WORKER_SOURCE = (Path(__file__).parent / "_worker.py").read_text(encoding="utf-8")
+_WORKER_FILE = "<subinterp worker>"
+_WORKER = "__import__('sys').modules['_subinterp_worker']"
 _RUN = "_subinterp_worker:_subinterp_run"
 _RUN_CHUNK = "_subinterp_worker:_subinterp_run_chunk"
 
@@ -82,15 +88,28 @@ class _RemoteTraceback(Exception):
         return f'\n"""\n{self.tb}"""'
 
 
-def _reference(fn) -> tuple[str, str]:
-    """The module and qualified name a worker finds ``fn`` by, or a ``TypeError``."""
+def _reference(fn) -> tuple[str, str] | None:
+    """The module and qualified name a worker finds ``fn`` by; None if ``fn`` must be
+    pickled instead (a bound method, a ``functools.partial``, a callable instance, a
+    method descriptor such as ``str.upper``); a ``TypeError`` for what a worker can get
+    neither way (lambdas, closures, nested functions)."""
+    if not callable(fn):
+        raise TypeError(f"subinterp.Pool runs callables; {fn!r} is not callable")
+    if not isinstance(fn, (types.FunctionType, type, types.BuiltinFunctionType, _Named)):
+        return None
+    if isinstance(fn, types.BuiltinFunctionType) and not (
+        fn.__self__ is None or isinstance(fn.__self__, types.ModuleType)
+    ):
+        return None  # a built-in method bound to an object: pickled with it
     module = getattr(fn, "__module__", None)
     qualname = getattr(fn, "__qualname__", None)
-    if not callable(fn) or not isinstance(module, str) or not isinstance(qualname, str):
-        raise TypeError(
-            f"subinterp.Pool runs module-level functions, found by module and name; "
-            f"{fn!r} has no module and qualified name"
-        )
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        if isinstance(fn, types.FunctionType):
+            raise TypeError(
+                f"subinterp.Pool runs functions found by module and name; "
+                f"{fn!r} has no module and qualified name"
+            )
+        return None
     if "<lambda>" in qualname or "<locals>" in qualname:
         raise TypeError(
             f"subinterp.Pool cannot run {qualname!r} from {module!r}: lambdas, closures and "
@@ -103,6 +122,22 @@ def _reference(fn) -> tuple[str, str]:
             f"no file to load in the workers (interactive session); put it in a module"
         )
     return module, qualname
+
+
+def _pickled_call(fn, *parts) -> bytes:
+    """``(fn, *parts)`` pickled for a worker, with a ``TypeError`` saying which part
+    cannot be sent."""
+    try:
+        return pickle.dumps((fn, *parts))
+    except Exception as exc:
+        try:
+            pickle.dumps(fn)
+        except Exception:
+            raise TypeError(
+                f"subinterp.Pool cannot send {fn!r} to a worker: {exc}; lambdas, closures "
+                f"and nested functions cannot be found by name in another interpreter"
+            ) from exc
+        raise TypeError(f"subinterp: an argument cannot be sent to a worker: {exc}") from exc
 
 
 _MAIN_PATHS: dict[str, str | None] = {}
@@ -119,19 +154,37 @@ def _main_path() -> str | None:
     return _MAIN_PATHS[path]
 
 
+def _main_name() -> str | None:
+    """The module name the main script was run as (``python -m NAME``), if any: workers
+    import it by that name, as multiprocessing's spawn does, so that its relative imports
+    work."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    name = getattr(spec, "name", None)
+    if not isinstance(name, str) or name == "__main__" or name.endswith(".__main__"):
+        return None
+    return name
+
+
 def _setup_code() -> list[str]:
-    """Python statements that make a new interpreter a worker: this interpreter's
+    """Python statements that make a new interpreter a worker: ``os._exit`` refused (it
+    would end this whole process), no reading of this process's stdin (a worker gets an
+    empty one, as multiprocessing's children get ``/dev/null``), this interpreter's
     ``sys.path``, the runner module, the main script."""
     code = [
+        _native._exit_guard(),
         "import sys, types",
+        "sys.stdin = open(__import__('os').devnull, encoding='utf-8')",
         f"sys.path[:] = {[p for p in sys.path if isinstance(p, str)]!r}",
         "_w = types.ModuleType('_subinterp_worker')",
-        f"exec({_WORKER_SOURCE!r}, _w.__dict__)",
+        f"exec(compile({_WORKER_SOURCE!r}, {_WORKER_FILE!r}, 'exec'), _w.__dict__)",
         "sys.modules['_subinterp_worker'] = _w",
         f"_w._subinterp_stand_in(__import__('subinterp'), {str(Path(__file__).parent)!r})",
     ]
+    name = _main_name()
     main = _main_path()
-    if main is not None:
+    if name is not None:
+        code.append(f"_w._subinterp_load_main(name={name!r})")
+    elif main is not None:
         code.append(f"_w._subinterp_load_main({main!r})")
     return code
 
@@ -139,8 +192,11 @@ def _setup_code() -> list[str]:
 def _encode_call(fn, args, kwargs) -> tuple[list, dict]:
     """The runner's arguments for calling ``fn(*args, **kwargs)`` in a worker: plain data
     as it is, anything else pickled."""
-    module, qualname = _reference(fn)
+    ref = _reference(fn)
     kwargs = {} if kwargs is None else dict(kwargs)
+    if ref is None:
+        return [None, None, _pickled_call(fn, tuple(args), kwargs)], {}
+    module, qualname = ref
     if _plain(args) and _plain(kwargs):
         return [module, qualname, None, *args], kwargs
     return [module, qualname, _dumps((tuple(args), kwargs))], {}
@@ -211,7 +267,7 @@ class _Future(concurrent.futures.Future):
     only while the task waits in the queue. ``interrupt()`` also stops a running task.
     """
 
-    def __init__(self, pool: "Pool"):
+    def __init__(self, pool: "_PoolCore"):
         super().__init__()
         self._pool = pool
         self._task: int | None = None
@@ -245,8 +301,14 @@ class _Future(concurrent.futures.Future):
         # wake-up fewer than through the pool's collector thread). Returns what is
         # left of the timeout for the standard wait.
         if self._task is not None and not self.done():
-            if self._pool._wait_for(self, timeout):
+            pool = self._pool
+            if pool._deliver_taken(self._task):
+                return timeout
+            if pool._wait_for(self, timeout):
                 return 0
+            # A collector took it: it may be this very thread, in a done-callback of
+            # another future of its batch, so deliver it here rather than wait for it.
+            pool._deliver_taken(self._task)
         return timeout
 
     def running(self) -> bool:
@@ -256,16 +318,187 @@ class _Future(concurrent.futures.Future):
         return self._pool._started(self._task)
 
 
-_POOLS: "set[Pool]" = set()
+_POOLS: "set[_PoolCore]" = set()
 _POOLS_LOCK = threading.Lock()
+
+
+def _warn_memory() -> None:
+    """Raises the engine's warning about the memory of ended interpreters, if any."""
+    message = _native._memory_warning()
+    if message is not None:
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+
+
+class _PoolCore:
+    """A pool's handle and what its collector threads and futures share, apart from the
+    ``Pool`` object, so that a ``Pool`` dropped without ``shutdown()`` is collected and
+    ends its workers, as the standard executors do."""
+
+    def __init__(self, handle: int):
+        self.handle = handle
+        self.lock = threading.Lock()
+        self.futures: dict[int, _Future] = {}
+        # Results a collector took from the engine and has not delivered yet.
+        self.taken: dict[int, tuple[_Future, str, object]] = {}
+        self.shutdown_started = False
+        self.collectors = 0  # collector threads alive
+        self.waiting = 0  # of them, waiting for results
+        self.ended = threading.Event()
+
+    # ------------------------------------------------------------------ tasks
+
+    def queue(self, target, args, kwargs, timeout, unwrap) -> _Future:
+        future = _Future(self)
+        future._unwrap = unwrap
+        with self.lock:
+            if self.shutdown_started:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            task = _native._pool_submit(self.handle, target, args, kwargs, timeout)
+            future._task = task
+            self.futures[task] = future
+        return future
+
+    def _cancel_task(self, task: int, running: bool) -> bool:
+        try:
+            return _native._pool_cancel(self.handle, task, running)
+        except RuntimeError:  # the pool has ended: every task has its result
+            return False
+
+    def _wait_for(self, future: _Future, timeout: float | None) -> bool:
+        """Waits for the future's task and delivers it; true if the timeout passed."""
+        if future._task is None:
+            return False
+        try:
+            got = _native._pool_wait(self.handle, future._task, timeout)
+        except RuntimeError:  # the pool has ended: the collector delivers
+            return False
+        if got is None:  # the collector has it
+            return False
+        if isinstance(got, bool):
+            return True
+        task, kind, payload = got
+        with self.lock:
+            self.futures.pop(task, None)
+        _deliver(future, kind, payload)
+        return False
+
+    def _deliver_taken(self, task: int) -> bool:
+        """Delivers a result a collector took and has not delivered yet; true if it did."""
+        with self.lock:
+            taken = self.taken.pop(task, None)
+        if taken is None:
+            return False
+        _deliver(*taken)
+        return True
+
+    def _started(self, task: int) -> bool:
+        try:
+            return _native._pool_started(self.handle, task)
+        except RuntimeError:
+            return False
+
+    # ------------------------------------------------------------------ results
+
+    def start_collector(self) -> None:
+        with self.lock:
+            self.collectors += 1
+        thread = threading.Thread(target=self._collect, name="subinterp-pool-results", daemon=True)
+        try:
+            thread.start()
+        except BaseException:
+            with self.lock:
+                self.collectors -= 1
+            raise
+
+    def _collect(self) -> None:
+        try:
+            self._collect_until_ended()
+        finally:
+            with self.lock:
+                self.collectors -= 1
+                last = self.collectors == 0
+                left = [] if not last else list(self.futures.values())
+                if last:
+                    self.futures.clear()
+            if last:
+                for future in left:
+                    concurrent.futures.Future.cancel(future)
+                    future.set_running_or_notify_cancel()
+                with _POOLS_LOCK:
+                    _POOLS.discard(self)
+                self.ended.set()
+
+    def _collect_until_ended(self) -> None:
+        while True:
+            with self.lock:
+                self.waiting += 1
+            try:
+                done = _native._pool_done(self.handle, 0.5)
+            except RuntimeError:
+                done = None
+            finally:
+                with self.lock:
+                    self.waiting -= 1
+            _warn_memory()
+            if done is None:
+                return
+            if not done:
+                continue
+            with self.lock:
+                batch = []
+                callbacks = False
+                for task, kind, payload in done:
+                    future = self.futures.pop(task, None)
+                    if future is not None:
+                        self.taken[task] = (future, kind, payload)
+                        batch.append(task)
+                        callbacks = callbacks or bool(getattr(future, "_done_callbacks", True))
+                # Done-callbacks run on this thread and may block (say, on another
+                # future of this pool): another collector waits for results meanwhile.
+                spare = callbacks and self.waiting == 0
+            if spare:
+                try:
+                    self.start_collector()
+                except RuntimeError:  # no new threads (the interpreter is ending)
+                    pass
+            for task in batch:
+                self._deliver_taken(task)
+            with self.lock:
+                # Two collectors are enough for callbacks that do not block.
+                if self.collectors > 2 and self.waiting > 0:
+                    return
+
+    # ------------------------------------------------------------------ ending
+
+    def shutdown(self, wait: bool, cancel_futures: bool, interrupt: bool) -> None:
+        with self.lock:
+            first = not self.shutdown_started
+            self.shutdown_started = True
+            pending = list(self.futures.values()) if cancel_futures or interrupt else []
+        for future in pending:
+            if interrupt:
+                future.interrupt()
+            else:
+                future.cancel()
+        if first or interrupt:
+            try:
+                # With interrupt, a task stuck in C code is abandoned after the grace
+                # period, so that the pool ends.
+                _native._pool_shutdown(self.handle, interrupt)
+            except RuntimeError:  # already ended
+                pass
+        if wait:
+            self.ended.wait()
+
+    def wait_ended(self, timeout: float | None) -> bool:
+        return self.ended.wait(timeout)
 
 
 class Pool(concurrent.futures.Executor):
     """A pool of isolated interpreters, as a ``concurrent.futures.Executor``.
 
     ``max_workers`` (default: the number of cores), ``initializer`` and ``initargs`` mean
-    what they mean for the standard executors (``initializer`` must be a module-level
-    function). Beyond them:
+    what they mean for the standard executors. Beyond them:
 
     - ``init``: Python source run in each worker before its first task;
     - ``isolated``: False makes the workers legacy interpreters (they share the process's
@@ -276,9 +509,17 @@ class Pool(concurrent.futures.Executor):
     - ``max_tasks_per_worker``: tasks per worker before it is replaced by a fresh one;
     - ``setup_timeout``: a deadline for each worker's set-up (``init``, ``initializer``).
 
+    The callable of a task is found in the worker by module and name when it is a
+    module-level function or class, else pickled with its arguments (bound methods,
+    ``functools.partial``, callable instances), as ``ProcessPoolExecutor`` does.
     Workers see this interpreter's ``sys.path`` as it was when the pool started, and
-    functions of the main script (loaded in each worker as ``__mp_main__``). The pool is
-    ready when its first worker is; the others start meanwhile.
+    functions of the main script (loaded in each worker as ``__mp_main__``; by module
+    name when it was run with ``python -m``), but not its stdin. ``os._exit`` raises
+    ``RuntimeError`` in a worker. One worker starts with the pool, the others as tasks
+    find no idle worker, up to ``max_workers``; a pool dropped without ``shutdown()``
+    ends its workers once its tasks are done. While a pool or ``Interpreter`` is alive,
+    ``os.fork()`` of this interpreter raises ``RuntimeError``: use the ``spawn`` or
+    ``forkserver`` start method of ``multiprocessing``.
     """
 
     def __init__(
@@ -298,36 +539,41 @@ class Pool(concurrent.futures.Executor):
         if not isinstance(max_workers, int) or max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         _native._runtime_start()
-        code = _setup_code()
+        _guard_fork()
+        # Each part its own source: an error points at its line in that part.
+        code = ["\n".join(_setup_code()) + "\n"]
         if initializer is not None:
-            module, qualname = _reference(initializer)
-            code.append(
-                f"_w._subinterp_resolve({module!r}, {qualname!r})"
-                f"(*__import__('pickle').loads({_dumps(tuple(initargs))!r}))"
-            )
+            ref = _reference(initializer)
+            if ref is None:
+                pickled = _pickled_call(initializer, tuple(initargs))
+                code.append(f"{_WORKER}._subinterp_initialize(None, None, {pickled!r})\n")
+            else:
+                pickled = _dumps(tuple(initargs))
+                code.append(
+                    f"{_WORKER}._subinterp_initialize({ref[0]!r}, {ref[1]!r}, {pickled!r})\n"
+                )
         if init is not None:
-            code.append(init)
-        self._handle = _interruptible(
-            _native._pool_new,
+            code.append(init if init.endswith("\n") else init + "\n")
+        handle = _native._pool_new(
             {
                 "workers": max_workers,
                 "isolated": bool(isolated),
-                "init": "\n".join(code) + "\n",
+                "init": code,
                 "timeout": timeout,
                 "max_tasks_per_worker": max_tasks_per_worker,
                 "setup_timeout": setup_timeout,
             },
         )
         self._max_workers = max_workers
-        self._lock = threading.Lock()
-        self._futures: dict[int, _Future] = {}
-        self._shutdown = False
-        self._collector = threading.Thread(
-            target=self._collect, name="subinterp-pool-results", daemon=True
-        )
-        self._collector.start()
+        self._core = core = _PoolCore(handle)
         with _POOLS_LOCK:
-            _POOLS.add(self)
+            _POOLS.add(core)
+        core.start_collector()
+        # Dropped without shutdown(): queued and running tasks finish, then the workers
+        # end (as ThreadPoolExecutor's do); at exit, _end_all ends the pool instead.
+        finalizer = weakref.finalize(self, core.shutdown, False, False, False)
+        finalizer.atexit = False
+        _warn_memory()
 
     # ------------------------------------------------------------------ submitting
 
@@ -349,84 +595,26 @@ class Pool(concurrent.futures.Executor):
             raise ValueError("chunksize must be >= 1")
         if chunksize == 1:
             return super().map(fn, *iterables, timeout=timeout)
-        module, qualname = _reference(fn)
+        ref = _reference(fn)
+        if ref is None:
+            _pickled_call(fn)  # a TypeError now if it cannot be sent
         # One iterable: its items are the arguments, no tuple is made for each.
         star = len(iterables) != 1
         items = zip(*iterables) if star else iter(iterables[0])
         chunks = iter(lambda: list(itertools.islice(items, chunksize)), [])
         futures = []
         for chunk in chunks:
-            if _plain(chunk):
-                call_args = [module, qualname, None, chunk, star]
+            if ref is None:
+                call_args = [None, None, _pickled_call(fn, chunk), [], star]
+            elif _plain(chunk):
+                call_args = [ref[0], ref[1], None, chunk, star]
             else:
-                call_args = [module, qualname, _dumps(chunk), [], star]
+                call_args = [ref[0], ref[1], _dumps(chunk), [], star]
             futures.append(self._queue(_RUN_CHUNK, call_args, {}, None, _chunk_from_worker))
         return _chained(futures, timeout)
 
     def _queue(self, target, args, kwargs, timeout, unwrap) -> _Future:
-        future = _Future(self)
-        future._unwrap = unwrap
-        with self._lock:
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            task = _native._pool_submit(self._handle, target, args, kwargs, timeout)
-            future._task = task
-            self._futures[task] = future
-        return future
-
-    def _cancel_task(self, task: int, running: bool) -> bool:
-        try:
-            return _native._pool_cancel(self._handle, task, running)
-        except RuntimeError:  # the pool has ended: every task has its result
-            return False
-
-    def _wait_for(self, future: _Future, timeout: float | None) -> bool:
-        """Waits for the future's task and delivers it; true if the timeout passed."""
-        if future._task is None:
-            return False
-        try:
-            got = _native._pool_wait(self._handle, future._task, timeout)
-        except RuntimeError:  # the pool has ended: the collector delivers
-            return False
-        if got is None:  # the collector has it
-            return False
-        if isinstance(got, bool):
-            return True
-        task, kind, payload = got
-        with self._lock:
-            self._futures.pop(task, None)
-        _deliver(future, kind, payload)
-        return False
-
-    def _started(self, task: int) -> bool:
-        try:
-            return _native._pool_started(self._handle, task)
-        except RuntimeError:
-            return False
-
-    # ------------------------------------------------------------------ results
-
-    def _collect(self) -> None:
-        while True:
-            try:
-                done = _native._pool_done(self._handle, 0.5)
-            except RuntimeError:
-                break
-            if done is None:
-                break
-            for task, kind, payload in done:
-                with self._lock:
-                    future = self._futures.pop(task, None)
-                if future is not None:
-                    _deliver(future, kind, payload)
-        with self._lock:
-            left = list(self._futures.values())
-            self._futures.clear()
-        for future in left:
-            concurrent.futures.Future.cancel(future)
-            future.set_running_or_notify_cancel()
-        with _POOLS_LOCK:
-            _POOLS.discard(self)
+        return self._core.queue(target, args, kwargs, timeout, unwrap)
 
     # ------------------------------------------------------------------ ending
 
@@ -435,63 +623,52 @@ class Pool(concurrent.futures.Executor):
     ) -> None:
         """Ends the pool: no task can be submitted after it. Tasks already submitted run
         to the end, except that ``cancel_futures`` cancels those no worker has started
-        and ``interrupt`` also stops the running ones. With ``wait``, returns once every
-        task has its result and every worker has ended (Ctrl-C stops the waiting, not
-        the ending)."""
-        with self._lock:
-            first = not self._shutdown
-            self._shutdown = True
-            pending = list(self._futures.values()) if cancel_futures or interrupt else []
-        for future in pending:
-            if interrupt:
-                future.interrupt()
-            else:
-                future.cancel()
-        if first:
-            try:
-                _native._pool_shutdown(self._handle)
-            except RuntimeError:  # already ended
-                pass
-        if wait:
-            self._collector.join()
-
-    def _ended(self, timeout: float | None) -> bool:
-        self._collector.join(timeout)
-        return not self._collector.is_alive()
+        and ``interrupt`` also stops the running ones (a task stuck in C code is left
+        behind after a grace period). With ``wait``, returns once every task has its
+        result and every worker has ended (Ctrl-C stops the waiting, not the ending)."""
+        self._core.shutdown(wait, cancel_futures, interrupt)
 
 
-def _interruptible(start, config):
-    """``start(config)`` — a native call that waits for a pool's first worker — on a
-    helper thread, so that Ctrl-C interrupts waiting for it. A pool that starts after the
-    caller gave up is ended then; one whose set-up never ends (no ``setup_timeout``) is
-    left behind, and exiting does not wait for it."""
-    if threading.current_thread() is not threading.main_thread():
-        return start(config)
-    outcome: list = []
-    gave_up = threading.Event()
+def _live() -> bool:
+    """Whether a pool or an interpreter of this package is alive (a pool's worker left
+    behind stuck in C code included)."""
+    return bool(_POOLS or _INTERPRETERS or _native._workers_left_behind())
 
-    def run() -> None:
-        try:
-            outcome.append((start(config), None))
-        except BaseException as exc:
-            outcome.append((None, exc))
-            return
-        if gave_up.is_set():
-            _native._pool_shutdown(outcome[0][0])
 
-    helper = threading.Thread(target=run, name="subinterp-pool-start", daemon=True)
-    helper.start()
-    try:
-        helper.join()
-    except KeyboardInterrupt:
-        global _LEFT_BEHIND
-        gave_up.set()
-        _LEFT_BEHIND = True
-        raise
-    handle, exc = outcome[0]
-    if exc is not None:
-        raise exc
-    return handle
+_FORK_REFUSED = (
+    "os.{name}() while subinterp pools or interpreters are alive would leave a broken "
+    "child: CPython cannot remove running subinterpreters in a forked child (it dies in "
+    "PyThreadState_Get on 3.13 and hangs on 3.12). Start processes with the 'spawn' or "
+    "'forkserver' method instead: multiprocessing.get_context('forkserver'), or "
+    "ProcessPoolExecutor(mp_context=multiprocessing.get_context('forkserver')); "
+    "subprocess works as it is. Or end every subinterp Pool (shutdown()) and Interpreter "
+    "(close()) before forking."
+)
+
+
+def _guard_fork() -> None:
+    """Makes ``os.fork`` and ``os.forkpty`` of this interpreter refuse while a pool or an
+    interpreter is alive (multiprocessing looks them up when it starts a process).
+
+    There is no sound fork then: in the child, ``PyOS_AfterFork_Child`` calls
+    ``_PyInterpreterState_DeleteExceptMain``, which clears every other interpreter with
+    no thread state of it current (CPython's own comments there: "XXX Won't this fail
+    since PyInterpreterState_Clear() requires the "current" tstate to be set?", "XXX must
+    activate?"); 3.13.0 aborts in ``PyThreadState_Get``, 3.12.1 hangs. ``subprocess``
+    forks and execs in C, with no Python in the child, and is not affected."""
+    for name in ("fork", "forkpty"):
+        original = getattr(os, name, None)
+        if original is None or getattr(original, "_subinterp_guarded", False):
+            continue
+
+        def guarded(*args, _original=original, _name=name, **kwargs):
+            if _live():
+                raise RuntimeError(_FORK_REFUSED.format(name=_name))
+            return _original(*args, **kwargs)
+
+        functools.update_wrapper(guarded, original)
+        guarded._subinterp_guarded = True  # type: ignore[attr-defined]
+        setattr(os, name, guarded)
 
 
 def _deliver(future: _Future, kind: str, payload) -> None:
@@ -659,8 +836,27 @@ def check(module, *, timeout: float | None = None):
     list of names): dicts with the verdict (``ok``, ``legacy-only``, ``refused``,
     ``crash``, ...), its reason, and the details the CLI prints with ``--json``. Each
     module is imported in separate probe processes of this Python, with this ``sys.path``.
+    ``timeout`` (seconds, more than 0) bounds each probe; a ``TypeError`` or
+    ``ValueError`` says what is wrong with an argument.
     """
-    names = [module] if isinstance(module, str) else list(module)
+    if isinstance(module, str):
+        names = [module]
+    elif isinstance(module, (bytes, bytearray)) or not hasattr(module, "__iter__"):
+        raise TypeError(
+            f"check() takes a module name or a list of names, not {type(module).__name__}"
+        )
+    else:
+        names = list(module)
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"a module name must be a str, not {type(name).__name__}")
+        if not name or not all(part.isidentifier() for part in name.split(".")):
+            raise ValueError(f"{name!r} is not a module name (such as 'json' or 'xml.dom')")
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+        if not 0 < timeout < float("inf"):
+            raise ValueError(f"timeout must be more than 0 seconds and finite, not {timeout!r}")
     paths = [p for p in sys.path if isinstance(p, str) and os.path.isdir(p)]
     reports = _native._check(names, paths, timeout)
     return reports[0] if isinstance(module, str) else reports
@@ -682,23 +878,31 @@ def _end_all() -> None:
     stop = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
     try:
         for pool in pools:
-            pool.shutdown(wait=False, interrupt=stop)
-        if not all(pool._ended(1.0) for pool in pools):
+            pool.shutdown(False, False, stop)
+        # Stopping takes at most the grace period (1 s) of a task stuck in C code, which
+        # is then left behind.
+        if not all(pool.wait_ended(2.5 if stop else 1.0) for pool in pools):
             sys.stderr.write(
-                "subinterp: waiting for submitted tasks to finish before Python exits "
+                "subinterp: stopping the running tasks before Python exits "
+                "(Ctrl-C exits at once)\n"
+                if stop
+                else "subinterp: waiting for submitted tasks to finish before Python exits "
                 "(Ctrl-C stops them)\n"
             )
             sys.stderr.flush()
             for pool in pools:
-                pool._ended(None)
+                pool.wait_ended(None)
     except KeyboardInterrupt:
+        if stop:
+            _exit_now(130)
         stop = True
-    if stop:
         try:
+            # Running tasks are interrupted, and a task stuck in C code is left behind
+            # after the grace period: the pools end at once, as the message said.
             for pool in pools:
-                pool.shutdown(wait=False, interrupt=True)
+                pool.shutdown(False, False, True)
             for pool in pools:
-                pool._ended(None)
+                pool.wait_ended(None)
         except KeyboardInterrupt:
             _exit_now(130)
     with _POOLS_LOCK:
@@ -708,26 +912,28 @@ def _end_all() -> None:
             interp.close()
     except KeyboardInterrupt:
         _exit_now(130)
-    _native._runtime_stop()
     # Code stuck in C (a task reported as TimeoutError, its worker replaced; an
     # Interpreter's call past its deadline or Ctrl-C) keeps its interpreter until the call
     # returns; Python must not finalise before it ends, so exiting waits for it — within
-    # a grace period: past it, the process exits without finalising.
-    left = _native._runtime_wait(1.0)
-    if left is None and not _LEFT_BEHIND:
-        sys.stderr.write(
-            f"subinterp: waiting up to {_EXIT_GRACE:.0f} s for code stuck in C to return "
-            "before Python exits (Ctrl-C exits at once)\n"
-        )
-        sys.stderr.flush()
-        import time
+    # a grace period: past it, the process exits without finalising. A Ctrl-C anywhere in
+    # this wait exits at once: letting KeyboardInterrupt out of here would finalise Python
+    # beside running interpreters.
+    try:
+        _native._runtime_stop()
+        left = _native._runtime_wait(1.0)
+        if left is None and not _LEFT_BEHIND:
+            sys.stderr.write(
+                f"subinterp: waiting up to {_EXIT_GRACE:.0f} s for code stuck in C to return "
+                "before Python exits (Ctrl-C exits at once)\n"
+            )
+            sys.stderr.flush()
+            import time
 
-        end = time.monotonic() + _EXIT_GRACE
-        try:
+            end = time.monotonic() + _EXIT_GRACE
             while left is None and time.monotonic() < end:
                 left = _native._runtime_wait(0.25)
-        except KeyboardInterrupt:
-            _exit_now(130)
+    except KeyboardInterrupt:
+        _exit_now(130)
     if left is None:
         status = 130 if stop else 1
         sys.stderr.write(
@@ -774,3 +980,8 @@ def _exit_now(status: int) -> None:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGINT)
     os._exit(status)
+
+
+# os.fork() refuses while pools or interpreters are alive (see _guard_fork).
+if _native.id() == 0:
+    _guard_fork()

@@ -55,19 +55,52 @@ def _subinterp_resolve(module, qualname):
     return obj
 
 
+def _subinterp_injected(exc):
+    """Whether ``exc`` may be how the pool stops a task (a plain ``KeyboardInterrupt``,
+    or ``TimeoutError`` at a deadline), which must reach the pool as raised, so that it
+    reports a deadline as one; the task's other exceptions, ``SystemExit`` and subclasses
+    of ``KeyboardInterrupt`` included, are reported to the caller by this runner."""
+    return type(exc) is KeyboardInterrupt or type(exc) is TimeoutError
+
+
 def _subinterp_run(module, qualname, payload, *args, **kwargs):
-    """Calls ``module.qualname``; returns what ``_subinterp_call`` returns."""
+    """Calls ``module.qualname`` (or, with no module, the callable pickled with its
+    arguments in ``payload``); returns what ``_subinterp_call`` returns."""
     import pickle
 
     try:
-        if payload is not None:
-            args, kwargs = pickle.loads(payload)
-        fn = _subinterp_resolve(module, qualname)
-    except (KeyboardInterrupt, SystemExit):
-        raise
+        if module is None:
+            fn, args, kwargs = pickle.loads(payload)
+        else:
+            if payload is not None:
+                args, kwargs = pickle.loads(payload)
+            fn = _subinterp_resolve(module, qualname)
     except BaseException as exc:  # noqa: B902 - reported to the caller whole
-        return _subinterp_failure(exc)
+        if _subinterp_injected(exc):
+            raise
+        return _subinterp_failure(_subinterp_main_failure(exc))
     return _subinterp_call(fn, args, kwargs)
+
+
+def _subinterp_initialize(module, qualname, payload):
+    """Runs a pool's ``initializer``: by name with the pickled ``initargs``, or pickled
+    with them (no module)."""
+    import pickle
+
+    if module is None:
+        fn, args = pickle.loads(payload)
+    else:
+        fn, args = _subinterp_resolve(module, qualname), pickle.loads(payload)
+    fn(*args)
+
+
+def _subinterp_main_failure(exc):
+    """What unpickling a callable of the main script failed with, when the main script
+    could not be loaded here: the reason it could not."""
+    if _subinterp_main_error is not None and isinstance(exc, AttributeError):
+        if "__mp_main__" in str(exc) or "'__main__'" in str(exc):
+            return ImportError(_subinterp_main_error)
+    return exc
 
 
 def _subinterp_call(fn, args, kwargs):
@@ -77,13 +110,9 @@ def _subinterp_call(fn, args, kwargs):
     ``KeyboardInterrupt`` injected by the pool) pass through."""
     try:
         result = fn(*args, **kwargs)
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except TimeoutError as exc:
-        if type(exc) is TimeoutError:  # a deadline's (or plain): passed through whole
-            raise
-        return _subinterp_failure(exc)
     except BaseException as exc:  # noqa: B902 - reported to the caller whole
+        if _subinterp_injected(exc):
+            raise
         return _subinterp_failure(exc)
     if _subinterp_plain(result):
         return (0, result)
@@ -101,13 +130,29 @@ def _subinterp_failure(exc):
     import pickle
     import traceback
 
-    text = "".join(traceback.format_exception(exc))
+    # The traceback starts at the task's own frames, not the runner's.
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == _SUBINTERP_FILE:
+        tb = tb.tb_next
+    # Without the exception's own last lines: the caller shows them when it raises the
+    # exception, and a long message (numpy's refusal) would be printed twice.
+    shown = traceback.TracebackException(type(exc), exc, tb)
+    lines = list(shown.format())
+    own = len(list(shown.format_exception_only()))
+    text = "".join(lines[: len(lines) - own] if own < len(lines) else lines)
     try:
         pickled = pickle.dumps(exc)
     except Exception:
         pickled = None
     kind = type(exc)
-    return (2, pickled, f"{kind.__module__}.{kind.__qualname__}", str(exc), text)
+    try:
+        message = str(exc)
+    except Exception:
+        message = "<exception str() failed>"
+    return (2, pickled, f"{kind.__module__}.{kind.__qualname__}", message, text)
+
+
+_SUBINTERP_FILE = _subinterp_failure.__code__.co_filename
 
 
 def _subinterp_run_node(payload):
@@ -130,13 +175,16 @@ def _subinterp_run_chunk(module, qualname, payload, items, star=True):
     import pickle
 
     try:
-        if payload is not None:
-            items = pickle.loads(payload)
-        fn = _subinterp_resolve(module, qualname)
-    except (KeyboardInterrupt, SystemExit):
-        raise
+        if module is None:
+            fn, items = pickle.loads(payload)
+        else:
+            if payload is not None:
+                items = pickle.loads(payload)
+            fn = _subinterp_resolve(module, qualname)
     except BaseException as exc:  # noqa: B902 - reported to the caller whole
-        return [(0, []), _subinterp_failure(exc)]
+        if _subinterp_injected(exc):
+            raise
+        return [(0, []), _subinterp_failure(_subinterp_main_failure(exc))]
     values = []
     failure = None
     try:
@@ -146,9 +194,9 @@ def _subinterp_run_chunk(module, qualname, payload, items, star=True):
         else:
             for arg in items:
                 values.append(fn(arg))
-    except (KeyboardInterrupt, SystemExit):
-        raise
     except BaseException as exc:  # noqa: B902 - reported to the caller whole
+        if _subinterp_injected(exc):
+            raise
         failure = _subinterp_failure(exc)
     if _subinterp_plain(values):
         return [(0, values), failure]
@@ -186,24 +234,34 @@ def _subinterp_stand_in(native, package_dir):
 _subinterp_main_error = None
 
 
-def _subinterp_load_main(path):
+def _subinterp_load_main(path=None, name=None):
     """Loads the caller's main script as ``__mp_main__`` (code under ``if __name__ ==
-    "__main__":`` does not run), and makes it what ``__main__`` means for pickle. If it
-    cannot be loaded here (it imports a module that refuses isolated interpreters, say),
-    only the tasks that need it fail, with that error."""
+    "__main__":`` does not run): by module ``name`` when it was run with ``python -m``
+    (as multiprocessing's spawn does, so that its relative imports work), else from its
+    ``path``; and makes it what ``__main__`` means for pickle. If it cannot be loaded here
+    (it imports a module that refuses isolated interpreters, say), only the tasks that
+    need it fail, with that error."""
     global _subinterp_main_error
     import importlib.util
+    import runpy
+    import types
 
-    spec = importlib.util.spec_from_file_location("__mp_main__", path)
-    module = importlib.util.module_from_spec(spec)
-    _sys.modules["__mp_main__"] = module
     try:
-        spec.loader.exec_module(module)
-    except (KeyboardInterrupt, SystemExit):
-        raise
+        if name is not None:
+            module = types.ModuleType("__mp_main__")
+            _sys.modules["__mp_main__"] = module
+            module.__dict__.update(runpy.run_module(name, run_name="__mp_main__", alter_sys=True))
+        else:
+            spec = importlib.util.spec_from_file_location("__mp_main__", path)
+            module = importlib.util.module_from_spec(spec)
+            _sys.modules["__mp_main__"] = module
+            spec.loader.exec_module(module)
     except BaseException as exc:  # noqa: B902 - kept for the tasks that need it
-        del _sys.modules["__mp_main__"]
-        _subinterp_main_error = f"the main script {path} cannot be loaded in a worker: " + (
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        _sys.modules.pop("__mp_main__", None)
+        _subinterp_main_error = (
+            f"the main script {name or path} cannot be loaded in a worker: "
             f"{type(exc).__name__}: {exc}"
         )
         return

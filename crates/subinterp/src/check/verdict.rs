@@ -493,6 +493,9 @@ fn prepared_words(bare: &Phase, hazardous: &[(&Hazard, Vec<&str>)], version: &st
     )
 }
 
+/// What CPython's refusal of a module in an isolated interpreter says.
+const REFUSAL_WORDS: &str = "does not support loading in subinterpreters";
+
 /// The refusal to blame. When the isolated import failed: the refusal whose message the
 /// error carries (the one that propagated), else the last one. When it worked (the
 /// refusals were caught): one of the package's own modules, else the first.
@@ -509,7 +512,13 @@ fn culprit<'a>(
             .iter()
             .rev()
             .find(|(_, message)| error.message.contains(message.as_str()))
-            .or(refused.last())
+            // A refusal of a module not among those recorded (one imported where the
+            // probe does not see it) blames none of them: the error says which.
+            .or_else(|| {
+                (!error.message.contains(REFUSAL_WORDS))
+                    .then(|| refused.last())
+                    .flatten()
+            })
             .copied(),
         None => {
             let top = obs.module.split('.').next().unwrap_or_default();
@@ -772,6 +781,18 @@ mod tests {
     }
 
     const REFUSED: &str = "module pkg._speedups does not support loading in subinterpreters";
+
+    #[test]
+    fn a_refusal_of_an_unrecorded_module_blames_no_recorded_one() {
+        let psutil = "module psutil._psutil_linux does not support loading in subinterpreters";
+        let curses = "module _curses does not support loading in subinterpreters";
+        let refused = || attempt(false, Some(("ImportError", psutil)), &[("_curses", curses)]);
+        let r = derive_(&obs(vec![phase("isolated", vec![refused(), refused()])]));
+        assert_eq!(r.culprit, None);
+        let reason = r.reason();
+        assert!(!reason.contains("_curses"), "{reason}");
+        assert!(reason.contains("psutil._psutil_linux"), "{reason}");
+    }
 
     #[test]
     fn caught_refusal_is_ok_with_a_culprit() {
