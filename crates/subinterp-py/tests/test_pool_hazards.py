@@ -356,6 +356,12 @@ def test_an_init_syntax_error_points_at_the_users_line():
     assert "line 8" not in text, text
 
 
+def test_an_interpreter_init_error_points_at_the_users_line():
+    with pytest.raises(SyntaxError) as info:
+        subinterp.Interpreter(init="x = 1\ny = (\n")
+    assert "line 2" in str(info.value), info.value
+
+
 # ---------------------------------------------------------------- check
 
 

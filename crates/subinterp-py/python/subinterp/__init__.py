@@ -739,12 +739,11 @@ class Interpreter:
         self, *, isolated: bool = True, init: str | None = None, timeout: float | None = None
     ):
         _native._runtime_start()
-        code = _setup_code()
+        # The user's init is a source of its own: an error points at its own line.
+        code = ["\n".join(_setup_code()) + "\n"]
         if init is not None:
-            code.append(init)
-        self._handle = _native._interp_new(
-            {"isolated": isolated, "init": "\n".join(code) + "\n", "timeout": timeout}
-        )
+            code.append(init if init.endswith("\n") else init + "\n")
+        self._handle = _native._interp_new({"isolated": isolated, "init": code, "timeout": timeout})
         self._timeout = timeout
         self._closed = False
         with _POOLS_LOCK:
