@@ -470,7 +470,9 @@ def test_one_ctrl_c_at_exit_ends_a_pool_stuck_in_c(tmp_path):
         # The pool ends (its worker stuck in C is left behind): the next wait is the
         # process's own, for the stuck interpreter, and it says so.
         line = proc.stderr.readline()
-        assert "stuck in C code" in line, line
+        assert "stuck in C" in line, line
+        # ... for at most its grace period: the process then exits, as a Ctrl-C'd one.
+        assert proc.wait(timeout=30) in (130, -signal.SIGINT), proc.stderr.read()
     finally:
         proc.kill()
         proc.wait()
@@ -510,7 +512,7 @@ def test_ctrl_c_while_waiting_for_a_task_stuck_in_c_stops_the_pool_without_askin
             seen.append(line)
             if "subinterp:" in line:
                 break
-        assert "stuck in C code" in line and "Ctrl-C exits at once" in line, seen
+        assert "stuck in C" in line and "Ctrl-C exits at once" in line, seen
         assert "KeyboardInterrupt" in "".join(seen)
     finally:
         proc.kill()
