@@ -215,3 +215,37 @@ def test_a_runaway_task_past_its_deadline_is_reported_as_timed_out():
             future.result(timeout=30)
     assert "deadline" in str(info.value), info.value
     assert "returned a result" not in str(info.value), info.value
+
+
+def test_close_cancels_a_call_queued_behind_the_interrupted_one(tmp_path):
+    # Two threads call the same interpreter: the second call waits behind the first.
+    # close() interrupts the first; the second, pure Python, is cancelled once the grace
+    # period has passed instead of keeping the interpreter (and the program's exit status).
+    proc = start_child(
+        tmp_path,
+        """
+        import threading
+        interp = subinterp.Interpreter()
+        got = []
+
+        def run():
+            try:
+                interp.exec("while True: pass")
+            except BaseException as exc:
+                got.append(type(exc).__name__)
+
+        callers = [threading.Thread(target=run) for _ in range(2)]
+        for caller in callers:
+            caller.start()
+            time.sleep(0.3)
+        interp.close()
+        for caller in callers:
+            caller.join(60)
+        print(*got, flush=True)
+        """,
+    )
+    out, err = proc.communicate(timeout=120)
+    assert out.split() == ["RuntimeError", "RuntimeError"], (out, err)
+    assert "left running" not in err, err
+    assert proc.returncode == 0, err
+
