@@ -249,3 +249,28 @@ def test_close_cancels_a_call_queued_behind_the_interrupted_one(tmp_path):
     assert "left running" not in err, err
     assert proc.returncode == 0, err
 
+
+def test_ctrl_c_while_exit_first_waits_for_code_stuck_in_c_exits_at_once(tmp_path):
+    # The first second of exit's wait for an interpreter stuck in C (here, an init given
+    # up with Ctrl-C): a second Ctrl-C then ends the process as Ctrl-C does, instead of
+    # letting Python finalise beside the running interpreter (a fatal error on 3.12).
+    proc = start_child(
+        tmp_path,
+        """
+        print("ready", flush=True)
+        try:
+            subinterp.Interpreter(init=STUCK_IN_C)
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+        """,
+    )
+    wait_for_line(proc, "ready")
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    wait_for_line(proc, "interrupted")
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert "Fatal Python error" not in err, err
+    assert "Traceback" not in err, err
+    assert proc.returncode in (-signal.SIGINT, 130), (proc.returncode, err)

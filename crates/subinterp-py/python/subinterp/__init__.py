@@ -708,26 +708,27 @@ def _end_all() -> None:
             interp.close()
     except KeyboardInterrupt:
         _exit_now(130)
-    _native._runtime_stop()
     # Code stuck in C (a task reported as TimeoutError, its worker replaced; an
     # Interpreter's call past its deadline or Ctrl-C) keeps its interpreter until the call
     # returns; Python must not finalise before it ends, so exiting waits for it — within
-    # a grace period: past it, the process exits without finalising.
-    left = _native._runtime_wait(1.0)
-    if left is None and not _LEFT_BEHIND:
-        sys.stderr.write(
-            f"subinterp: waiting up to {_EXIT_GRACE:.0f} s for code stuck in C to return "
-            "before Python exits (Ctrl-C exits at once)\n"
-        )
-        sys.stderr.flush()
-        import time
+    # a grace period: past it, the process exits without finalising. Ctrl-C at any point
+    # of that wait exits at once, never finalising beside a running interpreter.
+    try:
+        _native._runtime_stop()
+        left = _native._runtime_wait(1.0)
+        if left is None and not _LEFT_BEHIND:
+            sys.stderr.write(
+                f"subinterp: waiting up to {_EXIT_GRACE:.0f} s for code stuck in C to "
+                "return before Python exits (Ctrl-C exits at once)\n"
+            )
+            sys.stderr.flush()
+            import time
 
-        end = time.monotonic() + _EXIT_GRACE
-        try:
+            end = time.monotonic() + _EXIT_GRACE
             while left is None and time.monotonic() < end:
                 left = _native._runtime_wait(0.25)
-        except KeyboardInterrupt:
-            _exit_now(130)
+    except KeyboardInterrupt:
+        _exit_now(130)
     if left is None:
         status = 130 if stop else 1
         sys.stderr.write(
