@@ -95,6 +95,16 @@ def test_a_view_of_a_shared_buffer_crosses_as_that_view():
     assert len(ch) == 0
 
 
+def test_a_zero_dimensional_view_of_a_shared_buffer_keeps_its_shape():
+    buf = subinterp.buffer((7).to_bytes(8, "little"), writable=True)
+    scalar = memoryview(buf).cast("q", shape=[])
+    ch = subinterp.channel("py-buffer-scalar")
+    ch.send(scalar)
+    got = ch.recv()
+    assert (got.format, got.shape, got.ndim) == ("q", (), 0)
+    assert got[()] == 7
+
+
 class _Color(enum.IntEnum):
     RED = 1
 

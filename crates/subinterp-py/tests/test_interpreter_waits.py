@@ -274,3 +274,27 @@ def test_ctrl_c_while_exit_first_waits_for_code_stuck_in_c_exits_at_once(tmp_pat
     assert "Fatal Python error" not in err, err
     assert "Traceback" not in err, err
     assert proc.returncode in (-signal.SIGINT, 130), (proc.returncode, err)
+
+
+def test_ctrl_c_in_close_does_not_make_exit_wait_again(tmp_path):
+    # Ctrl-C stops close() waiting for code stuck in C; the program then ends without a
+    # second wait for the same code.
+    proc = start_child(
+        tmp_path,
+        """
+        interp = subinterp.Interpreter()
+        try:
+            interp.exec("import threading\\nthreading.Event().wait()", timeout=0.3)
+        except TimeoutError:
+            pass
+        print("closing", flush=True)
+        interp.close()
+        """,
+    )
+    wait_for_line(proc, "closing")
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert "KeyboardInterrupt" in err, err
+    assert "waiting up to" not in err, err
+    assert proc.returncode in (-signal.SIGINT, 130), (proc.returncode, err)

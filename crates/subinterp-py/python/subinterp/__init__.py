@@ -613,13 +613,18 @@ class Interpreter:
         stderr. A call running meanwhile in another thread raises ``RuntimeError``."""
         if not self._closed:
             self._closed = True
+            global _LEFT_BEHIND
             try:
                 grace = _native._interp_close(self._handle)
+            except KeyboardInterrupt:
+                # Closing goes on in the background; exit does not wait for it beyond
+                # its first second, as Ctrl-C asked.
+                _LEFT_BEHIND = True
+                raise
             finally:
                 with _POOLS_LOCK:
                     _INTERPRETERS.discard(self)
             if grace is not None:
-                global _LEFT_BEHIND
                 _LEFT_BEHIND = True
                 sys.stderr.write(
                     f"subinterp: interpreter {self.id} did not end within its grace period "
