@@ -298,3 +298,11 @@ def test_ctrl_c_in_close_does_not_make_exit_wait_again(tmp_path):
     assert "KeyboardInterrupt" in err, err
     assert "waiting up to" not in err, err
     assert proc.returncode in (-signal.SIGINT, 130), (proc.returncode, err)
+
+
+def test_init_runs_where_exec_runs_and_its_errors_give_its_own_lines():
+    # (pytest's own main script is loaded in the interpreter, as a user's would be.)
+    with pytest.raises(SyntaxError, match=r"<init>, line 2"):
+        subinterp.Interpreter(init="x = 1\ny = (")
+    with subinterp.Interpreter(init="import math\nvalue = math.sqrt(16)") as interp:
+        interp.exec("assert value == 4.0")

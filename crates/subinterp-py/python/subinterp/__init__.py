@@ -545,7 +545,8 @@ class Interpreter:
     It sees this interpreter's ``sys.path`` as it was when it was made, and the main
     script's functions (loaded as ``__mp_main__``). ``isolated=False`` makes a legacy
     interpreter (shares the process's GIL; loads modules that refuse isolated ones).
-    ``init`` is Python source run in it first; ``timeout`` is the deadline of ``init``
+    ``init`` is Python source run in it first, in the ``__main__`` where ``exec`` runs;
+    ``timeout`` is the deadline of ``init``
     and the default deadline of each ``exec``/``call``, in seconds. Waiting releases this
     interpreter's GIL, and Ctrl-C interrupts the running code and raises
     ``KeyboardInterrupt`` here.
@@ -564,7 +565,12 @@ class Interpreter:
         _native._runtime_start()
         code = _setup_code()
         if init is not None:
-            code.append(init)
+            # Compiled on its own, so that errors give its own line numbers, and run where
+            # exec() and call("__main__:...") run later: the main script's module, which
+            # loading it made __main__.
+            code.append(
+                f"exec(compile({init!r}, '<init>', 'exec'), sys.modules['__main__'].__dict__)"
+            )
         self._handle = _native._interp_new(
             {"isolated": isolated, "init": "\n".join(code) + "\n", "timeout": timeout}
         )
