@@ -306,3 +306,26 @@ def test_init_runs_where_exec_runs_and_its_errors_give_its_own_lines():
         subinterp.Interpreter(init="x = 1\ny = (")
     with subinterp.Interpreter(init="import math\nvalue = math.sqrt(16)") as interp:
         interp.exec("assert value == 4.0")
+
+
+def test_exit_closes_several_stuck_interpreters_at_once(tmp_path):
+    # Four interpreters blocked in C at exit: their grace periods run together, not one
+    # after another (which took over 20 s).
+    proc = start_child(
+        tmp_path,
+        """
+        interps = [subinterp.Interpreter() for _ in range(4)]
+        for interp in interps:
+            try:
+                interp.exec("import threading\\nthreading.Event().wait()", timeout=0.1)
+            except TimeoutError:
+                pass
+        print("done", flush=True)
+        """,
+    )
+    wait_for_line(proc, "done")
+    ending = time.monotonic()
+    out, err = proc.communicate(timeout=120)
+    assert err.count("left running") == 4, err
+    assert proc.returncode == 1, err
+    assert time.monotonic() - ending < 16, err

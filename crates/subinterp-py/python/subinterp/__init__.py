@@ -538,6 +538,34 @@ def _chained(futures, timeout):
 _INTERPRETERS: "set[Interpreter]" = set()
 
 
+def _close_interpreters(interpreters: "list[Interpreter]") -> None:
+    """Closes the interpreters all at once (each within its grace period), saying which
+    were left running."""
+    global _LEFT_BEHIND
+    closing = [interp for interp in interpreters if not interp._closed]
+    for interp in closing:
+        interp._closed = True
+    try:
+        graces = _native._interp_close_all([interp._handle for interp in closing])
+    except KeyboardInterrupt:
+        # Closing goes on in the background; exit does not wait for it beyond its first
+        # second, as Ctrl-C asked.
+        _LEFT_BEHIND = True
+        raise
+    finally:
+        with _POOLS_LOCK:
+            _INTERPRETERS.difference_update(closing)
+    for interp, grace in zip(closing, graces):
+        if grace is not None:
+            _LEFT_BEHIND = True
+            sys.stderr.write(
+                f"subinterp: interpreter {interp.id} did not end within its grace period "
+                f"of {grace:.1f} s (blocked in C code?); it is left running until that "
+                "code returns\n"
+            )
+    sys.stderr.flush()
+
+
 class Interpreter:
     """One isolated interpreter of this process, with its own GIL, modules and ``sys``:
     for hosting plugins or running code apart from the program's own state.
@@ -617,27 +645,7 @@ class Interpreter:
         call still running (say, blocked in C code) is interrupted; if it does not stop
         within the grace period, the interpreter is left running with a message on
         stderr. A call running meanwhile in another thread raises ``RuntimeError``."""
-        if not self._closed:
-            self._closed = True
-            global _LEFT_BEHIND
-            try:
-                grace = _native._interp_close(self._handle)
-            except KeyboardInterrupt:
-                # Closing goes on in the background; exit does not wait for it beyond
-                # its first second, as Ctrl-C asked.
-                _LEFT_BEHIND = True
-                raise
-            finally:
-                with _POOLS_LOCK:
-                    _INTERPRETERS.discard(self)
-            if grace is not None:
-                _LEFT_BEHIND = True
-                sys.stderr.write(
-                    f"subinterp: interpreter {self.id} did not end within its grace period "
-                    f"of {grace:.1f} s (blocked in C code?); it is left running until that "
-                    "code returns\n"
-                )
-                sys.stderr.flush()
+        _close_interpreters([self])
 
     def __enter__(self) -> "Interpreter":
         return self
@@ -715,8 +723,7 @@ def _end_all() -> None:
     with _POOLS_LOCK:
         interpreters = list(_INTERPRETERS)
     try:
-        for interp in interpreters:
-            interp.close()
+        _close_interpreters(interpreters)
     except KeyboardInterrupt:
         _exit_now(130)
     # Code stuck in C (a task reported as TimeoutError, its worker replaced; an
