@@ -95,6 +95,24 @@ def test_a_view_of_a_shared_buffer_crosses_as_that_view():
     assert len(ch) == 0
 
 
+def test_a_zero_dimensional_view_of_a_shared_buffer_keeps_its_shape():
+    buf = subinterp.buffer((7).to_bytes(8, "little"), writable=True)
+    scalar = memoryview(buf).cast("q", shape=[])
+    ch = subinterp.channel("py-buffer-scalar")
+    ch.send(scalar)
+    got = ch.recv()
+    assert (got.format, got.shape, got.ndim) == ("q", (), 0)
+    assert got[()] == 7
+
+
+def test_a_view_of_other_memory_is_refused_with_the_way_to_send_a_copy():
+    ch = subinterp.channel("py-other-views")
+    for view in (memoryview(bytearray(b"abcd"))[1:3], memoryview(b"abcd")):
+        with pytest.raises(TypeError, match=r"bytes\(view\)"):
+            ch.send(view)
+    assert len(ch) == 0
+
+
 class _Color(enum.IntEnum):
     RED = 1
 

@@ -215,3 +215,117 @@ def test_a_runaway_task_past_its_deadline_is_reported_as_timed_out():
             future.result(timeout=30)
     assert "deadline" in str(info.value), info.value
     assert "returned a result" not in str(info.value), info.value
+
+
+def test_close_cancels_a_call_queued_behind_the_interrupted_one(tmp_path):
+    # Two threads call the same interpreter: the second call waits behind the first.
+    # close() interrupts the first; the second, pure Python, is cancelled once the grace
+    # period has passed instead of keeping the interpreter (and the program's exit status).
+    proc = start_child(
+        tmp_path,
+        """
+        import threading
+        interp = subinterp.Interpreter()
+        got = []
+
+        def run():
+            try:
+                interp.exec("while True: pass")
+            except BaseException as exc:
+                got.append(type(exc).__name__)
+
+        callers = [threading.Thread(target=run) for _ in range(2)]
+        for caller in callers:
+            caller.start()
+            time.sleep(0.3)
+        interp.close()
+        for caller in callers:
+            caller.join(60)
+        print(*got, flush=True)
+        """,
+    )
+    out, err = proc.communicate(timeout=120)
+    assert out.split() == ["RuntimeError", "RuntimeError"], (out, err)
+    assert "left running" not in err, err
+    assert proc.returncode == 0, err
+
+
+def test_ctrl_c_while_exit_first_waits_for_code_stuck_in_c_exits_at_once(tmp_path):
+    # The first second of exit's wait for an interpreter stuck in C (here, an init given
+    # up with Ctrl-C): a second Ctrl-C then ends the process as Ctrl-C does, instead of
+    # letting Python finalise beside the running interpreter (a fatal error on 3.12).
+    proc = start_child(
+        tmp_path,
+        """
+        print("ready", flush=True)
+        try:
+            subinterp.Interpreter(init=STUCK_IN_C)
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+        """,
+    )
+    wait_for_line(proc, "ready")
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    wait_for_line(proc, "interrupted")
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert "Fatal Python error" not in err, err
+    assert "Traceback" not in err, err
+    assert proc.returncode in (-signal.SIGINT, 130), (proc.returncode, err)
+
+
+def test_ctrl_c_in_close_does_not_make_exit_wait_again(tmp_path):
+    # Ctrl-C stops close() waiting for code stuck in C; the program then ends without a
+    # second wait for the same code.
+    proc = start_child(
+        tmp_path,
+        """
+        interp = subinterp.Interpreter()
+        try:
+            interp.exec("import threading\\nthreading.Event().wait()", timeout=0.3)
+        except TimeoutError:
+            pass
+        print("closing", flush=True)
+        interp.close()
+        """,
+    )
+    wait_for_line(proc, "closing")
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert "KeyboardInterrupt" in err, err
+    assert "waiting up to" not in err, err
+    assert proc.returncode in (-signal.SIGINT, 130), (proc.returncode, err)
+
+
+def test_init_runs_where_exec_runs_and_its_errors_give_its_own_lines():
+    # (pytest's own main script is loaded in the interpreter, as a user's would be.)
+    with pytest.raises(SyntaxError, match=r"<init>, line 2"):
+        subinterp.Interpreter(init="x = 1\ny = (")
+    with subinterp.Interpreter(init="import math\nvalue = math.sqrt(16)") as interp:
+        interp.exec("assert value == 4.0")
+
+
+def test_exit_closes_several_stuck_interpreters_at_once(tmp_path):
+    # Four interpreters blocked in C at exit: their grace periods run together, not one
+    # after another (which took over 20 s).
+    proc = start_child(
+        tmp_path,
+        """
+        interps = [subinterp.Interpreter() for _ in range(4)]
+        for interp in interps:
+            try:
+                interp.exec("import threading\\nthreading.Event().wait()", timeout=0.1)
+            except TimeoutError:
+                pass
+        print("done", flush=True)
+        """,
+    )
+    wait_for_line(proc, "done")
+    ending = time.monotonic()
+    out, err = proc.communicate(timeout=120)
+    assert err.count("left running") == 4, err
+    assert proc.returncode == 1, err
+    assert time.monotonic() - ending < 16, err

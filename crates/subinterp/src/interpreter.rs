@@ -170,6 +170,11 @@ struct Interrupts {
     op: AtomicU64,
     /// Blocking waits (channels) in progress in this interpreter.
     waits: Arc<InterruptState>,
+    /// Set when [`Interpreter::close`]'s grace period has passed with operations still
+    /// running: each operation that runs from then on is cancelled (again every
+    /// [`REPEAT_INTERRUPT`] until it ends), so that queued code cannot keep the
+    /// interpreter from ending.
+    cancel_all: AtomicBool,
     /// Interrupts waiting for the delivery thread.
     delivery: Mutex<Delivery>,
     wake: Condvar,
@@ -201,6 +206,7 @@ impl Interrupts {
             running: AtomicBool::new(false),
             op: AtomicU64::new(0),
             waits,
+            cancel_all: AtomicBool::new(false),
             delivery: Mutex::new(Delivery::default()),
             wake: Condvar::new(),
         }
@@ -290,6 +296,20 @@ impl Interrupts {
             },
             request.reason,
         );
+    }
+
+    /// Raises `KeyboardInterrupt` in the operation running now, if any, again every
+    /// [`REPEAT_INTERRUPT`] until it ends.
+    fn cancel_running(self: &Arc<Self>) {
+        let op = self.op.load(Ordering::Acquire);
+        if self.runs(op) {
+            let _ = self.request(Request {
+                reason: InterruptReason::Cancelled,
+                op,
+                still_wanted: None,
+                repeat: true,
+            });
+        }
     }
 
     /// No more interrupts: the interpreter ends.
@@ -877,10 +897,13 @@ impl Interpreter {
     /// Operations queued behind the running one still run first. Idempotent.
     ///
     /// Bounded by the configured [`shutdown_grace`](InterpreterConfig::shutdown_grace)
-    /// (default [`DEFAULT_SHUTDOWN_GRACE`](crate::DEFAULT_SHUTDOWN_GRACE)): if the
-    /// operations do not end within it (code blocked in C, such as `time.sleep(3600)`,
-    /// which no interrupt reaches), or the interpreter's Python threads still run after
-    /// it, the interpreter is left behind with a warning (`tracing`) and this returns. Its
+    /// (default [`DEFAULT_SHUTDOWN_GRACE`](crate::DEFAULT_SHUTDOWN_GRACE)): operations
+    /// still running or queued when it has passed (one that caught the
+    /// `KeyboardInterrupt`, one queued behind) are cancelled in turn, each with
+    /// `KeyboardInterrupt` again every 0.2 s until it stops. If they still do not end
+    /// within [`CALL_GRACE`] (code blocked in C, such as `time.sleep(3600)`, which no
+    /// interrupt reaches), or the interpreter's Python threads still run after that, the
+    /// interpreter is left behind with a warning (`tracing`) and this returns. Its
     /// thread ends it when the blocked code returns, if ever; until then the runtime is
     /// not finalised.
     pub fn close(&self) -> Result<()> {
@@ -929,10 +952,22 @@ impl Interpreter {
         let grace = self.grace;
         // The operations get the grace period to end; then ending the interpreter (its
         // Python threads get the grace period again, `atexit` a little more).
-        let served = match self.ending.recv_timeout(grace) {
+        let ends_within = |limit: Duration| match self.ending.recv_timeout(limit) {
             Ok(()) => true,
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => true,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => false,
+        };
+        let served = ends_within(grace) || {
+            // Still running past the grace period: an operation that ignored the first
+            // interrupt (catching `KeyboardInterrupt`) or was queued behind the one
+            // running at the call. Each is cancelled now, again until it stops; only code
+            // blocked in C is then left running.
+            self.interrupts.cancel_all.store(true, Ordering::Release);
+            // Pairs with the fence in `serve`: an operation starting now is cancelled by
+            // one side or the other.
+            std::sync::atomic::fence(Ordering::SeqCst);
+            self.interrupts.cancel_running();
+            ends_within(CALL_GRACE)
         };
         let ended = served
             && matches!(
@@ -985,13 +1020,19 @@ impl std::fmt::Debug for Interpreter {
 fn serve(
     sub: &SubInterpreter,
     rx: &Receiver<Msg>,
-    interrupts: &Interrupts,
+    interrupts: &Arc<Interrupts>,
 ) -> Option<Sender<Result<Output>>> {
     loop {
         match rx.recv() {
             Ok(Msg::Job(job)) => sub.with_gil(|py| {
                 interrupts.op.fetch_add(1, Ordering::AcqRel);
                 interrupts.running.store(true, Ordering::Release);
+                // Pairs with the fence in `shut`: one of the two sees the other's store.
+                std::sync::atomic::fence(Ordering::SeqCst);
+                if interrupts.cancel_all.load(Ordering::Acquire) {
+                    // Queued before `close`, whose grace period has passed.
+                    interrupts.cancel_running();
+                }
                 job(py);
                 // An interrupt that arrived as the job ended must not hit the next one.
                 interrupts.running.store(false, Ordering::Release);

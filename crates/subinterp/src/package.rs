@@ -86,10 +86,11 @@ fn specs() -> Vec<ModuleSpec> {
             interp_call,
         ),
         callback::method_def(
-            c"_interp_close",
-            c"_interp_close(interp)\n--\n\nEnds the interpreter within its grace period; the \
-              grace period in seconds if it was left running, else None.",
-            interp_close,
+            c"_interp_close_all",
+            c"_interp_close_all(interps)\n--\n\nEnds the interpreters all at once, each \
+              within its grace period; for each, the grace period in seconds if it was left \
+              running, else None.",
+            interp_close_all,
         ),
         callback::method_def(
             c"_check",
@@ -209,6 +210,10 @@ impl<T> Registry<T> {
 
     fn remove(&self, handle: &PyObj<'_>) -> Result<Option<Arc<T>>> {
         Ok(Self::id_of(handle)?.and_then(|id| self.map().as_mut()?.remove(&id)))
+    }
+
+    fn remove_id(&self, id: u64) -> Option<Arc<T>> {
+        self.map().as_mut()?.remove(&id)
     }
 
     fn take_all(&self) -> Vec<Arc<T>> {
@@ -525,34 +530,65 @@ fn interp_call<'py>(
     })
 }
 
-/// Ends the interpreter within its grace period (Ctrl-C stops the waiting, not the
-/// ending). Returns the grace period in seconds if the interpreter was left behind,
-/// still running (blocked in C code), else `None`.
-fn interp_close<'py>(
+/// Closes the interpreters of the handles in the list all at once (exit closes every
+/// interpreter: each stuck one then costs its grace period once, not one after another).
+fn interp_close_all<'py>(
     py: Python<'py>,
     _: &PyObj<'py>,
     args: &FastArgs<'_, 'py>,
 ) -> Outcome<PyObj<'py>> {
-    let a = parse(args, "_interp_close", ["interp"], 1)?;
-    let Some(interp) = INTERPS.remove(required(&a[0]))? else {
-        return Ok(py.none());
+    let a = parse(args, "_interp_close_all", ["interps"], 1)?;
+    let Value::List(handles) = required(&a[0]).to_value()? else {
+        return Err(Error::python("builtins.TypeError", "_interp_close_all takes a list").into());
     };
-    let grace = interp.grace();
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    std::thread::spawn(move || {
-        let _ = tx.send(interp.close_reporting());
-    });
-    let left = loop {
-        match py.allow_threads(|| rx.recv_timeout(Duration::from_millis(50))) {
-            Ok(result) => break result?,
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break false,
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => py.check_signals()?,
-        }
-    };
-    if left {
-        return Ok(py.to_object(&Value::Float(grace.as_secs_f64()))?);
+    let interps = handles
+        .iter()
+        .map(|handle| {
+            let id = handle.as_i64().and_then(|id| u64::try_from(id).ok());
+            id.and_then(|id| INTERPS.remove_id(id))
+        })
+        .collect();
+    let left = close_together(py, interps)?;
+    Ok(py.to_object(&Value::List(left))?)
+}
+
+/// Closes the interpreters, each within its grace period, all at once and off this
+/// thread, so that Ctrl-C (a signal handler raising here) stops the waiting, not the
+/// ending. For each: its grace period in seconds if it was left behind, still running
+/// (blocked in C code), else `None`.
+fn close_together(py: Python<'_>, interps: Vec<Option<Arc<Interpreter>>>) -> Outcome<Vec<Value>> {
+    let closing: Vec<_> = interps
+        .into_iter()
+        .map(|interp| {
+            let interp = interp?;
+            let grace = interp.grace();
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            std::thread::spawn(move || {
+                let _ = tx.send(interp.close_reporting());
+            });
+            Some((grace, rx))
+        })
+        .collect();
+    let mut left = Vec::with_capacity(closing.len());
+    for closed in closing {
+        let Some((grace, rx)) = closed else {
+            left.push(Value::None);
+            continue;
+        };
+        let behind = loop {
+            match py.allow_threads(|| rx.recv_timeout(Duration::from_millis(50))) {
+                Ok(result) => break result?,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break false,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => py.check_signals()?,
+            }
+        };
+        left.push(if behind {
+            Value::Float(grace.as_secs_f64())
+        } else {
+            Value::None
+        });
     }
-    Ok(py.none())
+    Ok(left)
 }
 
 fn check_modules<'py>(

@@ -629,6 +629,11 @@ fn to_message<'py>(slf: &PyObj<'py>, channel: &Channel, obj: &PyObj<'py>) -> Res
                 return view_message(obj, &handle.buffer).map(Message::Buffer);
             }
         }
+        return Err(py.new_error(
+            ExcKind::Type,
+            "cannot send a memoryview of anything but a subinterp.buffer (shared memory): \
+             send bytes(view) to send a copy of what it shows",
+        ));
     }
     // Bytes reuse a buffer the receiving side gave back, so that a steady stream of
     // messages does not allocate in one thread and free in another.

@@ -280,3 +280,48 @@ fn a_cycle_of_host_functions_across_interpreters_is_would_deadlock() {
     assert!(asked.elapsed() < Duration::from_secs(2));
     NAMED.lock().unwrap().take();
 }
+
+#[test]
+fn close_cancels_operations_queued_or_catching_the_interrupt_after_its_grace_period() {
+    for (first, second) in [
+        // Queued behind the running operation when `close` is called.
+        ("while True:\n    pass\n", "while True:\n    pass\n"),
+        // Catches the interrupt of `close` and goes on.
+        (
+            "try:\n    while True:\n        pass\nexcept BaseException:\n    pass\nwhile True:\n    pass\n",
+            "1",
+        ),
+    ] {
+        let interp = interpreter(Duration::from_millis(500));
+        let running = {
+            let interp = Arc::clone(&interp);
+            in_thread(move || interp.exec(first))
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        let queued = {
+            let interp = Arc::clone(&interp);
+            in_thread(move || interp.exec(second))
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        let closing = Instant::now();
+        interp.close().unwrap();
+        assert!(
+            closing.elapsed() < Duration::from_secs(20),
+            "close took {:?}",
+            closing.elapsed()
+        );
+        // Both calls end: nothing is left running in the interpreter.
+        for call in [running, queued] {
+            let result = call
+                .recv_timeout(Duration::from_secs(30))
+                .expect("an operation still runs after close");
+            if let Err(err) = result {
+                assert!(
+                    matches!(err, Error::Closed)
+                        || err.as_python().is_some_and(|e| e.is("KeyboardInterrupt")),
+                    "{err:?}"
+                );
+            }
+        }
+    }
+}

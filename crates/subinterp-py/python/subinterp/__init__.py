@@ -715,6 +715,34 @@ def _chained(futures, timeout):
 _INTERPRETERS: "set[Interpreter]" = set()
 
 
+def _close_interpreters(interpreters: "list[Interpreter]") -> None:
+    """Closes the interpreters all at once (each within its grace period), saying which
+    were left running."""
+    global _LEFT_BEHIND
+    closing = [interp for interp in interpreters if not interp._closed]
+    for interp in closing:
+        interp._closed = True
+    try:
+        graces = _native._interp_close_all([interp._handle for interp in closing])
+    except KeyboardInterrupt:
+        # Closing goes on in the background; exit does not wait for it beyond its first
+        # second, as Ctrl-C asked.
+        _LEFT_BEHIND = True
+        raise
+    finally:
+        with _POOLS_LOCK:
+            _INTERPRETERS.difference_update(closing)
+    for interp, grace in zip(closing, graces):
+        if grace is not None:
+            _LEFT_BEHIND = True
+            sys.stderr.write(
+                f"subinterp: interpreter {interp.id} did not end within its grace period "
+                f"of {grace:.1f} s (blocked in C code?); it is left running until that "
+                "code returns\n"
+            )
+    sys.stderr.flush()
+
+
 class Interpreter:
     """One isolated interpreter of this process, with its own GIL, modules and ``sys``:
     for hosting plugins or running code apart from the program's own state.
@@ -722,7 +750,8 @@ class Interpreter:
     It sees this interpreter's ``sys.path`` as it was when it was made, and the main
     script's functions (loaded as ``__mp_main__``). ``isolated=False`` makes a legacy
     interpreter (shares the process's GIL; loads modules that refuse isolated ones).
-    ``init`` is Python source run in it first; ``timeout`` is the deadline of ``init``
+    ``init`` is Python source run in it first, in the ``__main__`` where ``exec`` runs;
+    ``timeout`` is the deadline of ``init``
     and the default deadline of each ``exec``/``call``, in seconds. Waiting releases this
     interpreter's GIL, and Ctrl-C interrupts the running code and raises
     ``KeyboardInterrupt`` here.
@@ -742,8 +771,15 @@ class Interpreter:
         # The user's init is a source of its own: an error points at its own line.
         code = ["\n".join(_setup_code()) + "\n"]
         if init is not None:
-            code.append(init if init.endswith("\n") else init + "\n")
-        self._handle = _native._interp_new({"isolated": isolated, "init": code, "timeout": timeout})
+            # Compiled on its own, so that errors give its own line numbers, and run where
+            # exec() and call("__main__:...") run later: the main script's module, which
+            # loading it made __main__.
+            code.append(
+                f"exec(compile({init!r}, '<init>', 'exec'), sys.modules['__main__'].__dict__)"
+            )
+        self._handle = _native._interp_new(
+            {"isolated": isolated, "init": "\n".join(code) + "\n", "timeout": timeout}
+        )
         self._timeout = timeout
         self._closed = False
         with _POOLS_LOCK:
@@ -787,22 +823,7 @@ class Interpreter:
         call still running (say, blocked in C code) is interrupted; if it does not stop
         within the grace period, the interpreter is left running with a message on
         stderr. A call running meanwhile in another thread raises ``RuntimeError``."""
-        if not self._closed:
-            self._closed = True
-            try:
-                grace = _native._interp_close(self._handle)
-            finally:
-                with _POOLS_LOCK:
-                    _INTERPRETERS.discard(self)
-            if grace is not None:
-                global _LEFT_BEHIND
-                _LEFT_BEHIND = True
-                sys.stderr.write(
-                    f"subinterp: interpreter {self.id} did not end within its grace period "
-                    f"of {grace:.1f} s (blocked in C code?); it is left running until that "
-                    "code returns\n"
-                )
-                sys.stderr.flush()
+        _close_interpreters([self])
 
     def __enter__(self) -> "Interpreter":
         return self
@@ -907,23 +928,21 @@ def _end_all() -> None:
     with _POOLS_LOCK:
         interpreters = list(_INTERPRETERS)
     try:
-        for interp in interpreters:
-            interp.close()
+        _close_interpreters(interpreters)
     except KeyboardInterrupt:
         _exit_now(130)
     # Code stuck in C (a task reported as TimeoutError, its worker replaced; an
     # Interpreter's call past its deadline or Ctrl-C) keeps its interpreter until the call
     # returns; Python must not finalise before it ends, so exiting waits for it — within
-    # a grace period: past it, the process exits without finalising. A Ctrl-C anywhere in
-    # this wait exits at once: letting KeyboardInterrupt out of here would finalise Python
-    # beside running interpreters.
+    # a grace period: past it, the process exits without finalising. Ctrl-C at any point
+    # of that wait exits at once, never finalising beside a running interpreter.
     try:
         _native._runtime_stop()
         left = _native._runtime_wait(1.0)
         if left is None and not _LEFT_BEHIND:
             sys.stderr.write(
-                f"subinterp: waiting up to {_EXIT_GRACE:.0f} s for code stuck in C to return "
-                "before Python exits (Ctrl-C exits at once)\n"
+                f"subinterp: waiting up to {_EXIT_GRACE:.0f} s for code stuck in C to "
+                "return before Python exits (Ctrl-C exits at once)\n"
             )
             sys.stderr.flush()
             import time

@@ -127,7 +127,10 @@ pub(crate) fn view_info(obj: &PyObj<'_>) -> Result<ViewInfo> {
                 .into_owned()
         };
         let len = usize::try_from(v.len).unwrap_or(0);
-        let shape = if v.shape.is_null() {
+        let shape = if ndim == 0 {
+            // A scalar view (`cast(fmt, shape=[])`): no dimensions, whatever `shape` is.
+            Vec::new()
+        } else if v.shape.is_null() {
             vec![len]
         } else {
             std::slice::from_raw_parts(v.shape, ndim)
