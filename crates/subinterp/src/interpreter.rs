@@ -26,7 +26,11 @@ use crate::Value;
 /// committed only as used).
 const INTERPRETER_STACK: usize = 16 << 20;
 
-type Job = Box<dyn for<'py> FnOnce(Python<'py>) + Send>;
+/// An operation: runs with the GIL held and returns how to hand its result to its
+/// caller, which happens only once the operation is no longer marked as running (so a
+/// caller that got its result never sees it still running).
+type Job = Box<dyn for<'py> FnOnce(Python<'py>) -> Reply + Send>;
+type Reply = Box<dyn FnOnce() + Send>;
 
 enum Msg {
     Job(Job),
@@ -739,14 +743,17 @@ impl Interpreter {
                 this_op.compare_exchange(0, number, Ordering::AcqRel, Ordering::Acquire)
             {
                 // Withdrawn by its deadline before it started.
-                let _ = reply_tx.send(Err(Error::Interrupted(InterruptReason::Timeout)));
-                return;
+                return Box::new(move || {
+                    let _ = reply_tx.send(Err(Error::Interrupted(InterruptReason::Timeout)));
+                });
             }
             let outer = CHAIN.with(|c| std::mem::replace(&mut *c.borrow_mut(), chain));
             let result = catch_unwind(AssertUnwindSafe(|| f(py)))
                 .unwrap_or_else(|payload| Err(Error::Panic(panic_message(&*payload))));
             CHAIN.with(|c| *c.borrow_mut() = outer);
-            let _ = reply_tx.send(result);
+            Box::new(move || {
+                let _ = reply_tx.send(result);
+            })
         });
         self.tx.send(Msg::Job(job)).map_err(|_| Error::Closed)?;
         Ok(Running {
@@ -1033,10 +1040,11 @@ fn serve(
                     // Queued before `close`, whose grace period has passed.
                     interrupts.cancel_running();
                 }
-                job(py);
+                let reply = job(py);
                 // An interrupt that arrived as the job ended must not hit the next one.
                 interrupts.running.store(false, Ordering::Release);
                 clear_pending_async(py);
+                reply();
             }),
             Ok(Msg::Close(reply)) => return reply,
             Err(_) => return None,
