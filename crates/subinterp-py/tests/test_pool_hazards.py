@@ -166,6 +166,32 @@ def test_fork_beside_a_live_interpreter_is_refused(tmp_path):
     assert _ok(out) == ["refused True", "forked 0"]
 
 
+def test_subprocess_with_preexec_fn_beside_a_live_pool_is_refused(tmp_path):
+    # preexec_fn runs Python in the forked child, after PyOS_AfterFork_Child, which dies
+    # (3.13) or hangs (3.12) with subinterpreters running; without it subprocess is fine.
+    out = run_script(
+        tmp_path,
+        """
+        import subprocess, sys, helpers, subinterp
+
+        if __name__ == "__main__":
+            with subinterp.Pool(1) as pool:
+                print(pool.submit(helpers.add, 1, 2).result(60))
+                try:
+                    subprocess.run([sys.executable, "-c", "pass"], preexec_fn=lambda: None,
+                                   timeout=60)
+                    print("ran")
+                except RuntimeError as exc:
+                    print("refused", "preexec_fn" in str(exc))
+                print("plain", subprocess.run([sys.executable, "-c", "pass"]).returncode)
+            done = subprocess.run([sys.executable, "-c", "pass"], preexec_fn=lambda: None,
+                                  timeout=60)
+            print("after shutdown", done.returncode)
+        """,
+    )
+    assert _ok(out) == ["3", "refused True", "plain 0", "after shutdown 0"]
+
+
 # ---------------------------------------------------------------- callbacks
 
 
