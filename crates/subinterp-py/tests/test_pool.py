@@ -294,6 +294,46 @@ def test_ctrl_c_during_result_interrupts_the_wait_and_the_task(tmp_path):
     assert "Fatal" not in err
 
 
+def test_one_ctrl_c_in_a_with_block_stops_its_tasks_instead_of_waiting_for_them(tmp_path):
+    # Executor.__exit__ waits for every task; ProcessPoolExecutor's workers die of the
+    # same SIGINT. A with block left by KeyboardInterrupt stops the running task and
+    # cancels the queued one.
+    marker = tmp_path / "written"
+    script = _script(
+        tmp_path,
+        f"""
+        import helpers, subinterp
+
+        if __name__ == "__main__":
+            with subinterp.Pool(1) as pool:
+                future = pool.submit(helpers.signal_then_spin, "ctrl-c-with")
+                pool.submit(helpers.write, {str(marker)!r}, "done")
+                subinterp.channel("ctrl-c-with").recv(timeout=60)
+                print("ready", flush=True)
+                future.result()
+        """,
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError("one Ctrl-C did not end the with block: " + err)
+    assert proc.returncode == -signal.SIGINT, err
+    assert "KeyboardInterrupt" in err
+    assert "Fatal" not in err
+    assert not marker.exists()
+
+
 def test_exit_lets_submitted_tasks_finish(tmp_path):
     marker = tmp_path / "written"
     script = _script(

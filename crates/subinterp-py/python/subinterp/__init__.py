@@ -519,7 +519,8 @@ class Pool(concurrent.futures.Executor):
     find no idle worker, up to ``max_workers``; a pool dropped without ``shutdown()``
     ends its workers once its tasks are done. While a pool or ``Interpreter`` is alive,
     ``os.fork()`` of this interpreter raises ``RuntimeError``: use the ``spawn`` or
-    ``forkserver`` start method of ``multiprocessing``.
+    ``forkserver`` start method of ``multiprocessing``. A ``with`` block left by
+    ``KeyboardInterrupt`` stops the pool's tasks instead of waiting for them.
     """
 
     def __init__(
@@ -627,6 +628,13 @@ class Pool(concurrent.futures.Executor):
         behind after a grace period). With ``wait``, returns once every task has its
         result and every worker has ended (Ctrl-C stops the waiting, not the ending)."""
         self._core.shutdown(wait, cancel_futures, interrupt)
+
+    def __exit__(self, exc_type, exc_val, exc_tb):
+        # A with block left by Ctrl-C stops its tasks, as the processes of a
+        # ProcessPoolExecutor die of the same SIGINT, instead of waiting for them all.
+        stop = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+        self.shutdown(wait=True, cancel_futures=stop, interrupt=stop)
+        return False
 
 
 def _live() -> bool:
