@@ -279,6 +279,12 @@ def test_ctrl_c_during_result_interrupts_the_wait_and_the_task(tmp_path):
             future.result()
         """,
     )
+    _ctrl_c_once_ready(script)
+
+
+def _ctrl_c_once_ready(script):
+    """Runs ``script``, sends one SIGINT once it prints ``ready`` and checks that it ends
+    of it within a minute."""
     proc = subprocess.Popen(
         [sys.executable, str(script)],
         stdout=subprocess.PIPE,
@@ -288,7 +294,12 @@ def test_ctrl_c_during_result_interrupts_the_wait_and_the_task(tmp_path):
     assert proc.stdout.readline().strip() == "ready"
     time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError("one Ctrl-C did not end it: " + err)
     assert proc.returncode == -signal.SIGINT, err
     assert "KeyboardInterrupt" in err
     assert "Fatal" not in err
@@ -313,24 +324,7 @@ def test_one_ctrl_c_in_a_with_block_stops_its_tasks_instead_of_waiting_for_them(
                 future.result()
         """,
     )
-    proc = subprocess.Popen(
-        [sys.executable, str(script)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout.readline().strip() == "ready"
-    time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    try:
-        out, err = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        raise AssertionError("one Ctrl-C did not end the with block: " + err)
-    assert proc.returncode == -signal.SIGINT, err
-    assert "KeyboardInterrupt" in err
-    assert "Fatal" not in err
+    _ctrl_c_once_ready(script)
     assert not marker.exists()
 
 
