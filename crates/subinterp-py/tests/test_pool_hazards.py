@@ -166,6 +166,38 @@ def test_fork_beside_a_live_interpreter_is_refused(tmp_path):
     assert _ok(out) == ["refused True", "forked 0"]
 
 
+def test_os_exec_in_a_legacy_worker_or_interpreter_raises_for_the_caller(tmp_path):
+    # Legacy interpreters allow exec in CPython's defaults: os.execv in a task would
+    # replace the whole program silently. subprocess (fork and exec in C) still works.
+    out = run_script(
+        tmp_path,
+        """
+        import os, subprocess, sys, subinterp
+
+        def replace():
+            os.execv(sys.executable, [sys.executable, "-c", "print('replaced')"])
+
+        def child():
+            return subprocess.run([sys.executable, "-c", "pass"]).returncode
+
+        if __name__ == "__main__":
+            with subinterp.Pool(1, isolated=False) as pool:
+                try:
+                    pool.submit(replace).result(60)
+                except RuntimeError as exc:
+                    print("task refused")
+                print("subprocess", pool.submit(child).result(60))
+            with subinterp.Interpreter(isolated=False) as interp:
+                try:
+                    interp.exec("import os, sys; os.execv(sys.executable, [sys.executable])")
+                except RuntimeError:
+                    print("exec refused")
+            print("alive")
+        """,
+    )
+    assert _ok(out) == ["task refused", "subprocess 0", "exec refused", "alive"]
+
+
 def test_subprocess_with_preexec_fn_beside_a_live_pool_is_refused(tmp_path):
     # preexec_fn runs Python in the forked child, after PyOS_AfterFork_Child, which dies
     # (3.13) or hangs (3.12) with subinterpreters running; without it subprocess is fine.
