@@ -264,6 +264,38 @@ def test_a_blocking_callback_does_not_stall_delivery(pool):
     assert [f.result() for f in later] == list(range(1, 11))
 
 
+def test_a_callback_raising_keyboard_interrupt_leaves_no_future_undelivered(tmp_path):
+    # Future does not catch BaseException from a done-callback: it reaches the thread
+    # that delivers the results, which must still deliver the rest of what it took.
+    out = run_script(
+        tmp_path,
+        """
+        import concurrent.futures as cf
+        import helpers, subinterp
+
+        def stop(f):
+            raise KeyboardInterrupt("from a callback")
+
+        def leave(f):
+            raise SystemExit(3)
+
+        if __name__ == "__main__":
+            with subinterp.Pool(2) as pool:
+                for round in range(10):
+                    futures = [pool.submit(helpers.add, i, 0) for i in range(50)]
+                    futures[0].add_done_callback(stop)
+                    futures[1].add_done_callback(leave)
+                    done, not_done = cf.wait(futures, timeout=60)
+                    assert not not_done, (round, len(not_done))
+                    assert [f.result() for f in futures] == list(range(50))
+            print("done")
+        """,
+        timeout=180,
+    )
+    assert _ok(out) == ["done"]
+    assert "KeyboardInterrupt: from a callback" in out.stderr
+
+
 # ---------------------------------------------------------------- stdin
 
 

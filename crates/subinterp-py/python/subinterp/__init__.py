@@ -462,7 +462,17 @@ class _PoolCore:
                 except RuntimeError:  # no new threads (the interpreter is ending)
                     pass
             for task in batch:
-                self._deliver_taken(task)
+                try:
+                    self._deliver_taken(task)
+                except BaseException as error:
+                    # A done-callback raised what Future does not catch (KeyboardInterrupt,
+                    # SystemExit): reported as an uncaught exception of this thread, which
+                    # goes on delivering the rest of the batch.
+                    threading.excepthook(
+                        threading.ExceptHookArgs(
+                            (type(error), error, error.__traceback__, threading.current_thread())
+                        )
+                    )
             with self.lock:
                 # Two collectors are enough for callbacks that do not block.
                 if self.collectors > 2 and self.waiting > 0:
