@@ -279,6 +279,12 @@ def test_ctrl_c_during_result_interrupts_the_wait_and_the_task(tmp_path):
             future.result()
         """,
     )
+    _ctrl_c_once_ready(script)
+
+
+def _ctrl_c_once_ready(script):
+    """Runs ``script``, sends one SIGINT once it prints ``ready`` and checks that it ends
+    of it within a minute."""
     proc = subprocess.Popen(
         [sys.executable, str(script)],
         stdout=subprocess.PIPE,
@@ -288,10 +294,38 @@ def test_ctrl_c_during_result_interrupts_the_wait_and_the_task(tmp_path):
     assert proc.stdout.readline().strip() == "ready"
     time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError("one Ctrl-C did not end it: " + err)
     assert proc.returncode == -signal.SIGINT, err
     assert "KeyboardInterrupt" in err
     assert "Fatal" not in err
+
+
+def test_one_ctrl_c_in_a_with_block_stops_its_tasks_instead_of_waiting_for_them(tmp_path):
+    # Executor.__exit__ waits for every task; ProcessPoolExecutor's workers die of the
+    # same SIGINT. A with block left by KeyboardInterrupt stops the running task and
+    # cancels the queued one.
+    marker = tmp_path / "written"
+    script = _script(
+        tmp_path,
+        f"""
+        import helpers, subinterp
+
+        if __name__ == "__main__":
+            with subinterp.Pool(1) as pool:
+                future = pool.submit(helpers.signal_then_spin, "ctrl-c-with")
+                pool.submit(helpers.write, {str(marker)!r}, "done")
+                subinterp.channel("ctrl-c-with").recv(timeout=60)
+                print("ready", flush=True)
+                future.result()
+        """,
+    )
+    _ctrl_c_once_ready(script)
+    assert not marker.exists()
 
 
 def test_exit_lets_submitted_tasks_finish(tmp_path):

@@ -166,6 +166,64 @@ def test_fork_beside_a_live_interpreter_is_refused(tmp_path):
     assert _ok(out) == ["refused True", "forked 0"]
 
 
+def test_os_exec_in_a_legacy_worker_or_interpreter_raises_for_the_caller(tmp_path):
+    # Legacy interpreters allow exec in CPython's defaults: os.execv in a task would
+    # replace the whole program silently. subprocess (fork and exec in C) still works.
+    out = run_script(
+        tmp_path,
+        """
+        import os, subprocess, sys, subinterp
+
+        def replace():
+            os.execv(sys.executable, [sys.executable, "-c", "print('replaced')"])
+
+        def child():
+            return subprocess.run([sys.executable, "-c", "pass"]).returncode
+
+        if __name__ == "__main__":
+            with subinterp.Pool(1, isolated=False) as pool:
+                try:
+                    pool.submit(replace).result(60)
+                except RuntimeError as exc:
+                    print("task refused")
+                print("subprocess", pool.submit(child).result(60))
+            with subinterp.Interpreter(isolated=False) as interp:
+                try:
+                    interp.exec("import os, sys; os.execv(sys.executable, [sys.executable])")
+                except RuntimeError:
+                    print("exec refused")
+            print("alive")
+        """,
+    )
+    assert _ok(out) == ["task refused", "subprocess 0", "exec refused", "alive"]
+
+
+def test_subprocess_with_preexec_fn_beside_a_live_pool_is_refused(tmp_path):
+    # preexec_fn runs Python in the forked child, after PyOS_AfterFork_Child, which dies
+    # (3.13) or hangs (3.12) with subinterpreters running; without it subprocess is fine.
+    out = run_script(
+        tmp_path,
+        """
+        import subprocess, sys, helpers, subinterp
+
+        if __name__ == "__main__":
+            with subinterp.Pool(1) as pool:
+                print(pool.submit(helpers.add, 1, 2).result(60))
+                try:
+                    subprocess.run([sys.executable, "-c", "pass"], preexec_fn=lambda: None,
+                                   timeout=60)
+                    print("ran")
+                except RuntimeError as exc:
+                    print("refused", "preexec_fn" in str(exc))
+                print("plain", subprocess.run([sys.executable, "-c", "pass"]).returncode)
+            done = subprocess.run([sys.executable, "-c", "pass"], preexec_fn=lambda: None,
+                                  timeout=60)
+            print("after shutdown", done.returncode)
+        """,
+    )
+    assert _ok(out) == ["3", "refused True", "plain 0", "after shutdown 0"]
+
+
 # ---------------------------------------------------------------- callbacks
 
 
@@ -204,6 +262,38 @@ def test_a_blocking_callback_does_not_stall_delivery(pool):
     finally:
         gate.set()
     assert [f.result() for f in later] == list(range(1, 11))
+
+
+def test_a_callback_raising_keyboard_interrupt_leaves_no_future_undelivered(tmp_path):
+    # Future does not catch BaseException from a done-callback: it reaches the thread
+    # that delivers the results, which must still deliver the rest of what it took.
+    out = run_script(
+        tmp_path,
+        """
+        import concurrent.futures as cf
+        import helpers, subinterp
+
+        def stop(f):
+            raise KeyboardInterrupt("from a callback")
+
+        def leave(f):
+            raise SystemExit(3)
+
+        if __name__ == "__main__":
+            with subinterp.Pool(2) as pool:
+                for round in range(10):
+                    futures = [pool.submit(helpers.add, i, 0) for i in range(50)]
+                    futures[0].add_done_callback(stop)
+                    futures[1].add_done_callback(leave)
+                    done, not_done = cf.wait(futures, timeout=60)
+                    assert not not_done, (round, len(not_done))
+                    assert [f.result() for f in futures] == list(range(50))
+            print("done")
+        """,
+        timeout=180,
+    )
+    assert _ok(out) == ["done"]
+    assert "KeyboardInterrupt: from a callback" in out.stderr
 
 
 # ---------------------------------------------------------------- stdin

@@ -709,10 +709,17 @@ fn field<'a>(config: &'a [(Value, Value)], name: &str) -> Option<&'a Value> {
         .filter(|v| !matches!(v, Value::None))
 }
 
-/// The interpreter settings of a pool's or an interpreter's config dict.
+/// The interpreter settings of a pool's or an interpreter's config dict. Legacy
+/// interpreters refuse `os.exec*()` too: it would replace the whole process, every
+/// interpreter in it, as `os._exit()` would end it (fork and exec in C, as `subprocess`
+/// does, stays allowed).
 fn interpreter_config(config: &[(Value, Value)]) -> InterpreterConfig {
     match field(config, "isolated") {
-        Some(Value::Bool(false)) => InterpreterConfig::legacy(),
+        Some(Value::Bool(false)) => {
+            let mut legacy = InterpreterConfig::legacy();
+            legacy.allow_exec(false);
+            legacy
+        }
         _ => InterpreterConfig::isolated(),
     }
 }

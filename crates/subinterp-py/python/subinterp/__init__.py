@@ -462,7 +462,17 @@ class _PoolCore:
                 except RuntimeError:  # no new threads (the interpreter is ending)
                     pass
             for task in batch:
-                self._deliver_taken(task)
+                try:
+                    self._deliver_taken(task)
+                except BaseException as error:
+                    # A done-callback raised what Future does not catch (KeyboardInterrupt,
+                    # SystemExit): reported as an uncaught exception of this thread, which
+                    # goes on delivering the rest of the batch.
+                    threading.excepthook(
+                        threading.ExceptHookArgs(
+                            (type(error), error, error.__traceback__, threading.current_thread())
+                        )
+                    )
             with self.lock:
                 # Two collectors are enough for callbacks that do not block.
                 if self.collectors > 2 and self.waiting > 0:
@@ -519,7 +529,8 @@ class Pool(concurrent.futures.Executor):
     find no idle worker, up to ``max_workers``; a pool dropped without ``shutdown()``
     ends its workers once its tasks are done. While a pool or ``Interpreter`` is alive,
     ``os.fork()`` of this interpreter raises ``RuntimeError``: use the ``spawn`` or
-    ``forkserver`` start method of ``multiprocessing``.
+    ``forkserver`` start method of ``multiprocessing``. A ``with`` block left by
+    ``KeyboardInterrupt`` stops the pool's tasks instead of waiting for them.
     """
 
     def __init__(
@@ -628,6 +639,13 @@ class Pool(concurrent.futures.Executor):
         result and every worker has ended (Ctrl-C stops the waiting, not the ending)."""
         self._core.shutdown(wait, cancel_futures, interrupt)
 
+    def __exit__(self, exc_type, exc_val, exc_tb):
+        # A with block left by Ctrl-C stops its tasks, as the processes of a
+        # ProcessPoolExecutor die of the same SIGINT, instead of waiting for them all.
+        stop = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+        self.shutdown(wait=True, cancel_futures=stop, interrupt=stop)
+        return False
+
 
 def _live() -> bool:
     """Whether a pool or an interpreter of this package is alive (a pool's worker left
@@ -636,14 +654,18 @@ def _live() -> bool:
 
 
 _FORK_REFUSED = (
-    "os.{name}() while subinterp pools or interpreters are alive would leave a broken "
+    "{what} while subinterp pools or interpreters are alive would leave a broken "
     "child: CPython cannot remove running subinterpreters in a forked child (it dies in "
     "PyThreadState_Get on 3.13 and hangs on 3.12). Start processes with the 'spawn' or "
     "'forkserver' method instead: multiprocessing.get_context('forkserver'), or "
     "ProcessPoolExecutor(mp_context=multiprocessing.get_context('forkserver')); "
-    "subprocess works as it is. Or end every subinterp Pool (shutdown()) and Interpreter "
-    "(close()) before forking."
+    "subprocess works as it is, without preexec_fn. Or end every subinterp Pool "
+    "(shutdown()) and Interpreter (close()) before forking."
 )
+
+# The position of preexec_fn among the arguments subprocess gives
+# _posixsubprocess.fork_exec (the same in 3.12 and 3.13).
+_PREEXEC_FN_ARG = 21
 
 
 def _guard_fork() -> None:
@@ -655,7 +677,9 @@ def _guard_fork() -> None:
     no thread state of it current (CPython's own comments there: "XXX Won't this fail
     since PyInterpreterState_Clear() requires the "current" tstate to be set?", "XXX must
     activate?"); 3.13.0 aborts in ``PyThreadState_Get``, 3.12.1 hangs. ``subprocess``
-    forks and execs in C, with no Python in the child, and is not affected."""
+    forks and execs in C, with no Python in the child, and is not affected, except with a
+    ``preexec_fn``: to run it, ``_posixsubprocess`` calls ``PyOS_AfterFork_Child`` in the
+    child, which dies the same way, so ``fork_exec`` with one refuses too."""
     for name in ("fork", "forkpty"):
         original = getattr(os, name, None)
         if original is None or getattr(original, "_subinterp_guarded", False):
@@ -663,12 +687,42 @@ def _guard_fork() -> None:
 
         def guarded(*args, _original=original, _name=name, **kwargs):
             if _live():
-                raise RuntimeError(_FORK_REFUSED.format(name=_name))
+                raise RuntimeError(_FORK_REFUSED.format(what=f"os.{_name}()"))
             return _original(*args, **kwargs)
 
         functools.update_wrapper(guarded, original)
         guarded._subinterp_guarded = True  # type: ignore[attr-defined]
         setattr(os, name, guarded)
+    _guard_fork_exec()
+
+
+def _guard_fork_exec() -> None:
+    """Makes ``subprocess`` refuse a ``preexec_fn`` while a pool or an interpreter is alive
+    (see _guard_fork); subprocess keeps ``fork_exec`` of ``_posixsubprocess`` as its own
+    ``_fork_exec``, so both are replaced."""
+    try:
+        import _posixsubprocess
+        import subprocess
+    except ImportError:  # not a POSIX system
+        return
+    original = _posixsubprocess.fork_exec
+    if getattr(original, "_subinterp_guarded", False):
+        return
+
+    def fork_exec(*args):
+        if (
+            len(args) > _PREEXEC_FN_ARG
+            and args[_PREEXEC_FN_ARG] is not None
+            and _live()
+        ):
+            what = "subprocess with a preexec_fn (Python run in a forked child)"
+            raise RuntimeError(_FORK_REFUSED.format(what=what))
+        return original(*args)
+
+    fork_exec._subinterp_guarded = True  # type: ignore[attr-defined]
+    _posixsubprocess.fork_exec = fork_exec
+    if getattr(subprocess, "_fork_exec", None) is original:
+        subprocess._fork_exec = fork_exec  # type: ignore[attr-defined]
 
 
 def _deliver(future: _Future, kind: str, payload) -> None:
