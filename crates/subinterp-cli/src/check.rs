@@ -97,9 +97,8 @@ pub fn main(args: CheckArgs) -> u8 {
             return EXIT_FAILED;
         }
     };
-    for warning in &run.warnings {
-        eprintln!("warning: {warning}");
-    }
+    // `run.warnings` were logged by the library as they came, and shown on stderr by the
+    // command's logging: printing them again would say each twice.
     let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
     let written = if args.json {
         serde_json::to_writer_pretty(&mut stdout, &run.reports)

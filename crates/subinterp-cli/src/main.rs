@@ -174,29 +174,12 @@ pub(crate) fn check_paths(subcommand: &str, paths: &[PathBuf]) -> Result<(), u8>
 
 /// Starts CPython for this process with `paths` prepended to every interpreter's
 /// `sys.path`. A `VIRTUAL_ENV` that is not a virtual environment for this Python is
-/// ignored with a warning on stderr, as `check` does.
+/// ignored with a warning on stderr (the runtime's, shown by [`init_logging`]), as
+/// `check` does.
 pub(crate) fn start_runtime(paths: &[PathBuf]) -> subinterp::Result<Runtime> {
     let mut config = RuntimeConfig::new();
     for dir in paths {
         config.add_path(dir);
     }
-    let runtime = Runtime::init(&config)?;
-    if let Some(venv) = std::env::var_os("VIRTUAL_ENV").filter(|v| !v.is_empty()) {
-        let venv = PathBuf::from(venv);
-        let minor: Vec<&str> = runtime.python_version().split('.').take(2).collect();
-        let site = venv
-            .join("lib")
-            .join(format!("python{}", minor.join(".")))
-            .join("site-packages");
-        if !site.is_dir() {
-            eprintln!(
-                "warning: virtual environment {} has no {} (is it made for another Python \
-                 than {}?); ignoring VIRTUAL_ENV",
-                venv.display(),
-                site.display(),
-                runtime.python_version()
-            );
-        }
-    }
-    Ok(runtime)
+    Runtime::init(&config)
 }

@@ -187,11 +187,18 @@ impl RuntimeConfig {
         match &self.venv {
             Venv::Off => None,
             Venv::Path(p) => Some(p.clone()),
-            Venv::FromEnvironment => std::env::var_os("VIRTUAL_ENV")
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from),
+            Venv::FromEnvironment => venv_from_environment(),
         }
     }
+}
+
+/// The virtual environment named by `VIRTUAL_ENV`, when it is set and not empty: the one
+/// lookup of the variable, for the runtime and the checker. Whether the environment fits
+/// this Python is decided (and a misfit warned about, once) where it is used.
+pub(crate) fn venv_from_environment() -> Option<PathBuf> {
+    std::env::var_os("VIRTUAL_ENV")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
 }
 
 enum State {

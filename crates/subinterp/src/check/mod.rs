@@ -420,9 +420,9 @@ impl CheckOptions {
         match &self.venv {
             Venv::Off => None,
             Venv::Path(p) => Some((p.clone(), true)),
-            Venv::FromEnvironment => std::env::var_os("VIRTUAL_ENV")
-                .filter(|v| !v.is_empty())
-                .map(|v| (PathBuf::from(v), false)),
+            Venv::FromEnvironment => {
+                crate::runtime::venv_from_environment().map(|dir| (dir, false))
+            }
         }
     }
 }
