@@ -348,8 +348,9 @@ impl Runtime {
     }
 }
 
-/// The most host modules a runtime can have (besides its own `subinterp` module).
-const MAX_HOST_MODULES: usize = 32;
+/// The most host modules a runtime can have: one module init function each, and one more
+/// for its own `subinterp` module.
+const MAX_HOST_MODULES: usize = crate::raw::callback::MAX_INDEXED_INITS - 1;
 
 fn start(config: &RuntimeConfig) -> Result<RuntimeInner> {
     if config.borrow && config.home.is_some() {

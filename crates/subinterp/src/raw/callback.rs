@@ -613,7 +613,10 @@ unsafe extern "C" fn free<F: RawBody<(), ()>>(obj: *mut c_void) {
 }
 
 /// How many module init functions [`indexed_init_fns`] makes: the most modules defined
-/// at run time, the built-in `subinterp` module and 32 host modules.
+/// at run time, the built-in `subinterp` module and the host modules. The runtime's limit
+/// on host modules is derived from it (`raw/` imports no feature, so the limit lives
+/// here); the table below must list exactly this many indices, which the array's type
+/// checks at compile time.
 pub(crate) const MAX_INDEXED_INITS: usize = 33;
 
 /// Module init functions that know their index: the `i`th calls `body(i)` for the module
@@ -652,8 +655,9 @@ unsafe extern "C" fn indexed_init<
 
 // ---------------------------------------------------------------- capsules
 
-/// The name of every capsule this crate makes.
-const CAPSULE: &CStr = c"subinterp.value";
+/// The name of every capsule this crate makes. Capsules are recognised by the address of
+/// the name, so it is a `static` (one address); a `const` may have one per use.
+static CAPSULE: &CStr = c"subinterp.value";
 
 /// What a capsule of this crate points to: the type of the value, then the value.
 #[repr(C)]

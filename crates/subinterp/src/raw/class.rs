@@ -137,9 +137,15 @@ impl ClassDef {
 }
 
 /// The body of the one deallocator of native classes.
-fn dealloc_instance(obj: *mut ffi::PyObject) {
-    // SAFETY: the deallocator runs once per instance of a native class, every one of which
-    // starts with a header whose `drop` matches its value (written by `new_instance`).
+///
+/// # Safety
+///
+/// `obj` is an instance of a native class (made by [`new_instance`]) whose reference
+/// count reached zero, given once: its value is dropped here.
+unsafe fn dealloc_instance(obj: *mut ffi::PyObject) {
+    // SAFETY: `obj` is an instance of a native class being deallocated (the caller's
+    // contract), which starts with a header whose `drop` matches its value (written by
+    // `new_instance`).
     unsafe {
         let header = obj.cast::<Header>();
         ((*header).drop)(header);
@@ -149,13 +155,20 @@ fn dealloc_instance(obj: *mut ffi::PyObject) {
 /// The one deallocator of native classes (one address, taken once).
 fn native_dealloc() -> *mut c_void {
     static DEALLOC: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *DEALLOC.get_or_init(|| callback::dealloc_slot(dealloc_instance) as usize) as *mut c_void
+    *DEALLOC.get_or_init(|| {
+        // SAFETY: this slot is the `tp_dealloc` of native classes only (`ClassDef::new`), and
+        // CPython calls it once per instance, whose reference count is zero.
+        callback::dealloc_slot(|obj| unsafe { dealloc_instance(obj) }) as usize
+    }) as *mut c_void
 }
 
 /// True if `class` is a type made by [`ClassDef::create`] (its deallocator is ours).
-fn is_native_class(class: *mut ffi::PyTypeObject) -> bool {
-    // SAFETY: `class` is a live type object (callers hold a reference to it or to one of
-    // its instances); reading a slot of it.
+///
+/// # Safety
+///
+/// The GIL is held and `class` is a live type object.
+unsafe fn is_native_class(class: *mut ffi::PyTypeObject) -> bool {
+    // SAFETY: `class` is a live type object (the caller's contract); reading a slot of it.
     let dealloc = unsafe { ffi::PyType_GetSlot(class, ffi::Py_tp_dealloc) };
     dealloc == native_dealloc()
 }
@@ -170,7 +183,8 @@ pub(crate) fn new_instance<'py, T: Send + 'static>(
     let ty = class.as_ptr().cast::<ffi::PyTypeObject>();
     // SAFETY: GIL held; type check of a live object, then a field read of a type.
     let fits = unsafe { ffi::PyType_Check(class.as_ptr()) } != 0
-        && is_native_class(ty)
+        // SAFETY: GIL held; `ty` is the live type object `class` (checked just before).
+        && unsafe { is_native_class(ty) }
         // SAFETY: `ty` is a type object (checked above).
         && usize::try_from(unsafe { (*ty).tp_basicsize }).ok() == Some(def.size)
         && def.type_id == TypeId::of::<T>();
@@ -197,7 +211,8 @@ pub(crate) fn new_instance<'py, T: Send + 'static>(
 pub(crate) fn value<'a, T: Send + 'static>(obj: &'a PyObj<'_>) -> Option<&'a T> {
     // SAFETY: GIL held (the object carries the token); `obj` is live, so its type is.
     let ty = unsafe { ffi::Py_TYPE(obj.as_ptr()) };
-    if !is_native_class(ty) {
+    // SAFETY: GIL held; `ty` is the type of the live `obj`, so live too.
+    if !unsafe { is_native_class(ty) } {
         return None;
     }
     // SAFETY: instances of native classes start with a header; the value is read only as

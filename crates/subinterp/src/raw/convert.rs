@@ -137,13 +137,20 @@ pub(crate) fn utf8_str(obj: &PyObj<'_>) -> Option<String> {
     std::str::from_utf8(bytes).ok().map(str::to_owned)
 }
 
-fn bytes_of(obj: &PyObj<'_>, data: *const c_char, size: ffi::Py_ssize_t) -> Vec<u8> {
+/// A copy of the `size` bytes at `data`: the buffer of `obj`.
+///
+/// # Safety
+///
+/// `data` is NULL or points to `size` readable bytes owned by `obj` (its buffer, as
+/// `PyBytes_AsString` or `PyByteArray_AsString` return it), with the GIL held.
+unsafe fn bytes_of(obj: &PyObj<'_>, data: *const c_char, size: ffi::Py_ssize_t) -> Vec<u8> {
     let _ = obj;
     let size = usize::try_from(size).unwrap_or(0);
     if data.is_null() || size == 0 {
         return Vec::new();
     }
-    // SAFETY: callers pass the buffer and size of `obj`, which is alive for this call.
+    // SAFETY: `size` bytes at `data`, owned by `obj`, which is alive for this call (the
+    // caller's contract).
     unsafe { std::slice::from_raw_parts(data.cast::<u8>(), size) }.to_vec()
 }
 
@@ -217,6 +224,7 @@ fn to_value<const EXACT: bool>(obj: &PyObj<'_>, depth: usize) -> Result<Value> {
             return obj.extract_str().map(Value::Str);
         }
         if is(p, ffi::PyBytes_CheckExact, ffi::PyBytes_Check, EXACT) {
+            // SAFETY: `p` is a bytes object: its buffer and size, alive with `obj`.
             return Ok(Value::Bytes(bytes_of(
                 obj,
                 ffi::PyBytes_AsString(p),
@@ -224,6 +232,8 @@ fn to_value<const EXACT: bool>(obj: &PyObj<'_>, depth: usize) -> Result<Value> {
             )));
         }
         if !EXACT && ffi::PyByteArray_Check(p) != 0 {
+            // SAFETY: `p` is a bytearray: its buffer and size, alive with `obj` (no code
+            // runs in between that could resize it).
             return Ok(Value::Bytes(bytes_of(
                 obj,
                 ffi::PyByteArray_AsString(p),

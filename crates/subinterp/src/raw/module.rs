@@ -239,8 +239,11 @@ fn define(specs: Vec<ModuleSpec>) -> Result<Vec<&'static CStr>, String> {
             m_methods: Box::leak(module_methods.into_boxed_slice()).as_mut_ptr(),
             m_slots: slots.as_mut_ptr(),
             m_traverse: Some(state_traverse_fn()),
-            m_clear: Some(callback::clear_slot(state_clear)),
-            m_free: Some(callback::free_slot(state_free)),
+            // SAFETY: CPython calls the clear and free slots of a module of this
+            // definition with that live module and the GIL held.
+            m_clear: Some(callback::clear_slot(|m, ()| unsafe { state_clear(m) })),
+            // SAFETY: as above.
+            m_free: Some(callback::free_slot(|m, ()| unsafe { state_free(m) })),
         }));
         table.push(Registered { def, spec, methods });
     }
@@ -338,9 +341,14 @@ const SLOT: usize = std::mem::size_of::<*mut ffi::PyObject>();
 ///
 /// The entries are read and written one at a time, under the GIL, through the pointer;
 /// no reference to them outlives a statement.
-fn state_of(module: *mut ffi::PyObject) -> Option<(*mut *mut ffi::PyObject, usize)> {
-    // SAFETY: `module` is a live object (callers hold it, or CPython passes it to a GC
-    // slot). Its definition is ours when its traverse slot is `state_traverse`'s
+///
+/// # Safety
+///
+/// The GIL is held and `module` is a live object; the pointer returned is valid while
+/// the module lives.
+unsafe fn state_of(module: *mut ffi::PyObject) -> Option<(*mut *mut ffi::PyObject, usize)> {
+    // SAFETY: `module` is a live object (the caller's contract). Its definition is ours
+    // when its traverse slot is `state_traverse`'s
     // trampoline; the state then holds `m_size / SLOT` pointers, zeroed at creation, and
     // lives as long as the module.
     unsafe {
@@ -366,7 +374,8 @@ fn state_of(module: *mut ffi::PyObject) -> Option<(*mut *mut ffi::PyObject, usiz
 /// Entry `i` of the state of `module` (made from a [`ModuleSpec`]): its `i`th class, or
 /// for `i` past its classes, its exceptions.
 pub(crate) fn state_get<'py>(module: &PyObj<'py>, i: usize) -> Option<PyObj<'py>> {
-    let (state, n) = state_of(module.as_ptr())?;
+    // SAFETY: GIL held (the object carries the token); `module` is live.
+    let (state, n) = unsafe { state_of(module.as_ptr()) }?;
     if i >= n {
         return None;
     }
@@ -381,7 +390,8 @@ pub(crate) fn state_get<'py>(module: &PyObj<'py>, i: usize) -> Option<PyObj<'py>
 
 /// Stores `obj` as entry `i` of the state of `module`, replacing what was there.
 fn state_set(module: &PyObj<'_>, i: usize, obj: &PyObj<'_>) -> Result<(), Error> {
-    let (state, n) = state_of(module.as_ptr())
+    // SAFETY: GIL held (the object carries the token); `module` is live.
+    let (state, n) = unsafe { state_of(module.as_ptr()) }
         .ok_or_else(|| Error::InvalidArgument("not a module with state".into()))?;
     if i >= n {
         return Err(Error::InvalidArgument(format!("no state entry {i}")));
@@ -402,11 +412,21 @@ fn state_set(module: &PyObj<'_>, i: usize, obj: &PyObj<'_>) -> Result<(), Error>
 /// address, taken once).
 fn state_traverse_fn() -> ffi::traverseproc {
     static TRAVERSE: OnceLock<ffi::traverseproc> = OnceLock::new();
-    *TRAVERSE.get_or_init(|| callback::traverse_slot(state_traverse))
+    *TRAVERSE.get_or_init(|| {
+        // SAFETY: CPython calls the traverse slot of a module of our definitions with that
+        // live module, during a collection (GIL held).
+        callback::traverse_slot(|m, visit| unsafe { state_traverse(m, visit) })
+    })
 }
 
-fn state_traverse(module: *mut ffi::PyObject, visit: callback::Visit) -> std::ffi::c_int {
-    let Some((state, n)) = state_of(module) else {
+/// The traverse slot's body: visits the entries of the state of `module`.
+///
+/// # Safety
+///
+/// The GIL is held and `module` is a live object.
+unsafe fn state_traverse(module: *mut ffi::PyObject, visit: callback::Visit) -> std::ffi::c_int {
+    // SAFETY: GIL held; `module` is live (the caller's contract).
+    let Some((state, n)) = (unsafe { state_of(module) }) else {
         return 0;
     };
     for i in 0..n {
@@ -422,8 +442,14 @@ fn state_traverse(module: *mut ffi::PyObject, visit: callback::Visit) -> std::ff
     0
 }
 
-fn state_clear(module: *mut ffi::PyObject, (): ()) -> std::ffi::c_int {
-    let Some((state, n)) = state_of(module) else {
+/// The clear slot's body: empties the state of `module`, releasing its entries.
+///
+/// # Safety
+///
+/// The GIL is held and `module` is a live object.
+unsafe fn state_clear(module: *mut ffi::PyObject) -> std::ffi::c_int {
+    // SAFETY: GIL held; `module` is live (the caller's contract).
+    let Some((state, n)) = (unsafe { state_of(module) }) else {
         return 0;
     };
     for i in 0..n {
@@ -440,8 +466,14 @@ fn state_clear(module: *mut ffi::PyObject, (): ()) -> std::ffi::c_int {
     0
 }
 
-fn state_free(module: *mut ffi::PyObject, (): ()) {
-    state_clear(module, ());
+/// The free slot's body: releases the entries of the state of `module`.
+///
+/// # Safety
+///
+/// The GIL is held and `module` is a live object, being freed.
+unsafe fn state_free(module: *mut ffi::PyObject) {
+    // SAFETY: the same contract as ours.
+    unsafe { state_clear(module) };
 }
 
 /// A new exception class `name` (qualified: `"module.Name"`) deriving from `base`
