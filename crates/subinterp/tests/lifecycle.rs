@@ -223,31 +223,54 @@ fn calling_an_interpreter_from_its_own_thread_is_an_error_not_a_deadlock() {
 
 #[test]
 fn interpreters_run_in_parallel_with_their_own_gil() {
-    // Not a timing assertion: shows that two interpreters hold their GILs at once.
+    // Not a timing assertion: A spins in pure Python, never releasing its GIL (no system
+    // call, a switch interval of 1000 s), until B has run Python. Under one shared GIL B
+    // could not run until A gives up, and A would report that it gave up.
     let a = Arc::new(common::isolated());
     let b = common::isolated();
-    let barrier = "import time\n\
-                   def wait_for(path):\n    \
-                       import os\n    \
-                       deadline = time.monotonic() + 10\n    \
-                       while not os.path.exists(path):\n        \
-                           if time.monotonic() > deadline:\n            \
-                               return False\n    \
-                       return True\n";
-    a.exec(barrier).unwrap();
+    a.exec(
+        "import mmap, sys, time\n\
+         def spin_until_set(path):\n    \
+             with open(path, 'r+b') as f:\n        \
+                 m = mmap.mmap(f.fileno(), 2)\n    \
+             sys.setswitchinterval(1000)\n    \
+             m[1] = 1\n    \
+             deadline = time.monotonic() + 20\n    \
+             while m[0] == 0:\n        \
+                 if time.monotonic() > deadline:\n            \
+                     return False\n    \
+             return True\n",
+    )
+    .unwrap();
     let flag = std::env::temp_dir().join(format!("subinterp-parallel-{}", std::process::id()));
-    let _ = std::fs::remove_file(&flag);
+    std::fs::write(&flag, [0u8, 0]).unwrap();
     let flag_text = flag.display().to_string();
-    let waiter = {
+    let spinner = {
         let a = Arc::clone(&a);
         let flag_text = flag_text.clone();
-        std::thread::spawn(move || a.call("__main__:wait_for", (flag_text,)).unwrap())
+        std::thread::spawn(move || a.call("__main__:spin_until_set", (flag_text,)).unwrap())
     };
-    std::thread::sleep(std::time::Duration::from_millis(50));
-    // While A spins holding its own GIL, B runs Python and creates the file.
-    b.exec(&format!("open({flag_text:?}, 'w').close()"))
-        .unwrap();
-    assert_eq!(waiter.join().unwrap(), Value::Bool(true));
+    // Wait until A spins, holding its GIL (it sets the second byte just before).
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::fs::read(&flag).unwrap()[1] == 0 {
+        assert!(
+            std::time::Instant::now() < until,
+            "A never started spinning"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // B runs Python and sets the first byte while A still spins.
+    b.exec(&format!(
+        "with open({flag_text:?}, 'r+b') as f:\n    f.write(b'\\x01')"
+    ))
+    .unwrap();
+    let ran_in_parallel = spinner.join().unwrap();
+    let _ = std::fs::remove_file(&flag);
+    assert_eq!(
+        ran_in_parallel,
+        Value::Bool(true),
+        "B ran only after A gave up"
+    );
 }
 
 #[test]
