@@ -201,7 +201,9 @@ fn queued_and_running_tasks_can_be_cancelled() {
 
 #[test]
 fn immediate_shutdown_with_infinite_loops_returns_promptly() {
-    let pool = pool(2, |c| {
+    // Three workers: two spin in Python, one is stuck in C code (a 30 s sleep, which an
+    // interrupt does not end); a fourth task waits in the queue.
+    let pool = pool(3, |c| {
         c.grace(Duration::from_millis(500));
     });
     let spinning: Vec<_> = (0..2)
@@ -209,7 +211,11 @@ fn immediate_shutdown_with_infinite_loops_returns_promptly() {
         .collect();
     let stuck = pool.submit("__main__:sleep", (30,)).unwrap();
     let queued = pool.submit("__main__:double", (1,)).unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    let until = Instant::now() + Duration::from_secs(60);
+    while !(stuck.is_started() && spinning.iter().all(|task| task.is_started())) {
+        assert!(Instant::now() < until, "the tasks never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let start = Instant::now();
     pool.shutdown_now();
     assert!(
@@ -221,7 +227,9 @@ fn immediate_shutdown_with_infinite_loops_returns_promptly() {
         assert!(task.wait().is_err());
     }
     assert!(matches!(queued.wait(), Err(Error::Cancelled)));
-    assert!(stuck.is_finished() || stuck.cancel());
+    // The sleeping task had started (checked above): the prompt return covered an
+    // interpreter stuck in C code, abandoned after the grace period, not only a queued
+    // task cancelled.
 }
 
 #[test]
@@ -245,15 +253,39 @@ fn graceful_shutdown_finishes_queued_work_and_then_escalates() {
 
 #[test]
 fn a_pool_can_start_on_its_first_worker() {
-    let pool = pool(3, |c| {
-        c.start_on_first_worker(true);
-    });
+    // One token: the worker whose set-up takes it is ready at once, the others wait at a
+    // gate that opens only after new() returned. Waiting for every worker, new() would
+    // fail when their wait ends (60 s) instead.
+    subinterp::Channel::named("pool-first-token")
+        .send(Value::from("go"))
+        .unwrap();
+    let gate = "import subinterp\n\
+                try:\n    \
+                    subinterp.channel('pool-first-token').try_recv()\n\
+                except subinterp.ChannelEmpty:\n    \
+                    subinterp.channel('pool-first-gate').recv(timeout=60)\n";
+    let mut config = PoolConfig::new();
+    config
+        .workers(3)
+        .start_on_first_worker(true)
+        .init(FUNCS)
+        .init(gate);
+    let pool = Pool::new(&common::runtime(), &config).expect("start the pool");
     let tasks: Vec<_> = (0..30)
         .map(|_| pool.submit("__main__:whoami", ()).unwrap())
         .collect();
-    for task in tasks {
-        assert!(matches!(task.wait().unwrap(), Value::Int(id) if id > 0));
+    let ids: Vec<Value> = tasks.into_iter().map(|task| task.wait().unwrap()).collect();
+    assert!(
+        ids.iter().all(|id| *id == ids[0]),
+        "only the first worker is ready: {ids:?}"
+    );
+    assert!(matches!(ids[0], Value::Int(id) if id > 0), "{ids:?}");
+    let gate = subinterp::Channel::named("pool-first-gate");
+    for _ in 0..2 {
+        gate.send(Value::from("open")).unwrap();
     }
+    let two = pool.submit("__main__:double", (1,)).unwrap();
+    assert_eq!(two.wait().unwrap(), Value::Int(2));
     // A set-up error of the first worker is still new()'s.
     let mut config = PoolConfig::new();
     config
