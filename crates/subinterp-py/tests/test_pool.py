@@ -176,6 +176,15 @@ def test_workers_are_other_interpreters(pool):
     assert 0 not in ids and subinterp.id() == 0
 
 
+def test_max_tasks_per_child_is_accepted_as_in_the_stdlib():
+    # ProcessPoolExecutor's name for max_tasks_per_worker: each task gets a fresh worker.
+    with subinterp.Pool(1, max_tasks_per_child=1) as pool:
+        ids = [pool.submit(helpers.interp_id).result(60) for _ in range(3)]
+    assert len(set(ids)) == 3
+    with pytest.raises(TypeError, match="max_tasks_per_child"):
+        subinterp.Pool(1, max_tasks_per_worker=2, max_tasks_per_child=2)
+
+
 def test_channels_between_main_and_workers(pool):
     future = pool.submit(helpers.relay, "t-relay")
     subinterp.channel("t-relay").send(21)

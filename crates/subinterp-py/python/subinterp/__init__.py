@@ -516,7 +516,8 @@ class Pool(concurrent.futures.Executor):
     - ``timeout``: the default deadline of a task, in seconds, counted from its start. A
       task past it fails with ``TimeoutError`` and its interpreter is reused; one stuck
       in C code is reported the same way and its worker replaced;
-    - ``max_tasks_per_worker``: tasks per worker before it is replaced by a fresh one;
+    - ``max_tasks_per_worker``: tasks per worker before it is replaced by a fresh one
+      (``max_tasks_per_child``, ``ProcessPoolExecutor``'s name, is accepted too);
     - ``setup_timeout``: a deadline for each worker's set-up (``init``, ``initializer``).
 
     The callable of a task is found in the worker by module and name when it is a
@@ -544,7 +545,14 @@ class Pool(concurrent.futures.Executor):
         timeout: float | None = None,
         max_tasks_per_worker: int | None = None,
         setup_timeout: float | None = None,
+        max_tasks_per_child: int | None = None,
     ):
+        if max_tasks_per_child is not None:
+            if max_tasks_per_worker is not None:
+                raise TypeError(
+                    "max_tasks_per_worker and max_tasks_per_child are the same option: give one"
+                )
+            max_tasks_per_worker = max_tasks_per_child
         if max_workers is None:
             max_workers = os.cpu_count() or 1
         if not isinstance(max_workers, int) or max_workers <= 0:
