@@ -138,25 +138,15 @@ pub(crate) fn usage_error(subcommand: &str, message: impl Display) -> u8 {
     EXIT_USAGE
 }
 
-/// The longest deadline `--timeout` accepts: about 31 years. Longer ones cannot be added
-/// to a clock reading.
-const MAX_TIMEOUT_SECS: f64 = 1e9;
-
-/// Parses a `--timeout`: a positive number of seconds, at most [`MAX_TIMEOUT_SECS`].
+/// Parses a `--timeout`: a positive number of seconds, at most
+/// [`subinterp::seconds::MAX_SECONDS`].
 pub(crate) fn parse_seconds(text: &str) -> Result<Duration, String> {
-    let seconds: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
-    if !(seconds > 0.0 && seconds.is_finite()) {
-        return Err("the timeout must be a positive number of seconds".into());
-    }
-    if seconds > MAX_TIMEOUT_SECS {
-        return Err(format!(
-            "the timeout must be at most {MAX_TIMEOUT_SECS:.0} seconds"
-        ));
-    }
-    Duration::try_from_secs_f64(seconds).map_err(|err| err.to_string())
+    use subinterp::seconds::{parse_positive, SecondsError, MAX_SECONDS};
+    parse_positive(text).map_err(|err| match err {
+        SecondsError::NotANumber => format!("{text:?} is not a number of seconds"),
+        SecondsError::TooLarge => format!("the timeout must be at most {MAX_SECONDS:.0} seconds"),
+        _ => "the timeout must be a positive number of seconds".into(),
+    })
 }
 
 /// Refuses a `--path` that is not a directory, with a usage error for `subcommand` (the

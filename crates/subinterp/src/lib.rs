@@ -74,6 +74,7 @@ mod pymodule;
 #[allow(unsafe_code)]
 mod raw;
 mod runtime;
+pub mod seconds;
 pub mod value;
 mod wait;
 

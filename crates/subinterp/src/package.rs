@@ -696,9 +696,11 @@ fn seconds(py: Python<'_>, obj: Option<&PyObj<'_>>, what: &str) -> Result<Option
         Value::Float(f) => f,
         _ => return Err(py.new_error(ExcKind::Type, &format!("{what} must be a number or None"))),
     };
-    Duration::try_from_secs_f64(secs)
-        .map(Some)
-        .map_err(|_| py.new_error(ExcKind::Value, &format!("{what} must be >= 0 and finite")))
+    match crate::seconds::non_negative(secs) {
+        Ok(duration) => Ok(Some(duration)),
+        Err(crate::seconds::SecondsError::TooLarge) => Err(crate::pymodule::too_large(py)),
+        Err(_) => Err(py.new_error(ExcKind::Value, &format!("{what} must be >= 0 and finite"))),
+    }
 }
 
 fn field<'a>(config: &'a [(Value, Value)], name: &str) -> Option<&'a Value> {
@@ -731,9 +733,7 @@ fn positive_seconds(value: &Value) -> Option<Duration> {
         Value::Float(f) => *f,
         _ => return None,
     };
-    Duration::try_from_secs_f64(secs)
-        .ok()
-        .filter(|d| !d.is_zero())
+    crate::seconds::positive(secs).ok()
 }
 
 fn pool_new<'py>(py: Python<'py>, _: &PyObj<'py>, args: &FastArgs<'_, 'py>) -> Outcome<PyObj<'py>> {

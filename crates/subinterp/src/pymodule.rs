@@ -23,6 +23,7 @@ use crate::raw::convert::{copy_bytes, scalar, to_plain_value, utf8_str};
 use crate::raw::lifecycle::raise_soon;
 use crate::raw::module::{self, ClassSpec, ExceptionSpec, ModuleSpec};
 use crate::raw::{ExcKind, PyObj, Python};
+use crate::seconds::{self, SecondsError};
 use crate::value::de::Scalar;
 use crate::value::Value;
 use crate::wait::{self, InterruptReason};
@@ -222,12 +223,9 @@ pub(crate) fn required<'a, 'py>(arg: &'a Option<PyObj<'py>>) -> &'a PyObj<'py> {
     arg.as_ref().expect("parse checks required arguments")
 }
 
-/// The longest timeout accepted, in seconds: `threading.TIMEOUT_MAX` on Linux.
-const TIMEOUT_MAX: f64 = 9_223_372_036.0;
-
 /// A timeout in seconds: `None` (wait forever) or a non-negative number (an `int` or a
 /// `float`), as `queue.Queue.get` and `threading.Lock.acquire` take it: negative is a
-/// `ValueError`, beyond `threading.TIMEOUT_MAX` an `OverflowError`.
+/// `ValueError`, beyond `threading.TIMEOUT_MAX` ([`seconds::MAX_SECONDS`]) an `OverflowError`.
 fn timeout_arg<'py>(py: Python<'py>, arg: Option<&PyObj<'py>>) -> Result<Option<Duration>> {
     let Some(arg) = arg.filter(|a| !a.is_none()) else {
         return Ok(None);
@@ -248,19 +246,21 @@ fn timeout_arg<'py>(py: Python<'py>, arg: Option<&PyObj<'py>>) -> Result<Option<
             ))
         }
     };
-    if seconds.is_nan() || seconds < 0.0 {
-        return Err(py.new_error(ExcKind::Value, "timeout must be a non-negative number"));
+    match seconds::non_negative(seconds) {
+        Ok(duration) => Ok(Some(duration)),
+        Err(SecondsError::TooLarge) => Err(too_large(py)),
+        Err(_) => Err(py.new_error(ExcKind::Value, "timeout must be a non-negative number")),
     }
-    if seconds > TIMEOUT_MAX {
-        return Err(too_large(py));
-    }
-    Ok(Some(Duration::from_secs_f64(seconds)))
 }
 
-fn too_large(py: Python<'_>) -> Error {
+/// The error of a timeout past [`seconds::MAX_SECONDS`].
+pub(crate) fn too_large(py: Python<'_>) -> Error {
     py.new_error(
         ExcKind::Overflow,
-        &format!("timeout value is too large (the longest is {TIMEOUT_MAX} s)"),
+        &format!(
+            "timeout value is too large (the longest is {} s)",
+            seconds::MAX_SECONDS
+        ),
     )
 }
 
