@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::error::ErrorKind;
 use clap::Args;
 use subinterp::check::{self, CheckError, CheckOptions, ModuleReport, Verdict};
 
@@ -77,7 +78,11 @@ pub struct CheckArgs {
 /// Runs `subinterp check`; returns the exit status.
 pub fn main(args: CheckArgs) -> u8 {
     if args.modules.is_empty() && !args.all {
-        return usage_error("check", "name at least one MODULE, or use --all");
+        return usage_error(
+            "check",
+            ErrorKind::MissingRequiredArgument,
+            "name at least one MODULE, or use --all",
+        );
     }
     let mut options = CheckOptions::new();
     for dir in &args.paths {
@@ -90,7 +95,7 @@ pub fn main(args: CheckArgs) -> u8 {
     let run = match check::run(&args.modules, &options) {
         Ok(run) => run,
         Err(err @ (CheckError::InvalidModuleName(_) | CheckError::NoSuchDirectory(_))) => {
-            return usage_error("check", err);
+            return usage_error("check", ErrorKind::ValueValidation, err);
         }
         Err(err) => {
             eprintln!("error: {err}");

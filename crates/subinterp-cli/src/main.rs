@@ -126,12 +126,14 @@ pub(crate) fn settle(subcommand: &str, status: u8) {
     );
 }
 
-pub(crate) fn usage_error(subcommand: &str, message: impl Display) -> u8 {
+/// Reports a usage error of `subcommand` as clap reports its own (the message, the usage
+/// line, a hint at `--help`), of clap's `kind`; returns the usage exit status.
+pub(crate) fn usage_error(subcommand: &str, kind: ErrorKind, message: impl Display) -> u8 {
     let mut cli = Cli::command();
     cli.build();
     let err = match cli.find_subcommand_mut(subcommand) {
-        Some(sub) => sub.error(ErrorKind::MissingRequiredArgument, message),
-        None => cli.error(ErrorKind::MissingRequiredArgument, message),
+        Some(sub) => sub.error(kind, message),
+        None => cli.error(kind, message),
     };
     // Printing can only fail when stderr is gone; the exit status still tells.
     let _ = err.print();
@@ -156,6 +158,7 @@ pub(crate) fn check_paths(subcommand: &str, paths: &[PathBuf]) -> Result<(), u8>
     match paths.iter().find(|dir| !dir.is_dir()) {
         Some(dir) => Err(usage_error(
             subcommand,
+            ErrorKind::ValueValidation,
             format!("--path {}: no such directory", dir.display()),
         )),
         None => Ok(()),

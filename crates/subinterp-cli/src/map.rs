@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use clap::error::ErrorKind;
 use clap::Args;
 use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender, TryRecvError};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -321,6 +322,7 @@ pub fn main(args: MapArgs) -> u8 {
     let Ok((module, path)) = subinterp::parse_target(&args.target) else {
         return usage_error(
             "map",
+            ErrorKind::ValueValidation,
             format!(
                 "{:?} is not MODULE:FUNC (e.g. textstats:analyze)",
                 args.target
@@ -328,7 +330,11 @@ pub fn main(args: MapArgs) -> u8 {
         );
     };
     if args.workers == Some(0) {
-        return usage_error("map", "--workers must be at least 1");
+        return usage_error(
+            "map",
+            ErrorKind::ValueValidation,
+            "--workers must be at least 1",
+        );
     }
     let timeout = args.timeout;
     if let Err(status) = crate::check_paths("map", &args.paths) {
@@ -338,6 +344,7 @@ pub fn main(args: MapArgs) -> u8 {
         if workers > MAX_WORKERS {
             return usage_error(
                 "map",
+                ErrorKind::ValueValidation,
                 format!("--workers must be at most {MAX_WORKERS}, one interpreter and thread each"),
             );
         }
@@ -380,7 +387,7 @@ pub fn main(args: MapArgs) -> u8 {
         Err(message) => return setup_error(message),
     };
     if let Some(message) = same_file(&input, &destination) {
-        return usage_error("map", message);
+        return usage_error("map", ErrorKind::ArgumentConflict, message);
     }
 
     let mut paths = args.paths.clone();

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use clap::error::ErrorKind;
 use clap::{ArgMatches, Args, ValueEnum};
 use serde::Serialize;
 use signal_hook::consts::SIGINT;
@@ -342,7 +343,11 @@ fn millis(duration: Duration) -> f64 {
 pub fn main(args: RunArgs, matches: &ArgMatches) -> u8 {
     let sources = sources(&args, matches);
     if sources.is_empty() {
-        return crate::usage_error("run", "nothing to run: give at least one SCRIPT or -c CODE");
+        return crate::usage_error(
+            "run",
+            ErrorKind::MissingRequiredArgument,
+            "nothing to run: give at least one SCRIPT or -c CODE",
+        );
     }
     if let Err(status) = crate::check_paths("run", &args.paths) {
         return status;
@@ -350,6 +355,7 @@ pub fn main(args: RunArgs, matches: &ArgMatches) -> u8 {
     if sources.len().saturating_mul(args.copies) > MAX_INTERPRETERS {
         return crate::usage_error(
             "run",
+            ErrorKind::ValueValidation,
             format!(
                 "{} interpreters asked for ({} scripts or codes, {} copies each): at most \
                  {MAX_INTERPRETERS} can run at once, each on a thread of its own",
