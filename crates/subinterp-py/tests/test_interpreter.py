@@ -1,6 +1,7 @@
 """subinterp.Interpreter and subinterp.check."""
 
 import sys
+import threading
 import time
 
 import pytest
@@ -46,6 +47,22 @@ def test_deadlines_stop_a_runaway_call_and_the_interpreter_is_reused():
             interp.exec("while True: pass", timeout=0.3)
         assert time.monotonic() - start < 20
         assert interp.call(helpers.add, 5, 5) == 10
+
+
+def test_timeouts_follow_the_one_rule_for_seconds():
+    # As threading.Lock.acquire: negative or NaN is a ValueError, past TIMEOUT_MAX an
+    # OverflowError; a pool's deadline must be positive and within the same limit.
+    with subinterp.Interpreter() as interp:
+        for bad in (-1, float("nan")):
+            with pytest.raises(ValueError, match="timeout"):
+                interp.exec("pass", timeout=bad)
+        for huge in (1e12, float("inf")):
+            with pytest.raises(OverflowError, match="too large"):
+                interp.exec("pass", timeout=huge)
+        interp.exec("pass", timeout=threading.TIMEOUT_MAX)
+    for bad in (0, -1, 1e12, float("inf")):
+        with pytest.raises(ValueError, match="invalid pool setting timeout"):
+            subinterp.Pool(1, timeout=bad)
 
 
 def test_closed_interpreter_refuses_work_and_legacy_interpreters_work():
