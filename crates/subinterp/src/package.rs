@@ -317,29 +317,15 @@ fn interp_new<'py>(
         return Err(py.new_error(ExcKind::Type, "config must be a dict").into());
     };
     let interp = interpreter_config(&config);
-    // A list of sources is run one after the other, each its own source, so that an
-    // error points at its line in the user's part.
-    let init: Option<Vec<String>> = match field(&config, "init") {
-        Some(Value::Str(code)) => Some(vec![code.clone()]),
-        Some(Value::List(codes)) => Some(
-            codes
-                .iter()
-                .filter_map(|code| match code {
-                    Value::Str(code) => Some(code.clone()),
-                    _ => None,
-                })
-                .collect(),
-        ),
+    let init = match field(&config, "init") {
+        Some(Value::Str(code)) => Some(code.clone()),
         _ => None,
     };
     let timeout = field(&config, "timeout").and_then(positive_seconds);
     let made = Arc::new(py.allow_threads(move || Interpreter::new(&runtime()?, &interp))?);
-    if let Some(codes) = init {
+    if let Some(code) = init {
         let ran = wait_in(py, &made, timeout, move |py| {
-            let main = py.main_dict()?;
-            for code in &codes {
-                py.run(code, "<string>", &main)?;
-            }
+            py.run(&code, "<string>", &py.main_dict()?)?;
             Ok(Value::None)
         });
         let failure = match ran {
