@@ -56,10 +56,10 @@
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
-mod buffer;
+mod builtin_module;
+mod call;
 mod channel;
 pub mod check;
-mod config;
 mod error;
 pub mod guards;
 pub mod hazards;
@@ -68,9 +68,7 @@ mod interpreter;
 mod names;
 #[doc(hidden)]
 pub mod package;
-mod params;
 mod pool;
-mod pymodule;
 #[allow(unsafe_code)]
 mod raw;
 mod runtime;
@@ -78,14 +76,13 @@ pub mod seconds;
 pub mod value;
 mod wait;
 
-pub use buffer::SharedBuffer;
+pub use call::{parse_target, Args, Target};
+pub use channel::buffer::SharedBuffer;
 pub use channel::{select, Channel, Message, RecvFuture};
-pub use config::{Gil, InterpreterConfig, DEFAULT_SHUTDOWN_GRACE};
 pub use error::{Error, ExitStatus, PyException, Result};
 pub use host::{Caller, HostModule, Interrupt, Kwargs, Params};
-pub use interpreter::{
-    parse_target, Args, CallOptions, Interpreter, InterruptHandle, Output, CALL_GRACE,
-};
+pub use interpreter::config::{Gil, InterpreterConfig, DEFAULT_SHUTDOWN_GRACE};
+pub use interpreter::{CallOptions, Interpreter, InterruptHandle, Output, CALL_GRACE};
 pub use pool::{MapResults, Pool, PoolConfig, Task, TaskOptions};
 pub use raw::{PyObj, Python};
 pub use runtime::{Runtime, RuntimeConfig};

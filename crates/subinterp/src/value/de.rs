@@ -21,7 +21,7 @@ use super::{BigInt, Value};
 ///
 /// # Errors
 ///
-/// [`Error::Conversion`](crate::Error::Conversion) when the value does not have the shape
+/// [`Error::Conversion`](crate::error::Error::Conversion) when the value does not have the shape
 /// of `T`. The message says what was expected, where, and what was found instead.
 ///
 /// # Example
@@ -54,7 +54,7 @@ use super::{BigInt, Value};
 /// );
 /// # Ok::<(), subinterp::Error>(())
 /// ```
-pub fn from_value<T: de::DeserializeOwned>(value: Value) -> crate::Result<T> {
+pub fn from_value<T: de::DeserializeOwned>(value: Value) -> crate::error::Result<T> {
     T::deserialize(ValueDeserializer(value)).map_err(Into::into)
 }
 
@@ -159,7 +159,7 @@ impl<'de> Visitor<'de> for ValueVisitor {
 }
 
 /// The error of the serde conversions, turned into
-/// [`Error::Conversion`](crate::Error::Conversion) by [`to_value`](crate::to_value) and
+/// [`Error::Conversion`](crate::error::Error::Conversion) by [`to_value`](crate::to_value) and
 /// [`from_value`].
 ///
 /// It records where in the value it happened, as the path from the root, so the message
@@ -258,9 +258,9 @@ impl fmt::Display for Path<'_> {
 
 impl std::error::Error for Error {}
 
-impl From<Error> for crate::Error {
+impl From<Error> for crate::error::Error {
     fn from(err: Error) -> Self {
-        crate::Error::Conversion(err.to_string())
+        crate::error::Error::Conversion(err.to_string())
     }
 }
 
@@ -753,7 +753,7 @@ impl Scalar<'_> {
 }
 
 /// Converts a scalar to `T`, as [`from_value`] converts the equal [`Value`].
-pub(crate) fn from_scalar<T: de::DeserializeOwned>(scalar: Scalar<'_>) -> crate::Result<T> {
+pub(crate) fn from_scalar<T: de::DeserializeOwned>(scalar: Scalar<'_>) -> crate::error::Result<T> {
     T::deserialize(ScalarDeserializer(scalar)).map_err(Into::into)
 }
 
@@ -871,7 +871,7 @@ mod tests {
     use serde::{Deserialize, Serialize};
 
     use super::*;
-    use crate::to_value;
+    use crate::value::to_value;
 
     fn s(text: &str) -> Value {
         Value::from(text)
@@ -883,7 +883,7 @@ mod tests {
 
     fn message<T: de::DeserializeOwned + fmt::Debug>(value: Value) -> String {
         match from_value::<T>(value).unwrap_err() {
-            crate::Error::Conversion(message) => message,
+            crate::error::Error::Conversion(message) => message,
             other => panic!("not a conversion error: {other:?}"),
         }
     }

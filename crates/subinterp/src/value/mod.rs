@@ -171,7 +171,7 @@ impl Value {
     }
 
     /// Converts into a typed Rust value with serde; shorthand for [`from_value`].
-    pub fn deserialize_into<T: serde::de::DeserializeOwned>(self) -> crate::Result<T> {
+    pub fn deserialize_into<T: serde::de::DeserializeOwned>(self) -> crate::error::Result<T> {
         from_value(self)
     }
 }

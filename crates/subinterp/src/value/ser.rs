@@ -20,7 +20,7 @@ const BIG_INT_TOKEN: &str = "$subinterp::private::BigInt";
 ///
 /// # Errors
 ///
-/// [`Error::Conversion`](crate::Error::Conversion) when the value's `Serialize`
+/// [`Error::Conversion`](crate::error::Error::Conversion) when the value's `Serialize`
 /// implementation reports an error.
 ///
 /// # Example
@@ -42,7 +42,7 @@ const BIG_INT_TOKEN: &str = "$subinterp::private::BigInt";
 /// assert_eq!(value.to_string(), r#"{"name": "resize", "retries": 3, "tags": ["img"]}"#);
 /// # Ok::<(), subinterp::Error>(())
 /// ```
-pub fn to_value<T: Serialize + ?Sized>(value: &T) -> crate::Result<Value> {
+pub fn to_value<T: Serialize + ?Sized>(value: &T) -> crate::error::Result<Value> {
     value.serialize(ValueSerializer).map_err(Into::into)
 }
 
@@ -693,7 +693,7 @@ mod tests {
     #[test]
     fn serialize_errors_become_conversion_errors() {
         let err = to_value(&vec![Failing]).unwrap_err();
-        assert!(matches!(err, crate::Error::Conversion(_)), "{err:?}");
+        assert!(matches!(err, crate::error::Error::Conversion(_)), "{err:?}");
         assert_eq!(
             err.to_string(),
             "value conversion failed: the lock is poisoned"

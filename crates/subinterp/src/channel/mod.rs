@@ -5,6 +5,8 @@
 //! and are woken by the event they wait for — a message, free space, closing, or an
 //! interrupt — never by polling.
 
+pub mod buffer;
+
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
@@ -16,10 +18,10 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::buffer::SharedBuffer;
+use crate::channel::buffer::SharedBuffer;
 use crate::error::{Error, Result};
+use crate::value::Value;
 use crate::wait::{self, InterruptReason, InterruptState, Signal, Waiter};
-use crate::Value;
 
 /// One message in a channel.
 #[derive(Debug, Clone)]
@@ -278,7 +280,7 @@ impl Channel {
 
     /// Sends any `Serialize` value (converted with [`to_value`](crate::to_value)).
     pub fn send_serde<T: Serialize + ?Sized>(&self, value: &T) -> Result<()> {
-        self.send(crate::to_value(value)?)
+        self.send(crate::value::to_value(value)?)
     }
 
     /// Receives, waiting for a message; [`Error::ChannelClosed`] once closed and drained.
@@ -305,7 +307,7 @@ impl Channel {
 
     /// Receives a value and converts it with serde.
     pub fn recv_as<T: DeserializeOwned>(&self) -> Result<T> {
-        crate::from_value(self.recv_value()?)
+        crate::value::from_value(self.recv_value()?)
     }
 
     /// A future that resolves to the next message: works with any async runtime (it

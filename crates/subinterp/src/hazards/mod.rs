@@ -416,7 +416,7 @@ pub fn settle_exit(status: u8, message: &str) {
 /// interpreter to its own threads ([`CURRENT_FRAMES`]): called when every interpreter is
 /// set up and when the runtime starts, for the main interpreter. On every version, since
 /// no fixed release is known and the replacement reads only what is safe to read.
-pub(crate) fn limit_thread_walks(py: crate::Python<'_>) -> crate::Result<()> {
+pub(crate) fn limit_thread_walks(py: crate::raw::Python<'_>) -> crate::error::Result<()> {
     let replaced = crate::raw::threads::install(py)?;
     tracing::trace!(
         target: "subinterp::hazards",

@@ -10,11 +10,11 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::call::{call_target, Args, Target};
 use crate::channel::{Channel, Message, Stop};
 use crate::error::{Error, PyException, Result};
-use crate::interpreter::Args;
 use crate::names;
-use crate::params;
+pub(crate) mod params;
 use crate::raw::callback::{self, FastArgs};
 use crate::raw::convert::{exact_bool, exact_float, exact_int, scalar, scalar_object};
 use crate::raw::module::{ExceptionSpec, FunctionSpec, ModuleSpec, NativeFn};
@@ -356,8 +356,7 @@ impl<'py> Caller<'py> {
     /// [`Error::Python`]; returned by the host function, it reaches the Python caller as
     /// the very exception raised.
     pub fn call(&self, target: &str, args: impl Into<Args>) -> Result<Value> {
-        let (module, path) = crate::interpreter::parse_target(target)?;
-        crate::interpreter::call_target(self.py, &module, &path, &args.into())
+        call_target(self.py, &Target::parse(target)?, &args.into())
     }
 
     /// Runs `f` with the calling interpreter's GIL released, so its other Python threads

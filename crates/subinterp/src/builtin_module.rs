@@ -12,10 +12,10 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::buffer::{Layout, SharedBuffer};
+use crate::channel::buffer::{Layout, SharedBuffer};
 use crate::channel::{Channel, Message, Stop};
 use crate::error::{Error, Result};
-use crate::params;
+use crate::host::params;
 use crate::raw::buffer::view_info;
 use crate::raw::callback::{self, Export, Failure, FastArgs, Outcome};
 use crate::raw::class::{self, ClassDef};

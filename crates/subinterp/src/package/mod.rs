@@ -17,11 +17,12 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::config::InterpreterConfig;
+use crate::builtin_module::{parse, required};
+use crate::call::{call_target, Args, Target};
 use crate::error::{Error, Result};
-use crate::interpreter::{call_target, parse_target, Args, Interpreter};
+use crate::interpreter::config::InterpreterConfig;
+use crate::interpreter::Interpreter;
 use crate::pool::{Pool, PoolConfig, Task, TaskOptions};
-use crate::pymodule::{parse, required};
 use crate::raw::callback::{self, FastArgs, Outcome};
 use crate::raw::module::{self, ModuleSpec};
 use crate::raw::{ExcKind, PyObj, Python};
@@ -47,7 +48,7 @@ pub fn extension_init() -> *mut std::ffi::c_void {
 }
 
 fn specs() -> Vec<ModuleSpec> {
-    let mut spec = crate::pymodule::spec();
+    let mut spec = crate::builtin_module::spec();
     spec.methods.extend([
         callback::method_def(
             c"_runtime_start",
@@ -508,11 +509,11 @@ fn interp_call<'py>(
         4,
     )?;
     let interp = interp_of(required(&a[0]))?;
-    let (module, path) = parse_target(&required(&a[1]).extract_str()?)?;
+    let target = Target::parse(&required(&a[1]).extract_str()?)?;
     let call = call_args(py, required(&a[2]), required(&a[3]))?;
     let timeout = seconds(py, a[4].as_ref(), "timeout")?;
     run_in(py, &interp, timeout, move |py| {
-        call_target(py, &module, &path, &call)
+        call_target(py, &target, &call)
     })
 }
 
@@ -684,7 +685,7 @@ fn seconds(py: Python<'_>, obj: Option<&PyObj<'_>>, what: &str) -> Result<Option
     };
     match crate::seconds::non_negative(secs) {
         Ok(duration) => Ok(Some(duration)),
-        Err(crate::seconds::SecondsError::TooLarge) => Err(crate::pymodule::too_large(py)),
+        Err(crate::seconds::SecondsError::TooLarge) => Err(crate::builtin_module::too_large(py)),
         Err(_) => Err(py.new_error(ExcKind::Value, &format!("{what} must be >= 0 and finite"))),
     }
 }

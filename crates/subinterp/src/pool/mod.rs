@@ -24,14 +24,15 @@ use crossbeam_channel::{
     bounded, select, unbounded, Receiver, RecvError, RecvTimeoutError, Sender, TryRecvError,
 };
 
-use crate::config::InterpreterConfig;
+use crate::call::{call_target, Args, Target};
 use crate::error::{Error, PyException, Result};
-use crate::interpreter::{call_target, parse_target, Args, Interpreter, InterruptHandle};
+use crate::interpreter::config::InterpreterConfig;
+use crate::interpreter::{Interpreter, InterruptHandle};
 use crate::raw::lifecycle::clear_pending_async;
 use crate::raw::Python;
 use crate::runtime::Runtime;
+use crate::value::Value;
 use crate::wait::InterruptReason;
-use crate::Value;
 
 /// How a [`Pool`] is built.
 ///
@@ -250,8 +251,7 @@ impl Shared {
 
 struct Queued {
     id: u64,
-    module: String,
-    path: String,
+    target: Target,
     args: Args,
     timeout: Option<Duration>,
     state: Arc<TaskState>,
@@ -372,13 +372,12 @@ impl Pool {
         args: impl Into<Args>,
         options: TaskOptions,
     ) -> Result<Task> {
-        let (module, path) = parse_target(target)?;
+        let target = Target::parse(target)?;
         let id = self.shared.next_task.fetch_add(1, Ordering::Relaxed);
         let state = Arc::new(TaskState::new());
         let queued = Queued {
             id,
-            module,
-            path,
+            target,
             args: args.into(),
             timeout: options.timeout.or(self.shared.config.timeout),
             state: Arc::clone(&state),
@@ -423,7 +422,7 @@ impl Pool {
         I: IntoIterator,
         I::Item: Into<Args>,
     {
-        parse_target(target)?;
+        Target::parse(target)?;
         Ok(MapResults {
             pool: self,
             target: target.to_owned(),
@@ -814,8 +813,8 @@ fn worker_loop(py: Python<'_>, shared: &Arc<Shared>, worker: &Arc<Worker>) -> Re
                 abandon: false,
             });
         }
-        tracing::debug!(task = task.id, target = %format!("{}:{}", task.module, task.path), "task started");
-        let result = call_target(py, &task.module, &task.path, &task.args);
+        tracing::debug!(task = task.id, target = %task.target, "task started");
+        let result = call_target(py, &task.target, &task.args);
         worker.current.store(0, Ordering::Release);
         if worker.interrupted.swap(false, Ordering::AcqRel) {
             // An interrupt aimed at this task may still be pending: it must not hit the next.

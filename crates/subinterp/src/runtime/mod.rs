@@ -374,7 +374,7 @@ fn start(config: &RuntimeConfig) -> Result<RuntimeInner> {
     } else {
         build_python.map(str::to_owned)
     };
-    let modules: Vec<ModuleSpec> = std::iter::once(crate::pymodule::spec())
+    let modules: Vec<ModuleSpec> = std::iter::once(crate::builtin_module::spec())
         .chain(config.host_modules.iter().map(HostModule::to_spec))
         .collect();
     let borrow = config.borrow;

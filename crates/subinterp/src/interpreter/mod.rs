@@ -12,14 +12,17 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use serde::de::DeserializeOwned;
 
-use crate::config::InterpreterConfig;
+pub mod config;
+
+use crate::call::{call_target, Args, Target};
 use crate::error::{Error, Result};
 use crate::hazards;
+use crate::interpreter::config::InterpreterConfig;
 use crate::raw::lifecycle::{clear_pending_async, InterruptTarget, SubInterpreter};
-use crate::raw::{PyObj, Python};
+use crate::raw::Python;
 use crate::runtime::{Runtime, RuntimeInner};
+use crate::value::Value;
 use crate::wait::{self, InterruptReason, InterruptState};
-use crate::Value;
 
 /// Stack of an interpreter's thread: as much as a Python main thread usually gets, so deep
 /// Python recursion and deep value conversion do not overflow it (it is virtual memory,
@@ -413,80 +416,6 @@ pub struct Output {
     pub stderr: String,
 }
 
-/// Positional and keyword arguments of a [`call`](Interpreter::call).
-///
-/// Tuples of up to six items convert (`(1, "a")`), as do `()` and `Vec<Value>`:
-///
-/// ```
-/// use subinterp::{Args, Value};
-/// let args = Args::new().arg(1).arg("two").kwarg("sep", ", ");
-/// assert_eq!(args.positional, vec![Value::Int(1), Value::from("two")]);
-/// ```
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Args {
-    /// Positional arguments.
-    pub positional: Vec<Value>,
-    /// Keyword arguments, in order.
-    pub keywords: Vec<(String, Value)>,
-}
-
-impl Args {
-    /// No arguments.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Appends a positional argument.
-    pub fn arg(mut self, value: impl Into<Value>) -> Self {
-        self.positional.push(value.into());
-        self
-    }
-
-    /// Appends a keyword argument.
-    pub fn kwarg(mut self, name: impl Into<String>, value: impl Into<Value>) -> Self {
-        self.keywords.push((name.into(), value.into()));
-        self
-    }
-
-    /// Appends a positional argument converted from any `Serialize` type.
-    pub fn arg_serde<T: serde::Serialize + ?Sized>(mut self, value: &T) -> Result<Self> {
-        self.positional.push(crate::to_value(value)?);
-        Ok(self)
-    }
-}
-
-impl From<()> for Args {
-    fn from(_: ()) -> Self {
-        Args::new()
-    }
-}
-
-impl From<Vec<Value>> for Args {
-    fn from(positional: Vec<Value>) -> Self {
-        Args {
-            positional,
-            keywords: Vec::new(),
-        }
-    }
-}
-
-macro_rules! args_from_tuple {
-    ($($name:ident),+) => {
-        impl<$($name: Into<Value>),+> From<($($name,)+)> for Args {
-            #[allow(non_snake_case)]
-            fn from(($($name,)+): ($($name,)+)) -> Self {
-                Args { positional: vec![$($name.into()),+], keywords: Vec::new() }
-            }
-        }
-    };
-}
-args_from_tuple!(A);
-args_from_tuple!(A, B);
-args_from_tuple!(A, B, C);
-args_from_tuple!(A, B, C, D);
-args_from_tuple!(A, B, C, D, E);
-args_from_tuple!(A, B, C, D, E, F);
-
 impl Interpreter {
     /// Creates an interpreter from `config` on a new thread.
     ///
@@ -839,14 +768,14 @@ impl Interpreter {
         args: impl Into<Args>,
         options: CallOptions,
     ) -> Result<Value> {
-        let (module, path) = parse_target(target)?;
+        let target = Target::parse(target)?;
         let args = args.into();
-        self.run_with(move |py| call_target(py, &module, &path, &args), options)
+        self.run_with(move |py| call_target(py, &target, &args), options)
     }
 
     /// Like [`call`](Self::call), converting the result to `T` with serde.
     pub fn call_as<T: DeserializeOwned>(&self, target: &str, args: impl Into<Args>) -> Result<T> {
-        crate::from_value(self.call(target, args)?)
+        crate::value::from_value(self.call(target, args)?)
     }
 
     /// Prepends a directory to this interpreter's `sys.path`. A path that is not UTF-8
@@ -1264,67 +1193,6 @@ fn flush_streams(py: Python<'_>) {
     }
 }
 
-/// Imports `module`, follows the dotted `path` to a callable, calls it with `args` and
-/// copies the result out.
-pub(crate) fn call_target(py: Python<'_>, module: &str, path: &str, args: &Args) -> Result<Value> {
-    let mut callable = py.import(module)?;
-    for attr in path.split('.') {
-        callable = callable.getattr(attr)?;
-    }
-    call_object(py, &callable, args)?.to_value()
-}
-
-fn call_object<'py>(py: Python<'py>, callable: &PyObj<'py>, args: &Args) -> Result<PyObj<'py>> {
-    let positional = args
-        .positional
-        .iter()
-        .map(|v| py.to_object(v))
-        .collect::<Result<Vec<_>>>()?;
-    let refs: Vec<&PyObj<'py>> = positional.iter().collect();
-    let kwargs = if args.keywords.is_empty() {
-        None
-    } else {
-        let dict = py.dict()?;
-        for (k, v) in &args.keywords {
-            dict.set_item(&py.str(k)?, &py.to_object(v)?)?;
-        }
-        Some(dict)
-    };
-    py.call_kw(callable, &refs, kwargs.as_ref())
-}
-
-/// Splits a call target — `module:qualname` (`"pkg.mod:Class.method"`) or `module.attr`
-/// (`"math.sqrt"`) — into the module name and the dotted attribute path, checking that
-/// both are dotted Python identifiers.
-///
-/// ```
-/// assert_eq!(
-///     subinterp::parse_target("os.path:join").unwrap(),
-///     ("os.path".to_owned(), "join".to_owned())
-/// );
-/// assert!(subinterp::parse_target("not a target").is_err());
-/// ```
-pub fn parse_target(target: &str) -> Result<(String, String)> {
-    let bad = |reason: &str| Error::InvalidTarget {
-        target: target.to_owned(),
-        reason: reason.to_owned(),
-    };
-    let (module, path) = match target.split_once(':') {
-        Some((m, p)) => (m, p),
-        None => target
-            .rsplit_once('.')
-            .ok_or_else(|| bad("expected module:function or module.function"))?,
-    };
-    let valid = crate::names::is_dotted;
-    if !valid(module) {
-        return Err(bad("the module name must be a dotted Python identifier"));
-    }
-    if !valid(path) {
-        return Err(bad("the function name must be a dotted Python identifier"));
-    }
-    Ok((module.to_owned(), path.to_owned()))
-}
-
 fn past_deadline(limit: Duration) -> String {
     format!(
         "the call ran past its deadline of {:.3} s",
@@ -1350,29 +1218,5 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "panic with a non-string payload".to_owned()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_target;
-
-    #[test]
-    fn targets() {
-        assert_eq!(
-            parse_target("os.path:join").unwrap(),
-            ("os.path".into(), "join".into())
-        );
-        assert_eq!(
-            parse_target("math.sqrt").unwrap(),
-            ("math".into(), "sqrt".into())
-        );
-        assert_eq!(
-            parse_target("pkg.mod:Class.method").unwrap(),
-            ("pkg.mod".into(), "Class.method".into())
-        );
-        for bad in ["", "math", ":f", "m:", "m:f g", "1m:f", "m:.f"] {
-            assert!(parse_target(bad).is_err(), "{bad:?} should be refused");
-        }
     }
 }
