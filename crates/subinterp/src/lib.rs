@@ -66,6 +66,8 @@ pub mod hazards;
 mod host;
 mod interpreter;
 mod names;
+/// The engine of the Python package (`crates/subinterp-py`), built only into it.
+#[cfg(feature = "extension-module")]
 #[doc(hidden)]
 pub mod package;
 mod pool;

@@ -171,7 +171,10 @@ fn crate_paths() -> Vec<(String, String, String)> {
 #[test]
 fn code_imports_from_the_defining_module_not_through_the_crate_root() {
     let modules = top_level_modules();
-    assert!(modules.len() > 10, "read the modules of lib.rs: {modules:?}");
+    assert!(
+        modules.len() > 10,
+        "read the modules of lib.rs: {modules:?}"
+    );
     let found: Vec<String> = crate_paths()
         .into_iter()
         .filter(|(from, name, _)| from != "lib" && !modules.contains(name))

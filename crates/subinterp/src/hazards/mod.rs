@@ -391,6 +391,7 @@ pub(crate) fn isolated_interpreter_ended(version: &str) {
 /// The latest warning of [`isolated_interpreter_ended`] not taken yet.
 static MEMORY_WARNING: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
+#[cfg(feature = "extension-module")]
 /// Takes the latest warning about the memory of ended interpreters, if one was given
 /// since the last call: for a host that shows warnings its own way (the Python package
 /// raises it as a `RuntimeWarning`).

@@ -692,6 +692,7 @@ impl Interpreter {
         })
     }
 
+    #[cfg(feature = "extension-module")]
     /// The grace period of this interpreter's end ([`InterpreterConfig::shutdown_grace`]).
     pub(crate) fn grace(&self) -> Duration {
         self.grace
@@ -846,6 +847,7 @@ impl Interpreter {
         self.shut(None).map(drop)
     }
 
+    #[cfg(feature = "extension-module")]
     /// Closes like [`close`](Self::close); true if the interpreter was left behind,
     /// still running, past the grace period.
     pub(crate) fn close_reporting(&self) -> Result<bool> {

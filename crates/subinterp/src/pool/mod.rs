@@ -485,6 +485,7 @@ impl Pool {
         self.shared.stop_now();
     }
 
+    #[cfg(feature = "extension-module")]
     /// A handle that turns a graceful shutdown running on another thread into an
     /// immediate one.
     pub(crate) fn stopper(&self) -> Stopper {
@@ -492,9 +493,11 @@ impl Pool {
     }
 }
 
+#[cfg(feature = "extension-module")]
 /// See [`Pool::stopper`].
 pub(crate) struct Stopper(std::sync::Weak<Shared>);
 
+#[cfg(feature = "extension-module")]
 impl Stopper {
     /// As [`Pool::shutdown_now`], without waiting: queued tasks are cancelled, running
     /// ones interrupted, and one stuck in C code is abandoned after the grace period.
@@ -735,6 +738,7 @@ fn start_worker(shared: &Shared) -> Result<Interpreter> {
 /// Workers left behind stuck in C code whose interpreter has not ended yet.
 static LEFT_BEHIND: AtomicUsize = AtomicUsize::new(0);
 
+#[cfg(feature = "extension-module")]
 /// The number of pool workers left behind stuck in C code, in every pool, whose
 /// interpreters still exist (they end when the C call returns).
 pub(crate) fn workers_left_behind() -> usize {

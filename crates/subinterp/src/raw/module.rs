@@ -154,6 +154,7 @@ pub(crate) fn defined() -> bool {
     MODULES.get().is_some()
 }
 
+#[cfg(feature = "extension-module")]
 /// The body of an extension module's `PyInit_*` function, for a process whose CPython
 /// this crate did not start: makes the definitions of the process from `specs` the
 /// first time (its first module is the extension's), then returns the first one,

@@ -3,7 +3,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use crossbeam_channel::{bounded, Sender};
 
@@ -213,9 +212,10 @@ static STATE: Mutex<State> = Mutex::new(State::Uninit);
 /// the main interpreter finished.
 static ENDED: (Mutex<bool>, std::sync::Condvar) = (Mutex::new(false), std::sync::Condvar::new());
 
+#[cfg(feature = "extension-module")]
 /// Waits up to `timeout` for the runtime to end; true once it has, or if it never started.
 /// An interpreter stuck in C code keeps the runtime alive until the call returns.
-pub(crate) fn wait_ended(timeout: Duration) -> bool {
+pub(crate) fn wait_ended(timeout: std::time::Duration) -> bool {
     if matches!(
         *STATE.lock().unwrap_or_else(|e| e.into_inner()),
         State::Uninit
