@@ -240,3 +240,39 @@ fn the_top_level_modules_import_each_other_without_a_cycle() {
         }
     }
 }
+
+/// The layers of ARCHITECTURE.md, bottom up. A module imports only from its own layer
+/// (without a cycle, checked above) or the layers below.
+const LAYERS: &[&[&str]] = &[
+    &["error", "value", "names", "seconds"],
+    &["raw"],
+    &["wait", "call", "hazards", "guards"],
+    &["channel", "host", "builtin_module"],
+    &["runtime"],
+    &["interpreter"],
+    &["pool"],
+    &["check", "package"],
+];
+
+#[test]
+fn modules_import_only_from_their_layer_or_below() {
+    let layer_of = |module: &str| LAYERS.iter().position(|layer| layer.contains(&module));
+    let modules = top_level_modules();
+    let unplaced: Vec<&String> = modules.iter().filter(|m| layer_of(m).is_none()).collect();
+    assert!(
+        unplaced.is_empty(),
+        "modules in no layer (add them to LAYERS and ARCHITECTURE.md): {unplaced:?}"
+    );
+    let upward: Vec<String> = crate_paths()
+        .into_iter()
+        .filter(|(from, to, _)| {
+            from != "lib" && modules.contains(to) && layer_of(to) > layer_of(from)
+        })
+        .map(|(from, to, place)| format!("{from} -> {to}: {place}"))
+        .collect();
+    assert!(
+        upward.is_empty(),
+        "imports that run back up the layers:\n{}",
+        upward.join("\n")
+    );
+}
