@@ -889,19 +889,26 @@ fn render_result(result: subinterp::Result<Value>, line: usize) -> (String, bool
             None,
             None,
         ),
-        Err(Error::Python(exc)) if exc.type_name.ends_with(BAD_INPUT) => error_line(
-            "InvalidInput",
-            &format!("line {line}: {}", exc.message),
-            None,
-            Some(line),
-        ),
-        Err(Error::Python(exc)) => error_line(
-            &exc.type_name,
-            &exc.message,
-            Some(&without_wrapper_frame(&exc.traceback)),
-            None,
-        ),
-        Err(err) => error_line("subinterp.Error", &err.to_string(), None, None),
+        Err(err) => match err.as_python() {
+            Some(exc) if exc.type_name.ends_with(BAD_INPUT) => error_line(
+                "InvalidInput",
+                &format!("line {line}: {}", exc.message),
+                None,
+                Some(line),
+            ),
+            // A Python exception, or the TimeoutError that stopped a record at its deadline.
+            Some(exc) => error_line(
+                &exc.type_name,
+                &exc.message,
+                Some(&without_wrapper_frame(&exc.traceback)),
+                None,
+            ),
+            // Past its deadline with no Python code to stop (blocked in C).
+            None if err.is_timeout() => {
+                error_line("builtins.TimeoutError", &err.to_string(), None, None)
+            }
+            None => error_line("subinterp.Error", &err.to_string(), None, None),
+        },
     };
     (line, false)
 }
@@ -1008,6 +1015,9 @@ fn describe_setup_error(module: &str, err: &Error) -> String {
             "an --init code raised an exception:\n{}",
             exc.traceback.trim_end()
         ),
+        None if err.is_timeout() => {
+            format!("setting up the interpreters timed out: {err} (--setup-timeout)")
+        }
         None => format!("cannot start the interpreters: {err}"),
     }
 }

@@ -213,20 +213,22 @@ impl Failure {
             .as_python()
             .map(|exc| exc.traceback.clone())
             .unwrap_or_default();
-        let type_name = match (err, phase) {
-            (_, Phase::Create) => "subinterp.CreateFailed".to_owned(),
-            (Error::Python(exc), Phase::Run) => exc.type_name.clone(),
-            (Error::Io { source, .. }, Phase::Run) => {
+        let type_name = match (phase, err.as_python(), err) {
+            (Phase::Create, _, _) => "subinterp.CreateFailed".to_owned(),
+            // A Python exception, or the TimeoutError that stopped the script at --timeout.
+            (Phase::Run, Some(exc), _) => exc.type_name.clone(),
+            (Phase::Run, None, Error::Timeout { .. }) => "builtins.TimeoutError".to_owned(),
+            (Phase::Run, None, Error::Io { source, .. }) => {
                 if source.kind() == std::io::ErrorKind::NotFound {
                     "builtins.FileNotFoundError".to_owned()
                 } else {
                     "builtins.OSError".to_owned()
                 }
             }
-            (_, Phase::Run) => "subinterp.RunFailed".to_owned(),
+            (Phase::Run, None, _) => "subinterp.RunFailed".to_owned(),
         };
-        let message = match (err, phase) {
-            (Error::Python(exc), Phase::Run) => exc.message.clone(),
+        let message = match (err.as_python(), phase) {
+            (Some(exc), Phase::Run) => exc.message.clone(),
             _ => err.to_string(),
         };
         Failure {

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use subinterp::{
-    CallOptions, Caller, Channel, Error, HostModule, Interpreter, InterpreterConfig,
-    InterruptReason, Runtime, RuntimeConfig, Value,
+    CallOptions, Caller, Channel, Error, HostModule, Interpreter, InterpreterConfig, Runtime,
+    RuntimeConfig, Value,
 };
 
 /// How long a plugin's call may run.
@@ -152,11 +152,15 @@ fn main() -> subinterp::Result<()> {
                 interp.exec(PLUGIN)?;
                 let options = CallOptions::new().timeout(DEADLINE);
                 let result = match interp.call_with("__main__:run", (item,), options) {
-                    Err(Error::Interrupted(InterruptReason::Timeout)) => Ok(Value::from(format!(
+                    // Blocked in C past the deadline: no Python code could be stopped.
+                    Err(Error::Timeout {
+                        exception: None, ..
+                    }) => Ok(Value::from(format!(
                         "{name}: no answer within {} s",
                         DEADLINE.as_secs()
                     ))),
-                    Err(err) if err.as_python().is_some_and(|e| e.is("TimeoutError")) => {
+                    // Stopped by the TimeoutError raised in it at the deadline.
+                    Err(Error::Timeout { .. }) => {
                         Ok(Value::from(format!("{name}: stopped at its deadline")))
                     }
                     other => other,

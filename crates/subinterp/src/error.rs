@@ -88,18 +88,32 @@ pub enum Error {
     /// `try_send` found the channel full.
     #[error("the channel is full")]
     ChannelFull,
-    /// A blocking operation's timeout passed.
-    #[error("timed out")]
-    Timeout,
+    /// A deadline passed: a call's or a task's, a pool's set-up deadline, or the timeout
+    /// of a blocking operation (a channel's `recv`, say). This is the one way the library
+    /// says "timed out".
+    ///
+    /// When Python code was running at the deadline and was stopped by the `TimeoutError`
+    /// the library raised in it, `exception` is that exception, with the traceback of
+    /// where the code was ([`Error::as_python`] returns it); `None` when no Python code was
+    /// stopped (the work never started, or was blocked in C code).
+    #[error("{message}")]
+    Timeout {
+        /// What ran past which deadline.
+        message: String,
+        /// The `TimeoutError` that stopped the Python code, if it did.
+        exception: Option<Box<PyException>>,
+    },
     /// The work was cancelled: a task, or a blocking operation inside one. This is the
-    /// one way the library says "cancelled"; [`Error::interrupted`] makes it from an
-    /// [`InterruptReason`].
+    /// one way the library says "cancelled"; [`Error::interrupted`] makes it or
+    /// [`Error::Timeout`] from an [`InterruptReason`].
     #[error("the task was cancelled")]
     Cancelled,
-    /// A blocking operation was interrupted by a deadline (always
-    /// [`InterruptReason::Timeout`]: a cancellation is [`Error::Cancelled`]).
-    #[error("interrupted ({0:?})")]
-    Interrupted(InterruptReason),
+    /// An error of the host's own code, kept as it is (its `Display` is the message, and
+    /// [`std::error::Error::source`] gives it back). Host functions return their own
+    /// error types with `?` through [`ExternalError`] and [`ExternalResult`]; raised in
+    /// Python as `RuntimeError`. To raise a chosen Python class, use [`Error::python`].
+    #[error("{0}")]
+    External(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
     /// A pool worker could not be set up — its interpreter could not be created, its
     /// initializer raised, or set-up ran past its deadline — and the pool has no worker
     /// left to run tasks. Every queued and later task fails with this error, which holds
@@ -143,9 +157,16 @@ impl fmt::Debug for Error {
             Error::ChannelClosed => f.write_str("ChannelClosed"),
             Error::ChannelEmpty => f.write_str("ChannelEmpty"),
             Error::ChannelFull => f.write_str("ChannelFull"),
-            Error::Timeout => f.write_str("Timeout"),
+            Error::Timeout {
+                message,
+                exception: Some(exc),
+            } => {
+                writeln!(f, "{message}:")?;
+                write_python(exc, f)
+            }
+            Error::Timeout { message, .. } => f.debug_tuple("Timeout").field(message).finish(),
             Error::Cancelled => f.write_str("Cancelled"),
-            Error::Interrupted(reason) => f.debug_tuple("Interrupted").field(reason).finish(),
+            Error::External(err) => f.debug_tuple("External").field(err).finish(),
             Error::Setup(cause) => match cause.as_python() {
                 // The set-up failure's own exception, as Python prints it.
                 Some(exc) => {
@@ -182,24 +203,149 @@ fn detail_suffix(detail: &str) -> String {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// The error for a wait ended by `reason`: [`Error::Cancelled`] for a cancellation,
-    /// [`Error::Interrupted`] for a deadline.
+    /// The error for work ended by `reason`: [`Error::Cancelled`] for a cancellation,
+    /// [`Error::Timeout`] (with a generic message) for a deadline.
     pub fn interrupted(reason: InterruptReason) -> Error {
         match reason {
             InterruptReason::Cancelled => Error::Cancelled,
-            InterruptReason::Timeout => Error::Interrupted(InterruptReason::Timeout),
+            InterruptReason::Timeout => Error::timeout("timed out"),
         }
+    }
+
+    /// [`Error::Timeout`] saying what ran past which deadline, no Python code stopped.
+    pub fn timeout(message: impl Into<String>) -> Error {
+        Error::Timeout {
+            message: message.into(),
+            exception: None,
+        }
+    }
+
+    /// [`Error::Timeout`] for Python code stopped at its deadline by `exception`, the
+    /// `TimeoutError` raised in it; an exception without a message is given `message`.
+    pub(crate) fn timeout_in_python(message: String, mut exception: Box<PyException>) -> Error {
+        if exception.message.is_empty() {
+            exception.message.clone_from(&message);
+        }
+        Error::Timeout {
+            message,
+            exception: Some(exception),
+        }
+    }
+
+    /// An error raised in Python as an exception of the class `type_name`: a built-in one
+    /// (`"builtins.KeyError"`, or just `"KeyError"`) or any class loaded in the
+    /// interpreter, such as a [`HostModule::exception`](crate::HostModule::exception)
+    /// (`"game.NotFound"`). A class that is not found there (or does not take a message)
+    /// is raised as `RuntimeError` naming it.
+    pub fn python(type_name: impl Into<String>, message: impl Into<String>) -> Error {
+        let type_name = type_name.into();
+        let type_name = if type_name.contains('.') {
+            type_name
+        } else {
+            format!("builtins.{type_name}")
+        };
+        Error::Python(Box::new(PyException::new(type_name, message.into())))
+    }
+
+    /// [`Error::External`] holding `err`, an error of the host's own code.
+    ///
+    /// ```
+    /// let err = subinterp::Error::external(std::io::Error::other("disk full"));
+    /// assert_eq!(err.to_string(), "disk full");
+    /// ```
+    pub fn external(err: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Error {
+        Error::External(err.into())
     }
 
     /// The Python exception, if this error is one.
     ///
-    /// For [`Error::Setup`], the exception of the set-up failure it holds.
+    /// For [`Error::Timeout`], the `TimeoutError` that stopped Python code at its deadline;
+    /// for [`Error::Setup`], the exception of the set-up failure it holds.
     pub fn as_python(&self) -> Option<&PyException> {
         match self {
             Error::Python(exc) => Some(exc),
+            Error::Timeout {
+                exception: Some(exc),
+                ..
+            } => Some(exc),
             Error::Setup(cause) => cause.as_python(),
             _ => None,
         }
+    }
+
+    /// True for [`Error::Timeout`], or an [`Error::Setup`] that failed on its deadline.
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            Error::Timeout { .. } => true,
+            Error::Setup(cause) => cause.is_timeout(),
+            _ => false,
+        }
+    }
+
+    /// The Python exception class an error that is not a Python exception is raised as,
+    /// and its message. (A [`Error::Python`], and a [`Error::Timeout`] holding the
+    /// exception that stopped Python code, are raised as themselves.)
+    pub(crate) fn python_class(&self) -> (ExceptionClass, String) {
+        use ExceptionClass::{Builtin, Subinterp};
+        match self {
+            Error::ChannelClosed => (Subinterp("ChannelClosed"), self.to_string()),
+            Error::ChannelEmpty => (Subinterp("ChannelEmpty"), self.to_string()),
+            Error::ChannelFull => (Subinterp("ChannelFull"), self.to_string()),
+            Error::Timeout { .. } => (Builtin("TimeoutError"), self.to_string()),
+            Error::Cancelled => (Builtin("KeyboardInterrupt"), self.to_string()),
+            Error::Unshareable { .. } => (Builtin("TypeError"), self.to_string()),
+            // The exception's type says it is about conversion; the prefix would repeat it.
+            Error::Conversion(message) | Error::InvalidArgument(message) => {
+                (Builtin("ValueError"), message.clone())
+            }
+            Error::OutOfMemory(message) => (Builtin("MemoryError"), message.clone()),
+            other => (Builtin("RuntimeError"), other.to_string()),
+        }
+    }
+}
+
+/// Where the class of a raised [`Error`] lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ExceptionClass {
+    /// A built-in exception, by name.
+    Builtin(&'static str),
+    /// An exception class of the `subinterp` module, by name.
+    Subinterp(&'static str),
+}
+
+/// Turns errors of the host's own code into [`Error::External`], so a host function can
+/// use `?` on them: `do_io().map_err(|e| e.into_error())?`, or shorter, through
+/// [`ExternalResult::into_error`].
+pub trait ExternalError {
+    /// This error as an [`Error::External`].
+    fn into_error(self) -> Error;
+}
+
+impl<E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>> ExternalError for E {
+    fn into_error(self) -> Error {
+        Error::External(self.into())
+    }
+}
+
+/// [`ExternalError`] for a `Result`: `std::fs::read(path).into_error()?`.
+///
+/// ```
+/// use subinterp::ExternalResult;
+/// fn first_line(path: &str) -> subinterp::Result<String> {
+///     let text = std::fs::read_to_string(path).into_error()?;
+///     Ok(text.lines().next().unwrap_or("").to_owned())
+/// }
+/// let err = first_line("/no/such/file").unwrap_err();
+/// assert!(matches!(err, subinterp::Error::External(_)));
+/// ```
+pub trait ExternalResult<T> {
+    /// The error, if any, as an [`Error::External`].
+    fn into_error(self) -> Result<T>;
+}
+
+impl<T, E: ExternalError> ExternalResult<T> for std::result::Result<T, E> {
+    fn into_error(self) -> Result<T> {
+        self.map_err(ExternalError::into_error)
     }
 }
 
@@ -260,6 +406,26 @@ pub struct ExitStatus {
 }
 
 impl PyException {
+    /// A snapshot of an exception that was never raised: no traceback beyond its own
+    /// line, no chain.
+    pub fn new(type_name: impl Into<String>, message: impl Into<String>) -> PyException {
+        let type_name = type_name.into();
+        let message = message.into();
+        let traceback = if message.is_empty() {
+            format!("{type_name}\n")
+        } else {
+            format!("{type_name}: {message}\n")
+        };
+        PyException {
+            type_name,
+            message,
+            traceback,
+            cause: None,
+            context: None,
+            exit: None,
+        }
+    }
+
     /// True when the exception's type name is `name` or `builtins.name`.
     pub fn is(&self, name: &str) -> bool {
         self.type_name == name
@@ -293,6 +459,33 @@ impl fmt::Display for PyException {
 }
 
 impl std::error::Error for PyException {}
+
+/// The `code` attribute of a `SystemExit`, as read from the exception.
+pub(crate) enum SystemExitCode {
+    /// The attribute could not be read.
+    Missing,
+    /// `None` (`sys.exit()`).
+    None,
+    /// An integer, as a C `long` (-1 for one that does not fit, as in CPython).
+    Int(std::os::raw::c_long),
+    /// Anything else, by its `str()`.
+    Other(String),
+}
+
+impl ExitStatus {
+    /// How `python` ends on an uncaught `SystemExit` with this `code` (see
+    /// `_Py_HandleSystemExit` in CPython's `pythonrun.c`).
+    pub(crate) fn of(code: SystemExitCode) -> ExitStatus {
+        let (code, message) = match code {
+            SystemExitCode::Missing => (1, None),
+            SystemExitCode::None => (0, None),
+            // C's `(int)` conversion, as CPython does.
+            SystemExitCode::Int(value) => (value as i32, None),
+            SystemExitCode::Other(text) => (1, Some(text)),
+        };
+        ExitStatus { code, message }
+    }
+}
 
 /// Why a wait was interrupted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -333,7 +526,10 @@ mod tests {
         ));
         assert!(matches!(
             Error::interrupted(InterruptReason::Timeout),
-            Error::Interrupted(InterruptReason::Timeout)
+            Error::Timeout {
+                exception: None,
+                ..
+            }
         ));
     }
 }

@@ -261,13 +261,13 @@ fn receive_timeouts_and_non_blocking_operations() {
     ));
     assert!(matches!(
         rust.send_timeout(Value::Int(2), Duration::from_millis(20)),
-        Err(Error::Timeout)
+        Err(Error::Timeout { .. })
     ));
     rust.try_recv().unwrap();
     assert!(matches!(rust.try_recv(), Err(Error::ChannelEmpty)));
     assert!(matches!(
         rust.recv_timeout(Duration::from_millis(20)),
-        Err(Error::Timeout)
+        Err(Error::Timeout { .. })
     ));
 }
 
@@ -470,7 +470,7 @@ fn select_and_async_receive_from_rust() {
     assert_eq!(message.into_value().unwrap(), Value::from("on b"));
     assert!(matches!(
         select(&[&a, &b], Some(Duration::from_millis(10))),
-        Err(Error::Timeout)
+        Err(Error::Timeout { .. })
     ));
     a.close();
     b.close();

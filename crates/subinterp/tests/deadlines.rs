@@ -135,6 +135,18 @@ fn a_call_past_its_deadline_raises_timeout_error() {
     let err = interp.call_with("__main__:spin", (), options).unwrap_err();
     assert!(is_timeout_error(&err), "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(10));
+    // One shape for a deadline: Error::Timeout, holding the TimeoutError that stopped the
+    // code, with the traceback of where it was.
+    let Error::Timeout {
+        message,
+        exception: Some(exc),
+    } = &err
+    else {
+        panic!("expected Error::Timeout holding the TimeoutError, got {err:?}");
+    };
+    assert_eq!(message, "the call ran past its deadline of 0.300 s");
+    assert!(exc.traceback.contains("in spin"), "{}", exc.traceback);
+    assert!(err.is_timeout());
     let err = interp.exec_with("spin()", options).unwrap_err();
     assert!(is_timeout_error(&err), "{err:?}");
     // Within its deadline, a call returns as usual.
@@ -169,7 +181,13 @@ fn a_plugin_that_catches_every_exception_does_not_outlive_its_deadline() {
         .unwrap()
         .unwrap_err();
     assert!(
-        matches!(err, Error::Interrupted(InterruptReason::Timeout)),
+        matches!(
+            err,
+            Error::Timeout {
+                exception: None,
+                ..
+            }
+        ),
         "{err:?}"
     );
     assert!(started.elapsed() < Duration::from_secs(15));
@@ -193,7 +211,13 @@ fn a_call_stuck_in_c_returns_at_its_deadline_and_the_interpreter_stays_busy_unti
         .unwrap()
         .unwrap_err();
     assert!(
-        matches!(err, Error::Interrupted(InterruptReason::Timeout)),
+        matches!(
+            err,
+            Error::Timeout {
+                exception: None,
+                ..
+            }
+        ),
         "{err:?}"
     );
     assert!(
@@ -207,7 +231,13 @@ fn a_call_stuck_in_c_returns_at_its_deadline_and_the_interpreter_stays_busy_unti
     let short = CallOptions::new().timeout(Duration::from_millis(50));
     let err = interp.call_with("math:sqrt", (4.0,), short).unwrap_err();
     assert!(
-        matches!(err, Error::Interrupted(InterruptReason::Timeout)),
+        matches!(
+            err,
+            Error::Timeout {
+                exception: None,
+                ..
+            }
+        ),
         "{err:?}"
     );
     assert!(

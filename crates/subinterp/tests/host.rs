@@ -3,8 +3,8 @@
 use std::sync::{Arc, Mutex, OnceLock};
 
 use subinterp::{
-    Args, Caller, Error, HostModule, Interpreter, InterpreterConfig, Kwargs, Runtime,
-    RuntimeConfig, Value,
+    Args, Caller, Error, ExternalResult, HostModule, Interpreter, InterpreterConfig, Kwargs,
+    Runtime, RuntimeConfig, Value,
 };
 
 /// Arguments of `game.place`, bound by name.
@@ -47,6 +47,16 @@ fn game() -> HostModule {
             ["key"],
             |_: &Caller, (key,): (String,)| -> subinterp::Result<i64> {
                 Err(Error::python("KeyError", key))
+            },
+        )
+        .function(
+            "read_config",
+            ["path"],
+            |_: &Caller, (path,): (String,)| -> subinterp::Result<String> {
+                // The host's own error types pass through `?`.
+                let text = std::fs::read_to_string(&path).into_error()?;
+                let number: i64 = text.trim().parse().into_error()?;
+                Ok(format!("{path} holds {number}"))
             },
         )
         .function(
@@ -301,6 +311,45 @@ fn host_errors_raise_the_exception_class_the_host_chose() {
     );
     let err = interp.eval("game.spawn('dragon', 0)").unwrap_err();
     assert_eq!(py_err(&err).type_name, "game.NotFound");
+}
+
+#[test]
+fn host_functions_return_their_own_errors_with_the_question_mark() {
+    let dir = std::env::temp_dir().join(format!("subinterp-host-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.txt");
+    let bad = dir.join("bad.txt");
+    std::fs::write(&good, "42\n").unwrap();
+    std::fs::write(&bad, "forty-two\n").unwrap();
+    let interp = isolated();
+    interp.exec("import game").unwrap();
+    let call = |path: &std::path::Path| interp.call("game:read_config", (path.to_str().unwrap(),));
+    assert_eq!(
+        call(&good).unwrap(),
+        Value::from(format!("{} holds 42", good.display()))
+    );
+    // std::num::ParseIntError and std::io::Error arrive as RuntimeError with their message.
+    let err = call(&bad).unwrap_err();
+    assert_eq!(py_err(&err).type_name, "builtins.RuntimeError");
+    assert_eq!(py_err(&err).message, "invalid digit found in string");
+    let err = call(&dir.join("missing.txt")).unwrap_err();
+    assert_eq!(py_err(&err).type_name, "builtins.RuntimeError");
+    assert!(
+        py_err(&err).message.contains("No such file or directory"),
+        "{err:?}"
+    );
+    // Python code catches it as a RuntimeError.
+    interp
+        .exec(&format!(
+            "try:\n    game.read_config({:?})\nexcept RuntimeError as e:\n    caught = str(e)\n",
+            bad.display()
+        ))
+        .unwrap();
+    assert_eq!(
+        interp.eval("caught").unwrap(),
+        Value::from("invalid digit found in string")
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -146,7 +146,7 @@ impl Stop {
     pub(crate) fn into_error(self) -> Error {
         match self {
             Stop::Closed => Error::ChannelClosed,
-            Stop::TimedOut => Error::Timeout,
+            Stop::TimedOut => Error::timeout("timed out"),
             Stop::Empty => Error::ChannelEmpty,
             Stop::Full => Error::ChannelFull,
             Stop::Interrupted(reason) => Error::interrupted(reason),
@@ -589,7 +589,7 @@ pub fn select(channels: &[&Channel], timeout: Option<Duration>) -> Result<(usize
             break Err(Error::ChannelClosed);
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
-            break Err(Error::Timeout);
+            break Err(Error::timeout("timed out"));
         }
         signal.wait(deadline);
     };

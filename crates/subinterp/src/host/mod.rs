@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::call::{call_target, Args, Target};
 use crate::channel::{Channel, Message, Stop};
-use crate::error::{Error, PyException, Result};
+use crate::error::{Error, Result};
 use crate::names;
 pub(crate) mod params;
 use crate::raw::callback::{self, FastArgs};
@@ -373,8 +373,8 @@ impl Caller<'_> {
     /// reaches the [`Interrupt`] that `f` gets, at once. `f` waits through it
     /// ([`Interrupt::sleep`], [`Interrupt::recv`]) or polls it ([`Interrupt::check`]).
     ///
-    /// When `f` saw the interrupt, the result is [`Error::Interrupted`] (raised in Python
-    /// as `TimeoutError` or `KeyboardInterrupt`). An interrupt that arrives after `f` last
+    /// When `f` saw the interrupt, the result is [`Error::Timeout`] or
+    /// [`Error::Cancelled`] (raised in Python as `TimeoutError` or `KeyboardInterrupt`). An interrupt that arrives after `f` last
     /// looked is not lost: `f`'s result is returned and the interrupt raised at the next
     /// bytecode boundary.
     pub fn blocking<T, F>(&self, f: F) -> Result<T>
@@ -424,7 +424,7 @@ impl Interrupt {
         self.seen.get()
     }
 
-    /// [`Error::Interrupted`] once the call is interrupted.
+    /// [`Error::Timeout`] or [`Error::Cancelled`] once the call is interrupted.
     pub fn check(&self) -> Result<()> {
         match self.reason() {
             Some(reason) => Err(Error::interrupted(reason)),
@@ -433,7 +433,7 @@ impl Interrupt {
     }
 
     /// Sleeps for `duration`, or less: until the call is interrupted
-    /// ([`Error::Interrupted`]).
+    /// ([`Error::Timeout`] or [`Error::Cancelled`]).
     pub fn sleep(&self, duration: Duration) -> Result<()> {
         let deadline = wait::deadline_after(Some(duration));
         loop {
@@ -454,7 +454,8 @@ impl Interrupt {
 
     /// Receives from `channel`, waiting at most `timeout` (`None`: without limit) or
     /// until the call is interrupted. Fails with [`Error::Timeout`],
-    /// [`Error::ChannelClosed`] (closed and drained) or [`Error::Interrupted`].
+    /// [`Error::ChannelClosed`] (closed and drained) or the interrupt's
+    /// [`Error::Timeout`] or [`Error::Cancelled`].
     pub fn recv(&self, channel: &Channel, timeout: Option<Duration>) -> Result<Message> {
         self.check()?;
         // An interrupt that arrives with a message also reached this call's own wait: the
@@ -808,43 +809,4 @@ pub(crate) fn calling_from(interp: i64) -> bool {
     let (current, n) = CALLS.with(Cell::get);
     (n > 0 && current == interp)
         || OUTER_CALLS.with(|outer| outer.borrow().iter().any(|(i, _)| *i == interp))
-}
-
-impl Error {
-    /// An error raised in Python as an exception of the class `type_name`: a built-in one
-    /// (`"builtins.KeyError"`, or just `"KeyError"`) or any class loaded in the
-    /// interpreter, such as a [`HostModule::exception`] (`"game.NotFound"`). A class that
-    /// is not found there (or does not take a message) is raised as `RuntimeError`
-    /// naming it.
-    pub fn python(type_name: impl Into<String>, message: impl Into<String>) -> Error {
-        let type_name = type_name.into();
-        let type_name = if type_name.contains('.') {
-            type_name
-        } else {
-            format!("builtins.{type_name}")
-        };
-        Error::Python(Box::new(PyException::new(type_name, message.into())))
-    }
-}
-
-impl PyException {
-    /// A snapshot of an exception that was never raised: no traceback beyond its own
-    /// line, no chain.
-    pub fn new(type_name: impl Into<String>, message: impl Into<String>) -> PyException {
-        let type_name = type_name.into();
-        let message = message.into();
-        let traceback = if message.is_empty() {
-            format!("{type_name}\n")
-        } else {
-            format!("{type_name}: {message}\n")
-        };
-        PyException {
-            type_name,
-            message,
-            traceback,
-            cause: None,
-            context: None,
-            exit: None,
-        }
-    }
 }

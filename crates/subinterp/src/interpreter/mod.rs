@@ -42,7 +42,7 @@ enum Msg {
 }
 
 /// How long an operation interrupted at its deadline may go on before the caller gets
-/// [`Error::Interrupted`] anyway (code blocked in C cannot be stopped).
+/// [`Error::Timeout`] anyway (code blocked in C cannot be stopped).
 pub const CALL_GRACE: Duration = Duration::from_secs(1);
 
 /// How often an operation past its deadline is interrupted again, until it ends: code
@@ -149,7 +149,7 @@ impl<R> Running<R> {
 /// it, the operation gets `TimeoutError` (and again every 0.2 s while it goes on, so a
 /// loop that catches `Exception` does not outlive it); if it still runs
 /// [`CALL_GRACE`] later — blocked in C code, which no interrupt reaches — the caller gets
-/// [`Error::Interrupted`] and the operation is left running. The interpreter is then
+/// [`Error::Timeout`] and the operation is left running. The interpreter is then
 /// busy until that code returns: later operations wait for it (queued in order; a
 /// deadline counts from the call, so a later `call_with` times out in turn), and
 /// [`close`](Self::close) leaves it behind after its grace period.
@@ -612,19 +612,19 @@ impl Interpreter {
         let limit = options.timeout.unwrap_or_default();
         if running.interrupt(InterruptReason::Timeout, true) {
             // Queued behind other operations until its deadline: it never runs.
-            return Err(Error::Interrupted(InterruptReason::Timeout));
+            return Err(Error::timeout(format!(
+                "{} before it started",
+                past_deadline(limit)
+            )));
         }
         match running.wait(CALL_GRACE) {
             // Stopped by the interrupt.
-            Some(Err(Error::Python(mut exc))) if exc.is("TimeoutError") => {
-                if exc.message.is_empty() {
-                    exc.message = past_deadline(limit);
-                }
-                Err(Error::Python(exc))
+            Some(Err(Error::Python(exc))) if exc.is("TimeoutError") => {
+                Err(Error::timeout_in_python(past_deadline(limit), exc))
             }
             // Whatever it did once interrupted (returned, raised something else), the
             // deadline passed: its result is discarded.
-            Some(_) => Err(Error::Interrupted(InterruptReason::Timeout)),
+            Some(_) => Err(Error::timeout(past_deadline(limit))),
             None => {
                 tracing::warn!(
                     interpreter = self.id,
@@ -633,7 +633,10 @@ impl Interpreter {
                     past_deadline(limit),
                     CALL_GRACE.as_secs_f64()
                 );
-                Err(Error::Interrupted(InterruptReason::Timeout))
+                Err(Error::timeout(format!(
+                    "{}; it is still running (blocked in C code?)",
+                    past_deadline(limit)
+                )))
             }
         }
     }
@@ -673,7 +676,9 @@ impl Interpreter {
             {
                 // Withdrawn by its deadline before it started.
                 return Box::new(move || {
-                    let _ = reply_tx.send(Err(Error::Interrupted(InterruptReason::Timeout)));
+                    let _ = reply_tx.send(Err(Error::timeout(
+                        "the call ran past its deadline before it started",
+                    )));
                 });
             }
             let outer = CHAIN.with(|c| std::mem::replace(&mut *c.borrow_mut(), chain));
@@ -746,10 +751,10 @@ impl Interpreter {
     }
 
     /// Like [`call`](Self::call), with a deadline: past `options.timeout` the call gets
-    /// `TimeoutError` — again every 0.2 s while it goes on — and its caller gets that
-    /// `TimeoutError` ([`Error::Python`]) once the call has stopped, or
-    /// [`Error::Interrupted`] if it went on and returned, or still runs [`CALL_GRACE`]
-    /// after the deadline (blocked in C code: it is left running, and the interpreter
+    /// `TimeoutError` — again every 0.2 s while it goes on — and its caller gets
+    /// [`Error::Timeout`]: holding that `TimeoutError` (with the traceback of where the
+    /// code was) once the call has stopped, or without one if the call went on and
+    /// returned, or still runs [`CALL_GRACE`] after the deadline (blocked in C code: it is left running, and the interpreter
     /// stays busy until it returns; see [`Interpreter`]).
     ///
     /// ```no_run
@@ -867,7 +872,9 @@ impl Interpreter {
         }
         let (tx, rx) = bounded(1);
         if self.shut(Some(tx))? {
-            return Err(Error::Timeout);
+            return Err(Error::timeout(
+                "the interpreter did not end within its grace period and was left running",
+            ));
         }
         rx.try_recv().map_err(|_| Error::Closed)?
     }

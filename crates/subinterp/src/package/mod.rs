@@ -925,7 +925,11 @@ fn outcome(id: u64, result: Result<Value>) -> Value {
 fn kind_and_payload(result: Result<Value>) -> (&'static str, Value) {
     match result {
         Ok(value) => ("ok", value),
-        Err(Error::Python(exc)) => (
+        Err(Error::Python(exc))
+        | Err(Error::Timeout {
+            exception: Some(exc),
+            ..
+        }) => (
             "python",
             Value::Tuple(vec![
                 Value::from(exc.type_name.as_str()),
@@ -934,7 +938,7 @@ fn kind_and_payload(result: Result<Value>) -> (&'static str, Value) {
             ]),
         ),
         Err(Error::Cancelled) => ("cancelled", Value::None),
-        Err(err @ Error::Interrupted(_)) => ("timeout", Value::from(err.to_string())),
+        Err(err @ Error::Timeout { .. }) => ("timeout", Value::from(err.to_string())),
         Err(err) => ("error", Value::from(err.to_string())),
     }
 }

@@ -704,18 +704,19 @@ fn start_worker(shared: &Shared) -> Result<Interpreter> {
             recv(shared.stop_rx) -> _ => (InterruptReason::Cancelled, stop(InterruptReason::Cancelled)),
         };
         let limit = limit.unwrap_or_default().as_secs_f64();
+        let past = format!("the pool's initializer ran past its set-up deadline of {limit:.3} s");
         let err = match stopped {
             (InterruptReason::Cancelled, _) => Error::Cancelled,
-            (_, Some(Err(Error::Python(exc)))) => Error::Python(Box::new(PyException {
-                type_name: "builtins.TimeoutError".into(),
-                message: format!(
-                    "the pool's initializer ran past its set-up deadline of {limit:.3} s"
-                ),
-                ..*exc
-            })),
-            (_, Some(_)) => Error::Python(Box::new(setup_timed_out(format!(
-                "the pool's initializer ran past its set-up deadline of {limit:.3} s"
-            )))),
+            // Stopped by the interrupt (whatever it raised then, the traceback says where).
+            (_, Some(Err(Error::Python(exc)))) => Error::Timeout {
+                message: past.clone(),
+                exception: Some(Box::new(PyException {
+                    type_name: "builtins.TimeoutError".into(),
+                    message: past,
+                    ..*exc
+                })),
+            },
+            (_, Some(_)) => Error::timeout(past),
             (_, None) => {
                 tracing::warn!(
                     interpreter = interp.id(),
@@ -723,10 +724,9 @@ fn start_worker(shared: &Shared) -> Result<Interpreter> {
                 );
                 // Its thread ends when the C call returns; close it then, off this thread.
                 left_behind(interp, done);
-                return Err(Error::Python(Box::new(setup_timed_out(format!(
-                    "the pool's initializer ran past its set-up deadline of {limit:.3} s \
-                     and did not stop when interrupted (blocked in C code?)"
-                )))));
+                return Err(Error::timeout(format!(
+                    "{past} and did not stop when interrupted (blocked in C code?)"
+                )));
             }
         };
         return Err(err);
@@ -753,17 +753,6 @@ fn left_behind<T: Send + 'static>(interp: Interpreter, running: Receiver<T>) {
         drop(interp);
         LEFT_BEHIND.fetch_sub(1, Ordering::AcqRel);
     });
-}
-
-fn setup_timed_out(message: String) -> PyException {
-    PyException {
-        type_name: "builtins.TimeoutError".into(),
-        message,
-        traceback: String::new(),
-        cause: None,
-        context: None,
-        exit: None,
-    }
 }
 
 /// How long an idle worker, or a caller waiting for a result, keeps checking before it
@@ -828,7 +817,7 @@ fn worker_loop(py: Python<'_>, shared: &Arc<Shared>, worker: &Arc<Worker>) -> Re
         // Whatever the task did after its deadline — raise, or catch the `TimeoutError`
         // and return — it is reported as timed out.
         let result = if task.state.timed_out.load(Ordering::Acquire) {
-            Err(Error::Python(Box::new(timed_out(result, task.timeout))))
+            Err(timed_out(result, task.timeout))
         } else {
             result
         };
@@ -871,10 +860,10 @@ fn worker_loop(py: Python<'_>, shared: &Arc<Shared>, worker: &Arc<Worker>) -> Re
     }
 }
 
-/// The `TimeoutError` a task that ran past its deadline is reported with: the one raised
-/// at the deadline, given a message; or, if the task went on and returned or raised
-/// something else, a new one saying so (with what it raised as its context).
-fn timed_out(result: Result<Value>, timeout: Option<Duration>) -> PyException {
+/// The [`Error::Timeout`] a task that ran past its deadline is reported with: holding the
+/// `TimeoutError` raised at the deadline; or, if the task went on and returned or raised
+/// something else, a `TimeoutError` saying so (with what it raised as its context).
+fn timed_out(result: Result<Value>, timeout: Option<Duration>) -> Error {
     let deadline = match timeout {
         Some(t) => format!("the task ran past its deadline of {:.3} s", t.as_secs_f64()),
         None => "the task ran past its deadline".into(),
@@ -887,16 +876,17 @@ fn timed_out(result: Result<Value>, timeout: Option<Duration>) -> PyException {
         context,
         exit: None,
     };
-    match result {
-        Err(Error::Python(mut exc)) if exc.is("TimeoutError") => {
-            if exc.message.is_empty() {
-                exc.message = deadline;
-            }
-            *exc
+    let exc = match result {
+        Err(Error::Python(exc)) if exc.is("TimeoutError") => {
+            return Error::timeout_in_python(deadline, exc)
         }
         Err(Error::Python(exc)) => went_on(&format!("raised {}", exc.type_name), Some(exc)),
         Err(err) => went_on(&format!("failed: {err}"), None),
         Ok(_) => went_on("returned a result, which is discarded", None),
+    };
+    Error::Timeout {
+        message: exc.message.clone(),
+        exception: Some(Box::new(exc)),
     }
 }
 
@@ -966,19 +956,11 @@ fn watchdog(rx: Receiver<Watch>, grace: Duration) {
                     },
                 );
             } else {
-                let exc = PyException {
-                    type_name: "builtins.TimeoutError".into(),
-                    message: format!(
-                        "the task ran past its deadline of {:.3} s and did not stop when \
-                         interrupted (blocked in C code?); its interpreter was replaced",
-                        watch.timeout.as_secs_f64()
-                    ),
-                    traceback: String::new(),
-                    cause: None,
-                    context: None,
-                    exit: None,
-                };
-                watch.state.complete(Err(Error::Python(Box::new(exc))));
+                watch.state.complete(Err(Error::timeout(format!(
+                    "the task ran past its deadline of {:.3} s and did not stop when \
+                     interrupted (blocked in C code?); its interpreter was replaced",
+                    watch.timeout.as_secs_f64()
+                ))));
                 watch.worker.abandoned.store(true, Ordering::Release);
                 let _ = watch.worker.abandon_tx.try_send(());
             }

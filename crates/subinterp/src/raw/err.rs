@@ -16,7 +16,7 @@ use std::ptr::NonNull;
 use pyo3_ffi as ffi;
 
 use super::{PyObj, Python};
-use crate::error::{Error, InterruptReason, PyException};
+use crate::error::{Error, ExceptionClass, PyException};
 
 /// A fetched exception kept by a frame, with the snapshot made of it and the interpreter
 /// it belongs to.
@@ -146,7 +146,11 @@ fn take_live<'py>(py: Python<'py>, snapshot: &PyException) -> Option<PyObj<'py>>
 /// Raises `err` as a Python exception in the interpreter of `py`.
 pub(crate) fn raise(py: Python<'_>, err: Error) {
     let exc = match &err {
-        Error::Python(snapshot) => match take_live(py, snapshot) {
+        Error::Python(snapshot)
+        | Error::Timeout {
+            exception: Some(snapshot),
+            ..
+        } => match take_live(py, snapshot) {
             Some(live) => Some(live),
             None => rebuild(py, snapshot, 0),
         },
@@ -196,27 +200,15 @@ fn set_raised(exc: PyObj<'_>) {
     unsafe { ffi::PyErr_SetRaisedException(ptr) };
 }
 
-/// The exception for an error that is not a Python exception.
+/// The exception for an error that is not a Python exception, of the class the error
+/// names ([`Error::python_class`]).
 fn plain<'py>(py: Python<'py>, err: &Error) -> Option<PyObj<'py>> {
-    let builtin = |name: &str| builtin_class(py, name);
-    let (class, message) = match err {
-        Error::ChannelClosed => (subinterp_class(py, "ChannelClosed"), err.to_string()),
-        Error::ChannelEmpty => (subinterp_class(py, "ChannelEmpty"), err.to_string()),
-        Error::ChannelFull => (subinterp_class(py, "ChannelFull"), err.to_string()),
-        Error::Timeout | Error::Interrupted(InterruptReason::Timeout) => {
-            (builtin("TimeoutError"), err.to_string())
-        }
-        Error::Cancelled | Error::Interrupted(InterruptReason::Cancelled) => {
-            (builtin("KeyboardInterrupt"), err.to_string())
-        }
-        Error::Unshareable { .. } => (builtin("TypeError"), err.to_string()),
-        // The exception's type says it is about conversion; the prefix would repeat it.
-        Error::Conversion(message) => (builtin("ValueError"), message.clone()),
-        Error::InvalidArgument(message) => (builtin("ValueError"), message.clone()),
-        Error::OutOfMemory(message) => (builtin("MemoryError"), message.clone()),
-        other => (builtin("RuntimeError"), other.to_string()),
+    let (class, message) = err.python_class();
+    let class = match class {
+        ExceptionClass::Builtin(name) => builtin_class(py, name),
+        ExceptionClass::Subinterp(name) => subinterp_class(py, name),
     };
-    let class = class.or_else(|| builtin("RuntimeError"))?;
+    let class = class.or_else(|| builtin_class(py, "RuntimeError"))?;
     instantiate(py, &class, &message)
 }
 

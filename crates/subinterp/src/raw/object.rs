@@ -6,7 +6,7 @@ use std::ptr::NonNull;
 
 use pyo3_ffi as ffi;
 
-use crate::error::{Error, ExitStatus, PyException, Result};
+use crate::error::{Error, ExitStatus, PyException, Result, SystemExitCode};
 
 /// Proof that the current thread holds the GIL of one interpreter.
 ///
@@ -748,44 +748,29 @@ fn snapshot(exc: &PyObj<'_>, depth: usize) -> PyException {
     }
 }
 
-/// For a `SystemExit`, the status and message `python` would exit with (see
-/// `_Py_HandleSystemExit` in CPython's `pythonrun.c`).
+/// For a `SystemExit`, the status and message `python` would exit with: its `code`
+/// attribute, read here, judged by [`ExitStatus::of`].
 fn exit_status(exc: &PyObj<'_>) -> Option<ExitStatus> {
     // SAFETY: GIL held (the token lives in `exc`); `exc` is a live object and
     // `PyExc_SystemExit` a static type object.
     if unsafe { ffi::PyObject_IsInstance(exc.as_ptr(), ffi::PyExc_SystemExit) } != 1 {
         return None;
     }
-    let Ok(code) = exc.getattr("code") else {
-        return Some(ExitStatus {
-            code: 1,
-            message: None,
-        });
-    };
-    if code.is_none() {
-        return Some(ExitStatus {
-            code: 0,
-            message: None,
-        });
-    }
-    // SAFETY: GIL held; `code` is a live object.
-    if unsafe { ffi::PyLong_Check(code.as_ptr()) } != 0 {
-        // SAFETY: GIL held; `code` is an int. -1 with an exception set means it does not
-        // fit a C long, which CPython turns into status -1 as well.
-        let value = unsafe { ffi::PyLong_AsLong(code.as_ptr()) };
-        // C's `(int)` conversion, as CPython does.
-        return Some(ExitStatus {
-            code: value as i32,
-            message: None,
-        });
-    }
-    Some(ExitStatus {
-        code: 1,
-        message: Some(
+    let code = match exc.getattr("code") {
+        Err(_) => SystemExitCode::Missing,
+        Ok(code) if code.is_none() => SystemExitCode::None,
+        // SAFETY: GIL held; `code` is a live object.
+        Ok(code) if unsafe { ffi::PyLong_Check(code.as_ptr()) } != 0 => {
+            // SAFETY: GIL held; `code` is an int. -1 with an exception set means it does
+            // not fit a C long, which CPython turns into status -1 as well.
+            SystemExitCode::Int(unsafe { ffi::PyLong_AsLong(code.as_ptr()) })
+        }
+        Ok(code) => SystemExitCode::Other(
             code.str()
                 .unwrap_or_else(|_| "<SystemExit code str() failed>".into()),
         ),
-    })
+    };
+    Some(ExitStatus::of(code))
 }
 
 fn format_traceback(exc: &PyObj<'_>) -> Result<String> {
