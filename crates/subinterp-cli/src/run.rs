@@ -29,6 +29,9 @@ const MAX_INTERPRETERS: usize = 1024;
 /// Exit status after SIGINT (128 + 2), as a shell shows for `python` ended by Ctrl-C.
 const EXIT_INTERRUPTED: u8 = 130;
 
+/// Flushes `sys.stdout` and `sys.stderr` after the script, as `python` does at exit.
+const FLUSH_STREAMS: &str = include_str!("flush_streams.py");
+
 /// Shown after the options in `subinterp run --help`.
 const AFTER_HELP: &str = "\
 Scripts and -c codes may be mixed; they run in command-line order, and with --copies N
@@ -599,10 +602,7 @@ fn run_one(
     // What the script printed and Python still buffers must reach its destination: a
     // stdout that cannot be written (a full disk, /dev/full) is an error, as in `python`,
     // which flushes sys.stdout and sys.stderr unless they are None or closed.
-    let flushed = interp.eval(
-        "[f.flush() for f in (__import__('sys').stdout, __import__('sys').stderr) \
-         if f is not None and not getattr(f, 'closed', False)] and None",
-    );
+    let flushed = interp.eval(FLUSH_STREAMS);
     let (mut exit_code, mut exit_message) = match &result {
         Ok(()) => (EXIT_OK, None),
         Err(err) => exit_status(err),
