@@ -19,6 +19,7 @@ use subinterp::{
     Error, Interpreter, InterpreterConfig, InterruptHandle, InterruptReason, Output, Runtime,
 };
 
+use crate::usage::UsageError;
 use crate::{stdio, EXIT_FAILED, EXIT_OK};
 
 /// The most interpreters one `run` starts (scripts and codes times copies): each has a
@@ -158,7 +159,7 @@ fn parse_copies(text: &str) -> Result<usize, String> {
 
 /// What one interpreter runs.
 #[derive(Debug, Clone)]
-enum Source {
+pub(crate) enum Source {
     /// A Python file.
     Script(PathBuf),
     /// Code given with `-c`.
@@ -342,22 +343,19 @@ fn millis(duration: Duration) -> f64 {
     duration.as_micros() as f64 / 1000.0
 }
 
-/// Runs `subinterp run`; returns the exit status.
-pub fn main(args: RunArgs, matches: &ArgMatches) -> u8 {
-    let sources = sources(&args, matches);
+/// The scripts and codes to run, in command-line order, once the options clap cannot
+/// check alone are checked.
+pub(crate) fn check(args: &RunArgs, matches: &ArgMatches) -> Result<Vec<Source>, UsageError> {
+    let sources = sources(args, matches);
     if sources.is_empty() {
-        return crate::usage_error(
-            "run",
+        return Err(UsageError::new(
             ErrorKind::MissingRequiredArgument,
             "nothing to run: give at least one SCRIPT or -c CODE",
-        );
+        ));
     }
-    if let Err(status) = crate::check_paths("run", &args.paths) {
-        return status;
-    }
+    crate::check_paths(&args.paths)?;
     if sources.len().saturating_mul(args.copies) > MAX_INTERPRETERS {
-        return crate::usage_error(
-            "run",
+        return Err(UsageError::new(
             ErrorKind::ValueValidation,
             format!(
                 "{} interpreters asked for ({} scripts or codes, {} copies each): at most \
@@ -366,8 +364,17 @@ pub fn main(args: RunArgs, matches: &ArgMatches) -> u8 {
                 sources.len(),
                 args.copies
             ),
-        );
+        ));
     }
+    Ok(sources)
+}
+
+/// Runs `subinterp run`; returns the exit status.
+pub fn main(args: RunArgs, matches: &ArgMatches) -> u8 {
+    let sources = match check(&args, matches) {
+        Ok(sources) => sources,
+        Err(err) => return err.report("run"),
+    };
     // With --json the report goes to the command's own copy of stdout, taken before any
     // Python code runs: what scripts write to fd 1 (subprocesses, os.write, pytest's fd
     // capture) shows on stderr and cannot reach it. Without --json, stdout is the

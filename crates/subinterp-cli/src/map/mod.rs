@@ -26,7 +26,6 @@ use std::sync::Arc;
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
-use clap::error::ErrorKind;
 use crossbeam_channel::unbounded;
 use signal_hook::consts::SIGTERM;
 use subinterp::{Pool, PoolConfig, TaskOptions};
@@ -38,14 +37,15 @@ use progress::Progress;
 use report::{describe_setup_error, setup_error, write_failed};
 use shutdown::{end_pool, watch_signals};
 
-use crate::{usage_error, EXIT_FAILED, EXIT_OK};
+use crate::{EXIT_FAILED, EXIT_OK};
 
 /// Runs the command; returns the exit status.
 pub fn main(args: MapArgs) -> u8 {
     let (module, path) = match args.check() {
         Ok(target) => target,
-        Err(status) => return status,
+        Err(err) => return err.report("map"),
     };
+    args.warn_if_many_workers();
     let timeout = args.timeout;
 
     // The command's own streams, before any Python code runs: what Python writes to
@@ -58,8 +58,8 @@ pub fn main(args: MapArgs) -> u8 {
         Ok(input) => input,
         Err(message) => return setup_error(message),
     };
-    if let Some(message) = destination.same_file(&input) {
-        return usage_error("map", ErrorKind::ArgumentConflict, message);
+    if let Err(err) = destination.check_not(&input) {
+        return err.report("map");
     }
 
     let mut paths = args.paths.clone();

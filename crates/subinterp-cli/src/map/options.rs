@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::error::ErrorKind;
 use clap::Args;
 
-use crate::usage_error;
+use crate::usage::UsageError;
 
 const AFTER_HELP: &str = "\
 Each input line is one JSON value; FUNC is called with it (as json.loads gives it) in one
@@ -99,11 +99,10 @@ const WORKERS_PER_CORE: usize = 4;
 
 impl MapArgs {
     /// Checks the options clap cannot check alone; returns the target's module and
-    /// attribute path, or the usage exit status after reporting what is wrong.
-    pub(super) fn check(&self) -> Result<(String, String), u8> {
+    /// attribute path.
+    pub(crate) fn check(&self) -> Result<(String, String), UsageError> {
         let Ok((module, path)) = subinterp::parse_target(&self.target) else {
-            return Err(usage_error(
-                "map",
+            return Err(UsageError::new(
                 ErrorKind::ValueValidation,
                 format!(
                     "{:?} is not MODULE:FUNC (e.g. textstats:analyze)",
@@ -112,32 +111,33 @@ impl MapArgs {
             ));
         };
         if self.workers == Some(0) {
-            return Err(usage_error(
-                "map",
+            return Err(UsageError::new(
                 ErrorKind::ValueValidation,
                 "--workers must be at least 1",
             ));
         }
-        crate::check_paths("map", &self.paths)?;
-        if let Some(workers) = self.workers {
-            if workers > MAX_WORKERS {
-                return Err(usage_error(
-                    "map",
-                    ErrorKind::ValueValidation,
-                    format!(
-                        "--workers must be at most {MAX_WORKERS}, one interpreter and thread each"
-                    ),
-                ));
-            }
-            let cores = std::thread::available_parallelism().map_or(1, usize::from);
-            if workers > WORKERS_PER_CORE * cores {
-                eprintln!(
-                    "subinterp map: warning: {workers} workers on {cores} cores: more than \
-                     {WORKERS_PER_CORE} per core only adds memory and start-up time for \
-                     CPU-bound functions"
-                );
-            }
+        crate::check_paths(&self.paths)?;
+        if self.workers.is_some_and(|workers| workers > MAX_WORKERS) {
+            return Err(UsageError::new(
+                ErrorKind::ValueValidation,
+                format!("--workers must be at most {MAX_WORKERS}, one interpreter and thread each"),
+            ));
         }
         Ok((module, path))
+    }
+
+    /// Warns on stderr when `--workers` asks for more than a few interpreters per core.
+    pub(super) fn warn_if_many_workers(&self) {
+        let Some(workers) = self.workers else {
+            return;
+        };
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        if workers > WORKERS_PER_CORE * cores {
+            eprintln!(
+                "subinterp map: warning: {workers} workers on {cores} cores: more than \
+                 {WORKERS_PER_CORE} per core only adds memory and start-up time for \
+                 CPU-bound functions"
+            );
+        }
     }
 }

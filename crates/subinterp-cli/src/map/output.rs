@@ -5,8 +5,11 @@ use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use clap::error::ErrorKind;
+
 use super::progress::Progress;
 use crate::stdio;
+use crate::usage::UsageError;
 
 /// Where the results go.
 pub(super) enum Destination {
@@ -43,18 +46,29 @@ impl Destination {
 
     /// Refuses an output that is the `input` file itself (compared by device and inode,
     /// so through symbolic and hard links too): writing would destroy the input.
-    pub(super) fn same_file(&self, input: &File) -> Option<String> {
-        let input = input.metadata().ok()?;
-        if !input.is_file() {
-            return None;
-        }
-        let (output, name) = match self {
-            Destination::Stdout(file) => (file.metadata().ok()?, "standard output".to_owned()),
-            Destination::Path(path) => (std::fs::metadata(path).ok()?, path.display().to_string()),
+    pub(super) fn check_not(&self, input: &File) -> Result<(), UsageError> {
+        let same = || -> Option<String> {
+            let input = input.metadata().ok()?;
+            if !input.is_file() {
+                return None;
+            }
+            let (output, name) = match self {
+                Destination::Stdout(file) => (file.metadata().ok()?, "standard output".to_owned()),
+                Destination::Path(path) => {
+                    (std::fs::metadata(path).ok()?, path.display().to_string())
+                }
+            };
+            (input.dev() == output.dev() && input.ino() == output.ino()).then_some(name)
         };
-        (input.dev() == output.dev() && input.ino() == output.ino()).then(|| {
-            format!("the output ({name}) is the input file: writing it would destroy the input")
-        })
+        match same() {
+            None => Ok(()),
+            Some(name) => Err(UsageError::new(
+                ErrorKind::ArgumentConflict,
+                format!(
+                    "the output ({name}) is the input file: writing it would destroy the input"
+                ),
+            )),
+        }
     }
 }
 
@@ -82,5 +96,48 @@ impl Sink {
 
     pub(super) fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An output that is the input (itself, through a hard link, through a symbolic
+    /// link) is refused as an argument conflict; another file is not.
+    #[test]
+    fn an_output_that_is_the_input_is_an_argument_conflict() {
+        let dir = std::env::temp_dir().join(format!("subinterp-cli-same-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let input_path = dir.join("in.jsonl");
+        std::fs::write(&input_path, "1\n").unwrap();
+        std::fs::hard_link(&input_path, dir.join("hard.jsonl")).unwrap();
+        std::os::unix::fs::symlink(&input_path, dir.join("soft.jsonl")).unwrap();
+        std::fs::write(dir.join("other.jsonl"), "").unwrap();
+        let input = File::open(&input_path).unwrap();
+        for name in ["in.jsonl", "hard.jsonl", "soft.jsonl"] {
+            let err = Destination::Path(dir.join(name))
+                .check_not(&input)
+                .unwrap_err();
+            assert_eq!(err.kind, ErrorKind::ArgumentConflict, "{name}");
+            assert!(
+                err.message.contains("is the input file"),
+                "{name}: {}",
+                err.message
+            );
+        }
+        let stdout = Destination::Stdout(File::options().append(true).open(&input_path).unwrap());
+        assert_eq!(
+            stdout.check_not(&input).unwrap_err().kind,
+            ErrorKind::ArgumentConflict
+        );
+        assert!(Destination::Path(dir.join("other.jsonl"))
+            .check_not(&input)
+            .is_ok());
+        assert!(Destination::Path(dir.join("new.jsonl"))
+            .check_not(&input)
+            .is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
