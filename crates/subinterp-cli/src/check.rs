@@ -8,7 +8,8 @@ use clap::error::ErrorKind;
 use clap::Args;
 use subinterp::check::{self, CheckError, CheckOptions, ModuleReport, Verdict};
 
-use crate::{usage_error, EXIT_BROKEN_PIPE, EXIT_FAILED, EXIT_OK};
+use crate::usage::UsageError;
+use crate::{EXIT_BROKEN_PIPE, EXIT_FAILED, EXIT_OK};
 
 /// Shown after the options in `subinterp check --help`.
 const AFTER_HELP: &str = "\
@@ -75,14 +76,32 @@ pub struct CheckArgs {
     timeout: Duration,
 }
 
-/// Runs `subinterp check`; returns the exit status.
-pub fn main(args: CheckArgs) -> u8 {
+/// Checks what clap cannot check alone: something to check.
+pub(crate) fn check_args(args: &CheckArgs) -> Result<(), UsageError> {
     if args.modules.is_empty() && !args.all {
-        return usage_error(
-            "check",
+        return Err(UsageError::new(
             ErrorKind::MissingRequiredArgument,
             "name at least one MODULE, or use --all",
-        );
+        ));
+    }
+    Ok(())
+}
+
+/// The usage error a refusal of the library's checker is: a name that is not a module
+/// name, a `--path` that is not a directory. Other errors are failures of the run.
+pub(crate) fn usage_of(err: &CheckError) -> Option<UsageError> {
+    match err {
+        CheckError::InvalidModuleName(_) | CheckError::NoSuchDirectory(_) => {
+            Some(UsageError::new(ErrorKind::ValueValidation, err))
+        }
+        _ => None,
+    }
+}
+
+/// Runs `subinterp check`; returns the exit status.
+pub fn main(args: CheckArgs) -> u8 {
+    if let Err(err) = check_args(&args) {
+        return err.report("check");
     }
     let mut options = CheckOptions::new();
     for dir in &args.paths {
@@ -94,10 +113,10 @@ pub fn main(args: CheckArgs) -> u8 {
     options.timeout(args.timeout).all_extensions(args.all);
     let run = match check::run(&args.modules, &options) {
         Ok(run) => run,
-        Err(err @ (CheckError::InvalidModuleName(_) | CheckError::NoSuchDirectory(_))) => {
-            return usage_error("check", ErrorKind::ValueValidation, err);
-        }
         Err(err) => {
+            if let Some(usage) = usage_of(&err) {
+                return usage.report("check");
+            }
             eprintln!("error: {err}");
             return EXIT_FAILED;
         }

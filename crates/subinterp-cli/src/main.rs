@@ -8,8 +8,8 @@ mod check;
 mod map;
 mod run;
 mod stdio;
+mod usage;
 
-use std::fmt::Display;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,6 +19,8 @@ use clap::error::ErrorKind;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use subinterp::{Runtime, RuntimeConfig};
 use tracing_subscriber::layer::SubscriberExt;
+
+use crate::usage::UsageError;
 
 /// Exit status when everything succeeded.
 pub(crate) const EXIT_OK: u8 = 0;
@@ -111,8 +113,6 @@ fn init_logging() {
     }
 }
 
-/// Prints a usage error for `subcommand` in clap's format (with the usage line) on
-/// stderr, and returns the usage exit status.
 /// Settles the command's exit status once its results and summary are out: if CPython
 /// crashes while the interpreters end (3.12 and 3.13 have such bugs, see
 /// `subinterp::hazards`), the process still exits with `status`, saying so on stderr.
@@ -126,20 +126,6 @@ pub(crate) fn settle(subcommand: &str, status: u8) {
     );
 }
 
-/// Reports a usage error of `subcommand` as clap reports its own (the message, the usage
-/// line, a hint at `--help`), of clap's `kind`; returns the usage exit status.
-pub(crate) fn usage_error(subcommand: &str, kind: ErrorKind, message: impl Display) -> u8 {
-    let mut cli = Cli::command();
-    cli.build();
-    let err = match cli.find_subcommand_mut(subcommand) {
-        Some(sub) => sub.error(kind, message),
-        None => cli.error(kind, message),
-    };
-    // Printing can only fail when stderr is gone; the exit status still tells.
-    let _ = err.print();
-    EXIT_USAGE
-}
-
 /// Parses a `--timeout`: a positive number of seconds, at most
 /// [`subinterp::seconds::MAX_SECONDS`].
 pub(crate) fn parse_seconds(text: &str) -> Result<Duration, String> {
@@ -151,13 +137,11 @@ pub(crate) fn parse_seconds(text: &str) -> Result<Duration, String> {
     })
 }
 
-/// Refuses a `--path` that is not a directory, with a usage error for `subcommand` (the
-/// same rule as `check`'s): a mistyped directory would otherwise go unnoticed until an
-/// import fails.
-pub(crate) fn check_paths(subcommand: &str, paths: &[PathBuf]) -> Result<(), u8> {
+/// Refuses a `--path` that is not a directory (the same rule as `check`'s): a mistyped
+/// directory would otherwise go unnoticed until an import fails.
+pub(crate) fn check_paths(paths: &[PathBuf]) -> Result<(), UsageError> {
     match paths.iter().find(|dir| !dir.is_dir()) {
-        Some(dir) => Err(usage_error(
-            subcommand,
+        Some(dir) => Err(UsageError::new(
             ErrorKind::ValueValidation,
             format!("--path {}: no such directory", dir.display()),
         )),

@@ -19,6 +19,7 @@ use subinterp::{
     Error, Interpreter, InterpreterConfig, InterruptHandle, InterruptReason, Output, Runtime,
 };
 
+use crate::usage::UsageError;
 use crate::{stdio, EXIT_FAILED, EXIT_OK};
 
 /// The most interpreters one `run` starts (scripts and codes times copies): each has a
@@ -28,6 +29,9 @@ const MAX_INTERPRETERS: usize = 1024;
 
 /// Exit status after SIGINT (128 + 2), as a shell shows for `python` ended by Ctrl-C.
 const EXIT_INTERRUPTED: u8 = 130;
+
+/// Flushes `sys.stdout` and `sys.stderr` after the script, as `python` does at exit.
+const FLUSH_STREAMS: &str = include_str!("flush_streams.py");
 
 /// Shown after the options in `subinterp run --help`.
 const AFTER_HELP: &str = "\
@@ -155,7 +159,7 @@ fn parse_copies(text: &str) -> Result<usize, String> {
 
 /// What one interpreter runs.
 #[derive(Debug, Clone)]
-enum Source {
+pub(crate) enum Source {
     /// A Python file.
     Script(PathBuf),
     /// Code given with `-c`.
@@ -341,22 +345,19 @@ fn millis(duration: Duration) -> f64 {
     duration.as_micros() as f64 / 1000.0
 }
 
-/// Runs `subinterp run`; returns the exit status.
-pub fn main(args: RunArgs, matches: &ArgMatches) -> u8 {
-    let sources = sources(&args, matches);
+/// The scripts and codes to run, in command-line order, once the options clap cannot
+/// check alone are checked.
+pub(crate) fn check(args: &RunArgs, matches: &ArgMatches) -> Result<Vec<Source>, UsageError> {
+    let sources = sources(args, matches);
     if sources.is_empty() {
-        return crate::usage_error(
-            "run",
+        return Err(UsageError::new(
             ErrorKind::MissingRequiredArgument,
             "nothing to run: give at least one SCRIPT or -c CODE",
-        );
+        ));
     }
-    if let Err(status) = crate::check_paths("run", &args.paths) {
-        return status;
-    }
+    crate::check_paths(&args.paths)?;
     if sources.len().saturating_mul(args.copies) > MAX_INTERPRETERS {
-        return crate::usage_error(
-            "run",
+        return Err(UsageError::new(
             ErrorKind::ValueValidation,
             format!(
                 "{} interpreters asked for ({} scripts or codes, {} copies each): at most \
@@ -365,8 +366,17 @@ pub fn main(args: RunArgs, matches: &ArgMatches) -> u8 {
                 sources.len(),
                 args.copies
             ),
-        );
+        ));
     }
+    Ok(sources)
+}
+
+/// Runs `subinterp run`; returns the exit status.
+pub fn main(args: RunArgs, matches: &ArgMatches) -> u8 {
+    let sources = match check(&args, matches) {
+        Ok(sources) => sources,
+        Err(err) => return err.report("run"),
+    };
     // With --json the report goes to the command's own copy of stdout, taken before any
     // Python code runs: what scripts write to fd 1 (subprocesses, os.write, pytest's fd
     // capture) shows on stderr and cannot reach it. Without --json, stdout is the
@@ -601,10 +611,7 @@ fn run_one(
     // What the script printed and Python still buffers must reach its destination: a
     // stdout that cannot be written (a full disk, /dev/full) is an error, as in `python`,
     // which flushes sys.stdout and sys.stderr unless they are None or closed.
-    let flushed = interp.eval(
-        "[f.flush() for f in (__import__('sys').stdout, __import__('sys').stderr) \
-         if f is not None and not getattr(f, 'closed', False)] and None",
-    );
+    let flushed = interp.eval(FLUSH_STREAMS);
     let (mut exit_code, mut exit_message) = match &result {
         Ok(()) => (EXIT_OK, None),
         Err(err) => exit_status(err),
