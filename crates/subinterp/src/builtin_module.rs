@@ -302,7 +302,7 @@ fn module_prepare_in_main<'py>(
             path.push(entry);
         }
     }
-    py.allow_threads(move || crate::hazards::prepare(&name, &path));
+    py.allow_threads(move || crate::hazards::prepare::prepare(&name, &path));
     Ok(py.none())
 }
 

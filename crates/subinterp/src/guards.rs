@@ -22,17 +22,31 @@ pub enum ExitGuard<'a> {
 /// assert!(code.contains("os._exit"));
 /// ```
 pub fn exit_guard(guard: ExitGuard<'_>) -> String {
-    let raise = match guard {
-        ExitGuard::SystemExit => "raise SystemExit(status)".to_owned(),
-        ExitGuard::Refuse(who) => format!(
-            "raise RuntimeError(\n            f\"os._exit({{status!r}}) would end the whole \
-             process, every interpreter in it; \"\n            {:?}\n        )",
-            format!("{who} cannot call it")
-        ),
+    let who = match guard {
+        ExitGuard::SystemExit => "None".to_owned(),
+        ExitGuard::Refuse(who) => python_str(who),
     };
     format!(
-        "def _subinterp_exit_guard():\n    import os, posix\n\n    def _exit(status, /):\n        \
-         {raise}\n\n    os._exit = posix._exit = _exit\n\n_subinterp_exit_guard()\n\
-         del _subinterp_exit_guard\n"
+        "{}\n_subinterp_exit_guard({who})\ndel _subinterp_exit_guard\n",
+        include_str!("exit_guard.py")
     )
+}
+
+/// `text` as a Python string literal.
+fn python_str(text: &str) -> String {
+    let mut out = String::from("'");
+    for c in text.chars() {
+        match c {
+            '\\' | '\'' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
 }

@@ -59,6 +59,8 @@
 //! runtime replaces them in each interpreter it sets up and in the main interpreter by
 //! functions that report the calling interpreter's threads only.
 
+pub(crate) mod prepare;
+
 use std::fmt;
 
 /// One known CPython bug that affects hosts of subinterpreters.
@@ -457,85 +459,6 @@ pub fn naming(module: &str, version: &str) -> Vec<&'static Hazard> {
         .into_iter()
         .filter(|h| h.names(module, version))
         .collect()
-}
-
-/// Runs the preparation of one module in the main interpreter: given the module's name and
-/// the `sys.path` of the interpreter about to load it; returns the Python error text if
-/// the main interpreter could not import it.
-pub(crate) type Preparer = dyn Fn(&str, &[String]) -> std::result::Result<(), String> + Send + Sync;
-
-struct Preparation {
-    preparer: Option<std::sync::Arc<Preparer>>,
-    version: String,
-    done: std::collections::BTreeSet<String>,
-}
-
-static PREPARATION: std::sync::Mutex<Preparation> = std::sync::Mutex::new(Preparation {
-    preparer: None,
-    version: String::new(),
-    done: std::collections::BTreeSet::new(),
-});
-
-static PREPARING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn preparation() -> std::sync::MutexGuard<'static, Preparation> {
-    PREPARATION.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Installs (or, with `None`, removes) the runtime's way of preparing modules.
-pub(crate) fn set_preparer(preparer: Option<std::sync::Arc<Preparer>>, version: &str) {
-    let mut state = preparation();
-    state.preparer = preparer;
-    state.version = version.to_owned();
-    state.done.clear();
-}
-
-/// Makes sure `module` was imported in the main interpreter before a subinterpreter
-/// loads it. Called by the wrapped module loaders of subinterpreters, with their
-/// GIL released. Never fails: a module the main interpreter cannot import is loaded by
-/// the subinterpreter anyway, after a warning that names the hazard.
-pub(crate) fn prepare(module: &str, sys_path: &[String]) {
-    let is_done = |state: &Preparation| state.preparer.is_none() || state.done.contains(module);
-    if is_done(&preparation()) {
-        return;
-    }
-    // One preparation at a time: a second loader of the same module waits here until the
-    // main interpreter has imported it, instead of loading it first.
-    let _one_at_a_time = PREPARING.lock().unwrap_or_else(|e| e.into_inner());
-    let (preparer, version) = {
-        let state = preparation();
-        if is_done(&state) {
-            return;
-        }
-        let Some(preparer) = state.preparer.clone() else {
-            return;
-        };
-        (preparer, state.version.clone())
-    };
-    let outcome = preparer(module, sys_path);
-    preparation().done.insert(module.to_owned());
-    match outcome {
-        Ok(()) => tracing::debug!(
-            target: "subinterp::hazards",
-            module,
-            "imported in the main interpreter before a subinterpreter loads it"
-        ),
-        Err(error) => {
-            let hazards = for_version(&version);
-            let named: Vec<String> = hazards
-                .iter()
-                .filter(|h| h.workaround == Workaround::PrepareInMain)
-                .map(|h| format!("{} ({}; {})", h.id, h.issues_text(), h.fixed_text()))
-                .collect();
-            tracing::warn!(
-                target: "subinterp::hazards",
-                "{module} could not be imported in the main interpreter first ({error}); \
-                 on CPython {version}, subinterpreters that load it may crash the \
-                 process when they end: {}",
-                named.join("; ")
-            );
-        }
-    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ pub mod config;
 use crate::call::{call_target, Args, Target};
 use crate::error::{Error, Result};
 use crate::hazards;
+use crate::hazards::prepare;
 use crate::interpreter::config::InterpreterConfig;
 use crate::raw::lifecycle::{clear_pending_async, InterruptTarget, SubInterpreter};
 use crate::raw::Python;
@@ -446,11 +447,11 @@ impl Interpreter {
                 // Isolated interpreters have every extension module prepared; legacy ones
                 // only those a hazard names: preparing numpy, Cython or PyO3 modules in
                 // the main interpreter would take the one interpreter they allow.
-                let prepare = match (rt.prepare_extensions, raw.use_main_obmalloc) {
-                    (false, _) => Preparation::Off,
-                    (true, false) => Preparation::All,
-                    (true, true) => Preparation::Only(hazards::prepared_in_legacy(&rt.version)),
-                };
+                let prepare = prepare::Preparation::of(
+                    rt.prepare_extensions,
+                    raw.use_main_obmalloc,
+                    &rt.version,
+                );
                 let setup = sub.with_gil(|py| {
                     setup(py, &rt, capture, prepare, &paths)?;
                     if let Some(data) = host_data {
@@ -990,44 +991,8 @@ fn serve(
     }
 }
 
-/// Joins the interpreter's non-daemon threads, for at most `grace` seconds (`None`: no
-/// limit), including threads started meanwhile; leaves in `left` the names of the threads
-/// still running then — and of daemon threads, which are not waited for (as `python`
-/// does not wait for them) but, running, keep the interpreter from ending. `threading`
-/// and `_thread` are the modules if loaded, else `None`.
-///
-/// Neither this thread (never asked for with `current_thread()`, which would make
-/// `threading` record it as a dummy thread) nor the main thread is waited for: in a
-/// subinterpreter `threading` may take the process's main thread for it (3.13), and it
-/// never ends while we run.
-const JOIN_THREADS: &str = "\
-def _join(threading, grace):
-    me = threading.get_ident()
-    main = threading.main_thread()
-    clock = threading._time
-    deadline = None if grace is None else clock() + grace
-    def others():
-        return [
-            t for t in threading.enumerate()
-            if t.ident != me and t is not main
-            and not isinstance(t, threading._DummyThread)
-        ]
-    while True:
-        pending = [t for t in others() if not t.daemon]
-        if not pending:
-            break
-        for thread in pending:
-            if deadline is None:
-                thread.join()
-            else:
-                thread.join(max(0.0, deadline - clock()))
-        if deadline is not None and clock() >= deadline:
-            break
-    return [t.name for t in others() if t.is_alive()]
-left = [] if threading is None else _join(threading, grace)
-if not left and _thread is not None and _thread._count() > 0:
-    left = [f'{_thread._count()} started with _thread']
-";
+/// Joins the interpreter's threads when it ends: what it does is said in the file.
+const JOIN_THREADS: &str = include_str!("join_threads.py");
 
 /// How an interpreter's end went: the output captured until then, and the names of its
 /// Python threads still running after the grace period.
@@ -1096,40 +1061,11 @@ fn wind_down(py: Python<'_>, capture: bool, grace: Duration) -> WoundDown {
     WoundDown { output, running }
 }
 
-/// Wraps the extension module loader of a subinterpreter so that the main
-/// interpreter imports each extension module first (see [`crate::hazards`]), or only
-/// those named in `only` when it is a set. Built-in modules are left alone: single-phase
-/// built-ins such as `faulthandler` load in isolated interpreters only while the main
-/// interpreter has not imported them (CPython python/cpython#119450), and test runners
-/// need them.
-const PREPARE_IN_MAIN: &str = "\
-def _wrap(only):
-    import sys, subinterp
-    external = sys.modules['_frozen_importlib_external']
-    prepare = subinterp._prepare_in_main
-    create = external.ExtensionFileLoader.create_module
-
-    def create_module(self, spec, _create=create, _prepare=prepare, _sys=sys, _only=only):
-        if _only is None or spec.name in _only:
-            _prepare(spec.name, [entry for entry in _sys.path if isinstance(entry, str)])
-        return _create(self, spec)
-
-    external.ExtensionFileLoader.create_module = create_module
-_wrap(None if only is None else frozenset(only))
-";
-
-/// Which extension modules a new interpreter has imported in the main interpreter first.
-enum Preparation {
-    Off,
-    All,
-    Only(Vec<&'static str>),
-}
-
 fn setup(
     py: Python<'_>,
     rt: &RuntimeInner,
     capture: bool,
-    prepare: Preparation,
+    prepare: prepare::Preparation,
     paths: &[PathBuf],
 ) -> Result<()> {
     hazards::limit_thread_walks(py)?;
@@ -1142,17 +1078,7 @@ fn setup(
             .getattr("modules")?
             .set_item(&py.str("subinterp")?, &module)?;
     }
-    let only = match prepare {
-        Preparation::Off => None,
-        Preparation::Only(names) if names.is_empty() => None,
-        Preparation::All => Some(Value::None),
-        Preparation::Only(names) => Some(Value::List(names.into_iter().map(Value::from).collect())),
-    };
-    if let Some(only) = only {
-        let scope = py.dict()?;
-        scope.set_item(&py.str("only")?, &py.to_object(&only)?)?;
-        py.run(PREPARE_IN_MAIN, "<subinterp prepare>", &scope)?;
-    }
+    prepare.install(py)?;
     if let Some(bootstrap) = &rt.bootstrap {
         py.run(bootstrap, "<subinterp bootstrap>", &globals)?;
     }
@@ -1163,16 +1089,7 @@ fn setup(
         }
     }
     if capture {
-        py.run(
-            "import io, sys\n\
-             def _stream():\n    \
-                 return io.TextIOWrapper(io.BytesIO(), encoding='utf-8', \
-                 errors='backslashreplace', write_through=True)\n\
-             sys.stdout = _stream()\n\
-             sys.stderr = _stream()\n",
-            "<subinterp capture>",
-            &globals,
-        )?;
+        py.run(include_str!("capture.py"), "<subinterp capture>", &globals)?;
     }
     Ok(())
 }

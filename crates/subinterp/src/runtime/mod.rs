@@ -7,12 +7,12 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{bounded, Sender};
 
 use crate::error::{Error, Result};
+use crate::hazards::prepare;
 use crate::hazards::{self, Hazard};
 use crate::host::HostModule;
 use crate::raw::lifecycle::{self, InitOptions, MainInterpreter};
 use crate::raw::module::ModuleSpec;
 use crate::raw::Python;
-use crate::value::Value;
 
 /// How CPython is started in this process.
 ///
@@ -478,27 +478,14 @@ fn start(config: &RuntimeConfig) -> Result<RuntimeInner> {
     let bootstrap = bootstrap_code(config, &version, venv_python.is_some())?;
     let prepare_extensions = config
         .prepare_extensions
-        .or_else(prepare_from_environment)
+        .or_else(prepare::from_environment)
         .unwrap_or_else(|| hazards::needs_preparation(&version));
     if prepare_extensions {
         let jobs = main_tx.clone();
-        let preparer = move |module: &str, path: &[String]| {
-            let (done_tx, done_rx) = bounded(1);
-            let (module, path) = (module.to_owned(), path.to_vec());
-            let job = move |py: Python<'_>| {
-                let _ = done_tx.send(import_in_main(py, &module, &path));
-            };
-            jobs.send(MainMsg::Job(Box::new(job)))
-                .map_err(|_| "the runtime is shutting down".to_owned())?;
-            done_rx
-                .recv()
-                .map_err(|_| "the main interpreter's thread ended".to_owned())?
-        };
-        hazards::set_preparer(Some(Arc::new(preparer)), &version);
-        tracing::debug!(
-            python = %version,
-            "extension modules are imported in the main interpreter before isolated ones load them"
-        );
+        prepare::start(&version, move |job| {
+            jobs.send(MainMsg::Job(job))
+                .map_err(|_| "the runtime is shutting down".to_owned())
+        });
     }
     tracing::debug!(python = %version, "Python runtime initialised");
     Ok(RuntimeInner {
@@ -511,59 +498,8 @@ fn start(config: &RuntimeConfig) -> Result<RuntimeInner> {
     })
 }
 
-/// `SUBINTERP_PREPARE_EXTENSIONS=0` (or `1`) overrides the default of
-/// [`RuntimeConfig::prepare_extensions`] when the host did not set it.
-fn prepare_from_environment() -> Option<bool> {
-    match std::env::var("SUBINTERP_PREPARE_EXTENSIONS").ok()?.trim() {
-        "0" | "false" | "no" | "off" => Some(false),
-        "1" | "true" | "yes" | "on" => Some(true),
-        other => {
-            tracing::warn!("ignoring SUBINTERP_PREPARE_EXTENSIONS={other:?} (want 0 or 1)");
-            None
-        }
-    }
-}
-
-/// Imports `module` in the main interpreter, with the entries of the loading
-/// interpreter's `sys.path` that the main one lacks appended to its own.
-fn import_in_main(
-    py: Python<'_>,
-    module: &str,
-    path: &[String],
-) -> std::result::Result<(), String> {
-    let run = || -> Result<()> {
-        let globals = py.dict()?;
-        globals.set_item(&py.str("name")?, &py.str(module)?)?;
-        let entries = Value::List(path.iter().map(|p| Value::from(p.as_str())).collect());
-        globals.set_item(&py.str("path")?, &py.to_object(&entries)?)?;
-        py.run(IMPORT_IN_MAIN, "<subinterp prepare>", &globals)
-    };
-    run().map_err(|err| err.to_string())
-}
-
-const FLUSH_MAIN: &str = "\
-import sys
-for stream in (sys.stdout, sys.stderr):
-    try:
-        stream.flush()
-    except Exception:
-        pass
-";
-
-const IMPORT_IN_MAIN: &str = "\
-import sys
-if name not in sys.modules:
-    for entry in path:
-        if entry not in sys.path:
-            sys.path.append(entry)
-    import importlib
-    importlib.import_module(name)
-    # hashlib calls _hashlib's constructors with keywords when it is imported: doing that
-    # here first gives their cached keyword tuples to the main interpreter (3.12 before
-    # 3.12.4 caches them in whichever interpreter calls first, python/cpython#119213).
-    if name == '_hashlib':
-        import hashlib
-";
+/// Flushes the main interpreter's streams when it is not finalised.
+const FLUSH_MAIN: &str = include_str!("flush_main.py");
 
 /// The `python` of the configured virtual environment, when CPython can be started as
 /// it: the environment is a real one (`pyvenv.cfg`, `bin/python`) made from the Python
@@ -677,7 +613,7 @@ impl Drop for RuntimeInner {
         let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
         *state = State::Finalized;
         if self.prepare_extensions {
-            hazards::set_preparer(None, &self.version);
+            prepare::stop(&self.version);
         }
         let taken = self.shutdown.lock().ok().and_then(|mut s| s.take());
         if let Some((stop, thread)) = taken {
