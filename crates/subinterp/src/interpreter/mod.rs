@@ -437,7 +437,7 @@ impl Interpreter {
             .stack_size(INTERPRETER_STACK)
             .spawn(move || {
                 let started = std::time::Instant::now();
-                let sub = match SubInterpreter::new(rt.main, raw) {
+                let sub = match SubInterpreter::new(rt.main(), raw) {
                     Ok(sub) => sub,
                     Err(msg) => {
                         let _ = ready_tx.send(Err(Error::CreateFailed(msg)));
@@ -448,9 +448,9 @@ impl Interpreter {
                 // only those a hazard names: preparing numpy, Cython or PyO3 modules in
                 // the main interpreter would take the one interpreter they allow.
                 let prepare = prepare::Preparation::of(
-                    rt.prepare_extensions,
+                    rt.prepares_extensions(),
                     raw.use_main_obmalloc,
-                    &rt.version,
+                    rt.version(),
                 );
                 let setup = sub.with_gil(|py| {
                     setup(py, &rt, capture, prepare, &paths)?;
@@ -492,7 +492,7 @@ impl Interpreter {
                     sub.end();
                     tracing::debug!(interpreter = id, "interpreter closed");
                     if !raw.use_main_obmalloc {
-                        hazards::isolated_interpreter_ended(&rt.version);
+                        hazards::isolated_interpreter_ended(rt.version());
                     }
                 } else {
                     tracing::warn!(
@@ -1070,7 +1070,7 @@ fn setup(
 ) -> Result<()> {
     hazards::limit_thread_walks(py)?;
     let globals = py.dict()?;
-    if rt.borrowed {
+    if rt.is_borrowed() {
         // No built-in `subinterp` module in a borrowed Python: this interpreter gets its
         // own from the definition the extension module made.
         let module = crate::raw::module::instantiate(py, 0, "subinterp")?;
@@ -1079,7 +1079,7 @@ fn setup(
             .set_item(&py.str("subinterp")?, &module)?;
     }
     prepare.install(py)?;
-    if let Some(bootstrap) = &rt.bootstrap {
+    if let Some(bootstrap) = rt.bootstrap() {
         py.run(bootstrap, "<subinterp bootstrap>", &globals)?;
     }
     if !paths.is_empty() {

@@ -242,17 +242,45 @@ pub struct Runtime {
     pub(crate) inner: Arc<RuntimeInner>,
 }
 
+/// What interpreters need of the runtime, read through its methods.
 pub(crate) struct RuntimeInner {
-    pub(crate) main: MainInterpreter,
+    main: MainInterpreter,
     /// Whether subinterpreters have extension modules prepared in the main one.
-    pub(crate) prepare_extensions: bool,
+    prepare_extensions: bool,
     /// Python code run in every new interpreter to set up `sys.path`, if any is needed.
-    pub(crate) bootstrap: Option<String>,
-    pub(crate) version: String,
+    bootstrap: Option<String>,
+    version: String,
     /// Whether the Python is borrowed ([`RuntimeConfig::borrow_running`]): interpreters
     /// then make their `subinterp` module from its definition, as no built-in one exists.
-    pub(crate) borrowed: bool,
+    borrowed: bool,
     shutdown: Mutex<Option<(Sender<MainMsg>, JoinHandle<()>)>>,
+}
+
+impl RuntimeInner {
+    /// The main interpreter, which new interpreters are made from.
+    pub(crate) fn main(&self) -> MainInterpreter {
+        self.main
+    }
+
+    /// Whether subinterpreters have extension modules prepared in the main one.
+    pub(crate) fn prepares_extensions(&self) -> bool {
+        self.prepare_extensions
+    }
+
+    /// Python code run in every new interpreter to set up `sys.path`, if any is needed.
+    pub(crate) fn bootstrap(&self) -> Option<&str> {
+        self.bootstrap.as_deref()
+    }
+
+    /// The running CPython's version, `3.13.0`.
+    pub(crate) fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Whether the Python is borrowed from the program that runs it.
+    pub(crate) fn is_borrowed(&self) -> bool {
+        self.borrowed
+    }
 }
 
 /// Work for the thread that owns the main interpreter.
