@@ -44,7 +44,7 @@ type Brand<'py> = PhantomData<(fn(&'py ()) -> &'py (), *mut ())>;
 ///
 /// Transparent over the pointer (the token is zero-sized), so a live object pointer that
 /// CPython lends for a call can be read as a `&PyObj` without taking a reference
-/// ([`super::callback::FastArgs::positional_ref`]).
+/// (`FastArgs::positional_ref` of the trampolines does).
 #[repr(transparent)]
 pub struct PyObj<'py> {
     ptr: NonNull<ffi::PyObject>,
