@@ -15,16 +15,14 @@ use std::time::{Duration, Instant};
 use crate::channel::buffer::{Layout, SharedBuffer};
 use crate::channel::{Channel, Message, Stop};
 use crate::error::{Error, Result};
-use crate::host::params;
+use crate::host::params::{self, Timeout, Truth};
 use crate::raw::buffer::view_info;
 use crate::raw::callback::{self, Export, Failure, FastArgs, Outcome};
 use crate::raw::class::{self, ClassDef};
-use crate::raw::convert::{copy_bytes, scalar, to_plain_value, utf8_str};
+use crate::raw::convert::{copy_bytes, to_plain_value};
 use crate::raw::lifecycle::raise_soon;
 use crate::raw::module::{self, ClassSpec, ExceptionSpec, ModuleSpec};
 use crate::raw::{ExcKind, PyObj, Python};
-use crate::seconds::{self, SecondsError};
-use crate::value::de::Scalar;
 use crate::value::Value;
 use crate::wait::{self, InterruptReason};
 
@@ -200,6 +198,7 @@ fn entry_of<'py>(obj: &PyObj<'py>, i: usize) -> Result<PyObj<'py>> {
 
 // ---------------------------------------------------------------- argument parsing
 
+#[cfg(feature = "extension-module")]
 /// Parses the arguments of a call against parameter `names`, the first `required` of
 /// which are required. Returns one slot per name.
 pub(crate) fn parse<'py, const N: usize>(
@@ -218,50 +217,10 @@ pub(crate) fn parse<'py, const N: usize>(
     Ok(out)
 }
 
+#[cfg(feature = "extension-module")]
 /// A required argument, checked present by [`parse`].
 pub(crate) fn required<'a, 'py>(arg: &'a Option<PyObj<'py>>) -> &'a PyObj<'py> {
     arg.as_ref().expect("parse checks required arguments")
-}
-
-/// A timeout in seconds: `None` (wait forever) or a non-negative number (an `int` or a
-/// `float`), as `queue.Queue.get` and `threading.Lock.acquire` take it: negative is a
-/// `ValueError`, beyond `threading.TIMEOUT_MAX` ([`seconds::MAX_SECONDS`]) an `OverflowError`.
-fn timeout_arg<'py>(py: Python<'py>, arg: Option<&PyObj<'py>>) -> Result<Option<Duration>> {
-    let Some(arg) = arg.filter(|a| !a.is_none()) else {
-        return Ok(None);
-    };
-    let seconds = match scalar(arg) {
-        Some(Scalar::Int(n)) => n as f64,
-        Some(Scalar::Bool(b)) => f64::from(u8::from(b)),
-        Some(Scalar::Float(x)) => x,
-        // An int too large for i64 (its float would be far past the longest timeout).
-        _ if arg.is_instance(&py.builtins()?.getattr("int")?)? => return Err(too_large(py)),
-        _ => {
-            return Err(py.new_error(
-                ExcKind::Type,
-                &format!(
-                    "timeout must be a number of seconds or None, not {}",
-                    arg.type_name()
-                ),
-            ))
-        }
-    };
-    match seconds::non_negative(seconds) {
-        Ok(duration) => Ok(Some(duration)),
-        Err(SecondsError::TooLarge) => Err(too_large(py)),
-        Err(_) => Err(py.new_error(ExcKind::Value, "timeout must be a non-negative number")),
-    }
-}
-
-/// The error of a timeout past [`seconds::MAX_SECONDS`].
-pub(crate) fn too_large(py: Python<'_>) -> Error {
-    py.new_error(
-        ExcKind::Overflow,
-        &format!(
-            "timeout value is too large (the longest is {} s)",
-            seconds::MAX_SECONDS
-        ),
-    )
 }
 
 // ---------------------------------------------------------------- module functions
@@ -271,7 +230,7 @@ fn module_id<'py>(
     _: &PyObj<'py>,
     args: &FastArgs<'_, 'py>,
 ) -> Outcome<PyObj<'py>> {
-    parse(args, "id", [], 0)?;
+    params::args::<(), 0>(args, "id", [])?;
     Ok(py.to_object(&Value::Int(py.interpreter_id()))?)
 }
 
@@ -280,28 +239,9 @@ fn module_prepare_in_main<'py>(
     _: &PyObj<'py>,
     args: &FastArgs<'_, 'py>,
 ) -> Outcome<PyObj<'py>> {
-    let a = parse(args, "_prepare_in_main", ["name", "path"], 2)?;
-    let name = required(&a[0]).extract_str()?;
-    let list = required(&a[1]);
-    if !list.is_instance(&py.builtins()?.getattr("list")?)? {
-        return Err(py
-            .new_error(ExcKind::Type, "path must be a list of str")
-            .into());
-    }
-    // Entries that are not str, or not UTF-8 (a directory name with surrogate
-    // escapes), are left out: the main interpreter cannot be given them as text.
-    let mut path = Vec::new();
-    for i in 0..list
-        .call_method("__len__", &[])?
-        .to_value()?
-        .as_i64()
-        .unwrap_or(0)
-    {
-        let item = list.get_item(&py.to_object(&Value::Int(i))?)?;
-        if let Some(entry) = utf8_str(&item) {
-            path.push(entry);
-        }
-    }
+    // The caller passes only the entries of `sys.path` that are UTF-8 text.
+    let (name, path): (String, Vec<String>) =
+        params::args(args, "_prepare_in_main", ["name", "path"])?;
     py.allow_threads(move || crate::hazards::prepare::prepare(&name, &path));
     Ok(py.none())
 }
@@ -311,9 +251,9 @@ fn module_channel<'py>(
     module: &PyObj<'py>,
     args: &FastArgs<'_, 'py>,
 ) -> Outcome<PyObj<'py>> {
-    let a = parse(args, "channel", ["name", "capacity"], 1)?;
-    let name = required(&a[0]).extract_str()?;
-    let capacity = match a[1].as_ref().filter(|c| !c.is_none()).map(|c| c.to_value()) {
+    let (name, capacity): (String, Option<PyObj>) =
+        params::args(args, "channel", ["name", "capacity"])?;
+    let capacity = match capacity.map(|c| c.to_value()) {
         None => None,
         Some(Ok(Value::Int(n))) if n >= 1 => Some(n as usize),
         Some(_) => {
@@ -332,12 +272,9 @@ fn module_buffer<'py>(
     module: &PyObj<'py>,
     args: &FastArgs<'_, 'py>,
 ) -> Outcome<PyObj<'py>> {
-    let a = parse(args, "buffer", ["size_or_bytes", "writable"], 1)?;
-    let source = required(&a[0]);
-    let writable = match &a[1] {
-        Some(flag) => flag.is_true()?,
-        None => false,
-    };
+    let (source, Truth(writable)): (PyObj, Truth) =
+        params::args(args, "buffer", ["size_or_bytes", "writable"])?;
+    let source = &source;
     let buffer = match source.to_value() {
         Ok(Value::Int(n)) if n >= 0 => SharedBuffer::new(n as usize, writable)?,
         Ok(Value::Bytes(data)) => SharedBuffer::from_bytes(&data, writable)?,
@@ -394,10 +331,10 @@ fn channel_send<'py>(
     slf: &PyObj<'py>,
     args: &FastArgs<'_, 'py>,
 ) -> Outcome<PyObj<'py>> {
-    let a = parse(args, "send", ["obj", "timeout"], 1)?;
-    let timeout = timeout_arg(py, a[1].as_ref())?;
+    let (obj, timeout): (PyObj, Option<Timeout>) = params::args(args, "send", ["obj", "timeout"])?;
+    let timeout = timeout.map(|t| t.0);
     let channel = channel_of(slf)?;
-    let message = to_message(slf, &channel, required(&a[0]))?;
+    let message = to_message(slf, &channel, &obj)?;
     let message = match channel.try_send_message(message) {
         Ok(()) => return Ok(py.none()),
         Err((Stop::Full, message)) => message,
@@ -451,9 +388,9 @@ fn channel_try_send<'py>(
     slf: &PyObj<'py>,
     args: &FastArgs<'_, 'py>,
 ) -> Outcome<PyObj<'py>> {
-    let a = parse(args, "try_send", ["obj"], 1)?;
+    let (obj,): (PyObj,) = params::args(args, "try_send", ["obj"])?;
     let channel = channel_of(slf)?;
-    let message = to_message(slf, &channel, required(&a[0]))?;
+    let message = to_message(slf, &channel, &obj)?;
     channel
         .try_send_message(message)
         .map_err(|(stop, _)| stop_failure(slf, stop))?;
@@ -465,8 +402,8 @@ fn channel_recv<'py>(
     slf: &PyObj<'py>,
     args: &FastArgs<'_, 'py>,
 ) -> Outcome<PyObj<'py>> {
-    let a = parse(args, "recv", ["timeout"], 0)?;
-    let timeout = timeout_arg(py, a[0].as_ref())?;
+    let (timeout,): (Option<Timeout>,) = params::args(args, "recv", ["timeout"])?;
+    let timeout = timeout.map(|t| t.0);
     let channel = channel_of(slf)?;
     let message = blocking_recv(py, &channel, timeout)?.map_err(|stop| stop_failure(slf, stop))?;
     from_message(slf, &channel, message)
@@ -518,7 +455,7 @@ fn channel_try_recv<'py>(
     slf: &PyObj<'py>,
     args: &FastArgs<'_, 'py>,
 ) -> Outcome<PyObj<'py>> {
-    parse(args, "try_recv", [], 0)?;
+    params::args::<(), 0>(args, "try_recv", [])?;
     let channel = channel_of(slf)?;
     let message = channel
         .try_recv_message()
@@ -531,7 +468,7 @@ fn channel_close<'py>(
     slf: &PyObj<'py>,
     args: &FastArgs<'_, 'py>,
 ) -> Outcome<PyObj<'py>> {
-    parse(args, "close", [], 0)?;
+    params::args::<(), 0>(args, "close", [])?;
     channel_of(slf)?.close();
     Ok(py.none())
 }

@@ -1058,3 +1058,58 @@ fn two_hundred_thousand_reply_channels_leave_little_memory_behind() {
         "RSS grew by {grown} bytes over {ROUNDS} reply channels"
     );
 }
+
+#[test]
+fn the_module_s_functions_bind_arguments_as_host_functions_do() {
+    let interp = common::isolated();
+    interp
+        .exec(
+            "import subinterp\n\
+             def error(f, *args, **kwargs):\n    \
+                 try:\n        f(*args, **kwargs)\n    \
+                 except Exception as e:\n        return f'{type(e).__name__}: {e}'\n",
+        )
+        .unwrap();
+    let cases = [
+        (
+            "error(subinterp.channel)",
+            "TypeError: channel() missing required argument 'name'",
+        ),
+        (
+            "error(subinterp.channel, 5)",
+            "TypeError: channel() argument 'name' must be str, not int",
+        ),
+        (
+            "error(subinterp.channel, 'typed-binding', size=3)",
+            "TypeError: channel() got an unexpected keyword argument 'size'",
+        ),
+        (
+            "error(subinterp.channel('typed-binding').send)",
+            "TypeError: send() missing required argument 'obj'",
+        ),
+        (
+            "error(subinterp.channel('typed-binding').send, 1, 2, 3)",
+            "TypeError: send() takes 2 positional arguments but 3 were given",
+        ),
+        (
+            "error(subinterp.channel('typed-binding').recv, timeout=-1)",
+            "ValueError: timeout must be a non-negative number",
+        ),
+        (
+            "error(subinterp.id, 1)",
+            "TypeError: id() takes 0 positional arguments but 1 were given",
+        ),
+    ];
+    for (code, expected) in cases {
+        assert_eq!(interp.eval(code).unwrap(), Value::from(expected), "{code}");
+    }
+    // Keywords work for every parameter, and None means no limit.
+    interp
+        .exec(
+            "ch = subinterp.channel(name='typed-binding', capacity=None)\n\
+             ch.send(obj=7, timeout=None)\n\
+             got = ch.recv(timeout=1)\n",
+        )
+        .unwrap();
+    assert_eq!(interp.eval("got").unwrap(), Value::Int(7));
+}

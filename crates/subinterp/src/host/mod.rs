@@ -15,13 +15,14 @@ use crate::channel::{Channel, Message, Stop};
 use crate::error::{Error, Result};
 use crate::names;
 pub(crate) mod params;
+
 use crate::raw::callback::{self, FastArgs};
-use crate::raw::convert::{exact_bool, exact_float, exact_int, scalar, scalar_object};
+use crate::raw::convert::scalar_object;
 use crate::raw::module::{ExceptionSpec, FunctionSpec, ModuleSpec, NativeFn};
 use crate::raw::{PyObj, Python};
-use crate::value::de::{from_scalar, Scalar};
 use crate::value::{from_value, to_value, Value};
 use crate::wait::{self, InterruptReason, InterruptState, WaitSlot};
+use params::{Param, Plain};
 
 /// A Python module whose functions are Rust closures, registered on a runtime with
 /// [`RuntimeConfig::host_module`](crate::RuntimeConfig::host_module) and importable in
@@ -541,85 +542,16 @@ impl Binding {
     }
 
     fn convert(&self, index: usize, obj: &PyObj<'_>) -> Result<Value> {
-        obj.to_value().map_err(|err| match err {
-            Error::Unshareable { type_name, .. } => self.type_error(format!(
-                "argument '{}' must be plain data (None, bool, int, float, str, bytes, list, \
-                 tuple, dict), not {type_name}",
-                self.params[index]
-            )),
-            other => other,
-        })
+        params::plain_value(&self.function, &self.params[index], obj)
     }
 
-    /// Argument `index` as a `T`: a scalar read in place, anything else through a
-    /// [`Value`].
+    /// Argument `index` as a `T` ([`params::Plain`]).
     fn typed<T: DeserializeOwned + 'static>(
         &self,
         index: usize,
         obj: Option<PyObj<'_>>,
     ) -> Result<T> {
-        if let Some(value) = obj.as_ref().and_then(direct::<T>) {
-            return Ok(value);
-        }
-        let name = &self.params[index];
-        let Some(obj) = obj else {
-            // Left out: accepted where `None` is (an `Option` parameter).
-            return from_value(Value::None).map_err(|_| params::missing(&self.function, name));
-        };
-        let mismatch = |shown: &str, err: Error| {
-            self.type_error(format!(
-                "argument '{name}': {shown} is not accepted ({err})"
-            ))
-        };
-        if let Some(scalar) = scalar(&obj) {
-            let shown = describe_scalar(&scalar);
-            return from_scalar(scalar).map_err(|err| mismatch(shown, err));
-        }
-        let value = self.convert(index, &obj)?;
-        let shown = describe(&value);
-        from_value(value).map_err(|err| mismatch(shown, err))
-    }
-}
-
-/// `obj` as a `T` read straight from the object, for the commonest parameter types
-/// (`i64` from an exact `int`, `f64` from an exact `float`, `bool`); `None` for any other
-/// type or object, which then goes through serde with the same result. The type tests
-/// are resolved at compile time.
-#[inline(always)]
-fn direct<T: 'static>(obj: &PyObj<'_>) -> Option<T> {
-    let mut out: Option<T> = None;
-    let slot: &mut dyn Any = &mut out;
-    if let Some(slot) = slot.downcast_mut::<Option<i64>>() {
-        *slot = exact_int(obj);
-    } else if let Some(slot) = slot.downcast_mut::<Option<f64>>() {
-        *slot = exact_float(obj);
-    } else if let Some(slot) = slot.downcast_mut::<Option<bool>>() {
-        *slot = exact_bool(obj);
-    }
-    out
-}
-
-fn describe_scalar(scalar: &Scalar<'_>) -> &'static str {
-    match scalar {
-        Scalar::None => "None",
-        Scalar::Bool(_) => "a bool",
-        Scalar::Int(_) => "an int",
-        Scalar::Float(_) => "a float",
-        Scalar::Str(_) => "a str",
-    }
-}
-
-fn describe(value: &Value) -> &'static str {
-    match value {
-        Value::None => "None",
-        Value::Bool(_) => "a bool",
-        Value::Int(_) | Value::BigInt(_) => "an int",
-        Value::Float(_) => "a float",
-        Value::Str(_) => "a str",
-        Value::Bytes(_) => "bytes",
-        Value::List(_) => "a list",
-        Value::Tuple(_) => "a tuple",
-        Value::Dict(_) => "a dict",
+        Plain::<T>::read(&self.function, &self.params[index], obj).map(|plain| plain.0)
     }
 }
 
@@ -716,7 +648,7 @@ macro_rules! params_tuple {
                 if args.keyword_len() == 0 && args.positional_len() == $n {
                     // Every parameter passed by position, in order: nothing to match.
                     return Ok(($(
-                        match args.positional_ref($i).and_then(direct::<$t>) {
+                        match args.positional_ref($i).and_then(params::direct::<$t>) {
                             Some(value) => value,
                             None => binding.typed::<$t>($i, args.positional($i))?,
                         },

@@ -685,7 +685,9 @@ fn seconds(py: Python<'_>, obj: Option<&PyObj<'_>>, what: &str) -> Result<Option
     };
     match crate::seconds::non_negative(secs) {
         Ok(duration) => Ok(Some(duration)),
-        Err(crate::seconds::SecondsError::TooLarge) => Err(crate::builtin_module::too_large(py)),
+        Err(crate::seconds::SecondsError::TooLarge) => {
+            Err(crate::host::params::too_large(py, "timeout"))
+        }
         Err(_) => Err(py.new_error(ExcKind::Value, &format!("{what} must be >= 0 and finite"))),
     }
 }
