@@ -71,7 +71,7 @@ class Interpreter:
                 f"exec(compile({init!r}, '<init>', 'exec'), sys.modules['__main__'].__dict__)"
             )
         self._handle = _native._interp_new(
-            {"isolated": isolated, "init": "\n".join(code) + "\n", "timeout": timeout}
+            {"isolated": bool(isolated), "init": "\n".join(code) + "\n", "timeout": timeout}
         )
         self._timeout = timeout
         self._closed = False
