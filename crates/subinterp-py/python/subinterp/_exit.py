@@ -6,9 +6,14 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+import time
 
 from . import _live, _native
 from ._interpreter import close_interpreters
+
+# How long exiting waits for submitted tasks silently, as the standard executors wait,
+# before it says that it waits (a program that submits a task and ends prints nothing).
+_QUIET_WAIT = 5.0
 
 # How long exiting waits for code stuck in C (beyond the first second), unless an
 # interpreter was already left behind, stuck, by close() or a pool's start given up.
@@ -28,7 +33,8 @@ def _end_all() -> None:
             pool.shutdown(False, False, stop)
         # Stopping takes at most the grace period (1 s) of a task stuck in C code, which
         # is then left behind.
-        if not all(pool.wait_ended(2.5 if stop else 1.0) for pool in pools):
+        end = time.monotonic() + (2.5 if stop else _QUIET_WAIT)
+        if not all(pool.wait_ended(max(0.0, end - time.monotonic())) for pool in pools):
             sys.stderr.write(
                 "subinterp: stopping the running tasks before Python exits "
                 "(Ctrl-C exits at once)\n"
@@ -72,8 +78,6 @@ def _end_all() -> None:
                 "return before Python exits (Ctrl-C exits at once)\n"
             )
             sys.stderr.flush()
-            import time
-
             end = time.monotonic() + _EXIT_GRACE
             while left is None and time.monotonic() < end:
                 left = _native._runtime_wait(0.25)

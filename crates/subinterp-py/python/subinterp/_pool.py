@@ -28,8 +28,12 @@ from ._fork import guard_fork
 class _Future(concurrent.futures.Future):
     """The future of a task of a ``Pool``.
 
-    ``cancel()`` means what it means for every ``concurrent.futures.Future``: it succeeds
-    only while the task waits in the queue. ``interrupt()`` also stops a running task.
+    ``cancel()`` means what it means for the standard executors' futures: it succeeds
+    only while the task waits for a worker. A task submitted while fewer tasks than the
+    pool has workers are unfinished is given a worker at once (one that is idle, or
+    started for it), as a ``ProcessPoolExecutor`` hands tasks to its workers' queue: it
+    runs, whatever ``cancel()`` or ``shutdown(cancel_futures=True)`` come after.
+    ``interrupt()`` also stops a running task.
     """
 
     def __init__(self, pool: "_PoolCore"):
@@ -37,11 +41,13 @@ class _Future(concurrent.futures.Future):
         self._pool = pool
         self._task: int | None = None
         self._unwrap = from_worker
+        # Given a worker at submit: it runs, as if a worker had already taken it.
+        self._committed = False
 
     def cancel(self) -> bool:
-        """Cancels the task if no worker has started it; False once it runs or is done."""
+        """Cancels the task if it waits for a worker; False once it has one or is done."""
         if self._task is not None and not self.done():
-            if not self._pool._cancel_task(self._task, running=False):
+            if self._committed or not self._pool._cancel_task(self._task, running=False):
                 return self.cancelled()
         return super().cancel()
 
@@ -77,10 +83,11 @@ class _Future(concurrent.futures.Future):
         return timeout
 
     def running(self) -> bool:
-        """True while a worker runs the task."""
+        """True while a worker runs the task, or has been given it (it cannot be
+        cancelled then)."""
         if self.done() or self._task is None:
             return False
-        return self._pool._started(self._task)
+        return self._committed or self._pool._started(self._task)
 
 
 
@@ -97,8 +104,9 @@ class _PoolCore:
     ``Pool`` object, so that a ``Pool`` dropped without ``shutdown()`` is collected and
     ends its workers, as the standard executors do."""
 
-    def __init__(self, handle: int):
+    def __init__(self, handle: int, workers: int):
         self.handle = handle
+        self.workers = workers
         self.lock = threading.Lock()
         self.futures: dict[int, _Future] = {}
         # Results a collector took from the engine and has not delivered yet.
@@ -116,6 +124,10 @@ class _PoolCore:
         with self.lock:
             if self.shutdown_started:
                 raise RuntimeError("cannot schedule new futures after shutdown")
+            # A worker is idle or starts for it (workers start on demand): it is the
+            # worker's at once, so that a task submitted right after the pool started
+            # runs however soon a shutdown(cancel_futures=True) comes.
+            future._committed = len(self.futures) + len(self.taken) < self.workers
             task = _native._pool_submit(self.handle, target, args, kwargs, timeout)
             future._task = task
             self.futures[task] = future
@@ -192,54 +204,60 @@ class _PoolCore:
                 self.ended.set()
 
     def _collect_until_ended(self) -> None:
-        while True:
+        while self._collect_batch():
+            pass
+
+    def _collect_batch(self) -> bool:
+        """Waits for finished tasks and delivers them; false once the pool has ended, or
+        when this collector is one too many. One batch a call: nothing of a batch (its
+        results above all) stays referenced by this thread while it waits for the next,
+        so that a result its caller has dropped is freed, as with the standard executors."""
+        with self.lock:
+            self.waiting += 1
+        try:
+            done = _native._pool_done(self.handle, 0.5)
+        except RuntimeError:
+            done = None
+        finally:
             with self.lock:
-                self.waiting += 1
+                self.waiting -= 1
+        _warn_memory()
+        if done is None:
+            return False
+        if not done:
+            return True
+        with self.lock:
+            batch = []
+            callbacks = False
+            for task, kind, payload in done:
+                future = self.futures.pop(task, None)
+                if future is not None:
+                    self.taken[task] = (future, kind, payload)
+                    batch.append(task)
+                    callbacks = callbacks or bool(getattr(future, "_done_callbacks", True))
+            # Done-callbacks run on this thread and may block (say, on another
+            # future of this pool): another collector waits for results meanwhile.
+            spare = callbacks and self.waiting == 0
+        if spare:
             try:
-                done = _native._pool_done(self.handle, 0.5)
-            except RuntimeError:
-                done = None
-            finally:
-                with self.lock:
-                    self.waiting -= 1
-            _warn_memory()
-            if done is None:
-                return
-            if not done:
-                continue
-            with self.lock:
-                batch = []
-                callbacks = False
-                for task, kind, payload in done:
-                    future = self.futures.pop(task, None)
-                    if future is not None:
-                        self.taken[task] = (future, kind, payload)
-                        batch.append(task)
-                        callbacks = callbacks or bool(getattr(future, "_done_callbacks", True))
-                # Done-callbacks run on this thread and may block (say, on another
-                # future of this pool): another collector waits for results meanwhile.
-                spare = callbacks and self.waiting == 0
-            if spare:
-                try:
-                    self.start_collector()
-                except RuntimeError:  # no new threads (the interpreter is ending)
-                    pass
-            for task in batch:
-                try:
-                    self._deliver_taken(task)
-                except BaseException as error:
-                    # A done-callback raised what Future does not catch (KeyboardInterrupt,
-                    # SystemExit): reported as an uncaught exception of this thread, which
-                    # goes on delivering the rest of the batch.
-                    threading.excepthook(
-                        threading.ExceptHookArgs(
-                            (type(error), error, error.__traceback__, threading.current_thread())
-                        )
+                self.start_collector()
+            except RuntimeError:  # no new threads (the interpreter is ending)
+                pass
+        for task in batch:
+            try:
+                self._deliver_taken(task)
+            except BaseException as error:
+                # A done-callback raised what Future does not catch (KeyboardInterrupt,
+                # SystemExit): reported as an uncaught exception of this thread, which
+                # goes on delivering the rest of the batch.
+                threading.excepthook(
+                    threading.ExceptHookArgs(
+                        (type(error), error, error.__traceback__, threading.current_thread())
                     )
-            with self.lock:
-                # Two collectors are enough for callbacks that do not block.
-                if self.collectors > 2 and self.waiting > 0:
-                    return
+                )
+        with self.lock:
+            # Two collectors are enough for callbacks that do not block.
+            return not (self.collectors > 2 and self.waiting > 0)
 
     # ------------------------------------------------------------------ ending
 
@@ -347,7 +365,7 @@ class Pool(concurrent.futures.Executor):
             },
         )
         self._max_workers = max_workers
-        self._core = core = _PoolCore(handle)
+        self._core = core = _PoolCore(handle, max_workers)
         with _live.lock:
             _live.pools.add(core)
         core.start_collector()
@@ -446,11 +464,22 @@ def _chained(futures, timeout):
     end = None if timeout is None else time.monotonic() + timeout
 
     def results():
+        # As the standard executors' map: nothing here keeps a result once it is
+        # yielded (a chunk's future is dropped when its values are taken, and each
+        # value is taken out of the chunk as it is yielded).
         try:
-            for future in futures:
+            futures.reverse()
+            while futures:
                 left = None if end is None else end - time.monotonic()
-                values, exc = future.result(left)
-                yield from values
+                future = futures.pop()
+                try:
+                    values, exc = future.result(left)
+                finally:
+                    future.cancel()
+                    del future
+                values.reverse()
+                while values:
+                    yield values.pop()
                 if exc is not None:
                     raise exc
         finally:
