@@ -7,10 +7,10 @@ tuples and dicts of them) crosses without pickling. ``subinterp.channel`` and
 ``subinterp.buffer`` work between this interpreter and the workers.
 """
 
-from . import _exit, _native  # noqa: F401 - _exit: what exit does (an atexit hook)
+# _exit and _fork act on import: exit's hook, and os.fork() refused beside live pools.
+from . import _exit, _fork  # noqa: F401
 from ._check import check
 from ._errors import RemoteError
-from ._fork import guard_fork as _guard_fork
 from ._interpreter import Interpreter
 from ._native import (
     Buffer,
@@ -45,7 +45,3 @@ __all__ = [
 for _public in (Interpreter, Pool, RemoteError, check):
     _public.__module__ = __name__
 del _public
-
-# os.fork() refuses while pools or interpreters are alive (see _fork.guard_fork).
-if _native.id() == 0:
-    _guard_fork()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 
+from . import _native
 from ._live import live
 
 
@@ -80,3 +81,6 @@ def _guard_fork_exec() -> None:
         subprocess._fork_exec = fork_exec  # type: ignore[attr-defined]
 
 
+# os.fork() refuses while pools or interpreters are alive, from the package's import on.
+if _native.id() == 0:
+    guard_fork()

@@ -370,7 +370,7 @@ class Pool(concurrent.futures.Executor):
             _live.pools.add(core)
         core.start_collector()
         # Dropped without shutdown(): queued and running tasks finish, then the workers
-        # end (as ThreadPoolExecutor's do); at exit, _end_all ends the pool instead.
+        # end (as ThreadPoolExecutor's do); at exit, _exit ends the pool instead.
         finalizer = weakref.finalize(self, core.shutdown, False, False, False)
         finalizer.atexit = False
         _warn_memory()
