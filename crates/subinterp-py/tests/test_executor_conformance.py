@@ -107,7 +107,7 @@ def test_a_task_given_a_worker_at_submit_runs_whatever_cancel_comes_after():
 
 def test_interpreter_shutdown(tmp_path):
     # test_interpreter_shutdown of test_shutdown: a program that submits a task and ends
-    # waits for it at exit, silently (the stdlib's sleeps 1 s; this one 2 s, past the
+    # waits for it at exit, silently (the stdlib's sleeps 1 s; this one 1.5 s, past the
     # second after which exit used to say that it waits).
     out = run_script(
         tmp_path,
@@ -116,7 +116,7 @@ def test_interpreter_shutdown(tmp_path):
 
         if __name__ == "__main__":
             t = subinterp.Pool(5)
-            t.submit(helpers.sleep_and_print, 2.0, "apple")
+            t.submit(helpers.sleep_and_print, 1.5, "apple")
         """,
     )
     assert out.returncode == 0, out.stderr
