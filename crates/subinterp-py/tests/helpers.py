@@ -138,6 +138,23 @@ def fail_on(value):
     return value
 
 
+class MyObject:
+    """CPython's test_concurrent_futures.executor.MyObject."""
+
+    def my_method(self):
+        pass
+
+
+def make_dummy_object(_):
+    return MyObject()
+
+
+def sleep_and_print(t, msg):
+    time.sleep(t)
+    print(msg)
+    sys.stdout.flush()
+
+
 def run_script(directory, source, *, args=(), timeout=120, stdin=None, module=None):
     """Runs ``source`` as the main script of a child Python (this one) in ``directory``,
     with a generous timeout so that a hang fails the test instead of stopping the run;

@@ -65,6 +65,43 @@ def test_timeouts_follow_the_one_rule_for_seconds():
             subinterp.Pool(1, timeout=bad)
 
 
+def test_the_engine_refuses_a_setting_it_does_not_know():
+    # The settings of Pool and Interpreter reach the engine as a dict: a key the engine
+    # does not know (misspelt, or added on one side only) is a TypeError naming it.
+    from subinterp import _native
+
+    with pytest.raises(TypeError, match="unknown setting 'max_task_per_worker'"):
+        _native._pool_new({"workers": 1, "max_task_per_worker": 2})
+    with pytest.raises(TypeError, match="unknown setting 'timout'"):
+        _native._interp_new({"isolated": True, "timout": 1.0})
+    # A pool's setting is not an interpreter's.
+    with pytest.raises(TypeError, match="unknown setting 'workers'"):
+        _native._interp_new({"workers": 2})
+    with pytest.raises(TypeError, match="'isolated' must be a bool"):
+        _native._pool_new({"isolated": "no"})
+    with pytest.raises(TypeError, match="'init' must be a str"):
+        _native._interp_new({"init": ["pass"]})
+    with pytest.raises(TypeError, match="dict of settings"):
+        _native._pool_new([("workers", 1)])
+    # An interpreter's timeout follows the rule of its calls' deadlines, at once.
+    with pytest.raises(ValueError, match="timeout"):
+        subinterp.Interpreter(timeout=-1)
+
+
+def test_check_follows_the_one_rule_for_seconds():
+    # check()'s timeout is refused by the engine's rule for seconds, as every other
+    # timeout of the package: more than 0, at most threading.TIMEOUT_MAX.
+    for bad in (0, -1, float("nan")):
+        with pytest.raises(ValueError, match="more than 0"):
+            subinterp.check("json", timeout=bad)
+    for huge in (1e12, float("inf")):
+        with pytest.raises(OverflowError, match="too large"):
+            subinterp.check("json", timeout=huge)
+    for wrong in ("5", True, [1]):
+        with pytest.raises(TypeError, match="number of seconds"):
+            subinterp.check("json", timeout=wrong)
+
+
 def test_closed_interpreter_refuses_work_and_legacy_interpreters_work():
     interp = subinterp.Interpreter(isolated=False, init="value = 7")
     assert interp.call(helpers.add, 1, 1) == 2

@@ -196,33 +196,6 @@ fn entry_of<'py>(obj: &PyObj<'py>, i: usize) -> Result<PyObj<'py>> {
     entry(&module, i)
 }
 
-// ---------------------------------------------------------------- argument parsing
-
-#[cfg(feature = "extension-module")]
-/// Parses the arguments of a call against parameter `names`, the first `required` of
-/// which are required. Returns one slot per name.
-pub(crate) fn parse<'py, const N: usize>(
-    args: &FastArgs<'_, 'py>,
-    fname: &str,
-    names: [&str; N],
-    required: usize,
-) -> Result<[Option<PyObj<'py>>; N]> {
-    let mut out: [Option<PyObj<'py>>; N] = std::array::from_fn(|_| None);
-    params::bind(fname, &names, args, &mut out)?;
-    for (i, name) in names.iter().enumerate().take(required) {
-        if out[i].is_none() {
-            return Err(params::missing(fname, name));
-        }
-    }
-    Ok(out)
-}
-
-#[cfg(feature = "extension-module")]
-/// A required argument, checked present by [`parse`].
-pub(crate) fn required<'a, 'py>(arg: &'a Option<PyObj<'py>>) -> &'a PyObj<'py> {
-    arg.as_ref().expect("parse checks required arguments")
-}
-
 // ---------------------------------------------------------------- module functions
 
 fn module_id<'py>(

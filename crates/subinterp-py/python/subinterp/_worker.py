@@ -1,8 +1,11 @@
 """The code each worker interpreter runs: calling a task's function by reference.
 
 Its source is sent to the workers as part of their set-up code (workers cannot import
-the package: their ``subinterp`` module is the native one), so it defines everything it
-needs at the top level of the worker's ``__main__``.
+the package: their ``subinterp`` module is the native one) and runs there as the module
+``_subinterp_worker``, defining everything it needs at its top level. Code that runs as a
+task reaches it as ``sys.modules["_subinterp_worker"]``: ``_subinterp_call(fn, args,
+kwargs)`` calls a function and encodes its outcome as a task's reply, for a task that
+wraps another one (``subinterp.dask`` times Dask's tasks with it).
 """
 
 import sys as _sys
@@ -153,18 +156,6 @@ def _subinterp_failure(exc):
 
 
 _SUBINTERP_FILE = _subinterp_failure.__code__.co_filename
-
-
-def _subinterp_run_node(payload):
-    """Runs a Dask task (a pickled ``(GraphNode, data)``): ``[start, stop, reply]`` with
-    wall-clock times around the call and ``reply`` as ``_subinterp_call`` gives it."""
-    import pickle
-    import time
-
-    task, data = pickle.loads(payload)
-    start = time.time()
-    reply = _subinterp_call(task, (data,), {})
-    return [start, time.time(), reply]
 
 
 def _subinterp_run_chunk(module, qualname, payload, items, star=True):

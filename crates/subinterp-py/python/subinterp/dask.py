@@ -16,19 +16,19 @@ Each Dask worker process then has a pool of isolated interpreters beside its thr
 A task's function and arguments are sent to the pool with cloudpickle (so functions
 Dask can ship can be run), its result comes back pickled. Whatever the task imports
 must load in isolated interpreters (``subinterp check`` tells).
+
+The pool's workers import this module too, to run a task (``_run_node``): what it
+imports at its top level must load there, so ``cloudpickle`` and ``distributed`` are
+imported only where they are used, in the caller's interpreter.
 """
 
 from __future__ import annotations
 
 import threading
 
-import cloudpickle  # type: ignore[import-untyped]
-
-from . import Pool
+from . import Pool, _native
 
 __all__ = ["DaskPool", "PoolPlugin"]
-
-_RUN_NODE = "_subinterp_worker:_subinterp_run_node"
 
 
 def _is_dask_runner(fn) -> bool:
@@ -36,6 +36,21 @@ def _is_dask_runner(fn) -> bool:
         getattr(fn, "__module__", None) == "distributed.worker"
         and getattr(fn, "__qualname__", None) == "_run_task_simple"
     )
+
+
+def _run_node(payload: bytes) -> list:
+    """In a pool's worker: runs a Dask task (a pickled ``(GraphNode, data)``); returns
+    ``[start, stop, reply]``, the wall-clock times around the call and the task's outcome
+    as the worker encodes a task's reply."""
+    import pickle
+    import sys
+    import time
+
+    call = sys.modules["_subinterp_worker"]._subinterp_call
+    task, data = pickle.loads(payload)
+    start = time.time()
+    reply = call(task, (data,), {})
+    return [start, time.time(), reply]
 
 
 class DaskPool(Pool):
@@ -54,6 +69,10 @@ class DaskPool(Pool):
         return super().submit(fn, *args, **kwargs)
 
     def _submit_node(self, task, data, time_delay):
+        import cloudpickle  # type: ignore[import-untyped]
+
+        from ._calls import RUN, encode_call
+
         try:
             payload = cloudpickle.dumps((task, data))
         except Exception as exc:
@@ -61,20 +80,24 @@ class DaskPool(Pool):
                 f"subinterp.dask: task {getattr(task, 'key', task)!r} cannot be sent to an "
                 f"interpreter: {exc}"
             ) from exc
-        return self._queue(
-            _RUN_NODE, [payload], {}, None, lambda reply: (_report(reply, time_delay), None)
-        )
+        args, kwargs = encode_call(_run_node, (payload,), None)
+        return self._queue(RUN, args, kwargs, None, lambda reply: _report(reply, time_delay))
 
 
-def _report(reply, time_delay: float) -> dict:
-    """What ``distributed.worker._run_task_simple`` returns, from a worker's reply."""
+def _report(reply, time_delay: float):
+    """What ``distributed.worker._run_task_simple`` returns, from a worker's reply to
+    ``_run_node``: ``(report, None)``, or ``(None, exception)`` if the task could not
+    be run."""
     from dask.sizeof import sizeof
     from distributed.core import error_message
 
-    from . import _from_worker
+    from ._errors import from_worker
 
-    start, stop, outcome = reply
-    result, exc = _from_worker(outcome)
+    timed, failure = from_worker(reply)
+    if failure is not None:
+        return None, failure
+    start, stop, outcome = timed
+    result, exc = from_worker(outcome)
     msg: dict
     if exc is None:
         msg = {
@@ -93,16 +116,18 @@ def _report(reply, time_delay: float) -> dict:
     msg["start"] = start + time_delay
     msg["stop"] = stop + time_delay
     msg["thread"] = threading.get_ident()
-    return msg
+    return msg, None
 
 
-try:
-    from distributed import WorkerPlugin
-except ImportError:  # the pool works without distributed; the plugin needs it
-    WorkerPlugin = object  # type: ignore[misc,assignment]
+WorkerPlugin: type = object
+if _native.id() == 0:  # not in a pool's worker, where distributed does not load
+    try:
+        from distributed import WorkerPlugin
+    except ImportError:  # the pool works without distributed; the plugin needs it
+        pass
 
 
-class PoolPlugin(WorkerPlugin):
+class PoolPlugin(WorkerPlugin):  # type: ignore[misc,valid-type]
     """A Dask worker plugin that gives each worker a ``DaskPool`` as its executor
     ``name`` (default ``"subinterp"``). The keywords are ``Pool``'s (``max_workers``,
     ``timeout``, ``init``, ...). The pool ends with the worker."""

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::builtin_module::{parse, required};
 use crate::call::{call_target, Args, Target};
 use crate::error::{Error, Result};
+use crate::host::params;
 use crate::interpreter::config::InterpreterConfig;
 use crate::interpreter::Interpreter;
 use crate::pool::{Pool, PoolConfig, Task, TaskOptions};
@@ -70,8 +70,8 @@ fn specs() -> Vec<ModuleSpec> {
         ),
         callback::method_def(
             c"_interp_new",
-            c"_interp_new(config)\n--\n\nA new interpreter; config is a dict (isolated, \
-              init).",
+            c"_interp_new(config)\n--\n\nA new interpreter; config is a dict of settings \
+              (isolated, init, timeout); an unknown one is a TypeError.",
             interp_new,
         ),
         callback::method_def(
@@ -96,7 +96,7 @@ fn specs() -> Vec<ModuleSpec> {
         callback::method_def(
             c"_check",
             c"_check(modules, paths, timeout)\n--\n\nWhat `subinterp check` reports for \
-              each module: a list of dicts.",
+              each module: a list of dicts. timeout: seconds, more than 0, or None.",
             check_modules,
         ),
         callback::method_def(
@@ -120,7 +120,9 @@ fn specs() -> Vec<ModuleSpec> {
         callback::method_def(
             c"_pool_new",
             c"_pool_new(config)\n--\n\nA pool of isolated interpreters; config is a dict \
-              (its init a list of sources run one after the other).",
+              of settings (workers, isolated, init: a list of sources run one after the \
+              other, timeout, setup_timeout, max_tasks_per_worker); an unknown one is a \
+              TypeError.",
             pool_new,
         ),
         callback::method_def(
@@ -267,7 +269,7 @@ fn runtime_start<'py>(
     _: &PyObj<'py>,
     args: &FastArgs<'_, 'py>,
 ) -> Outcome<PyObj<'py>> {
-    parse(args, "_runtime_start", [], 0)?;
+    params::args::<(), 0>(args, "_runtime_start", [])?;
     main_only(py, "_runtime_start")?;
     let version = py.allow_threads(|| runtime().map(|rt| rt.python_version().to_owned()))?;
     Ok(py.to_object(&Value::from(version))?)
@@ -278,7 +280,7 @@ fn runtime_stop<'py>(
     _: &PyObj<'py>,
     args: &FastArgs<'_, 'py>,
 ) -> Outcome<PyObj<'py>> {
-    parse(args, "_runtime_stop", [], 0)?;
+    params::args::<(), 0>(args, "_runtime_stop", [])?;
     main_only(py, "_runtime_stop")?;
     let pools = POOLS.take_all();
     py.allow_threads(move || {
@@ -295,9 +297,9 @@ fn runtime_wait<'py>(
     _: &PyObj<'py>,
     args: &FastArgs<'_, 'py>,
 ) -> Outcome<PyObj<'py>> {
-    let a = parse(args, "_runtime_wait", ["timeout"], 1)?;
+    let (timeout,): (PyObj,) = params::args(args, "_runtime_wait", ["timeout"])?;
     main_only(py, "_runtime_wait")?;
-    let timeout = seconds(py, a[0].as_ref(), "timeout")?.unwrap_or(Duration::ZERO);
+    let timeout = seconds(py, Some(&timeout), "timeout")?.unwrap_or(Duration::ZERO);
     if !py.allow_threads(move || crate::runtime::wait_ended(timeout)) {
         return Ok(py.none());
     }
@@ -312,17 +314,12 @@ fn interp_new<'py>(
     _: &PyObj<'py>,
     args: &FastArgs<'_, 'py>,
 ) -> Outcome<PyObj<'py>> {
-    let a = parse(args, "_interp_new", ["config"], 1)?;
+    let (config,): (PyObj,) = params::args(args, "_interp_new", ["config"])?;
     main_only(py, "Interpreter")?;
-    let Value::Dict(config) = required(&a[0]).to_value()? else {
-        return Err(py.new_error(ExcKind::Type, "config must be a dict").into());
-    };
-    let interp = interpreter_config(&config);
-    let init = match field(&config, "init") {
-        Some(Value::Str(code)) => Some(code.clone()),
-        _ => None,
-    };
-    let timeout = field(&config, "timeout").and_then(positive_seconds);
+    let settings = Settings::parse(py, &config, SettingsOf::Interpreter)?;
+    let interp = settings.interpreter();
+    let init = (!settings.init.is_empty()).then(|| settings.init.concat());
+    let timeout = settings.timeout;
     let made = Arc::new(py.allow_threads(move || Interpreter::new(&runtime()?, &interp))?);
     if let Some(code) = init {
         let ran = wait_in(py, &made, timeout, move |py| {
@@ -487,10 +484,10 @@ fn interp_exec<'py>(
     _: &PyObj<'py>,
     args: &FastArgs<'_, 'py>,
 ) -> Outcome<PyObj<'py>> {
-    let a = parse(args, "_interp_exec", ["interp", "code", "timeout"], 2)?;
-    let interp = interp_of(required(&a[0]))?;
-    let code = required(&a[1]).extract_str()?;
-    let timeout = seconds(py, a[2].as_ref(), "timeout")?;
+    let (interp, code, timeout): (PyObj, String, Option<PyObj>) =
+        params::args(args, "_interp_exec", ["interp", "code", "timeout"])?;
+    let interp = interp_of(&interp)?;
+    let timeout = seconds(py, timeout.as_ref(), "timeout")?;
     run_in(py, &interp, timeout, move |py| {
         py.run(&code, "<string>", &py.main_dict()?)?;
         Ok(Value::None)
@@ -502,16 +499,15 @@ fn interp_call<'py>(
     _: &PyObj<'py>,
     args: &FastArgs<'_, 'py>,
 ) -> Outcome<PyObj<'py>> {
-    let a = parse(
+    let (interp, target, positional, keywords, timeout): Call<'py> = params::args(
         args,
         "_interp_call",
         ["interp", "target", "args", "kwargs", "timeout"],
-        4,
     )?;
-    let interp = interp_of(required(&a[0]))?;
-    let target = Target::parse(&required(&a[1]).extract_str()?)?;
-    let call = call_args(py, required(&a[2]), required(&a[3]))?;
-    let timeout = seconds(py, a[4].as_ref(), "timeout")?;
+    let interp = interp_of(&interp)?;
+    let target = Target::parse(&target)?;
+    let call = call_args(py, &positional, &keywords)?;
+    let timeout = seconds(py, timeout.as_ref(), "timeout")?;
     run_in(py, &interp, timeout, move |py| {
         call_target(py, &target, &call)
     })
@@ -524,8 +520,8 @@ fn interp_close_all<'py>(
     _: &PyObj<'py>,
     args: &FastArgs<'_, 'py>,
 ) -> Outcome<PyObj<'py>> {
-    let a = parse(args, "_interp_close_all", ["interps"], 1)?;
-    let Value::List(handles) = required(&a[0]).to_value()? else {
+    let (handles,): (PyObj,) = params::args(args, "_interp_close_all", ["interps"])?;
+    let Value::List(handles) = handles.to_value()? else {
         return Err(Error::python("builtins.TypeError", "_interp_close_all takes a list").into());
     };
     let interps = handles
@@ -583,9 +579,10 @@ fn check_modules<'py>(
     _: &PyObj<'py>,
     args: &FastArgs<'_, 'py>,
 ) -> Outcome<PyObj<'py>> {
-    let a = parse(args, "_check", ["modules", "paths", "timeout"], 2)?;
+    let (modules, paths, timeout): (PyObj, PyObj, Option<PyObj>) =
+        params::args(args, "_check", ["modules", "paths", "timeout"])?;
     main_only(py, "check")?;
-    let names = match required(&a[0]).to_value()? {
+    let names = match modules.to_value()? {
         Value::List(items) => items
             .into_iter()
             .map(|v| match v {
@@ -598,14 +595,14 @@ fn check_modules<'py>(
     let mut options = crate::check::CheckOptions::new();
     let executable = py.import("sys")?.getattr("executable")?.extract_str()?;
     options.python(executable);
-    if let Value::List(paths) = required(&a[1]).to_value()? {
+    if let Value::List(paths) = paths.to_value()? {
         for p in paths {
             if let Value::Str(p) = p {
                 options.add_path(p);
             }
         }
     }
-    if let Some(timeout) = seconds(py, a[2].as_ref(), "timeout")? {
+    if let Some(timeout) = seconds_arg(py, timeout.as_ref(), "timeout", Secs::Positive)? {
         options.timeout(timeout);
     }
     let reports = py
@@ -674,102 +671,301 @@ impl PoolHandle {
     }
 }
 
-fn seconds(py: Python<'_>, obj: Option<&PyObj<'_>>, what: &str) -> Result<Option<Duration>> {
-    let Some(obj) = obj.filter(|o| !o.is_none()) else {
-        return Ok(None);
+/// Which numbers of seconds a setting or an argument takes.
+#[derive(Clone, Copy)]
+enum Secs {
+    /// Zero or more: a wait or a deadline that may be over at once.
+    NonNegative,
+    /// More than zero.
+    Positive,
+}
+
+/// Why a number of seconds from Python is refused, by the one rule ([`crate::seconds`]).
+enum BadSeconds {
+    /// Not an `int` or a `float` (a `bool` neither).
+    Type,
+    Value(crate::seconds::SecondsError),
+}
+
+/// A number of seconds from Python: `None` is `None`.
+fn seconds_value(value: &Value, rule: Secs) -> std::result::Result<Option<Duration>, BadSeconds> {
+    let secs = match value {
+        Value::None => return Ok(None),
+        Value::Int(n) => *n as f64,
+        Value::BigInt(n) if n.sign() == num_bigint::Sign::Minus => f64::NEG_INFINITY,
+        Value::BigInt(_) => f64::INFINITY,
+        Value::Float(f) => *f,
+        _ => return Err(BadSeconds::Type),
     };
-    let secs = match obj.to_value()? {
-        Value::Int(n) => n as f64,
-        Value::Float(f) => f,
-        _ => return Err(py.new_error(ExcKind::Type, &format!("{what} must be a number or None"))),
+    let checked = match rule {
+        Secs::NonNegative => crate::seconds::non_negative(secs),
+        Secs::Positive => crate::seconds::positive(secs),
     };
-    match crate::seconds::non_negative(secs) {
-        Ok(duration) => Ok(Some(duration)),
-        Err(crate::seconds::SecondsError::TooLarge) => {
-            Err(crate::host::params::too_large(py, "timeout"))
+    checked.map(Some).map_err(BadSeconds::Value)
+}
+
+/// The refusal of a number of seconds `what` (of type `type_name`), worded as
+/// `threading.Lock.acquire` words its timeout's: not a number is a `TypeError`, negative
+/// or NaN (with [`Secs::Positive`], zero too) a `ValueError`, past `threading.TIMEOUT_MAX`
+/// an `OverflowError`.
+fn refuse_seconds(
+    py: Python<'_>,
+    bad: BadSeconds,
+    what: &str,
+    rule: Secs,
+    type_name: &str,
+) -> Error {
+    match bad {
+        BadSeconds::Type => py.new_error(
+            ExcKind::Type,
+            &format!("{what} must be a number of seconds, not {type_name}"),
+        ),
+        BadSeconds::Value(crate::seconds::SecondsError::TooLarge) => {
+            crate::host::params::too_large(py, what)
         }
-        Err(_) => Err(py.new_error(ExcKind::Value, &format!("{what} must be >= 0 and finite"))),
+        BadSeconds::Value(_) => py.new_error(
+            ExcKind::Value,
+            &match rule {
+                Secs::NonNegative => format!("{what} must be >= 0 and finite"),
+                Secs::Positive => format!("{what} must be more than 0 seconds"),
+            },
+        ),
     }
 }
 
-fn field<'a>(config: &'a [(Value, Value)], name: &str) -> Option<&'a Value> {
-    config
-        .iter()
-        .find(|(k, _)| matches!(k, Value::Str(s) if s == name))
-        .map(|(_, v)| v)
-        .filter(|v| !matches!(v, Value::None))
+/// An argument in seconds ([`refuse_seconds`] says how it is refused).
+fn seconds_arg(
+    py: Python<'_>,
+    obj: Option<&PyObj<'_>>,
+    what: &str,
+    rule: Secs,
+) -> Result<Option<Duration>> {
+    let Some(obj) = obj.filter(|o| !o.is_none()) else {
+        return Ok(None);
+    };
+    let parsed = match obj.to_value() {
+        Ok(value) => seconds_value(&value, rule),
+        Err(_) => Err(BadSeconds::Type), // not plain data: not a number either
+    };
+    parsed.map_err(|bad| {
+        let type_name = obj.type_name();
+        let type_name = type_name.strip_prefix("builtins.").unwrap_or(&type_name);
+        refuse_seconds(py, bad, what, rule, type_name)
+    })
 }
 
-/// The interpreter settings of a pool's or an interpreter's config dict. Legacy
-/// interpreters refuse `os.exec*()` too: it would replace the whole process, every
-/// interpreter in it, as `os._exit()` would end it (fork and exec in C, as `subprocess`
-/// does, stays allowed).
-fn interpreter_config(config: &[(Value, Value)]) -> InterpreterConfig {
-    match field(config, "isolated") {
-        Some(Value::Bool(false)) => {
+/// A wait or a deadline in seconds ([`Secs::NonNegative`]).
+fn seconds(py: Python<'_>, obj: Option<&PyObj<'_>>, what: &str) -> Result<Option<Duration>> {
+    seconds_arg(py, obj, what, Secs::NonNegative)
+}
+
+// ---------------------------------------------------------------- settings
+
+/// What the package's `Pool` (`_pool_new`) and `Interpreter` (`_interp_new`) give the
+/// engine, parsed once from their dict of settings. A key the engine does not know is a
+/// `TypeError` naming it, so that a setting added on one side only (or misspelt) is never
+/// silently dropped; a value of the wrong type is a `TypeError`, one out of range a
+/// `ValueError`. `None` means the setting is not given.
+struct Settings {
+    /// `isolated`: false makes legacy interpreters.
+    isolated: bool,
+    /// `init`: sources run one after the other in each new interpreter (a `str` or, for a
+    /// pool, a list of them: each its own source, so that an error points at the lines
+    /// of the one it is in).
+    init: Vec<String>,
+    /// `timeout`: a pool's default task deadline (more than 0 s); an interpreter's
+    /// deadline of `init` (0 s or more, as its calls' deadlines).
+    timeout: Option<Duration>,
+    /// `workers` (pool): at most this many workers.
+    workers: Option<usize>,
+    /// `setup_timeout` (pool): a deadline for each worker's set-up.
+    setup_timeout: Option<Duration>,
+    /// `max_tasks_per_worker` (pool): tasks per worker before it is replaced.
+    max_tasks_per_worker: Option<u64>,
+}
+
+/// Whose settings [`Settings::parse`] reads: the keys each takes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SettingsOf {
+    Pool,
+    Interpreter,
+}
+
+impl SettingsOf {
+    fn keys(self) -> &'static [&'static str] {
+        match self {
+            SettingsOf::Pool => &[
+                "workers",
+                "isolated",
+                "init",
+                "timeout",
+                "setup_timeout",
+                "max_tasks_per_worker",
+            ],
+            SettingsOf::Interpreter => &["isolated", "init", "timeout"],
+        }
+    }
+
+    fn function(self) -> &'static str {
+        match self {
+            SettingsOf::Pool => "_pool_new",
+            SettingsOf::Interpreter => "_interp_new",
+        }
+    }
+}
+
+impl Settings {
+    fn parse(py: Python<'_>, config: &PyObj<'_>, of: SettingsOf) -> Result<Settings> {
+        let function = of.function();
+        let type_error = |message: String| py.new_error(ExcKind::Type, &message);
+        let Value::Dict(items) = config.to_value()? else {
+            return Err(type_error(format!(
+                "{function}() takes a dict of settings, not {}",
+                config.type_name()
+            )));
+        };
+        let mut settings = Settings {
+            isolated: true,
+            init: Vec::new(),
+            timeout: None,
+            workers: None,
+            setup_timeout: None,
+            max_tasks_per_worker: None,
+        };
+        for (key, value) in &items {
+            let Value::Str(key) = key else {
+                return Err(type_error(format!(
+                    "{function}(): setting names must be str, not {}",
+                    key.python_type()
+                )));
+            };
+            let unknown = || {
+                type_error(format!(
+                    "{function}() got an unknown setting '{key}' (it knows {})",
+                    of.keys().join(", ")
+                ))
+            };
+            let wrong_type = |expected: &str| {
+                type_error(format!(
+                    "{function}(): setting '{key}' must be {expected}, not {}",
+                    value.python_type()
+                ))
+            };
+            // A pool's refusals name the setting as `Pool`'s own errors do.
+            let invalid = |why: &str| {
+                py.new_error(
+                    ExcKind::Value,
+                    &format!("invalid pool setting {key} ({why})"),
+                )
+            };
+            let count = |value: &Value| -> Result<Option<i64>> {
+                match value {
+                    Value::None => Ok(None),
+                    Value::Int(n) if *n >= 1 => Ok(Some(*n)),
+                    Value::Int(_) => Err(invalid("at least 1")),
+                    Value::BigInt(_) => Err(invalid("too large")),
+                    _ => Err(wrong_type("an int")),
+                }
+            };
+            match key.as_str() {
+                _ if !of.keys().contains(&key.as_str()) => return Err(unknown()),
+                "isolated" => match value {
+                    Value::Bool(yes) => settings.isolated = *yes,
+                    Value::None => {}
+                    _ => return Err(wrong_type("a bool")),
+                },
+                "init" => match value {
+                    Value::None => {}
+                    Value::Str(code) => settings.init.push(code.clone()),
+                    Value::List(codes) if of == SettingsOf::Pool => {
+                        for code in codes {
+                            let Value::Str(code) = code else {
+                                return Err(wrong_type("a str or a list of str"));
+                            };
+                            settings.init.push(code.clone());
+                        }
+                    }
+                    _ if of == SettingsOf::Pool => {
+                        return Err(wrong_type("a str or a list of str"))
+                    }
+                    _ => return Err(wrong_type("a str")),
+                },
+                "timeout" | "setup_timeout" => {
+                    let parsed = match of {
+                        SettingsOf::Pool => {
+                            seconds_value(value, Secs::Positive).map_err(|bad| match bad {
+                                BadSeconds::Type => wrong_type("a number of seconds"),
+                                BadSeconds::Value(_) => {
+                                    invalid("more than 0 seconds, at most threading.TIMEOUT_MAX")
+                                }
+                            })?
+                        }
+                        SettingsOf::Interpreter => seconds_value(value, Secs::NonNegative)
+                            .map_err(|bad| {
+                                refuse_seconds(py, bad, key, Secs::NonNegative, value.python_type())
+                            })?,
+                    };
+                    if key == "timeout" {
+                        settings.timeout = parsed;
+                    } else {
+                        settings.setup_timeout = parsed;
+                    }
+                }
+                "workers" => {
+                    settings.workers = count(value)?.and_then(|n| usize::try_from(n).ok());
+                }
+                "max_tasks_per_worker" => {
+                    settings.max_tasks_per_worker =
+                        count(value)?.and_then(|n| u64::try_from(n).ok());
+                }
+                _ => return Err(unknown()),
+            }
+        }
+        Ok(settings)
+    }
+
+    /// The interpreters' configuration. Legacy interpreters refuse `os.exec*()` too: it
+    /// would replace the whole process, every interpreter in it, as `os._exit()` would
+    /// end it (fork and exec in C, as `subprocess` does, stays allowed).
+    fn interpreter(&self) -> InterpreterConfig {
+        if self.isolated {
+            InterpreterConfig::isolated()
+        } else {
             let mut legacy = InterpreterConfig::legacy();
             legacy.allow_exec(false);
             legacy
         }
-        _ => InterpreterConfig::isolated(),
     }
-}
 
-/// A positive number of seconds.
-fn positive_seconds(value: &Value) -> Option<Duration> {
-    let secs = match value {
-        Value::Int(n) => *n as f64,
-        Value::Float(f) => *f,
-        _ => return None,
-    };
-    crate::seconds::positive(secs).ok()
+    /// The pool's configuration.
+    fn pool(&self) -> PoolConfig {
+        let mut config = PoolConfig::new();
+        // As the standard executors: workers start as tasks arrive, one at first.
+        config.start_on_demand(true);
+        if let Some(n) = self.workers {
+            config.workers(n);
+        }
+        for code in &self.init {
+            config.init(code.clone());
+        }
+        if let Some(timeout) = self.timeout {
+            config.timeout(timeout);
+        }
+        if let Some(timeout) = self.setup_timeout {
+            config.setup_timeout(timeout);
+        }
+        if let Some(n) = self.max_tasks_per_worker {
+            config.max_tasks_per_worker(n);
+        }
+        config.interpreter(self.interpreter());
+        config
+    }
 }
 
 fn pool_new<'py>(py: Python<'py>, _: &PyObj<'py>, args: &FastArgs<'_, 'py>) -> Outcome<PyObj<'py>> {
-    let a = parse(args, "_pool_new", ["config"], 1)?;
+    let (config,): (PyObj,) = params::args(args, "_pool_new", ["config"])?;
     main_only(py, "Pool")?;
-    let Value::Dict(config) = required(&a[0]).to_value()? else {
-        return Err(py.new_error(ExcKind::Type, "config must be a dict").into());
-    };
-    let mut pool_config = PoolConfig::new();
-    // As the standard executors: workers start as tasks arrive, one at first.
-    pool_config.start_on_demand(true);
-    let bad = |what: &str| py.new_error(ExcKind::Value, &format!("invalid pool setting {what}"));
-    if let Some(v) = field(&config, "workers") {
-        let n = v
-            .as_i64()
-            .filter(|n| *n >= 1)
-            .ok_or_else(|| bad("workers"))?;
-        pool_config.workers(n as usize);
-    }
-    match field(&config, "init") {
-        Some(Value::Str(code)) => {
-            pool_config.init(code.clone());
-        }
-        Some(Value::List(codes)) => {
-            // Each its own source, so that errors point at the lines of the one they are in.
-            for code in codes {
-                if let Value::Str(code) = code {
-                    pool_config.init(code.clone());
-                }
-            }
-        }
-        _ => {}
-    }
-    if let Some(v) = field(&config, "timeout") {
-        pool_config.timeout(positive_seconds(v).ok_or_else(|| bad("timeout"))?);
-    }
-    if let Some(v) = field(&config, "setup_timeout") {
-        pool_config.setup_timeout(positive_seconds(v).ok_or_else(|| bad("setup_timeout"))?);
-    }
-    if let Some(v) = field(&config, "max_tasks_per_worker") {
-        let n = v
-            .as_i64()
-            .filter(|n| *n >= 1)
-            .ok_or_else(|| bad("max_tasks_per_worker"))?;
-        pool_config.max_tasks_per_worker(n as u64);
-    }
-    pool_config.interpreter(interpreter_config(&config));
+    let pool_config = Settings::parse(py, &config, SettingsOf::Pool)?.pool();
     // Set up off this thread, so that Ctrl-C (a signal handler raising here) stops it.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stopped = Arc::clone(&stop);
@@ -820,7 +1016,7 @@ fn exit_guard<'py>(
     _: &PyObj<'py>,
     args: &FastArgs<'_, 'py>,
 ) -> Outcome<PyObj<'py>> {
-    parse(args, "_exit_guard", [], 0)?;
+    params::args::<(), 0>(args, "_exit_guard", [])?;
     let code = crate::guards::exit_guard(crate::guards::ExitGuard::Refuse(
         "code in a subinterp Pool worker or Interpreter",
     ));
@@ -832,7 +1028,7 @@ fn workers_left_behind<'py>(
     _: &PyObj<'py>,
     args: &FastArgs<'_, 'py>,
 ) -> Outcome<PyObj<'py>> {
-    parse(args, "_workers_left_behind", [], 0)?;
+    params::args::<(), 0>(args, "_workers_left_behind", [])?;
     let n = crate::pool::workers_left_behind();
     Ok(py.to_object(&Value::Int(n as i64))?)
 }
@@ -842,7 +1038,7 @@ fn memory_warning<'py>(
     _: &PyObj<'py>,
     args: &FastArgs<'_, 'py>,
 ) -> Outcome<PyObj<'py>> {
-    parse(args, "_memory_warning", [], 0)?;
+    params::args::<(), 0>(args, "_memory_warning", [])?;
     match crate::hazards::take_memory_warning() {
         Some(message) => Ok(py.to_object(&Value::from(message))?),
         None => Ok(py.none()),
@@ -871,22 +1067,30 @@ fn call_args(py: Python<'_>, args: &PyObj<'_>, kwargs: &PyObj<'_>) -> Result<Arg
     })
 }
 
+/// The parameters of a call: the interpreter or pool, the target, its positional and
+/// keyword arguments, and a deadline.
+type Call<'py> = (
+    PyObj<'py>,
+    String,
+    PyObj<'py>,
+    PyObj<'py>,
+    Option<PyObj<'py>>,
+);
+
 fn pool_submit<'py>(
     py: Python<'py>,
     _: &PyObj<'py>,
     args: &FastArgs<'_, 'py>,
 ) -> Outcome<PyObj<'py>> {
-    let a = parse(
+    let (pool, target, positional, keywords, timeout): Call<'py> = params::args(
         args,
         "_pool_submit",
         ["pool", "target", "args", "kwargs", "timeout"],
-        4,
     )?;
-    let handle = pool_of(required(&a[0]))?;
-    let target = required(&a[1]).extract_str()?;
-    let call = call_args(py, required(&a[2]), required(&a[3]))?;
+    let handle = pool_of(&pool)?;
+    let call = call_args(py, &positional, &keywords)?;
     let options = TaskOptions {
-        timeout: seconds(py, a[4].as_ref(), "timeout")?,
+        timeout: seconds(py, timeout.as_ref(), "timeout")?,
     };
     let id = {
         let pool = handle.pool.lock().unwrap_or_else(|e| e.into_inner());
@@ -950,9 +1154,9 @@ fn pool_done<'py>(
     _: &PyObj<'py>,
     args: &FastArgs<'_, 'py>,
 ) -> Outcome<PyObj<'py>> {
-    let a = parse(args, "_pool_done", ["pool", "timeout"], 2)?;
-    let handle = pool_of(required(&a[0]))?;
-    let timeout = seconds(py, a[1].as_ref(), "timeout")?.unwrap_or(Duration::from_secs(3600));
+    let (pool, timeout): (PyObj, PyObj) = params::args(args, "_pool_done", ["pool", "timeout"])?;
+    let handle = pool_of(&pool)?;
+    let timeout = seconds(py, Some(&timeout), "timeout")?.unwrap_or(Duration::from_secs(3600));
     let done = py.allow_threads(move || {
         // Set only after the pool's shutdown returned, when every task has its result.
         let ended = handle.ended.load(std::sync::atomic::Ordering::Acquire);
@@ -1004,7 +1208,7 @@ fn pool_done<'py>(
         }
     });
     let Some(done) = done else {
-        POOLS.remove(required(&a[0]))?;
+        POOLS.remove(&pool)?;
         return Ok(py.none());
     };
     Ok(py.to_object(&Value::List(done))?)
@@ -1023,13 +1227,14 @@ fn pool_wait<'py>(
     _: &PyObj<'py>,
     args: &FastArgs<'_, 'py>,
 ) -> Outcome<PyObj<'py>> {
-    let a = parse(args, "_pool_wait", ["pool", "id", "timeout"], 2)?;
-    let handle = pool_of(required(&a[0]))?;
-    let id = required(&a[1]).to_value()?.as_i64().unwrap_or(-1);
+    let (pool, id, timeout): (PyObj, PyObj, Option<PyObj>) =
+        params::args(args, "_pool_wait", ["pool", "id", "timeout"])?;
+    let handle = pool_of(&pool)?;
+    let id = id.to_value()?.as_i64().unwrap_or(-1);
     let Ok(id) = u64::try_from(id) else {
         return Ok(py.none());
     };
-    let timeout = seconds(py, a[2].as_ref(), "timeout")?;
+    let timeout = seconds(py, timeout.as_ref(), "timeout")?;
     let deadline = timeout.and_then(|t| std::time::Instant::now().checked_add(t));
     {
         let tasks = handle.tasks.lock().unwrap_or_else(|e| e.into_inner());
@@ -1118,10 +1323,11 @@ fn pool_cancel<'py>(
     _: &PyObj<'py>,
     args: &FastArgs<'_, 'py>,
 ) -> Outcome<PyObj<'py>> {
-    let a = parse(args, "_pool_cancel", ["pool", "id", "running"], 3)?;
-    let handle = pool_of(required(&a[0]))?;
-    let running = matches!(required(&a[2]).to_value()?, Value::Bool(true));
-    let cancelled = with_task(&handle, required(&a[1]), |task| {
+    let (pool, id, running): (PyObj, PyObj, PyObj) =
+        params::args(args, "_pool_cancel", ["pool", "id", "running"])?;
+    let handle = pool_of(&pool)?;
+    let running = matches!(running.to_value()?, Value::Bool(true));
+    let cancelled = with_task(&handle, &id, |task| {
         if running {
             task.cancel()
         } else {
@@ -1136,9 +1342,9 @@ fn pool_started<'py>(
     _: &PyObj<'py>,
     args: &FastArgs<'_, 'py>,
 ) -> Outcome<PyObj<'py>> {
-    let a = parse(args, "_pool_started", ["pool", "id"], 2)?;
-    let handle = pool_of(required(&a[0]))?;
-    let started = with_task(&handle, required(&a[1]), Task::is_started)?;
+    let (pool, id): (PyObj, PyObj) = params::args(args, "_pool_started", ["pool", "id"])?;
+    let handle = pool_of(&pool)?;
+    let started = with_task(&handle, &id, Task::is_started)?;
     Ok(py.to_object(&Value::Bool(started))?)
 }
 
@@ -1166,10 +1372,11 @@ fn pool_shutdown<'py>(
     _: &PyObj<'py>,
     args: &FastArgs<'_, 'py>,
 ) -> Outcome<PyObj<'py>> {
-    let a = parse(args, "_pool_shutdown", ["pool", "now"], 1)?;
-    let handle = pool_of(required(&a[0]))?;
+    let (pool, now): (PyObj, Option<PyObj>) =
+        params::args(args, "_pool_shutdown", ["pool", "now"])?;
+    let handle = pool_of(&pool)?;
     if matches!(
-        a[1].as_ref().map(|o| o.to_value()).transpose()?,
+        now.map(|o| o.to_value()).transpose()?,
         Some(Value::Bool(true))
     ) {
         // A graceful end under way (it owns the pool) becomes immediate.

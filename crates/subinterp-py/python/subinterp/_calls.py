@@ -1,0 +1,160 @@
+"""How a call reaches a worker: the set-up code that makes an interpreter a worker, and
+a callable with its arguments as the worker's runner takes them (found by module and
+name, or pickled; plain data as it is)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+import types
+from pathlib import Path
+
+from . import _native
+from ._worker import _subinterp_plain as plain
+
+# Objects of the main script come back from workers as __mp_main__'s (the name it is
+# loaded under there); multiprocessing makes the same alias.
+if "__main__" in sys.modules and _native.id() == 0:
+    sys.modules.setdefault("__mp_main__", sys.modules["__main__"])
+
+_WORKER_SOURCE = (Path(__file__).parent / "_worker.py").read_text(encoding="utf-8")
+_WORKER_FILE = "<subinterp worker>"
+WORKER = "__import__('sys').modules['_subinterp_worker']"
+RUN = "_subinterp_worker:_subinterp_run"
+RUN_CHUNK = "_subinterp_worker:_subinterp_run_chunk"
+
+
+def reference(fn) -> tuple[str, str] | None:
+    """The module and qualified name a worker finds ``fn`` by; None if ``fn`` must be
+    pickled instead (a bound method, a ``functools.partial``, a callable instance, a
+    method descriptor such as ``str.upper``); a ``TypeError`` for what a worker can get
+    neither way (lambdas, closures, nested functions)."""
+    if not callable(fn):
+        raise TypeError(f"subinterp.Pool runs callables; {fn!r} is not callable")
+    if not isinstance(fn, (types.FunctionType, type, types.BuiltinFunctionType, Named)):
+        return None
+    if isinstance(fn, types.BuiltinFunctionType) and not (
+        fn.__self__ is None or isinstance(fn.__self__, types.ModuleType)
+    ):
+        return None  # a built-in method bound to an object: pickled with it
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        if isinstance(fn, types.FunctionType):
+            raise TypeError(
+                f"subinterp.Pool runs functions found by module and name; "
+                f"{fn!r} has no module and qualified name"
+            )
+        return None
+    if "<lambda>" in qualname or "<locals>" in qualname:
+        raise TypeError(
+            f"subinterp.Pool cannot run {qualname!r} from {module!r}: lambdas, closures and "
+            f"nested functions cannot be found by name in another interpreter; define it at "
+            f"the top level of a module"
+        )
+    if module == "__main__" and not _main_path():
+        raise TypeError(
+            f"subinterp.Pool cannot run {qualname!r}: it is defined in __main__, which has "
+            f"no file to load in the workers (interactive session); put it in a module"
+        )
+    return module, qualname
+
+
+def pickled_call(fn, *parts) -> bytes:
+    """``(fn, *parts)`` pickled for a worker, with a ``TypeError`` saying which part
+    cannot be sent."""
+    try:
+        return pickle.dumps((fn, *parts))
+    except Exception as exc:
+        try:
+            pickle.dumps(fn)
+        except Exception:
+            raise TypeError(
+                f"subinterp.Pool cannot send {fn!r} to a worker: {exc}; lambdas, closures "
+                f"and nested functions cannot be found by name in another interpreter"
+            ) from exc
+        raise TypeError(f"subinterp: an argument cannot be sent to a worker: {exc}") from exc
+
+
+_MAIN_PATHS: dict[str, str | None] = {}
+
+
+def _main_path() -> str | None:
+    """The main script's absolute path, if it has a file (checked once per path)."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not isinstance(path, str):
+        return None
+    if path not in _MAIN_PATHS:
+        _MAIN_PATHS[path] = os.path.abspath(path) if os.path.exists(path) else None
+    return _MAIN_PATHS[path]
+
+
+def _main_name() -> str | None:
+    """The module name the main script was run as (``python -m NAME``), if any: workers
+    import it by that name, as multiprocessing's spawn does, so that its relative imports
+    work."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    name = getattr(spec, "name", None)
+    if not isinstance(name, str) or name == "__main__" or name.endswith(".__main__"):
+        return None
+    return name
+
+
+def setup_code() -> list[str]:
+    """Python statements that make a new interpreter a worker: ``os._exit`` refused (it
+    would end this whole process), no reading of this process's stdin (a worker gets an
+    empty one, as multiprocessing's children get ``/dev/null``), this interpreter's
+    ``sys.path``, the runner module, the main script."""
+    code = [
+        _native._exit_guard(),
+        "import sys, types",
+        "sys.stdin = open(__import__('os').devnull, encoding='utf-8')",
+        f"sys.path[:] = {[p for p in sys.path if isinstance(p, str)]!r}",
+        "_w = types.ModuleType('_subinterp_worker')",
+        f"exec(compile({_WORKER_SOURCE!r}, {_WORKER_FILE!r}, 'exec'), _w.__dict__)",
+        "sys.modules['_subinterp_worker'] = _w",
+        f"_w._subinterp_stand_in(__import__('subinterp'), {str(Path(__file__).parent)!r})",
+    ]
+    name = _main_name()
+    main = _main_path()
+    if name is not None:
+        code.append(f"_w._subinterp_load_main(name={name!r})")
+    elif main is not None:
+        code.append(f"_w._subinterp_load_main({main!r})")
+    return code
+
+
+def encode_call(fn, args, kwargs) -> tuple[list, dict]:
+    """The runner's arguments for calling ``fn(*args, **kwargs)`` in a worker: plain data
+    as it is, anything else pickled."""
+    ref = reference(fn)
+    kwargs = {} if kwargs is None else dict(kwargs)
+    if ref is None:
+        return [None, None, pickled_call(fn, tuple(args), kwargs)], {}
+    module, qualname = ref
+    if plain(args) and plain(kwargs):
+        return [module, qualname, None, *args], kwargs
+    return [module, qualname, dumps((tuple(args), kwargs))], {}
+
+
+def dumps(obj) -> bytes:
+    """``obj`` pickled for a worker; what cannot be pickled is a ``TypeError`` here."""
+    try:
+        return pickle.dumps(obj)
+    except Exception as exc:
+        raise TypeError(f"subinterp: an argument cannot be sent to a worker: {exc}") from exc
+
+
+
+class Named:
+    """A function named by module and qualified name, for ``Interpreter.call``."""
+
+    def __init__(self, module: str, qualname: str):
+        self.__module__ = module
+        self.__qualname__ = qualname
+
+    def __call__(self, *args, **kwargs):  # never called here
+        raise TypeError("a reference to a function of another interpreter")
+
