@@ -79,7 +79,7 @@ pub mod value;
 mod wait;
 
 pub use buffer::SharedBuffer;
-pub use channel::{select, Channel, Message, RecvFuture};
+pub use channel::{select, Channel, Encoded, Message, RecvFuture};
 pub use config::{Gil, InterpreterConfig, DEFAULT_SHUTDOWN_GRACE};
 pub use error::{Error, ExitStatus, PyException, Result};
 pub use host::{Caller, HostModule, Interrupt, Kwargs, Params};

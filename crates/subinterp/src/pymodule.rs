@@ -13,15 +13,16 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::buffer::{Layout, SharedBuffer};
-use crate::channel::{Channel, Message, Stop};
+use crate::channel::{Channel, Encoded, Message, Stop};
 use crate::error::{Error, Result};
 use crate::params;
 use crate::raw::buffer::view_info;
 use crate::raw::callback::{self, Export, Failure, FastArgs, Outcome};
 use crate::raw::class::{self, ClassDef};
-use crate::raw::convert::{copy_bytes, scalar, to_plain_value, utf8_str};
+use crate::raw::convert::{copy_bytes, scalar, utf8_str};
 use crate::raw::lifecycle::raise_soon;
 use crate::raw::module::{self, ClassSpec, ExceptionSpec, ModuleSpec};
+use crate::raw::wire::{self, Mode};
 use crate::raw::{ExcKind, PyObj, Python};
 use crate::seconds::{self, SecondsError};
 use crate::value::de::Scalar;
@@ -641,11 +642,12 @@ fn to_message<'py>(slf: &PyObj<'py>, channel: &Channel, obj: &PyObj<'py>) -> Res
     if copy_bytes(obj, &mut buffer) {
         return Ok(Message::Value(Value::Bytes(buffer)));
     }
-    // Only the exact plain types cross natively: a subclass (an IntEnum member, an
-    // OrderedDict, a namedtuple) or a bytearray anywhere in the object is pickled with it,
-    // so that it arrives as what was sent.
-    match to_plain_value(obj) {
-        Ok(value) => Ok(Message::Value(value)),
+    // Only the exact plain types cross natively, in the wire format: a subclass (an
+    // IntEnum member, an OrderedDict, a namedtuple) or any other object anywhere in it,
+    // and a structure that contains itself, are pickled with it, so that it arrives as
+    // what was sent.
+    match wire::encode(obj, Mode::Exact, buffer) {
+        Ok(bytes) => Ok(Message::Encoded(Encoded::from_bytes(bytes))),
         Err(_) => {
             let type_name = obj.type_name();
             let pickle = py.import("pickle")?;
@@ -720,6 +722,11 @@ fn from_message<'py>(slf: &PyObj<'py>, channel: &Channel, message: Message) -> O
             Ok(obj?)
         }
         Message::Value(value) => Ok(py.to_object(&value)?),
+        Message::Encoded(encoded) => {
+            let obj = wire::decode(py, encoded.as_bytes());
+            channel.recycle_buffer(encoded.into_bytes());
+            Ok(obj?)
+        }
         Message::Buffer(buffer) => {
             let writable = buffer.is_writable();
             let layout = buffer.layout().map(|l| (l.format.clone(), l.shape.clone()));

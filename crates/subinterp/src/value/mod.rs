@@ -5,6 +5,7 @@
 
 pub(crate) mod de;
 mod ser;
+pub mod wire;
 
 use std::fmt;
 
