@@ -16,10 +16,12 @@ use crate::config::InterpreterConfig;
 use crate::error::{Error, Result};
 use crate::hazards;
 use crate::raw::lifecycle::{clear_pending_async, InterruptTarget, SubInterpreter};
+use crate::raw::wire::{self as raw_wire, Mode};
 use crate::raw::{PyObj, Python};
 use crate::runtime::{Runtime, RuntimeInner};
+use crate::value::wire;
+use crate::value::Value;
 use crate::wait::{self, InterruptReason, InterruptState};
-use crate::Value;
 
 /// Stack of an interpreter's thread: as much as a Python main thread usually gets, so deep
 /// Python recursion and deep value conversion do not overflow it (it is virtual memory,
@@ -805,7 +807,8 @@ impl Interpreter {
     /// Evaluates an expression in `__main__` and copies the result out.
     pub fn eval(&self, expr: &str) -> Result<Value> {
         let expr = expr.to_owned();
-        self.run(move |py| py.eval(&expr)?.to_value())
+        let bytes = self.run(move |py| result_wire(&py.eval(&expr)?))?;
+        wire::decode(&bytes)
     }
 
     /// Calls a function named `module:qualname` (e.g. `"os.path:join"`,
@@ -841,7 +844,11 @@ impl Interpreter {
     ) -> Result<Value> {
         let (module, path) = parse_target(target)?;
         let args = args.into();
-        self.run_with(move |py| call_target(py, &module, &path, &args), options)
+        let bytes = self.run_with(
+            move |py| call_target_wire(py, &module, &path, &args),
+            options,
+        )?;
+        wire::decode(&bytes)
     }
 
     /// Like [`call`](Self::call), converting the result to `T` with serde.
@@ -1267,11 +1274,28 @@ fn flush_streams(py: Python<'_>) {
 /// Imports `module`, follows the dotted `path` to a callable, calls it with `args` and
 /// copies the result out.
 pub(crate) fn call_target(py: Python<'_>, module: &str, path: &str, args: &Args) -> Result<Value> {
+    wire::decode(&call_target_wire(py, module, path, args)?)
+}
+
+/// As [`call_target`], with the result in the wire format, to be read into a [`Value`]
+/// off this interpreter's GIL.
+pub(crate) fn call_target_wire(
+    py: Python<'_>,
+    module: &str,
+    path: &str,
+    args: &Args,
+) -> Result<Vec<u8>> {
     let mut callable = py.import(module)?;
     for attr in path.split('.') {
         callable = callable.getattr(attr)?;
     }
-    call_object(py, &callable, args)?.to_value()
+    result_wire(&call_object(py, &callable, args)?)
+}
+
+/// A result in the wire format, with the meaning [`PyObj::to_value`] gives it
+/// (subclasses as their base type).
+fn result_wire(obj: &PyObj<'_>) -> Result<Vec<u8>> {
+    raw_wire::encode(obj, Mode::Lenient, Vec::new())
 }
 
 fn call_object<'py>(py: Python<'py>, callable: &PyObj<'py>, args: &Args) -> Result<PyObj<'py>> {

@@ -530,3 +530,118 @@ fn generated_values_cross_python_and_back() {
         .unwrap();
     into.close();
 }
+
+const SHARING: &str = "def pairs(n):\n\
+    \x20   x = [1]\n\
+    \x20   for _ in range(n):\n\
+    \x20       x = [x, x]\n\
+    \x20   return x\n\
+    def shared():\n\
+    \x20   t = ('k', [1, 2])\n\
+    \x20   return {'a': t, 'b': t, 'c': [t, t]}\n\
+    def looped():\n\
+    \x20   l = [1]\n\
+    \x20   l.append(l)\n\
+    \x20   return l\n\
+    def deep():\n\
+    \x20   d = []\n\
+    \x20   for _ in range(600):\n\
+    \x20       d = [d]\n\
+    \x20   return d\n";
+
+fn expected_shared() -> Value {
+    let t = Value::Tuple(vec![
+        Value::from("k"),
+        Value::List(vec![Value::Int(1), Value::Int(2)]),
+    ]);
+    Value::Dict(vec![
+        (Value::from("a"), t.clone()),
+        (Value::from("b"), t.clone()),
+        (Value::from("c"), Value::List(vec![t.clone(), t])),
+    ])
+}
+
+fn pairs_value(n: usize) -> Value {
+    let mut x = Value::List(vec![Value::Int(1)]);
+    for _ in 0..n {
+        x = Value::List(vec![x.clone(), x]);
+    }
+    x
+}
+
+/// Call and eval results cross in the wire format: shared parts arrive as copies in the
+/// Value tree, a value too shared to copy is a clear error (not gigabytes), and
+/// self-containing or over-deep results are refused in the interpreter.
+#[test]
+fn call_and_eval_results_cross_in_the_format() {
+    let interp = common::isolated();
+    interp.exec(SHARING).unwrap();
+    assert_eq!(
+        interp.call("__main__:shared", ()).unwrap(),
+        expected_shared()
+    );
+    assert_eq!(interp.eval("pairs(10)").unwrap(), pairs_value(10));
+    let start = Instant::now();
+    let err = interp.eval("pairs(24)").unwrap_err();
+    assert!(matches!(err, Error::Conversion(_)), "{err:?}");
+    assert!(err.to_string().contains("too large"), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+    let err = interp.call("__main__:looped", ()).unwrap_err();
+    assert!(err.to_string().contains("it contains itself"), "{err}");
+    let err = interp.call("__main__:deep", ()).unwrap_err();
+    assert!(err.to_string().contains("nested more than 512"), "{err}");
+    // Subclasses still arrive as their base type, bytearray as bytes.
+    assert_eq!(
+        interp
+            .eval(
+                "[__import__('enum').IntEnum('E', 'A').A, bytearray(b'x'), \
+                   __import__('collections').OrderedDict(a=1.5)]"
+            )
+            .unwrap(),
+        Value::List(vec![
+            Value::Int(1),
+            Value::Bytes(b"x".to_vec()),
+            Value::Dict(vec![(Value::from("a"), Value::Float(1.5))]),
+        ])
+    );
+}
+
+#[test]
+fn pool_results_cross_in_the_format() {
+    let mut config = subinterp::PoolConfig::new();
+    config.workers(1).init(SHARING);
+    let pool = subinterp::Pool::new(&common::runtime(), &config).unwrap();
+    assert_eq!(
+        pool.submit("__main__:shared", ()).unwrap().wait().unwrap(),
+        expected_shared()
+    );
+    assert_eq!(
+        pool.submit("__main__:pairs", (10,))
+            .unwrap()
+            .wait()
+            .unwrap(),
+        pairs_value(10)
+    );
+    let err = pool
+        .submit("__main__:pairs", (24,))
+        .unwrap()
+        .wait()
+        .unwrap_err();
+    assert!(err.to_string().contains("too large"), "{err}");
+    let err = pool
+        .submit("__main__:looped", ())
+        .unwrap()
+        .wait()
+        .unwrap_err();
+    assert!(err.to_string().contains("it contains itself"), "{err}");
+    let results: Vec<Value> = pool
+        .map("__main__:pairs", (0..4).map(|n| (n,)))
+        .unwrap()
+        .collect::<subinterp::Result<_>>()
+        .unwrap();
+    assert_eq!(results, (0..4).map(pairs_value).collect::<Vec<_>>());
+}

@@ -34,8 +34,9 @@ pub(crate) enum Mode {
     /// included, is [`Error::Unshareable`], so that the caller can pickle the object and
     /// keep its types.
     Exact,
-    /// Subclasses of those types too, written as their base type, as
-    /// [`PyObj::to_value`] converts them.
+    /// Subclasses of those types too, written as their base type, and a `bytearray` as
+    /// `bytes`, as [`PyObj::to_value`] converts them; a `str` with lone surrogates, which
+    /// a `Value` cannot hold, is the `UnicodeEncodeError` it raises.
     Lenient,
 }
 
@@ -167,7 +168,9 @@ impl<'py> Encoder<'py> {
                 };
                 let data = ffi::PyByteArray_AsString(p);
                 let size = usize::try_from(ffi::PyByteArray_Size(p)).unwrap_or(0);
-                self.w.blob(tag::BYTEARRAY | flag, raw_slice(data, size));
+                // Lenient writing gives what `to_value` gives: bytes.
+                let kind = if lenient { tag::BYTES } else { tag::BYTEARRAY };
+                self.w.blob(kind | flag, raw_slice(data, size));
                 return Ok(());
             }
             let kind = if ty == addr_of_mut!(ffi::PyList_Type)
@@ -257,6 +260,10 @@ impl<'py> Encoder<'py> {
             self.w
                 .blob(tag::STR | flag, unsafe { raw_slice(data, size) });
             return Ok(());
+        }
+        if self.lenient {
+            // As `to_value`: a Rust String cannot hold lone surrogates.
+            return Err(self.py.fetch_error());
         }
         // SAFETY: GIL held: drops the UnicodeEncodeError of the lone surrogates, then
         // encodes them as themselves; a new bytes object or NULL with an exception set.

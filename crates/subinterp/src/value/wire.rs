@@ -347,33 +347,41 @@ impl<'v> ValueWriter<'v> {
 pub fn decode(data: &[u8]) -> Result<Value> {
     let mut r = Reader::new(data)?;
     // A first pass finds the recorded values that are referred to: only those are kept.
-    let mut referenced = Vec::new();
-    scan(&mut r.clone(), 0, &mut referenced)?;
+    // It also adds up the size of the tree (references counted in full), so that a small
+    // input that would copy into a huge tree is refused before any copy.
+    let mut scan = Scan::default();
+    let size = scan.value(&mut r.clone(), 0)?;
+    let budget = (data.len() as u64).saturating_mul(64).max(BUDGET_FLOOR);
+    if size > budget {
+        return Err(Error::Conversion(format!(
+            "the data shares substructure that copies into too large a Value tree (about \
+             {size} bytes; a Value has no sharing)"
+        )));
+    }
+    let referenced = scan.referenced;
     let mut dec = ValueReader {
         memo: Vec::new(),
         referenced,
-        budget: (data.len() as u64).saturating_mul(64).max(BUDGET_FLOOR),
     };
-    let (value, _) = dec.value(&mut r, 0)?;
+    let value = dec.value(&mut r, 0)?;
     r.finish()?;
     Ok(value)
 }
 
 const BUDGET_FLOOR: u64 = 256 << 20;
-/// What a node costs against the budget, besides its bytes.
+/// What a node counts for in the size of a tree, besides its bytes.
 const NODE_COST: u64 = 32;
 
 struct ValueReader {
-    /// Recorded values and their costs; `None` while a container is being read.
-    memo: Vec<Option<(Value, u64)>>,
+    /// Recorded values that a reference names; `None` while a container is being read.
+    memo: Vec<Option<Value>>,
     /// Which recorded values are referred to.
     referenced: Vec<bool>,
-    budget: u64,
 }
 
 impl ValueReader {
-    /// Reads one value; returns it with its cost (nodes and bytes it holds).
-    fn value(&mut self, r: &mut Reader<'_>, depth: usize) -> Result<(Value, u64)> {
+    /// Reads one value.
+    fn value(&mut self, r: &mut Reader<'_>, depth: usize) -> Result<Value> {
         let first = r.byte()?;
         let kind = first & !tag::MEMO;
         let memo = first & tag::MEMO != 0;
@@ -386,91 +394,68 @@ impl ValueReader {
         } else {
             None
         };
-        let out = match kind {
-            tag::NONE => (Value::None, NODE_COST),
-            tag::FALSE => (Value::Bool(false), NODE_COST),
-            tag::TRUE => (Value::Bool(true), NODE_COST),
-            tag::INT => (Value::Int(r.int()?), NODE_COST),
-            tag::BIGINT => (Value::from_bigint(r.bigint()?), NODE_COST * 2),
-            tag::FLOAT => (Value::Float(r.float()?), NODE_COST),
-            tag::STR => {
-                let bytes = r.blob()?;
-                let s =
-                    std::str::from_utf8(bytes).map_err(|_| malformed("a str that is not UTF-8"))?;
-                (Value::Str(s.to_owned()), NODE_COST + bytes.len() as u64)
-            }
-            tag::STR_SURROGATES => {
-                return Err(Error::Conversion(
+        let out =
+            match kind {
+                tag::NONE => Value::None,
+                tag::FALSE => Value::Bool(false),
+                tag::TRUE => Value::Bool(true),
+                tag::INT => Value::Int(r.int()?),
+                tag::BIGINT => Value::from_bigint(r.bigint()?),
+                tag::FLOAT => Value::Float(r.float()?),
+                tag::STR => {
+                    let s = std::str::from_utf8(r.blob()?)
+                        .map_err(|_| malformed("a str that is not UTF-8"))?;
+                    Value::Str(s.to_owned())
+                }
+                tag::STR_SURROGATES => return Err(Error::Conversion(
                     "the data holds a str with lone surrogates, which a Rust String cannot hold"
                         .into(),
-                ))
-            }
-            tag::BYTES | tag::BYTEARRAY => {
-                let bytes = r.blob()?;
-                (Value::Bytes(bytes.to_vec()), NODE_COST + bytes.len() as u64)
-            }
-            tag::LIST | tag::TUPLE => {
-                check_depth(depth)?;
-                let n = r.count(1)?;
-                let mut items = Vec::with_capacity(n);
-                let mut cost = NODE_COST;
-                for _ in 0..n {
-                    let (item, c) = self.value(r, depth + 1)?;
-                    items.push(item);
-                    cost += c;
+                )),
+                tag::BYTES | tag::BYTEARRAY => Value::Bytes(r.blob()?.to_vec()),
+                tag::LIST | tag::TUPLE => {
+                    check_depth(depth)?;
+                    let n = r.count(1)?;
+                    let mut items = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        items.push(self.value(r, depth + 1)?);
+                    }
+                    if kind == tag::LIST {
+                        Value::List(items)
+                    } else {
+                        Value::Tuple(items)
+                    }
                 }
-                let v = if kind == tag::LIST {
-                    Value::List(items)
-                } else {
-                    Value::Tuple(items)
-                };
-                (v, cost)
-            }
-            tag::DICT => {
-                check_depth(depth)?;
-                let n = r.count(2)?;
-                let mut items = Vec::with_capacity(n);
-                let mut cost = NODE_COST;
-                for _ in 0..n {
-                    let (k, kc) = self.value(r, depth + 1)?;
-                    let (v, vc) = self.value(r, depth + 1)?;
-                    items.push((k, v));
-                    cost += kc + vc;
+                tag::DICT => {
+                    check_depth(depth)?;
+                    let n = r.count(2)?;
+                    let mut items = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        let k = self.value(r, depth + 1)?;
+                        let v = self.value(r, depth + 1)?;
+                        items.push((k, v));
+                    }
+                    Value::Dict(items)
                 }
-                (Value::Dict(items), cost)
-            }
-            tag::REF => {
-                let index = r.index()?;
-                let (value, cost) = match self.memo.get(index) {
-                    Some(Some(entry)) => entry,
+                tag::REF => match self.memo.get(r.index()?) {
+                    Some(Some(value)) => value.clone(),
                     Some(None) => return Err(malformed("a reference to a value that contains it")),
                     None => return Err(malformed("a reference to no recorded value")),
-                };
-                if *cost > self.budget {
-                    return Err(Error::Conversion(
-                        "the data shares substructure that copies into too large a Value tree \
-                         (a Value has no sharing)"
-                            .into(),
-                    ));
+                },
+                tag::PICKLE => {
+                    let name = r.blob()?;
+                    let _data = r.blob()?;
+                    return Err(Error::Conversion(format!(
+                        "the data holds a pickled {} object, which only Python can unpickle",
+                        String::from_utf8_lossy(name)
+                    )));
                 }
-                self.budget -= cost;
-                (value.clone(), *cost)
-            }
-            tag::PICKLE => {
-                let name = r.blob()?;
-                let _data = r.blob()?;
-                return Err(Error::Conversion(format!(
-                    "the data holds a pickled {} object, which only Python can unpickle",
-                    String::from_utf8_lossy(name)
-                )));
-            }
-            tag::BUFFER => {
-                return Err(Error::Conversion(
-                    "the data holds a shared buffer, which a Value cannot hold".into(),
-                ))
-            }
-            _ => return Err(malformed("unknown tag")),
-        };
+                tag::BUFFER => {
+                    return Err(Error::Conversion(
+                        "the data holds a shared buffer, which a Value cannot hold".into(),
+                    ))
+                }
+                _ => return Err(malformed("unknown tag")),
+            };
         if let Some(slot) = slot {
             if self.referenced.get(slot).copied().unwrap_or(false) {
                 self.memo[slot] = Some(out.clone());
@@ -480,47 +465,72 @@ impl ValueReader {
     }
 }
 
-/// Walks one value without building it, pushing one entry on `referenced` per recorded
-/// value and marking those that a reference names.
-fn scan(r: &mut Reader<'_>, depth: usize, referenced: &mut Vec<bool>) -> Result<()> {
-    let first = r.byte()?;
-    let kind = first & !tag::MEMO;
-    if first & tag::MEMO != 0 {
-        if !memoizable(kind) {
-            return Err(malformed("memo flag on a tag that takes none"));
-        }
-        referenced.push(false);
-    }
-    match kind {
-        tag::NONE | tag::FALSE | tag::TRUE => {}
-        tag::INT | tag::BUFFER => {
-            r.varint()?;
-        }
-        tag::FLOAT => {
-            r.float()?;
-        }
-        tag::BIGINT | tag::STR | tag::STR_SURROGATES | tag::BYTES | tag::BYTEARRAY => {
-            r.blob()?;
-        }
-        tag::PICKLE => {
-            r.blob()?;
-            r.blob()?;
-        }
-        tag::LIST | tag::TUPLE | tag::DICT => {
-            check_depth(depth)?;
-            let per = if kind == tag::DICT { 2 } else { 1 };
-            let n = r.count(per)?;
-            for _ in 0..n * per {
-                scan(r, depth + 1, referenced)?;
+/// The first pass over the data.
+#[derive(Default)]
+struct Scan {
+    /// One entry per recorded value: whether a reference names it.
+    referenced: Vec<bool>,
+    /// The size of each recorded value as a tree (0 while it is being read).
+    sizes: Vec<u64>,
+}
+
+impl Scan {
+    /// Walks one value without building it; returns its size as a `Value` tree.
+    fn value(&mut self, r: &mut Reader<'_>, depth: usize) -> Result<u64> {
+        let first = r.byte()?;
+        let kind = first & !tag::MEMO;
+        let slot = if first & tag::MEMO != 0 {
+            if !memoizable(kind) {
+                return Err(malformed("memo flag on a tag that takes none"));
             }
+            self.referenced.push(false);
+            self.sizes.push(0);
+            Some(self.sizes.len() - 1)
+        } else {
+            None
+        };
+        let size = match kind {
+            tag::NONE | tag::FALSE | tag::TRUE => NODE_COST,
+            tag::INT | tag::BUFFER => {
+                r.varint()?;
+                NODE_COST
+            }
+            tag::FLOAT => {
+                r.float()?;
+                NODE_COST
+            }
+            tag::BIGINT | tag::STR | tag::STR_SURROGATES | tag::BYTES | tag::BYTEARRAY => {
+                NODE_COST + r.blob()?.len() as u64
+            }
+            tag::PICKLE => {
+                r.blob()?;
+                NODE_COST + r.blob()?.len() as u64
+            }
+            tag::LIST | tag::TUPLE | tag::DICT => {
+                check_depth(depth)?;
+                let per = if kind == tag::DICT { 2 } else { 1 };
+                let n = r.count(per)?;
+                let mut size = NODE_COST;
+                for _ in 0..n * per {
+                    size = size.saturating_add(self.value(r, depth + 1)?);
+                }
+                size
+            }
+            tag::REF => {
+                let index = r.index()?;
+                match self.referenced.get_mut(index) {
+                    Some(seen) => *seen = true,
+                    None => return Err(malformed("a reference to no recorded value")),
+                }
+                self.sizes[index]
+            }
+            _ => return Err(malformed("unknown tag")),
+        };
+        if let Some(slot) = slot {
+            self.sizes[slot] = size;
         }
-        tag::REF => match referenced.get_mut(r.index()?) {
-            Some(seen) => *seen = true,
-            None => return Err(malformed("a reference to no recorded value")),
-        },
-        _ => return Err(malformed("unknown tag")),
+        Ok(size)
     }
-    Ok(())
 }
 
 /// Fails if a container at `depth` is nested too deep.
