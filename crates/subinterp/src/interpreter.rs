@@ -450,6 +450,11 @@ impl Args {
         self
     }
 
+    /// The arguments in the wire format, for [`raw_wire::call_encoded`].
+    pub(crate) fn to_wire(&self) -> Result<Vec<u8>> {
+        wire::encode_call(&self.positional, &self.keywords)
+    }
+
     /// Appends a positional argument converted from any `Serialize` type.
     pub fn arg_serde<T: serde::Serialize + ?Sized>(mut self, value: &T) -> Result<Self> {
         self.positional.push(crate::to_value(value)?);
@@ -843,7 +848,8 @@ impl Interpreter {
         options: CallOptions,
     ) -> Result<Value> {
         let (module, path) = parse_target(target)?;
-        let args = args.into();
+        // Written here, read in the interpreter; its result read here.
+        let args = args.into().to_wire()?;
         let bytes = self.run_with(
             move |py| call_target_wire(py, &module, &path, &args),
             options,
@@ -1274,47 +1280,28 @@ fn flush_streams(py: Python<'_>) {
 /// Imports `module`, follows the dotted `path` to a callable, calls it with `args` and
 /// copies the result out.
 pub(crate) fn call_target(py: Python<'_>, module: &str, path: &str, args: &Args) -> Result<Value> {
-    wire::decode(&call_target_wire(py, module, path, args)?)
+    wire::decode(&call_target_wire(py, module, path, &args.to_wire()?)?)
 }
 
-/// As [`call_target`], with the result in the wire format, to be read into a [`Value`]
-/// off this interpreter's GIL.
+/// As [`call_target`], with the arguments and the result in the wire format, so that
+/// the caller writes and reads them off this interpreter's GIL.
 pub(crate) fn call_target_wire(
     py: Python<'_>,
     module: &str,
     path: &str,
-    args: &Args,
+    args: &[u8],
 ) -> Result<Vec<u8>> {
     let mut callable = py.import(module)?;
     for attr in path.split('.') {
         callable = callable.getattr(attr)?;
     }
-    result_wire(&call_object(py, &callable, args)?)
+    result_wire(&raw_wire::call_encoded(&callable, args)?)
 }
 
 /// A result in the wire format, with the meaning [`PyObj::to_value`] gives it
 /// (subclasses as their base type).
 fn result_wire(obj: &PyObj<'_>) -> Result<Vec<u8>> {
     raw_wire::encode(obj, Mode::Lenient, Vec::new())
-}
-
-fn call_object<'py>(py: Python<'py>, callable: &PyObj<'py>, args: &Args) -> Result<PyObj<'py>> {
-    let positional = args
-        .positional
-        .iter()
-        .map(|v| py.to_object(v))
-        .collect::<Result<Vec<_>>>()?;
-    let refs: Vec<&PyObj<'py>> = positional.iter().collect();
-    let kwargs = if args.keywords.is_empty() {
-        None
-    } else {
-        let dict = py.dict()?;
-        for (k, v) in &args.keywords {
-            dict.set_item(&py.str(k)?, &py.to_object(v)?)?;
-        }
-        Some(dict)
-    };
-    py.call_kw(callable, &refs, kwargs.as_ref())
 }
 
 /// Splits a call target — `module:qualname` (`"pkg.mod:Class.method"`) or `module.attr`

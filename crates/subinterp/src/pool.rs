@@ -253,7 +253,8 @@ struct Queued {
     id: u64,
     module: String,
     path: String,
-    args: Args,
+    /// The arguments in the wire format, written by the submitting thread.
+    args: Vec<u8>,
     timeout: Option<Duration>,
     state: Arc<TaskState>,
 }
@@ -380,7 +381,7 @@ impl Pool {
             id,
             module,
             path,
-            args: args.into(),
+            args: args.into().to_wire()?,
             timeout: options.timeout.or(self.shared.config.timeout),
             state: Arc::clone(&state),
         };

@@ -594,6 +594,31 @@ fn call_and_eval_results_cross_in_the_format() {
     assert!(err.to_string().contains("it contains itself"), "{err}");
     let err = interp.call("__main__:deep", ()).unwrap_err();
     assert!(err.to_string().contains("nested more than 512"), "{err}");
+    // Arguments cross in the format too: keywords in order, a value nested past the
+    // limit refused before it reaches the interpreter.
+    interp
+        .exec("def kw(*a, **k):\n    return [list(a), list(k.items())]")
+        .unwrap();
+    let args = subinterp::Args::new()
+        .arg(pairs_value(3))
+        .kwarg("z", Value::from(-0.0))
+        .kwarg("a", Value::Bytes(vec![0; 3]));
+    assert_eq!(
+        interp.call("__main__:kw", args).unwrap(),
+        Value::List(vec![
+            Value::List(vec![pairs_value(3)]),
+            Value::List(vec![
+                Value::Tuple(vec![Value::from("z"), Value::Float(-0.0)]),
+                Value::Tuple(vec![Value::from("a"), Value::Bytes(vec![0; 3])]),
+            ]),
+        ])
+    );
+    let mut deep = Value::None;
+    for _ in 0..600 {
+        deep = Value::List(vec![deep]);
+    }
+    let err = interp.call("__main__:kw", (deep,)).unwrap_err();
+    assert!(err.to_string().contains("nested more than 512"), "{err}");
     // Subclasses still arrive as their base type, bytearray as bytes.
     assert_eq!(
         interp

@@ -70,6 +70,34 @@ pub(crate) fn decode<'py>(py: Python<'py>, data: &[u8]) -> Result<PyObj<'py>> {
     Ok(obj)
 }
 
+/// Calls `callable` with arguments in the wire format as
+/// [`encode_call`](crate::value::wire) writes them: a tuple of the positional tuple and
+/// the keyword dict.
+pub(crate) fn call_encoded<'py>(callable: &PyObj<'py>, args: &[u8]) -> Result<PyObj<'py>> {
+    let py = callable.py();
+    let both = decode(py, args)?;
+    let b = both.as_ptr();
+    // SAFETY: GIL held (the token); `b` is live; each item is read after the type and
+    // size checks, borrowed from `both`, which lives across the call; PyObject_Call
+    // returns a new reference or NULL with an exception set.
+    unsafe {
+        if ffi::PyTuple_CheckExact(b) == 0 || ffi::PyTuple_GET_SIZE(b) != 2 {
+            return Err(malformed("call arguments that are not a pair"));
+        }
+        let positional = ffi::PyTuple_GET_ITEM(b, 0);
+        let keywords = ffi::PyTuple_GET_ITEM(b, 1);
+        if ffi::PyTuple_CheckExact(positional) == 0 || ffi::PyDict_CheckExact(keywords) == 0 {
+            return Err(malformed("call arguments that are not a tuple and a dict"));
+        }
+        let keywords = if ffi::PyDict_Size(keywords) == 0 {
+            std::ptr::null_mut()
+        } else {
+            keywords
+        };
+        py.own(ffi::PyObject_Call(callable.as_ptr(), positional, keywords))
+    }
+}
+
 /// Hashes object addresses (already well spread in their middle bits).
 #[derive(Default)]
 struct AddrHasher(u64);

@@ -266,6 +266,27 @@ pub fn encode(value: &Value) -> Result<Vec<u8>> {
     Ok(enc.w.out)
 }
 
+/// Writes the arguments of a call: a tuple of two, the positional arguments (a tuple)
+/// and the keyword arguments (a dict of str keys).
+pub(crate) fn encode_call(positional: &[Value], keywords: &[(String, Value)]) -> Result<Vec<u8>> {
+    let mut enc = ValueWriter {
+        w: Writer::new(Vec::new()),
+        keys: HashMap::new(),
+        next: 0,
+    };
+    enc.w.tag_len(tag::TUPLE, 2);
+    enc.w.tag_len(tag::TUPLE, positional.len());
+    for value in positional {
+        enc.value(value, 2)?;
+    }
+    enc.w.tag_len(tag::DICT, keywords.len());
+    for (name, value) in keywords {
+        enc.key(name);
+        enc.value(value, 2)?;
+    }
+    Ok(enc.w.out)
+}
+
 /// Keys at most this long are written once.
 const KEY_MEMO_MAX: usize = 64;
 
@@ -306,7 +327,7 @@ impl<'v> ValueWriter<'v> {
                 self.w.tag_len(tag::DICT, items.len());
                 for (k, v) in items {
                     match k {
-                        Value::Str(s) if s.len() <= KEY_MEMO_MAX => self.key(s),
+                        Value::Str(s) => self.key(s),
                         _ => self.value(k, depth + 1)?,
                     }
                     self.value(v, depth + 1)?;
@@ -326,6 +347,10 @@ impl<'v> ValueWriter<'v> {
     }
 
     fn key(&mut self, s: &'v str) {
+        if s.len() > KEY_MEMO_MAX {
+            self.w.blob(tag::STR, s.as_bytes());
+            return;
+        }
         if let Some(&index) = self.keys.get(s) {
             self.w.byte(tag::REF);
             self.w.varint(index);
