@@ -37,21 +37,37 @@ pub enum Message {
     /// Shared memory, handed over without a copy.
     Buffer(SharedBuffer),
     /// Plain data sent from Python, in the [wire format](crate::value::wire), that a
-    /// [`Value`] cannot hold (a `str` with lone surrogates). Rust receivers get
+    /// [`Value`] cannot hold (a `str` with lone surrogates, shared buffers inside a
+    /// container). Rust receivers get
     /// [`Message::Value`] for everything else; Python receivers get the objects.
     Encoded(Encoded),
 }
 
-/// Plain data in the [wire format](crate::value::wire).
+/// Plain data in the [wire format](crate::value::wire), with the shared buffers it holds
+/// (its out-of-band table).
 #[derive(Debug, Clone)]
 pub struct Encoded {
     bytes: Vec<u8>,
+    buffers: Vec<SharedBuffer>,
 }
 
 impl Encoded {
     /// Wraps bytes in the wire format (checked when read).
     pub fn from_bytes(bytes: Vec<u8>) -> Encoded {
-        Encoded { bytes }
+        Encoded {
+            bytes,
+            buffers: Vec::new(),
+        }
+    }
+
+    /// Bytes in the wire format and the shared buffers its `BUFFER` entries name.
+    pub fn with_buffers(bytes: Vec<u8>, buffers: Vec<SharedBuffer>) -> Encoded {
+        Encoded { bytes, buffers }
+    }
+
+    /// The shared buffers the data holds, in the order its entries name them.
+    pub fn buffers(&self) -> &[SharedBuffer] {
+        &self.buffers
     }
 
     /// The bytes, in the wire format.

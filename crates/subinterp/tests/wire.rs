@@ -670,3 +670,48 @@ fn pool_results_cross_in_the_format() {
         .unwrap();
     assert_eq!(results, (0..4).map(pairs_value).collect::<Vec<_>>());
 }
+
+/// Shared buffers inside plain data travel beside it, in its out-of-band table: the
+/// receiver gets views of the same memory, nothing copied.
+#[test]
+fn shared_buffers_inside_data_cross_without_a_copy() {
+    let a = common::isolated();
+    let b = common::isolated();
+    let check = cross(
+        &a,
+        &b,
+        "buf = subinterp.buffer(1 << 20, writable=True)\n\
+         memoryview(buf)[:5] = b'hello'\n\
+         sent = {'meta': {'n': 1}, 'parts': [buf, memoryview(buf)[1:3]], 'tail': b'x'}",
+        "bytes(got['parts'][0][:5]) == b'hello' and bytes(got['parts'][1]) == b'el' \
+         and got['meta'] == {'n': 1} and got['tail'] == b'x' \
+         and type(got['parts'][0]) is memoryview",
+    );
+    assert_eq!(check, Value::Bool(true));
+    // The receiver writes, the sender sees it: the same memory.
+    b.exec("got['parts'][0][0:1] = b'J'").unwrap();
+    assert_eq!(
+        a.eval("bytes(memoryview(buf)[:5])").unwrap(),
+        Value::Bytes(b"Jello".to_vec())
+    );
+    // A Rust receiver gets the data encoded, with the buffers beside it.
+    let n = name("buffers-to-rust");
+    let ch = Channel::named(&n);
+    a.exec(&format!("subinterp.channel('{n}').send([1, buf])"))
+        .unwrap();
+    match ch.recv().unwrap() {
+        Message::Encoded(encoded) => {
+            assert_eq!(encoded.buffers().len(), 1);
+            assert_eq!(encoded.buffers()[0].len(), 1 << 20);
+            assert!(encoded.to_value().is_err());
+        }
+        other => panic!("{other:?}"),
+    }
+    // A memoryview of memory that is not shared is refused, inside data as alone.
+    let err = a
+        .exec(&format!(
+            "subinterp.channel('{n}').send([memoryview(bytearray(4))])"
+        ))
+        .unwrap_err();
+    assert!(err.to_string().contains("subinterp.buffer"), "{err}");
+}

@@ -40,16 +40,37 @@ pub(crate) enum Mode {
     Lenient,
 }
 
+/// Objects that travel beside the buffer, in its out-of-band table (the `BUFFER` tag):
+/// shared memory, which crosses without a copy.
+pub(crate) trait OutOfBand<'py> {
+    /// Called for an object that is not plain data: its index in the table if it goes
+    /// there, `None` if it does not (it is then refused as not plain data).
+    fn write(&mut self, obj: &PyObj<'py>) -> Result<Option<u64>>;
+    /// The object for entry `index` of the table.
+    fn read(&mut self, index: u64) -> Result<PyObj<'py>>;
+}
+
 /// Writes `obj` in the wire format into `out` (its contents replaced, its allocation
 /// reused). A structure that contains itself or is nested more than
 /// [`MAX_DEPTH`] levels deep is [`Error::Unshareable`], as is an object the mode refuses.
 pub(crate) fn encode(obj: &PyObj<'_>, mode: Mode, out: Vec<u8>) -> Result<Vec<u8>> {
+    encode_with(obj, mode, out, None)
+}
+
+/// As [`encode`], with objects that `outside` takes written to its table.
+pub(crate) fn encode_with<'py>(
+    obj: &PyObj<'py>,
+    mode: Mode,
+    out: Vec<u8>,
+    outside: Option<&mut dyn OutOfBand<'py>>,
+) -> Result<Vec<u8>> {
     let mut enc = Encoder {
         py: obj.py(),
         w: Writer::new(out),
         memo: HashMap::default(),
         next: 0,
         lenient: mode == Mode::Lenient,
+        outside,
     };
     // SAFETY: the token in `obj` proves the GIL is held and `obj` is live.
     unsafe { enc.value(obj.as_ptr(), 0) }?;
@@ -60,10 +81,20 @@ pub(crate) fn encode(obj: &PyObj<'_>, mode: Mode, out: Vec<u8>) -> Result<Vec<u8
 /// oversized input is an error; so is a shared buffer (the format's out-of-band table is
 /// not handled here) and a pickled object anywhere but at the top.
 pub(crate) fn decode<'py>(py: Python<'py>, data: &[u8]) -> Result<PyObj<'py>> {
+    decode_with(py, data, None)
+}
+
+/// As [`decode`], with the entries of the out-of-band table made by `outside`.
+pub(crate) fn decode_with<'py>(
+    py: Python<'py>,
+    data: &[u8],
+    outside: Option<&mut dyn OutOfBand<'py>>,
+) -> Result<PyObj<'py>> {
     let mut r = Reader::new(data)?;
     let mut dec = Decoder {
         py,
         memo: Vec::new(),
+        outside,
     };
     let obj = dec.value(&mut r, 0)?;
     r.finish()?;
@@ -123,15 +154,16 @@ const DONE: u64 = 1;
 /// The index of the top object, which is never referred to (only a cycle could).
 const TOP: u64 = u64::MAX << 1;
 
-struct Encoder<'py> {
+struct Encoder<'py, 'o> {
     py: Python<'py>,
     w: Writer,
     memo: Memo,
     next: u64,
     lenient: bool,
+    outside: Option<&'o mut dyn OutOfBand<'py>>,
 }
 
-impl<'py> Encoder<'py> {
+impl<'py> Encoder<'py, '_> {
     /// Writes the object at `p`.
     ///
     /// # Safety
@@ -213,6 +245,13 @@ impl<'py> Encoder<'py> {
             {
                 tag::DICT
             } else {
+                if let Some(outside) = self.outside.as_deref_mut() {
+                    if let Some(index) = outside.write(&self.py.borrowed(p)?)? {
+                        self.w.byte(tag::BUFFER);
+                        self.w.varint(index);
+                        return Ok(());
+                    }
+                }
                 return Err(self.unshareable(p, String::new()));
             };
             if depth >= MAX_DEPTH {
@@ -400,13 +439,14 @@ unsafe fn raw_slice<'a>(data: *const c_char, size: usize) -> &'a [u8] {
     unsafe { std::slice::from_raw_parts(data.cast::<u8>(), size) }
 }
 
-struct Decoder<'py> {
+struct Decoder<'py, 'o> {
     py: Python<'py>,
     /// Recorded objects; `None` while a container is being read.
     memo: Vec<Option<PyObj<'py>>>,
+    outside: Option<&'o mut dyn OutOfBand<'py>>,
 }
 
-impl<'py> Decoder<'py> {
+impl<'py> Decoder<'py, '_> {
     fn value(&mut self, r: &mut Reader<'_>, depth: usize) -> Result<PyObj<'py>> {
         let py = self.py;
         let first = r.byte()?;
@@ -521,7 +561,13 @@ impl<'py> Decoder<'py> {
                 let pickled = py.to_object_bytes(data)?;
                 py.import("pickle")?.call_method("loads", &[&pickled])?
             }
-            tag::BUFFER => return Err(malformed("a shared buffer outside a channel")),
+            tag::BUFFER => {
+                let index = r.varint()?;
+                match self.outside.as_deref_mut() {
+                    Some(outside) => outside.read(index)?,
+                    None => return Err(malformed("a shared buffer outside a channel")),
+                }
+            }
             _ => return Err(malformed("unknown tag")),
         };
         if let Some(slot) = slot {
