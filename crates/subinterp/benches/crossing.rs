@@ -8,11 +8,14 @@
 //! 1e6 ints, a 10 MB str, 64 MiB of bytes, and deeply nested small dicts (200 chains of
 //! 400 levels).
 //!
-//! Run: `cargo bench -p subinterp --bench crossing`
+//! Each shape is measured in rounds of one sample of each way, in rotating order, so that
+//! the drift of a shared machine's load reaches every way alike; medians are printed.
+//!
+//! Run: `cargo bench -p subinterp --bench crossing [-- SHAPE...]`
 
 use std::time::{Duration, Instant};
 
-use subinterp::{Interpreter, InterpreterConfig, Runtime, RuntimeConfig};
+use subinterp::{Interpreter, InterpreterConfig, Runtime, RuntimeConfig, Value};
 
 const SETUP: &str = r#"
 import marshal, pickle, statistics, time, subinterp
@@ -50,37 +53,40 @@ def via_channel(x):
     ch.send(x)
     return ch.recv()
 
-def measure(shape, how, reps):
+WAYS = {"channel": via_channel, "pickle": via_pickle, "marshal": via_marshal}
+
+def check(shape):
     x = shapes[shape]
-    fn = {"pickle": via_pickle, "marshal": via_marshal, "channel": via_channel}[how]
-    assert fn(x) == x
+    for fn in WAYS.values():
+        assert fn(x) == x
+
+def one_round(shape, turn):
+    """One sample of each way, in an order that rotates with `turn`: the machine's load
+    drifts, and every way sees the same drift."""
+    x = shapes[shape]
+    names = list(WAYS)
+    names = names[turn % len(names):] + names[:turn % len(names)]
     clock = time.perf_counter_ns
-    samples = []
-    for _ in range(reps):
+    out = {}
+    for name in names:
+        fn = WAYS[name]
         start = clock()
         fn(x)
-        samples.append(clock() - start)
-    return statistics.median(samples) / 1000
+        out[name] = (clock() - start) / 1000
+    return out
 "#;
 
 const SHAPES: [(&str, usize); 5] = [
-    ("record", 300),
-    ("ints", 15),
-    ("str", 15),
-    ("bytes", 7),
-    ("nested", 15),
+    ("record", 301),
+    ("ints", 21),
+    ("str", 21),
+    ("bytes", 9),
+    ("nested", 21),
 ];
-
-fn python_figure(interp: &Interpreter, shape: &str, how: &str, reps: usize) -> f64 {
-    let value = interp
-        .eval(&format!("measure({shape:?}, {how:?}, {reps})"))
-        .unwrap();
-    value.as_f64().unwrap()
-}
 
 /// The former crossing: the object copied out as a `Value` tree, and objects rebuilt
 /// from it.
-fn old_path(interp: &Interpreter, shape: &str, reps: usize) -> f64 {
+fn old_path(interp: &Interpreter, shape: &str, reps: usize) -> Duration {
     let shape = shape.to_owned();
     interp
         .with_gil(move |py| {
@@ -101,8 +107,11 @@ fn old_path(interp: &Interpreter, shape: &str, reps: usize) -> f64 {
         })
         .unwrap()
         .unwrap()
-        .as_secs_f64()
-        * 1e6
+}
+
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
 }
 
 fn main() {
@@ -115,11 +124,33 @@ fn main() {
         "{:<8} {:>12} {:>12} {:>12} {:>12} {:>9} {:>9} {:>9}",
         "shape", "channel", "pickle", "marshal", "old path", "vs pickle", "vs marsh", "vs old"
     );
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     for (shape, reps) in SHAPES {
-        let channel = python_figure(&interp, shape, "channel", reps);
-        let pickle = python_figure(&interp, shape, "pickle", reps);
-        let marshal = python_figure(&interp, shape, "marshal", reps);
-        let old = old_path(&interp, shape, reps);
+        if !only.is_empty() && !only.iter().any(|o| o == shape) {
+            continue;
+        }
+        interp.exec(&format!("check({shape:?})")).unwrap();
+        // Rounds of one sample of each way, the former path included.
+        let (mut channel, mut pickle, mut marshal, mut old) = (vec![], vec![], vec![], vec![]);
+        for turn in 0..reps {
+            let round = interp
+                .eval(&format!("one_round({shape:?}, {turn})"))
+                .unwrap();
+            let get = |name: &str| round.get(name).and_then(Value::as_f64).unwrap();
+            channel.push(get("channel"));
+            pickle.push(get("pickle"));
+            marshal.push(get("marshal"));
+            old.push(old_path(&interp, shape, 1).as_secs_f64() * 1e6);
+        }
+        let (channel, pickle, marshal, old) = (
+            median(channel),
+            median(pickle),
+            median(marshal),
+            median(old),
+        );
         println!(
             "{shape:<8} {channel:>12.1} {pickle:>12.1} {marshal:>12.1} {old:>12.1} {:>8.2}x {:>8.2}x {:>8.2}x",
             pickle / channel,
