@@ -13,15 +13,16 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::channel::buffer::{Layout, SharedBuffer};
-use crate::channel::{Channel, Message, Stop};
+use crate::channel::{Channel, Encoded, Message, Stop};
 use crate::error::{Error, Result};
 use crate::host::params::{self, Timeout, Truth};
 use crate::raw::buffer::view_info;
 use crate::raw::callback::{self, Export, Failure, FastArgs, Outcome};
 use crate::raw::class::{self, ClassDef};
-use crate::raw::convert::{copy_bytes, to_plain_value};
+use crate::raw::convert::copy_bytes;
 use crate::raw::lifecycle::raise_soon;
 use crate::raw::module::{self, ClassSpec, ExceptionSpec, ModuleSpec};
+use crate::raw::wire::{self, Mode};
 use crate::raw::{ExcKind, PyObj, Python};
 use crate::value::Value;
 use crate::wait::{self, InterruptReason};
@@ -530,20 +531,8 @@ fn buffer_writable<'py>(py: Python<'py>, slf: &PyObj<'py>) -> Outcome<PyObj<'py>
 /// anything else pickled. `slf` is the channel, whose module's types are used.
 fn to_message<'py>(slf: &PyObj<'py>, channel: &Channel, obj: &PyObj<'py>) -> Result<Message> {
     let py = slf.py();
-    if let Some(handle) = class::value::<BufferHandle>(obj) {
-        return Ok(Message::Buffer(handle.buffer.clone()));
-    }
-    if obj.is_memoryview() {
-        if let Ok(base) = obj.getattr("obj") {
-            if let Some(handle) = class::value::<BufferHandle>(&base) {
-                return view_message(obj, &handle.buffer).map(Message::Buffer);
-            }
-        }
-        return Err(py.new_error(
-            ExcKind::Type,
-            "cannot send a memoryview of anything but a subinterp.buffer (shared memory): \
-             send bytes(view) to send a copy of what it shows",
-        ));
+    if let Some(buffer) = shared_buffer(obj)? {
+        return Ok(Message::Buffer(buffer));
     }
     // Bytes reuse a buffer the receiving side gave back, so that a steady stream of
     // messages does not allocate in one thread and free in another.
@@ -551,11 +540,15 @@ fn to_message<'py>(slf: &PyObj<'py>, channel: &Channel, obj: &PyObj<'py>) -> Res
     if copy_bytes(obj, &mut buffer) {
         return Ok(Message::Value(Value::Bytes(buffer)));
     }
-    // Only the exact plain types cross natively: a subclass (an IntEnum member, an
-    // OrderedDict, a namedtuple) or a bytearray anywhere in the object is pickled with it,
-    // so that it arrives as what was sent.
-    match to_plain_value(obj) {
-        Ok(value) => Ok(Message::Value(value)),
+    // Only the exact plain types cross natively, in the wire format: a subclass (an
+    // IntEnum member, an OrderedDict, a namedtuple) or any other object anywhere in it,
+    // and a structure that contains itself, are pickled with it, so that it arrives as
+    // what was sent.
+    // Shared buffers inside go beside the data, in its out-of-band table.
+    let mut outside = SendBuffers(Vec::new());
+    match wire::encode_with(obj, Mode::Exact, buffer, Some(&mut outside)) {
+        Ok(bytes) => Ok(Message::Encoded(Encoded::with_buffers(bytes, outside.0))),
+        Err(err @ Error::Python(_)) => Err(err),
         Err(_) => {
             let type_name = obj.type_name();
             let pickle = py.import("pickle")?;
@@ -577,6 +570,65 @@ fn to_message<'py>(slf: &PyObj<'py>, channel: &Channel, obj: &PyObj<'py>) -> Res
                 Err(other) => Err(other),
             }
         }
+    }
+}
+
+/// The shared memory `obj` is, for a `subinterp.buffer` or a memoryview of one; `None`
+/// for any other object but a memoryview, which is refused (its memory is not shared).
+fn shared_buffer(obj: &PyObj<'_>) -> Result<Option<SharedBuffer>> {
+    if let Some(handle) = class::value::<BufferHandle>(obj) {
+        return Ok(Some(handle.buffer.clone()));
+    }
+    if !obj.is_memoryview() {
+        return Ok(None);
+    }
+    if let Ok(base) = obj.getattr("obj") {
+        if let Some(handle) = class::value::<BufferHandle>(&base) {
+            return view_message(obj, &handle.buffer).map(Some);
+        }
+    }
+    Err(obj.py().new_error(
+        ExcKind::Type,
+        "cannot send a memoryview of anything but a subinterp.buffer (shared memory): \
+         send bytes(view) to send a copy of what it shows",
+    ))
+}
+
+/// The out-of-band table of a message being written: the shared buffers met in it.
+struct SendBuffers(Vec<SharedBuffer>);
+
+impl<'py> wire::OutOfBand<'py> for SendBuffers {
+    fn write(&mut self, obj: &PyObj<'py>) -> Result<Option<u64>> {
+        Ok(shared_buffer(obj)?.map(|buffer| {
+            self.0.push(buffer);
+            self.0.len() as u64 - 1
+        }))
+    }
+
+    fn read(&mut self, _index: u64) -> Result<PyObj<'py>> {
+        Err(Error::Conversion("a message being sent is not read".into()))
+    }
+}
+
+/// The out-of-band table of a message being read: each entry becomes a view.
+struct ReceiveBuffers<'a, 'py> {
+    slf: &'a PyObj<'py>,
+    buffers: &'a [SharedBuffer],
+}
+
+impl<'py> wire::OutOfBand<'py> for ReceiveBuffers<'_, 'py> {
+    fn write(&mut self, _obj: &PyObj<'py>) -> Result<Option<u64>> {
+        Ok(None)
+    }
+
+    fn read(&mut self, index: u64) -> Result<PyObj<'py>> {
+        let buffer = usize::try_from(index)
+            .ok()
+            .and_then(|i| self.buffers.get(i))
+            .ok_or_else(|| {
+                Error::Conversion("malformed wire data: no such shared buffer".into())
+            })?;
+        buffer_view(self.slf, buffer.clone())
     }
 }
 
@@ -630,26 +682,16 @@ fn from_message<'py>(slf: &PyObj<'py>, channel: &Channel, message: Message) -> O
             Ok(obj?)
         }
         Message::Value(value) => Ok(py.to_object(&value)?),
-        Message::Buffer(buffer) => {
-            let writable = buffer.is_writable();
-            let layout = buffer.layout().map(|l| (l.format.clone(), l.shape.clone()));
-            let handle = new_buffer_object(&entry_of(slf, BUFFER_TYPE)?, buffer, writable)?;
-            let view = handle.memoryview()?;
-            match layout {
-                // The layout the sender's view had (a cast, several dimensions).
-                Some((format, shape)) => {
-                    let format = py.str(&format)?;
-                    // `cast` takes no shape with a zero in it; one dimension needs none.
-                    if shape.len() == 1 || shape.contains(&0) {
-                        Ok(view.call_method("cast", &[&format])?)
-                    } else {
-                        let shape = Value::List(shape.into_iter().map(Value::from).collect());
-                        Ok(view.call_method("cast", &[&format, &py.to_object(&shape)?])?)
-                    }
-                }
-                None => Ok(view),
-            }
+        Message::Encoded(encoded) => {
+            let mut outside = ReceiveBuffers {
+                slf,
+                buffers: encoded.buffers(),
+            };
+            let obj = wire::decode_with(py, encoded.as_bytes(), Some(&mut outside));
+            channel.recycle_buffer(encoded.into_bytes());
+            Ok(obj?)
         }
+        Message::Buffer(buffer) => Ok(buffer_view(slf, buffer)?),
         Message::Pickled { type_name, data } => {
             let pickled = py.to_object(&Value::Bytes(data))?;
             let loaded = py
@@ -666,6 +708,30 @@ fn from_message<'py>(slf: &PyObj<'py>, channel: &Channel, message: Message) -> O
                 }
             }
         }
+    }
+}
+
+/// A memoryview of a shared buffer, in this interpreter, with the layout the sender's
+/// view had.
+fn buffer_view<'py>(slf: &PyObj<'py>, buffer: SharedBuffer) -> Result<PyObj<'py>> {
+    let py = slf.py();
+    let writable = buffer.is_writable();
+    let layout = buffer.layout().map(|l| (l.format.clone(), l.shape.clone()));
+    let handle = new_buffer_object(&entry_of(slf, BUFFER_TYPE)?, buffer, writable)?;
+    let view = handle.memoryview()?;
+    match layout {
+        // The layout the sender's view had (a cast, several dimensions).
+        Some((format, shape)) => {
+            let format = py.str(&format)?;
+            // `cast` takes no shape with a zero in it; one dimension needs none.
+            if shape.len() == 1 || shape.contains(&0) {
+                view.call_method("cast", &[&format])
+            } else {
+                let shape = Value::List(shape.into_iter().map(Value::from).collect());
+                view.call_method("cast", &[&format, &py.to_object(&shape)?])
+            }
+        }
+        None => Ok(view),
     }
 }
 

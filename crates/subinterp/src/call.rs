@@ -3,8 +3,9 @@
 
 use crate::error::{Error, Result};
 use crate::names;
+use crate::raw::wire::{self as raw_wire, Mode};
 use crate::raw::{PyObj, Python};
-use crate::value::{to_value, Value};
+use crate::value::{to_value, wire, Value};
 
 /// A callable named by its module and the dotted attribute path inside it.
 ///
@@ -112,6 +113,11 @@ impl Args {
         self
     }
 
+    /// The arguments in the wire format, for [`raw_wire::call_encoded`].
+    pub(crate) fn to_wire(&self) -> Result<Vec<u8>> {
+        wire::encode_call(&self.positional, &self.keywords)
+    }
+
     /// Appends a positional argument converted from any `Serialize` type.
     pub fn arg_serde<T: serde::Serialize + ?Sized>(mut self, value: &T) -> Result<Self> {
         self.positional.push(to_value(value)?);
@@ -154,30 +160,23 @@ args_from_tuple!(A, B, C, D, E, F);
 /// Imports the target's module, follows its dotted path to a callable, calls it with
 /// `args` and copies the result out.
 pub(crate) fn call_target(py: Python<'_>, target: &Target, args: &Args) -> Result<Value> {
+    wire::decode(&call_target_wire(py, target, &args.to_wire()?)?)
+}
+
+/// As [`call_target`], with the arguments and the result in the wire format, so that
+/// the caller writes and reads them off this interpreter's GIL.
+pub(crate) fn call_target_wire(py: Python<'_>, target: &Target, args: &[u8]) -> Result<Vec<u8>> {
     let mut callable = py.import(&target.module)?;
     for attr in target.path.split('.') {
         callable = callable.getattr(attr)?;
     }
-    call_object(py, &callable, args)?.to_value()
+    result_wire(&raw_wire::call_encoded(&callable, args)?)
 }
 
-fn call_object<'py>(py: Python<'py>, callable: &PyObj<'py>, args: &Args) -> Result<PyObj<'py>> {
-    let positional = args
-        .positional
-        .iter()
-        .map(|v| py.to_object(v))
-        .collect::<Result<Vec<_>>>()?;
-    let refs: Vec<&PyObj<'py>> = positional.iter().collect();
-    let kwargs = if args.keywords.is_empty() {
-        None
-    } else {
-        let dict = py.dict()?;
-        for (k, v) in &args.keywords {
-            dict.set_item(&py.str(k)?, &py.to_object(v)?)?;
-        }
-        Some(dict)
-    };
-    py.call_kw(callable, &refs, kwargs.as_ref())
+/// A result in the wire format, with the meaning [`PyObj::to_value`] gives it
+/// (subclasses as their base type).
+pub(crate) fn result_wire(obj: &PyObj<'_>) -> Result<Vec<u8>> {
+    raw_wire::encode(obj, Mode::Lenient, Vec::new())
 }
 
 #[cfg(test)]

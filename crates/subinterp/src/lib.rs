@@ -80,7 +80,7 @@ mod wait;
 
 pub use call::{parse_target, Args, Target};
 pub use channel::buffer::SharedBuffer;
-pub use channel::{select, Channel, Message, RecvFuture};
+pub use channel::{select, Channel, Encoded, Message, RecvFuture};
 pub use error::{Error, ExitStatus, ExternalError, ExternalResult, PyException, Result};
 pub use host::{Caller, HostModule, Interrupt, Kwargs, Params};
 pub use interpreter::config::{Gil, InterpreterConfig, DEFAULT_SHUTDOWN_GRACE};

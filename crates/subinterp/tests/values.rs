@@ -170,11 +170,17 @@ fn unshareable_objects_are_refused_naming_their_type() {
         message,
         "builtins.set objects cannot cross interpreters as values"
     );
-    // A self-referencing list is refused, not a stack overflow.
+    // A self-referencing list is refused, not a stack overflow, and so is a list nested
+    // past the limit.
     let err = interp
         .eval("(lambda l: (l.append(l), l)[1])([])")
         .unwrap_err();
-    assert!(err.to_string().contains("nested more than"), "{err}");
+    assert!(err.to_string().contains("it contains itself"), "{err}");
+    interp
+        .exec("deep = []\nfor _ in range(600):\n    deep = [deep]")
+        .unwrap();
+    let err = interp.eval("deep").unwrap_err();
+    assert!(err.to_string().contains("nested more than 512"), "{err}");
 }
 
 #[test]

@@ -38,6 +38,68 @@ pub enum Message {
     },
     /// Shared memory, handed over without a copy.
     Buffer(SharedBuffer),
+    /// Plain data sent from Python, in the [wire format](crate::value::wire), that a
+    /// [`Value`] cannot hold (a `str` with lone surrogates, shared buffers inside a
+    /// container). Rust receivers get
+    /// [`Message::Value`] for everything else; Python receivers get the objects.
+    Encoded(Encoded),
+}
+
+/// Plain data in the [wire format](crate::value::wire), with the shared buffers it holds
+/// (its out-of-band table).
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    bytes: Vec<u8>,
+    buffers: Vec<SharedBuffer>,
+}
+
+impl Encoded {
+    /// Wraps bytes in the wire format (checked when read).
+    pub fn from_bytes(bytes: Vec<u8>) -> Encoded {
+        Encoded {
+            bytes,
+            buffers: Vec::new(),
+        }
+    }
+
+    /// Bytes in the wire format and the shared buffers its `BUFFER` entries name.
+    pub fn with_buffers(bytes: Vec<u8>, buffers: Vec<SharedBuffer>) -> Encoded {
+        Encoded { bytes, buffers }
+    }
+
+    /// The shared buffers the data holds, in the order its entries name them.
+    pub fn buffers(&self) -> &[SharedBuffer] {
+        &self.buffers
+    }
+
+    /// The bytes, in the wire format.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Gives the bytes back.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+
+    /// The data as a [`Value`]; an error for what a `Value` cannot hold.
+    pub fn to_value(&self) -> Result<Value> {
+        crate::value::wire::decode(&self.bytes)
+    }
+}
+
+impl Message {
+    /// The message as Rust receivers get it: data in the wire format as a
+    /// [`Message::Value`] whenever a `Value` can hold it.
+    pub(crate) fn for_rust(self) -> Message {
+        match self {
+            Message::Encoded(encoded) => match encoded.to_value() {
+                Ok(value) => Message::Value(value),
+                Err(_) => Message::Encoded(encoded),
+            },
+            other => other,
+        }
+    }
 }
 
 impl Message {
@@ -51,6 +113,7 @@ impl Message {
             Message::Buffer(_) => Err(Error::Conversion(
                 "the message is a shared buffer, not a value".into(),
             )),
+            Message::Encoded(encoded) => encoded.to_value(),
         }
     }
 }
@@ -286,18 +349,22 @@ impl Channel {
     /// Receives, waiting for a message; [`Error::ChannelClosed`] once closed and drained.
     pub fn recv(&self) -> Result<Message> {
         self.recv_with(None, None, &mut None)
+            .map(Message::for_rust)
             .map_err(Stop::into_error)
     }
 
     /// Receives, waiting at most `timeout` ([`Error::Timeout`]).
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Message> {
         self.recv_with(wait::deadline_after(Some(timeout)), None, &mut None)
+            .map(Message::for_rust)
             .map_err(Stop::into_error)
     }
 
     /// Receives without waiting ([`Error::ChannelEmpty`] when nothing is queued).
     pub fn try_recv(&self) -> Result<Message> {
-        self.try_recv_message().map_err(Stop::into_error)
+        self.try_recv_message()
+            .map(Message::for_rust)
+            .map_err(Stop::into_error)
     }
 
     /// Receives a plain value (an error for pickled objects and buffers).
@@ -582,8 +649,8 @@ pub fn select(channels: &[&Channel], timeout: Option<Duration>) -> Result<(usize
                 Waiter::Thread(Arc::clone(&signal)),
             );
         }
-        if let Some(found) = found {
-            break Ok(found);
+        if let Some((index, message)) = found {
+            break Ok((index, message.for_rust()));
         }
         if all_closed {
             break Err(Error::ChannelClosed);
@@ -616,7 +683,7 @@ impl Future for RecvFuture {
             if let Some(id) = self.id.take() {
                 channel.forget_receiver(id);
             }
-            return Poll::Ready(Ok(m));
+            return Poll::Ready(Ok(m.for_rust()));
         }
         if state.closed {
             return Poll::Ready(Err(Error::ChannelClosed));

@@ -470,7 +470,7 @@ impl Interrupt {
         if let Err(Stop::Interrupted(reason)) = &result {
             self.seen.set(Some(*reason));
         }
-        result.map_err(Stop::into_error)
+        result.map(Message::for_rust).map_err(Stop::into_error)
     }
 }
 

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 
 pub mod config;
 
-use crate::call::{call_target, Args, Target};
+use crate::call::{call_target_wire, result_wire, Args, Target};
 use crate::error::{Error, Result};
 use crate::hazards;
 use crate::hazards::prepare;
@@ -22,6 +22,7 @@ use crate::interpreter::config::InterpreterConfig;
 use crate::raw::lifecycle::{clear_pending_async, InterruptTarget, SubInterpreter};
 use crate::raw::Python;
 use crate::runtime::{Runtime, RuntimeInner};
+use crate::value::wire;
 use crate::value::Value;
 use crate::wait::{self, InterruptReason, InterruptState};
 
@@ -741,7 +742,8 @@ impl Interpreter {
     /// Evaluates an expression in `__main__` and copies the result out.
     pub fn eval(&self, expr: &str) -> Result<Value> {
         let expr = expr.to_owned();
-        self.run(move |py| py.eval(&expr)?.to_value())
+        let bytes = self.run(move |py| result_wire(&py.eval(&expr)?))?;
+        wire::decode(&bytes)
     }
 
     /// Calls a function named `module:qualname` (e.g. `"os.path:join"`,
@@ -776,8 +778,10 @@ impl Interpreter {
         options: CallOptions,
     ) -> Result<Value> {
         let target = Target::parse(target)?;
-        let args = args.into();
-        self.run_with(move |py| call_target(py, &target, &args), options)
+        // Written here, read in the interpreter; its result read here.
+        let args = args.into().to_wire()?;
+        let bytes = self.run_with(move |py| call_target_wire(py, &target, &args), options)?;
+        wire::decode(&bytes)
     }
 
     /// Like [`call`](Self::call), converting the result to `T` with serde.

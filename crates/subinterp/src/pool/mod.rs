@@ -24,13 +24,14 @@ use crossbeam_channel::{
     bounded, select, unbounded, Receiver, RecvError, RecvTimeoutError, Sender, TryRecvError,
 };
 
-use crate::call::{call_target, Args, Target};
+use crate::call::{call_target_wire, Args, Target};
 use crate::error::{Error, PyException, Result};
 use crate::interpreter::config::InterpreterConfig;
 use crate::interpreter::{Interpreter, InterruptHandle};
 use crate::raw::lifecycle::clear_pending_async;
 use crate::raw::Python;
 use crate::runtime::Runtime;
+use crate::value::wire;
 use crate::value::Value;
 use crate::wait::InterruptReason;
 
@@ -252,7 +253,8 @@ impl Shared {
 struct Queued {
     id: u64,
     target: Target,
-    args: Args,
+    /// The arguments in the wire format, written by the submitting thread.
+    args: Vec<u8>,
     timeout: Option<Duration>,
     state: Arc<TaskState>,
 }
@@ -378,7 +380,7 @@ impl Pool {
         let queued = Queued {
             id,
             target,
-            args: args.into(),
+            args: args.into().to_wire()?,
             timeout: options.timeout.or(self.shared.config.timeout),
             state: Arc::clone(&state),
         };
@@ -807,7 +809,9 @@ fn worker_loop(py: Python<'_>, shared: &Arc<Shared>, worker: &Arc<Worker>) -> Re
             });
         }
         tracing::debug!(task = task.id, target = %task.target, "task started");
-        let result = call_target(py, &task.target, &task.args);
+        // The result leaves in the wire format: whoever takes it reads it into a Value,
+        // off this worker's GIL.
+        let result = call_target_wire(py, &task.target, &task.args);
         worker.current.store(0, Ordering::Release);
         if worker.interrupted.swap(false, Ordering::AcqRel) {
             // An interrupt aimed at this task may still be pending: it must not hit the next.
@@ -863,7 +867,7 @@ fn worker_loop(py: Python<'_>, shared: &Arc<Shared>, worker: &Arc<Worker>) -> Re
 /// The [`Error::Timeout`] a task that ran past its deadline is reported with: holding the
 /// `TimeoutError` raised at the deadline; or, if the task went on and returned or raised
 /// something else, a `TimeoutError` saying so (with what it raised as its context).
-fn timed_out(result: Result<Value>, timeout: Option<Duration>) -> Error {
+fn timed_out<T>(result: Result<T>, timeout: Option<Duration>) -> Error {
     let deadline = match timeout {
         Some(t) => format!("the task ran past its deadline of {:.3} s", t.as_secs_f64()),
         None => "the task ran past its deadline".into(),
@@ -968,6 +972,13 @@ fn watchdog(rx: Receiver<Watch>, grace: Duration) {
     }
 }
 
+/// A task's result, read from the wire format the worker left it in.
+fn read_result(result: Option<Result<Vec<u8>>>) -> Result<Value> {
+    result
+        .unwrap_or(Err(Error::Closed))
+        .and_then(|bytes| wire::decode(&bytes))
+}
+
 struct TaskState {
     slot: Mutex<TaskSlot>,
     done: Condvar,
@@ -976,7 +987,8 @@ struct TaskState {
 
 #[derive(Default)]
 struct TaskSlot {
-    result: Option<Result<Value>>,
+    /// The result in the wire format (read by whoever takes it).
+    result: Option<Result<Vec<u8>>>,
     finished: bool,
     /// Set when a worker takes the task.
     started: bool,
@@ -1009,13 +1021,13 @@ impl TaskState {
     }
 
     /// Stores the result unless one is already there; returns whether it was stored.
-    fn complete(&self, result: Result<Value>) -> bool {
+    fn complete(&self, result: Result<Vec<u8>>) -> bool {
         self.complete_if(result, |_| true)
     }
 
     /// Stores the result if there is none yet and `when` holds for the slot, in one
     /// critical section; returns whether it was stored.
-    fn complete_if(&self, result: Result<Value>, when: impl FnOnce(&TaskSlot) -> bool) -> bool {
+    fn complete_if(&self, result: Result<Vec<u8>>, when: impl FnOnce(&TaskSlot) -> bool) -> bool {
         let mut slot = lock(&self.slot);
         if slot.finished || !when(&slot) {
             return false;
@@ -1055,7 +1067,9 @@ impl Task {
                 .wait(slot)
                 .unwrap_or_else(|e| e.into_inner());
         }
-        slot.result.take().unwrap_or(Err(Error::Closed))
+        let result = slot.result.take();
+        drop(slot);
+        read_result(result)
     }
 
     /// Waits at most `timeout`; gives the task back if it has not finished.
@@ -1095,11 +1109,12 @@ impl Task {
     /// The result, if the task has finished and it was not taken yet.
     pub fn try_take(&self) -> Option<Result<Value>> {
         let mut slot = lock(&self.state.slot);
-        if slot.finished {
-            slot.result.take()
-        } else {
-            None
+        if !slot.finished {
+            return None;
         }
+        let result = slot.result.take();
+        drop(slot);
+        result.map(|r| read_result(Some(r)))
     }
 
     /// True once the task has a result (or was cancelled).
@@ -1139,7 +1154,9 @@ impl Future for Task {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut slot = lock(&self.state.slot);
         if slot.finished {
-            return Poll::Ready(slot.result.take().unwrap_or(Err(Error::Closed)));
+            let result = slot.result.take();
+            drop(slot);
+            return Poll::Ready(read_result(result));
         }
         slot.wakers.push(cx.waker().clone());
         Poll::Pending

@@ -28,15 +28,6 @@ impl PyObj<'_> {
     }
 }
 
-/// Copies `obj` out as a [`Value`] only if it and everything in it are of exactly the
-/// plain types (`None`, `bool`, `int`, `float`, `str`, `bytes`, `list`, `tuple`, `dict`):
-/// a subclass (an `IntEnum` member, an `OrderedDict`, a namedtuple) or a `bytearray`
-/// anywhere in it is [`Error::Unshareable`], so that the caller can pickle the object
-/// and keep its types.
-pub(crate) fn to_plain_value(obj: &PyObj<'_>) -> Result<Value> {
-    to_value::<true>(obj, 0)
-}
-
 /// Deeper nesting than this is refused (it is almost always a self-referencing container).
 pub(crate) const MAX_DEPTH: usize = 512;
 
@@ -52,17 +43,7 @@ pub(crate) fn to_object<'py>(py: Python<'py>, value: &Value, depth: usize) -> Re
         Value::Bool(b) => unsafe { py.own(ffi::PyBool_FromLong(i64::from(*b) as _)) },
         // SAFETY: GIL held; plain value argument.
         Value::Int(n) => unsafe { py.own(ffi::PyLong_FromLongLong(*n)) },
-        Value::BigInt(n) => {
-            let text = super::object::cstring(&n.to_str_radix(16));
-            // SAFETY: GIL held; `text` is a NUL-terminated string alive across the call.
-            unsafe {
-                py.own(ffi::PyLong_FromString(
-                    text.as_ptr(),
-                    std::ptr::null_mut(),
-                    16,
-                ))
-            }
-        }
+        Value::BigInt(n) => bigint_object(py, n),
         // SAFETY: GIL held; plain value argument.
         Value::Float(x) => unsafe { py.own(ffi::PyFloat_FromDouble(*x)) },
         Value::Str(s) => py.str(s),
@@ -109,8 +90,37 @@ pub(crate) fn to_object<'py>(py: Python<'py>, value: &Value, depth: usize) -> Re
     }
 }
 
+/// A Python `int` of the value of `n` (any size).
+pub(crate) fn bigint_object<'py>(py: Python<'py>, n: &BigInt) -> Result<PyObj<'py>> {
+    let text = super::object::cstring(&n.to_str_radix(16));
+    // SAFETY: GIL held; `text` is a NUL-terminated string alive across the call.
+    unsafe {
+        py.own(ffi::PyLong_FromString(
+            text.as_ptr(),
+            std::ptr::null_mut(),
+            16,
+        ))
+    }
+}
+
+/// The value of `obj`, an `int` (or a subclass), at any size. No Python code runs.
+pub(crate) fn bigint_of(obj: &PyObj<'_>) -> Result<BigInt> {
+    let py = obj.py();
+    // SAFETY: GIL held (the token); `obj` is a live int, for which PyNumber_ToBase calls
+    // no Python code; a new reference or NULL with an exception set.
+    let hex = unsafe { py.own(ffi::PyNumber_ToBase(obj.as_ptr(), 16)) }?.extract_str()?;
+    let (negative, digits) = match hex.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, hex.as_str()),
+    };
+    let digits = digits.trim_start_matches("0x");
+    let magnitude = BigInt::from_str_radix(digits, 16)
+        .map_err(|e| py.new_error(ExcKind::Value, &format!("bad int text: {e}")))?;
+    Ok(if negative { -magnitude } else { magnitude })
+}
+
 /// Gives up ownership of the reference (for functions that steal one).
-fn into_raw(obj: PyObj<'_>) -> *mut ffi::PyObject {
+pub(crate) fn into_raw(obj: PyObj<'_>) -> *mut ffi::PyObject {
     let ptr = obj.as_ptr();
     std::mem::forget(obj);
     ptr
@@ -174,8 +184,8 @@ pub(crate) fn copy_bytes(obj: &PyObj<'_>, out: &mut Vec<u8>) -> bool {
     true
 }
 
-/// The conversion behind [`PyObj::to_value`] (subclasses convert as their base type) and,
-/// with `EXACT`, [`to_plain_value`] (only the exact plain types convert).
+/// The conversion behind [`PyObj::to_value`] (subclasses convert as their base type); with
+/// `EXACT`, only the exact plain types convert.
 fn to_value<const EXACT: bool>(obj: &PyObj<'_>, depth: usize) -> Result<Value> {
     let py = obj.py();
     let p = obj.as_ptr();
@@ -203,19 +213,7 @@ fn to_value<const EXACT: bool>(obj: &PyObj<'_>, depth: usize) -> Result<Value> {
                 }
                 return Ok(Value::Int(n));
             }
-            let hex = py.own(ffi::PyNumber_ToBase(p, 16))?.extract_str()?;
-            let (negative, digits) = match hex.strip_prefix('-') {
-                Some(rest) => (true, rest),
-                None => (false, hex.as_str()),
-            };
-            let digits = digits.trim_start_matches("0x");
-            let magnitude = BigInt::from_str_radix(digits, 16)
-                .map_err(|e| py.new_error(ExcKind::Value, &format!("bad int text: {e}")))?;
-            return Ok(Value::from_bigint(if negative {
-                -magnitude
-            } else {
-                magnitude
-            }));
+            return Ok(Value::from_bigint(bigint_of(obj)?));
         }
         if is(p, ffi::PyFloat_CheckExact, ffi::PyFloat_Check, EXACT) {
             return Ok(Value::Float(ffi::PyFloat_AsDouble(p)));
@@ -302,7 +300,7 @@ unsafe fn is(
     unsafe { (if exact_only { exact(p) } else { any(p) }) != 0 }
 }
 
-fn in_container(err: Error, place: &str) -> Error {
+pub(crate) fn in_container(err: Error, place: &str) -> Error {
     match err {
         Error::Unshareable { type_name, detail } if detail.is_empty() => Error::Unshareable {
             type_name,

@@ -10,7 +10,7 @@
 //! - live exceptions: fetched, kept for the callback that fetched them, raised again
 //!   faithfully ([`err`]);
 //! - the conversion between [`Value`](crate::value::Value) and Python objects
-//!   ([`convert`]);
+//!   ([`convert`]), and between Python objects and the wire format ([`wire`]);
 //! - the only `extern "C"` functions: one generic trampoline per C slot signature, which
 //!   catches panics and raises errors ([`callback`]);
 //! - native classes whose instances own a Rust value ([`class`]) and module definitions
@@ -31,6 +31,7 @@ pub(crate) mod lifecycle;
 pub(crate) mod module;
 mod object;
 pub(crate) mod threads;
+pub(crate) mod wire;
 
 pub(crate) use object::ExcKind;
 pub use object::{PyObj, Python};

@@ -5,6 +5,7 @@
 
 pub(crate) mod de;
 mod ser;
+pub mod wire;
 
 use std::fmt;
 
@@ -31,8 +32,12 @@ pub use ser::to_value;
 /// Subclasses convert as their base type (an `IntEnum` member becomes an `int`, an
 /// `OrderedDict` a `dict`). Anything else is refused with [`Error::Unshareable`]
 /// naming the type. Channels are stricter: they send natively only objects of exactly
-/// these types (and no `bytearray`), and pickle anything else, subclasses included, so
-/// that Python receivers get what was sent ([`Message::Pickled`] for a Rust receiver).
+/// these types (and `bytearray`, which a Python receiver gets as a `bytearray`), and
+/// pickle anything else, subclasses included, so that Python receivers get what was sent
+/// ([`Message::Pickled`] for a Rust receiver).
+///
+/// Values cross in the [wire format](wire), which [`wire::encode`] and [`wire::decode`]
+/// write and read.
 ///
 /// [`Message::Pickled`]: crate::Message::Pickled
 ///
