@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::raw::callback::FastArgs;
 use crate::raw::convert::{exact_bool, exact_float, exact_int, scalar, utf8_str};
 use crate::raw::{ExcKind, PyObj, Python};
-use crate::seconds::{self, SecondsError};
+use crate::seconds;
 use crate::value::de::{from_scalar, Scalar};
 use crate::value::{from_value, Value};
 
@@ -158,42 +158,105 @@ impl<'py> Param<'py> for Truth {
 }
 
 /// A timeout in seconds, as `queue.Queue.get` and `threading.Lock.acquire` take it: a
-/// non-negative `int` or `float` (the one rule of [`crate::seconds`]); negative or NaN is a
-/// `ValueError`, past `threading.TIMEOUT_MAX` an `OverflowError`. Optional as
-/// `Option<Timeout>`, where `None` means no limit.
+/// non-negative `int` or `float` by the one rule of [`crate::seconds`], refused as
+/// [`refuse_seconds`] words it. Optional as `Option<Timeout>`, where `None` means no
+/// limit.
 pub(crate) struct Timeout(pub Duration);
 
 impl<'py> Param<'py> for Timeout {
     fn read(function: &str, name: &str, arg: Option<PyObj<'py>>) -> Result<Self> {
         let obj = PyObj::read(function, name, arg)?;
-        let py = obj.py();
-        let seconds = match scalar(&obj) {
-            Some(Scalar::Int(n)) => n as f64,
-            Some(Scalar::Bool(b)) => f64::from(u8::from(b)),
-            Some(Scalar::Float(x)) => x,
-            // An int too large for i64 (its float would be far past the longest timeout).
-            _ if obj.is_instance(&py.builtins()?.getattr("int")?)? => {
-                return Err(too_large(py, name))
-            }
-            _ => {
-                return Err(py.new_error(
-                    ExcKind::Type,
-                    &format!(
-                        "{name} must be a number of seconds or None, not {}",
-                        short_type(&obj)
-                    ),
-                ))
-            }
-        };
-        match seconds::non_negative(seconds) {
-            Ok(duration) => Ok(Timeout(duration)),
-            Err(SecondsError::TooLarge) => Err(too_large(py, name)),
-            Err(_) => Err(py.new_error(
-                ExcKind::Value,
-                &format!("{name} must be a non-negative number"),
-            )),
+        match seconds_arg(obj.py(), Some(&obj), name, Secs::NonNegative)? {
+            Some(duration) => Ok(Timeout(duration)),
+            None => Err(missing(function, name)),
         }
     }
+}
+
+/// Which numbers of seconds a setting or an argument takes.
+#[derive(Clone, Copy)]
+pub(crate) enum Secs {
+    /// Zero or more: a wait or a deadline that may be over at once.
+    NonNegative,
+    // Taken by the package's settings and `check()` only.
+    #[cfg_attr(not(feature = "extension-module"), allow(dead_code))]
+    /// More than zero.
+    Positive,
+}
+
+/// Why a number of seconds from Python is refused, by the one rule ([`crate::seconds`]).
+pub(crate) enum BadSeconds {
+    /// Not an `int` or a `float` (a `bool` neither).
+    Type,
+    Value(seconds::SecondsError),
+}
+
+/// A number of seconds from Python: `None` is `None`.
+pub(crate) fn seconds_value(
+    value: &Value,
+    rule: Secs,
+) -> std::result::Result<Option<Duration>, BadSeconds> {
+    let secs = match value {
+        Value::None => return Ok(None),
+        Value::Int(n) => *n as f64,
+        Value::BigInt(n) if n.sign() == num_bigint::Sign::Minus => f64::NEG_INFINITY,
+        Value::BigInt(_) => f64::INFINITY,
+        Value::Float(f) => *f,
+        _ => return Err(BadSeconds::Type),
+    };
+    let checked = match rule {
+        Secs::NonNegative => seconds::non_negative(secs),
+        Secs::Positive => seconds::positive(secs),
+    };
+    checked.map(Some).map_err(BadSeconds::Value)
+}
+
+/// The refusal of a number of seconds `what` (of type `type_name`), worded as
+/// `threading.Lock.acquire` words its timeout's: not a number is a `TypeError`, negative
+/// or NaN (with [`Secs::Positive`], zero too) a `ValueError`, past `threading.TIMEOUT_MAX`
+/// an `OverflowError`.
+pub(crate) fn refuse_seconds(
+    py: Python<'_>,
+    bad: BadSeconds,
+    what: &str,
+    rule: Secs,
+    type_name: &str,
+) -> Error {
+    match bad {
+        BadSeconds::Type => py.new_error(
+            ExcKind::Type,
+            &format!("{what} must be a number of seconds, not {type_name}"),
+        ),
+        BadSeconds::Value(seconds::SecondsError::TooLarge) => too_large(py, what),
+        BadSeconds::Value(_) => py.new_error(
+            ExcKind::Value,
+            &match rule {
+                Secs::NonNegative => format!("{what} must be a non-negative number"),
+                Secs::Positive => format!("{what} must be more than 0 seconds"),
+            },
+        ),
+    }
+}
+
+/// An argument in seconds ([`refuse_seconds`] says how it is refused).
+pub(crate) fn seconds_arg(
+    py: Python<'_>,
+    obj: Option<&PyObj<'_>>,
+    what: &str,
+    rule: Secs,
+) -> Result<Option<Duration>> {
+    let Some(obj) = obj.filter(|o| !o.is_none()) else {
+        return Ok(None);
+    };
+    let parsed = match obj.to_value() {
+        Ok(value) => seconds_value(&value, rule),
+        Err(_) => Err(BadSeconds::Type), // not plain data: not a number either
+    };
+    parsed.map_err(|bad| {
+        let type_name = obj.type_name();
+        let type_name = type_name.strip_prefix("builtins.").unwrap_or(&type_name);
+        refuse_seconds(py, bad, what, rule, type_name)
+    })
 }
 
 /// The error of a timeout past [`seconds::MAX_SECONDS`].

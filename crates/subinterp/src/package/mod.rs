@@ -19,7 +19,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::call::{call_target, Args, Target};
 use crate::error::{Error, Result};
-use crate::host::params;
+use crate::host::params::{self, refuse_seconds, seconds_arg, seconds_value, BadSeconds, Secs};
 use crate::interpreter::config::InterpreterConfig;
 use crate::interpreter::Interpreter;
 use crate::pool::{Pool, PoolConfig, Task, TaskOptions};
@@ -669,89 +669,6 @@ impl PoolHandle {
         // Wake a collector waiting for results: the pool has ended.
         let _ = self.ready_tx.send(u64::MAX);
     }
-}
-
-/// Which numbers of seconds a setting or an argument takes.
-#[derive(Clone, Copy)]
-enum Secs {
-    /// Zero or more: a wait or a deadline that may be over at once.
-    NonNegative,
-    /// More than zero.
-    Positive,
-}
-
-/// Why a number of seconds from Python is refused, by the one rule ([`crate::seconds`]).
-enum BadSeconds {
-    /// Not an `int` or a `float` (a `bool` neither).
-    Type,
-    Value(crate::seconds::SecondsError),
-}
-
-/// A number of seconds from Python: `None` is `None`.
-fn seconds_value(value: &Value, rule: Secs) -> std::result::Result<Option<Duration>, BadSeconds> {
-    let secs = match value {
-        Value::None => return Ok(None),
-        Value::Int(n) => *n as f64,
-        Value::BigInt(n) if n.sign() == num_bigint::Sign::Minus => f64::NEG_INFINITY,
-        Value::BigInt(_) => f64::INFINITY,
-        Value::Float(f) => *f,
-        _ => return Err(BadSeconds::Type),
-    };
-    let checked = match rule {
-        Secs::NonNegative => crate::seconds::non_negative(secs),
-        Secs::Positive => crate::seconds::positive(secs),
-    };
-    checked.map(Some).map_err(BadSeconds::Value)
-}
-
-/// The refusal of a number of seconds `what` (of type `type_name`), worded as
-/// `threading.Lock.acquire` words its timeout's: not a number is a `TypeError`, negative
-/// or NaN (with [`Secs::Positive`], zero too) a `ValueError`, past `threading.TIMEOUT_MAX`
-/// an `OverflowError`.
-fn refuse_seconds(
-    py: Python<'_>,
-    bad: BadSeconds,
-    what: &str,
-    rule: Secs,
-    type_name: &str,
-) -> Error {
-    match bad {
-        BadSeconds::Type => py.new_error(
-            ExcKind::Type,
-            &format!("{what} must be a number of seconds, not {type_name}"),
-        ),
-        BadSeconds::Value(crate::seconds::SecondsError::TooLarge) => {
-            crate::host::params::too_large(py, what)
-        }
-        BadSeconds::Value(_) => py.new_error(
-            ExcKind::Value,
-            &match rule {
-                Secs::NonNegative => format!("{what} must be >= 0 and finite"),
-                Secs::Positive => format!("{what} must be more than 0 seconds"),
-            },
-        ),
-    }
-}
-
-/// An argument in seconds ([`refuse_seconds`] says how it is refused).
-fn seconds_arg(
-    py: Python<'_>,
-    obj: Option<&PyObj<'_>>,
-    what: &str,
-    rule: Secs,
-) -> Result<Option<Duration>> {
-    let Some(obj) = obj.filter(|o| !o.is_none()) else {
-        return Ok(None);
-    };
-    let parsed = match obj.to_value() {
-        Ok(value) => seconds_value(&value, rule),
-        Err(_) => Err(BadSeconds::Type), // not plain data: not a number either
-    };
-    parsed.map_err(|bad| {
-        let type_name = obj.type_name();
-        let type_name = type_name.strip_prefix("builtins.").unwrap_or(&type_name);
-        refuse_seconds(py, bad, what, rule, type_name)
-    })
 }
 
 /// A wait or a deadline in seconds ([`Secs::NonNegative`]).
