@@ -1,7 +1,8 @@
 //! [`Value`]: the data that crosses interpreters.
 //!
-//! Python objects never leave the interpreter that made them. What crosses is a `Value`:
-//! a deep copy made of plain Rust data, rebuilt as fresh objects on the other side.
+//! Python objects never leave the interpreter that made them. What crosses is a copy of
+//! their data in the [wire format](wire), one flat buffer rebuilt as fresh objects on the
+//! other side; a Rust host reads and writes it as a `Value`, plain Rust data.
 
 pub(crate) mod de;
 mod ser;
