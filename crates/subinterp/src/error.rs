@@ -304,6 +304,18 @@ impl Error {
     }
 }
 
+/// The one wording of a deadline that passed: `"the task ran past its deadline of 0.300
+/// s"` for `what` = `"the task"`.
+pub(crate) fn past_deadline(what: &str, limit: Option<std::time::Duration>) -> String {
+    match limit {
+        Some(limit) => format!(
+            "{what} ran past its deadline of {:.3} s",
+            limit.as_secs_f64()
+        ),
+        None => format!("{what} ran past its deadline"),
+    }
+}
+
 /// Where the class of a raised [`Error`] lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ExceptionClass {

@@ -1124,10 +1124,7 @@ fn flush_streams(py: Python<'_>) {
 }
 
 fn past_deadline(limit: Duration) -> String {
-    format!(
-        "the call ran past its deadline of {:.3} s",
-        limit.as_secs_f64()
-    )
+    crate::error::past_deadline("the call", Some(limit))
 }
 
 fn far_future() -> Instant {

@@ -375,10 +375,7 @@ fn not_started_message(what: &str, limit: Duration) -> String {
 }
 
 fn timed_out_message(what: &str, limit: Duration, stuck: bool) -> String {
-    let mut message = format!(
-        "{what} did not finish within its deadline of {:.3} s",
-        limit.as_secs_f64()
-    );
+    let mut message = crate::error::past_deadline(what, Some(limit));
     if stuck {
         message.push_str(
             "; it did not stop when interrupted (blocked in C code?) and still runs: the \

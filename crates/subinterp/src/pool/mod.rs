@@ -868,10 +868,7 @@ fn worker_loop(py: Python<'_>, shared: &Arc<Shared>, worker: &Arc<Worker>) -> Re
 /// `TimeoutError` raised at the deadline; or, if the task went on and returned or raised
 /// something else, a `TimeoutError` saying so (with what it raised as its context).
 fn timed_out<T>(result: Result<T>, timeout: Option<Duration>) -> Error {
-    let deadline = match timeout {
-        Some(t) => format!("the task ran past its deadline of {:.3} s", t.as_secs_f64()),
-        None => "the task ran past its deadline".into(),
-    };
+    let deadline = crate::error::past_deadline("the task", timeout);
     let went_on = |what: &str, context: Option<Box<PyException>>| PyException {
         type_name: "builtins.TimeoutError".into(),
         message: format!("{deadline}; it was interrupted, and then {what}"),
@@ -961,9 +958,9 @@ fn watchdog(rx: Receiver<Watch>, grace: Duration) {
                 );
             } else {
                 watch.state.complete(Err(Error::timeout(format!(
-                    "the task ran past its deadline of {:.3} s and did not stop when \
-                     interrupted (blocked in C code?); its interpreter was replaced",
-                    watch.timeout.as_secs_f64()
+                    "{} and did not stop when interrupted (blocked in C code?); its \
+                     interpreter was replaced",
+                    crate::error::past_deadline("the task", Some(watch.timeout))
                 ))));
                 watch.worker.abandoned.store(true, Ordering::Release);
                 let _ = watch.worker.abandon_tx.try_send(());
