@@ -20,7 +20,6 @@ import threading
 import types
 import warnings
 import weakref
-from pathlib import Path
 
 from . import _native
 from ._worker import _subinterp_plain as _plain
@@ -57,8 +56,6 @@ __all__ = [
 if "__main__" in sys.modules and _native.id() == 0:
     sys.modules.setdefault("__mp_main__", sys.modules["__main__"])
 
-_WORKER_SOURCE = (Path(__file__).parent / "_worker.py").read_text(encoding="utf-8")
-_WORKER_FILE = "<subinterp worker>"
 _WORKER = "__import__('sys').modules['_subinterp_worker']"
 _RUN = "_subinterp_worker:_subinterp_run"
 _RUN_CHUNK = "_subinterp_worker:_subinterp_run_chunk"
@@ -165,6 +162,23 @@ def _main_name() -> str | None:
     return name
 
 
+@functools.cache
+def _worker_code() -> bytes:
+    """The code of ``_worker.py``, marshalled: taken once from the package's bytecode
+    cache (compiled here if there is none), so that each worker loads it with ``marshal``
+    (the same Python) instead of compiling its source again."""
+    import marshal
+
+    from . import _worker
+
+    get_code = getattr(getattr(_worker.__spec__, "loader", None), "get_code", None)
+    code = get_code(_worker.__name__) if get_code is not None else None
+    if code is None:
+        with open(_worker.__file__, encoding="utf-8") as file:
+            code = compile(file.read(), _worker.__file__, "exec")
+    return marshal.dumps(code)
+
+
 def _setup_code() -> list[str]:
     """Python statements that make a new interpreter a worker: ``os._exit`` refused (it
     would end this whole process), no reading of this process's stdin (a worker gets an
@@ -172,13 +186,13 @@ def _setup_code() -> list[str]:
     ``sys.path``, the runner module, the main script."""
     code = [
         _native._exit_guard(),
-        "import sys, types",
+        "import sys",
         "sys.stdin = open(__import__('os').devnull, encoding='utf-8')",
         f"sys.path[:] = {[p for p in sys.path if isinstance(p, str)]!r}",
-        "_w = types.ModuleType('_subinterp_worker')",
-        f"exec(compile({_WORKER_SOURCE!r}, {_WORKER_FILE!r}, 'exec'), _w.__dict__)",
+        "_w = type(sys)('_subinterp_worker')",
+        f"exec(__import__('marshal').loads({_worker_code()!r}), _w.__dict__)",
         "sys.modules['_subinterp_worker'] = _w",
-        f"_w._subinterp_stand_in(__import__('subinterp'), {str(Path(__file__).parent)!r})",
+        f"_w._subinterp_stand_in(__import__('subinterp'), {os.path.dirname(__file__)!r})",
     ]
     name = _main_name()
     main = _main_path()
