@@ -238,6 +238,42 @@ def test_main_script_functions_run(tmp_path):
     assert out.stdout.strip() == "285"
 
 
+def test_a_fresh_worker_imports_only_what_its_task_needs(tmp_path):
+    # A worker's set-up and a task of plain data import none of these (each costs a fresh
+    # interpreter milliseconds of its start), unless a fresh Python of this environment
+    # has them at start-up (a .pth file may import anything).
+    script = tmp_path / "script.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys
+            import subinterp
+
+            def loaded():
+                return sorted(sys.modules)
+
+            if __name__ == "__main__":
+                with subinterp.Pool(1) as pool:
+                    print(" ".join(pool.submit(loaded).result(60)))
+            """
+        )
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    in_worker = set(out.stdout.split())
+    assert "__mp_main__" in in_worker
+    fresh = subprocess.run(
+        [sys.executable, "-c", "import sys; print(' '.join(sys.modules))"],
+        capture_output=True, text=True, timeout=120,
+    )
+    at_start = set(fresh.stdout.split())
+    needless = {"importlib", "importlib.machinery", "importlib.util", "pickle", "re",
+                "runpy", "threading", "traceback", "types"}
+    assert sorted((needless & in_worker) - at_start) == []
+
+
 def test_exit_waits_for_a_task_stuck_in_c_and_keeps_the_status(tmp_path):
     script = tmp_path / "stuck.py"
     script.write_text(

@@ -198,15 +198,21 @@ def test_os_exec_in_a_legacy_worker_or_interpreter_raises_for_the_caller(tmp_pat
     assert _ok(out) == ["task refused", "subprocess 0", "exec refused", "alive"]
 
 
-def test_subprocess_with_preexec_fn_beside_a_live_pool_is_refused(tmp_path):
+@pytest.mark.parametrize("subprocess_first", [True, False])
+def test_subprocess_with_preexec_fn_beside_a_live_pool_is_refused(tmp_path, subprocess_first):
     # preexec_fn runs Python in the forked child, after PyOS_AfterFork_Child, which dies
     # (3.13) or hangs (3.12) with subinterpreters running; without it subprocess is fine.
+    # The package does not import subprocess itself (that would slow its import): one
+    # imported after it takes the guarded fork_exec all the same.
+    first, then = ("subprocess, ", "") if subprocess_first else ("", "import subprocess")
     out = run_script(
         tmp_path,
-        """
-        import subprocess, sys, helpers, subinterp
+        f"""
+        import {first}sys, helpers, subinterp
 
         if __name__ == "__main__":
+            print("subprocess imported", "subprocess" in sys.modules)
+            {then}
             with subinterp.Pool(1) as pool:
                 print(pool.submit(helpers.add, 1, 2).result(60))
                 try:
@@ -221,7 +227,10 @@ def test_subprocess_with_preexec_fn_beside_a_live_pool_is_refused(tmp_path):
             print("after shutdown", done.returncode)
         """,
     )
-    assert _ok(out) == ["3", "refused True", "plain 0", "after shutdown 0"]
+    assert _ok(out) == [
+        f"subprocess imported {subprocess_first}", "3", "refused True", "plain 0",
+        "after shutdown 0",
+    ]
 
 
 # ---------------------------------------------------------------- callbacks

@@ -4,11 +4,11 @@ name, or pickled; plain data as it is)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import sys
 import types
-from pathlib import Path
 
 from . import _native
 from ._worker import _subinterp_plain as plain
@@ -18,8 +18,6 @@ from ._worker import _subinterp_plain as plain
 if "__main__" in sys.modules and _native.id() == 0:
     sys.modules.setdefault("__mp_main__", sys.modules["__main__"])
 
-_WORKER_SOURCE = (Path(__file__).parent / "_worker.py").read_text(encoding="utf-8")
-_WORKER_FILE = "<subinterp worker>"
 WORKER = "__import__('sys').modules['_subinterp_worker']"
 RUN = "_subinterp_worker:_subinterp_run"
 RUN_CHUNK = "_subinterp_worker:_subinterp_run_chunk"
@@ -102,6 +100,23 @@ def _main_name() -> str | None:
     return name
 
 
+@functools.cache
+def _worker_code() -> bytes:
+    """The code of ``_worker.py``, marshalled: taken once from the package's bytecode
+    cache (compiled here if there is none), so that each worker loads it with ``marshal``
+    (the same Python) instead of compiling its source again."""
+    import marshal
+
+    from . import _worker
+
+    get_code = getattr(getattr(_worker.__spec__, "loader", None), "get_code", None)
+    code = get_code(_worker.__name__) if get_code is not None else None
+    if code is None:
+        with open(_worker.__file__, encoding="utf-8") as file:
+            code = compile(file.read(), _worker.__file__, "exec")
+    return marshal.dumps(code)
+
+
 def setup_code() -> list[str]:
     """Python statements that make a new interpreter a worker: ``os._exit`` refused (it
     would end this whole process), no reading of this process's stdin (a worker gets an
@@ -109,13 +124,13 @@ def setup_code() -> list[str]:
     ``sys.path``, the runner module, the main script."""
     code = [
         _native._exit_guard(),
-        "import sys, types",
+        "import sys",
         "sys.stdin = open(__import__('os').devnull, encoding='utf-8')",
         f"sys.path[:] = {[p for p in sys.path if isinstance(p, str)]!r}",
-        "_w = types.ModuleType('_subinterp_worker')",
-        f"exec(compile({_WORKER_SOURCE!r}, {_WORKER_FILE!r}, 'exec'), _w.__dict__)",
+        "_w = type(sys)('_subinterp_worker')",
+        f"exec(__import__('marshal').loads({_worker_code()!r}), _w.__dict__)",
         "sys.modules['_subinterp_worker'] = _w",
-        f"_w._subinterp_stand_in(__import__('subinterp'), {str(Path(__file__).parent)!r})",
+        f"_w._subinterp_stand_in(__import__('subinterp'), {os.path.dirname(__file__)!r})",
     ]
     name = _main_name()
     main = _main_path()

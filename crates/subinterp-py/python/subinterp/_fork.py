@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 
 from . import _native
 from ._live import live
@@ -55,10 +56,10 @@ def guard_fork() -> None:
 def _guard_fork_exec() -> None:
     """Makes ``subprocess`` refuse a ``preexec_fn`` while a pool or an interpreter is alive
     (see guard_fork); subprocess keeps ``fork_exec`` of ``_posixsubprocess`` as its own
-    ``_fork_exec``, so both are replaced."""
+    ``_fork_exec``, so both are replaced (a subprocess imported later takes the
+    replacement: importing it here would only slow this package's import)."""
     try:
         import _posixsubprocess
-        import subprocess
     except ImportError:  # not a POSIX system
         return
     original = _posixsubprocess.fork_exec
@@ -77,8 +78,9 @@ def _guard_fork_exec() -> None:
 
     fork_exec._subinterp_guarded = True  # type: ignore[attr-defined]
     _posixsubprocess.fork_exec = fork_exec
+    subprocess = sys.modules.get("subprocess")
     if getattr(subprocess, "_fork_exec", None) is original:
-        subprocess._fork_exec = fork_exec  # type: ignore[attr-defined]
+        setattr(subprocess, "_fork_exec", fork_exec)
 
 
 # os.fork() refuses while pools or interpreters are alive, from the package's import on.

@@ -45,14 +45,25 @@ def _subinterp_plain(value, depth=0):
     return False
 
 
-def _subinterp_resolve(module, qualname):
-    import importlib
+def _subinterp_loads(payload):
+    """``payload`` unpickled. ``pickle`` is imported on first use: a fresh interpreter
+    takes milliseconds to import it (and ``re``, ``struct``...), which a task of plain
+    data never needs."""
+    import pickle
 
+    return pickle.loads(payload)
+
+
+def _subinterp_resolve(module, qualname):
     if module in ("__main__", "__mp_main__"):
         if _subinterp_main_error is not None:
             raise ImportError(_subinterp_main_error)
         module = "__mp_main__"
-    obj = importlib.import_module(module)
+    # What importlib.import_module does for an absolute name, without importing importlib.
+    obj = _sys.modules.get(module)
+    if obj is None:
+        __import__(module)
+        obj = _sys.modules[module]
     for part in qualname.split("."):
         obj = getattr(obj, part)
     return obj
@@ -69,14 +80,12 @@ def _subinterp_injected(exc):
 def _subinterp_run(module, qualname, payload, *args, **kwargs):
     """Calls ``module.qualname`` (or, with no module, the callable pickled with its
     arguments in ``payload``); returns what ``_subinterp_call`` returns."""
-    import pickle
-
     try:
         if module is None:
-            fn, args, kwargs = pickle.loads(payload)
+            fn, args, kwargs = _subinterp_loads(payload)
         else:
             if payload is not None:
-                args, kwargs = pickle.loads(payload)
+                args, kwargs = _subinterp_loads(payload)
             fn = _subinterp_resolve(module, qualname)
     except BaseException as exc:  # noqa: B902 - reported to the caller whole
         if _subinterp_injected(exc):
@@ -163,14 +172,12 @@ def _subinterp_run_chunk(module, qualname, payload, items, star=True):
     is the one argument when not ``star``), up to the first exception; returns
     ``[values, failure]``: the values as ``_subinterp_call`` encodes a result, and the
     exception as it encodes one (or None)."""
-    import pickle
-
     try:
         if module is None:
-            fn, items = pickle.loads(payload)
+            fn, items = _subinterp_loads(payload)
         else:
             if payload is not None:
-                items = pickle.loads(payload)
+                items = _subinterp_loads(payload)
             fn = _subinterp_resolve(module, qualname)
     except BaseException as exc:  # noqa: B902 - reported to the caller whole
         if _subinterp_injected(exc):
@@ -191,6 +198,8 @@ def _subinterp_run_chunk(module, qualname, payload, items, star=True):
         failure = _subinterp_failure(exc)
     if _subinterp_plain(values):
         return [(0, values), failure]
+    import pickle
+
     try:
         return [(1, pickle.dumps(values)), failure]
     except Exception as exc:
@@ -233,18 +242,19 @@ def _subinterp_load_main(path=None, name=None):
     (it imports a module that refuses isolated interpreters, say), only the tasks that
     need it fail, with that error."""
     global _subinterp_main_error
-    import importlib.util
-    import runpy
-    import types
-
     try:
         if name is not None:
-            module = types.ModuleType("__mp_main__")
+            import runpy
+
+            module = type(_sys)("__mp_main__")
             _sys.modules["__mp_main__"] = module
             module.__dict__.update(runpy.run_module(name, run_name="__mp_main__", alter_sys=True))
         else:
-            spec = importlib.util.spec_from_file_location("__mp_main__", path)
-            module = importlib.util.module_from_spec(spec)
+            # importlib.util's own functions, from the modules it takes them from (always
+            # loaded): importing importlib.util would import threading and types too.
+            external = _sys.modules["_frozen_importlib_external"]
+            spec = external.spec_from_file_location("__mp_main__", path)
+            module = _sys.modules["_frozen_importlib"].module_from_spec(spec)
             _sys.modules["__mp_main__"] = module
             spec.loader.exec_module(module)
     except BaseException as exc:  # noqa: B902 - kept for the tasks that need it

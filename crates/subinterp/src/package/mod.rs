@@ -880,34 +880,18 @@ fn pool_new<'py>(py: Python<'py>, _: &PyObj<'py>, args: &FastArgs<'_, 'py>) -> O
     let (config,): (PyObj,) = params::args(args, "_pool_new", ["config"])?;
     main_only(py, "Pool")?;
     let pool_config = Settings::parse(py, &config, SettingsOf::Pool)?.pool();
-    // Set up off this thread, so that Ctrl-C (a signal handler raising here) stops it.
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stopped = Arc::clone(&stop);
-    let (made_tx, made_rx) = crossbeam_channel::bounded(1);
-    std::thread::Builder::new()
-        .name("subinterp-pool-setup".into())
-        .spawn(move || {
-            let made = runtime().and_then(|rt| {
-                Pool::new_until(&rt, &pool_config, || {
-                    stopped.load(std::sync::atomic::Ordering::Acquire)
-                })
-            });
-            let _ = made_tx.send(made);
-        })
-        .map_err(|e| Error::CreateFailed(format!("cannot start the pool: {e}")))?;
+    // Waited for in slices with this thread's GIL released (the workers' creation needs
+    // the main interpreter), so that Ctrl-C (a signal handler raising here) stops it.
+    let mut starting =
+        py.allow_threads(|| runtime().and_then(|rt| Pool::start(&rt, &pool_config)))?;
     let pool = loop {
-        match py.allow_threads(|| made_rx.recv_timeout(Duration::from_millis(50))) {
-            Ok(made) => break made?,
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                return Err(Error::Closed.into())
-            }
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+        if let Some(made) = py.allow_threads(|| starting.wait(Duration::from_millis(50))) {
+            break made?;
         }
         if let Err(signal) = py.check_signals() {
             // The set-up is interrupted; one stuck in C code is left behind after the
             // grace period.
-            stop.store(true, std::sync::atomic::Ordering::Release);
-            let _ = py.allow_threads(|| made_rx.recv());
+            py.allow_threads(move || drop(starting));
             return Err(signal.into());
         }
     };

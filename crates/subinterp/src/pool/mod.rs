@@ -281,6 +281,45 @@ impl Worker {
     }
 }
 
+/// A pool whose first workers are being set up ([`Pool::start`]). Dropped before it is
+/// ready, it stops the set-up as [`Pool::shutdown_now`] does.
+pub(crate) struct Starting {
+    /// Taken out once ready.
+    pool: Option<Pool>,
+    ready_rx: Receiver<Result<()>>,
+    /// Workers still to report ready.
+    left: usize,
+}
+
+impl Starting {
+    /// Waits at most `slice`: the pool once every worker it waits for is ready, the
+    /// error of the first that could not be set up, or `None` while they are not ready.
+    /// Once it has given the pool or an error, it gives [`Error::Closed`].
+    pub(crate) fn wait(&mut self, slice: Duration) -> Option<Result<Pool>> {
+        if self.pool.is_none() {
+            return Some(Err(Error::Closed));
+        }
+        let deadline = Instant::now() + slice;
+        while self.left > 0 {
+            match self.ready_rx.recv_deadline(deadline) {
+                Ok(Ok(())) => self.left -= 1,
+                Ok(Err(err)) => {
+                    self.pool = None; // stops the others
+                    return Some(Err(err));
+                }
+                Err(RecvTimeoutError::Timeout) => return None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.pool = None;
+                    return Some(Err(Error::CreateFailed(
+                        "a worker ended during start-up".into(),
+                    )));
+                }
+            }
+        }
+        self.pool.take().map(Ok)
+    }
+}
+
 impl Pool {
     /// Starts the workers (in parallel; only the first with
     /// [`start_on_demand`](PoolConfig::start_on_demand)) and runs the initializer in each;
@@ -297,6 +336,21 @@ impl Pool {
         config: &PoolConfig,
         stop: impl Fn() -> bool,
     ) -> Result<Pool> {
+        let mut starting = Self::start(runtime, config)?;
+        loop {
+            if let Some(made) = starting.wait(Duration::from_millis(50)) {
+                return made;
+            }
+            if stop() {
+                return Err(Error::Cancelled);
+            }
+        }
+    }
+
+    /// [`new`](Self::new) in two steps: starts the workers and returns at once; the
+    /// caller waits for them with [`Starting::wait`], in slices of its choosing (the
+    /// Python package checks for Ctrl-C between them, on its own thread).
+    pub(crate) fn start(runtime: &Runtime, config: &PoolConfig) -> Result<Starting> {
         if config.workers == 0 {
             return Err(Error::InvalidConfig(
                 "a pool needs at least one worker".into(),
@@ -338,19 +392,11 @@ impl Pool {
         }
         drop(ready_tx);
         let wait_for = if config.ready_on_first { 1 } else { start };
-        let mut ready = 0;
-        while ready < wait_for {
-            match ready_rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(Ok(())) => ready += 1,
-                Ok(Err(err)) => return Err(err),
-                Err(RecvTimeoutError::Timeout) if stop() => return Err(Error::Cancelled),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(Error::CreateFailed("a worker ended during start-up".into()))
-                }
-            }
-        }
-        Ok(pool)
+        Ok(Starting {
+            pool: Some(pool),
+            ready_rx,
+            left: wait_for,
+        })
     }
 
     /// Number of workers.

@@ -196,8 +196,10 @@ pub(crate) fn instantiate<'py>(py: Python<'py>, i: usize, name: &str) -> Result<
     if def.is_null() {
         return Err(Error::InvalidArgument(format!("no module definition {i}")));
     }
+    // `importlib.machinery.ModuleSpec` is this class: taken from the import system's own
+    // module, always loaded, since importing `importlib` costs a fresh interpreter time.
     let spec = py
-        .import("importlib.machinery")?
+        .import("_frozen_importlib")?
         .getattr("ModuleSpec")?
         .call(&[&py.str(name)?, &py.none()])?;
     // SAFETY: GIL held (the token); `def` is a complete, static definition and `spec` a
