@@ -56,6 +56,7 @@
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
+pub mod audit;
 mod builtin_module;
 mod call;
 mod channel;
@@ -75,9 +76,11 @@ mod pool;
 mod raw;
 mod runtime;
 pub mod seconds;
+mod stats;
 pub mod value;
 mod wait;
 
+pub use audit::{GuardAction, GuardRule, Guards};
 pub use call::{parse_target, Args, Target};
 pub use channel::buffer::SharedBuffer;
 pub use channel::{select, Channel, Message, RecvFuture};
@@ -88,6 +91,7 @@ pub use interpreter::{CallOptions, Interpreter, InterruptHandle, Output, CALL_GR
 pub use pool::{MapResults, Pool, PoolConfig, Task, TaskOptions};
 pub use raw::{PyObj, Python};
 pub use runtime::{Runtime, RuntimeConfig};
+pub use stats::{GuardStats, Stats};
 pub use value::{from_value, to_value, Value};
 pub use wait::InterruptReason;
 

@@ -41,6 +41,19 @@ pub enum Message {
 }
 
 impl Message {
+    /// The bytes the message carries, as [`Stats`](crate::Stats) counts them: of a `bytes`
+    /// or `str` value, a pickle, a shared buffer; 0 for other values (not measured).
+    pub(crate) fn payload_len(&self) -> u64 {
+        let len = match self {
+            Message::Value(Value::Bytes(data)) => data.len(),
+            Message::Value(Value::Str(text)) => text.len(),
+            Message::Value(_) => 0,
+            Message::Pickled { data, .. } => data.len(),
+            Message::Buffer(buffer) => buffer.len(),
+        };
+        len as u64
+    }
+
     /// The value, or an error naming what the message holds instead.
     pub fn into_value(self) -> Result<Value> {
         match self {
