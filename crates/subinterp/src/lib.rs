@@ -91,7 +91,7 @@ pub use interpreter::{CallOptions, Interpreter, InterruptHandle, Output, CALL_GR
 pub use pool::{MapResults, Pool, PoolConfig, Task, TaskOptions};
 pub use raw::{PyObj, Python};
 pub use runtime::{Runtime, RuntimeConfig};
-pub use stats::{GuardStats, Stats};
+pub use stats::{GuardStats, Stats, StatsHandle};
 pub use value::{from_value, to_value, Value};
 pub use wait::InterruptReason;
 

@@ -71,6 +71,24 @@ pub struct Stats {
     pub cpu_seconds: Option<f64>,
 }
 
+/// Reads the counters of a [`Pool`](crate::Pool) even after it was shut down (a
+/// shutdown takes the pool): what ended while it shut down is counted then.
+#[derive(Clone)]
+pub struct StatsHandle(pub(crate) Arc<Counters>);
+
+impl StatsHandle {
+    /// A snapshot, as [`Pool::stats`](crate::Pool::stats) gives.
+    pub fn stats(&self) -> Stats {
+        self.0.snapshot()
+    }
+}
+
+impl std::fmt::Debug for StatsHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("StatsHandle").field(&self.stats()).finish()
+    }
+}
+
 /// The events of one guard rule.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct GuardStats {

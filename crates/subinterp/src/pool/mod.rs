@@ -31,7 +31,7 @@ use crate::interpreter::{Interpreter, InterruptHandle};
 use crate::raw::lifecycle::clear_pending_async;
 use crate::raw::Python;
 use crate::runtime::Runtime;
-use crate::stats::{self, Counters, Outcome, Stats};
+use crate::stats::{self, Counters, Outcome, Stats, StatsHandle};
 use crate::value::Value;
 use crate::wait::InterruptReason;
 
@@ -376,6 +376,11 @@ impl Pool {
     /// interpreters created and ended.
     pub fn stats(&self) -> Stats {
         self.shared.stats.snapshot()
+    }
+
+    /// A handle that reads the pool's counters after it was shut down too.
+    pub fn stats_handle(&self) -> StatsHandle {
+        StatsHandle(Arc::clone(&self.shared.stats))
     }
 
     /// The pool's name: the `pool` label of its metrics ([`PoolConfig::name`]).
