@@ -20,6 +20,7 @@ import threading
 import types
 import warnings
 import weakref
+from collections.abc import Mapping
 from pathlib import Path
 
 from . import _native
@@ -504,6 +505,23 @@ class _PoolCore:
         return self.ended.wait(timeout)
 
 
+_GUARD_RULES = ("chdir", "env", "signals", "fork", "subprocess", "write", "connect")
+
+
+def _guard_settings(guards, allow_write) -> dict:
+    """The ``guards`` and ``allow_write`` of a pool's or an interpreter's config."""
+    if guards is None:
+        spec = ""
+    elif isinstance(guards, str):
+        spec = guards
+    elif isinstance(guards, Mapping):
+        spec = ",".join(f"{rule}={action}" for rule, action in guards.items())
+    else:
+        spec = ",".join(guards)
+    dirs = [os.fsdecode(os.path.abspath(os.fspath(d))) for d in (allow_write or ())]
+    return {"guards": spec, "allow_write": dirs}
+
+
 class Pool(concurrent.futures.Executor):
     """A pool of isolated interpreters, as a ``concurrent.futures.Executor``.
 
@@ -518,7 +536,19 @@ class Pool(concurrent.futures.Executor):
       in C code is reported the same way and its worker replaced;
     - ``max_tasks_per_worker``: tasks per worker before it is replaced by a fresh one
       (``max_tasks_per_child``, ``ProcessPoolExecutor``'s name, is accepted too);
-    - ``setup_timeout``: a deadline for each worker's set-up (``init``, ``initializer``).
+    - ``setup_timeout``: a deadline for each worker's set-up (``init``, ``initializer``);
+    - ``guards``: guard rails on state the whole process shares, per worker: rule names
+      to refuse (``["chdir", "env"]``, or ``"chdir,env"``; ``"process"`` for chdir, env,
+      signals, fork and subprocess), or a dict of rule to ``"allow"``, ``"count"`` or
+      ``"refuse"`` (rules: chdir, env, signals, fork, subprocess, write, connect). A
+      refused action raises ``PermissionError`` naming the rule; a counted one shows in
+      ``stats()``. A guard rail against accidents, not a security boundary: native code
+      and ``ctypes`` pass it;
+    - ``allow_write``: directories the workers may write files in; writing anywhere else
+      raises ``PermissionError`` (the ``write`` rule).
+
+    ``stats()`` returns the pool's counters as a dict: tasks by outcome, channel messages
+    and bytes, guard rail events, interpreters created and ended.
 
     The callable of a task is found in the worker by module and name when it is a
     module-level function or class, else pickled with its arguments (bound methods,
@@ -546,6 +576,8 @@ class Pool(concurrent.futures.Executor):
         max_tasks_per_worker: int | None = None,
         setup_timeout: float | None = None,
         max_tasks_per_child: int | None = None,
+        guards=None,
+        allow_write=None,
     ):
         if max_tasks_per_child is not None:
             if max_tasks_per_worker is not None:
@@ -581,10 +613,13 @@ class Pool(concurrent.futures.Executor):
                 "timeout": timeout,
                 "max_tasks_per_worker": max_tasks_per_worker,
                 "setup_timeout": setup_timeout,
+                **_guard_settings(guards, allow_write),
             },
         )
         self._max_workers = max_workers
         self._core = core = _PoolCore(handle)
+        self._stats = _native._pool_stats_handle(handle)
+        weakref.finalize(self, _native._pool_stats_release, self._stats)
         with _POOLS_LOCK:
             _POOLS.add(core)
         core.start_collector()
@@ -634,6 +669,17 @@ class Pool(concurrent.futures.Executor):
 
     def _queue(self, target, args, kwargs, timeout, unwrap) -> _Future:
         return self._core.queue(target, args, kwargs, timeout, unwrap)
+
+    def stats(self) -> dict:
+        """The pool's counters, also after ``shutdown()``: ``tasks_run``, ``tasks_ok``,
+        ``tasks_failed``, ``tasks_timed_out``, ``tasks_cancelled`` (each task counted once,
+        as its future ends), and over every worker it had: ``messages_sent``,
+        ``bytes_sent``, ``messages_received``, ``bytes_received``, ``guard_counted``,
+        ``guard_refused``, ``guards`` (per rule: ``counted`` and ``refused``),
+        ``interpreters_created``, ``interpreters_ended``; ``memory_bytes``,
+        ``memory_peak_bytes``, ``cpu_seconds`` are None where not measured. The package's
+        own calls to set a worker up are not tasks."""
+        return _native._pool_stats(self._stats)
 
     # ------------------------------------------------------------------ ending
 
@@ -824,10 +870,20 @@ class Interpreter:
     interpreter is busy until it returns — later calls wait for it (their deadline
     counts from the call) — and ``close()`` and exit leave it behind after a grace period,
     with a message on stderr.
+
+    ``guards`` and ``allow_write`` set its guard rails on process-wide state, as for
+    ``Pool``; ``stats()`` returns its counters (its operations, the package's own set-up
+    calls included, by outcome; channel messages; guard rail events).
     """
 
     def __init__(
-        self, *, isolated: bool = True, init: str | None = None, timeout: float | None = None
+        self,
+        *,
+        isolated: bool = True,
+        init: str | None = None,
+        timeout: float | None = None,
+        guards=None,
+        allow_write=None,
     ):
         _native._runtime_start()
         # The user's init is a source of its own: an error points at its own line.
@@ -840,7 +896,12 @@ class Interpreter:
                 f"exec(compile({init!r}, '<init>', 'exec'), sys.modules['__main__'].__dict__)"
             )
         self._handle = _native._interp_new(
-            {"isolated": isolated, "init": "\n".join(code) + "\n", "timeout": timeout}
+            {
+                "isolated": isolated,
+                "init": "\n".join(code) + "\n",
+                "timeout": timeout,
+                **_guard_settings(guards, allow_write),
+            }
         )
         self._timeout = timeout
         self._closed = False
@@ -879,6 +940,15 @@ class Interpreter:
         if exc is not None:
             raise exc
         return value
+
+    def stats(self) -> dict:
+        """The interpreter's counters: ``tasks_run``, ``tasks_ok``, ``tasks_failed``,
+        ``tasks_timed_out``, ``tasks_cancelled``, ``messages_sent``, ``bytes_sent``,
+        ``messages_received``, ``bytes_received``, ``guard_counted``, ``guard_refused``,
+        ``guards`` (per rule: ``counted`` and ``refused``), ``interpreters_created``,
+        ``interpreters_ended``, and ``memory_bytes``, ``memory_peak_bytes``,
+        ``cpu_seconds`` (None where not measured)."""
+        return _native._interp_stats(self._live())
 
     def close(self) -> None:
         """Ends the interpreter, waiting for its threads within a grace period (5 s). A

@@ -606,6 +606,12 @@ impl Interpreter {
         self.run_with(f, CallOptions::default())
     }
 
+    /// Counts a task of this interpreter that ran through [`start`](Self::start).
+    #[cfg(feature = "extension-module")]
+    pub(crate) fn count_task(&self, outcome: Outcome) {
+        self.stats.task(outcome);
+    }
+
     /// Runs `f` as an operation not counted as a task.
     fn bookkeeping<R, F>(&self, f: F) -> Result<R>
     where

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::audit::Guards;
 use crate::builtin_module::{parse, required};
 use crate::call::{call_target, Args, Target};
 use crate::error::{Error, Result};
@@ -27,6 +28,7 @@ use crate::raw::callback::{self, FastArgs, Outcome};
 use crate::raw::module::{self, ModuleSpec};
 use crate::raw::{ExcKind, PyObj, Python};
 use crate::runtime::{Runtime, RuntimeConfig};
+use crate::stats::{Outcome as TaskOutcome, StatsHandle};
 use crate::value::Value;
 use crate::wait::InterruptReason;
 
@@ -92,6 +94,27 @@ fn specs() -> Vec<ModuleSpec> {
               within its grace period; for each, the grace period in seconds if it was left \
               running, else None.",
             interp_close_all,
+        ),
+        callback::method_def(
+            c"_interp_stats",
+            c"_interp_stats(interp)\n--\n\nThe interpreter's counters: a dict.",
+            interp_stats,
+        ),
+        callback::method_def(
+            c"_pool_stats_handle",
+            c"_pool_stats_handle(pool)\n--\n\nA handle of the pool's counters, readable \
+              after the pool ended, until released.",
+            pool_stats_handle,
+        ),
+        callback::method_def(
+            c"_pool_stats",
+            c"_pool_stats(stats)\n--\n\nThe counters of a pool: a dict.",
+            pool_stats,
+        ),
+        callback::method_def(
+            c"_pool_stats_release",
+            c"_pool_stats_release(stats)\n--\n\nReleases a handle of _pool_stats_handle.",
+            pool_stats_release,
         ),
         callback::method_def(
             c"_check",
@@ -317,7 +340,7 @@ fn interp_new<'py>(
     let Value::Dict(config) = required(&a[0]).to_value()? else {
         return Err(py.new_error(ExcKind::Type, "config must be a dict").into());
     };
-    let interp = interpreter_config(&config);
+    let interp = interpreter_config(&config)?;
     let init = match field(&config, "init") {
         Some(Value::Str(code)) => Some(code.clone()),
         _ => None,
@@ -461,14 +484,35 @@ fn wait_in(
     }
 }
 
-/// [`wait_in`], its outcome as the `(kind, payload)` pair the package's code reads.
+/// How the stats count a task of the package: its worker code returns an exception of
+/// the function as `(2, ...)`, which is a failure.
+fn task_outcome(result: &Result<Value>) -> TaskOutcome {
+    match result {
+        Ok(Value::Tuple(items) | Value::List(items)) if items.first() == Some(&Value::Int(2)) => {
+            TaskOutcome::Failed
+        }
+        other => TaskOutcome::of(other),
+    }
+}
+
+/// [`wait_in`], its outcome as the `(kind, payload)` pair the package's code reads;
+/// counted in the interpreter's stats.
 fn run_in<'py>(
     py: Python<'py>,
     interp: &Interpreter,
     timeout: Option<Duration>,
     job: impl for<'a> FnOnce(Python<'a>) -> Result<Value> + Send + 'static,
 ) -> Outcome<PyObj<'py>> {
-    let (kind, payload) = match wait_in(py, interp, timeout, job)? {
+    let ended = wait_in(py, interp, timeout, job);
+    interp.count_task(match &ended {
+        Ok(Ended::Done(result)) => task_outcome(result),
+        Ok(Ended::TimedOut { .. } | Ended::NotStarted { .. }) => TaskOutcome::TimedOut,
+        Err(err) if err.as_python().is_some_and(|e| e.is("KeyboardInterrupt")) => {
+            TaskOutcome::Cancelled
+        }
+        Err(_) => TaskOutcome::Failed,
+    });
+    let (kind, payload) = match ended? {
         Ended::Done(result) => kind_and_payload(result),
         Ended::TimedOut { limit, stuck } => (
             "timeout",
@@ -628,6 +672,8 @@ fn check_modules<'py>(
 /// A pool and what its Python side has not collected yet.
 struct PoolHandle {
     pool: Mutex<Option<Pool>>,
+    /// The pool's counters, readable after its shutdown too.
+    stats: StatsHandle,
     /// Makes a graceful end under way immediate.
     stopper: crate::pool::Stopper,
     /// Ids of tasks whose result is ready, sent by their wakers.
@@ -702,15 +748,35 @@ fn field<'a>(config: &'a [(Value, Value)], name: &str) -> Option<&'a Value> {
 /// interpreters refuse `os.exec*()` too: it would replace the whole process, every
 /// interpreter in it, as `os._exit()` would end it (fork and exec in C, as `subprocess`
 /// does, stays allowed).
-fn interpreter_config(config: &[(Value, Value)]) -> InterpreterConfig {
-    match field(config, "isolated") {
+///
+/// Its guard rails: `guards`, a list as [`Guards::apply`] reads it, and `allow_write`, a
+/// list of directories; a bad list is a `ValueError`.
+fn interpreter_config(config: &[(Value, Value)]) -> Result<InterpreterConfig> {
+    let mut interp = match field(config, "isolated") {
         Some(Value::Bool(false)) => {
             let mut legacy = InterpreterConfig::legacy();
             legacy.allow_exec(false);
             legacy
         }
         _ => InterpreterConfig::isolated(),
+    };
+    let mut guards = Guards::new();
+    let invalid = |err: Error| match err {
+        Error::InvalidConfig(message) => Error::python("builtins.ValueError", message),
+        other => other,
+    };
+    if let Some(Value::Str(spec)) = field(config, "guards") {
+        guards.apply(spec).map_err(invalid)?;
     }
+    if let Some(Value::List(dirs)) = field(config, "allow_write") {
+        for dir in dirs {
+            if let Value::Str(dir) = dir {
+                guards.allow_write(dir);
+            }
+        }
+    }
+    interp.guards(guards);
+    Ok(interp)
 }
 
 /// A positive number of seconds.
@@ -732,6 +798,7 @@ fn pool_new<'py>(py: Python<'py>, _: &PyObj<'py>, args: &FastArgs<'_, 'py>) -> O
     let mut pool_config = PoolConfig::new();
     // As the standard executors: workers start as tasks arrive, one at first.
     pool_config.start_on_demand(true);
+    pool_config.task_outcome = task_outcome;
     let bad = |what: &str| py.new_error(ExcKind::Value, &format!("invalid pool setting {what}"));
     if let Some(v) = field(&config, "workers") {
         let n = v
@@ -767,7 +834,7 @@ fn pool_new<'py>(py: Python<'py>, _: &PyObj<'py>, args: &FastArgs<'_, 'py>) -> O
             .ok_or_else(|| bad("max_tasks_per_worker"))?;
         pool_config.max_tasks_per_worker(n as u64);
     }
-    pool_config.interpreter(interpreter_config(&config));
+    pool_config.interpreter(interpreter_config(&config)?);
     // Set up off this thread, so that Ctrl-C (a signal handler raising here) stops it.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stopped = Arc::clone(&stop);
@@ -801,6 +868,7 @@ fn pool_new<'py>(py: Python<'py>, _: &PyObj<'py>, args: &FastArgs<'_, 'py>) -> O
     };
     let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
     let handle = PoolHandle {
+        stats: pool.stats_handle(),
         stopper: pool.stopper(),
         pool: Mutex::new(Some(pool)),
         ready_tx,
@@ -811,6 +879,50 @@ fn pool_new<'py>(py: Python<'py>, _: &PyObj<'py>, args: &FastArgs<'_, 'py>) -> O
     };
     let id = POOLS.insert(handle);
     Ok(py.to_object(&Value::Int(id as i64))?)
+}
+
+fn interp_stats<'py>(
+    py: Python<'py>,
+    _: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    let a = parse(args, "_interp_stats", ["interp"], 1)?;
+    let stats = interp_of(required(&a[0]))?.stats();
+    Ok(py.to_object(&stats.to_value())?)
+}
+
+/// Readers of pools' counters, which outlive the pools (a `Pool` object reads its own
+/// after its shutdown, and releases it when collected).
+static POOL_STATS: Registry<StatsHandle> = Registry::new();
+
+fn pool_stats_handle<'py>(
+    py: Python<'py>,
+    _: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    let a = parse(args, "_pool_stats_handle", ["pool"], 1)?;
+    let handle = pool_of(required(&a[0]))?.stats.clone();
+    Ok(py.to_object(&Value::Int(POOL_STATS.insert(handle) as i64))?)
+}
+
+fn pool_stats<'py>(
+    py: Python<'py>,
+    _: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    let a = parse(args, "_pool_stats", ["stats"], 1)?;
+    let stats = POOL_STATS.get(required(&a[0]), "no such pool")?.stats();
+    Ok(py.to_object(&stats.to_value())?)
+}
+
+fn pool_stats_release<'py>(
+    py: Python<'py>,
+    _: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    let a = parse(args, "_pool_stats_release", ["stats"], 1)?;
+    POOL_STATS.remove(required(&a[0]))?;
+    Ok(py.none())
 }
 
 fn exit_guard<'py>(

@@ -58,6 +58,8 @@ pub struct PoolConfig {
     ready_on_first: bool,
     on_demand: bool,
     name: Option<String>,
+    /// How a task's result counts in the stats (the package reads its own failures).
+    pub(crate) task_outcome: fn(&Result<Value>) -> Outcome,
 }
 
 /// The shortest set-up deadline given by default when tasks have a deadline.
@@ -84,6 +86,7 @@ impl PoolConfig {
             ready_on_first: false,
             on_demand: false,
             name: None,
+            task_outcome: Outcome::of,
         }
     }
 
@@ -411,7 +414,10 @@ impl Pool {
     ) -> Result<Task> {
         let target = Target::parse(target)?;
         let id = self.shared.next_task.fetch_add(1, Ordering::Relaxed);
-        let state = Arc::new(TaskState::new(Arc::clone(&self.shared.stats)));
+        let state = Arc::new(TaskState::new(
+            Arc::clone(&self.shared.stats),
+            self.shared.config.task_outcome,
+        ));
         let queued = Queued {
             id,
             target,
@@ -882,7 +888,8 @@ fn worker_loop(py: Python<'_>, shared: &Arc<Shared>, worker: &Arc<Worker>) -> Re
                 "task failed: {err}"
             ),
         }
-        stats::with_current(py, |counters| counters.task(Outcome::of(&result)));
+        let outcome = (shared.config.task_outcome)(&result);
+        stats::with_current(py, |counters| counters.task(outcome));
         task.state.complete(result);
         shared.busy.fetch_sub(1, Ordering::AcqRel);
         if worker.abandoned.load(Ordering::Acquire) {
@@ -1017,6 +1024,7 @@ struct TaskState {
     timed_out: AtomicBool,
     /// The pool's counters, which count the task's outcome once it is stored.
     stats: Arc<Counters>,
+    outcome: fn(&Result<Value>) -> Outcome,
 }
 
 #[derive(Default)]
@@ -1030,12 +1038,13 @@ struct TaskSlot {
 }
 
 impl TaskState {
-    fn new(stats: Arc<Counters>) -> Self {
+    fn new(stats: Arc<Counters>, outcome: fn(&Result<Value>) -> Outcome) -> Self {
         TaskState {
             slot: Mutex::new(TaskSlot::default()),
             done: Condvar::new(),
             timed_out: AtomicBool::new(false),
             stats,
+            outcome,
         }
     }
 
@@ -1067,7 +1076,7 @@ impl TaskState {
             return false;
         }
         slot.finished = true;
-        self.stats.task(Outcome::of(&result));
+        self.stats.task((self.outcome)(&result));
         slot.result = Some(result);
         slot.worker = None;
         for waker in slot.wakers.drain(..) {
