@@ -192,6 +192,15 @@ fn writes_outside_the_allowed_directories_are_refused() {
         &format!("open({:?}, 'w')", allowed.join("link").join("escaped.txt")),
     );
     assert!(!outside.join("escaped.txt").exists());
+    // Importing a module from outside writes its bytecode cache there, which is exempt.
+    std::fs::write(outside.join("guard_imported.py"), "VALUE = 7\n").unwrap();
+    interp
+        .exec(&format!(
+            "import sys\nsys.path.insert(0, {outside:?})\nimport guard_imported"
+        ))
+        .unwrap();
+    assert!(outside.join("__pycache__").is_dir());
+    assert_eq!(interp.stats().guards["write"].refused, 5);
     // Reading is free.
     std::fs::write(&outside_file, "read me").unwrap();
     assert_eq!(

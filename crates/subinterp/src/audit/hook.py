@@ -61,6 +61,8 @@ def _subinterp_install_guards(actions, write_dirs):
             return True
         if where is None:
             return dir_fd is not None or not isinstance(path, int)
+        if "__pycache__" in where.split(os.sep):
+            return False  # Python's own bytecode cache, written by imports
         return not any(where == d or where.startswith(d + os.sep) for d in write_dirs)
 
     WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC

@@ -52,7 +52,8 @@ pub enum GuardRule {
     /// `O_TRUNC`; reads are free), `os.remove`, `os.rmdir`, `os.mkdir`, `os.rename`,
     /// `os.truncate`, `os.symlink`, `os.link`, `shutil.rmtree`. Paths are resolved
     /// (symbolic links followed) before the check; a write through a bare file
-    /// descriptor is not seen.
+    /// descriptor is not seen. Python's bytecode cache (a `__pycache__` directory,
+    /// written by imports) is exempt.
     Write,
     /// Network: `socket.connect` (and `connect_ex`), `socket.sendto`.
     Connect,
