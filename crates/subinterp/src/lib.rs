@@ -53,6 +53,9 @@
 //! Interpreters do not share Python objects, but they share the process: the current
 //! directory, environment variables, file descriptors, signals and locale. They are not
 //! a security boundary, and a crash in one (a faulty extension module) ends the process.
+//! [`Guards`] (on [`InterpreterConfig::guards`]) refuse or count, per interpreter, what
+//! Python code does to that shared state — a guard rail against accidents, not a
+//! boundary; [`Interpreter::stats`] and [`Pool::stats`] count what ran.
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
