@@ -5,6 +5,7 @@
 //! hands over to it.
 
 mod check;
+mod guard_args;
 mod map;
 mod run;
 mod stdio;

@@ -16,7 +16,7 @@ use signal_hook::consts::SIGINT;
 use signal_hook::iterator::Signals;
 use subinterp::guards::{exit_guard, ExitGuard};
 use subinterp::{
-    Error, Interpreter, InterpreterConfig, InterruptHandle, InterruptReason, Output, Runtime,
+    Error, Interpreter, InterpreterConfig, InterruptHandle, InterruptReason, Output, Runtime, Stats,
 };
 
 use crate::usage::UsageError;
@@ -51,13 +51,17 @@ printed on the command's own copy of stdout, taken at start:
   {\"wall_ms\": 12.3,
    \"interpreters\": [{\"id\": 1, \"script\": \"a.py\", \"status\": \"ok\",
                      \"duration_ms\": 4.5, \"exit_code\": 0, \"stdout\": \"...\",
-                     \"stderr\": \"...\", \"error\": null}]}
+                     \"stderr\": \"...\", \"error\": null, \"stats\": {...}}]}
 
 where a failed interpreter has \"status\": \"error\" and
 \"error\": {\"type\": \"builtins.ValueError\", \"message\": \"...\", \"traceback\": \"...\"}.
 A missing script is reported as builtins.FileNotFoundError, an interpreter that could not
 be created as subinterp.CreateFailed (with \"id\": null). \"exit_code\" is the status
-`python` would give for that script alone.
+`python` would give for that script alone. \"stats\" holds the interpreter's counters:
+its operations by outcome (tasks_ok, tasks_failed...; the command's own set-up counts
+too), channel messages and bytes, guard rail events (guards: {\"env\": {\"counted\": 1,
+\"refused\": 0}}), and memory_bytes, memory_peak_bytes and cpu_seconds (null where the
+build does not measure them).
 
 With --json or several interpreters, os._exit(N) ends only its own interpreter, as
 sys.exit(N) does (SystemExit), so that one script cannot end the others or lose the
@@ -120,6 +124,9 @@ pub struct RunArgs {
     /// passing output through
     #[arg(long)]
     json: bool,
+
+    #[command(flatten)]
+    guards: crate::guard_args::GuardArgs,
 }
 
 /// The interpreter presets `--config` accepts.
@@ -258,6 +265,8 @@ struct Outcome {
     exit_code: u8,
     /// What `python` prints instead of a traceback for this ending (`sys.exit("bye")`).
     exit_message: Option<String>,
+    /// The interpreter's counters once it ended.
+    stats: Option<Stats>,
 }
 
 impl Outcome {
@@ -270,6 +279,7 @@ impl Outcome {
             failure: Some(Failure::from_error(err, Phase::Create)),
             exit_code: EXIT_FAILED,
             exit_message: None,
+            stats: None,
         }
     }
 }
@@ -319,6 +329,9 @@ struct InterpreterReport {
     stderr: String,
     /// Why it failed, or null.
     error: Option<Failure>,
+    /// The interpreter's counters (tasks, channel messages, guard rail events; memory and
+    /// CPU where built in), or null if it could not be created.
+    stats: Option<Stats>,
 }
 
 /// Whether an interpreter succeeded.
@@ -394,6 +407,7 @@ pub fn main(args: RunArgs, matches: &ArgMatches) -> u8 {
     };
     let mut config = args.config.config();
     config.capture_output(args.json);
+    config.guards(args.guards.guards());
 
     let jobs: Vec<Source> = sources
         .iter()
@@ -447,6 +461,7 @@ pub fn main(args: RunArgs, matches: &ArgMatches) -> u8 {
                     stdout: outcome.output.stdout,
                     stderr: outcome.output.stderr,
                     error: outcome.failure,
+                    stats: outcome.stats,
                 })
                 .collect(),
         };
@@ -666,6 +681,7 @@ fn run_one(
         failure,
         exit_code,
         exit_message,
+        stats: Some(interp.stats()),
     }
 }
 

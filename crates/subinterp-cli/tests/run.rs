@@ -133,6 +133,7 @@ fn json_report_has_every_field() {
             "duration_ms",
             "stdout",
             "stderr",
+            "stats",
             "error"
         ])
     );

@@ -12,6 +12,7 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use crate::audit::GuardRule;
 use crate::channel::buffer::{Layout, SharedBuffer};
 use crate::channel::{Channel, Encoded, Message, Stop};
 use crate::error::{Error, Result};
@@ -24,6 +25,7 @@ use crate::raw::lifecycle::raise_soon;
 use crate::raw::module::{self, ClassSpec, ExceptionSpec, ModuleSpec};
 use crate::raw::wire::{self, Mode};
 use crate::raw::{ExcKind, PyObj, Python};
+use crate::stats;
 use crate::value::Value;
 use crate::wait::{self, InterruptReason};
 
@@ -152,6 +154,13 @@ pub(crate) fn spec() -> ModuleSpec {
                   itself.",
                 module_prepare_in_main,
             ),
+            callback::method_def(
+                c"_guard_event",
+                c"_guard_event(rule, refused)\n--\n\nCounts an event of guard rule number \
+                  rule (refused or let through) in this interpreter's stats; called by \
+                  its guard rails.",
+                module_guard_event,
+            ),
         ],
         functions: Vec::new(),
         classes: vec![
@@ -218,6 +227,49 @@ fn module_prepare_in_main<'py>(
         params::args(args, "_prepare_in_main", ["name", "path"])?;
     py.allow_threads(move || crate::hazards::prepare::prepare(&name, &path));
     Ok(py.none())
+}
+
+fn module_guard_event<'py>(
+    py: Python<'py>,
+    _: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    let (rule, Truth(refused)): (PyObj, Truth) =
+        params::args(args, "_guard_event", ["rule", "refused"])?;
+    let rule = rule
+        .to_value()?
+        .as_i64()
+        .and_then(|i| usize::try_from(i).ok())
+        .and_then(GuardRule::from_index)
+        .ok_or_else(|| py.new_error(ExcKind::Value, "no such guard rule"))?;
+    stats::with_current(py, |counters| counters.guard(rule, refused));
+    let interpreter = py.interpreter_id();
+    if refused {
+        tracing::info!(
+            interpreter,
+            rule = rule.name(),
+            "guard rail refused an action"
+        );
+    } else {
+        tracing::debug!(
+            interpreter,
+            rule = rule.name(),
+            "guard rail counted an action"
+        );
+    }
+    Ok(py.none())
+}
+
+/// Counts a message sent by the code of the interpreter `py` runs.
+fn count_sent(py: Python<'_>, bytes: u64) {
+    stats::with_current(py, |counters| counters.sent(bytes));
+}
+
+/// Counts a message received by the code of the interpreter `py` runs, and rebuilds it.
+fn received<'py>(slf: &PyObj<'py>, channel: &Channel, message: Message) -> Outcome<PyObj<'py>> {
+    let bytes = message.payload_len();
+    stats::with_current(slf.py(), |counters| counters.received(bytes));
+    from_message(slf, channel, message)
 }
 
 fn module_channel<'py>(
@@ -309,8 +361,12 @@ fn channel_send<'py>(
     let timeout = timeout.map(|t| t.0);
     let channel = channel_of(slf)?;
     let message = to_message(slf, &channel, &obj)?;
+    let bytes = message.payload_len();
     let message = match channel.try_send_message(message) {
-        Ok(()) => return Ok(py.none()),
+        Ok(()) => {
+            count_sent(py, bytes);
+            return Ok(py.none());
+        }
         Err((Stop::Full, message)) => message,
         Err((stop, _)) => return Err(stop_failure(slf, stop)),
     };
@@ -326,6 +382,7 @@ fn channel_send<'py>(
         });
         match result {
             Ok(()) => {
+                count_sent(py, bytes);
                 deliver_late_interrupt(py, late);
                 break;
             }
@@ -365,9 +422,11 @@ fn channel_try_send<'py>(
     let (obj,): (PyObj,) = params::args(args, "try_send", ["obj"])?;
     let channel = channel_of(slf)?;
     let message = to_message(slf, &channel, &obj)?;
+    let bytes = message.payload_len();
     channel
         .try_send_message(message)
         .map_err(|(stop, _)| stop_failure(slf, stop))?;
+    count_sent(py, bytes);
     Ok(py.none())
 }
 
@@ -380,7 +439,7 @@ fn channel_recv<'py>(
     let timeout = timeout.map(|t| t.0);
     let channel = channel_of(slf)?;
     let message = blocking_recv(py, &channel, timeout)?.map_err(|stop| stop_failure(slf, stop))?;
-    from_message(slf, &channel, message)
+    received(slf, &channel, message)
 }
 
 /// Receives with the GIL released, interruptible by the interpreter's interrupts and, in
@@ -434,7 +493,7 @@ fn channel_try_recv<'py>(
     let message = channel
         .try_recv_message()
         .map_err(|stop| stop_failure(slf, stop))?;
-    from_message(slf, &channel, message)
+    received(slf, &channel, message)
 }
 
 fn channel_close<'py>(
@@ -485,7 +544,7 @@ fn channel_iter<'py>(_py: Python<'py>, slf: &PyObj<'py>) -> Outcome<PyObj<'py>> 
 fn channel_iternext<'py>(py: Python<'py>, slf: &PyObj<'py>) -> Outcome<Option<PyObj<'py>>> {
     let channel = channel_of(slf)?;
     match blocking_recv(py, &channel, None)? {
-        Ok(message) => from_message(slf, &channel, message).map(Some),
+        Ok(message) => received(slf, &channel, message).map(Some),
         // End of iteration: a closed channel stops the loop without an exception.
         Err(Stop::Closed) => Ok(None),
         Err(stop) => Err(stop_failure(slf, stop)),

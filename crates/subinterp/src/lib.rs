@@ -53,9 +53,13 @@
 //! Interpreters do not share Python objects, but they share the process: the current
 //! directory, environment variables, file descriptors, signals and locale. They are not
 //! a security boundary, and a crash in one (a faulty extension module) ends the process.
+//! [`Guards`] (on [`InterpreterConfig::guards`]) refuse or count, per interpreter, what
+//! Python code does to that shared state — a guard rail against accidents, not a
+//! boundary; [`Interpreter::stats`] and [`Pool::stats`] count what ran.
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
+pub mod audit;
 mod builtin_module;
 mod call;
 mod channel;
@@ -75,9 +79,11 @@ mod pool;
 mod raw;
 mod runtime;
 pub mod seconds;
+mod stats;
 pub mod value;
 mod wait;
 
+pub use audit::{GuardAction, GuardRule, Guards};
 pub use call::{parse_target, Args, Target};
 pub use channel::buffer::SharedBuffer;
 pub use channel::{select, Channel, Encoded, Message, RecvFuture};
@@ -88,6 +94,7 @@ pub use interpreter::{CallOptions, Interpreter, InterruptHandle, Output, CALL_GR
 pub use pool::{MapResults, Pool, PoolConfig, Task, TaskOptions};
 pub use raw::{PyObj, Python};
 pub use runtime::{Runtime, RuntimeConfig};
+pub use stats::{GuardStats, Stats, StatsHandle};
 pub use value::{from_value, to_value, Value};
 pub use wait::InterruptReason;
 

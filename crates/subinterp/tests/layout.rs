@@ -246,7 +246,7 @@ fn the_top_level_modules_import_each_other_without_a_cycle() {
 const LAYERS: &[&[&str]] = &[
     &["error", "value", "names", "seconds"],
     &["raw"],
-    &["wait", "call", "hazards", "guards"],
+    &["wait", "call", "hazards", "guards", "audit", "stats"],
     &["channel", "host", "builtin_module"],
     &["runtime"],
     &["interpreter"],

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::unbounded;
 use signal_hook::consts::SIGTERM;
-use subinterp::{Pool, PoolConfig, TaskOptions};
+use subinterp::{InterpreterConfig, Pool, PoolConfig, TaskOptions};
 
 pub use options::MapArgs;
 use order::{End, Stream, TaskWaker, Wake};
@@ -80,6 +80,9 @@ pub fn main(args: MapArgs) -> u8 {
     if let Some(setup) = args.setup_timeout {
         config.setup_timeout(setup);
     }
+    let mut interpreter = InterpreterConfig::isolated();
+    interpreter.guards(args.guards.guards());
+    config.interpreter(interpreter);
     worker::configure(&mut config, &args.init, &module, &path);
     let started = Instant::now();
     let pool = match Pool::new(&runtime, &config) {
@@ -87,6 +90,7 @@ pub fn main(args: MapArgs) -> u8 {
         Err(err) => return setup_error(describe_setup_error(&module, &err)),
     };
     let workers = pool.workers();
+    let stats = pool.stats_handle();
     let output = match destination.open() {
         Ok(file) => file,
         Err(message) => {
@@ -179,6 +183,9 @@ pub fn main(args: MapArgs) -> u8 {
     };
     sink.progress.clear();
     let status = status.unwrap_or_else(|err| write_failed(&err));
+    if args.stats {
+        eprintln!("{}", stats.stats().to_json());
+    }
     if !ended {
         // Past the grace period: leave the interpreter behind rather than hang.
         eprintln!(

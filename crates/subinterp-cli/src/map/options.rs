@@ -89,6 +89,15 @@ pub struct MapArgs {
     /// Python code run once in each interpreter before it takes work (repeatable).
     #[arg(long, value_name = "CODE")]
     pub(super) init: Vec<String>,
+
+    /// At the end, print the pool's counters as one JSON line on stderr: records by
+    /// outcome (tasks_ok, tasks_failed, tasks_timed_out...), channel messages, guard rail
+    /// events, interpreters created and ended.
+    #[arg(long)]
+    pub(super) stats: bool,
+
+    #[command(flatten)]
+    pub(super) guards: crate::guard_args::GuardArgs,
 }
 
 /// The most workers `--workers` accepts: each is an interpreter on a thread of its own.

@@ -9,6 +9,7 @@ import os
 import pickle
 import sys
 import types
+from collections.abc import Mapping
 
 from . import _native
 from ._worker import _subinterp_plain as plain
@@ -21,6 +22,23 @@ if "__main__" in sys.modules and _native.id() == 0:
 WORKER = "__import__('sys').modules['_subinterp_worker']"
 RUN = "_subinterp_worker:_subinterp_run"
 RUN_CHUNK = "_subinterp_worker:_subinterp_run_chunk"
+
+
+GUARD_RULES = ("chdir", "env", "signals", "fork", "subprocess", "write", "connect")
+
+
+def guard_settings(guards, allow_write) -> dict:
+    """The ``guards`` and ``allow_write`` of a pool's or an interpreter's settings."""
+    if guards is None:
+        spec = ""
+    elif isinstance(guards, str):
+        spec = guards
+    elif isinstance(guards, Mapping):
+        spec = ",".join(f"{rule}={action}" for rule, action in guards.items())
+    else:
+        spec = ",".join(guards)
+    dirs = [os.fsdecode(os.path.abspath(os.fspath(d))) for d in (allow_write or ())]
+    return {"guards": spec, "allow_write": dirs}
 
 
 def reference(fn) -> tuple[str, str] | None:

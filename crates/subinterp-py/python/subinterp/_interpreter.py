@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from . import _live, _native
-from ._calls import RUN, Named, encode_call, setup_code
+from ._calls import RUN, Named, encode_call, guard_settings, setup_code
 from ._errors import from_worker, outcome
 
 
@@ -55,10 +55,20 @@ class Interpreter:
     interpreter is busy until it returns — later calls wait for it (their deadline
     counts from the call) — and ``close()`` and exit leave it behind after a grace period,
     with a message on stderr.
+
+    ``guards`` and ``allow_write`` set its guard rails on process-wide state, as for
+    ``Pool``; ``stats()`` returns its counters (its operations, the package's own set-up
+    calls included, by outcome; channel messages; guard rail events).
     """
 
     def __init__(
-        self, *, isolated: bool = True, init: str | None = None, timeout: float | None = None
+        self,
+        *,
+        isolated: bool = True,
+        init: str | None = None,
+        timeout: float | None = None,
+        guards=None,
+        allow_write=None,
     ):
         _native._runtime_start()
         # The user's init is a source of its own: an error points at its own line.
@@ -71,7 +81,12 @@ class Interpreter:
                 f"exec(compile({init!r}, '<init>', 'exec'), sys.modules['__main__'].__dict__)"
             )
         self._handle = _native._interp_new(
-            {"isolated": bool(isolated), "init": "\n".join(code) + "\n", "timeout": timeout}
+            {
+                "isolated": bool(isolated),
+                "init": "\n".join(code) + "\n",
+                "timeout": timeout,
+                **guard_settings(guards, allow_write),
+            }
         )
         self._timeout = timeout
         self._closed = False
@@ -110,6 +125,15 @@ class Interpreter:
         if exc is not None:
             raise exc
         return value
+
+    def stats(self) -> dict:
+        """The interpreter's counters: ``tasks_run``, ``tasks_ok``, ``tasks_failed``,
+        ``tasks_timed_out``, ``tasks_cancelled``, ``messages_sent``, ``bytes_sent``,
+        ``messages_received``, ``bytes_received``, ``guard_counted``, ``guard_refused``,
+        ``guards`` (per rule: ``counted`` and ``refused``), ``interpreters_created``,
+        ``interpreters_ended``, and ``memory_bytes``, ``memory_peak_bytes``,
+        ``cpu_seconds`` (None where not measured)."""
+        return _native._interp_stats(self._live())
 
     def close(self) -> None:
         """Ends the interpreter, waiting for its threads within a grace period (5 s). A

@@ -16,6 +16,7 @@ from ._calls import (
     WORKER,
     dumps,
     encode_call,
+    guard_settings,
     pickled_call,
     plain,
     reference,
@@ -299,7 +300,19 @@ class Pool(concurrent.futures.Executor):
       in C code is reported the same way and its worker replaced;
     - ``max_tasks_per_worker``: tasks per worker before it is replaced by a fresh one
       (``max_tasks_per_child``, ``ProcessPoolExecutor``'s name, is accepted too);
-    - ``setup_timeout``: a deadline for each worker's set-up (``init``, ``initializer``).
+    - ``setup_timeout``: a deadline for each worker's set-up (``init``, ``initializer``);
+    - ``guards``: guard rails on state the whole process shares, per worker: rule names
+      to refuse (``["chdir", "env"]``, or ``"chdir,env"``; ``"process"`` for chdir, env,
+      signals, fork and subprocess), or a dict of rule to ``"allow"``, ``"count"`` or
+      ``"refuse"`` (rules: chdir, env, signals, fork, subprocess, write, connect). A
+      refused action raises ``PermissionError`` naming the rule; a counted one shows in
+      ``stats()``. A guard rail against accidents, not a security boundary: native code
+      and ``ctypes`` pass it;
+    - ``allow_write``: directories the workers may write files in; writing anywhere else
+      raises ``PermissionError`` (the ``write`` rule).
+
+    ``stats()`` returns the pool's counters as a dict: tasks by outcome, channel messages
+    and bytes, guard rail events, interpreters created and ended.
 
     The callable of a task is found in the worker by module and name when it is a
     module-level function or class, else pickled with its arguments (bound methods,
@@ -327,6 +340,8 @@ class Pool(concurrent.futures.Executor):
         max_tasks_per_worker: int | None = None,
         setup_timeout: float | None = None,
         max_tasks_per_child: int | None = None,
+        guards=None,
+        allow_write=None,
     ):
         if max_tasks_per_child is not None:
             if max_tasks_per_worker is not None:
@@ -362,10 +377,13 @@ class Pool(concurrent.futures.Executor):
                 "timeout": timeout,
                 "max_tasks_per_worker": max_tasks_per_worker,
                 "setup_timeout": setup_timeout,
+                **guard_settings(guards, allow_write),
             },
         )
         self._max_workers = max_workers
         self._core = core = _PoolCore(handle, max_workers)
+        self._stats = _native._pool_stats_handle(handle)
+        weakref.finalize(self, _native._pool_stats_release, self._stats)
         with _live.lock:
             _live.pools.add(core)
         core.start_collector()
@@ -415,6 +433,17 @@ class Pool(concurrent.futures.Executor):
 
     def _queue(self, target, args, kwargs, timeout, unwrap) -> _Future:
         return self._core.queue(target, args, kwargs, timeout, unwrap)
+
+    def stats(self) -> dict:
+        """The pool's counters, also after ``shutdown()``: ``tasks_run``, ``tasks_ok``,
+        ``tasks_failed``, ``tasks_timed_out``, ``tasks_cancelled`` (each task counted once,
+        as its future ends), and over every worker it had: ``messages_sent``,
+        ``bytes_sent``, ``messages_received``, ``bytes_received``, ``guard_counted``,
+        ``guard_refused``, ``guards`` (per rule: ``counted`` and ``refused``),
+        ``interpreters_created``, ``interpreters_ended``; ``memory_bytes``,
+        ``memory_peak_bytes``, ``cpu_seconds`` are None where not measured. The package's
+        own calls to set a worker up are not tasks."""
+        return _native._pool_stats(self._stats)
 
     # ------------------------------------------------------------------ ending
 

@@ -103,6 +103,21 @@ impl Message {
 }
 
 impl Message {
+    /// The bytes the message carries, as [`Stats`](crate::Stats) counts them: what crosses
+    /// for data sent from Python (its wire encoding, a pickle, a shared buffer); for a
+    /// [`Value`] sent from Rust, the length of a `bytes` or `str` (0 for other values).
+    pub(crate) fn payload_len(&self) -> u64 {
+        let len = match self {
+            Message::Value(Value::Bytes(data)) => data.len(),
+            Message::Value(Value::Str(text)) => text.len(),
+            Message::Value(_) => 0,
+            Message::Pickled { data, .. } => data.len(),
+            Message::Buffer(buffer) => buffer.len(),
+            Message::Encoded(encoded) => encoded.as_bytes().len(),
+        };
+        len as u64
+    }
+
     /// The value, or an error naming what the message holds instead.
     pub fn into_value(self) -> Result<Value> {
         match self {

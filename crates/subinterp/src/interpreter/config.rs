@@ -7,6 +7,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::audit::Guards;
 use crate::error::{Error, Result};
 use crate::raw::lifecycle::RawConfig;
 
@@ -50,6 +51,7 @@ pub struct InterpreterConfig {
     paths: Vec<PathBuf>,
     shutdown_grace: Duration,
     host_data: Option<HostData>,
+    guards: Guards,
 }
 
 /// A value of the host's choosing attached to an interpreter (compared by identity).
@@ -95,6 +97,7 @@ impl InterpreterConfig {
             paths: Vec::new(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             host_data: None,
+            guards: Guards::new(),
         }
     }
 
@@ -117,6 +120,7 @@ impl InterpreterConfig {
             paths: Vec::new(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             host_data: None,
+            guards: Guards::new(),
         }
     }
 
@@ -229,6 +233,26 @@ impl InterpreterConfig {
     pub fn host_data<T: Any + Send + Sync>(&mut self, data: T) -> &mut Self {
         self.host_data = Some(HostData(Arc::new(data)));
         self
+    }
+
+    /// The guard rails of the interpreter on process-wide state (by default none): each
+    /// [`GuardRule`](crate::GuardRule) allowed, counted in its
+    /// [`stats`](crate::Interpreter::stats), or refused with `PermissionError`. A guard
+    /// rail against accidents, not a security boundary (see [`crate::audit`]).
+    ///
+    /// ```
+    /// use subinterp::{Guards, InterpreterConfig};
+    /// let mut config = InterpreterConfig::isolated();
+    /// config.guards(Guards::process_state());
+    /// ```
+    pub fn guards(&mut self, guards: Guards) -> &mut Self {
+        self.guards = guards;
+        self
+    }
+
+    /// The guard rails.
+    pub fn guard_rails(&self) -> &Guards {
+        &self.guards
     }
 
     /// The host data to attach, if any.

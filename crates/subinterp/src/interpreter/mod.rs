@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 
 pub mod config;
 
+use crate::audit;
 use crate::call::{call_target_wire, result_wire, Args, Target};
 use crate::error::{Error, Result};
 use crate::hazards;
@@ -22,6 +23,7 @@ use crate::interpreter::config::InterpreterConfig;
 use crate::raw::lifecycle::{clear_pending_async, InterruptTarget, SubInterpreter};
 use crate::raw::Python;
 use crate::runtime::{Runtime, RuntimeInner};
+use crate::stats::{self, Counters, Outcome, Stats};
 use crate::value::wire;
 use crate::value::Value;
 use crate::wait::{self, InterruptReason, InterruptState};
@@ -167,6 +169,7 @@ pub struct Interpreter {
     capture: bool,
     grace: Duration,
     interrupts: Arc<Interrupts>,
+    stats: Arc<Counters>,
 }
 
 /// Shared between an interpreter's thread and its [`InterruptHandle`]s.
@@ -424,14 +427,24 @@ impl Interpreter {
     /// The configuration is validated first ([`Error::InvalidConfig`]); CPython's own
     /// refusal arrives as [`Error::CreateFailed`].
     pub fn new(runtime: &Runtime, config: &InterpreterConfig) -> Result<Interpreter> {
+        Self::new_in(runtime, config, None)
+    }
+
+    /// [`new`](Self::new), its counters added to `parent` too (a pool's).
+    pub(crate) fn new_in(
+        runtime: &Runtime,
+        config: &InterpreterConfig,
+        parent: Option<Arc<Counters>>,
+    ) -> Result<Interpreter> {
         let raw = config.to_raw()?;
         let rt = Arc::clone(&runtime.inner);
         let capture = config.captures_output();
         let grace = config.shutdown_grace_period();
         let paths: Vec<PathBuf> = config.paths().to_vec();
         let host_data = config.host_data_value();
+        let guards = config.guard_rails().clone();
         let (tx, rx) = unbounded::<Msg>();
-        let (ready_tx, ready_rx) = bounded::<Result<(i64, Arc<Interrupts>)>>(1);
+        let (ready_tx, ready_rx) = bounded::<Result<(i64, Arc<Interrupts>, Arc<Counters>)>>(1);
         let (ending_tx, ending) = bounded::<()>(1);
         let thread = std::thread::Builder::new()
             .name("subinterp".into())
@@ -453,11 +466,14 @@ impl Interpreter {
                     raw.use_main_obmalloc,
                     rt.version(),
                 );
+                let counters = Arc::new(Counters::for_interpreter(sub.id(), parent));
                 let setup = sub.with_gil(|py| {
+                    stats::attach(py, Arc::clone(&counters))?;
                     setup(py, &rt, capture, prepare, &paths)?;
                     if let Some(data) = host_data {
                         crate::host::attach_data(py, data)?;
                     }
+                    audit::install(py, &guards)?;
                     wait::register(py)
                 });
                 let waits = match setup {
@@ -475,7 +491,8 @@ impl Interpreter {
                     elapsed_us = started.elapsed().as_micros() as u64,
                     "interpreter created"
                 );
-                let _ = ready_tx.send(Ok((id, Arc::clone(&interrupts))));
+                counters.created();
+                let _ = ready_tx.send(Ok((id, Arc::clone(&interrupts), Arc::clone(&counters))));
                 let reply = serve(&sub, &rx, &interrupts);
                 let _ = ending_tx.try_send(());
                 // Threads of the interpreter blocked in a channel wait are cancelled, so that
@@ -491,7 +508,12 @@ impl Interpreter {
                 lock(&interrupts.target).take();
                 if ended.running.is_empty() {
                     sub.end();
-                    tracing::debug!(interpreter = id, "interpreter closed");
+                    counters.ended();
+                    tracing::debug!(
+                        interpreter = id,
+                        stats = %counters.snapshot().to_json(),
+                        "interpreter closed"
+                    );
                     if !raw.use_main_obmalloc {
                         hazards::isolated_interpreter_ended(rt.version());
                     }
@@ -512,7 +534,7 @@ impl Interpreter {
             })
             .map_err(|e| Error::CreateFailed(format!("cannot start a thread: {e}")))?;
         let thread_id = thread.thread().id();
-        let (id, interrupts) = match ready_rx.recv() {
+        let (id, interrupts, stats) = match ready_rx.recv() {
             Ok(Ok(ready)) => ready,
             Ok(Err(err)) => {
                 let _ = thread.join();
@@ -535,7 +557,15 @@ impl Interpreter {
             capture,
             grace,
             interrupts,
+            stats,
         })
+    }
+
+    /// A snapshot of this interpreter's counters: its operations by outcome, the channel
+    /// messages its code sent and received, its guard rail events (see [`Stats`]).
+    /// Never waits for the interpreter.
+    pub fn stats(&self) -> Stats {
+        self.stats.snapshot()
     }
 
     /// A handle that interrupts whatever this interpreter is running, from any thread.
@@ -578,6 +608,21 @@ impl Interpreter {
         self.run_with(f, CallOptions::default())
     }
 
+    /// Counts a task of this interpreter that ran through [`start`](Self::start).
+    #[cfg(feature = "extension-module")]
+    pub(crate) fn count_task(&self, outcome: Outcome) {
+        self.stats.task(outcome);
+    }
+
+    /// Runs `f` as an operation not counted as a task.
+    fn bookkeeping<R, F>(&self, f: F) -> Result<R>
+    where
+        F: for<'py> FnOnce(Python<'py>) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.run_uncounted(f, CallOptions::default())
+    }
+
     /// [`Error::WouldDeadlock`] if waiting here for an operation of this interpreter
     /// would wait for itself: on its own thread, in a host function it called, or on the
     /// thread of an interpreter that one of its operations waits for (a cycle of host
@@ -592,8 +637,24 @@ impl Interpreter {
         Ok(())
     }
 
-    /// Runs `f` as an operation with `options` (see [`call_with`](Self::call_with)).
+    /// Runs `f` as an operation with `options` (see [`call_with`](Self::call_with)),
+    /// counted as a task in the interpreter's [`stats`](Self::stats) unless it never ran
+    /// (the interpreter closed, or the call would have waited for itself).
     fn run_with<R, F>(&self, f: F, options: CallOptions) -> Result<R>
+    where
+        F: for<'py> FnOnce(Python<'py>) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let result = self.run_uncounted(f, options);
+        if !matches!(result, Err(Error::Closed | Error::WouldDeadlock)) {
+            self.stats.task(Outcome::of(&result));
+        }
+        result
+    }
+
+    /// Runs `f` as an operation with `options`, not counted as a task (bookkeeping such
+    /// as setting `sys.argv`).
+    fn run_uncounted<R, F>(&self, f: F, options: CallOptions) -> Result<R>
     where
         F: for<'py> FnOnce(Python<'py>) -> Result<R> + Send + 'static,
         R: Send + 'static,
@@ -793,7 +854,7 @@ impl Interpreter {
     /// keeps its bytes, as Python's own file names do (`os.fsdecode`).
     pub fn add_path(&self, dir: impl AsRef<Path>) -> Result<()> {
         let dir = dir.as_ref().to_owned();
-        self.run(move |py| {
+        self.bookkeeping(move |py| {
             let path = py.import("sys")?.getattr("path")?;
             path.call_method("insert", &[&py.to_object(&Value::Int(0))?, &py.path(&dir)?])
                 .map(drop)
@@ -803,7 +864,7 @@ impl Interpreter {
     /// Sets `sys.argv`.
     pub fn set_argv<S: AsRef<str>>(&self, argv: &[S]) -> Result<()> {
         let argv = Value::List(argv.iter().map(|a| Value::from(a.as_ref())).collect());
-        self.run(move |py| py.import("sys")?.setattr("argv", &py.to_object(&argv)?))
+        self.bookkeeping(move |py| py.import("sys")?.setattr("argv", &py.to_object(&argv)?))
     }
 
     /// Sets `sys.argv` from operating-system strings (script paths, arguments), decoded
@@ -811,7 +872,7 @@ impl Interpreter {
     /// escapes, so `os.fsencode(sys.argv[i])` gives them back.
     pub fn set_argv_os<S: AsRef<OsStr>>(&self, argv: &[S]) -> Result<()> {
         let argv: Vec<PathBuf> = argv.iter().map(|a| PathBuf::from(a.as_ref())).collect();
-        self.run(move |py| {
+        self.bookkeeping(move |py| {
             let items = argv
                 .iter()
                 .map(|a| py.path(a))
@@ -830,7 +891,7 @@ impl Interpreter {
         if !self.capture {
             return Err(capture_off());
         }
-        self.run(|py| {
+        self.bookkeeping(|py| {
             Ok(Output {
                 stdout: take_stream(py, "stdout")?,
                 stderr: take_stream(py, "stderr")?,

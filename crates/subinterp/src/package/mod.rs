@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::audit::Guards;
 use crate::call::{call_target, Args, Target};
 use crate::error::{Error, Result};
 use crate::host::params::{self, refuse_seconds, seconds_arg, seconds_value, BadSeconds, Secs};
@@ -27,6 +28,7 @@ use crate::raw::callback::{self, FastArgs, Outcome};
 use crate::raw::module::{self, ModuleSpec};
 use crate::raw::{ExcKind, PyObj, Python};
 use crate::runtime::{Runtime, RuntimeConfig};
+use crate::stats::{Outcome as TaskOutcome, StatsHandle};
 use crate::value::Value;
 use crate::wait::InterruptReason;
 
@@ -92,6 +94,27 @@ fn specs() -> Vec<ModuleSpec> {
               within its grace period; for each, the grace period in seconds if it was left \
               running, else None.",
             interp_close_all,
+        ),
+        callback::method_def(
+            c"_interp_stats",
+            c"_interp_stats(interp)\n--\n\nThe interpreter's counters: a dict.",
+            interp_stats,
+        ),
+        callback::method_def(
+            c"_pool_stats_handle",
+            c"_pool_stats_handle(pool)\n--\n\nA handle of the pool's counters, readable \
+              after the pool ended, until released.",
+            pool_stats_handle,
+        ),
+        callback::method_def(
+            c"_pool_stats",
+            c"_pool_stats(stats)\n--\n\nThe counters of a pool: a dict.",
+            pool_stats,
+        ),
+        callback::method_def(
+            c"_pool_stats_release",
+            c"_pool_stats_release(stats)\n--\n\nReleases a handle of _pool_stats_handle.",
+            pool_stats_release,
         ),
         callback::method_def(
             c"_check",
@@ -317,7 +340,7 @@ fn interp_new<'py>(
     let (config,): (PyObj,) = params::args(args, "_interp_new", ["config"])?;
     main_only(py, "Interpreter")?;
     let settings = Settings::parse(py, &config, SettingsOf::Interpreter)?;
-    let interp = settings.interpreter();
+    let interp = settings.interpreter()?;
     let init = (!settings.init.is_empty()).then(|| settings.init.concat());
     let timeout = settings.timeout;
     let made = Arc::new(py.allow_threads(move || Interpreter::new(&runtime()?, &interp))?);
@@ -455,14 +478,43 @@ fn wait_in(
     }
 }
 
-/// [`wait_in`], its outcome as the `(kind, payload)` pair the package's code reads.
+/// How the stats count a task of the package: its worker code returns an exception of
+/// the function as `(2, ...)`, which is a failure.
+fn task_outcome(result: &Result<Value>) -> TaskOutcome {
+    match result {
+        Ok(Value::Tuple(items) | Value::List(items)) if items.first() == Some(&Value::Int(2)) => {
+            TaskOutcome::Failed
+        }
+        other => TaskOutcome::of(other),
+    }
+}
+
+/// [`task_outcome`] of a pool task, whose result is in the wire format.
+fn pool_task_outcome(result: &Result<Vec<u8>>) -> TaskOutcome {
+    match result {
+        Ok(bytes) if crate::value::wire::leading_int(bytes) == Some(2) => TaskOutcome::Failed,
+        other => TaskOutcome::of(other),
+    }
+}
+
+/// [`wait_in`], its outcome as the `(kind, payload)` pair the package's code reads;
+/// counted in the interpreter's stats.
 fn run_in<'py>(
     py: Python<'py>,
     interp: &Interpreter,
     timeout: Option<Duration>,
     job: impl for<'a> FnOnce(Python<'a>) -> Result<Value> + Send + 'static,
 ) -> Outcome<PyObj<'py>> {
-    let (kind, payload) = match wait_in(py, interp, timeout, job)? {
+    let ended = wait_in(py, interp, timeout, job);
+    interp.count_task(match &ended {
+        Ok(Ended::Done(result)) => task_outcome(result),
+        Ok(Ended::TimedOut { .. } | Ended::NotStarted { .. }) => TaskOutcome::TimedOut,
+        Err(err) if err.as_python().is_some_and(|e| e.is("KeyboardInterrupt")) => {
+            TaskOutcome::Cancelled
+        }
+        Err(_) => TaskOutcome::Failed,
+    });
+    let (kind, payload) = match ended? {
         Ended::Done(result) => kind_and_payload(result),
         Ended::TimedOut { limit, stuck } => (
             "timeout",
@@ -622,6 +674,8 @@ fn check_modules<'py>(
 /// A pool and what its Python side has not collected yet.
 struct PoolHandle {
     pool: Mutex<Option<Pool>>,
+    /// The pool's counters, readable after its shutdown too.
+    stats: StatsHandle,
     /// Makes a graceful end under way immediate.
     stopper: crate::pool::Stopper,
     /// Ids of tasks whose result is ready, sent by their wakers.
@@ -696,6 +750,10 @@ struct Settings {
     setup_timeout: Option<Duration>,
     /// `max_tasks_per_worker` (pool): tasks per worker before it is replaced.
     max_tasks_per_worker: Option<u64>,
+    /// `guards`: the guard rails' rules, as [`Guards::apply`] reads them.
+    guards: Option<String>,
+    /// `allow_write`: directories the `write` rule allows.
+    allow_write: Vec<String>,
 }
 
 /// Whose settings [`Settings::parse`] reads: the keys each takes.
@@ -715,8 +773,10 @@ impl SettingsOf {
                 "timeout",
                 "setup_timeout",
                 "max_tasks_per_worker",
+                "guards",
+                "allow_write",
             ],
-            SettingsOf::Interpreter => &["isolated", "init", "timeout"],
+            SettingsOf::Interpreter => &["isolated", "init", "timeout", "guards", "allow_write"],
         }
     }
 
@@ -745,6 +805,8 @@ impl Settings {
             workers: None,
             setup_timeout: None,
             max_tasks_per_worker: None,
+            guards: None,
+            allow_write: Vec::new(),
         };
         for (key, value) in &items {
             let Value::Str(key) = key else {
@@ -825,6 +887,23 @@ impl Settings {
                         settings.setup_timeout = parsed;
                     }
                 }
+                "guards" => match value {
+                    Value::None => {}
+                    Value::Str(spec) => settings.guards = Some(spec.clone()),
+                    _ => return Err(wrong_type("a str")),
+                },
+                "allow_write" => match value {
+                    Value::None => {}
+                    Value::List(dirs) => {
+                        for dir in dirs {
+                            let Value::Str(dir) = dir else {
+                                return Err(wrong_type("a list of str"));
+                            };
+                            settings.allow_write.push(dir.clone());
+                        }
+                    }
+                    _ => return Err(wrong_type("a list of str")),
+                },
                 "workers" => {
                     settings.workers = count(value)?.and_then(|n| usize::try_from(n).ok());
                 }
@@ -840,19 +919,33 @@ impl Settings {
 
     /// The interpreters' configuration. Legacy interpreters refuse `os.exec*()` too: it
     /// would replace the whole process, every interpreter in it, as `os._exit()` would
-    /// end it (fork and exec in C, as `subprocess` does, stays allowed).
-    fn interpreter(&self) -> InterpreterConfig {
-        if self.isolated {
+    /// end it (fork and exec in C, as `subprocess` does, stays allowed). The guard rails:
+    /// `guards` as [`Guards::apply`] reads it and `allow_write` directories; a bad rule is
+    /// a `ValueError`.
+    fn interpreter(&self) -> Result<InterpreterConfig> {
+        let mut interp = if self.isolated {
             InterpreterConfig::isolated()
         } else {
             let mut legacy = InterpreterConfig::legacy();
             legacy.allow_exec(false);
             legacy
+        };
+        let mut guards = Guards::new();
+        if let Some(spec) = &self.guards {
+            guards.apply(spec).map_err(|err| match err {
+                Error::InvalidConfig(message) => Error::python("builtins.ValueError", message),
+                other => other,
+            })?;
         }
+        for dir in &self.allow_write {
+            guards.allow_write(dir);
+        }
+        interp.guards(guards);
+        Ok(interp)
     }
 
     /// The pool's configuration.
-    fn pool(&self) -> PoolConfig {
+    fn pool(&self) -> Result<PoolConfig> {
         let mut config = PoolConfig::new();
         // As the standard executors: workers start as tasks arrive, one at first.
         config.start_on_demand(true);
@@ -871,15 +964,16 @@ impl Settings {
         if let Some(n) = self.max_tasks_per_worker {
             config.max_tasks_per_worker(n);
         }
-        config.interpreter(self.interpreter());
-        config
+        config.interpreter(self.interpreter()?);
+        Ok(config)
     }
 }
 
 fn pool_new<'py>(py: Python<'py>, _: &PyObj<'py>, args: &FastArgs<'_, 'py>) -> Outcome<PyObj<'py>> {
     let (config,): (PyObj,) = params::args(args, "_pool_new", ["config"])?;
     main_only(py, "Pool")?;
-    let pool_config = Settings::parse(py, &config, SettingsOf::Pool)?.pool();
+    let mut pool_config = Settings::parse(py, &config, SettingsOf::Pool)?.pool()?;
+    pool_config.task_outcome = pool_task_outcome;
     // Waited for in slices with this thread's GIL released (the workers' creation needs
     // the main interpreter), so that Ctrl-C (a signal handler raising here) stops it.
     let mut starting =
@@ -897,6 +991,7 @@ fn pool_new<'py>(py: Python<'py>, _: &PyObj<'py>, args: &FastArgs<'_, 'py>) -> O
     };
     let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
     let handle = PoolHandle {
+        stats: pool.stats_handle(),
         stopper: pool.stopper(),
         pool: Mutex::new(Some(pool)),
         ready_tx,
@@ -907,6 +1002,50 @@ fn pool_new<'py>(py: Python<'py>, _: &PyObj<'py>, args: &FastArgs<'_, 'py>) -> O
     };
     let id = POOLS.insert(handle);
     Ok(py.to_object(&Value::Int(id as i64))?)
+}
+
+fn interp_stats<'py>(
+    py: Python<'py>,
+    _: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    let (interp,): (PyObj,) = params::args(args, "_interp_stats", ["interp"])?;
+    let stats = interp_of(&interp)?.stats();
+    Ok(py.to_object(&stats.to_value())?)
+}
+
+/// Readers of pools' counters, which outlive the pools (a `Pool` object reads its own
+/// after its shutdown, and releases it when collected).
+static POOL_STATS: Registry<StatsHandle> = Registry::new();
+
+fn pool_stats_handle<'py>(
+    py: Python<'py>,
+    _: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    let (pool,): (PyObj,) = params::args(args, "_pool_stats_handle", ["pool"])?;
+    let handle = pool_of(&pool)?.stats.clone();
+    Ok(py.to_object(&Value::Int(POOL_STATS.insert(handle) as i64))?)
+}
+
+fn pool_stats<'py>(
+    py: Python<'py>,
+    _: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    let (stats,): (PyObj,) = params::args(args, "_pool_stats", ["stats"])?;
+    let stats = POOL_STATS.get(&stats, "no such pool")?.stats();
+    Ok(py.to_object(&stats.to_value())?)
+}
+
+fn pool_stats_release<'py>(
+    py: Python<'py>,
+    _: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    let (stats,): (PyObj,) = params::args(args, "_pool_stats_release", ["stats"])?;
+    POOL_STATS.remove(&stats)?;
+    Ok(py.none())
 }
 
 fn exit_guard<'py>(

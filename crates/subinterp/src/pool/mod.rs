@@ -31,6 +31,7 @@ use crate::interpreter::{Interpreter, InterruptHandle};
 use crate::raw::lifecycle::clear_pending_async;
 use crate::raw::Python;
 use crate::runtime::Runtime;
+use crate::stats::{self, Counters, Outcome, Stats, StatsHandle};
 use crate::value::wire;
 use crate::value::Value;
 use crate::wait::InterruptReason;
@@ -57,6 +58,9 @@ pub struct PoolConfig {
     grace: Duration,
     ready_on_first: bool,
     on_demand: bool,
+    name: Option<String>,
+    /// How a task's result counts in the stats (the package reads its own failures).
+    pub(crate) task_outcome: fn(&Result<Vec<u8>>) -> Outcome,
 }
 
 /// The shortest set-up deadline given by default when tasks have a deadline.
@@ -82,6 +86,8 @@ impl PoolConfig {
             grace: Duration::from_secs(1),
             ready_on_first: false,
             on_demand: false,
+            name: None,
+            task_outcome: Outcome::of,
         }
     }
 
@@ -144,6 +150,13 @@ impl PoolConfig {
         self
     }
 
+    /// The pool's name, its `pool` label in the metrics of [`Pool::stats`]'s counters
+    /// (default: `pool-N`, numbered in the order pools are made in the process).
+    pub fn name(&mut self, name: impl Into<String>) -> &mut Self {
+        self.name = Some(name.into());
+        self
+    }
+
     /// Whether workers start as work arrives (default: all start in [`Pool::new`]). With
     /// it, `new` starts one worker; each submitted task that finds no idle worker starts
     /// one more, up to [`workers`](Self::workers), as `concurrent.futures` executors do.
@@ -194,6 +207,9 @@ const DRAINING: u8 = 1;
 const STOPPING: u8 = 2;
 
 struct Shared {
+    /// The pool's counters, which its workers' are added to.
+    stats: Arc<Counters>,
+    name: String,
     runtime: Runtime,
     config: PoolConfig,
     queue_tx: Mutex<Option<Sender<Queued>>>,
@@ -360,7 +376,13 @@ impl Pool {
         let (queue_tx, queue_rx) = unbounded();
         let (stop_tx, stop_rx) = bounded(0);
         let (watch_tx, watch_rx) = unbounded();
+        let name = config.name.clone().unwrap_or_else(|| {
+            static POOLS: AtomicU64 = AtomicU64::new(1);
+            format!("pool-{}", POOLS.fetch_add(1, Ordering::Relaxed))
+        });
         let shared = Arc::new(Shared {
+            stats: Arc::new(Counters::for_pool(&name)),
+            name,
             runtime: runtime.clone(),
             config: config.clone(),
             queue_tx: Mutex::new(Some(queue_tx)),
@@ -399,6 +421,24 @@ impl Pool {
         })
     }
 
+    /// A snapshot of the pool's counters (see [`Stats`]): its tasks by outcome, counted
+    /// once each as they finish (a task cancelled while queued included); and, over every
+    /// worker it had, replacements included, the channel messages, guard rail events and
+    /// interpreters created and ended.
+    pub fn stats(&self) -> Stats {
+        self.shared.stats.snapshot()
+    }
+
+    /// A handle that reads the pool's counters after it was shut down too.
+    pub fn stats_handle(&self) -> StatsHandle {
+        StatsHandle(Arc::clone(&self.shared.stats))
+    }
+
+    /// The pool's name: the `pool` label of its metrics ([`PoolConfig::name`]).
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
     /// Number of workers.
     pub fn workers(&self) -> usize {
         self.shared.config.workers
@@ -422,7 +462,10 @@ impl Pool {
     ) -> Result<Task> {
         let target = Target::parse(target)?;
         let id = self.shared.next_task.fetch_add(1, Ordering::Relaxed);
-        let state = Arc::new(TaskState::new());
+        let state = Arc::new(TaskState::new(
+            Arc::clone(&self.shared.stats),
+            self.shared.config.task_outcome,
+        ));
         let queued = Queued {
             id,
             target,
@@ -730,7 +773,11 @@ fn keep(shared: &Arc<Shared>, mut ready: Option<Sender<Result<()>>>) -> Option<E
 fn start_worker(shared: &Shared) -> Result<Interpreter> {
     let limit = shared.config.setup_deadline();
     let deadline = limit.and_then(|limit| Instant::now().checked_add(limit));
-    let interp = Interpreter::new(&shared.runtime, &shared.config.interpreter)?;
+    let interp = Interpreter::new_in(
+        &shared.runtime,
+        &shared.config.interpreter,
+        Some(Arc::clone(&shared.stats)),
+    )?;
     for code in &shared.config.init {
         let code = code.clone();
         let done = interp.submit(move |py| py.run(&code, "<string>", &py.main_dict()?))?;
@@ -857,7 +904,8 @@ fn worker_loop(py: Python<'_>, shared: &Arc<Shared>, worker: &Arc<Worker>) -> Re
         tracing::debug!(task = task.id, target = %task.target, "task started");
         // The result leaves in the wire format: whoever takes it reads it into a Value,
         // off this worker's GIL.
-        let result = call_target_wire(py, &task.target, &task.args);
+        let result = tracing::debug_span!("task", task = task.id)
+            .in_scope(|| call_target_wire(py, &task.target, &task.args));
         worker.current.store(0, Ordering::Release);
         if worker.interrupted.swap(false, Ordering::AcqRel) {
             // An interrupt aimed at this task may still be pending: it must not hit the next.
@@ -890,6 +938,8 @@ fn worker_loop(py: Python<'_>, shared: &Arc<Shared>, worker: &Arc<Worker>) -> Re
                 "task failed: {err}"
             ),
         }
+        let outcome = (shared.config.task_outcome)(&result);
+        stats::with_current(py, |counters| counters.task(outcome));
         task.state.complete(result);
         shared.busy.fetch_sub(1, Ordering::AcqRel);
         if worker.abandoned.load(Ordering::Acquire) {
@@ -1026,6 +1076,9 @@ struct TaskState {
     slot: Mutex<TaskSlot>,
     done: Condvar,
     timed_out: AtomicBool,
+    /// The pool's counters, which count the task's outcome once it is stored.
+    stats: Arc<Counters>,
+    outcome: fn(&Result<Vec<u8>>) -> Outcome,
 }
 
 #[derive(Default)]
@@ -1040,11 +1093,13 @@ struct TaskSlot {
 }
 
 impl TaskState {
-    fn new() -> Self {
+    fn new(stats: Arc<Counters>, outcome: fn(&Result<Vec<u8>>) -> Outcome) -> Self {
         TaskState {
             slot: Mutex::new(TaskSlot::default()),
             done: Condvar::new(),
             timed_out: AtomicBool::new(false),
+            stats,
+            outcome,
         }
     }
 
@@ -1076,6 +1131,7 @@ impl TaskState {
             return false;
         }
         slot.finished = true;
+        self.stats.task((self.outcome)(&result));
         slot.result = Some(result);
         slot.worker = None;
         for waker in slot.wakers.drain(..) {

@@ -125,6 +125,25 @@ impl Writer {
     }
 }
 
+#[cfg(feature = "extension-module")]
+/// The first item of `data` when it is a tuple or a list whose first item is a small
+/// `int`: how a runner that returns `(kind, ...)` says what it returned, read without
+/// decoding the rest.
+pub(crate) fn leading_int(data: &[u8]) -> Option<i64> {
+    let mut r = Reader::new(data).ok()?;
+    let kind = r.byte().ok()? & !tag::MEMO;
+    if kind != tag::TUPLE && kind != tag::LIST {
+        return None;
+    }
+    if r.varint().ok()? == 0 {
+        return None;
+    }
+    match r.byte().ok()? & !tag::MEMO {
+        tag::INT => r.int().ok(),
+        _ => None,
+    }
+}
+
 /// Reads the parts of the format from a byte slice, checking everything.
 #[derive(Clone)]
 pub(crate) struct Reader<'a> {

@@ -1,0 +1,268 @@
+//! Stats: the counters of interpreters and pools match what ran, and move in a `metrics`
+//! recorder installed by the host.
+
+mod common;
+
+use std::time::Duration;
+
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use subinterp::{
+    CallOptions, Error, GuardRule, Guards, Interpreter, InterpreterConfig, Pool, PoolConfig,
+    TaskOptions,
+};
+
+const FUNCS: &str = r#"
+import subinterp, time
+
+def ok(x):
+    return x
+
+def fail():
+    raise ValueError("no")
+
+def spin():
+    while True:
+        pass
+
+def sleep(seconds):
+    time.sleep(seconds)
+
+def chatter(name):
+    ch = subinterp.channel(name)
+    ch.send(b"abc")
+    ch.send("hello")
+    return [ch.recv(), ch.recv()]
+"#;
+
+/// The recorder, installed once for this test binary before any interpreter exists.
+fn recorder() -> &'static Snapshotter {
+    static SNAPSHOTTER: std::sync::OnceLock<Snapshotter> = std::sync::OnceLock::new();
+    SNAPSHOTTER.get_or_init(|| {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        recorder.install().expect("install the debugging recorder");
+        snapshotter
+    })
+}
+
+/// The sum of the counters called `name` whose labels include every one of `labels`.
+fn counted(name: &str, labels: &[(&str, &str)]) -> u64 {
+    recorder()
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, _, _, _)| {
+            let key = key.key();
+            key.name() == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| key.labels().any(|l| l.key() == *k && l.value() == *v))
+        })
+        .map(|(_, _, _, value)| match value {
+            DebugValue::Counter(n) => n,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Tasks run, ok, failed, timed out, cancelled.
+fn outcomes(stats: &subinterp::Stats) -> (u64, u64, u64, u64, u64) {
+    (
+        stats.tasks_run,
+        stats.tasks_ok,
+        stats.tasks_failed,
+        stats.tasks_timed_out,
+        stats.tasks_cancelled,
+    )
+}
+
+#[test]
+fn an_interpreters_stats_match_what_ran() {
+    recorder();
+    let interp = common::isolated();
+    interp.exec(FUNCS).unwrap(); // 1 ok
+    interp.call("__main__:ok", (1,)).unwrap(); // 2 ok
+    interp.eval("1 + 1").unwrap(); // 3 ok
+    interp.call("__main__:fail", ()).unwrap_err(); // 1 failed
+    let err = interp
+        .call_with(
+            "__main__:spin",
+            (),
+            CallOptions::new().timeout(Duration::from_millis(200)),
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    let replies = interp.call("__main__:chatter", ("stats-chatter",)).unwrap(); // 4 ok
+    assert_eq!(
+        replies,
+        subinterp::Value::List(vec![
+            subinterp::Value::Bytes(b"abc".to_vec()),
+            subinterp::Value::from("hello")
+        ])
+    );
+    interp.set_argv(&["not", "a", "task"]).unwrap();
+    let stats = interp.stats();
+    assert_eq!(outcomes(&stats), (6, 4, 1, 1, 0), "{stats:?}");
+    // Python's messages are counted by what crosses: b"abc" and "hello" in the wire
+    // format, a header and a tag and a length each beside their 8 bytes of data.
+    assert_eq!(stats.messages_sent, 2, "{stats:?}");
+    assert!((8..=24).contains(&stats.bytes_sent), "{stats:?}");
+    assert_eq!(
+        (stats.messages_received, stats.bytes_received),
+        (2, stats.bytes_sent)
+    );
+    assert_eq!(
+        (stats.interpreters_created, stats.interpreters_ended),
+        (1, 0)
+    );
+    assert_eq!(
+        (
+            stats.memory_bytes,
+            stats.memory_peak_bytes,
+            stats.cpu_seconds
+        ),
+        (None, None, None)
+    );
+    // The same counts through the metrics facade, labelled with the interpreter.
+    let id = interp.id().to_string();
+    let me = ("interpreter", id.as_str());
+    assert_eq!(
+        counted("subinterp_tasks_total", &[me, ("outcome", "ok")]),
+        4
+    );
+    assert_eq!(
+        counted("subinterp_tasks_total", &[me, ("outcome", "failed")]),
+        1
+    );
+    assert_eq!(
+        counted("subinterp_tasks_total", &[me, ("outcome", "timed_out")]),
+        1
+    );
+    assert_eq!(
+        counted(
+            "subinterp_channel_bytes_total",
+            &[me, ("direction", "sent")]
+        ),
+        stats.bytes_sent
+    );
+    assert_eq!(
+        counted(
+            "subinterp_channel_messages_total",
+            &[me, ("direction", "received")]
+        ),
+        2
+    );
+    assert_eq!(counted("subinterp_interpreters_created_total", &[me]), 1);
+    interp.close().unwrap();
+    assert_eq!(interp.stats().interpreters_ended, 1);
+    assert_eq!(counted("subinterp_interpreters_ended_total", &[me]), 1);
+    // A snapshot is a map in Python terms.
+    let value = interp.stats().to_value();
+    assert!(matches!(value, subinterp::Value::Dict(_)), "{value:?}");
+}
+
+#[test]
+fn guard_events_are_counted_in_stats_and_metrics() {
+    recorder();
+    let mut guards = Guards::new();
+    guards.refuse(GuardRule::Env).count(GuardRule::Chdir);
+    let mut config = InterpreterConfig::isolated();
+    config.guards(guards);
+    let interp = Interpreter::new(&common::runtime(), &config).unwrap();
+    interp
+        .exec("import os\nos.chdir(os.getcwd())\ntry:\n    os.putenv('X_STATS', '1')\nexcept PermissionError:\n    pass")
+        .unwrap();
+    let stats = interp.stats();
+    assert_eq!(
+        (stats.guard_counted, stats.guard_refused),
+        (1, 1),
+        "{stats:?}"
+    );
+    let id = interp.id().to_string();
+    let me = ("interpreter", id.as_str());
+    let events = "subinterp_guard_events_total";
+    assert_eq!(
+        counted(events, &[me, ("rule", "env"), ("action", "refused")]),
+        1
+    );
+    assert_eq!(
+        counted(events, &[me, ("rule", "chdir"), ("action", "counted")]),
+        1
+    );
+}
+
+#[test]
+fn a_pools_stats_match_what_ran() {
+    recorder();
+    let mut config = PoolConfig::new();
+    config
+        .workers(1)
+        .init(FUNCS)
+        .name("stats-pool")
+        .grace(Duration::from_secs(5));
+    let pool = Pool::new(&common::runtime(), &config).unwrap();
+    assert_eq!(pool.name(), "stats-pool");
+    for i in 0..3 {
+        pool.submit("__main__:ok", (i,)).unwrap().wait().unwrap();
+    }
+    pool.submit("__main__:fail", ())
+        .unwrap()
+        .wait()
+        .unwrap_err();
+    let timeout = TaskOptions {
+        timeout: Some(Duration::from_millis(200)),
+    };
+    let err = pool
+        .submit_with("__main__:spin", (), timeout)
+        .unwrap()
+        .wait()
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    // One worker: the second task waits behind the first, and is cancelled there.
+    let first = pool.submit("__main__:sleep", (0.3,)).unwrap();
+    let second = pool.submit("__main__:ok", (0,)).unwrap();
+    assert!(second.cancel_queued());
+    first.wait().unwrap();
+    pool.submit("__main__:chatter", ("stats-pool-chatter",))
+        .unwrap()
+        .wait()
+        .unwrap();
+    let stats = pool.stats();
+    assert_eq!(outcomes(&stats), (8, 5, 1, 1, 1), "{stats:?}");
+    assert_eq!(stats.messages_sent, 2, "{stats:?}");
+    assert!((8..=24).contains(&stats.bytes_sent), "{stats:?}");
+    assert_eq!(stats.interpreters_created, 1, "{stats:?}");
+    let pool_label = ("pool", "stats-pool");
+    let tasks = "subinterp_pool_tasks_total";
+    assert_eq!(counted(tasks, &[pool_label, ("outcome", "ok")]), 5);
+    assert_eq!(counted(tasks, &[pool_label, ("outcome", "cancelled")]), 1);
+    // The worker's own counters carry the pool's label.
+    assert_eq!(
+        counted(
+            "subinterp_channel_messages_total",
+            &[pool_label, ("direction", "sent")]
+        ),
+        2
+    );
+    pool.shutdown(Duration::from_secs(10));
+}
+
+#[test]
+fn recycled_workers_add_up_in_the_pool() {
+    recorder();
+    let mut config = PoolConfig::new();
+    config.workers(1).init(FUNCS).max_tasks_per_worker(2);
+    let pool = Pool::new(&common::runtime(), &config).unwrap();
+    for i in 0..6 {
+        pool.submit("__main__:chatter", (format!("stats-recycled-{i}"),))
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    let stats = pool.stats();
+    assert_eq!(stats.tasks_ok, 6);
+    assert_eq!(stats.messages_sent, 12, "{stats:?}");
+    assert!(stats.interpreters_created >= 3, "{stats:?}");
+    assert!(stats.interpreters_ended >= 2, "{stats:?}");
+    pool.shutdown(Duration::from_secs(10));
+}
