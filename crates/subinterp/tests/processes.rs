@@ -446,3 +446,48 @@ fn init_code_runs_in_worker_processes() {
     let got = wait(pool.submit("proc_tasks:main_mark", ()).unwrap()).unwrap();
     assert_eq!(got, Value::from("set by init"));
 }
+
+#[test]
+fn init_code_an_interpreter_refuses_sends_every_task_to_processes() {
+    if venv().is_none() {
+        return;
+    }
+    let pool = new_pool(|c| {
+        c.init("import numpy\nSCALE = int(numpy.int64(3))");
+    });
+    let got = wait(pool.submit("np_tasks:total", (4,)).unwrap()).unwrap();
+    assert_eq!(got, Value::Float(6.0));
+    let pid = int(wait(pool.submit("pure_tasks:pid", ()).unwrap()).unwrap());
+    assert_ne!(pid, i64::from(std::process::id()));
+    assert_eq!(
+        wait(pool.submit("__main__:SCALE.__int__", ()).unwrap()).unwrap(),
+        Value::Int(3)
+    );
+    // With the fallback off, the refusal is the pool's set-up error.
+    let mut config = PoolConfig::new();
+    config
+        .workers(1)
+        .init("import numpy")
+        .process_fallback(false);
+    let err = Pool::new(&runtime(), &config).unwrap_err();
+    assert!(
+        err.as_python().is_some_and(|e| e.is("ImportError")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn shutdown_ends_worker_processes() {
+    let pool = new_pool(|_| {});
+    assert_eq!(
+        wait(pool.submit("proc_tasks:echo", (1,)).unwrap()).unwrap(),
+        Value::Int(1)
+    );
+    let started = std::time::Instant::now();
+    pool.shutdown(WAIT);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+}

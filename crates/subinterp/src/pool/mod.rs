@@ -445,15 +445,14 @@ impl Pool {
             timeout: options.timeout.or(self.shared.config.timeout),
             state: Arc::clone(&state),
         };
+        if self.shared.state.load(Ordering::Acquire) == RUNNING
+            && self.shared.procs.routes(&self.shared, &queued.target)
+        {
+            self.shared.procs.send(&self.shared, queued);
+            return Ok(Task { id, state });
+        }
         let tx = lock(&self.shared.queue_tx);
         match tx.as_ref() {
-            Some(_)
-                if self.shared.state.load(Ordering::Acquire) == RUNNING
-                    && self.shared.procs.routes(&self.shared, &queued.target) =>
-            {
-                drop(tx);
-                self.shared.procs.send(&self.shared, queued);
-            }
             Some(tx) if self.shared.state.load(Ordering::Acquire) == RUNNING => {
                 tx.send(queued).map_err(|_| Error::Closed)?;
                 grow(&self.shared);
@@ -509,6 +508,7 @@ impl Pool {
     pub fn shutdown(self, timeout: Duration) {
         self.shared.state.store(DRAINING, Ordering::Release);
         lock(&self.shared.queue_tx).take();
+        self.shared.procs.drain();
         let deadline = Instant::now() + timeout;
         let keepers = std::mem::take(&mut *lock(&self.shared.keeper_threads));
         let (done_tx, done_rx) = unbounded();
@@ -680,6 +680,16 @@ fn keep(shared: &Arc<Shared>, mut ready: Option<Sender<Result<()>>>) -> Option<E
     while shared.state.load(Ordering::Acquire) != STOPPING {
         let interp = match start_worker(shared) {
             Ok(interp) => interp,
+            Err(err) if shared.procs.init_refused(shared, &err) => {
+                // Every task runs in worker processes: this slot is not needed.
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(Ok(()));
+                }
+                while let Ok(queued) = shared.queue_rx.try_recv() {
+                    shared.procs.send(shared, queued);
+                }
+                return None;
+            }
             Err(err) => {
                 let err = match ready.take() {
                     Some(ready) => match ready.send(Err(err)) {
@@ -754,6 +764,24 @@ fn start_worker(shared: &Shared) -> Result<Interpreter> {
     let limit = shared.config.setup_deadline();
     let deadline = limit.and_then(|limit| Instant::now().checked_add(limit));
     let interp = Interpreter::new(&shared.runtime, &shared.config.interpreter)?;
+    if shared.procs.spec.get().is_none() {
+        // Where worker processes come from, should a task need one.
+        let python = interp.eval("__import__('sys').executable")?;
+        let path = interp.eval("list(__import__('sys').path)")?;
+        if let (Value::Str(python), Value::List(path)) = (python, path) {
+            let path = path
+                .into_iter()
+                .filter_map(|p| match p {
+                    Value::Str(p) => Some(p),
+                    _ => None,
+                })
+                .collect();
+            let _ = shared.procs.spec.set(process::Spec {
+                python: python.into(),
+                path,
+            });
+        }
+    }
     for code in &shared.config.init {
         let code = code.clone();
         let done = interp.submit(move |py| py.run(&code, "<string>", &py.main_dict()?))?;
@@ -801,24 +829,6 @@ fn start_worker(shared: &Shared) -> Result<Interpreter> {
             }
         };
         return Err(err);
-    }
-    if shared.procs.spec.get().is_none() {
-        // Where worker processes come from, should a task need one.
-        let python = interp.eval("__import__('sys').executable")?;
-        let path = interp.eval("list(__import__('sys').path)")?;
-        if let (Value::Str(python), Value::List(path)) = (python, path) {
-            let path = path
-                .into_iter()
-                .filter_map(|p| match p {
-                    Value::Str(p) => Some(p),
-                    _ => None,
-                })
-                .collect();
-            let _ = shared.procs.spec.set(process::Spec {
-                python: python.into(),
-                path,
-            });
-        }
     }
     tracing::debug!(interpreter = interp.id(), "pool worker ready");
     Ok(interp)

@@ -23,7 +23,7 @@ use std::io::{Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -58,12 +58,21 @@ pub(super) struct Procs {
     routed: Mutex<HashMap<String, String>>,
     /// Tasks that ran (to a result or an error) in a worker process.
     ran: AtomicU64,
+    /// Set when the pool's `init` code was refused in an interpreter: every task runs in
+    /// a worker process.
+    all: AtomicBool,
+    /// Dropped when the pool starts to drain (a graceful shutdown), to wake idle keepers.
+    drain_tx: Mutex<Option<Sender<()>>>,
+    drain_rx: Receiver<()>,
 }
 
 impl Procs {
     pub(super) fn new() -> Procs {
         let (queue_tx, queue_rx) = unbounded();
+        let (drain_tx, drain_rx) = bounded(0);
         Procs {
+            drain_tx: Mutex::new(Some(drain_tx)),
+            drain_rx,
             queue_tx,
             queue_rx,
             spec: OnceLock::new(),
@@ -71,6 +80,7 @@ impl Procs {
             idle: AtomicUsize::new(0),
             routed: Mutex::new(HashMap::new()),
             ran: AtomicU64::new(0),
+            all: AtomicBool::new(false),
         }
     }
 
@@ -88,7 +98,31 @@ impl Procs {
                     .strip_prefix(name.as_str())
                     .is_some_and(|rest| rest.starts_with('.'))
         });
-        named || lock(&self.routed).contains_key(target.module())
+        named
+            || self.all.load(Ordering::Acquire)
+            || lock(&self.routed).contains_key(target.module())
+    }
+
+    /// Whether `err`, the failure of an interpreter's set-up, is a refusal of an extension
+    /// module the pool's `init` code imports, with the fallback on: every task then runs
+    /// in worker processes (said once).
+    pub(super) fn init_refused(&self, shared: &Shared, err: &Error) -> bool {
+        if !shared.config.process_fallback || self.spec.get().is_none() {
+            return false;
+        }
+        let Some(refusal) = err.as_python().and_then(refusal) else {
+            return false;
+        };
+        if !self.all.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                culprit = %refusal.culprit,
+                "an isolated interpreter refused extension module {} ({}) imported by the \
+                 pool's init code: every task of the pool runs in worker processes",
+                refusal.culprit,
+                refusal.reason,
+            );
+        }
+        true
     }
 
     /// Records that `target`'s module needs a process, saying so once.
@@ -141,6 +175,11 @@ impl Procs {
                 tracing::error!(error = %err, "could not start a worker process keeper");
             }
         }
+    }
+
+    /// The pool drains: idle keepers end once nothing can reach them any more.
+    pub(super) fn drain(&self) {
+        lock(&self.drain_tx).take();
     }
 
     /// Cancels the tasks queued for processes (an immediate shutdown).
@@ -597,18 +636,27 @@ fn next_task(shared: &Shared) -> Option<Queued> {
         {
             return None;
         }
-        // Draining: the interpreters may still hand over tasks they find refused.
-        let wait = if state == RUNNING {
-            crossbeam_channel::never()
+        // Draining: the interpreters may still hand over tasks they find refused, until
+        // the last of them ends.
+        let (drain, wait) = if state == RUNNING {
+            (&procs.drain_rx, never())
         } else {
-            crossbeam_channel::after(Duration::from_millis(50))
+            (
+                &never_drain(),
+                crossbeam_channel::after(Duration::from_millis(50)),
+            )
         };
         select! {
             recv(procs.queue_rx) -> task => return task.ok(),
             recv(shared.stop_rx) -> _ => return None,
+            recv(drain) -> _ => {}
             recv(wait) -> _ => {}
         }
     }
+}
+
+fn never_drain() -> Receiver<()> {
+    never()
 }
 
 enum Ran {
@@ -623,7 +671,6 @@ fn run(shared: &Shared, proc: &mut Proc, task: Queued) -> Ran {
     if !task.state.start_in_process(&proc.control) {
         return Ran::Kept; // cancelled while queued
     }
-    proc.control.current.store(task.id, Ordering::Release);
     while proc.cancel_rx.try_recv().is_ok() {}
     let msg = Value::Tuple(vec![
         Value::from("call"),
@@ -636,10 +683,22 @@ fn run(shared: &Shared, proc: &mut Proc, task: Queued) -> Ran {
         shared.procs.ran.fetch_add(1, Ordering::Relaxed);
         task.state.complete(result);
     };
-    if let Err(err) = proc.send(&msg) {
+    // The call goes first on the pipe, then interrupts aimed at it may follow.
+    let sent = {
+        let mut stdin = lock(&proc.control.stdin);
+        let sent = write_frame(&mut *stdin, &msg);
+        proc.control.current.store(task.id, Ordering::Release);
+        sent
+    };
+    if let Err(err) = sent {
         let status = proc.status();
         finish(proc, Err(Error::WorkerDied(format!("{err}; {status}"))));
         return Ran::Lost;
+    }
+    if task.state.is_done() {
+        // Cancelled before it could be told: tell it now.
+        let _ = proc.control.cancel_tx.try_send(());
+        proc.control.interrupt(task.id, InterruptReason::Cancelled);
     }
     tracing::debug!(task = task.id, target = %task.target, pid = proc.child.id(), "task started in a worker process");
     let started = Instant::now();

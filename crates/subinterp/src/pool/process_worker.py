@@ -335,7 +335,8 @@ def main():
             while view:
                 view = view[os.write(out_fd, view) :]
 
-    running = [False]
+    running = [False]  # the task's own code runs
+    inflight = [False]  # a call was received and not answered
     pending = [0]
 
     def on_interrupt(signum, frame):
@@ -364,10 +365,13 @@ def main():
                 return
             msg = decode(body)
             if msg[0] == "interrupt":
-                if running[0]:
+                if inflight[0]:
                     pending[0] = msg[1]
-                    _thread.interrupt_main(signal.SIGUSR1)
+                    if running[0]:
+                        _thread.interrupt_main(signal.SIGUSR1)
             else:
+                if msg[0] == "call":
+                    inflight[0] = True
                 tasks.put(msg)
 
     threading.Thread(target=reader, daemon=True).start()
@@ -395,6 +399,8 @@ def main():
         try:
             try:
                 running[0] = True
+                if pending[0]:
+                    on_interrupt(None, None)
                 target = importlib.import_module(module)
                 for attr in qualname.split("."):
                     target = getattr(target, attr)
@@ -408,6 +414,8 @@ def main():
         except BaseException as exc:
             reply = ("error", snapshot(exc))
         result = None
+        inflight[0] = False
+        pending[0] = 0
         send(reply)
 
 
