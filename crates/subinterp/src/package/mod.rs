@@ -948,6 +948,9 @@ impl Settings {
         for code in &self.init {
             config.init(code.clone());
         }
+        // The runner lets a refused import reach the pool, which re-runs the task in a
+        // worker process.
+        config.init(crate::pool::refusals_for_runner());
         if let Some(timeout) = self.timeout {
             config.timeout(timeout);
         }
@@ -1089,6 +1092,12 @@ fn pool_submit<'py>(
     )?;
     let handle = pool_of(&pool)?;
     let call = call_args(py, &positional, &keywords)?;
+    // The runner's first argument is the module of the user's function: refusals are
+    // recorded, and tasks sent to worker processes, by it.
+    let route = match call.positional.first() {
+        Some(Value::Str(module)) => Some(module.clone()),
+        _ => None,
+    };
     let options = TaskOptions {
         timeout: seconds(py, timeout.as_ref(), "timeout")?,
     };
@@ -1097,7 +1106,7 @@ fn pool_submit<'py>(
         let pool = pool
             .as_ref()
             .ok_or_else(|| Error::python("builtins.RuntimeError", "the pool has ended"))?;
-        let mut task = pool.submit_with(&target, call, options)?;
+        let mut task = pool.submit_routed(&target, route, call, options)?;
         let id = task.id();
         // Held until the task is in the map: its waker may fire at once, and the
         // collector looks the id up only after taking this lock.

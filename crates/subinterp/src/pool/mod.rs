@@ -37,6 +37,9 @@ use crate::wait::InterruptReason;
 
 mod process;
 
+#[cfg(feature = "extension-module")]
+pub(crate) use process::refusals_for_runner;
+
 /// How a [`Pool`] is built.
 ///
 /// ```
@@ -307,6 +310,8 @@ impl Shared {
 struct Queued {
     id: u64,
     target: Target,
+    /// The module a refusal is recorded for and routing decided by.
+    route: String,
     /// The arguments in the wire format, written by the submitting thread.
     args: Vec<u8>,
     timeout: Option<Duration>,
@@ -435,18 +440,35 @@ impl Pool {
         args: impl Into<Args>,
         options: TaskOptions,
     ) -> Result<Task> {
+        self.submit_routed(target, None, args, options)
+    }
+
+    /// [`submit_with`](Self::submit_with) with the name under which the pool records a
+    /// refusal and routes the task to a worker process (default: the target's module). A
+    /// runner target that calls the user's function gives that function's module.
+    pub(crate) fn submit_routed(
+        &self,
+        target: &str,
+        route: Option<String>,
+        args: impl Into<Args>,
+        options: TaskOptions,
+    ) -> Result<Task> {
         let target = Target::parse(target)?;
         let id = self.shared.next_task.fetch_add(1, Ordering::Relaxed);
         let state = Arc::new(TaskState::new());
         let queued = Queued {
             id,
+            route: route.unwrap_or_else(|| target.module().to_owned()),
             target,
             args: args.into().to_wire()?,
             timeout: options.timeout.or(self.shared.config.timeout),
             state: Arc::clone(&state),
         };
         if self.shared.state.load(Ordering::Acquire) == RUNNING
-            && self.shared.procs.routes(&self.shared, &queued.target)
+            && self
+                .shared
+                .procs
+                .routes(&self.shared, &queued.target, &queued.route)
         {
             self.shared.procs.send(&self.shared, queued);
             return Ok(Task { id, state });
@@ -919,7 +941,7 @@ fn worker_loop(py: Python<'_>, shared: &Arc<Shared>, worker: &Arc<Worker>) -> Re
             _ => None,
         };
         if let Some(refusal) = refused {
-            shared.procs.record_refusal(&task.target, &refusal);
+            shared.procs.record_refusal(&task.route, &refusal);
             if shared.config.rerun_refused && !task.state.timed_out.load(Ordering::Acquire) {
                 task.state.hand_over();
                 shared.busy.fetch_sub(1, Ordering::AcqRel);

@@ -89,7 +89,7 @@ impl Procs {
     }
 
     /// Whether a task of `target` goes to a process from the start.
-    pub(super) fn routes(&self, shared: &Shared, target: &Target) -> bool {
+    pub(super) fn routes(&self, shared: &Shared, target: &Target, route: &str) -> bool {
         let named = shared.config.process_targets.iter().any(|name| {
             name == target.module()
                 || *name == target.to_string()
@@ -98,9 +98,7 @@ impl Procs {
                     .strip_prefix(name.as_str())
                     .is_some_and(|rest| rest.starts_with('.'))
         });
-        named
-            || self.all.load(Ordering::Acquire)
-            || lock(&self.routed).contains_key(target.module())
+        named || self.all.load(Ordering::Acquire) || lock(&self.routed).contains_key(route)
     }
 
     /// Whether `err`, the failure of an interpreter's set-up, is a refusal of an extension
@@ -125,22 +123,22 @@ impl Procs {
         true
     }
 
-    /// Records that `target`'s module needs a process, saying so once.
-    pub(super) fn record_refusal(&self, target: &Target, refusal: &Refusal) {
+    /// Records that the tasks of module `route` need a process, saying so once.
+    pub(super) fn record_refusal(&self, route: &str, refusal: &Refusal) {
         let mut routed = lock(&self.routed);
-        if routed.contains_key(target.module()) {
+        if routed.contains_key(route) {
             return;
         }
-        routed.insert(target.module().to_owned(), refusal.reason.clone());
+        routed.insert(route.to_owned(), refusal.reason.clone());
         drop(routed);
         tracing::warn!(
-            target = %target,
+            module = route,
             culprit = %refusal.culprit,
             "an isolated interpreter refused extension module {} ({}): tasks of module {} \
              run in worker processes from now on",
             refusal.culprit,
             refusal.reason,
-            target.module()
+            route
         );
     }
 
@@ -222,6 +220,18 @@ const REFUSALS: &[&str] = &[
     "PyO3 modules do not yet support subinterpreters",
     "PyO3 modules compiled for CPython 3.8 or older may only be initialized once per interpreter process",
 ];
+
+/// Python code that gives the Python package's task runner (`_subinterp_worker`, which
+/// reports a task's exceptions as its result) the refusal messages, so that it lets a
+/// refusal reach the pool as an exception, and the pool can move the task to a process.
+#[cfg(feature = "extension-module")]
+pub(crate) fn refusals_for_runner() -> String {
+    let patterns: Vec<String> = REFUSALS.iter().map(|p| format!("{p:?}")).collect();
+    format!(
+        "__import__('sys').modules['_subinterp_worker']._SUBINTERP_REFUSALS = ({},)\n",
+        patterns.join(", ")
+    )
+}
 
 /// The refusal in `exc` or its chain (`__cause__`, `__context__`): numpy and pandas wrap
 /// CPython's `ImportError` in one of their own.
