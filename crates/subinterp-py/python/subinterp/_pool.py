@@ -300,6 +300,15 @@ class Pool(concurrent.futures.Executor):
     - ``max_tasks_per_worker``: tasks per worker before it is replaced by a fresh one
       (``max_tasks_per_child``, ``ProcessPoolExecutor``'s name, is accepted too);
     - ``setup_timeout``: a deadline for each worker's set-up (``init``, ``initializer``).
+    - ``process_fallback``: a task whose function's module imports an extension module
+      that isolated interpreters refuse (numpy, pandas, pydantic-core, ...) runs in a
+      worker process instead, started fresh with this Python and ``sys.path``, the
+      ``init`` code and the ``initializer``; the pool records the module for its life
+      (later tasks of it go straight to processes). (The core logs it through Rust's
+      ``tracing``, which this package does not forward to ``logging`` yet.)
+      A task that imports such a module only inside its body, after doing work, runs
+      twice. False makes the refusal the task's error. Pure-Python tasks stay in the
+      interpreters of this process.
 
     The callable of a task is found in the worker by module and name when it is a
     module-level function or class, else pickled with its arguments (bound methods,
@@ -327,6 +336,7 @@ class Pool(concurrent.futures.Executor):
         max_tasks_per_worker: int | None = None,
         setup_timeout: float | None = None,
         max_tasks_per_child: int | None = None,
+        process_fallback: bool = True,
     ):
         if max_tasks_per_child is not None:
             if max_tasks_per_worker is not None:
@@ -362,6 +372,7 @@ class Pool(concurrent.futures.Executor):
                 "timeout": timeout,
                 "max_tasks_per_worker": max_tasks_per_worker,
                 "setup_timeout": setup_timeout,
+                "process_fallback": bool(process_fallback),
             },
         )
         self._max_workers = max_workers

@@ -782,6 +782,9 @@ struct Settings {
     setup_timeout: Option<Duration>,
     /// `max_tasks_per_worker` (pool): tasks per worker before it is replaced.
     max_tasks_per_worker: Option<u64>,
+    /// `process_fallback` (pool): tasks isolated interpreters refuse run in worker
+    /// processes (default: yes).
+    process_fallback: bool,
 }
 
 /// Whose settings [`Settings::parse`] reads: the keys each takes.
@@ -801,6 +804,7 @@ impl SettingsOf {
                 "timeout",
                 "setup_timeout",
                 "max_tasks_per_worker",
+                "process_fallback",
             ],
             SettingsOf::Interpreter => &["isolated", "init", "timeout"],
         }
@@ -831,6 +835,7 @@ impl Settings {
             workers: None,
             setup_timeout: None,
             max_tasks_per_worker: None,
+            process_fallback: true,
         };
         for (key, value) in &items {
             let Value::Str(key) = key else {
@@ -871,6 +876,11 @@ impl Settings {
                 _ if !of.keys().contains(&key.as_str()) => return Err(unknown()),
                 "isolated" => match value {
                     Value::Bool(yes) => settings.isolated = *yes,
+                    Value::None => {}
+                    _ => return Err(wrong_type("a bool")),
+                },
+                "process_fallback" => match value {
+                    Value::Bool(yes) => settings.process_fallback = *yes,
                     Value::None => {}
                     _ => return Err(wrong_type("a bool")),
                 },
@@ -951,6 +961,7 @@ impl Settings {
         // The runner lets a refused import reach the pool, which re-runs the task in a
         // worker process.
         config.init(crate::pool::refusals_for_runner());
+        config.process_fallback(self.process_fallback);
         if let Some(timeout) = self.timeout {
             config.timeout(timeout);
         }
