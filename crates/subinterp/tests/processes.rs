@@ -117,6 +117,17 @@ def a_set():
 
 def main_mark():
     return sys.modules["__main__"].MARK
+
+def wire_of(x):
+    # The worker's own wire writer (the worker script runs as __main__).
+    return sys.modules["__main__"].encode(x, lenient=True)
+
+def read_stdin():
+    return sys.stdin.read()
+
+def printing():
+    print("to the host's stderr")
+    return 1
 "#;
 
 /// The runtime of this test process: the venv's Python (if PyPI was reachable) and the
@@ -294,6 +305,14 @@ fn plain_data_crosses_to_processes_and_back_exactly() {
         let back = wait(pool.submit("proc_tasks:echo", (value.clone(),)).unwrap()).unwrap();
         assert_eq!(back, value);
     }
+    // Memo references the Rust writer makes (repeated dict keys) read in the worker.
+    let rows = Value::List(
+        (0..3)
+            .map(|i| Value::Dict(vec![(Value::from("key"), Value::Int(i))]))
+            .collect(),
+    );
+    let back = wait(pool.submit("proc_tasks:echo", (rows.clone(),)).unwrap()).unwrap();
+    assert_eq!(back, rows);
     let nan = wait(pool.submit("proc_tasks:echo", (f64::NAN,)).unwrap()).unwrap();
     assert!(matches!(nan, Value::Float(x) if x.is_nan()));
     // What is not plain data is an error naming its type, as in an interpreter.
@@ -489,5 +508,50 @@ fn shutdown_ends_worker_processes() {
         started.elapsed() < Duration::from_secs(30),
         "{:?}",
         started.elapsed()
+    );
+}
+
+#[test]
+fn the_worker_writes_the_wire_format_byte_for_byte_as_the_rust_writer() {
+    let pool = new_pool(|_| {});
+    let big = num_bigint::BigInt::from(-3i8).pow(77);
+    // No dict with str keys: the Rust writer records those in the memo, this one does not.
+    let values = vec![
+        Value::None,
+        Value::Bool(true),
+        Value::Int(-64),
+        Value::Int(i64::MAX),
+        Value::BigInt(big),
+        Value::Float(-0.0),
+        Value::from("ünïcode"),
+        Value::Bytes(vec![1, 2, 3]),
+        Value::List(vec![Value::Tuple(vec![Value::Int(1), Value::None])]),
+        Value::Dict(vec![(Value::Int(1), Value::List(vec![]))]),
+    ];
+    for value in values {
+        let written = wait(pool.submit("proc_tasks:wire_of", (value.clone(),)).unwrap()).unwrap();
+        assert_eq!(
+            written,
+            Value::Bytes(subinterp::value::wire::encode(&value).unwrap()),
+            "{value:?}"
+        );
+    }
+}
+
+#[test]
+fn tasks_in_processes_read_an_empty_stdin_and_print_to_stderr() {
+    let pool = new_pool(|_| {});
+    assert_eq!(
+        wait(pool.submit("proc_tasks:read_stdin", ()).unwrap()).unwrap(),
+        Value::from("")
+    );
+    assert_eq!(
+        wait(pool.submit("proc_tasks:printing", ()).unwrap()).unwrap(),
+        Value::Int(1)
+    );
+    // The pipe was not disturbed.
+    assert_eq!(
+        wait(pool.submit("proc_tasks:echo", (2,)).unwrap()).unwrap(),
+        Value::Int(2)
     );
 }

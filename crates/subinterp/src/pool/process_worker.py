@@ -321,10 +321,15 @@ def _read_exact(fd, n):
 
 def main():
     # Frames go out on a private copy of stdout; what the tasks print goes to stderr.
+    # Frames come in on a private copy of stdin; the tasks' stdin reads /dev/null.
     out_fd = os.dup(1)
     os.dup2(2, 1)
     sys.stdout = open(1, "w", buffering=1, closefd=False)
-    in_fd = 0
+    in_fd = os.dup(0)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    sys.stdin = open(0, "r", closefd=False)
     write_lock = threading.Lock()
 
     def send(msg):
