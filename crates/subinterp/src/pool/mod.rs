@@ -9,6 +9,10 @@
 //! interrupts the task inside its interpreter (`TimeoutError`); if the task is stuck in C
 //! code and still running after a grace period, the task is reported as timed out and its
 //! worker is replaced by a fresh interpreter, so the pool keeps its size.
+//!
+//! A task whose import an isolated interpreter refuses (numpy and most compiled wheels)
+//! runs in a worker process instead (`process.rs`), with the same deadlines,
+//! cancellation, recycling and results; see [`PoolConfig::process_fallback`].
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
