@@ -15,7 +15,7 @@ def matrix(n):
     return a @ a.T
 
 
-def pid():
+def pid(_=None):
     return os.getpid()
 
 

@@ -47,3 +47,23 @@ def test_an_aborting_process_fails_its_task_and_the_pool_goes_on():
         with pytest.raises(Exception, match="SIGABRT"):
             pool.submit(np_helpers.abort).result(120)
         assert pool.submit(np_helpers.total, 4).result(120) == 6.0
+
+
+def test_a_dask_cluster_runs_annotated_numpy_tasks():
+    import dask
+    from distributed import Client, LocalCluster
+
+    import subinterp.dask
+
+    with LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None
+    ) as cluster, Client(cluster) as client:
+        client.register_plugin(subinterp.dask.PoolPlugin(max_workers=2))
+        with dask.annotate(executor="subinterp"):
+            got = client.gather(client.map(np_helpers.total, range(20), key="np"))
+        assert got == [np_helpers.total(n) for n in range(20)]
+        # In the pool's worker processes, not the Dask worker's own.
+        dask_worker = set(client.gather(client.map(np_helpers.pid, range(4), key="main")))
+        with dask.annotate(executor="subinterp"):
+            pool_workers = set(client.gather(client.map(np_helpers.pid, range(4), key="pool")))
+        assert not dask_worker & pool_workers
