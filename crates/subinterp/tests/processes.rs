@@ -140,6 +140,7 @@ fn runtime() -> Runtime {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("np_tasks.py"), NP_TASKS).unwrap();
         std::fs::write(dir.join("late_np.py"), LATE_NP).unwrap();
+        std::fs::write(dir.join("np_once.py"), NP_TASKS).unwrap();
         std::fs::write(dir.join("pure_tasks.py"), PURE_TASKS).unwrap();
         std::fs::write(dir.join("proc_tasks.py"), PURE_TASKS).unwrap();
         let mut config = RuntimeConfig::new();
@@ -553,5 +554,52 @@ fn tasks_in_processes_read_an_empty_stdin_and_print_to_stderr() {
     assert_eq!(
         wait(pool.submit("proc_tasks:echo", (2,)).unwrap()).unwrap(),
         Value::Int(2)
+    );
+}
+
+/// What the library logs at `warn` and above, in this test process.
+static LOG: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        LOG.lock().unwrap().extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_refusal_is_said_once_naming_the_refused_module() {
+    if venv().is_none() {
+        return;
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_writer(|| LogWriter)
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .try_init();
+    let pool = new_pool(|_| {});
+    for n in 0..5 {
+        wait(pool.submit("np_once:total", (n,)).unwrap()).unwrap();
+    }
+    let log = String::from_utf8(LOG.lock().unwrap().clone()).unwrap();
+    let said: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("tasks of module np_once run in worker processes"))
+        .collect();
+    assert_eq!(said.len(), 1, "{log}");
+    assert!(
+        said[0].contains("refused extension module numpy._core._multiarray_umath"),
+        "{}",
+        said[0]
+    );
+    assert!(
+        said[0].contains("does not support loading in subinterpreters"),
+        "{}",
+        said[0]
     );
 }
