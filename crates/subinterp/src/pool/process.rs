@@ -274,47 +274,6 @@ pub(crate) fn refusal(exc: &PyException) -> Option<Refusal> {
     None
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn import_error(message: &str) -> PyException {
-        PyException::new("builtins.ImportError", message)
-    }
-
-    #[test]
-    fn refusals_are_found_in_the_chain_with_their_culprit() {
-        let cpython = import_error(
-            "module numpy._core._multiarray_umath does not support loading in subinterpreters",
-        );
-        let mut wrapped = import_error(
-            "\nIMPORTANT: PLEASE READ THIS FOR ADVICE ON HOW TO SOLVE THIS ISSUE!\n\n\
-             Original error was: module numpy._core._multiarray_umath does not support \
-             loading in subinterpreters\n",
-        );
-        wrapped.cause = Some(Box::new(cpython.clone()));
-        for exc in [&cpython, &wrapped] {
-            let refusal = refusal(exc).expect("a refusal");
-            assert_eq!(refusal.culprit, "numpy._core._multiarray_umath");
-            assert!(refusal
-                .reason
-                .ends_with("does not support loading in subinterpreters"));
-        }
-        let mut outer = PyException::new("builtins.RuntimeError", "task failed");
-        outer.context = Some(Box::new(import_error(
-            "cannot load module more than once per process",
-        )));
-        let found = refusal(&outer).expect("a refusal in the context");
-        assert_eq!(found.culprit, "an extension module");
-        assert!(refusal(&import_error("No module named 'nope'")).is_none());
-        assert!(refusal(&PyException::new(
-            "builtins.ValueError",
-            "does not support loading in subinterpreters"
-        ))
-        .is_none());
-    }
-}
-
 /// The one way into a running worker process from other threads: its stdin, to ask the
 /// running task to stop.
 pub(super) struct Control {
@@ -834,5 +793,46 @@ fn run(shared: &Shared, proc: &mut Proc, task: Queued) -> Ran {
                 interrupted_at = Some(Instant::now());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn import_error(message: &str) -> PyException {
+        PyException::new("builtins.ImportError", message)
+    }
+
+    #[test]
+    fn refusals_are_found_in_the_chain_with_their_culprit() {
+        let cpython = import_error(
+            "module numpy._core._multiarray_umath does not support loading in subinterpreters",
+        );
+        let mut wrapped = import_error(
+            "\nIMPORTANT: PLEASE READ THIS FOR ADVICE ON HOW TO SOLVE THIS ISSUE!\n\n\
+             Original error was: module numpy._core._multiarray_umath does not support \
+             loading in subinterpreters\n",
+        );
+        wrapped.cause = Some(Box::new(cpython.clone()));
+        for exc in [&cpython, &wrapped] {
+            let refusal = refusal(exc).expect("a refusal");
+            assert_eq!(refusal.culprit, "numpy._core._multiarray_umath");
+            assert!(refusal
+                .reason
+                .ends_with("does not support loading in subinterpreters"));
+        }
+        let mut outer = PyException::new("builtins.RuntimeError", "task failed");
+        outer.context = Some(Box::new(import_error(
+            "cannot load module more than once per process",
+        )));
+        let found = refusal(&outer).expect("a refusal in the context");
+        assert_eq!(found.culprit, "an extension module");
+        assert!(refusal(&import_error("No module named 'nope'")).is_none());
+        assert!(refusal(&PyException::new(
+            "builtins.ValueError",
+            "does not support loading in subinterpreters"
+        ))
+        .is_none());
     }
 }
