@@ -417,7 +417,11 @@ def test_result_timeout_is_the_callers_and_the_task_goes_on(pool):
 def test_legacy_workers_load_modules_isolated_ones_refuse():
     with subinterp.Pool(1, isolated=False) as p:
         assert p.submit(helpers.import_name, "psutil").result(60) == "psutil"
+    # Isolated workers refuse it: the task runs in a worker process instead, unless the
+    # fallback is off.
     with subinterp.Pool(1) as p:
+        assert p.submit(helpers.import_name, "psutil").result(60) == "psutil"
+    with subinterp.Pool(1, process_fallback=False) as p:
         with pytest.raises(ImportError, match="subinterpreters"):
             p.submit(helpers.import_name, "psutil").result(60)
 

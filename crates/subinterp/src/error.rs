@@ -120,6 +120,12 @@ pub enum Error {
     /// the last set-up failure (for an initializer, its Python exception).
     #[error("the pool has no workers left: setting one up failed: {0}")]
     Setup(#[source] Arc<Error>),
+    /// The worker process running a task died (a crash, an abort, killed for memory) or
+    /// could not be started: the message names the signal or the exit status. Only the
+    /// task it ran fails; the pool replaces the process. Raised in Python as
+    /// `RuntimeError`.
+    #[error("{0}")]
+    WorkerDied(String),
     /// Rust code running on an interpreter's thread panicked; the interpreter survives.
     #[error("a Rust closure panicked on the interpreter's thread: {0}")]
     Panic(String),
@@ -175,6 +181,7 @@ impl fmt::Debug for Error {
                 }
                 None => f.debug_tuple("Setup").field(cause).finish(),
             },
+            Error::WorkerDied(s) => f.debug_tuple("WorkerDied").field(s).finish(),
             Error::Panic(s) => f.debug_tuple("Panic").field(s).finish(),
         }
     }

@@ -129,7 +129,8 @@ pub fn main(args: MapArgs) -> u8 {
                 Err(err) => Err(err),
                 Ok(()) => {
                     sink.progress.clear();
-                    sink.progress.summary("", started, workers);
+                    sink.progress
+                        .summary("", started, workers, pool.tasks_in_processes());
                     Ok(match end {
                         End::ReadFailed(line, err) => {
                             setup_error(format!("cannot read line {line} of the input: {err}"))
@@ -155,6 +156,7 @@ pub fn main(args: MapArgs) -> u8 {
             // Records already queued or running get a moment to finish, then what is
             // left is cancelled. The output stays a prefix of the input: results are
             // written up to the first record that did not finish.
+            let in_processes = pool.tasks_in_processes();
             ended = end_pool(pool, Duration::from_secs(1));
             let (unfinished, written) = order::write_finished_prefix(window, &mut sink);
             match written.and_then(|()| sink.flush()) {
@@ -174,6 +176,7 @@ pub fn main(args: MapArgs) -> u8 {
                         &format!("stopped by {name}{dropped}: "),
                         started,
                         workers,
+                        in_processes,
                     );
                     crate::settle("map", 128 + signal as u8);
                     Ok(128 + signal as u8)

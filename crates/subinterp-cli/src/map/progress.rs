@@ -44,11 +44,13 @@ impl Progress {
     }
 
     /// Prints the summary line: `what` (how the run ended, if not by finishing), the
-    /// records, errors and rate since `started`, with `workers` interpreters.
-    pub(super) fn summary(&self, what: &str, started: Instant, workers: usize) {
+    /// records, errors and rate since `started`, with `workers` interpreters, and how
+    /// many records ran in worker processes (`in_processes`: modules isolated
+    /// interpreters refuse, such as numpy).
+    pub(super) fn summary(&self, what: &str, started: Instant, workers: usize, in_processes: u64) {
         let elapsed = started.elapsed().as_secs_f64();
         eprintln!(
-            "subinterp map: {what}{} records, {} errors, {elapsed:.2} s, {:.0} records/s ({workers} interpreters)",
+            "subinterp map: {what}{} records, {} errors, {elapsed:.2} s, {:.0} records/s ({workers} interpreters, {in_processes} records in worker processes)",
             self.records,
             self.errors,
             self.records as f64 / elapsed.max(1e-9)

@@ -309,7 +309,16 @@ class Pool(concurrent.futures.Executor):
       ``stats()``. A guard rail against accidents, not a security boundary: native code
       and ``ctypes`` pass it;
     - ``allow_write``: directories the workers may write files in; writing anywhere else
-      raises ``PermissionError`` (the ``write`` rule).
+      raises ``PermissionError`` (the ``write`` rule);
+    - ``process_fallback``: a task whose function's module imports an extension module
+      that isolated interpreters refuse (numpy, pandas, pydantic-core, ...) runs in a
+      worker process instead, started fresh with this Python and ``sys.path``, the
+      ``init`` code and the ``initializer``; the pool records the module for its life
+      (later tasks of it go straight to processes). (The core logs it through Rust's
+      ``tracing``, which this package does not forward to ``logging`` yet.)
+      A task that imports such a module only inside its body, after doing work, runs
+      twice. False makes the refusal the task's error. Pure-Python tasks stay in the
+      interpreters of this process.
 
     ``stats()`` returns the pool's counters as a dict: tasks by outcome, channel messages
     and bytes, guard rail events, interpreters created and ended.
@@ -342,6 +351,7 @@ class Pool(concurrent.futures.Executor):
         max_tasks_per_child: int | None = None,
         guards=None,
         allow_write=None,
+        process_fallback: bool = True,
     ):
         if max_tasks_per_child is not None:
             if max_tasks_per_worker is not None:
@@ -378,6 +388,7 @@ class Pool(concurrent.futures.Executor):
                 "max_tasks_per_worker": max_tasks_per_worker,
                 "setup_timeout": setup_timeout,
                 **guard_settings(guards, allow_write),
+                "process_fallback": bool(process_fallback),
             },
         )
         self._max_workers = max_workers

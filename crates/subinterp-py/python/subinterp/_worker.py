@@ -71,10 +71,31 @@ def _subinterp_resolve(module, qualname):
 
 def _subinterp_injected(exc):
     """Whether ``exc`` may be how the pool stops a task (a plain ``KeyboardInterrupt``,
-    or ``TimeoutError`` at a deadline), which must reach the pool as raised, so that it
-    reports a deadline as one; the task's other exceptions, ``SystemExit`` and subclasses
-    of ``KeyboardInterrupt`` included, are reported to the caller by this runner."""
-    return type(exc) is KeyboardInterrupt or type(exc) is TimeoutError
+    or ``TimeoutError`` at a deadline), or an isolated interpreter's refusal of an
+    extension module (the pool re-runs the task in a worker process), which must reach
+    the pool as raised; the task's other exceptions, ``SystemExit`` and subclasses of
+    ``KeyboardInterrupt`` included, are reported to the caller by this runner."""
+    return type(exc) is KeyboardInterrupt or type(exc) is TimeoutError or _subinterp_refused(exc)
+
+
+# The messages of a refused extension module: set by the pool's set-up code (the core's
+# one list).
+_SUBINTERP_REFUSALS = ()
+
+
+def _subinterp_refused(exc):
+    """Whether ``exc`` or its chain is an ``ImportError`` refusing an extension module."""
+    stack = [exc]
+    seen = 0
+    while stack and seen < 64:
+        exc = stack.pop()
+        seen += 1
+        if isinstance(exc, ImportError):
+            text = str(exc)
+            if any(pattern in text for pattern in _SUBINTERP_REFUSALS):
+                return True
+        stack.extend(e for e in (exc.__cause__, exc.__context__) if e is not None)
+    return False
 
 
 def _subinterp_run(module, qualname, payload, *args, **kwargs):

@@ -754,6 +754,9 @@ struct Settings {
     guards: Option<String>,
     /// `allow_write`: directories the `write` rule allows.
     allow_write: Vec<String>,
+    /// `process_fallback` (pool): tasks isolated interpreters refuse run in worker
+    /// processes (default: yes).
+    process_fallback: bool,
 }
 
 /// Whose settings [`Settings::parse`] reads: the keys each takes.
@@ -775,6 +778,7 @@ impl SettingsOf {
                 "max_tasks_per_worker",
                 "guards",
                 "allow_write",
+                "process_fallback",
             ],
             SettingsOf::Interpreter => &["isolated", "init", "timeout", "guards", "allow_write"],
         }
@@ -807,6 +811,7 @@ impl Settings {
             max_tasks_per_worker: None,
             guards: None,
             allow_write: Vec::new(),
+            process_fallback: true,
         };
         for (key, value) in &items {
             let Value::Str(key) = key else {
@@ -847,6 +852,11 @@ impl Settings {
                 _ if !of.keys().contains(&key.as_str()) => return Err(unknown()),
                 "isolated" => match value {
                     Value::Bool(yes) => settings.isolated = *yes,
+                    Value::None => {}
+                    _ => return Err(wrong_type("a bool")),
+                },
+                "process_fallback" => match value {
+                    Value::Bool(yes) => settings.process_fallback = *yes,
                     Value::None => {}
                     _ => return Err(wrong_type("a bool")),
                 },
@@ -955,6 +965,10 @@ impl Settings {
         for code in &self.init {
             config.init(code.clone());
         }
+        // The runner lets a refused import reach the pool, which re-runs the task in a
+        // worker process.
+        config.init(crate::pool::refusals_for_runner());
+        config.process_fallback(self.process_fallback);
         if let Some(timeout) = self.timeout {
             config.timeout(timeout);
         }
@@ -1126,6 +1140,12 @@ fn pool_submit<'py>(
     )?;
     let handle = pool_of(&pool)?;
     let call = call_args(py, &positional, &keywords)?;
+    // The runner's first argument is the module of the user's function: refusals are
+    // recorded, and tasks sent to worker processes, by it.
+    let route = match call.positional.first() {
+        Some(Value::Str(module)) => Some(module.clone()),
+        _ => None,
+    };
     let options = TaskOptions {
         timeout: seconds(py, timeout.as_ref(), "timeout")?,
     };
@@ -1134,7 +1154,7 @@ fn pool_submit<'py>(
         let pool = pool
             .as_ref()
             .ok_or_else(|| Error::python("builtins.RuntimeError", "the pool has ended"))?;
-        let mut task = pool.submit_with(&target, call, options)?;
+        let mut task = pool.submit_routed(&target, route, call, options)?;
         let id = task.id();
         // Held until the task is in the map: its waker may fire at once, and the
         // collector looks the id up only after taking this lock.

@@ -9,6 +9,10 @@
 //! interrupts the task inside its interpreter (`TimeoutError`); if the task is stuck in C
 //! code and still running after a grace period, the task is reported as timed out and its
 //! worker is replaced by a fresh interpreter, so the pool keeps its size.
+//!
+//! A task whose import an isolated interpreter refuses (numpy and most compiled wheels)
+//! runs in a worker process instead (`process.rs`), with the same deadlines,
+//! cancellation, recycling and results; see [`PoolConfig::process_fallback`].
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -36,6 +40,11 @@ use crate::value::wire;
 use crate::value::Value;
 use crate::wait::InterruptReason;
 
+mod process;
+
+#[cfg(feature = "extension-module")]
+pub(crate) use process::refusals_for_runner;
+
 /// How a [`Pool`] is built.
 ///
 /// ```
@@ -61,6 +70,10 @@ pub struct PoolConfig {
     name: Option<String>,
     /// How a task's result counts in the stats (the package reads its own failures).
     pub(crate) task_outcome: fn(&Result<Vec<u8>>) -> Outcome,
+    process_fallback: bool,
+    rerun_refused: bool,
+    process_targets: Vec<String>,
+    process_python: Option<std::path::PathBuf>,
 }
 
 /// The shortest set-up deadline given by default when tasks have a deadline.
@@ -88,6 +101,10 @@ impl PoolConfig {
             on_demand: false,
             name: None,
             task_outcome: Outcome::of,
+            process_fallback: true,
+            rerun_refused: true,
+            process_targets: Vec::new(),
+            process_python: None,
         }
     }
 
@@ -167,6 +184,48 @@ impl PoolConfig {
         self
     }
 
+    /// Whether a task whose import an isolated interpreter refuses (an extension module
+    /// such as numpy's, which CPython will not load in a subinterpreter) runs in a worker
+    /// process instead (default: yes). The refusal is recognised by CPython's
+    /// `ImportError` ("module X does not support loading in subinterpreters") or the
+    /// module's own ("cannot load module more than once per process", Cython's and
+    /// PyO3's), also when wrapped by the package that imported it (numpy's "IMPORTANT:
+    /// PLEASE READ THIS", pandas). The pool then records the task's module for its life,
+    /// says so once through `tracing::warn!` naming the refused module and why, re-runs the
+    /// task in a worker process, and sends later tasks of that module straight there.
+    ///
+    /// Off, the refusal is the task's error.
+    pub fn process_fallback(&mut self, yes: bool) -> &mut Self {
+        self.process_fallback = yes;
+        self
+    }
+
+    /// Whether the task that met a refusal is itself re-run in a worker process (default:
+    /// yes). A task that imports the refused module only inside its body, after doing
+    /// work (writing a file, sending a message), then does that work twice: once in the
+    /// interpreter up to the refused import, once in the process. With `false`, that
+    /// task fails with the refusal; later tasks of its module still go to processes.
+    pub fn rerun_refused_tasks(&mut self, yes: bool) -> &mut Self {
+        self.rerun_refused = yes;
+        self
+    }
+
+    /// Sends the tasks of a module (`"mypkg.heavy"`, its submodules too) or of one target
+    /// (`"mypkg.heavy:fit"`) to worker processes from the start (repeatable).
+    pub fn in_processes(&mut self, name: impl Into<String>) -> &mut Self {
+        self.process_targets.push(name.into());
+        self
+    }
+
+    /// The Python executable worker processes run (default: `sys.executable` of the
+    /// pool's interpreters — the virtual environment's `python`, or the Python the crate
+    /// was built against). It must be the same CPython version, able to import what the
+    /// tasks import with the pool's `sys.path`.
+    pub fn process_python(&mut self, python: impl Into<std::path::PathBuf>) -> &mut Self {
+        self.process_python = Some(python.into());
+        self
+    }
+
     /// How long a task may keep running past its deadline after it was interrupted,
     /// before it is reported as timed out and its worker replaced (default 1 s).
     pub fn grace(&mut self, grace: Duration) -> &mut Self {
@@ -226,11 +285,13 @@ struct Shared {
     /// The keepers' threads, taken by the shutdown that joins them. Keepers are started
     /// only with this lock held and while the pool runs.
     keeper_threads: Mutex<Vec<JoinHandle<()>>>,
-    /// Tasks a worker has taken and not finished.
+    /// Tasks an interpreter worker has taken and not finished.
     busy: AtomicUsize,
     /// Set once no keeper is left because setting up workers failed: what every
     /// remaining and later task fails with.
     broken: Mutex<Option<Arc<Error>>>,
+    /// The worker processes, for tasks isolated interpreters refuse.
+    procs: process::Procs,
 }
 
 impl Shared {
@@ -269,6 +330,8 @@ impl Shared {
 struct Queued {
     id: u64,
     target: Target,
+    /// The module a refusal is recorded for and routing decided by.
+    route: String,
     /// The arguments in the wire format, written by the submitting thread.
     args: Vec<u8>,
     timeout: Option<Duration>,
@@ -397,6 +460,7 @@ impl Pool {
             keeper_threads: Mutex::new(Vec::new()),
             busy: AtomicUsize::new(0),
             broken: Mutex::new(None),
+            procs: process::Procs::new(),
         });
         let grace = config.grace;
         std::thread::Builder::new()
@@ -444,6 +508,12 @@ impl Pool {
         self.shared.config.workers
     }
 
+    /// How many tasks ran in worker processes so far (see
+    /// [`PoolConfig::process_fallback`]).
+    pub fn tasks_in_processes(&self) -> u64 {
+        self.shared.procs.ran()
+    }
+
     /// Queues a call of `target` (`module:function` or `module.function`) with `args`.
     ///
     /// Fails with [`Error::Closed`] once the pool shuts down, and with [`Error::Setup`]
@@ -460,6 +530,19 @@ impl Pool {
         args: impl Into<Args>,
         options: TaskOptions,
     ) -> Result<Task> {
+        self.submit_routed(target, None, args, options)
+    }
+
+    /// [`submit_with`](Self::submit_with) with the name under which the pool records a
+    /// refusal and routes the task to a worker process (default: the target's module). A
+    /// runner target that calls the user's function gives that function's module.
+    pub(crate) fn submit_routed(
+        &self,
+        target: &str,
+        route: Option<String>,
+        args: impl Into<Args>,
+        options: TaskOptions,
+    ) -> Result<Task> {
         let target = Target::parse(target)?;
         let id = self.shared.next_task.fetch_add(1, Ordering::Relaxed);
         let state = Arc::new(TaskState::new(
@@ -468,11 +551,21 @@ impl Pool {
         ));
         let queued = Queued {
             id,
+            route: route.unwrap_or_else(|| target.module().to_owned()),
             target,
             args: args.into().to_wire()?,
             timeout: options.timeout.or(self.shared.config.timeout),
             state: Arc::clone(&state),
         };
+        if self.shared.state.load(Ordering::Acquire) == RUNNING
+            && self
+                .shared
+                .procs
+                .routes(&self.shared, &queued.target, &queued.route)
+        {
+            self.shared.procs.send(&self.shared, queued);
+            return Ok(Task { id, state });
+        }
         let tx = lock(&self.shared.queue_tx);
         match tx.as_ref() {
             Some(tx) if self.shared.state.load(Ordering::Acquire) == RUNNING => {
@@ -530,6 +623,7 @@ impl Pool {
     pub fn shutdown(self, timeout: Duration) {
         self.shared.state.store(DRAINING, Ordering::Release);
         lock(&self.shared.queue_tx).take();
+        self.shared.procs.drain();
         let deadline = Instant::now() + timeout;
         let keepers = std::mem::take(&mut *lock(&self.shared.keeper_threads));
         let (done_tx, done_rx) = unbounded();
@@ -606,6 +700,7 @@ impl Shared {
         while let Ok(queued) = self.queue_rx.try_recv() {
             queued.state.complete(Err(Error::Cancelled));
         }
+        self.procs.cancel_queued();
         for worker in lock(&self.workers).iter() {
             let task = worker.current.load(Ordering::Acquire);
             if task != 0 {
@@ -700,6 +795,16 @@ fn keep(shared: &Arc<Shared>, mut ready: Option<Sender<Result<()>>>) -> Option<E
     while shared.state.load(Ordering::Acquire) != STOPPING {
         let interp = match start_worker(shared) {
             Ok(interp) => interp,
+            Err(err) if shared.procs.init_refused(shared, &err) => {
+                // Every task runs in worker processes: this slot is not needed.
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(Ok(()));
+                }
+                while let Ok(queued) = shared.queue_rx.try_recv() {
+                    shared.procs.send(shared, queued);
+                }
+                return None;
+            }
             Err(err) => {
                 let err = match ready.take() {
                     Some(ready) => match ready.send(Err(err)) {
@@ -778,6 +883,24 @@ fn start_worker(shared: &Shared) -> Result<Interpreter> {
         &shared.config.interpreter,
         Some(Arc::clone(&shared.stats)),
     )?;
+    if shared.procs.spec.get().is_none() {
+        // Where worker processes come from, should a task need one.
+        let python = interp.eval("__import__('sys').executable")?;
+        let path = interp.eval("list(__import__('sys').path)")?;
+        if let (Value::Str(python), Value::List(path)) = (python, path) {
+            let path = path
+                .into_iter()
+                .filter_map(|p| match p {
+                    Value::Str(p) => Some(p),
+                    _ => None,
+                })
+                .collect();
+            let _ = shared.procs.spec.set(process::Spec {
+                python: python.into(),
+                path,
+            });
+        }
+    }
     for code in &shared.config.init {
         let code = code.clone();
         let done = interp.submit(move |py| py.run(&code, "<string>", &py.main_dict()?))?;
@@ -910,6 +1033,19 @@ fn worker_loop(py: Python<'_>, shared: &Arc<Shared>, worker: &Arc<Worker>) -> Re
         if worker.interrupted.swap(false, Ordering::AcqRel) {
             // An interrupt aimed at this task may still be pending: it must not hit the next.
             clear_pending_async(py);
+        }
+        let refused = match &result {
+            Err(Error::Python(exc)) if shared.config.process_fallback => process::refusal(exc),
+            _ => None,
+        };
+        if let Some(refusal) = refused {
+            shared.procs.record_refusal(&task.route, &refusal);
+            if shared.config.rerun_refused && !task.state.timed_out.load(Ordering::Acquire) {
+                task.state.hand_over();
+                shared.busy.fetch_sub(1, Ordering::AcqRel);
+                shared.procs.send(shared, task);
+                continue;
+            }
         }
         let elapsed = started.elapsed();
         // Whatever the task did after its deadline — raise, or catch the `TimeoutError`
@@ -1090,6 +1226,8 @@ struct TaskSlot {
     started: bool,
     wakers: Vec<Waker>,
     worker: Option<Arc<Worker>>,
+    /// The worker process running the task, if one does.
+    process: Option<Arc<process::Control>>,
 }
 
 impl TaskState {
@@ -1118,6 +1256,22 @@ impl TaskState {
         true
     }
 
+    /// A worker process takes the task: false if it was cancelled meanwhile.
+    fn start_in_process(&self, control: &Arc<process::Control>) -> bool {
+        let mut slot = lock(&self.slot);
+        if slot.finished {
+            return false;
+        }
+        slot.started = true;
+        slot.process = Some(Arc::clone(control));
+        true
+    }
+
+    /// The interpreter that took the task hands it over to a worker process.
+    fn hand_over(&self) {
+        lock(&self.slot).worker = None;
+    }
+
     /// Stores the result unless one is already there; returns whether it was stored.
     fn complete(&self, result: Result<Vec<u8>>) -> bool {
         self.complete_if(result, |_| true)
@@ -1134,6 +1288,7 @@ impl TaskState {
         self.stats.task((self.outcome)(&result));
         slot.result = Some(result);
         slot.worker = None;
+        slot.process = None;
         for waker in slot.wakers.drain(..) {
             waker.wake();
         }
@@ -1224,12 +1379,18 @@ impl Task {
     /// Cancels the task: a queued task never runs; a running one is interrupted inside
     /// its interpreter (`KeyboardInterrupt`). Returns false if it had already finished.
     pub fn cancel(&self) -> bool {
-        let worker = lock(&self.state.slot).worker.clone();
+        let (worker, process) = {
+            let slot = lock(&self.state.slot);
+            (slot.worker.clone(), slot.process.clone())
+        };
         if !self.state.complete(Err(Error::Cancelled)) {
             return false;
         }
         if let Some(worker) = worker {
             worker.interrupt_task(self.id, InterruptReason::Cancelled);
+        }
+        if let Some(process) = process {
+            process.interrupt(self.id, InterruptReason::Cancelled);
         }
         true
     }

@@ -1,0 +1,30 @@
+"""Tasks that use numpy, which isolated interpreters refuse: a pool runs them in worker
+processes."""
+
+import os
+
+import numpy as np
+
+
+def total(n):
+    return float(np.arange(n, dtype=np.float64).sum())
+
+
+def matrix(n):
+    a = np.arange(n * n, dtype=np.float64).reshape(n, n)
+    return a @ a.T
+
+
+def pid(_=None):
+    return os.getpid()
+
+
+def fail():
+    try:
+        np.zeros(2)[5]
+    except IndexError as exc:
+        raise ValueError("bad index") from exc
+
+
+def abort():
+    os.abort()

@@ -1,0 +1,69 @@
+"""subinterp.Pool runs tasks isolated interpreters refuse (numpy) in worker processes,
+with no option; pure-Python tasks of the same pool stay in this process."""
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+import helpers
+import np_helpers
+import subinterp
+
+
+def test_numpy_tasks_run_with_no_option_and_pure_ones_stay_here():
+    with subinterp.Pool(2) as pool:
+        assert pool.submit(os.getpid).result(60) == os.getpid()
+        assert pool.submit(np_helpers.total, 1000).result(120) == np_helpers.total(1000)
+        assert pool.submit(np_helpers.pid).result(60) != os.getpid()
+        # Not plain data: pickled both ways, equal to running it here.
+        got = pool.submit(np_helpers.matrix, 4).result(60)
+        assert isinstance(got, np.ndarray)
+        assert np.array_equal(got, np_helpers.matrix(4))
+        assert list(pool.map(np_helpers.total, range(30))) == [
+            np_helpers.total(n) for n in range(30)
+        ]
+        assert list(pool.map(np_helpers.total, range(30), chunksize=7)) == [
+            np_helpers.total(n) for n in range(30)
+        ]
+        assert pool.submit(helpers.add, 2, 3).result(60) == 5
+        assert pool.submit(os.getpid).result(60) == os.getpid()
+
+
+def test_exceptions_in_processes_keep_type_and_traceback():
+    with subinterp.Pool(1) as pool:
+        with pytest.raises(ValueError, match="bad index") as info:
+            pool.submit(np_helpers.fail).result(120)
+        # As for any task: the worker's traceback, the cause's included, as the cause.
+        remote = str(info.value.__cause__)
+        assert "in fail" in remote, remote
+        assert "IndexError" in remote, remote
+
+
+def test_an_aborting_process_fails_its_task_and_the_pool_goes_on():
+    with subinterp.Pool(1) as pool:
+        assert pool.submit(np_helpers.total, 3).result(120) == 3.0
+        with pytest.raises(Exception, match="SIGABRT"):
+            pool.submit(np_helpers.abort).result(120)
+        assert pool.submit(np_helpers.total, 4).result(120) == 6.0
+
+
+def test_a_dask_cluster_runs_annotated_numpy_tasks():
+    import dask
+    from distributed import Client, LocalCluster
+
+    import subinterp.dask
+
+    with LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None
+    ) as cluster, Client(cluster) as client:
+        client.register_plugin(subinterp.dask.PoolPlugin(max_workers=2))
+        with dask.annotate(executor="subinterp"):
+            got = client.gather(client.map(np_helpers.total, range(20), key="np"))
+        assert got == [np_helpers.total(n) for n in range(20)]
+        # In the pool's worker processes, not the Dask worker's own.
+        dask_worker = set(client.gather(client.map(np_helpers.pid, range(4), key="main")))
+        with dask.annotate(executor="subinterp"):
+            pool_workers = set(client.gather(client.map(np_helpers.pid, range(4), key="pool")))
+        assert not dask_worker & pool_workers

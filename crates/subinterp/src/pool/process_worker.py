@@ -1,0 +1,428 @@
+# A worker process of a subinterp pool: run by `python -c` with this source, it takes
+# tasks from the host over its stdin and answers on its stdout, in frames (a 4-byte
+# little-endian length, then that many bytes), each frame one value in the wire format
+# (docs/wire-format.md). This process has no Rust extension: the wire format is read and
+# written here in pure Python.
+#
+# Host -> worker:  ("setup", sys_path, init_sources)   first, once
+#                  ("call", module, qualname, args)    args: the call's arguments, a
+#                                                      wire buffer holding ((pos...), {kw})
+#                  ("interrupt", reason)               1: TimeoutError, 2: KeyboardInterrupt
+#                                                      in the running task
+# Worker -> host:  ("ready",) | ("error", exc)         after setup
+#                  ("ok", result) | ("error", exc) | ("unshareable", type_name, detail)
+#                                                      result: a wire buffer
+import os
+import signal
+import struct
+import sys
+import threading
+import traceback
+
+_NONE, _FALSE, _TRUE, _INT, _BIGINT, _FLOAT, _STR, _STR_SUR = range(8)
+_BYTES, _BYTEARRAY, _LIST, _TUPLE, _DICT, _REF, _PICKLE, _BUFFER = range(8, 16)
+_MEMO = 0x80
+_MAX_DEPTH = 512
+_HEADER = b"SW\x01"
+_F64 = struct.Struct("<d")
+
+
+class WireError(ValueError):
+    pass
+
+
+class Unshareable(TypeError):
+    def __init__(self, type_name, detail=""):
+        super().__init__(type_name, detail)
+        self.type_name = type_name
+        self.detail = detail
+
+
+def _qualname(obj):
+    t = type(obj)
+    return f"{t.__module__}.{t.__qualname__}"
+
+
+class _Writer:
+    """Writes plain data as `Mode::Lenient` does: subclasses as their base type, a
+    bytearray as bytes (results); `exact` keeps bytearray (what the host sends)."""
+
+    def __init__(self, lenient):
+        self.out = bytearray(_HEADER)
+        self.lenient = lenient
+        self.active = set()
+
+    def varint(self, n):
+        out = self.out
+        while n >= 0x80:
+            out.append((n & 0x7F) | 0x80)
+            n >>= 7
+        out.append(n)
+
+    def blob(self, tag, data):
+        self.out.append(tag)
+        self.varint(len(data))
+        self.out += data
+
+    def record(self, obj, tag, top):
+        # The format lets a writer record what it likes; this one records nothing (what
+        # it writes is read into a `Value`, which has no sharing).
+        return tag
+
+    def seen(self, obj):
+        if id(obj) in self.active:
+            raise Unshareable(_qualname(obj), "it contains itself")
+        return False
+
+    def value(self, obj, depth=0, top=False):
+        out = self.out
+        t = type(obj)
+        if obj is None:
+            out.append(_NONE)
+        elif t is bool:
+            out.append(_TRUE if obj else _FALSE)
+        elif t is int or (self.lenient and isinstance(obj, int) and t is not bool):
+            n = int(obj)
+            if -(1 << 63) <= n < (1 << 63):
+                out.append(_INT)
+                self.varint(((n << 1) ^ (n >> 63)) & 0xFFFFFFFFFFFFFFFF)
+            else:
+                size = (n + (n < 0)).bit_length() // 8 + 1
+                self.blob(_BIGINT, n.to_bytes(size, "little", signed=True))
+        elif t is float or (self.lenient and isinstance(obj, float)):
+            out.append(_FLOAT)
+            out += _F64.pack(obj)
+        elif t is str or (self.lenient and isinstance(obj, str)):
+            if self.seen(obj):
+                return
+            try:
+                data = obj.encode("utf-8")
+                tag = _STR
+            except UnicodeEncodeError:
+                if self.lenient:
+                    raise
+                data = obj.encode("utf-8", "surrogatepass")
+                tag = _STR_SUR
+            self.blob(self.record(obj, tag, top), data)
+        elif t is bytes or (self.lenient and isinstance(obj, bytes)):
+            if not self.seen(obj):
+                self.blob(self.record(obj, _BYTES, top), obj)
+        elif t is bytearray or (self.lenient and isinstance(obj, bytearray)):
+            if not self.seen(obj):
+                tag = _BYTES if self.lenient else _BYTEARRAY
+                self.blob(self.record(obj, tag, top), bytes(obj))
+        elif t in (list, tuple, dict) or (
+            self.lenient and isinstance(obj, (list, tuple, dict))
+        ):
+            if depth >= _MAX_DEPTH:
+                raise Unshareable(_qualname(obj), f"nested more than {_MAX_DEPTH} levels deep")
+            if self.seen(obj):
+                return
+            kind = _LIST if isinstance(obj, list) else _TUPLE if isinstance(obj, tuple) else _DICT
+            out.append(self.record(obj, kind, top))
+            self.varint(len(obj))
+            self.active.add(id(obj))
+            if kind == _DICT:
+                for k, v in dict.items(obj):
+                    self.value(k, depth + 1)
+                    self.value(v, depth + 1)
+            else:
+                for item in obj:
+                    self.value(item, depth + 1)
+            self.active.discard(id(obj))
+        else:
+            raise Unshareable(_qualname(obj))
+
+
+def encode(obj, lenient=False):
+    w = _Writer(lenient)
+    w.value(obj, 0, top=True)
+    return bytes(w.out)
+
+
+class _Reader:
+    def __init__(self, data):
+        if bytes(data[:2]) != b"SW":
+            raise WireError("not in the wire format (no SW header)")
+        if len(data) < 3 or data[2] != 1:
+            raise WireError("unsupported wire format version")
+        self.data = memoryview(data)
+        self.pos = 3
+        self.memo = []
+        self.done = []
+
+    def byte(self):
+        if self.pos >= len(self.data):
+            raise WireError("truncated")
+        b = self.data[self.pos]
+        self.pos += 1
+        return b
+
+    def varint(self):
+        n = shift = 0
+        for _ in range(10):
+            b = self.byte()
+            n |= (b & 0x7F) << shift
+            if not b & 0x80:
+                if n >> 64:
+                    raise WireError("varint past 64 bits")
+                return n
+            shift += 7
+        raise WireError("varint longer than 10 bytes")
+
+    def count(self, min_bytes):
+        n = self.varint()
+        if n * min_bytes > len(self.data) - self.pos:
+            raise WireError("count larger than the data left")
+        return n
+
+    def blob(self):
+        n = self.count(1)
+        start = self.pos
+        self.pos += n
+        return self.data[start : self.pos]
+
+    def value(self, depth=0):
+        tag = self.byte()
+        kind, memo = tag & 0x7F, tag & _MEMO
+        if memo and kind in (_NONE, _FALSE, _TRUE, _INT, _REF):
+            raise WireError("memo bit where none may be")
+        if kind == _NONE:
+            return None
+        if kind == _FALSE:
+            return False
+        if kind == _TRUE:
+            return True
+        if kind == _INT:
+            z = self.varint()
+            return (z >> 1) ^ -(z & 1)
+        if kind == _FLOAT:
+            start = self.pos
+            self.pos += 8
+            if self.pos > len(self.data):
+                raise WireError("truncated")
+            return _F64.unpack_from(self.data, start)[0]
+        if kind == _REF:
+            index = self.varint()
+            if index >= len(self.memo) or not self.done[index]:
+                raise WireError("reference to no recorded object")
+            return self.memo[index]
+        slot = None
+        if memo:
+            slot = len(self.memo)
+            self.memo.append(None)
+            self.done.append(False)
+        if kind == _BIGINT:
+            data = self.blob()
+            if not data:
+                raise WireError("empty big integer")
+            obj = int.from_bytes(data, "little", signed=True)
+        elif kind == _STR:
+            obj = str(self.blob(), "utf-8")
+        elif kind == _STR_SUR:
+            obj = str(self.blob(), "utf-8", "surrogatepass")
+        elif kind == _BYTES:
+            obj = bytes(self.blob())
+        elif kind == _BYTEARRAY:
+            obj = bytearray(self.blob())
+        elif kind in (_LIST, _TUPLE, _DICT):
+            if depth >= _MAX_DEPTH:
+                raise WireError(f"nested more than {_MAX_DEPTH} levels deep")
+            if kind == _DICT:
+                n = self.count(2)
+                obj = {}
+                if slot is not None:
+                    self.memo[slot] = obj
+                for _ in range(n):
+                    k = self.value(depth + 1)
+                    obj[k] = self.value(depth + 1)
+            elif kind == _LIST:
+                n = self.count(1)
+                obj = []
+                if slot is not None:
+                    self.memo[slot] = obj
+                for _ in range(n):
+                    obj.append(self.value(depth + 1))
+            else:
+                n = self.count(1)
+                obj = tuple([self.value(depth + 1) for _ in range(n)])
+        elif kind == _PICKLE:
+            if depth != 0:
+                raise WireError("a pickled object inside a container")
+            self.blob()
+            import pickle
+
+            obj = pickle.loads(self.blob())
+        elif kind == _BUFFER:
+            raise WireError("a shared buffer cannot cross processes")
+        else:
+            raise WireError(f"unknown tag {tag:#x}")
+        if slot is not None:
+            self.memo[slot] = obj
+            self.done[slot] = True
+        return obj
+
+
+def decode(data):
+    r = _Reader(data)
+    obj = r.value()
+    if r.pos != len(r.data):
+        raise WireError("trailing bytes after the value")
+    return obj
+
+
+# --- Exceptions -------------------------------------------------------------------------
+
+
+def _exit_status(exc):
+    code = getattr(exc, "code", None)
+    if code is None or code is False:
+        return (0, None)
+    if isinstance(code, int):
+        return (code if -(1 << 63) <= code < (1 << 63) else -1, None)
+    return (1, str(code))
+
+
+def snapshot(exc, depth=0):
+    """The exception as plain data, as `PyException` holds it."""
+    if exc is None or depth > 32:
+        return None
+    t = type(exc)
+    module = t.__module__
+    try:
+        message = str(exc)
+    except BaseException:
+        message = "<exception str() failed>"
+    return {
+        "type": f"{module}.{t.__qualname__}",
+        "message": message,
+        "traceback": "".join(traceback.format_exception(exc)),
+        "cause": snapshot(exc.__cause__, depth + 1),
+        "context": None if exc.__suppress_context__ else snapshot(exc.__context__, depth + 1),
+        "exit": _exit_status(exc) if isinstance(exc, SystemExit) else None,
+    }
+
+
+# --- The loop ---------------------------------------------------------------------------
+
+_LEN = struct.Struct("<I")
+
+
+def _read_exact(fd, n):
+    chunks = []
+    while n:
+        chunk = os.read(fd, min(n, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def main():
+    # Frames go out on a private copy of stdout; what the tasks print goes to stderr.
+    # Frames come in on a private copy of stdin; the tasks' stdin reads /dev/null.
+    out_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)
+    in_fd = os.dup(0)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    sys.stdin = open(0, "r", closefd=False)
+    write_lock = threading.Lock()
+
+    def send(msg):
+        data = encode(msg)
+        with write_lock:
+            os.write(out_fd, _LEN.pack(len(data)))
+            view = memoryview(data)
+            while view:
+                view = view[os.write(out_fd, view) :]
+
+    running = [False]  # the task's own code runs
+    inflight = [False]  # a call was received and not answered
+    pending = [0]
+
+    def on_interrupt(signum, frame):
+        reason, pending[0] = pending[0], 0
+        if not running[0]:
+            return
+        if reason == 2:
+            raise KeyboardInterrupt("the task was cancelled")
+        raise TimeoutError("the task ran past its deadline")
+
+    signal.signal(signal.SIGUSR1, on_interrupt)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    import queue
+    import _thread
+
+    tasks = queue.SimpleQueue()
+
+    def reader():
+        # Interrupts are handled here, at once; everything else goes to the main thread.
+        while True:
+            head = _read_exact(in_fd, 4)
+            body = head and _read_exact(in_fd, _LEN.unpack(head)[0])
+            if body is None:
+                tasks.put(None)
+                return
+            msg = decode(body)
+            if msg[0] == "interrupt":
+                if inflight[0]:
+                    pending[0] = msg[1]
+                    if running[0]:
+                        _thread.interrupt_main(signal.SIGUSR1)
+            else:
+                if msg[0] == "call":
+                    inflight[0] = True
+                tasks.put(msg)
+
+    threading.Thread(target=reader, daemon=True).start()
+
+    setup = tasks.get()
+    if setup is None:
+        return
+    _, path, init = setup
+    sys.path[:] = list(path)
+    main_mod = sys.modules["__main__"]
+    try:
+        for source in init:
+            exec(compile(source, "<string>", "exec"), main_mod.__dict__)
+    except BaseException as exc:
+        send(("error", snapshot(exc)))
+        return
+    send(("ready",))
+    import importlib
+
+    while True:
+        msg = tasks.get()
+        if msg is None:
+            return
+        _, module, qualname, args = msg
+        try:
+            try:
+                running[0] = True
+                if pending[0]:
+                    on_interrupt(None, None)
+                target = importlib.import_module(module)
+                for attr in qualname.split("."):
+                    target = getattr(target, attr)
+                pos, kw = decode(args)
+                result = target(*pos, **kw)
+            finally:
+                running[0] = False
+            reply = ("ok", encode(result, lenient=True))
+        except Unshareable as exc:
+            reply = ("unshareable", exc.type_name, exc.detail)
+        except BaseException as exc:
+            reply = ("error", snapshot(exc))
+        result = None
+        inflight[0] = False
+        pending[0] = 0
+        send(reply)
+
+
+if __name__ == "__main__":
+    main()
