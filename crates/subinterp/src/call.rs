@@ -166,11 +166,23 @@ pub(crate) fn call_target(py: Python<'_>, target: &Target, args: &Args) -> Resul
 /// As [`call_target`], with the arguments and the result in the wire format, so that
 /// the caller writes and reads them off this interpreter's GIL.
 pub(crate) fn call_target_wire(py: Python<'_>, target: &Target, args: &[u8]) -> Result<Vec<u8>> {
+    call_target_wire_as(py, target, args, Mode::Lenient)
+}
+
+/// As [`call_target_wire`], the result written in `mode`: [`Mode::Exact`] keeps every
+/// plain type as it is (a `bytearray`, a `str` with lone surrogates) for a reader of
+/// Python objects, and refuses anything else.
+pub(crate) fn call_target_wire_as(
+    py: Python<'_>,
+    target: &Target,
+    args: &[u8],
+    mode: Mode,
+) -> Result<Vec<u8>> {
     let mut callable = py.import(&target.module)?;
     for attr in target.path.split('.') {
         callable = callable.getattr(attr)?;
     }
-    result_wire(&raw_wire::call_encoded(&callable, args)?)
+    raw_wire::encode(&raw_wire::call_encoded(&callable, args)?, mode, Vec::new())
 }
 
 /// A result in the wire format, with the meaning [`PyObj::to_value`] gives it

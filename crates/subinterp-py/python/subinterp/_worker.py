@@ -11,38 +11,37 @@ wraps another one (``subinterp.dask`` times Dask's tasks with it).
 import sys as _sys
 
 
-_SUBINTERP_SCALARS = frozenset((bool, int, float, str, bytes))
+_SUBINTERP_SCALARS = frozenset((bool, int, float, str, bytes, bytearray))
 
 
-def _subinterp_plain(value, depth=0):
-    """Whether ``value`` crosses between interpreters without pickling."""
+def _subinterp_plain(value, depth=0, seen=None):
+    """Whether ``value`` crosses between interpreters without pickling: exactly the
+    plain types, nested at most 500 deep, containing no cycle. A container met again is
+    looked at once (``seen``: id -> whether it is finished), so shared substructure costs
+    its size, not its number of paths."""
     kind = type(value)
     if value is None or kind in _SUBINTERP_SCALARS:
         return True
-    if depth > 50:
+    if kind is not list and kind is not tuple and kind is not dict:
         return False
-    if kind is list or kind is tuple:
-        scalars = _SUBINTERP_SCALARS
-        for item in value:
-            if item is None or type(item) in scalars:
-                continue
-            if type(item) is tuple or type(item) is list:
-                # One level inline: map chunks are lists of argument tuples.
-                for inner in item:
-                    if inner is None or type(inner) in scalars:
-                        continue
-                    if not _subinterp_plain(inner, depth + 2):
-                        return False
-                continue
-            if not _subinterp_plain(item, depth + 1):
-                return False
-        return True
-    if kind is dict:
-        return all(
-            _subinterp_plain(k, depth + 1) and _subinterp_plain(v, depth + 1)
-            for k, v in value.items()
-        )
-    return False
+    if depth > 500:
+        return False
+    if seen is None:
+        seen = {}
+    key = id(value)
+    finished = seen.get(key)
+    if finished is not None:
+        return finished  # False: it contains itself
+    seen[key] = False
+    scalars = _SUBINTERP_SCALARS
+    items = value.items() if kind is dict else ((item, None) for item in value)
+    for k, v in items:
+        if k is not None and type(k) not in scalars and not _subinterp_plain(k, depth + 1, seen):
+            return False
+        if v is not None and type(v) not in scalars and not _subinterp_plain(v, depth + 1, seen):
+            return False
+    seen[key] = True
+    return True
 
 
 def _subinterp_resolve(module, qualname):

@@ -80,8 +80,10 @@ class DaskPool(Pool):
                 f"subinterp.dask: task {getattr(task, 'key', task)!r} cannot be sent to an "
                 f"interpreter: {exc}"
             ) from exc
-        args, kwargs = encode_call(_run_node, (payload,), None)
-        return self._queue(RUN, args, kwargs, None, lambda reply: _report(reply, time_delay))
+        args, kwargs, pickled = encode_call(_run_node, (payload,), None)
+        return self._queue(
+            RUN, args, kwargs, None, lambda reply: _report(reply, time_delay), pickled
+        )
 
 
 def _report(reply, time_delay: float):

@@ -24,11 +24,12 @@ use crossbeam_channel::{
     bounded, select, unbounded, Receiver, RecvError, RecvTimeoutError, Sender, TryRecvError,
 };
 
-use crate::call::{call_target_wire, Args, Target};
+use crate::call::{call_target_wire_as, Args, Target};
 use crate::error::{Error, PyException, Result};
 use crate::interpreter::config::InterpreterConfig;
 use crate::interpreter::{Interpreter, InterruptHandle};
 use crate::raw::lifecycle::clear_pending_async;
+use crate::raw::wire::Mode;
 use crate::raw::Python;
 use crate::runtime::Runtime;
 use crate::value::wire;
@@ -255,6 +256,8 @@ struct Queued {
     target: Target,
     /// The arguments in the wire format, written by the submitting thread.
     args: Vec<u8>,
+    /// How the result is written.
+    mode: Mode,
     timeout: Option<Duration>,
     state: Arc<TaskState>,
 }
@@ -375,12 +378,26 @@ impl Pool {
         options: TaskOptions,
     ) -> Result<Task> {
         let target = Target::parse(target)?;
+        self.submit_wire(target, args.into().to_wire()?, options, Mode::Lenient)
+    }
+
+    /// Queues a call of `target` with arguments already in the wire format (as
+    /// [`raw_wire::call_encoded`](crate::raw::wire::call_encoded) reads them), its result
+    /// written in `mode` (taken with [`Task::try_take_wire`]).
+    pub(crate) fn submit_wire(
+        &self,
+        target: Target,
+        args: Vec<u8>,
+        options: TaskOptions,
+        mode: Mode,
+    ) -> Result<Task> {
         let id = self.shared.next_task.fetch_add(1, Ordering::Relaxed);
         let state = Arc::new(TaskState::new());
         let queued = Queued {
             id,
             target,
-            args: args.into().to_wire()?,
+            args,
+            mode,
             timeout: options.timeout.or(self.shared.config.timeout),
             state: Arc::clone(&state),
         };
@@ -811,7 +828,7 @@ fn worker_loop(py: Python<'_>, shared: &Arc<Shared>, worker: &Arc<Worker>) -> Re
         tracing::debug!(task = task.id, target = %task.target, "task started");
         // The result leaves in the wire format: whoever takes it reads it into a Value,
         // off this worker's GIL.
-        let result = call_target_wire(py, &task.target, &task.args);
+        let result = call_target_wire_as(py, &task.target, &task.args, task.mode);
         worker.current.store(0, Ordering::Release);
         if worker.interrupted.swap(false, Ordering::AcqRel) {
             // An interrupt aimed at this task may still be pending: it must not hit the next.
@@ -1115,6 +1132,26 @@ impl Task {
         let result = slot.result.take();
         drop(slot);
         result.map(|r| read_result(Some(r)))
+    }
+
+    /// The result in the wire format, as the worker wrote it, if the task has finished
+    /// and it was not taken yet.
+    pub(crate) fn try_take_wire(&self) -> Option<Result<Vec<u8>>> {
+        let mut slot = lock(&self.state.slot);
+        if !slot.finished {
+            return None;
+        }
+        slot.result.take()
+    }
+
+    /// Wakes `waker` once the task finishes; false (and nothing registered) if it has.
+    pub(crate) fn wake_when_finished(&self, waker: &Waker) -> bool {
+        let mut slot = lock(&self.state.slot);
+        if slot.finished {
+            return false;
+        }
+        slot.wakers.push(waker.clone());
+        true
     }
 
     /// True once the task has a result (or was cancelled).
