@@ -1125,13 +1125,7 @@ impl Task {
 
     /// The result, if the task has finished and it was not taken yet.
     pub fn try_take(&self) -> Option<Result<Value>> {
-        let mut slot = lock(&self.state.slot);
-        if !slot.finished {
-            return None;
-        }
-        let result = slot.result.take();
-        drop(slot);
-        result.map(|r| read_result(Some(r)))
+        self.try_take_wire().map(|r| read_result(Some(r)))
     }
 
     /// The result in the wire format, as the worker wrote it, if the task has finished
@@ -1145,6 +1139,7 @@ impl Task {
     }
 
     /// Wakes `waker` once the task finishes; false (and nothing registered) if it has.
+    #[cfg_attr(not(feature = "extension-module"), allow(dead_code))]
     pub(crate) fn wake_when_finished(&self, waker: &Waker) -> bool {
         let mut slot = lock(&self.state.slot);
         if slot.finished {

@@ -587,12 +587,14 @@ impl<'py> PyObj<'py> {
     }
 
     /// Whether the object is exactly a `tuple` (not a subclass).
+    #[cfg_attr(not(feature = "extension-module"), allow(dead_code))]
     pub(crate) fn is_exact_tuple(&self) -> bool {
         // SAFETY: GIL held (the brand); the object is live.
         unsafe { ffi::PyTuple_CheckExact(self.as_ptr()) != 0 }
     }
 
     /// Whether the object is exactly a `dict` (not a subclass).
+    #[cfg_attr(not(feature = "extension-module"), allow(dead_code))]
     pub(crate) fn is_exact_dict(&self) -> bool {
         // SAFETY: GIL held (the brand); the object is live.
         unsafe { ffi::PyDict_CheckExact(self.as_ptr()) != 0 }
