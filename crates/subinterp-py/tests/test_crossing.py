@@ -191,3 +191,18 @@ def test_unpicklable_argument_is_a_type_error_at_submit(pool, interp):
         interp.call(helpers.same, lock)
     with pytest.raises(TypeError):
         pool.map(helpers.same, [1, lock], chunksize=2)
+
+
+def test_values_nested_past_the_limit_are_pickled(pool, interp):
+    # Past the wire format's 512 levels the value is pickled, both ways.
+    deep: list = []
+    inner = deep
+    for _ in range(600):
+        inner.append([])
+        inner = inner[0]
+    for got in (pool.submit(helpers.same, deep).result(60), interp.call(helpers.same, deep)):
+        depth = 0
+        while got:
+            got = got[0]
+            depth += 1
+        assert depth == 600
