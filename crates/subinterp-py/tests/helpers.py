@@ -252,3 +252,10 @@ def fs_name(raw):
     import os
 
     return os.fsdecode(raw)
+
+
+def make_lock(_=None):
+    """A result that cannot be pickled."""
+    import threading
+
+    return [threading.Lock()]

@@ -206,3 +206,14 @@ def test_values_nested_past_the_limit_are_pickled(pool, interp):
             got = got[0]
             depth += 1
         assert depth == 600
+
+
+def test_a_result_that_cannot_be_pickled_is_a_type_error(pool, interp):
+    with pytest.raises(TypeError, match="cannot be sent back"):
+        pool.submit(helpers.make_lock).result(60)
+    with pytest.raises(TypeError, match="cannot be sent back"):
+        list(pool.map(helpers.make_lock, [1, 2], chunksize=2))
+    with pytest.raises(TypeError, match="cannot be sent back"):
+        interp.call(helpers.make_lock)
+    # The worker goes on.
+    assert pool.submit(helpers.same, "\udcff").result(60) == "\udcff"

@@ -11,39 +11,6 @@ wraps another one (``subinterp.dask`` times Dask's tasks with it).
 import sys as _sys
 
 
-_SUBINTERP_SCALARS = frozenset((bool, int, float, str, bytes, bytearray))
-
-
-def _subinterp_plain(value, depth=0, seen=None):
-    """Whether ``value`` crosses between interpreters without pickling: exactly the
-    plain types, nested at most 500 deep, containing no cycle. A container met again is
-    looked at once (``seen``: id -> whether it is finished), so shared substructure costs
-    its size, not its number of paths."""
-    kind = type(value)
-    if value is None or kind in _SUBINTERP_SCALARS:
-        return True
-    if kind is not list and kind is not tuple and kind is not dict:
-        return False
-    if depth > 500:
-        return False
-    if seen is None:
-        seen = {}
-    key = id(value)
-    finished = seen.get(key)
-    if finished is not None:
-        return finished  # False: it contains itself
-    seen[key] = False
-    scalars = _SUBINTERP_SCALARS
-    items = value.items() if kind is dict else ((item, None) for item in value)
-    for k, v in items:
-        if k is not None and type(k) not in scalars and not _subinterp_plain(k, depth + 1, seen):
-            return False
-        if v is not None and type(v) not in scalars and not _subinterp_plain(v, depth + 1, seen):
-            return False
-    seen[key] = True
-    return True
-
-
 def _subinterp_resolve(module, qualname):
     import importlib
 
@@ -105,21 +72,38 @@ def _subinterp_main_failure(exc):
     return exc
 
 
-def _subinterp_call(fn, args, kwargs):
-    """Calls ``fn``; returns ``(0, result)`` for plain data, ``(1, pickled result)``
-    otherwise, or ``(2, pickled exception or None, type name, message, traceback)`` for
-    an exception of the function. Deadlines and cancellations (``TimeoutError``,
-    ``KeyboardInterrupt`` injected by the pool) pass through."""
+def _subinterp_call(fn, args, kwargs, pickled=False):
+    """Calls ``fn``; returns ``(0, result)``, or ``(2, pickled exception or None, type
+    name, message, traceback)`` for an exception of the function. Deadlines and
+    cancellations (``TimeoutError``, ``KeyboardInterrupt`` injected by the pool) pass
+    through. A result that is not plain data is pickled by ``_subinterp_unplain`` (the
+    engine calls it when it finds so while writing the reply): ``(1, pickled result)``;
+    with ``pickled``, every result is, at once (for a reply inside another reply)."""
     try:
         result = fn(*args, **kwargs)
     except BaseException as exc:  # noqa: B902 - reported to the caller whole
         if _subinterp_injected(exc):
             raise
         return _subinterp_failure(exc)
-    if _subinterp_plain(result):
-        return (0, result)
+    if pickled:
+        return _subinterp_unplain((0, result))
+    return (0, result)
+
+
+def _subinterp_unplain(reply):
+    """A reply of ``_subinterp_call`` or ``_subinterp_run_chunk`` whose value is not
+    plain data (the engine found so while writing it), with that value pickled; or the
+    failure to pickle it."""
     import pickle
 
+    if type(reply) is list:  # a chunk: [(0, values), failure]
+        (_, values), failure = reply
+        try:
+            return [(1, pickle.dumps(values)), failure]
+        except Exception as exc:
+            error = TypeError(f"a result cannot be sent back: {exc}")
+            return [(0, []), failure or _subinterp_failure(error)]
+    _, result = reply
     try:
         return (1, pickle.dumps(result))
     except Exception as exc:
@@ -188,12 +172,7 @@ def _subinterp_run_chunk(module, qualname, payload, items, star=True):
         if _subinterp_injected(exc):
             raise
         failure = _subinterp_failure(exc)
-    if _subinterp_plain(values):
-        return [(0, values), failure]
-    try:
-        return [(1, pickle.dumps(values)), failure]
-    except Exception as exc:
-        return [(0, []), failure or _subinterp_failure(TypeError(f"a result cannot be sent back: {exc}"))]
+    return [(0, values), failure]
 
 
 def _subinterp_stand_in(native, package_dir):

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::call::{call_target_wire_as, Target};
+use crate::call::{call_target_wire_as, ResultForm, Target};
 use crate::error::{Error, Result};
 use crate::host::params::{self, refuse_seconds, seconds_arg, seconds_value, BadSeconds, Secs};
 use crate::interpreter::config::InterpreterConfig;
@@ -511,7 +511,7 @@ fn interp_call<'py>(
     };
     let timeout = seconds(py, timeout.as_ref(), "timeout")?;
     run_in(py, &interp, timeout, move |py| {
-        call_target_wire_as(py, &target, &call, Mode::Exact)
+        call_target_wire_as(py, &target, &call, &worker_results())
     })
 }
 
@@ -987,6 +987,15 @@ fn call_args<'py>(
     }
 }
 
+/// How the package's workers write a reply: every plain type kept; a reply that is not
+/// plain data is handed to the runner's `_subinterp_unplain`, which pickles what it must.
+fn worker_results() -> ResultForm {
+    ResultForm {
+        mode: Mode::Exact,
+        otherwise: Target::parse("_subinterp_worker:_subinterp_unplain").ok(),
+    }
+}
+
 /// The parameters of a call: the interpreter or pool, the target, its positional and
 /// keyword arguments, and a deadline.
 type Call<'py> = (
@@ -1020,7 +1029,7 @@ fn pool_submit<'py>(
         let pool = pool
             .as_ref()
             .ok_or_else(|| Error::python("builtins.RuntimeError", "the pool has ended"))?;
-        let task = pool.submit_wire(target, call, options, Mode::Exact)?;
+        let task = pool.submit_wire(target, call, options, worker_results())?;
         let id = task.id();
         // Held until the task is in the map: its waker may fire at once, and the
         // collector looks the id up only after taking this lock.

@@ -24,12 +24,11 @@ use crossbeam_channel::{
     bounded, select, unbounded, Receiver, RecvError, RecvTimeoutError, Sender, TryRecvError,
 };
 
-use crate::call::{call_target_wire_as, Args, Target};
+use crate::call::{call_target_wire_as, Args, ResultForm, Target};
 use crate::error::{Error, PyException, Result};
 use crate::interpreter::config::InterpreterConfig;
 use crate::interpreter::{Interpreter, InterruptHandle};
 use crate::raw::lifecycle::clear_pending_async;
-use crate::raw::wire::Mode;
 use crate::raw::Python;
 use crate::runtime::Runtime;
 use crate::value::wire;
@@ -257,7 +256,7 @@ struct Queued {
     /// The arguments in the wire format, written by the submitting thread.
     args: Vec<u8>,
     /// How the result is written.
-    mode: Mode,
+    form: ResultForm,
     timeout: Option<Duration>,
     state: Arc<TaskState>,
 }
@@ -378,18 +377,18 @@ impl Pool {
         options: TaskOptions,
     ) -> Result<Task> {
         let target = Target::parse(target)?;
-        self.submit_wire(target, args.into().to_wire()?, options, Mode::Lenient)
+        self.submit_wire(target, args.into().to_wire()?, options, ResultForm::VALUE)
     }
 
     /// Queues a call of `target` with arguments already in the wire format (as
     /// [`raw_wire::call_encoded`](crate::raw::wire::call_encoded) reads them), its result
-    /// written in `mode` (taken with [`Task::try_take_wire`]).
+    /// written as `form` says (taken with [`Task::try_take_wire`]).
     pub(crate) fn submit_wire(
         &self,
         target: Target,
         args: Vec<u8>,
         options: TaskOptions,
-        mode: Mode,
+        form: ResultForm,
     ) -> Result<Task> {
         let id = self.shared.next_task.fetch_add(1, Ordering::Relaxed);
         let state = Arc::new(TaskState::new());
@@ -397,7 +396,7 @@ impl Pool {
             id,
             target,
             args,
-            mode,
+            form,
             timeout: options.timeout.or(self.shared.config.timeout),
             state: Arc::clone(&state),
         };
@@ -828,7 +827,7 @@ fn worker_loop(py: Python<'_>, shared: &Arc<Shared>, worker: &Arc<Worker>) -> Re
         tracing::debug!(task = task.id, target = %task.target, "task started");
         // The result leaves in the wire format: whoever takes it reads it into a Value,
         // off this worker's GIL.
-        let result = call_target_wire_as(py, &task.target, &task.args, task.mode);
+        let result = call_target_wire_as(py, &task.target, &task.args, &task.form);
         worker.current.store(0, Ordering::Release);
         if worker.interrupted.swap(false, Ordering::AcqRel) {
             // An interrupt aimed at this task may still be pending: it must not hit the next.
