@@ -240,3 +240,22 @@ def _fails_inside():
 
 def raise_timeout(message):
     raise TimeoutError(message)
+
+
+def same(*values):
+    """Returns its arguments as one tuple (one argument: itself), as they arrived."""
+    return values[0] if len(values) == 1 else values
+
+
+def fs_name(raw):
+    """A file name as os.fsdecode gives it: lone surrogates for bytes that are not UTF-8."""
+    import os
+
+    return os.fsdecode(raw)
+
+
+def make_lock(_=None):
+    """A result that cannot be pickled."""
+    import threading
+
+    return [threading.Lock()]

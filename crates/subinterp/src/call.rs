@@ -166,11 +166,56 @@ pub(crate) fn call_target(py: Python<'_>, target: &Target, args: &Args) -> Resul
 /// As [`call_target`], with the arguments and the result in the wire format, so that
 /// the caller writes and reads them off this interpreter's GIL.
 pub(crate) fn call_target_wire(py: Python<'_>, target: &Target, args: &[u8]) -> Result<Vec<u8>> {
+    call_target_wire_as(py, target, args, &ResultForm::VALUE)
+}
+
+/// How a call's result is written in the wire format.
+#[derive(Clone, Debug)]
+pub(crate) struct ResultForm {
+    /// [`Mode::Lenient`]: as [`PyObj::to_value`] would read it. [`Mode::Exact`]: every
+    /// plain type kept as it is (a `bytearray`, a `str` with lone surrogates) for a
+    /// reader of Python objects, anything else refused.
+    pub(crate) mode: Mode,
+    /// Called with a result the mode refuses (not plain data): what it returns is
+    /// written instead (say, the result pickled).
+    pub(crate) otherwise: Option<Target>,
+}
+
+impl ResultForm {
+    /// The meaning a `Value` reader gives results.
+    pub(crate) const VALUE: ResultForm = ResultForm {
+        mode: Mode::Lenient,
+        otherwise: None,
+    };
+}
+
+/// The callable a target names, imported in this interpreter.
+fn resolve<'py>(py: Python<'py>, target: &Target) -> Result<PyObj<'py>> {
     let mut callable = py.import(&target.module)?;
     for attr in target.path.split('.') {
         callable = callable.getattr(attr)?;
     }
-    result_wire(&raw_wire::call_encoded(&callable, args)?)
+    Ok(callable)
+}
+
+/// As [`call_target_wire`], the result written as `form` says.
+pub(crate) fn call_target_wire_as(
+    py: Python<'_>,
+    target: &Target,
+    args: &[u8],
+    form: &ResultForm,
+) -> Result<Vec<u8>> {
+    let result = raw_wire::call_encoded(&resolve(py, target)?, args)?;
+    match (
+        raw_wire::encode(&result, form.mode, Vec::new()),
+        &form.otherwise,
+    ) {
+        (Err(Error::Unshareable { .. }), Some(otherwise)) => {
+            let instead = resolve(py, otherwise)?.call(&[&result])?;
+            raw_wire::encode(&instead, form.mode, Vec::new())
+        }
+        (written, _) => written,
+    }
 }
 
 /// A result in the wire format, with the meaning [`PyObj::to_value`] gives it

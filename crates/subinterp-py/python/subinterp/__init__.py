@@ -2,8 +2,8 @@
 
 ``subinterp.Pool`` is a ``concurrent.futures.Executor`` whose workers are isolated
 interpreters of this process, each with its own GIL, running in parallel. Tasks can have
-deadlines that stop them; plain data (None, bool, int, float, str, bytes, and lists,
-tuples and dicts of them) crosses without pickling. ``subinterp.channel`` and
+deadlines that stop them; plain data (None, bool, int, float, str, bytes, bytearray, and
+lists, tuples and dicts of them, sharing kept) crosses without pickling. ``subinterp.channel`` and
 ``subinterp.buffer`` work between this interpreter and the workers.
 """
 

@@ -9,11 +9,9 @@ import os
 import pickle
 import sys
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from . import _native
-from ._worker import _subinterp_plain as plain
-
 # Objects of the main script come back from workers as __mp_main__'s (the name it is
 # loaded under there); multiprocessing makes the same alias.
 if "__main__" in sys.modules and _native.id() == 0:
@@ -159,17 +157,22 @@ def setup_code() -> list[str]:
     return code
 
 
-def encode_call(fn, args, kwargs) -> tuple[list, dict]:
-    """The runner's arguments for calling ``fn(*args, **kwargs)`` in a worker: plain data
-    as it is, anything else pickled."""
+def encode_call(
+    fn, args, kwargs
+) -> tuple[tuple, dict, Callable[[], tuple[tuple, dict]] | None]:
+    """The runner's arguments for calling ``fn(*args, **kwargs)`` in a worker, and how to
+    make them again pickled: the engine writes plain data as it is, straight from the
+    objects, and says when they are not plain data (then the pickled form is sent)."""
     ref = reference(fn)
     kwargs = {} if kwargs is None else dict(kwargs)
     if ref is None:
-        return [None, None, pickled_call(fn, tuple(args), kwargs)], {}
+        return (None, None, pickled_call(fn, tuple(args), kwargs)), {}, None
     module, qualname = ref
-    if plain(args) and plain(kwargs):
-        return [module, qualname, None, *args], kwargs
-    return [module, qualname, dumps((tuple(args), kwargs))], {}
+
+    def pickled() -> tuple[tuple, dict]:
+        return (module, qualname, dumps((tuple(args), kwargs))), {}
+
+    return (module, qualname, None, *args), kwargs, pickled
 
 
 def dumps(obj) -> bytes:

@@ -117,10 +117,15 @@ class Interpreter:
             if not sep or not module or not qualname:
                 raise ValueError(f"expected 'module:qualname', got {fn!r}")
             fn = Named(module, qualname)
-        call_args, call_kwargs = encode_call(fn, args, kwargs)
-        kind, payload = _native._interp_call(
-            self._live(), RUN, call_args, call_kwargs, self._deadline(timeout)
-        )
+        call_args, call_kwargs, pickled = encode_call(fn, args, kwargs)
+        deadline = self._deadline(timeout)
+        done = _native._interp_call(self._live(), RUN, call_args, call_kwargs, deadline)
+        if done is None and pickled is not None:  # not plain data: sent pickled
+            call_args, call_kwargs = pickled()
+            done = _native._interp_call(self._live(), RUN, call_args, call_kwargs, deadline)
+        if done is None:
+            raise TypeError("subinterp: the call cannot be sent to the interpreter")
+        kind, payload = done
         value, exc = outcome(kind, payload, from_worker)
         if exc is not None:
             raise exc

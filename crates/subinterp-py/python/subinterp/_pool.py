@@ -18,7 +18,6 @@ from ._calls import (
     encode_call,
     guard_settings,
     pickled_call,
-    plain,
     reference,
     setup_code,
 )
@@ -119,7 +118,9 @@ class _PoolCore:
 
     # ------------------------------------------------------------------ tasks
 
-    def queue(self, target, args, kwargs, timeout, unwrap) -> _Future:
+    def queue(self, target, args, kwargs, timeout, unwrap, pickled=None) -> _Future:
+        """Submits a task; ``pickled`` makes its arguments again, pickled, for when they
+        are not plain data (the engine tells while it writes them)."""
         future = _Future(self)
         future._unwrap = unwrap
         with self.lock:
@@ -130,6 +131,13 @@ class _PoolCore:
             # runs however soon a shutdown(cancel_futures=True) comes.
             future._committed = len(self.futures) + len(self.taken) < self.workers
             task = _native._pool_submit(self.handle, target, args, kwargs, timeout)
+            if task is None:
+                if pickled is None:
+                    raise TypeError("subinterp: the call cannot be sent to a worker")
+                args, kwargs = pickled()
+                task = _native._pool_submit(self.handle, target, args, kwargs, timeout)
+                if task is None:
+                    raise TypeError("subinterp: the call cannot be sent to a worker")
             future._task = task
             self.futures[task] = future
         return future
@@ -414,8 +422,8 @@ class Pool(concurrent.futures.Executor):
         self, fn, args: tuple = (), kwargs: dict | None = None, *, timeout: float | None = None
     ) -> concurrent.futures.Future:
         """Like ``submit``, with this call's own deadline (seconds from its start)."""
-        call_args, call_kwargs = encode_call(fn, args, kwargs)
-        return self._queue(RUN, call_args, call_kwargs, timeout, from_worker)
+        call_args, call_kwargs, pickled = encode_call(fn, args, kwargs)
+        return self._queue(RUN, call_args, call_kwargs, timeout, from_worker, pickled)
 
     def map(self, fn, *iterables, timeout=None, chunksize=1):
         """Like ``Executor.map``: results in input order. A ``chunksize`` above 1 sends
@@ -433,17 +441,20 @@ class Pool(concurrent.futures.Executor):
         chunks = iter(lambda: list(itertools.islice(items, chunksize)), [])
         futures = []
         for chunk in chunks:
+            pickled = None
             if ref is None:
-                call_args = [None, None, pickled_call(fn, chunk), [], star]
-            elif plain(chunk):
-                call_args = [ref[0], ref[1], None, chunk, star]
+                call_args = (None, None, pickled_call(fn, chunk), [], star)
             else:
-                call_args = [ref[0], ref[1], dumps(chunk), [], star]
-            futures.append(self._queue(RUN_CHUNK, call_args, {}, None, _chunk_from_worker))
+                # Written as it is by the engine; pickled only if it is not plain data.
+                call_args = (ref[0], ref[1], None, chunk, star)
+                pickled = _pickled_chunk(ref, chunk, star)
+            futures.append(
+                self._queue(RUN_CHUNK, call_args, {}, None, _chunk_from_worker, pickled)
+            )
         return _chained(futures, timeout)
 
-    def _queue(self, target, args, kwargs, timeout, unwrap) -> _Future:
-        return self._core.queue(target, args, kwargs, timeout, unwrap)
+    def _queue(self, target, args, kwargs, timeout, unwrap, pickled=None) -> _Future:
+        return self._core.queue(target, args, kwargs, timeout, unwrap, pickled)
 
     def stats(self) -> dict:
         """The pool's counters, also after ``shutdown()``: ``tasks_run``, ``tasks_ok``,
@@ -488,6 +499,13 @@ def _deliver(future: _Future, kind: str, payload) -> None:
         future.set_result(value)
     else:
         future.set_exception(exc)
+
+
+def _pickled_chunk(ref, chunk, star):
+    def pickled():
+        return (ref[0], ref[1], dumps(chunk), [], star), {}
+
+    return pickled
 
 
 def _chunk_from_worker(reply):

@@ -11,40 +11,6 @@ wraps another one (``subinterp.dask`` times Dask's tasks with it).
 import sys as _sys
 
 
-_SUBINTERP_SCALARS = frozenset((bool, int, float, str, bytes))
-
-
-def _subinterp_plain(value, depth=0):
-    """Whether ``value`` crosses between interpreters without pickling."""
-    kind = type(value)
-    if value is None or kind in _SUBINTERP_SCALARS:
-        return True
-    if depth > 50:
-        return False
-    if kind is list or kind is tuple:
-        scalars = _SUBINTERP_SCALARS
-        for item in value:
-            if item is None or type(item) in scalars:
-                continue
-            if type(item) is tuple or type(item) is list:
-                # One level inline: map chunks are lists of argument tuples.
-                for inner in item:
-                    if inner is None or type(inner) in scalars:
-                        continue
-                    if not _subinterp_plain(inner, depth + 2):
-                        return False
-                continue
-            if not _subinterp_plain(item, depth + 1):
-                return False
-        return True
-    if kind is dict:
-        return all(
-            _subinterp_plain(k, depth + 1) and _subinterp_plain(v, depth + 1)
-            for k, v in value.items()
-        )
-    return False
-
-
 def _subinterp_loads(payload):
     """``payload`` unpickled. ``pickle`` is imported on first use: a fresh interpreter
     takes milliseconds to import it (and ``re``, ``struct``...), which a task of plain
@@ -136,21 +102,38 @@ def _subinterp_main_failure(exc):
     return exc
 
 
-def _subinterp_call(fn, args, kwargs):
-    """Calls ``fn``; returns ``(0, result)`` for plain data, ``(1, pickled result)``
-    otherwise, or ``(2, pickled exception or None, type name, message, traceback)`` for
-    an exception of the function. Deadlines and cancellations (``TimeoutError``,
-    ``KeyboardInterrupt`` injected by the pool) pass through."""
+def _subinterp_call(fn, args, kwargs, pickled=False):
+    """Calls ``fn``; returns ``(0, result)``, or ``(2, pickled exception or None, type
+    name, message, traceback)`` for an exception of the function. Deadlines and
+    cancellations (``TimeoutError``, ``KeyboardInterrupt`` injected by the pool) pass
+    through. A result that is not plain data is pickled by ``_subinterp_unplain`` (the
+    engine calls it when it finds so while writing the reply): ``(1, pickled result)``;
+    with ``pickled``, every result is, at once (for a reply inside another reply)."""
     try:
         result = fn(*args, **kwargs)
     except BaseException as exc:  # noqa: B902 - reported to the caller whole
         if _subinterp_injected(exc):
             raise
         return _subinterp_failure(exc)
-    if _subinterp_plain(result):
-        return (0, result)
+    if pickled:
+        return _subinterp_unplain((0, result))
+    return (0, result)
+
+
+def _subinterp_unplain(reply):
+    """A reply of ``_subinterp_call`` or ``_subinterp_run_chunk`` whose value is not
+    plain data (the engine found so while writing it), with that value pickled; or the
+    failure to pickle it."""
     import pickle
 
+    if type(reply) is list:  # a chunk: [(0, values), failure]
+        (_, values), failure = reply
+        try:
+            return [(1, pickle.dumps(values)), failure]
+        except Exception as exc:
+            error = TypeError(f"a result cannot be sent back: {exc}")
+            return [(0, []), failure or _subinterp_failure(error)]
+    _, result = reply
     try:
         return (1, pickle.dumps(result))
     except Exception as exc:
@@ -217,14 +200,7 @@ def _subinterp_run_chunk(module, qualname, payload, items, star=True):
         if _subinterp_injected(exc):
             raise
         failure = _subinterp_failure(exc)
-    if _subinterp_plain(values):
-        return [(0, values), failure]
-    import pickle
-
-    try:
-        return [(1, pickle.dumps(values)), failure]
-    except Exception as exc:
-        return [(0, []), failure or _subinterp_failure(TypeError(f"a result cannot be sent back: {exc}"))]
+    return [(0, values), failure]
 
 
 def _subinterp_stand_in(native, package_dir):

@@ -49,7 +49,8 @@ def _run_node(payload: bytes) -> list:
     call = sys.modules["_subinterp_worker"]._subinterp_call
     task, data = pickle.loads(payload)
     start = time.time()
-    reply = call(task, (data,), {})
+    # Pickled here: the engine checks only the outer reply for plain data.
+    reply = call(task, (data,), {}, True)
     return [start, time.time(), reply]
 
 
@@ -80,8 +81,10 @@ class DaskPool(Pool):
                 f"subinterp.dask: task {getattr(task, 'key', task)!r} cannot be sent to an "
                 f"interpreter: {exc}"
             ) from exc
-        args, kwargs = encode_call(_run_node, (payload,), None)
-        return self._queue(RUN, args, kwargs, None, lambda reply: _report(reply, time_delay))
+        args, kwargs, pickled = encode_call(_run_node, (payload,), None)
+        return self._queue(
+            RUN, args, kwargs, None, lambda reply: _report(reply, time_delay), pickled
+        )
 
 
 def _report(reply, time_delay: float):

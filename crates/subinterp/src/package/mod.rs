@@ -10,15 +10,14 @@
 //! interpreters, and the program's other threads go on meanwhile.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Wake, Waker};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::audit::Guards;
-use crate::call::{call_target, Args, Target};
+use crate::call::{call_target_wire_as, ResultForm, Target};
 use crate::error::{Error, Result};
 use crate::host::params::{self, refuse_seconds, seconds_arg, seconds_value, BadSeconds, Secs};
 use crate::interpreter::config::InterpreterConfig;
@@ -26,10 +25,11 @@ use crate::interpreter::Interpreter;
 use crate::pool::{Pool, PoolConfig, Task, TaskOptions};
 use crate::raw::callback::{self, FastArgs, Outcome};
 use crate::raw::module::{self, ModuleSpec};
+use crate::raw::wire::{self as raw_wire, Mode};
 use crate::raw::{ExcKind, PyObj, Python};
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::stats::{Outcome as TaskOutcome, StatsHandle};
-use crate::value::Value;
+use crate::value::{wire, Value};
 use crate::wait::InterruptReason;
 
 /// Defines `PyInit_<name>` of the package's extension module: the module definition,
@@ -376,8 +376,8 @@ fn interp_new<'py>(
 const GRACE: Duration = Duration::from_secs(1);
 
 /// How an operation of a package's interpreter ended.
-enum Ended {
-    Done(Result<Value>),
+enum Ended<T> {
+    Done(Result<T>),
     /// Past its deadline; `stuck`: it still runs (blocked in C code).
     TimedOut {
         limit: Duration,
@@ -414,12 +414,12 @@ fn timed_out_message(what: &str, limit: Duration, stuck: bool) -> String {
 /// (left running). Ctrl-C (a signal handler raising here) interrupts it too and is raised
 /// here once it has stopped, or after [`GRACE`]. Closing the interpreter meanwhile is a
 /// `RuntimeError` here. Interrupting never waits for the interpreter's GIL.
-fn wait_in(
+fn wait_in<T: Send + 'static>(
     py: Python<'_>,
     interp: &Interpreter,
     timeout: Option<Duration>,
-    job: impl for<'a> FnOnce(Python<'a>) -> Result<Value> + Send + 'static,
-) -> Result<Ended> {
+    job: impl for<'a> FnOnce(Python<'a>) -> Result<T> + Send + 'static,
+) -> Result<Ended<T>> {
     let running = interp.start(job)?;
     let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
     let limit = timeout.unwrap_or_default();
@@ -478,19 +478,9 @@ fn wait_in(
     }
 }
 
-/// How the stats count a task of the package: its worker code returns an exception of
-/// the function as `(2, ...)`, which is a failure.
-fn task_outcome(result: &Result<Value>) -> TaskOutcome {
-    match result {
-        Ok(Value::Tuple(items) | Value::List(items)) if items.first() == Some(&Value::Int(2)) => {
-            TaskOutcome::Failed
-        }
-        other => TaskOutcome::of(other),
-    }
-}
-
-/// [`task_outcome`] of a pool task, whose result is in the wire format.
-fn pool_task_outcome(result: &Result<Vec<u8>>) -> TaskOutcome {
+/// How the stats count a task of the package, whose result is in the wire format: its
+/// worker code returns an exception of the function as `(2, ...)`, which is a failure.
+fn task_outcome(result: &Result<Vec<u8>>) -> TaskOutcome {
     match result {
         Ok(bytes) if crate::value::wire::leading_int(bytes) == Some(2) => TaskOutcome::Failed,
         other => TaskOutcome::of(other),
@@ -503,7 +493,7 @@ fn run_in<'py>(
     py: Python<'py>,
     interp: &Interpreter,
     timeout: Option<Duration>,
-    job: impl for<'a> FnOnce(Python<'a>) -> Result<Value> + Send + 'static,
+    job: impl for<'a> FnOnce(Python<'a>) -> Result<Vec<u8>> + Send + 'static,
 ) -> Outcome<PyObj<'py>> {
     let ended = wait_in(py, interp, timeout, job);
     interp.count_task(match &ended {
@@ -515,17 +505,16 @@ fn run_in<'py>(
         Err(_) => TaskOutcome::Failed,
     });
     let (kind, payload) = match ended? {
-        Ended::Done(result) => kind_and_payload(result),
+        Ended::Done(result) => kind_and_payload(py, result)?,
         Ended::TimedOut { limit, stuck } => (
             "timeout",
-            Value::from(timed_out_message("the call", limit, stuck)),
+            py.str(&timed_out_message("the call", limit, stuck))?,
         ),
-        Ended::NotStarted { limit } => (
-            "timeout",
-            Value::from(not_started_message("the call", limit)),
-        ),
+        Ended::NotStarted { limit } => {
+            ("timeout", py.str(&not_started_message("the call", limit))?)
+        }
     };
-    Ok(py.to_object(&Value::Tuple(vec![Value::from(kind), payload]))?)
+    Ok(py.tuple(&[&py.str(kind)?, &payload])?)
 }
 
 fn interp_exec<'py>(
@@ -539,7 +528,7 @@ fn interp_exec<'py>(
     let timeout = seconds(py, timeout.as_ref(), "timeout")?;
     run_in(py, &interp, timeout, move |py| {
         py.run(&code, "<string>", &py.main_dict()?)?;
-        Ok(Value::None)
+        wire::encode(&Value::None)
     })
 }
 
@@ -555,10 +544,12 @@ fn interp_call<'py>(
     )?;
     let interp = interp_of(&interp)?;
     let target = Target::parse(&target)?;
-    let call = call_args(py, &positional, &keywords)?;
+    let Some(call) = call_args(py, &positional, &keywords)? else {
+        return Ok(py.none());
+    };
     let timeout = seconds(py, timeout.as_ref(), "timeout")?;
     run_in(py, &interp, timeout, move |py| {
-        call_target(py, &target, &call)
+        call_target_wire_as(py, &target, &call, &worker_results())
     })
 }
 
@@ -691,7 +682,7 @@ struct PoolHandle {
 enum Pending {
     /// Shared with a caller waiting for this very task (`_pool_wait`).
     Running(Arc<Task>),
-    Done(Result<Value>),
+    Done(Result<Vec<u8>>),
 }
 
 /// Sends a task's id when its result is ready.
@@ -987,7 +978,7 @@ fn pool_new<'py>(py: Python<'py>, _: &PyObj<'py>, args: &FastArgs<'_, 'py>) -> O
     let (config,): (PyObj,) = params::args(args, "_pool_new", ["config"])?;
     main_only(py, "Pool")?;
     let mut pool_config = Settings::parse(py, &config, SettingsOf::Pool)?.pool()?;
-    pool_config.task_outcome = pool_task_outcome;
+    pool_config.task_outcome = task_outcome;
     // Waited for in slices with this thread's GIL released (the workers' creation needs
     // the main interpreter), so that Ctrl-C (a signal handler raising here) stops it.
     let mut starting =
@@ -1096,26 +1087,36 @@ fn memory_warning<'py>(
     }
 }
 
-/// A call's arguments from a list and a dict of plain data.
-fn call_args(py: Python<'_>, args: &PyObj<'_>, kwargs: &PyObj<'_>) -> Result<Args> {
-    let positional = match args.to_value()? {
-        Value::List(items) | Value::Tuple(items) => items,
-        _ => return Err(py.new_error(ExcKind::Type, "args must be a list")),
-    };
-    let keywords = match kwargs.to_value()? {
-        Value::Dict(items) => items
-            .into_iter()
-            .map(|(k, v)| match k {
-                Value::Str(k) => Ok((k, v)),
-                _ => Err(py.new_error(ExcKind::Type, "keyword names must be str")),
-            })
-            .collect::<Result<Vec<_>>>()?,
-        _ => return Err(py.new_error(ExcKind::Type, "kwargs must be a dict")),
-    };
-    Ok(Args {
-        positional,
-        keywords,
-    })
+/// A call's arguments, a tuple and a dict, written in the wire format straight from the
+/// objects (by the submitting thread); `None` if they are not plain data (exactly the
+/// plain types, no structure that contains itself or nests past the format's limit),
+/// which the caller then pickles. Objects met twice are written once, so sharing
+/// survives the crossing.
+fn call_args<'py>(
+    py: Python<'py>,
+    args: &PyObj<'py>,
+    kwargs: &PyObj<'py>,
+) -> Result<Option<Vec<u8>>> {
+    if !args.is_exact_tuple() {
+        return Err(py.new_error(ExcKind::Type, "args must be a tuple"));
+    }
+    if !kwargs.is_exact_dict() {
+        return Err(py.new_error(ExcKind::Type, "kwargs must be a dict"));
+    }
+    match raw_wire::encode(&py.tuple(&[args, kwargs])?, Mode::Exact, Vec::new()) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(Error::Unshareable { .. }) => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+/// How the package's workers write a reply: every plain type kept; a reply that is not
+/// plain data is handed to the runner's `_subinterp_unplain`, which pickles what it must.
+fn worker_results() -> ResultForm {
+    ResultForm {
+        mode: Mode::Exact,
+        otherwise: Target::parse("_subinterp_worker:_subinterp_unplain").ok(),
+    }
 }
 
 /// The parameters of a call: the interpreter or pool, the target, its positional and
@@ -1139,12 +1140,15 @@ fn pool_submit<'py>(
         ["pool", "target", "args", "kwargs", "timeout"],
     )?;
     let handle = pool_of(&pool)?;
-    let call = call_args(py, &positional, &keywords)?;
+    let target = Target::parse(&target)?;
     // The runner's first argument is the module of the user's function: refusals are
     // recorded, and tasks sent to worker processes, by it.
-    let route = match call.positional.first() {
-        Some(Value::Str(module)) => Some(module.clone()),
-        _ => None,
+    let route = positional
+        .get_item(&py.to_object(&Value::Int(0))?)
+        .ok()
+        .and_then(|module| module.extract_str().ok());
+    let Some(call) = call_args(py, &positional, &keywords)? else {
+        return Ok(py.none());
     };
     let options = TaskOptions {
         timeout: seconds(py, timeout.as_ref(), "timeout")?,
@@ -1154,7 +1158,7 @@ fn pool_submit<'py>(
         let pool = pool
             .as_ref()
             .ok_or_else(|| Error::python("builtins.RuntimeError", "the pool has ended"))?;
-        let mut task = pool.submit_routed(&target, route, call, options)?;
+        let task = pool.submit_wire(target, route, call, options, worker_results())?;
         let id = task.id();
         // Held until the task is in the map: its waker may fire at once, and the
         // collector looks the id up only after taking this lock.
@@ -1163,12 +1167,11 @@ fn pool_submit<'py>(
             id,
             tx: handle.ready_tx.clone(),
         }));
-        let pending = match std::pin::Pin::new(&mut task).poll(&mut Context::from_waker(&waker)) {
-            Poll::Ready(result) => {
-                let _ = handle.ready_tx.send(id);
-                Pending::Done(result)
-            }
-            Poll::Pending => Pending::Running(Arc::new(task)),
+        let pending = if task.wake_when_finished(&waker) {
+            Pending::Running(Arc::new(task))
+        } else {
+            let _ = handle.ready_tx.send(id);
+            Pending::Done(task.try_take_wire().unwrap_or(Err(Error::Closed)))
         };
         tasks.insert(id, pending);
         id
@@ -1178,16 +1181,25 @@ fn pool_submit<'py>(
 
 /// What Python code gets for a finished task: `(id, "ok", value)`, `(id, "python",
 /// (type name, message, traceback))`, `(id, "cancelled", None)`, `(id, "timeout",
-/// message)` or `(id, "error", message)`.
-fn outcome(id: u64, result: Result<Value>) -> Value {
-    let (kind, payload) = kind_and_payload(result);
-    Value::Tuple(vec![Value::Int(id as i64), Value::from(kind), payload])
+/// message)` or `(id, "error", message)`. The value is read from the wire format the
+/// worker wrote it in, straight into objects, by the thread that collects or waits.
+fn outcome<'py>(py: Python<'py>, id: u64, result: Result<Vec<u8>>) -> Result<PyObj<'py>> {
+    let (kind, payload) = kind_and_payload(py, result)?;
+    py.tuple(&[
+        &py.to_object(&Value::Int(id as i64))?,
+        &py.str(kind)?,
+        &payload,
+    ])
 }
 
 /// The kind and payload of [`outcome`].
-fn kind_and_payload(result: Result<Value>) -> (&'static str, Value) {
-    match result {
-        Ok(value) => ("ok", value),
+fn kind_and_payload<'py>(
+    py: Python<'py>,
+    result: Result<Vec<u8>>,
+) -> Result<(&'static str, PyObj<'py>)> {
+    let result = result.and_then(|bytes| raw_wire::decode(py, &bytes));
+    let (kind, payload) = match result {
+        Ok(value) => return Ok(("ok", value)),
         Err(Error::Python(exc))
         | Err(Error::Timeout {
             exception: Some(exc),
@@ -1203,7 +1215,8 @@ fn kind_and_payload(result: Result<Value>) -> (&'static str, Value) {
         Err(Error::Cancelled) => ("cancelled", Value::None),
         Err(err @ Error::Timeout { .. }) => ("timeout", Value::from(err.to_string())),
         Err(err) => ("error", Value::from(err.to_string())),
-    }
+    };
+    Ok((kind, py.to_object(&payload)?))
 }
 
 fn pool_done<'py>(
@@ -1226,8 +1239,8 @@ fn pool_done<'py>(
             return Some(
                 tasks
                     .drain()
-                    .map(|(id, pending)| outcome(id, take(pending)))
-                    .collect(),
+                    .map(|(id, pending)| (id, take(pending)))
+                    .collect::<Vec<_>>(),
             );
         }
         drop(tasks);
@@ -1254,7 +1267,7 @@ fn pool_done<'py>(
                     continue;
                 }
                 if let Some(pending) = tasks.remove(id) {
-                    done.push(outcome(*id, take(pending)));
+                    done.push((*id, take(pending)));
                 }
             }
             drop(awaited);
@@ -1268,14 +1281,19 @@ fn pool_done<'py>(
         POOLS.remove(&pool)?;
         return Ok(py.none());
     };
-    Ok(py.to_object(&Value::List(done))?)
+    let done = done
+        .into_iter()
+        .map(|(id, result)| outcome(py, id, result))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(py.tuple(&done.iter().collect::<Vec<_>>())?)
 }
 
-/// The result of a task taken out of the map (so that nobody else reports it).
-fn take(pending: Pending) -> Result<Value> {
+/// The result of a task taken out of the map (so that nobody else reports it), in the
+/// wire format.
+fn take(pending: Pending) -> Result<Vec<u8>> {
     match pending {
         Pending::Done(result) => result,
-        Pending::Running(task) => task.try_take().unwrap_or(Err(Error::Closed)),
+        Pending::Running(task) => task.try_take_wire().unwrap_or(Err(Error::Closed)),
     }
 }
 
@@ -1316,15 +1334,15 @@ fn pool_wait<'py>(
         let _ = handle.ready_tx.send(id);
     }
     match got? {
-        Waited::Taken(done) => Ok(py.to_object(&done)?),
+        Waited::Taken(result) => Ok(outcome(py, id, result)?),
         Waited::TimedOut => Ok(py.to_object(&Value::Bool(false))?),
         Waited::Collected => Ok(py.none()),
     }
 }
 
 enum Waited {
-    /// The task's outcome, taken out of the map.
-    Taken(Value),
+    /// The task's result, taken out of the map.
+    Taken(Result<Vec<u8>>),
     TimedOut,
     /// The pool ended and its collector handed every task out.
     Collected,
@@ -1344,7 +1362,7 @@ fn wait_awaited(
                 Some(Pending::Running(task)) if !task.is_finished() => Arc::clone(task),
                 Some(_) => {
                     let result = tasks.remove(&id).map_or(Err(Error::Closed), take);
-                    return Ok(Waited::Taken(outcome(id, result)));
+                    return Ok(Waited::Taken(result));
                 }
                 None => return Ok(Waited::Collected),
             }

@@ -28,7 +28,7 @@ use crossbeam_channel::{
     bounded, select, unbounded, Receiver, RecvError, RecvTimeoutError, Sender, TryRecvError,
 };
 
-use crate::call::{call_target_wire, Args, Target};
+use crate::call::{call_target_wire_as, Args, ResultForm, Target};
 use crate::error::{Error, PyException, Result};
 use crate::interpreter::config::InterpreterConfig;
 use crate::interpreter::{Interpreter, InterruptHandle};
@@ -334,6 +334,8 @@ struct Queued {
     route: String,
     /// The arguments in the wire format, written by the submitting thread.
     args: Vec<u8>,
+    /// How the result is written.
+    form: ResultForm,
     timeout: Option<Duration>,
     state: Arc<TaskState>,
 }
@@ -544,6 +546,27 @@ impl Pool {
         options: TaskOptions,
     ) -> Result<Task> {
         let target = Target::parse(target)?;
+        self.submit_wire(
+            target,
+            route,
+            args.into().to_wire()?,
+            options,
+            ResultForm::VALUE,
+        )
+    }
+
+    /// Queues a call of `target` with arguments already in the wire format (as
+    /// [`raw_wire::call_encoded`](crate::raw::wire::call_encoded) reads them), its result
+    /// written as `form` says (taken with [`Task::try_take_wire`]); `route` as for
+    /// [`submit_routed`](Self::submit_routed).
+    pub(crate) fn submit_wire(
+        &self,
+        target: Target,
+        route: Option<String>,
+        args: Vec<u8>,
+        options: TaskOptions,
+        form: ResultForm,
+    ) -> Result<Task> {
         let id = self.shared.next_task.fetch_add(1, Ordering::Relaxed);
         let state = Arc::new(TaskState::new(
             Arc::clone(&self.shared.stats),
@@ -553,7 +576,8 @@ impl Pool {
             id,
             route: route.unwrap_or_else(|| target.module().to_owned()),
             target,
-            args: args.into().to_wire()?,
+            args,
+            form,
             timeout: options.timeout.or(self.shared.config.timeout),
             state: Arc::clone(&state),
         };
@@ -1028,7 +1052,7 @@ fn worker_loop(py: Python<'_>, shared: &Arc<Shared>, worker: &Arc<Worker>) -> Re
         // The result leaves in the wire format: whoever takes it reads it into a Value,
         // off this worker's GIL.
         let result = tracing::debug_span!("task", task = task.id)
-            .in_scope(|| call_target_wire(py, &task.target, &task.args));
+            .in_scope(|| call_target_wire_as(py, &task.target, &task.args, &task.form));
         worker.current.store(0, Ordering::Release);
         if worker.interrupted.swap(false, Ordering::AcqRel) {
             // An interrupt aimed at this task may still be pending: it must not hit the next.
@@ -1362,13 +1386,28 @@ impl Task {
 
     /// The result, if the task has finished and it was not taken yet.
     pub fn try_take(&self) -> Option<Result<Value>> {
+        self.try_take_wire().map(|r| read_result(Some(r)))
+    }
+
+    /// The result in the wire format, as the worker wrote it, if the task has finished
+    /// and it was not taken yet.
+    pub(crate) fn try_take_wire(&self) -> Option<Result<Vec<u8>>> {
         let mut slot = lock(&self.state.slot);
         if !slot.finished {
             return None;
         }
-        let result = slot.result.take();
-        drop(slot);
-        result.map(|r| read_result(Some(r)))
+        slot.result.take()
+    }
+
+    /// Wakes `waker` once the task finishes; false (and nothing registered) if it has.
+    #[cfg_attr(not(feature = "extension-module"), allow(dead_code))]
+    pub(crate) fn wake_when_finished(&self, waker: &Waker) -> bool {
+        let mut slot = lock(&self.state.slot);
+        if slot.finished {
+            return false;
+        }
+        slot.wakers.push(waker.clone());
+        true
     }
 
     /// True once the task has a result (or was cancelled).

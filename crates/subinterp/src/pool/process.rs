@@ -685,11 +685,18 @@ fn run(shared: &Shared, proc: &mut Proc, task: Queued) -> Ran {
         return Ran::Kept; // cancelled while queued
     }
     while proc.cancel_rx.try_recv().is_ok() {}
+    // What the result becomes when it is not plain data (the package's runner pickles
+    // it), as in an interpreter: `(module, path)` or None.
+    let otherwise = match &task.form.otherwise {
+        Some(t) => Value::Tuple(vec![Value::from(t.module()), Value::from(t.path())]),
+        None => Value::None,
+    };
     let msg = Value::Tuple(vec![
         Value::from("call"),
         Value::from(task.target.module()),
         Value::from(task.target.path()),
         Value::Bytes(task.args.clone()),
+        otherwise,
     ]);
     let finish = |proc: &Proc, result: Result<Vec<u8>>| {
         proc.control.current.store(0, Ordering::Release);

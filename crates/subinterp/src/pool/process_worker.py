@@ -319,6 +319,14 @@ def _read_exact(fd, n):
     return b"".join(chunks)
 
 
+def _resolve(importlib, module, qualname):
+    """The callable ``module.qualname``, imported here."""
+    target = importlib.import_module(module)
+    for attr in qualname.split("."):
+        target = getattr(target, attr)
+    return target
+
+
 def main():
     # Frames go out on a private copy of stdout; what the tasks print goes to stderr.
     # Frames come in on a private copy of stdin; the tasks' stdin reads /dev/null.
@@ -400,20 +408,26 @@ def main():
         msg = tasks.get()
         if msg is None:
             return
-        _, module, qualname, args = msg
+        _, module, qualname, args, otherwise = msg
         try:
             try:
                 running[0] = True
                 if pending[0]:
                     on_interrupt(None, None)
-                target = importlib.import_module(module)
-                for attr in qualname.split("."):
-                    target = getattr(target, attr)
+                target = _resolve(importlib, module, qualname)
                 pos, kw = decode(args)
                 result = target(*pos, **kw)
             finally:
                 running[0] = False
-            reply = ("ok", encode(result, lenient=True))
+            try:
+                reply = ("ok", encode(result, lenient=True))
+            except Unshareable:
+                if otherwise is None:
+                    raise
+                # Not plain data: what the task's own fallback makes of it (the
+                # package's runner pickles it), as in an interpreter.
+                fallback = _resolve(importlib, *otherwise)
+                reply = ("ok", encode(fallback(result), lenient=True))
         except Unshareable as exc:
             reply = ("unshareable", exc.type_name, exc.detail)
         except BaseException as exc:

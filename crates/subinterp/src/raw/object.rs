@@ -586,6 +586,20 @@ impl<'py> PyObj<'py> {
             .unwrap_or_else(|_| String::from_utf8_lossy(bytes).into_owned()))
     }
 
+    /// Whether the object is exactly a `tuple` (not a subclass).
+    #[cfg_attr(not(feature = "extension-module"), allow(dead_code))]
+    pub(crate) fn is_exact_tuple(&self) -> bool {
+        // SAFETY: GIL held (the brand); the object is live.
+        unsafe { ffi::PyTuple_CheckExact(self.as_ptr()) != 0 }
+    }
+
+    /// Whether the object is exactly a `dict` (not a subclass).
+    #[cfg_attr(not(feature = "extension-module"), allow(dead_code))]
+    pub(crate) fn is_exact_dict(&self) -> bool {
+        // SAFETY: GIL held (the brand); the object is live.
+        unsafe { ffi::PyDict_CheckExact(self.as_ptr()) != 0 }
+    }
+
     /// The qualified name of the object's type: `builtins.int`, `collections.OrderedDict`.
     pub fn type_name(&self) -> String {
         // SAFETY: GIL held; Py_TYPE of a live object is a live type object.
