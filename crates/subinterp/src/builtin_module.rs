@@ -20,7 +20,7 @@ use crate::host::params::{self, Timeout, Truth};
 use crate::raw::buffer::view_info;
 use crate::raw::callback::{self, Export, Failure, FastArgs, Outcome};
 use crate::raw::class::{self, ClassDef};
-use crate::raw::convert::copy_bytes;
+use crate::raw::convert::{copy_bytes, exact_bool, exact_float, exact_int};
 use crate::raw::lifecycle::raise_soon;
 use crate::raw::module::{self, ClassSpec, ExceptionSpec, ModuleSpec};
 use crate::raw::wire::{self, Mode};
@@ -590,6 +590,10 @@ fn buffer_writable<'py>(py: Python<'py>, slf: &PyObj<'py>) -> Outcome<PyObj<'py>
 /// anything else pickled. `slf` is the channel, whose module's types are used.
 fn to_message<'py>(slf: &PyObj<'py>, channel: &Channel, obj: &PyObj<'py>) -> Result<Message> {
     let py = slf.py();
+    // Exact scalars cross as they are: one number is cheaper to copy than to encode.
+    if let Some(value) = exact_scalar(obj) {
+        return Ok(Message::Value(value));
+    }
     if let Some(buffer) = shared_buffer(obj)? {
         return Ok(Message::Buffer(buffer));
     }
@@ -630,6 +634,21 @@ fn to_message<'py>(slf: &PyObj<'py>, channel: &Channel, obj: &PyObj<'py>) -> Res
             }
         }
     }
+}
+
+/// `obj` as a [`Value`] when it is `None`, or exactly a `bool`, an `int` that fits 64 bits
+/// or a `float` (a subclass is not: it is pickled, to arrive as what was sent).
+fn exact_scalar(obj: &PyObj<'_>) -> Option<Value> {
+    if obj.is_none() {
+        return Some(Value::None);
+    }
+    if let Some(b) = exact_bool(obj) {
+        return Some(Value::Bool(b));
+    }
+    if let Some(n) = exact_int(obj) {
+        return Some(Value::Int(n));
+    }
+    exact_float(obj).map(Value::Float)
 }
 
 /// The shared memory `obj` is, for a `subinterp.buffer` or a memoryview of one; `None`
