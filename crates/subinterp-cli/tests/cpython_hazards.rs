@@ -7,6 +7,8 @@
 //! Cargo's target directory (one per Python); making it needs `pip` to reach PyPI.
 
 mod common;
+#[path = "../../subinterp/tests/wheel_venv/mod.rs"]
+mod wheel_venv;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,42 +30,8 @@ const REQUIREMENTS: [&str; 5] = [
 fn venv() -> &'static Path {
     static VENV: OnceLock<PathBuf> = OnceLock::new();
     VENV.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("hazards-venv");
-        let marker = dir.join("subinterp-requirements.txt");
-        let wanted = REQUIREMENTS.join("\n");
-        if std::fs::read_to_string(&marker).ok().as_deref() == Some(wanted.as_str()) {
-            return dir;
-        }
-        let _ = std::fs::remove_dir_all(&dir);
-        run(Command::new(env!("SUBINTERP_BUILD_PYTHON"))
-            .args(["-m", "venv"])
-            .arg(&dir));
-        run(Command::new(dir.join("bin/python"))
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--no-input",
-                "--only-binary=:all:",
-            ])
-            .args(REQUIREMENTS));
-        std::fs::write(&marker, wanted).unwrap();
-        dir
+        wheel_venv::make("hazards-venv", &REQUIREMENTS).unwrap_or_else(|err| panic!("{err}"))
     })
-}
-
-fn run(command: &mut Command) {
-    let out = command
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{command:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Runs `subinterp ARGS` with the virtual environment active.

@@ -11,6 +11,8 @@ use std::sync::OnceLock;
 use serde_json::Value;
 
 mod common;
+#[path = "../../subinterp/tests/wheel_venv/mod.rs"]
+mod wheel_venv;
 use common::{code, stderr, TempDir};
 
 const REQUIREMENTS: [&str; 1] = ["numpy==2.5.5"];
@@ -18,40 +20,9 @@ const REQUIREMENTS: [&str; 1] = ["numpy==2.5.5"];
 fn venv() -> Option<&'static Path> {
     static VENV: OnceLock<Option<PathBuf>> = OnceLock::new();
     VENV.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("map-process-venv");
-        let marker = dir.join("subinterp-requirements.txt");
-        let wanted = REQUIREMENTS.join("\n");
-        if std::fs::read_to_string(&marker).ok().as_deref() == Some(wanted.as_str()) {
-            return Some(dir);
-        }
-        let _ = std::fs::remove_dir_all(&dir);
-        let made = Command::new(env!("SUBINTERP_BUILD_PYTHON"))
-            .args(["-m", "venv"])
-            .arg(&dir)
-            .status()
-            .expect("run python -m venv");
-        assert!(made.success(), "python -m venv failed");
-        let out = Command::new(dir.join("bin/python"))
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .args(["--no-input", "--only-binary=:all:"])
-            .args(REQUIREMENTS)
-            .output()
-            .expect("run pip");
-        if !out.status.success() {
-            eprintln!(
-                "SKIPPED: cannot install {REQUIREMENTS:?} from PyPI (unreachable?):\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            return None;
-        }
-        std::fs::write(&marker, wanted).unwrap();
-        Some(dir)
+        wheel_venv::make("map-process-venv", &REQUIREMENTS)
+            .map_err(|err| eprintln!("SKIPPED: cannot install {REQUIREMENTS:?}: {err}"))
+            .ok()
     })
     .as_deref()
 }

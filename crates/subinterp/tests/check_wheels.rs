@@ -8,6 +8,7 @@
 //! list is unchanged. Making it needs `pip` to reach PyPI.
 
 mod check_support;
+mod wheel_venv;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -37,40 +38,8 @@ fn ground_truth_helper() {
 fn venv() -> &'static Path {
     static VENV: OnceLock<PathBuf> = OnceLock::new();
     VENV.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("check-venv");
-        let marker = dir.join("subinterp-requirements.txt");
-        let wanted = REQUIREMENTS.join("\n");
-        if std::fs::read_to_string(&marker).ok().as_deref() == Some(wanted.as_str()) {
-            return dir;
-        }
-        let _ = std::fs::remove_dir_all(&dir);
-        run(Command::new(build_python()).args(["-m", "venv"]).arg(&dir));
-        run(Command::new(dir.join("bin/python"))
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--no-input",
-                "--only-binary=:all:",
-            ])
-            .args(REQUIREMENTS));
-        std::fs::write(&marker, wanted).unwrap();
-        dir
+        wheel_venv::make("check-venv", &REQUIREMENTS).unwrap_or_else(|err| panic!("{err}"))
     })
-}
-
-fn run(command: &mut Command) {
-    let out = command
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{command:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn setup() -> Setup {

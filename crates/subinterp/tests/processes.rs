@@ -13,48 +13,17 @@ use std::time::Duration;
 
 use subinterp::{Error, Pool, PoolConfig, Runtime, RuntimeConfig, TaskOptions, Value};
 
+mod wheel_venv;
+
 const REQUIREMENTS: [&str; 1] = ["numpy==2.5.5"];
 
 /// The virtual environment with numpy, or `None` if PyPI could not be reached.
 fn venv() -> Option<&'static Path> {
     static VENV: OnceLock<Option<PathBuf>> = OnceLock::new();
     VENV.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("process-venv");
-        let marker = dir.join("subinterp-requirements.txt");
-        let wanted = REQUIREMENTS.join("\n");
-        if std::fs::read_to_string(&marker).ok().as_deref() == Some(wanted.as_str()) {
-            return Some(dir);
-        }
-        let _ = std::fs::remove_dir_all(&dir);
-        let python = env!("SUBINTERP_BUILD_PYTHON");
-        let made = Command::new(python)
-            .args(["-m", "venv"])
-            .arg(&dir)
-            .status()
-            .expect("run python -m venv");
-        assert!(made.success(), "python -m venv failed");
-        let out = Command::new(dir.join("bin/python"))
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--no-input",
-                "--only-binary=:all:",
-            ])
-            .args(REQUIREMENTS)
-            .output()
-            .expect("run pip");
-        if !out.status.success() {
-            eprintln!(
-                "SKIPPED: cannot install {REQUIREMENTS:?} from PyPI (unreachable?):\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            return None;
-        }
-        std::fs::write(&marker, wanted).unwrap();
-        Some(dir)
+        wheel_venv::make("process-venv", &REQUIREMENTS)
+            .map_err(|err| eprintln!("SKIPPED: cannot install {REQUIREMENTS:?}: {err}"))
+            .ok()
     })
     .as_deref()
 }
