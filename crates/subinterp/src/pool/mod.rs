@@ -406,24 +406,10 @@ impl Pool {
     /// [`start_on_demand`](PoolConfig::start_on_demand)) and runs the initializer in each;
     /// fails if any worker started here cannot be created or its initializer raises.
     pub fn new(runtime: &Runtime, config: &PoolConfig) -> Result<Pool> {
-        Self::new_until(runtime, config, || false)
-    }
-
-    /// [`new`](Self::new) that gives up once `stop` says so (it is asked every 50 ms
-    /// while the set-up runs): the set-up is interrupted, as by
-    /// [`shutdown_now`](Self::shutdown_now), and the result is [`Error::Cancelled`].
-    pub(crate) fn new_until(
-        runtime: &Runtime,
-        config: &PoolConfig,
-        stop: impl Fn() -> bool,
-    ) -> Result<Pool> {
         let mut starting = Self::start(runtime, config)?;
         loop {
-            if let Some(made) = starting.wait(Duration::from_millis(50)) {
+            if let Some(made) = starting.wait(Duration::from_secs(3600)) {
                 return made;
-            }
-            if stop() {
-                return Err(Error::Cancelled);
             }
         }
     }
