@@ -108,7 +108,10 @@ pub fn main(args: MapArgs) -> u8 {
     let waker = Waker::from(Arc::new(TaskWaker(wake_tx)));
     let stream = Stream {
         pool: &pool,
-        options: TaskOptions { timeout },
+        options: TaskOptions {
+            timeout,
+            ..TaskOptions::default()
+        },
         in_flight,
         lines: &lines,
         wakes: &wake_rx,

@@ -50,6 +50,7 @@ pub struct InterpreterConfig {
     paths: Vec<PathBuf>,
     shutdown_grace: Duration,
     host_data: Option<HostData>,
+    memory_limit: Option<u64>,
 }
 
 /// A value of the host's choosing attached to an interpreter (compared by identity).
@@ -95,6 +96,7 @@ impl InterpreterConfig {
             paths: Vec::new(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             host_data: None,
+            memory_limit: None,
         }
     }
 
@@ -117,6 +119,7 @@ impl InterpreterConfig {
             paths: Vec::new(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             host_data: None,
+            memory_limit: None,
         }
     }
 
@@ -208,6 +211,24 @@ impl InterpreterConfig {
         self.shutdown_grace
     }
 
+    /// At most `bytes` allocated at once by the interpreter's threads through CPython's
+    /// object and `PyMem` allocators. An allocation past it fails in this interpreter
+    /// only: its code gets a `MemoryError` it can catch, and the host and the other
+    /// interpreters go on. What is counted and what is not: see the README's "Limits".
+    /// Needs memory accounting ([`RuntimeConfig::memory_accounting`](crate::RuntimeConfig::memory_accounting),
+    /// on by default in an embedded Python; not available in a borrowed one): building the
+    /// interpreter fails with [`Error::InvalidConfig`] without it. 0 is refused by
+    /// [`validate`](Self::validate). Sizes written by people: [`parse_size`](crate::parse_size).
+    pub fn memory_limit(&mut self, bytes: u64) -> &mut Self {
+        self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// The memory limit, if any ([`memory_limit`](Self::memory_limit)).
+    pub fn memory_limit_bytes(&self) -> Option<u64> {
+        self.memory_limit
+    }
+
     /// The GIL setting.
     pub fn gil(&self) -> Gil {
         self.gil
@@ -259,6 +280,11 @@ impl InterpreterConfig {
                  (CPython aborts it with \"_PyInterpreterState_DeleteExceptMain: not main \
                  interpreter\"); use subprocess, which works without it"
                     .into(),
+            ));
+        }
+        if self.memory_limit == Some(0) {
+            return Err(Error::InvalidConfig(
+                "memory_limit(0): a memory limit must be at least one byte".into(),
             ));
         }
         if self.allow_daemon_threads && !self.allow_threads {

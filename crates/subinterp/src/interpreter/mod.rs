@@ -13,11 +13,13 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use serde::de::DeserializeOwned;
 
 pub mod config;
+pub(crate) mod limits;
 
 use crate::call::{call_target, Args, Target};
 use crate::error::{Error, Result};
 use crate::hazards;
 use crate::interpreter::config::InterpreterConfig;
+use crate::interpreter::limits::Meter;
 use crate::raw::lifecycle::{clear_pending_async, InterruptTarget, SubInterpreter};
 use crate::raw::Python;
 use crate::runtime::{Runtime, RuntimeInner};
@@ -165,6 +167,7 @@ pub struct Interpreter {
     capture: bool,
     grace: Duration,
     interrupts: Arc<Interrupts>,
+    meter: Arc<Meter>,
 }
 
 /// Shared between an interpreter's thread and its [`InterruptHandle`]s.
@@ -428,8 +431,13 @@ impl Interpreter {
         let grace = config.shutdown_grace_period();
         let paths: Vec<PathBuf> = config.paths().to_vec();
         let host_data = config.host_data_value();
+        let memory_limit = config.memory_limit_bytes();
+        if memory_limit.is_some() && !crate::raw::alloc::installed() {
+            return Err(Error::InvalidConfig(limits::unavailable().into()));
+        }
         let (tx, rx) = unbounded::<Msg>();
-        let (ready_tx, ready_rx) = bounded::<Result<(i64, Arc<Interrupts>)>>(1);
+        type Ready = (i64, Arc<Interrupts>, Arc<Meter>);
+        let (ready_tx, ready_rx) = bounded::<Result<Ready>>(1);
         let (ending_tx, ending) = bounded::<()>(1);
         let thread = std::thread::Builder::new()
             .name("subinterp".into())
@@ -440,6 +448,14 @@ impl Interpreter {
                     Ok(sub) => sub,
                     Err(msg) => {
                         let _ = ready_tx.send(Err(Error::CreateFailed(msg)));
+                        return;
+                    }
+                };
+                let meter = match Meter::start(&sub, memory_limit) {
+                    Ok(meter) => Arc::new(meter),
+                    Err(err) => {
+                        sub.end();
+                        let _ = ready_tx.send(Err(err));
                         return;
                     }
                 };
@@ -462,6 +478,7 @@ impl Interpreter {
                     Ok(waits) => waits,
                     Err(err) => {
                         sub.end();
+                        meter.finish();
                         let _ = ready_tx.send(Err(err));
                         return;
                     }
@@ -473,7 +490,7 @@ impl Interpreter {
                     elapsed_us = started.elapsed().as_micros() as u64,
                     "interpreter created"
                 );
-                let _ = ready_tx.send(Ok((id, Arc::clone(&interrupts))));
+                let _ = ready_tx.send(Ok((id, Arc::clone(&interrupts), Arc::clone(&meter))));
                 let reply = serve(&sub, &rx, &interrupts);
                 let _ = ending_tx.try_send(());
                 // Threads of the interpreter blocked in a channel wait are cancelled, so that
@@ -505,12 +522,13 @@ impl Interpreter {
                     );
                     sub.abandon();
                 }
+                meter.finish();
                 drop(rt);
                 drop(ending_tx);
             })
             .map_err(|e| Error::CreateFailed(format!("cannot start a thread: {e}")))?;
         let thread_id = thread.thread().id();
-        let (id, interrupts) = match ready_rx.recv() {
+        let (id, interrupts, meter) = match ready_rx.recv() {
             Ok(Ok(ready)) => ready,
             Ok(Err(err)) => {
                 let _ = thread.join();
@@ -533,7 +551,47 @@ impl Interpreter {
             capture,
             grace,
             interrupts,
+            meter,
         })
+    }
+
+    /// Bytes allocated through CPython's object and `PyMem` allocators by this
+    /// interpreter's threads (its own, and those its code started) and not yet freed;
+    /// None without memory accounting
+    /// ([`RuntimeConfig::memory_accounting`](crate::RuntimeConfig::memory_accounting)).
+    /// After the interpreter ended: what was left when it ended. See the README's
+    /// "Limits" for what is and is not counted.
+    pub fn memory_in_use(&self) -> Option<u64> {
+        self.meter.memory_in_use()
+    }
+
+    /// The most [`memory_in_use`](Self::memory_in_use) has been since the interpreter
+    /// was created (its start-up included).
+    pub fn memory_peak(&self) -> Option<u64> {
+        self.meter.memory_peak()
+    }
+
+    /// How many allocations were refused because they would have gone past the
+    /// interpreter's [`memory_limit`](crate::InterpreterConfig::memory_limit) (each was a
+    /// `MemoryError`, or a failure CPython handled itself).
+    pub fn memory_refusals(&self) -> u64 {
+        self.meter.memory_refusals()
+    }
+
+    /// The interpreter's memory limit, if it has one.
+    pub fn memory_limit(&self) -> Option<u64> {
+        self.meter.memory_limit()
+    }
+
+    /// CPU time used by the interpreter's own thread (the thread every call runs on;
+    /// not the threads its Python code started). Keeps its last value once the
+    /// interpreter ended.
+    pub fn cpu_time(&self) -> Duration {
+        self.meter.cpu_time()
+    }
+
+    pub(crate) fn meter(&self) -> Arc<Meter> {
+        Arc::clone(&self.meter)
     }
 
     /// A handle that interrupts whatever this interpreter is running, from any thread.

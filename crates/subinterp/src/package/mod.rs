@@ -885,6 +885,7 @@ fn pool_submit<'py>(
     let call = call_args(py, required(&a[2]), required(&a[3]))?;
     let options = TaskOptions {
         timeout: seconds(py, a[4].as_ref(), "timeout")?,
+        ..TaskOptions::default()
     };
     let id = {
         let pool = handle.pool.lock().unwrap_or_else(|e| e.into_inner());
