@@ -80,6 +80,11 @@ pub fn main(args: MapArgs) -> u8 {
     if let Some(setup) = args.setup_timeout {
         config.setup_timeout(setup);
     }
+    if let Some(limit) = args.memory_limit {
+        let mut interpreter = subinterp::InterpreterConfig::isolated();
+        interpreter.memory_limit(limit);
+        config.interpreter(interpreter);
+    }
     worker::configure(&mut config, &args.init, &module, &path);
     let started = Instant::now();
     let pool = match Pool::new(&runtime, &config) {
