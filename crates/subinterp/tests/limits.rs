@@ -5,19 +5,27 @@
 //! RSS can be compared with the limit: it must stay within the limit plus a slack of
 //! 100 MB (the runtime, the other interpreter, the allocator's arenas).
 
-mod common;
-
 use std::sync::Mutex;
 use std::time::Duration;
 
 use subinterp::{
-    parse_size, Error, Interpreter, InterpreterConfig, Pool, PoolConfig, TaskOptions, Value,
+    parse_size, Error, Interpreter, InterpreterConfig, Pool, PoolConfig, Runtime, RuntimeConfig,
+    TaskOptions, Value,
 };
 
 const MB: u64 = 1 << 20;
 /// How far the process's peak RSS may grow past the limit of the interpreter that
 /// allocates.
 const RSS_SLACK: u64 = 100 * MB;
+
+/// The runtime of these tests: with memory accounting (off by default).
+fn runtime() -> Runtime {
+    Runtime::get_or_init(RuntimeConfig::new().memory_accounting(true)).expect("start Python")
+}
+
+fn isolated() -> Interpreter {
+    Interpreter::new(&runtime(), &InterpreterConfig::isolated()).expect("create interpreter")
+}
 
 static HEAVY: Mutex<()> = Mutex::new(());
 
@@ -43,7 +51,7 @@ fn peak_rss() -> u64 {
 fn limited(bytes: u64) -> Interpreter {
     let mut config = InterpreterConfig::isolated();
     config.memory_limit(bytes);
-    Interpreter::new(&common::runtime(), &config).expect("create interpreter")
+    Interpreter::new(&runtime(), &config).expect("create interpreter")
 }
 
 const GROW_INTS: &str = r#"
@@ -63,7 +71,7 @@ fn an_interpreter_past_its_limit_gets_memory_error_while_another_goes_on() {
     let _heavy = heavy();
     let rss_before = peak_rss();
     let greedy = limited(100 * MB);
-    let other = common::isolated();
+    let other = isolated();
     greedy.exec(GROW_INTS).unwrap();
     other
         .exec("def work():\n    return sum(len(str(i)) for i in range(3_000_000))")
@@ -123,7 +131,7 @@ fn one_large_bytearray_past_the_limit_is_a_memory_error() {
 #[test]
 fn a_large_allocation_shows_in_the_peak_and_leaves_in_use_when_freed() {
     let _heavy = heavy();
-    let interp = common::isolated();
+    let interp = isolated();
     let before = interp
         .memory_in_use()
         .expect("memory accounting is on by default");
@@ -146,7 +154,7 @@ fn a_large_allocation_shows_in_the_peak_and_leaves_in_use_when_freed() {
 #[test]
 fn threads_started_by_python_code_are_charged_to_their_interpreter() {
     let _heavy = heavy();
-    let interp = common::isolated();
+    let interp = isolated();
     let before = interp.memory_in_use().unwrap();
     interp
         .exec(
@@ -184,13 +192,13 @@ fn a_limit_applies_to_threads_started_by_python_code() {
 fn a_limit_of_zero_is_refused() {
     let mut config = InterpreterConfig::isolated();
     config.memory_limit(0);
-    let err = Interpreter::new(&common::runtime(), &config).unwrap_err();
+    let err = Interpreter::new(&runtime(), &config).unwrap_err();
     assert!(matches!(err, Error::InvalidConfig(_)), "{err:?}");
 }
 
 #[test]
 fn cpu_time_counts_a_one_second_loop() {
-    let interp = common::isolated();
+    let interp = isolated();
     let before = interp.cpu_time();
     // Spins until the thread itself has used 1 s of CPU (whatever the machine's load).
     interp
@@ -218,7 +226,7 @@ fn a_pool_task_past_the_memory_limit_fails_and_its_worker_is_replaced() {
     interp_config.memory_limit(100 * MB);
     let mut config = PoolConfig::new();
     config.workers(1).interpreter(interp_config);
-    let pool = Pool::new(&common::runtime(), &config).unwrap();
+    let pool = Pool::new(&runtime(), &config).unwrap();
     let first = pool.submit("subinterp:id", ()).unwrap().wait().unwrap();
     match pool
         .submit("builtins:bytearray", (200 * MB as i64,))
@@ -248,7 +256,7 @@ fn a_cpu_budget_stops_a_loop() {
         .workers(1)
         .init("def spin():\n    while True:\n        pass\n")
         .init("def nap():\n    import time\n    time.sleep(1.0)\n    return 'rested'\n");
-    let pool = Pool::new(&common::runtime(), &config).unwrap();
+    let pool = Pool::new(&runtime(), &config).unwrap();
     let budget = TaskOptions {
         cpu_budget: Some(Duration::from_millis(300)),
         ..TaskOptions::default()

@@ -215,9 +215,10 @@ impl InterpreterConfig {
     /// object and `PyMem` allocators. An allocation past it fails in this interpreter
     /// only: its code gets a `MemoryError` it can catch, and the host and the other
     /// interpreters go on. What is counted and what is not: see the README's "Limits".
-    /// Needs memory accounting ([`RuntimeConfig::memory_accounting`](crate::RuntimeConfig::memory_accounting),
-    /// on by default in an embedded Python; not available in a borrowed one): building the
-    /// interpreter fails with [`Error::InvalidConfig`] without it. 0 is refused by
+    /// Needs memory accounting, turned on when the runtime starts
+    /// ([`RuntimeConfig::memory_accounting`](crate::RuntimeConfig::memory_accounting); not
+    /// available in a borrowed Python): building the interpreter fails with
+    /// [`Error::InvalidConfig`] without it. 0 is refused by
     /// [`validate`](Self::validate). Sizes written by people: [`parse_size`](crate::parse_size).
     pub fn memory_limit(&mut self, bytes: u64) -> &mut Self {
         self.memory_limit = Some(bytes);

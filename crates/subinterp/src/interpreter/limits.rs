@@ -51,6 +51,9 @@ impl Meter {
                 unavailable().into()
             }));
         }
+        if let Some(account) = &account {
+            account.enter_thread();
+        }
         Ok(Meter {
             state: Mutex::new(State {
                 account,
@@ -62,9 +65,17 @@ impl Meter {
         })
     }
 
+    /// Before the interpreter's thread attaches another interpreter's thread state
+    /// (ending the interpreter does): what it allocates is no longer charged to this
+    /// interpreter without a look at the thread state.
+    pub(crate) fn leave_thread(&self) {
+        Account::leave_thread();
+    }
+
     /// Stops metering, on the interpreter's thread after the interpreter ended (or was
     /// left running): the last figures stay readable.
     pub(crate) fn finish(&self) {
+        Account::leave_thread();
         let mut state = lock(&self.state);
         if let Some(clock) = state.clock.take() {
             state.ended_cpu = clock.read().unwrap_or_default();
@@ -117,9 +128,10 @@ impl Meter {
 
 /// Why a limit cannot be had.
 pub(crate) fn unavailable() -> &'static str {
-    "memory limits need memory accounting, which is off: it is installed when the \
-     embedded Python starts (RuntimeConfig::memory_accounting), and a borrowed Python (the \
-     subinterp Python package) started before it could be"
+    "memory limits need memory accounting, which is off: it is turned on when the \
+     embedded Python starts (RuntimeConfig::memory_accounting(true)); a borrowed Python \
+     (the subinterp Python package) cannot have it, as it allocated memory before the \
+     accounting could be put in place"
 }
 
 /// Reads a number of bytes: digits with an optional binary unit, `K`, `M`, `G` or `T`

@@ -477,6 +477,7 @@ impl Interpreter {
                 let waits = match setup {
                     Ok(waits) => waits,
                     Err(err) => {
+                        meter.leave_thread();
                         sub.end();
                         meter.finish();
                         let _ = ready_tx.send(Err(err));
@@ -504,6 +505,7 @@ impl Interpreter {
                 interrupts.end();
                 // No interrupter may hold a thread state of this interpreter past here.
                 lock(&interrupts.target).take();
+                meter.leave_thread();
                 if ended.running.is_empty() {
                     sub.end();
                     tracing::debug!(interpreter = id, "interpreter closed");

@@ -85,7 +85,11 @@ static REGISTRY: AtomicUsize = AtomicUsize::new(1);
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
-    /// (interpreter address, tag or NONE, registry generation) of the last lookup.
+    /// The tag of the interpreter this thread is the owner of: set by the interpreter's
+    /// own thread, which attaches no other interpreter's thread state while it is set.
+    static OWN: Cell<usize> = const { Cell::new(NONE) };
+    /// (interpreter address, tag or NONE, registry generation) of the last lookup, for
+    /// the other threads (those Python code starts, interrupt deliverers, the host's).
     static CACHE: Cell<(usize, usize, usize)> = const { Cell::new((0, NONE, 0)) };
 }
 
@@ -135,6 +139,15 @@ pub(crate) fn install() {
 /// The account tag of the calling thread's interpreter, or NONE.
 #[inline]
 fn current_tag() -> usize {
+    let own = OWN.try_with(Cell::get).unwrap_or(NONE);
+    if own != NONE {
+        return own;
+    }
+    tag_from_thread_state()
+}
+
+#[inline(never)]
+fn tag_from_thread_state() -> usize {
     // SAFETY: a read of CPython's thread-local current thread state; never fails.
     let tstate = unsafe { ffi::compat::PyThreadState_GetUnchecked() };
     if tstate.is_null() {
@@ -182,18 +195,21 @@ fn charge(tag: usize, size: usize) -> bool {
     let Some(slot) = slot_of(tag) else {
         return true;
     };
-    let size = size as isize;
+    // A load and a store, not a locked read-modify-write: every charge to an account
+    // is made with its interpreter's GIL held, so charges never race each other (a
+    // credit from another interpreter's thread, which CPython's isolation rules out
+    // for an own allocator, could at worst be lost: the figure drifts, nothing breaks).
     let now = slot
         .in_use
-        .fetch_add(size, Ordering::Relaxed)
-        .wrapping_add(size);
-    let now = now.max(0) as usize;
+        .load(Ordering::Relaxed)
+        .wrapping_add(size as isize);
     let limit = slot.limit.load(Ordering::Relaxed);
-    if limit != 0 && now > limit {
-        slot.in_use.fetch_sub(size, Ordering::Relaxed);
+    if limit != 0 && now > limit.min(isize::MAX as usize) as isize {
         slot.refused.fetch_add(1, Ordering::Relaxed);
         return false;
     }
+    slot.in_use.store(now, Ordering::Relaxed);
+    let now = now.max(0) as usize;
     if now > slot.peak.load(Ordering::Relaxed) {
         slot.peak.fetch_max(now, Ordering::Relaxed);
     }
@@ -203,7 +219,9 @@ fn charge(tag: usize, size: usize) -> bool {
 #[inline]
 fn credit(tag: usize, size: usize) {
     if let Some(slot) = slot_of(tag) {
-        slot.in_use.fetch_sub(size as isize, Ordering::Relaxed);
+        let now = slot.in_use.load(Ordering::Relaxed);
+        slot.in_use
+            .store(now.wrapping_sub(size as isize), Ordering::Relaxed);
     }
 }
 
@@ -370,6 +388,19 @@ impl Account {
             }
         }
         None
+    }
+
+    /// Charges what the calling thread allocates to this account without looking up its
+    /// thread state, until [`leave_thread`](Self::leave_thread): for the interpreter's
+    /// own thread, which must attach no other interpreter's thread state meanwhile.
+    pub(crate) fn enter_thread(&self) {
+        let tag = (self.index + 1) | (self.generation << SLOT_BITS);
+        let _ = OWN.try_with(|own| own.set(tag));
+    }
+
+    /// Ends [`enter_thread`](Self::enter_thread) on the calling thread.
+    pub(crate) fn leave_thread() {
+        let _ = OWN.try_with(|own| own.set(NONE));
     }
 
     fn slot(&self) -> Option<&'static Slot> {
