@@ -162,12 +162,8 @@ pub(crate) fn check_paths(paths: &[PathBuf]) -> Result<(), UsageError> {
 /// `sys.path`. A `VIRTUAL_ENV` that is not a virtual environment for this Python is
 /// ignored with a warning on stderr (the runtime's, shown by [`init_logging`]), as
 /// `check` does.
-/// Starts Python with `paths` first on every interpreter's `sys.path`, and memory
-/// accounting when a memory limit is asked for (it costs allocation-heavy code 20-25%,
-/// see the README's "Limits", so it is off otherwise).
-pub(crate) fn start_runtime(paths: &[PathBuf], memory_limit: bool) -> subinterp::Result<Runtime> {
+pub(crate) fn start_runtime(paths: &[PathBuf]) -> subinterp::Result<Runtime> {
     let mut config = RuntimeConfig::new();
-    config.memory_accounting(memory_limit);
     for dir in paths {
         config.add_path(dir);
     }

@@ -416,7 +416,7 @@ pub fn main(args: RunArgs, matches: &ArgMatches) -> u8 {
         return EXIT_FAILED;
     }
     // Kept alive until the report is out: dropping it finalises Python.
-    let runtime = crate::start_runtime(&args.paths, args.memory_limit.is_some());
+    let runtime = crate::start_runtime(&args.paths);
     let started = Instant::now();
     let outcomes = match &runtime {
         Ok(runtime) => run_all(runtime, &config, &jobs, !args.json && many, &interrupts),

@@ -18,7 +18,7 @@ const MB: u64 = 1 << 20;
 /// allocates.
 const RSS_SLACK: u64 = 100 * MB;
 
-/// The runtime of these tests: with memory accounting (off by default).
+/// The runtime of these tests, with memory accounting (the default, said explicitly).
 fn runtime() -> Runtime {
     Runtime::get_or_init(RuntimeConfig::new().memory_accounting(true)).expect("start Python")
 }

@@ -66,7 +66,7 @@ pub fn main(args: MapArgs) -> u8 {
     if let Ok(cwd) = std::env::current_dir() {
         paths.push(cwd);
     }
-    let runtime = match crate::start_runtime(&paths, args.memory_limit.is_some()) {
+    let runtime = match crate::start_runtime(&paths) {
         Ok(rt) => rt,
         Err(err) => return setup_error(format!("cannot start Python: {err}")),
     };

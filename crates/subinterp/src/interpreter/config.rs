@@ -211,8 +211,9 @@ impl InterpreterConfig {
         self.shutdown_grace
     }
 
-    /// At most `bytes` allocated at once by the interpreter's threads through CPython's
-    /// object and `PyMem` allocators. An allocation past it fails in this interpreter
+    /// At most `bytes` held at once by CPython for the interpreter's threads: the
+    /// allocator arenas of its small objects and its larger blocks
+    /// ([`Interpreter::memory_in_use`](crate::Interpreter::memory_in_use)). An allocation past it fails in this interpreter
     /// only: its code gets a `MemoryError` it can catch, and the host and the other
     /// interpreters go on. What is counted and what is not: see the README's "Limits".
     /// Needs memory accounting, turned on when the runtime starts

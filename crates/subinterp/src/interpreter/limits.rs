@@ -93,8 +93,8 @@ impl Meter {
         }
     }
 
-    /// Bytes allocated through CPython's object and `PyMem` allocators by the
-    /// interpreter's threads and not freed; None without accounting.
+    /// Bytes CPython holds for the interpreter's threads (arenas of small objects,
+    /// larger blocks); None without accounting.
     pub(crate) fn memory_in_use(&self) -> Option<u64> {
         self.memory().map(|u| u.in_use as u64)
     }
@@ -129,9 +129,9 @@ impl Meter {
 /// Why a limit cannot be had.
 pub(crate) fn unavailable() -> &'static str {
     "memory limits need memory accounting, which is off: it is turned on when the \
-     embedded Python starts (RuntimeConfig::memory_accounting(true)); a borrowed Python \
-     (the subinterp Python package) cannot have it, as it allocated memory before the \
-     accounting could be put in place"
+     embedded Python starts (RuntimeConfig::memory_accounting(true), the default, with a \
+     release build of CPython); a borrowed Python (the subinterp Python package) cannot \
+     have it, as it allocated memory before the accounting could be put in place"
 }
 
 /// Reads a number of bytes: digits with an optional binary unit, `K`, `M`, `G` or `T`

@@ -557,8 +557,8 @@ impl Interpreter {
         })
     }
 
-    /// Bytes allocated through CPython's object and `PyMem` allocators by this
-    /// interpreter's threads (its own, and those its code started) and not yet freed;
+    /// Bytes CPython holds for this interpreter's threads (its own, and those its code
+    /// started): the allocator arenas holding its small objects, and its larger blocks;
     /// None without memory accounting
     /// ([`RuntimeConfig::memory_accounting`](crate::RuntimeConfig::memory_accounting)).
     /// After the interpreter ended: what was left when it ended. See the README's

@@ -1,32 +1,40 @@
-//! Memory accounting per interpreter: hooks around CPython's `PYMEM_DOMAIN_MEM` and
-//! `PYMEM_DOMAIN_OBJ` allocators that charge each block to the interpreter whose thread
-//! allocates it, and refuse an allocation past that interpreter's limit.
+//! Memory accounting per interpreter: hooks around CPython's allocators that charge
+//! memory to the interpreter whose thread asks for it, and refuse it past that
+//! interpreter's limit.
 //!
-//! How it works:
-//! - [`install`] wraps the allocators in place (`PyMem_GetAllocator` /
-//!   `PyMem_SetAllocator`): after `Py_PreInitialize`, before `Py_InitializeFromConfig`, so
-//!   every block of those domains freed later was allocated through the hooks. (Installed
-//!   later, a block allocated before could not be told from one allocated after; so the
-//!   hooks are not available to a Python that is already running.)
-//! - Every block carries a 16-byte header (16 keeps CPython's alignment) holding its size
-//!   and the account it was charged to. A free credits that account, whichever thread or
-//!   interpreter frees it; a realloc moves the charge to the current one.
-//! - The calling interpreter is found from the current thread state
-//!   (`PyThreadState_GetUnchecked`, a thread-local read, and its `interp`), so the
-//!   threads Python code starts with `threading` are charged to their interpreter too.
-//!   A per-thread cache maps it to an account slot; the cache is checked against a
-//!   registry generation bumped at each registration and release.
-//! - Accounts are slots of a static table, never freed: a stale header or cache can at
-//!   worst name a slot whose generation no longer matches, which is then ignored.
+//! What is hooked, and why not the `MEM` and `OBJ` domains themselves: knowing a block's
+//! size when it is freed takes a header in front of every block, and 16 bytes more on
+//! every small object cost allocation-heavy code 20-30% of its time (measured with
+//! `benches/limits.rs`). CPython's own allocator (pymalloc) serves both domains, and gets
+//! its memory from two places that say the size at free:
+//! - **arenas** of 1 MiB (256 KiB without the radix tree) for blocks up to 512 bytes,
+//!   through the arena allocator (`PyObject_SetArenaAllocator`), whose `free` is given
+//!   the size; an isolated interpreter has arenas of its own, allocated and freed on its
+//!   threads;
+//! - the **raw domain** (`PyMem_RawMalloc`, plain `malloc`) for larger blocks, whose size
+//!   at free is `malloc_usable_size`.
 //!
-//! The hooks are called by CPython with the GIL of some interpreter held (or during
-//! start-up and finalisation); they take no lock, never panic and never call back into
-//! Python.
+//! So small objects are counted by the arenas holding them (memory pymalloc holds, as
+//! RSS sees it, not the bytes of live objects), and large blocks and everything else of
+//! the raw domain block by block. Both hooks are called far less often than the object
+//! allocator. The hooks are installed after `Py_PreInitialize`, before
+//! `Py_InitializeFromConfig` ([`install`]), and only when the raw domain is plain
+//! `malloc` (not a debug build's hooks).
 //!
-//! Not counted: the raw domain (`PyMem_RawMalloc`: a few internal structures, thread
-//! states, and what extensions allocate with it), memory extensions get from `malloc`
-//! themselves (numpy's arrays, for one), and the allocator's own overhead (arena slack,
-//! the headers).
+//! The calling interpreter: the interpreter's own thread says so in a thread-local
+//! ([`Account::enter_thread`]); any other thread is looked up from its current thread
+//! state (`PyThreadState_GetUnchecked`, a thread-local read, and its `interp`), so the
+//! threads Python code starts with `threading` are charged to their interpreter too. A
+//! per-thread cache maps the interpreter to an account slot, rechecked against a
+//! registry generation bumped at each registration and release. Accounts are slots of a
+//! static table, never freed.
+//!
+//! A block is credited at free to the interpreter freeing it. The rare block freed by
+//! another interpreter than the one it was charged to (possible for interpreters that
+//! share the main allocator, `use_main_obmalloc`), or by a thread with no thread state,
+//! leaves its charge where it was; figures read below zero are read as zero.
+//!
+//! The hooks take no lock, never panic and never call back into Python.
 
 use std::cell::Cell;
 use std::ffi::c_void;
@@ -35,10 +43,6 @@ use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicUsize, Orderin
 use pyo3_ffi as ffi;
 
 use super::lifecycle::SubInterpreter;
-
-/// Bytes in front of every block: its size, and the account tag. 16 keeps the 16-byte
-/// alignment CPython's allocators give.
-const HEADER: usize = 16;
 
 /// Account slots: at most this many interpreters are accounted at once.
 const SLOTS: usize = 4096;
@@ -93,47 +97,84 @@ thread_local! {
     static CACHE: Cell<(usize, usize, usize)> = const { Cell::new((0, NONE, 0)) };
 }
 
-/// The allocator a hook wraps: the hooks' `ctx`, leaked, never freed.
-struct Inner(ffi::PyMemAllocatorEx);
+/// The raw allocator the hooks wrap: their `ctx`, leaked, never freed.
+struct RawInner(ffi::PyMemAllocatorEx);
+/// The arena allocator the hooks wrap: their `ctx`, leaked, never freed.
+struct ArenaInner(ffi::PyObjectArenaAllocator);
 
 /// Whether the hooks are installed in this process.
 pub(crate) fn installed() -> bool {
     INSTALLED.load(Ordering::Acquire)
 }
 
-/// Wraps the `MEM` and `OBJ` domain allocators with the accounting hooks. Must be called
+/// Wraps the raw-domain and arena allocators with the accounting hooks. Must be called
 /// after `Py_PreInitialize` and before `Py_InitializeFromConfig`, once per process (a
-/// second call does nothing).
-pub(crate) fn install() {
-    if INSTALLED.swap(true, Ordering::AcqRel) {
-        return;
+/// second call does nothing). Returns false, installing nothing, when the raw domain is
+/// not plain `malloc` (a debug build's hooks, another allocator), whose blocks'
+/// sizes `malloc_usable_size` cannot tell.
+pub(crate) fn install() -> bool {
+    if INSTALLED.load(Ordering::Acquire) {
+        return true;
     }
-    for domain in [
-        ffi::PyMemAllocatorDomain::PYMEM_DOMAIN_MEM,
-        ffi::PyMemAllocatorDomain::PYMEM_DOMAIN_OBJ,
-    ] {
-        let mut old = ffi::PyMemAllocatorEx {
-            ctx: std::ptr::null_mut(),
-            malloc: None,
-            calloc: None,
-            realloc: None,
-            free: None,
-        };
-        // SAFETY: CPython is pre-initialised and not yet initialised (the caller's
-        // contract): no other thread allocates, and no block of these domains exists
-        // that will be freed later. `old` is a valid out-parameter.
-        unsafe { ffi::PyMem_GetAllocator(domain, &mut old) };
-        let ctx: *mut Inner = Box::into_raw(Box::new(Inner(old)));
-        let mut hooks = ffi::PyMemAllocatorEx {
-            ctx: ctx.cast(),
-            malloc: Some(hook_malloc),
-            calloc: Some(hook_calloc),
-            realloc: Some(hook_realloc),
-            free: Some(hook_free),
-        };
-        // SAFETY: as above; CPython copies the struct; `ctx` is leaked and lives forever.
-        unsafe { ffi::PyMem_SetAllocator(domain, &mut hooks) };
+    let mut raw = ffi::PyMemAllocatorEx {
+        ctx: std::ptr::null_mut(),
+        malloc: None,
+        calloc: None,
+        realloc: None,
+        free: None,
+    };
+    // SAFETY: CPython is pre-initialised and not yet initialised (the caller's
+    // contract): no other thread allocates. `raw` is a valid out-parameter.
+    unsafe { ffi::PyMem_GetAllocator(ffi::PyMemAllocatorDomain::PYMEM_DOMAIN_RAW, &mut raw) };
+    // CPython's default raw allocator (`malloc`) has no context; its debug hooks, which
+    // put a header before each block, have one.
+    let (Some(malloc), Some(free)) = (raw.malloc, raw.free) else {
+        return false;
+    };
+    if !raw.ctx.is_null() {
+        return false;
     }
+    let probe = malloc(raw.ctx, 1000);
+    if probe.is_null() {
+        return false;
+    }
+    // SAFETY: `probe` is a live block of the raw allocator, which is `malloc` when the
+    // sizes read back fit; it is freed just after.
+    let usable = unsafe { libc::malloc_usable_size(probe) };
+    free(raw.ctx, probe);
+    if !(1000..1100).contains(&usable) {
+        return false;
+    }
+    let mut arena = ffi::PyObjectArenaAllocator {
+        ctx: std::ptr::null_mut(),
+        alloc: None,
+        free: None,
+    };
+    // SAFETY: as above; a valid out-parameter.
+    unsafe { ffi::PyObject_GetArenaAllocator(&mut arena) };
+    let raw_ctx: *mut RawInner = Box::into_raw(Box::new(RawInner(raw)));
+    let arena_ctx: *mut ArenaInner = Box::into_raw(Box::new(ArenaInner(arena)));
+    let mut raw_hooks = ffi::PyMemAllocatorEx {
+        ctx: raw_ctx.cast(),
+        malloc: Some(raw_malloc),
+        calloc: Some(raw_calloc),
+        realloc: Some(raw_realloc),
+        free: Some(raw_free),
+    };
+    let mut arena_hooks = ffi::PyObjectArenaAllocator {
+        ctx: arena_ctx.cast(),
+        alloc: Some(arena_alloc),
+        free: Some(arena_free),
+    };
+    // SAFETY: as above; CPython copies the structs; the contexts are leaked and live
+    // forever. Raw blocks allocated before (by pre-initialisation) are plain `malloc`
+    // blocks, which the hooks free like any other; no arena exists yet.
+    unsafe {
+        ffi::PyMem_SetAllocator(ffi::PyMemAllocatorDomain::PYMEM_DOMAIN_RAW, &mut raw_hooks);
+        ffi::PyObject_SetArenaAllocator(&mut arena_hooks);
+    }
+    INSTALLED.store(true, Ordering::Release);
+    true
 }
 
 /// The account tag of the calling thread's interpreter, or NONE.
@@ -189,26 +230,22 @@ fn slot_of(tag: usize) -> Option<&'static Slot> {
     (slot.generation.load(Ordering::Relaxed) == tag >> SLOT_BITS).then_some(slot)
 }
 
-/// Charges `size` bytes to `tag`'s account; false (and nothing charged) past its limit.
-#[inline]
-fn charge(tag: usize, size: usize) -> bool {
+/// Adds `delta` bytes to `tag`'s account. A growth past the limit is refused when
+/// `enforce`: false, and nothing charged.
+fn charge(tag: usize, delta: isize, enforce: bool) -> bool {
     let Some(slot) = slot_of(tag) else {
         return true;
     };
-    // A load and a store, not a locked read-modify-write: every charge to an account
-    // is made with its interpreter's GIL held, so charges never race each other (a
-    // credit from another interpreter's thread, which CPython's isolation rules out
-    // for an own allocator, could at worst be lost: the figure drifts, nothing breaks).
     let now = slot
         .in_use
-        .load(Ordering::Relaxed)
-        .wrapping_add(size as isize);
+        .fetch_add(delta, Ordering::Relaxed)
+        .wrapping_add(delta);
     let limit = slot.limit.load(Ordering::Relaxed);
-    if limit != 0 && now > limit.min(isize::MAX as usize) as isize {
+    if enforce && delta > 0 && limit != 0 && now > limit.min(isize::MAX as usize) as isize {
+        slot.in_use.fetch_sub(delta, Ordering::Relaxed);
         slot.refused.fetch_add(1, Ordering::Relaxed);
         return false;
     }
-    slot.in_use.store(now, Ordering::Relaxed);
     let now = now.max(0) as usize;
     if now > slot.peak.load(Ordering::Relaxed) {
         slot.peak.fetch_max(now, Ordering::Relaxed);
@@ -216,131 +253,130 @@ fn charge(tag: usize, size: usize) -> bool {
     true
 }
 
-#[inline]
-fn credit(tag: usize, size: usize) {
-    if let Some(slot) = slot_of(tag) {
-        let now = slot.in_use.load(Ordering::Relaxed);
-        slot.in_use
-            .store(now.wrapping_sub(size as isize), Ordering::Relaxed);
-    }
+fn signed(size: usize) -> isize {
+    size.min(isize::MAX as usize) as isize
 }
 
-/// Writes the header at `base` and returns the block the caller sees.
-///
-/// # Safety
-/// `base` is a live block of at least `HEADER` bytes, 16-byte aligned.
-#[inline]
-unsafe fn finish(base: *mut c_void, size: usize, tag: usize) -> *mut c_void {
-    let words = base.cast::<usize>();
-    // SAFETY: the caller's contract: two words fit at `base`, aligned.
-    unsafe {
-        words.write(size);
-        words.add(1).write(tag);
-        base.cast::<u8>().add(HEADER).cast()
-    }
-}
-
-/// The start of the block behind `ptr`, with its size and tag.
-///
-/// # Safety
-/// `ptr` was returned by one of these hooks and not freed.
-#[inline]
-unsafe fn header(ptr: *mut c_void) -> (*mut c_void, usize, usize) {
-    // SAFETY: the caller's contract: a header precedes `ptr`.
-    unsafe {
-        let base = ptr.cast::<u8>().sub(HEADER);
-        let words = base.cast::<usize>();
-        (base.cast(), words.read(), words.add(1).read())
-    }
-}
-
-/// # Safety
-/// `ctx` is the `Inner` leaked by [`install`].
-#[inline]
-unsafe fn inner<'a>(ctx: *mut c_void) -> &'a ffi::PyMemAllocatorEx {
-    // SAFETY: the caller's contract; the `Inner` is never freed.
-    unsafe { &(*ctx.cast::<Inner>()).0 }
-}
-
-extern "C" fn hook_malloc(ctx: *mut c_void, size: usize) -> *mut c_void {
-    // SAFETY: CPython passes back the ctx given in `install`.
-    let inner = unsafe { inner(ctx) };
-    let (Some(malloc), Some(total)) = (inner.malloc, size.checked_add(HEADER)) else {
-        return std::ptr::null_mut();
-    };
-    let tag = current_tag();
-    if !charge(tag, size) {
-        return std::ptr::null_mut();
-    }
-    let base = malloc(inner.ctx, total);
-    if base.is_null() {
-        credit(tag, size);
-        return base;
-    }
-    // SAFETY: a fresh block of `total` bytes from CPython's allocator (16-byte aligned).
-    unsafe { finish(base, size, tag) }
-}
-
-extern "C" fn hook_calloc(ctx: *mut c_void, nelem: usize, elsize: usize) -> *mut c_void {
-    // SAFETY: CPython passes back the ctx given in `install`.
-    let inner = unsafe { inner(ctx) };
-    let Some(size) = nelem.checked_mul(elsize) else {
-        return std::ptr::null_mut();
-    };
-    let (Some(calloc), Some(total)) = (inner.calloc, size.checked_add(HEADER)) else {
-        return std::ptr::null_mut();
-    };
-    let tag = current_tag();
-    if !charge(tag, size) {
-        return std::ptr::null_mut();
-    }
-    let base = calloc(inner.ctx, 1, total);
-    if base.is_null() {
-        credit(tag, size);
-        return base;
-    }
-    // SAFETY: a fresh zeroed block of `total` bytes (16-byte aligned).
-    unsafe { finish(base, size, tag) }
-}
-
-extern "C" fn hook_realloc(ctx: *mut c_void, ptr: *mut c_void, size: usize) -> *mut c_void {
+/// The size `malloc` gave a live block (0 for NULL).
+fn usable(ptr: *mut c_void) -> usize {
     if ptr.is_null() {
-        return hook_malloc(ctx, size);
+        return 0;
     }
-    // SAFETY: CPython passes back the ctx given in `install`.
-    let inner = unsafe { inner(ctx) };
-    let (Some(realloc), Some(total)) = (inner.realloc, size.checked_add(HEADER)) else {
-        return std::ptr::null_mut();
-    };
-    // SAFETY: a block of this domain, allocated through the hooks (installed before any).
-    let (base, old_size, old_tag) = unsafe { header(ptr) };
-    let tag = current_tag();
-    // The new size is charged before the old one is credited, so growing in place past
-    // the limit fails and leaves the block as it was (realloc's contract).
-    if !charge(tag, size) {
-        return std::ptr::null_mut();
-    }
-    let moved = realloc(inner.ctx, base, total);
-    if moved.is_null() {
-        credit(tag, size);
-        return moved;
-    }
-    credit(old_tag, old_size);
-    // SAFETY: the reallocated block of `total` bytes.
-    unsafe { finish(moved, size, tag) }
+    // SAFETY: `ptr` is a live block of the raw allocator, which is `malloc` (checked by
+    // `install`).
+    unsafe { libc::malloc_usable_size(ptr) }
 }
 
-extern "C" fn hook_free(ctx: *mut c_void, ptr: *mut c_void) {
+/// # Safety
+/// `ctx` is the `RawInner` leaked by [`install`].
+unsafe fn raw_inner<'a>(ctx: *mut c_void) -> &'a ffi::PyMemAllocatorEx {
+    // SAFETY: the caller's contract; the `RawInner` is never freed.
+    unsafe { &(*ctx.cast::<RawInner>()).0 }
+}
+
+/// Allocates through `alloc` once `size` bytes are reserved, then charges what `malloc`
+/// really gave.
+fn reserved(size: usize, alloc: impl FnOnce() -> *mut c_void) -> *mut c_void {
+    let tag = current_tag();
+    if !charge(tag, signed(size), true) {
+        return std::ptr::null_mut();
+    }
+    let ptr = alloc();
+    if ptr.is_null() {
+        charge(tag, -signed(size), false);
+    } else {
+        charge(tag, signed(usable(ptr)) - signed(size), false);
+    }
+    ptr
+}
+
+extern "C" fn raw_malloc(ctx: *mut c_void, size: usize) -> *mut c_void {
+    // SAFETY: CPython passes back the ctx given in `install`.
+    let inner = unsafe { raw_inner(ctx) };
+    match inner.malloc {
+        Some(malloc) => reserved(size, || malloc(inner.ctx, size)),
+        None => std::ptr::null_mut(),
+    }
+}
+
+extern "C" fn raw_calloc(ctx: *mut c_void, nelem: usize, elsize: usize) -> *mut c_void {
+    // SAFETY: CPython passes back the ctx given in `install`.
+    let inner = unsafe { raw_inner(ctx) };
+    match (inner.calloc, nelem.checked_mul(elsize)) {
+        (Some(calloc), Some(size)) => reserved(size, || calloc(inner.ctx, nelem, elsize)),
+        _ => std::ptr::null_mut(),
+    }
+}
+
+extern "C" fn raw_realloc(ctx: *mut c_void, ptr: *mut c_void, size: usize) -> *mut c_void {
+    // SAFETY: CPython passes back the ctx given in `install`.
+    let inner = unsafe { raw_inner(ctx) };
+    let Some(realloc) = inner.realloc else {
+        return std::ptr::null_mut();
+    };
+    let old = signed(usable(ptr));
+    let tag = current_tag();
+    // The growth is reserved first, so that growing past the limit fails and leaves the
+    // block as it was (realloc's contract).
+    let growth = signed(size) - old;
+    if !charge(tag, growth, true) {
+        return std::ptr::null_mut();
+    }
+    let moved = realloc(inner.ctx, ptr, size);
+    if moved.is_null() {
+        charge(tag, -growth, false);
+    } else {
+        charge(tag, signed(usable(moved)) - signed(size), false);
+    }
+    moved
+}
+
+extern "C" fn raw_free(ctx: *mut c_void, ptr: *mut c_void) {
+    // SAFETY: CPython passes back the ctx given in `install`.
+    let inner = unsafe { raw_inner(ctx) };
     if ptr.is_null() {
         return;
     }
-    // SAFETY: CPython passes back the ctx given in `install`.
-    let inner = unsafe { inner(ctx) };
-    // SAFETY: a block of this domain, allocated through the hooks.
-    let (base, size, tag) = unsafe { header(ptr) };
-    credit(tag, size);
+    charge(current_tag(), -signed(usable(ptr)), false);
     if let Some(free) = inner.free {
-        free(inner.ctx, base);
+        free(inner.ctx, ptr);
+    }
+}
+
+/// # Safety
+/// `ctx` is the `ArenaInner` leaked by [`install`].
+unsafe fn arena_inner<'a>(ctx: *mut c_void) -> &'a ffi::PyObjectArenaAllocator {
+    // SAFETY: the caller's contract; the `ArenaInner` is never freed.
+    unsafe { &(*ctx.cast::<ArenaInner>()).0 }
+}
+
+extern "C" fn arena_alloc(ctx: *mut c_void, size: usize) -> *mut c_void {
+    // SAFETY: CPython passes back the ctx given in `install`.
+    let inner = unsafe { arena_inner(ctx) };
+    let Some(alloc) = inner.alloc else {
+        return std::ptr::null_mut();
+    };
+    let tag = current_tag();
+    if !charge(tag, signed(size), true) {
+        // pymalloc then asks the raw domain for the block, which the limit refuses too
+        // unless the block still fits.
+        return std::ptr::null_mut();
+    }
+    let ptr = alloc(inner.ctx, size);
+    if ptr.is_null() {
+        charge(tag, -signed(size), false);
+    }
+    ptr
+}
+
+extern "C" fn arena_free(ctx: *mut c_void, ptr: *mut c_void, size: usize) {
+    // SAFETY: CPython passes back the ctx given in `install`.
+    let inner = unsafe { arena_inner(ctx) };
+    if !ptr.is_null() {
+        charge(current_tag(), -signed(size), false);
+    }
+    if let Some(free) = inner.free {
+        free(inner.ctx, ptr, size);
     }
 }
 

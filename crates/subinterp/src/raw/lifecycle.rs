@@ -80,7 +80,9 @@ pub(crate) fn initialize(
     }
     if opts.memory_accounting {
         // Pre-initialised, not yet initialised: the one moment the hooks can go in.
-        super::alloc::install();
+        // Not installed (false) when the raw domain is not plain malloc: figures are
+        // then absent and limits refused, as with accounting off.
+        let _ = super::alloc::install();
     }
     let mut config = MaybeUninit::<ffi::PyConfig>::uninit();
     // SAFETY: PyConfig_InitIsolatedConfig fully initialises the struct.

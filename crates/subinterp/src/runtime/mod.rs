@@ -61,7 +61,7 @@ impl RuntimeConfig {
             prepare_extensions: None,
             host_modules: Vec::new(),
             borrow: false,
-            memory_accounting: false,
+            memory_accounting: true,
         }
     }
 
@@ -188,9 +188,9 @@ impl RuntimeConfig {
     /// allocators, so that [`Interpreter::memory_in_use`](crate::Interpreter::memory_in_use)
     /// and the rest report it and
     /// [`InterpreterConfig::memory_limit`](crate::InterpreterConfig::memory_limit) can be
-    /// enforced. Off by default: the hooks are installed when CPython starts, put a
-    /// 16-byte header on every block, and cost allocation-heavy Python code about 20-25%
-    /// of its CPU time (the README's "Limits" has the figures). Off, memory figures are
+    /// enforced. On by default. The hooks are installed when CPython starts, around the
+    /// arena allocator and the raw domain (see the README's "Limits": what is counted,
+    /// and the cost, a few percent on allocation-heavy code). Off, memory figures are
     /// `None` and limits are refused with [`Error::InvalidConfig`].
     /// A borrowed Python ([`borrow_running`](Self::borrow_running)) cannot have them: it
     /// allocated before the hooks could be put in place.
