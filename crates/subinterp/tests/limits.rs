@@ -90,7 +90,9 @@ fn an_interpreter_past_its_limit_gets_memory_error_while_another_goes_on() {
     assert_eq!(greedy.eval("sum(range(10))").unwrap(), Value::Int(45));
     assert!(greedy.memory_refusals() >= 1);
     let peak = greedy.memory_peak().unwrap();
-    assert!(peak <= 100 * MB, "peak {peak} past the limit");
+    // The limit is checked against the sizes asked for; the figure counts what malloc
+    // gave, rounded up by a few bytes a block.
+    assert!(peak <= 100 * MB + 64 * 1024, "peak {peak} past the limit");
     // The list grows by steps of an eighth: its last step may be refused well before
     // the limit.
     assert!(

@@ -518,7 +518,11 @@ class Pool(concurrent.futures.Executor):
       in C code is reported the same way and its worker replaced;
     - ``max_tasks_per_worker``: tasks per worker before it is replaced by a fresh one
       (``max_tasks_per_child``, ``ProcessPoolExecutor``'s name, is accepted too);
-    - ``setup_timeout``: a deadline for each worker's set-up (``init``, ``initializer``).
+    - ``setup_timeout``: a deadline for each worker's set-up (``init``, ``initializer``);
+    - ``memory_limit``: bytes (or a size such as ``"256M"``) each worker may hold. Not
+      available in this package: the accounting it needs is installed when an embedded
+      Python starts, and this Python started before; giving it raises ``RuntimeError``
+      saying so (the Rust library and the ``subinterp`` command have it).
 
     The callable of a task is found in the worker by module and name when it is a
     module-level function or class, else pickled with its arguments (bound methods,
@@ -546,6 +550,7 @@ class Pool(concurrent.futures.Executor):
         max_tasks_per_worker: int | None = None,
         setup_timeout: float | None = None,
         max_tasks_per_child: int | None = None,
+        memory_limit: int | str | None = None,
     ):
         if max_tasks_per_child is not None:
             if max_tasks_per_worker is not None:
@@ -581,6 +586,7 @@ class Pool(concurrent.futures.Executor):
                 "timeout": timeout,
                 "max_tasks_per_worker": max_tasks_per_worker,
                 "setup_timeout": setup_timeout,
+                "memory_limit": memory_limit,
             },
         )
         self._max_workers = max_workers
@@ -814,7 +820,8 @@ class Interpreter:
     interpreter (shares the process's GIL; loads modules that refuse isolated ones).
     ``init`` is Python source run in it first, in the ``__main__`` where ``exec`` runs;
     ``timeout`` is the deadline of ``init``
-    and the default deadline of each ``exec``/``call``, in seconds. Waiting releases this
+    and the default deadline of each ``exec``/``call``, in seconds. ``memory_limit`` is
+    refused with ``RuntimeError`` in this package (see ``Pool``). Waiting releases this
     interpreter's GIL, and Ctrl-C interrupts the running code and raises
     ``KeyboardInterrupt`` here.
 
@@ -827,7 +834,12 @@ class Interpreter:
     """
 
     def __init__(
-        self, *, isolated: bool = True, init: str | None = None, timeout: float | None = None
+        self,
+        *,
+        isolated: bool = True,
+        init: str | None = None,
+        timeout: float | None = None,
+        memory_limit: int | str | None = None,
     ):
         _native._runtime_start()
         # The user's init is a source of its own: an error points at its own line.
@@ -840,7 +852,12 @@ class Interpreter:
                 f"exec(compile({init!r}, '<init>', 'exec'), sys.modules['__main__'].__dict__)"
             )
         self._handle = _native._interp_new(
-            {"isolated": isolated, "init": "\n".join(code) + "\n", "timeout": timeout}
+            {
+                "isolated": isolated,
+                "init": "\n".join(code) + "\n",
+                "timeout": timeout,
+                "memory_limit": memory_limit,
+            }
         )
         self._timeout = timeout
         self._closed = False

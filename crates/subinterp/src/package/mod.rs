@@ -317,7 +317,7 @@ fn interp_new<'py>(
     let Value::Dict(config) = required(&a[0]).to_value()? else {
         return Err(py.new_error(ExcKind::Type, "config must be a dict").into());
     };
-    let interp = interpreter_config(&config);
+    let interp = interpreter_config(&config)?;
     let init = match field(&config, "init") {
         Some(Value::Str(code)) => Some(code.clone()),
         _ => None,
@@ -702,15 +702,37 @@ fn field<'a>(config: &'a [(Value, Value)], name: &str) -> Option<&'a Value> {
 /// interpreters refuse `os.exec*()` too: it would replace the whole process, every
 /// interpreter in it, as `os._exit()` would end it (fork and exec in C, as `subprocess`
 /// does, stays allowed).
-fn interpreter_config(config: &[(Value, Value)]) -> InterpreterConfig {
-    match field(config, "isolated") {
+fn interpreter_config(config: &[(Value, Value)]) -> Result<InterpreterConfig, Error> {
+    let mut interp = match field(config, "isolated") {
         Some(Value::Bool(false)) => {
             let mut legacy = InterpreterConfig::legacy();
             legacy.allow_exec(false);
             legacy
         }
         _ => InterpreterConfig::isolated(),
+    };
+    // A number of bytes, or a size such as "256M". The borrowed Python has no memory
+    // accounting: creating the interpreter then fails, saying why.
+    match field(config, "memory_limit") {
+        Some(Value::Int(n)) if *n >= 1 => {
+            interp.memory_limit(*n as u64);
+        }
+        Some(Value::Str(size)) => {
+            let bytes = crate::interpreter::limits::parse_size(size).map_err(|err| match err {
+                Error::InvalidConfig(message) => Error::InvalidArgument(message),
+                other => other,
+            })?;
+            interp.memory_limit(bytes);
+        }
+        Some(other) => {
+            return Err(Error::InvalidArgument(format!(
+                "memory_limit must be a positive number of bytes or a size such as \"256M\", \
+                 not {other:?}"
+            )))
+        }
+        None => {}
     }
+    Ok(interp)
 }
 
 /// A positive number of seconds.
@@ -767,7 +789,7 @@ fn pool_new<'py>(py: Python<'py>, _: &PyObj<'py>, args: &FastArgs<'_, 'py>) -> O
             .ok_or_else(|| bad("max_tasks_per_worker"))?;
         pool_config.max_tasks_per_worker(n as u64);
     }
-    pool_config.interpreter(interpreter_config(&config));
+    pool_config.interpreter(interpreter_config(&config)?);
     // Set up off this thread, so that Ctrl-C (a signal handler raising here) stops it.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stopped = Arc::clone(&stop);
