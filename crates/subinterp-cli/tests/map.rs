@@ -34,9 +34,7 @@ def big(record):
 def grow_on_three(record):
     import subinterp
     if record == 3:
-        data = []
-        while True:
-            data.append(bytearray(1 << 20))
+        data = bytearray(100 << 20)
     return subinterp.id()
 "#;
 
