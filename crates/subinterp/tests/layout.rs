@@ -49,8 +49,8 @@ fn extern_c_functions_are_made_only_by_the_trampolines() {
     // entry point is the fatal-signal handler of raw/fatal.rs, which CPython never calls:
     // it runs in a signal context where only async-signal-safe calls are allowed (so no
     // panic guard), and calls only `write` and `_exit`. The allocator hooks of
-    // raw/alloc.rs are the other: called on every allocation, they do arithmetic and
-    // atomics only, nothing that can panic, and call the wrapped allocator.
+    // raw/alloc.rs are the other: called inside CPython's allocator, they do arithmetic
+    // and atomics only, nothing that can panic, and call the wrapped allocator.
     let found = offenders(concat!("extern ", "\"C\""), |path| {
         path == Path::new("raw/callback.rs")
             || path == Path::new("raw/fatal.rs")
