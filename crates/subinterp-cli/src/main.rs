@@ -138,6 +138,15 @@ pub(crate) fn parse_seconds(text: &str) -> Result<Duration, String> {
     })
 }
 
+/// Parses a `--memory-limit`: a number of bytes with an optional K, M, G or T
+/// ([`subinterp::parse_size`], the library's one rule).
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
+    subinterp::parse_size(text).map_err(|err| match err {
+        subinterp::Error::InvalidConfig(message) => message,
+        other => other.to_string(),
+    })
+}
+
 /// Refuses a `--path` that is not a directory (the same rule as `check`'s): a mistyped
 /// directory would otherwise go unnoticed until an import fails.
 pub(crate) fn check_paths(paths: &[PathBuf]) -> Result<(), UsageError> {

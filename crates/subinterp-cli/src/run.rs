@@ -120,6 +120,12 @@ pub struct RunArgs {
     #[arg(long = "path", value_name = "DIR")]
     paths: Vec<PathBuf>,
 
+    /// Memory limit of each interpreter: what its Python code allocates through CPython
+    /// (256M, 2G; K, M, G, T are powers of 1024). Past it, allocations raise MemoryError
+    /// in that interpreter only
+    #[arg(long, value_name = "SIZE", value_parser = crate::parse_size)]
+    memory_limit: Option<u64>,
+
     /// Capture each interpreter's output and print one JSON report on stdout instead of
     /// passing output through
     #[arg(long)]
@@ -408,6 +414,9 @@ pub fn main(args: RunArgs, matches: &ArgMatches) -> u8 {
     let mut config = args.config.config();
     config.capture_output(args.json);
     config.guards(args.guards.guards());
+    if let Some(limit) = args.memory_limit {
+        config.memory_limit(limit);
+    }
 
     let jobs: Vec<Source> = sources
         .iter()

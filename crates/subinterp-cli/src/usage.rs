@@ -89,6 +89,11 @@ mod tests {
                 Some(ErrorKind::ValueValidation),
             ),
             ("map m:f -w many", Some(ErrorKind::ValueValidation)),
+            (
+                "map m:f --memory-limit 12X",
+                Some(ErrorKind::ValueValidation),
+            ),
+            ("map m:f --memory-limit 0", Some(ErrorKind::ValueValidation)),
             ("map", Some(ErrorKind::MissingRequiredArgument)),
             ("map m:f --bogus", Some(ErrorKind::UnknownArgument)),
             (&format!("map m:f -w 2 --timeout 1 --path {dir}"), None),
@@ -113,6 +118,11 @@ mod tests {
             ("run -c pass -n 0", Some(ErrorKind::ValueValidation)),
             ("run -c pass --config bogus", Some(ErrorKind::InvalidValue)),
             ("run -c pass -n 1024", None),
+            (
+                "run -c pass --memory-limit 1.5",
+                Some(ErrorKind::ValueValidation),
+            ),
+            ("run -c pass --memory-limit 2G", None),
         ] {
             assert_eq!(kind_of(line), kind, "{line}");
         }

@@ -30,6 +30,12 @@ def uses_init(record):
 
 def big(record):
     return record * 10**30
+
+def grow_on_three(record):
+    import subinterp
+    if record == 3:
+        data = bytearray(100 << 20)
+    return subinterp.id()
 "#;
 
 fn setup(name: &str) -> TempDir {
@@ -147,6 +153,42 @@ fn a_record_in_an_infinite_loop_times_out_and_the_others_finish() {
             assert_eq!(result["ok"], n, "the single interpreter kept working");
         }
     }
+}
+
+#[test]
+fn a_record_past_the_memory_limit_fails_its_worker_is_replaced_and_the_others_succeed() {
+    let dir = setup("memory_limit");
+    let input: String = (0..8).map(|n| format!("{n}\n")).collect();
+    let out = subinterp_with_stdin(
+        dir.path(),
+        &[
+            "map",
+            "mapfuncs:grow_on_three",
+            "--path",
+            "lib",
+            "--memory-limit",
+            "64M",
+            "-w",
+            "1",
+        ],
+        &input,
+    );
+    assert_eq!(code(&out), 1, "stderr: {}", stderr(&out));
+    let results = lines(&stdout(&out));
+    assert_eq!(results.len(), 8);
+    assert_eq!(results[3]["error"]["type"], "builtins.MemoryError");
+    let id = |n: usize| {
+        results[n]["ok"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("record {n}: {}", results[n]))
+    };
+    assert!((0..3).all(|n| id(n) == id(0)), "{results:?}");
+    assert!((4..8).all(|n| id(n) == id(4)), "{results:?}");
+    assert_ne!(
+        id(0),
+        id(4),
+        "the worker that hit the limit was not replaced"
+    );
 }
 
 #[test]

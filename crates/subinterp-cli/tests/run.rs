@@ -44,6 +44,21 @@ fn script_output_passes_through() {
 }
 
 #[test]
+fn memory_limit_gives_each_interpreter_its_own_memory_error() {
+    let dir = TempDir::new("memory_limit");
+    let grab = "try:\n    b = bytearray(100 * 2**20)\n    print('allocated')\n\
+                except MemoryError:\n    print('MemoryError')";
+    let out = subinterp(
+        dir.path(),
+        &["run", "--memory-limit", "64M", "-n", "2", "-c", grab],
+    );
+    assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "MemoryError\nMemoryError\n");
+    let out = subinterp(dir.path(), &["run", "--memory-limit", "256M", "-c", grab]);
+    assert_eq!(stdout(&out), "allocated\n", "stderr: {}", stderr(&out));
+}
+
+#[test]
 fn code_runs_with_dash_c_argv() {
     let dir = TempDir::new("code");
     let out = subinterp(

@@ -121,6 +121,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     ("while True: pass", Value::Dict(Vec::new())),
                     subinterp::TaskOptions {
                         timeout: Some(deadline),
+                        ..Default::default()
                     },
                 )?;
                 let start = Instant::now();

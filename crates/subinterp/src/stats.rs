@@ -70,6 +70,9 @@ pub struct Stats {
     pub memory_peak_bytes: Option<u64>,
     /// CPU seconds used by the interpreter's threads, where CPU accounting is built in.
     pub cpu_seconds: Option<f64>,
+    /// Times the memory limit was enforced: an allocation refused, or a `MemoryError`
+    /// raised because the interpreter went past it.
+    pub memory_refusals: u64,
 }
 
 /// Reads the counters of a [`Pool`](crate::Pool) even after it was shut down (a
@@ -373,6 +376,7 @@ impl Counters {
             memory_bytes: None,
             memory_peak_bytes: None,
             cpu_seconds: None,
+            memory_refusals: 0,
         }
     }
 }

@@ -543,6 +543,7 @@ fn a_blocking_host_function_releases_the_gil_and_is_interrupted_at_a_pool_deadli
             (),
             TaskOptions {
                 timeout: Some(Duration::from_millis(200)),
+                ..TaskOptions::default()
             },
         )
         .unwrap()

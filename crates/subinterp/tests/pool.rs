@@ -112,6 +112,7 @@ fn an_infinite_loop_is_stopped_at_its_deadline_and_the_interpreter_is_reused() {
             (),
             TaskOptions {
                 timeout: Some(Duration::from_millis(200)),
+                ..TaskOptions::default()
             },
         )
         .unwrap()
@@ -148,6 +149,7 @@ fn a_task_stuck_in_c_code_times_out_and_its_worker_is_replaced() {
             (30,),
             TaskOptions {
                 timeout: Some(Duration::from_millis(200)),
+                ..TaskOptions::default()
             },
         )
         .unwrap()
@@ -470,6 +472,7 @@ fn a_task_that_catches_its_timeout_and_returns_is_still_timed_out() {
     });
     let options = TaskOptions {
         timeout: Some(Duration::from_millis(100)),
+        ..TaskOptions::default()
     };
     let err = pool
         .submit_with("__main__:stubborn", (), options)

@@ -321,6 +321,7 @@ fn a_runaway_task_in_a_process_is_interrupted_and_the_process_kept() {
     let before = int(wait(pool.submit("proc_tasks:pid", ()).unwrap()).unwrap());
     let options = TaskOptions {
         timeout: Some(Duration::from_millis(500)),
+        ..TaskOptions::default()
     };
     let err = wait(pool.submit_with("proc_tasks:spin", (), options).unwrap()).unwrap_err();
     assert!(err.is_timeout(), "{err:?}");
@@ -340,6 +341,7 @@ fn a_task_stuck_in_c_in_a_process_is_killed_and_replaced() {
     let before = int(wait(pool.submit("proc_tasks:pid", ()).unwrap()).unwrap());
     let options = TaskOptions {
         timeout: Some(Duration::from_millis(300)),
+        ..TaskOptions::default()
     };
     let err = wait(
         pool.submit_with("proc_tasks:stuck_in_c", (), options)

@@ -211,6 +211,7 @@ fn a_pools_stats_match_what_ran() {
         .unwrap_err();
     let timeout = TaskOptions {
         timeout: Some(Duration::from_millis(200)),
+        ..TaskOptions::default()
     };
     let err = pool
         .submit_with("__main__:spin", (), timeout)

@@ -82,6 +82,9 @@ pub fn main(args: MapArgs) -> u8 {
     }
     let mut interpreter = InterpreterConfig::isolated();
     interpreter.guards(args.guards.guards());
+    if let Some(limit) = args.memory_limit {
+        interpreter.memory_limit(limit);
+    }
     config.interpreter(interpreter);
     worker::configure(&mut config, &args.init, &module, &path);
     let started = Instant::now();
@@ -112,7 +115,10 @@ pub fn main(args: MapArgs) -> u8 {
     let waker = Waker::from(Arc::new(TaskWaker(wake_tx)));
     let stream = Stream {
         pool: &pool,
-        options: TaskOptions { timeout },
+        options: TaskOptions {
+            timeout,
+            ..TaskOptions::default()
+        },
         in_flight,
         lines: &lines,
         wakes: &wake_rx,

@@ -15,7 +15,9 @@ of the pool's interpreters, and one output line is written per input line, in in
   {\"ok\": RESULT}                                   RESULT as json.dumps writes it
   {\"error\": {\"type\": \"builtins.ValueError\", \"message\": \"...\", \"traceback\": \"...\"}}
 A record past its --timeout is interrupted inside its interpreter and reported with the
-type builtins.TimeoutError. A line that is not valid UTF-8 or not valid JSON, or holds a
+type builtins.TimeoutError. A record that allocates past --memory-limit fails with
+builtins.MemoryError (unless FUNC catches it) and its interpreter is replaced; the other
+interpreters and records go on. A line that is not valid UTF-8 or not valid JSON, or holds a
 number too large for a float, gives
   {\"error\": {\"type\": \"InvalidInput\", \"message\": \"...\", \"line\": N}}
 and the run goes on. Blank lines are skipped. A result json.dumps cannot encode is an
@@ -74,6 +76,12 @@ pub struct MapArgs {
     /// Deadline of each record, in seconds (positive, at most 1e9).
     #[arg(long, value_name = "SECS", value_parser = crate::parse_seconds)]
     pub(super) timeout: Option<Duration>,
+
+    /// Memory limit of each interpreter: what its Python code allocates through CPython
+    /// (256M, 2G; K, M, G, T are powers of 1024). A record that goes past it fails with
+    /// builtins.MemoryError, and its interpreter is replaced.
+    #[arg(long, value_name = "SIZE", value_parser = crate::parse_size)]
+    pub(super) memory_limit: Option<u64>,
 
     /// Deadline for setting up each interpreter: importing the module and running the
     /// --init codes, in seconds (default: none; with --timeout, that deadline but at least

@@ -58,7 +58,9 @@ class Interpreter:
 
     ``guards`` and ``allow_write`` set its guard rails on process-wide state, as for
     ``Pool``; ``stats()`` returns its counters (its operations, the package's own set-up
-    calls included, by outcome; channel messages; guard rail events).
+    calls included, by outcome; channel messages; guard rail events; memory and CPU
+    time). ``memory_limit`` (bytes, or a size such as ``"256M"``) caps the memory it may
+    hold: past it, its code gets ``MemoryError``.
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class Interpreter:
         timeout: float | None = None,
         guards=None,
         allow_write=None,
+        memory_limit: int | str | None = None,
     ):
         _native._runtime_start()
         # The user's init is a source of its own: an error points at its own line.
@@ -86,6 +89,7 @@ class Interpreter:
                 "init": "\n".join(code) + "\n",
                 "timeout": timeout,
                 **guard_settings(guards, allow_write),
+                "memory_limit": memory_limit,
             }
         )
         self._timeout = timeout

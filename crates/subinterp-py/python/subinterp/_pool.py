@@ -326,7 +326,10 @@ class Pool(concurrent.futures.Executor):
       ``tracing``, which this package does not forward to ``logging`` yet.)
       A task that imports such a module only inside its body, after doing work, runs
       twice. False makes the refusal the task's error. Pure-Python tasks stay in the
-      interpreters of this process.
+      interpreters of this process;
+    - ``memory_limit``: bytes (an int, or a size such as ``"256M"``) each worker
+      interpreter may hold. Past it, the task gets ``MemoryError`` and its worker is
+      replaced; the other workers and this interpreter go on.
 
     ``stats()`` returns the pool's counters as a dict: tasks by outcome, channel messages
     and bytes, guard rail events, interpreters created and ended.
@@ -360,6 +363,7 @@ class Pool(concurrent.futures.Executor):
         guards=None,
         allow_write=None,
         process_fallback: bool = True,
+        memory_limit: int | str | None = None,
     ):
         if max_tasks_per_child is not None:
             if max_tasks_per_worker is not None:
@@ -397,6 +401,7 @@ class Pool(concurrent.futures.Executor):
                 "setup_timeout": setup_timeout,
                 **guard_settings(guards, allow_write),
                 "process_fallback": bool(process_fallback),
+                "memory_limit": memory_limit,
             },
         )
         self._max_workers = max_workers

@@ -52,6 +52,7 @@ pub struct InterpreterConfig {
     shutdown_grace: Duration,
     host_data: Option<HostData>,
     guards: Guards,
+    memory_limit: Option<u64>,
 }
 
 /// A value of the host's choosing attached to an interpreter (compared by identity).
@@ -98,6 +99,7 @@ impl InterpreterConfig {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             host_data: None,
             guards: Guards::new(),
+            memory_limit: None,
         }
     }
 
@@ -121,6 +123,7 @@ impl InterpreterConfig {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             host_data: None,
             guards: Guards::new(),
+            memory_limit: None,
         }
     }
 
@@ -212,6 +215,26 @@ impl InterpreterConfig {
         self.shutdown_grace
     }
 
+    /// At most `bytes` held at once by CPython for the interpreter's threads: the
+    /// allocator arenas of its small objects and its larger blocks
+    /// ([`Interpreter::memory_in_use`](crate::Interpreter::memory_in_use)). An allocation past it fails in this interpreter
+    /// only: its code gets a `MemoryError` it can catch, and the host and the other
+    /// interpreters go on. What is counted and what is not: see the README's "Limits".
+    /// Needs memory accounting, turned on when the runtime starts
+    /// ([`RuntimeConfig::memory_accounting`](crate::RuntimeConfig::memory_accounting); not
+    /// available in a borrowed Python): building the interpreter fails with
+    /// [`Error::InvalidConfig`] without it. 0 is refused by
+    /// [`validate`](Self::validate). Sizes written by people: [`parse_size`](crate::parse_size).
+    pub fn memory_limit(&mut self, bytes: u64) -> &mut Self {
+        self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// The memory limit, if any ([`memory_limit`](Self::memory_limit)).
+    pub fn memory_limit_bytes(&self) -> Option<u64> {
+        self.memory_limit
+    }
+
     /// The GIL setting.
     pub fn gil(&self) -> Gil {
         self.gil
@@ -283,6 +306,11 @@ impl InterpreterConfig {
                  (CPython aborts it with \"_PyInterpreterState_DeleteExceptMain: not main \
                  interpreter\"); use subprocess, which works without it"
                     .into(),
+            ));
+        }
+        if self.memory_limit == Some(0) {
+            return Err(Error::InvalidConfig(
+                "memory_limit(0): a memory limit must be at least one byte".into(),
             ));
         }
         if self.allow_daemon_threads && !self.allow_threads {

@@ -13,6 +13,7 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use serde::de::DeserializeOwned;
 
 pub mod config;
+pub(crate) mod limits;
 
 use crate::audit;
 use crate::call::{call_target_wire, result_wire, Args, Target};
@@ -20,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::hazards;
 use crate::hazards::prepare;
 use crate::interpreter::config::InterpreterConfig;
+use crate::interpreter::limits::Meter;
 use crate::raw::lifecycle::{clear_pending_async, InterruptTarget, SubInterpreter};
 use crate::raw::Python;
 use crate::runtime::{Runtime, RuntimeInner};
@@ -170,6 +172,7 @@ pub struct Interpreter {
     grace: Duration,
     interrupts: Arc<Interrupts>,
     stats: Arc<Counters>,
+    meter: Arc<Meter>,
 }
 
 /// Shared between an interpreter's thread and its [`InterruptHandle`]s.
@@ -443,8 +446,13 @@ impl Interpreter {
         let paths: Vec<PathBuf> = config.paths().to_vec();
         let host_data = config.host_data_value();
         let guards = config.guard_rails().clone();
+        let memory_limit = config.memory_limit_bytes();
+        if memory_limit.is_some() && !crate::raw::alloc::installed() {
+            return Err(Error::InvalidConfig(limits::unavailable().into()));
+        }
         let (tx, rx) = unbounded::<Msg>();
-        let (ready_tx, ready_rx) = bounded::<Result<(i64, Arc<Interrupts>, Arc<Counters>)>>(1);
+        type Ready = (i64, Arc<Interrupts>, Arc<Counters>, Arc<Meter>);
+        let (ready_tx, ready_rx) = bounded::<Result<Ready>>(1);
         let (ending_tx, ending) = bounded::<()>(1);
         let thread = std::thread::Builder::new()
             .name("subinterp".into())
@@ -455,6 +463,14 @@ impl Interpreter {
                     Ok(sub) => sub,
                     Err(msg) => {
                         let _ = ready_tx.send(Err(Error::CreateFailed(msg)));
+                        return;
+                    }
+                };
+                let meter = match Meter::start(&sub, memory_limit) {
+                    Ok(meter) => Arc::new(meter),
+                    Err(err) => {
+                        sub.end();
+                        let _ = ready_tx.send(Err(err));
                         return;
                     }
                 };
@@ -479,7 +495,9 @@ impl Interpreter {
                 let waits = match setup {
                     Ok(waits) => waits,
                     Err(err) => {
+                        meter.leave_thread();
                         sub.end();
+                        meter.finish();
                         let _ = ready_tx.send(Err(err));
                         return;
                     }
@@ -492,7 +510,12 @@ impl Interpreter {
                     "interpreter created"
                 );
                 counters.created();
-                let _ = ready_tx.send(Ok((id, Arc::clone(&interrupts), Arc::clone(&counters))));
+                let _ = ready_tx.send(Ok((
+                    id,
+                    Arc::clone(&interrupts),
+                    Arc::clone(&counters),
+                    Arc::clone(&meter),
+                )));
                 let reply = serve(&sub, &rx, &interrupts);
                 let _ = ending_tx.try_send(());
                 // Threads of the interpreter blocked in a channel wait are cancelled, so that
@@ -506,6 +529,7 @@ impl Interpreter {
                 interrupts.end();
                 // No interrupter may hold a thread state of this interpreter past here.
                 lock(&interrupts.target).take();
+                meter.leave_thread();
                 if ended.running.is_empty() {
                     sub.end();
                     counters.ended();
@@ -529,12 +553,13 @@ impl Interpreter {
                     );
                     sub.abandon();
                 }
+                meter.finish();
                 drop(rt);
                 drop(ending_tx);
             })
             .map_err(|e| Error::CreateFailed(format!("cannot start a thread: {e}")))?;
         let thread_id = thread.thread().id();
-        let (id, interrupts, stats) = match ready_rx.recv() {
+        let (id, interrupts, stats, meter) = match ready_rx.recv() {
             Ok(Ok(ready)) => ready,
             Ok(Err(err)) => {
                 let _ = thread.join();
@@ -558,14 +583,56 @@ impl Interpreter {
             grace,
             interrupts,
             stats,
+            meter,
         })
     }
 
     /// A snapshot of this interpreter's counters: its operations by outcome, the channel
-    /// messages its code sent and received, its guard rail events (see [`Stats`]).
-    /// Never waits for the interpreter.
+    /// messages its code sent and received, its guard rail events, its memory and CPU time
+    /// (see [`Stats`]). Never waits for the interpreter.
     pub fn stats(&self) -> Stats {
-        self.stats.snapshot()
+        let mut stats = self.stats.snapshot();
+        self.meter.fill(&mut stats);
+        stats
+    }
+
+    /// Bytes CPython holds for this interpreter's threads (its own, and those its code
+    /// started): the allocator arenas holding its small objects, and its larger blocks;
+    /// None without memory accounting
+    /// ([`RuntimeConfig::memory_accounting`](crate::RuntimeConfig::memory_accounting)).
+    /// After the interpreter ended: what was left when it ended. See the README's
+    /// "Limits" for what is and is not counted.
+    pub fn memory_in_use(&self) -> Option<u64> {
+        self.meter.memory_in_use()
+    }
+
+    /// The most [`memory_in_use`](Self::memory_in_use) has been since the interpreter
+    /// was created (its start-up included).
+    pub fn memory_peak(&self) -> Option<u64> {
+        self.meter.memory_peak()
+    }
+
+    /// How many allocations were refused because they would have gone past the
+    /// interpreter's [`memory_limit`](crate::InterpreterConfig::memory_limit) (each was a
+    /// `MemoryError`, or a failure CPython handled itself).
+    pub fn memory_refusals(&self) -> u64 {
+        self.meter.memory_refusals()
+    }
+
+    /// The interpreter's memory limit, if it has one.
+    pub fn memory_limit(&self) -> Option<u64> {
+        self.meter.memory_limit()
+    }
+
+    /// CPU time used by the interpreter's own thread (the thread every call runs on;
+    /// not the threads its Python code started). Keeps its last value once the
+    /// interpreter ended.
+    pub fn cpu_time(&self) -> Duration {
+        self.meter.cpu_time()
+    }
+
+    pub(crate) fn meter(&self) -> Arc<Meter> {
+        Arc::clone(&self.meter)
     }
 
     /// A handle that interrupts whatever this interpreter is running, from any thread.

@@ -21,6 +21,7 @@ use crate::call::{call_target_wire_as, ResultForm, Target};
 use crate::error::{Error, Result};
 use crate::host::params::{self, refuse_seconds, seconds_arg, seconds_value, BadSeconds, Secs};
 use crate::interpreter::config::InterpreterConfig;
+use crate::interpreter::limits::parse_size;
 use crate::interpreter::Interpreter;
 use crate::pool::{Pool, PoolConfig, Task, TaskOptions};
 use crate::raw::callback::{self, FastArgs, Outcome};
@@ -748,6 +749,9 @@ struct Settings {
     /// `process_fallback` (pool): tasks isolated interpreters refuse run in worker
     /// processes (default: yes).
     process_fallback: bool,
+    /// `memory_limit`: bytes each interpreter may hold (an int, or a size such as
+    /// `"256M"`).
+    memory_limit: Option<u64>,
 }
 
 /// Whose settings [`Settings::parse`] reads: the keys each takes.
@@ -770,8 +774,16 @@ impl SettingsOf {
                 "guards",
                 "allow_write",
                 "process_fallback",
+                "memory_limit",
             ],
-            SettingsOf::Interpreter => &["isolated", "init", "timeout", "guards", "allow_write"],
+            SettingsOf::Interpreter => &[
+                "isolated",
+                "init",
+                "timeout",
+                "guards",
+                "allow_write",
+                "memory_limit",
+            ],
         }
     }
 
@@ -803,6 +815,7 @@ impl Settings {
             guards: None,
             allow_write: Vec::new(),
             process_fallback: true,
+            memory_limit: None,
         };
         for (key, value) in &items {
             let Value::Str(key) = key else {
@@ -905,6 +918,23 @@ impl Settings {
                     }
                     _ => return Err(wrong_type("a list of str")),
                 },
+                "memory_limit" => match value {
+                    Value::None => {}
+                    Value::Int(n) if *n >= 1 => settings.memory_limit = Some(*n as u64),
+                    Value::Int(_) | Value::BigInt(_) => {
+                        return Err(py.new_error(
+                            ExcKind::Value,
+                            &format!("setting '{key}' must be at least 1 byte"),
+                        ))
+                    }
+                    Value::Str(size) => {
+                        let bytes = parse_size(size).map_err(|err| {
+                            py.new_error(ExcKind::Value, &err.to_string())
+                        })?;
+                        settings.memory_limit = Some(bytes);
+                    }
+                    _ => return Err(wrong_type("an int or a size such as '256M'")),
+                },
                 "workers" => {
                     settings.workers = count(value)?.and_then(|n| usize::try_from(n).ok());
                 }
@@ -942,6 +972,9 @@ impl Settings {
             guards.allow_write(dir);
         }
         interp.guards(guards);
+        if let Some(bytes) = self.memory_limit {
+            interp.memory_limit(bytes);
+        }
         Ok(interp)
     }
 
@@ -1152,6 +1185,7 @@ fn pool_submit<'py>(
     };
     let options = TaskOptions {
         timeout: seconds(py, timeout.as_ref(), "timeout")?,
+        ..TaskOptions::default()
     };
     let id = {
         let pool = handle.pool.lock().unwrap_or_else(|e| e.into_inner());

@@ -31,6 +31,7 @@ use crossbeam_channel::{
 use crate::call::{call_target_wire_as, Args, ResultForm, Target};
 use crate::error::{Error, PyException, Result};
 use crate::interpreter::config::InterpreterConfig;
+use crate::interpreter::limits::Meter;
 use crate::interpreter::{Interpreter, InterruptHandle};
 use crate::raw::lifecycle::clear_pending_async;
 use crate::raw::Python;
@@ -63,6 +64,7 @@ pub struct PoolConfig {
     init: Vec<String>,
     max_tasks_per_worker: Option<u64>,
     timeout: Option<Duration>,
+    cpu_budget: Option<Duration>,
     setup_timeout: Option<Duration>,
     grace: Duration,
     ready_on_first: bool,
@@ -95,6 +97,7 @@ impl PoolConfig {
             init: Vec::new(),
             max_tasks_per_worker: None,
             timeout: None,
+            cpu_budget: None,
             setup_timeout: None,
             grace: Duration::from_secs(1),
             ready_on_first: false,
@@ -130,6 +133,18 @@ impl PoolConfig {
     /// Replace a worker by a fresh interpreter after it ran this many tasks.
     pub fn max_tasks_per_worker(&mut self, n: u64) -> &mut Self {
         self.max_tasks_per_worker = Some(n);
+        self
+    }
+
+    /// Default CPU-time budget of every task (a task may set its own): CPU time of the
+    /// worker's thread counted from when the task starts. A task past it is interrupted
+    /// as at its deadline, with a `TimeoutError` naming the CPU budget, and reported as
+    /// [`Error::Timeout`]; a task that does not stop gets the grace period, then its
+    /// worker is replaced. Unlike a deadline it does not count time spent waiting (on
+    /// I/O, a lock, the GIL of a shared-GIL worker). Threads the task starts are not
+    /// counted.
+    pub fn cpu_budget(&mut self, budget: Duration) -> &mut Self {
+        self.cpu_budget = Some(budget);
         self
     }
 
@@ -239,6 +254,9 @@ impl PoolConfig {
 pub struct TaskOptions {
     /// Deadline, counted from when the task starts running; overrides the pool's default.
     pub timeout: Option<Duration>,
+    /// CPU-time budget, counted from when the task starts running; overrides the pool's
+    /// default ([`PoolConfig::cpu_budget`]).
+    pub cpu_budget: Option<Duration>,
 }
 
 /// A pool of isolated interpreters.
@@ -337,6 +355,7 @@ struct Queued {
     /// How the result is written.
     form: ResultForm,
     timeout: Option<Duration>,
+    cpu_budget: Option<Duration>,
     state: Arc<TaskState>,
 }
 
@@ -348,6 +367,8 @@ struct Worker {
     interrupted: AtomicBool,
     abandoned: AtomicBool,
     abandon_tx: Sender<()>,
+    /// The interpreter's memory and CPU meters.
+    meter: Arc<Meter>,
 }
 
 impl Worker {
@@ -565,6 +586,7 @@ impl Pool {
             args,
             form,
             timeout: options.timeout.or(self.shared.config.timeout),
+            cpu_budget: options.cpu_budget.or(self.shared.config.cpu_budget),
             state: Arc::clone(&state),
         };
         if self.shared.state.load(Ordering::Acquire) == RUNNING
@@ -845,6 +867,7 @@ fn keep(shared: &Arc<Shared>, mut ready: Option<Sender<Result<()>>>) -> Option<E
             interrupted: AtomicBool::new(false),
             abandoned: AtomicBool::new(false),
             abandon_tx,
+            meter: interp.meter(),
         });
         lock(&shared.workers).push(Arc::clone(&worker));
         let job = {
@@ -1028,12 +1051,28 @@ fn worker_loop(py: Python<'_>, shared: &Arc<Shared>, worker: &Arc<Worker>) -> Re
             let _ = shared.watchdog.send(Watch {
                 due: started + timeout,
                 task: task.id,
-                timeout,
+                limit: Limit::Deadline(timeout),
                 worker: Arc::clone(worker),
                 state: Arc::clone(&task.state),
                 abandon: false,
             });
         }
+        if let Some(budget) = task.cpu_budget {
+            // The thread cannot use more CPU time than wall time: the budget is checked
+            // no earlier than it could be spent, then again for what is left.
+            let _ = shared.watchdog.send(Watch {
+                due: started + budget,
+                task: task.id,
+                limit: Limit::Cpu {
+                    budget,
+                    from: worker.meter.cpu_time(),
+                },
+                worker: Arc::clone(worker),
+                state: Arc::clone(&task.state),
+                abandon: false,
+            });
+        }
+        let refusals = worker.meter.memory_refusals();
         tracing::debug!(task = task.id, target = %task.target, "task started");
         // The result leaves in the wire format: whoever takes it reads it into a Value,
         // off this worker's GIL.
@@ -1061,10 +1100,20 @@ fn worker_loop(py: Python<'_>, shared: &Arc<Shared>, worker: &Arc<Worker>) -> Re
         // Whatever the task did after its deadline — raise, or catch the `TimeoutError`
         // and return — it is reported as timed out.
         let result = if task.state.timed_out.load(Ordering::Acquire) {
-            Err(timed_out(result, task.timeout))
+            let limit = match task.state.over_cpu_budget.load(Ordering::Acquire) {
+                true => task.cpu_budget.map(|budget| Limit::Cpu {
+                    budget,
+                    from: Duration::ZERO,
+                }),
+                false => task.timeout.map(Limit::Deadline),
+            };
+            Err(timed_out(result, limit))
         } else {
             result
         };
+        // An interpreter that ran out of memory may be left in any state (a module half
+        // imported, a cache half filled): it is replaced.
+        let out_of_memory = worker.meter.memory_refusals() > refusals;
         match &result {
             Ok(_) => tracing::debug!(
                 task = task.id,
@@ -1091,6 +1140,14 @@ fn worker_loop(py: Python<'_>, shared: &Arc<Shared>, worker: &Arc<Worker>) -> Re
         if worker.abandoned.load(Ordering::Acquire) {
             return Ok(());
         }
+        if out_of_memory {
+            tracing::warn!(
+                task = task.id,
+                limit = worker.meter.memory_limit(),
+                "task reached its interpreter's memory limit: the worker is replaced"
+            );
+            return Ok(());
+        }
         done += 1;
         if shared
             .config
@@ -1109,8 +1166,11 @@ fn worker_loop(py: Python<'_>, shared: &Arc<Shared>, worker: &Arc<Worker>) -> Re
 /// The [`Error::Timeout`] a task that ran past its deadline is reported with: holding the
 /// `TimeoutError` raised at the deadline; or, if the task went on and returned or raised
 /// something else, a `TimeoutError` saying so (with what it raised as its context).
-fn timed_out<T>(result: Result<T>, timeout: Option<Duration>) -> Error {
-    let deadline = crate::error::past_deadline("the task", timeout);
+fn timed_out<T>(result: Result<T>, limit: Option<Limit>) -> Error {
+    let deadline = match limit {
+        Some(limit) => limit.past(),
+        None => crate::error::past_deadline("the task", None),
+    };
     let went_on = |what: &str, context: Option<Box<PyException>>| PyException {
         type_name: "builtins.TimeoutError".into(),
         message: format!("{deadline}; it was interrupted, and then {what}"),
@@ -1133,10 +1193,32 @@ fn timed_out<T>(result: Result<T>, timeout: Option<Duration>) -> Error {
     }
 }
 
+/// What a watch enforces.
+#[derive(Clone, Copy, Debug)]
+enum Limit {
+    /// Wall-clock time from the task's start.
+    Deadline(Duration),
+    /// CPU time of the worker's thread, from `from` (its CPU time when the task started).
+    Cpu { budget: Duration, from: Duration },
+}
+
+impl Limit {
+    /// What the task went past.
+    fn past(&self) -> String {
+        match self {
+            Limit::Deadline(t) => crate::error::past_deadline("the task", Some(*t)),
+            Limit::Cpu { budget, .. } => format!(
+                "the task used up its CPU budget of {:.3} s",
+                budget.as_secs_f64()
+            ),
+        }
+    }
+}
+
 struct Watch {
     due: Instant,
     task: u64,
-    timeout: Duration,
+    limit: Limit,
     worker: Arc<Worker>,
     state: Arc<TaskState>,
     /// False: interrupt at `due`. True: `due` is the end of the grace period.
@@ -1182,9 +1264,28 @@ fn watchdog(rx: Receiver<Watch>, grace: Duration) {
             if !still_running {
                 continue;
             }
+            if !watch.abandon && watch.state.timed_out.load(Ordering::Acquire) {
+                continue; // its other limit already stopped it
+            }
+            if let (false, Limit::Cpu { budget, from }) = (watch.abandon, watch.limit) {
+                let used = watch.worker.meter.cpu_time().saturating_sub(from);
+                if used < budget {
+                    // Not yet: look again when the rest could have been used.
+                    let due = now + (budget - used).max(Duration::from_millis(1));
+                    seq += 1;
+                    heap.push(Reverse((due, seq)));
+                    entries.insert(seq, Watch { due, ..watch });
+                    continue;
+                }
+                watch.state.over_cpu_budget.store(true, Ordering::Release);
+            }
             if !watch.abandon {
                 watch.state.timed_out.store(true, Ordering::Release);
-                tracing::info!(task = watch.task, "task reached its deadline: interrupting");
+                tracing::info!(
+                    task = watch.task,
+                    "task reached its limit: {}: interrupting",
+                    watch.limit.past()
+                );
                 watch
                     .worker
                     .interrupt_task(watch.task, InterruptReason::Timeout);
@@ -1202,7 +1303,7 @@ fn watchdog(rx: Receiver<Watch>, grace: Duration) {
                 watch.state.complete(Err(Error::timeout(format!(
                     "{} and did not stop when interrupted (blocked in C code?); its \
                      interpreter was replaced",
-                    crate::error::past_deadline("the task", Some(watch.timeout))
+                    watch.limit.past()
                 ))));
                 watch.worker.abandoned.store(true, Ordering::Release);
                 let _ = watch.worker.abandon_tx.try_send(());
@@ -1225,6 +1326,8 @@ struct TaskState {
     /// The pool's counters, which count the task's outcome once it is stored.
     stats: Arc<Counters>,
     outcome: fn(&Result<Vec<u8>>) -> Outcome,
+    /// Set with `timed_out` when it was the CPU budget that ran out.
+    over_cpu_budget: AtomicBool,
 }
 
 #[derive(Default)]
@@ -1248,6 +1351,7 @@ impl TaskState {
             timed_out: AtomicBool::new(false),
             stats,
             outcome,
+            over_cpu_budget: AtomicBool::new(false),
         }
     }
 

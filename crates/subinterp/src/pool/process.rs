@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, never, select, unbounded, Receiver, Sender};
 
-use super::{lock, timed_out, Queued, Shared, RUNNING, STOPPING};
+use super::{lock, timed_out, Limit, Queued, Shared, RUNNING, STOPPING};
 use crate::call::Target;
 use crate::error::{Error, ExitStatus, PyException, Result};
 use crate::value::wire;
@@ -760,7 +760,7 @@ fn run(shared: &Shared, proc: &mut Proc, task: Queued) -> Ran {
                     _ => Err(reply_error(reply)),
                 };
                 let result = if task.state.timed_out.load(Ordering::Acquire) {
-                    Err(timed_out(result, task.timeout))
+                    Err(timed_out(result, task.timeout.map(Limit::Deadline)))
                 } else {
                     result
                 };

@@ -20,6 +20,8 @@ pub(crate) struct InitOptions<'a> {
     /// Modules defined at run time, built in to every interpreter: the crate's own
     /// `subinterp` module and the host's modules.
     pub modules: &'a [super::module::ModuleSpec],
+    /// Install the memory accounting hooks ([`super::alloc`]).
+    pub memory_accounting: bool,
 }
 
 /// The main interpreter's thread state, detached, owned by the thread that initialised
@@ -75,6 +77,12 @@ pub(crate) fn initialize(
     };
     if let Some(err) = status_error(&status) {
         return Err(err);
+    }
+    if opts.memory_accounting {
+        // Pre-initialised, not yet initialised: the one moment the hooks can go in.
+        // Not installed (false) when the raw domain is not plain malloc: figures are
+        // then absent and limits refused, as with accounting off.
+        let _ = super::alloc::install();
     }
     let mut config = MaybeUninit::<ffi::PyConfig>::uninit();
     // SAFETY: PyConfig_InitIsolatedConfig fully initialises the struct.
@@ -347,6 +355,13 @@ impl SubInterpreter {
     /// CPython's id of this interpreter.
     pub(crate) fn id(&self) -> i64 {
         self.id
+    }
+
+    /// The address of this interpreter's `PyInterpreterState`, as a key (never
+    /// dereferenced by the caller).
+    pub(crate) fn interp_address(&self) -> usize {
+        // SAFETY: the thread state lives as long as `self`; the call only reads a field.
+        unsafe { ffi::PyThreadState_GetInterpreter(self.tstate.as_ptr()) as usize }
     }
 
     /// What another thread needs to interrupt code running here.

@@ -18,13 +18,17 @@
 //! - process start-up and shut-down, and the thread states of subinterpreters
 //!   ([`lifecycle`]); the memory behind shared buffers ([`buffer`]); ending the process
 //!   with a chosen status on a fatal signal ([`fatal`]);
+//! - memory accounting per interpreter, hooks around CPython's allocators ([`alloc`]),
+//!   and the CPU clock of a thread ([`cputime`]);
 //! - `sys._current_frames()` and `sys._current_exceptions()` limited to the calling
 //!   interpreter's threads ([`threads`]).
 
+pub(crate) mod alloc;
 pub(crate) mod buffer;
 pub(crate) mod callback;
 pub(crate) mod class;
 pub(crate) mod convert;
+pub(crate) mod cputime;
 pub(crate) mod err;
 pub(crate) mod fatal;
 pub(crate) mod lifecycle;

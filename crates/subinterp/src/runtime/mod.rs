@@ -30,6 +30,7 @@ pub struct RuntimeConfig {
     prepare_extensions: Option<bool>,
     host_modules: Vec<HostModule>,
     borrow: bool,
+    memory_accounting: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -60,6 +61,7 @@ impl RuntimeConfig {
             prepare_extensions: None,
             host_modules: Vec::new(),
             borrow: false,
+            memory_accounting: true,
         }
     }
 
@@ -179,6 +181,21 @@ impl RuntimeConfig {
     /// which need it.
     pub fn borrow_running(&mut self) -> &mut Self {
         self.borrow = true;
+        self
+    }
+
+    /// Count the memory each interpreter allocates through CPython's object and `PyMem`
+    /// allocators, so that [`Interpreter::memory_in_use`](crate::Interpreter::memory_in_use)
+    /// and the rest report it and
+    /// [`InterpreterConfig::memory_limit`](crate::InterpreterConfig::memory_limit) can be
+    /// enforced. On by default. The hooks are installed when CPython starts, around the
+    /// arena allocator and the raw domain (see the README's "Limits": what is counted,
+    /// and the cost, a few percent on allocation-heavy code). Off, memory figures are
+    /// `None` and limits are refused with [`Error::InvalidConfig`].
+    /// A borrowed Python ([`borrow_running`](Self::borrow_running)) cannot have them: it
+    /// allocated before the hooks could be put in place.
+    pub fn memory_accounting(&mut self, yes: bool) -> &mut Self {
+        self.memory_accounting = yes;
         self
     }
 
@@ -364,6 +381,12 @@ impl Runtime {
         &self.inner.version
     }
 
+    /// Whether memory is counted per interpreter ([`RuntimeConfig::memory_accounting`];
+    /// never in a borrowed Python).
+    pub fn memory_accounting(&self) -> bool {
+        crate::raw::alloc::installed()
+    }
+
     /// The known CPython bugs that affect this Python (see [`hazards`](crate::hazards)).
     pub fn hazards(&self) -> Vec<&'static Hazard> {
         hazards::for_version(&self.inner.version)
@@ -406,6 +429,7 @@ fn start(config: &RuntimeConfig) -> Result<RuntimeInner> {
         .chain(config.host_modules.iter().map(HostModule::to_spec))
         .collect();
     let borrow = config.borrow;
+    let memory_accounting = config.memory_accounting && !borrow;
     let opts = (home, executable, config.use_environment, config.site_import);
     let (ready_tx, ready_rx) = bounded::<Result<(MainInterpreter, String), String>>(1);
     let (main_tx, main_rx) = crossbeam_channel::unbounded::<MainMsg>();
@@ -419,6 +443,7 @@ fn start(config: &RuntimeConfig) -> Result<RuntimeInner> {
                 use_environment,
                 site_import,
                 modules: &modules,
+                memory_accounting,
             };
             let started = if borrow {
                 lifecycle::borrow_running()

@@ -1,0 +1,472 @@
+//! Memory accounting per interpreter: hooks around CPython's allocators that charge
+//! memory to the interpreter whose thread asks for it, and refuse it past that
+//! interpreter's limit.
+//!
+//! What is hooked, and why not the `MEM` and `OBJ` domains themselves: knowing a block's
+//! size when it is freed takes a header in front of every block, and 16 bytes more on
+//! every small object cost allocation-heavy code 20-30% of its time (measured with
+//! `benches/limits.rs`). CPython's own allocator (pymalloc) serves both domains, and gets
+//! its memory from two places that say the size at free:
+//! - **arenas** of 1 MiB (256 KiB without the radix tree) for blocks up to 512 bytes,
+//!   through the arena allocator (`PyObject_SetArenaAllocator`), whose `free` is given
+//!   the size; an isolated interpreter has arenas of its own, allocated and freed on its
+//!   threads;
+//! - the **raw domain** (`PyMem_RawMalloc`, plain `malloc`) for larger blocks, whose size
+//!   at free is `malloc_usable_size`.
+//!
+//! So small objects are counted by the arenas holding them (memory pymalloc holds, as
+//! RSS sees it, not the bytes of live objects), and large blocks and everything else of
+//! the raw domain block by block. Both hooks are called far less often than the object
+//! allocator. The hooks are installed after `Py_PreInitialize`, before
+//! `Py_InitializeFromConfig` ([`install`]), and only when the raw domain is plain
+//! `malloc` (not a debug build's hooks).
+//!
+//! The calling interpreter: the interpreter's own thread says so in a thread-local
+//! ([`Account::enter_thread`]); any other thread is looked up from its current thread
+//! state (`PyThreadState_GetUnchecked`, a thread-local read, and its `interp`), so the
+//! threads Python code starts with `threading` are charged to their interpreter too. A
+//! per-thread cache maps the interpreter to an account slot, rechecked against a
+//! registry generation bumped at each registration and release. Accounts are slots of a
+//! static table, never freed.
+//!
+//! A block is credited at free to the interpreter freeing it. The rare block freed by
+//! another interpreter than the one it was charged to (possible for interpreters that
+//! share the main allocator, `use_main_obmalloc`), or by a thread with no thread state,
+//! leaves its charge where it was; figures read below zero are read as zero.
+//!
+//! The hooks take no lock, never panic and never call back into Python.
+
+use std::cell::Cell;
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicUsize, Ordering};
+
+use pyo3_ffi as ffi;
+
+use super::lifecycle::SubInterpreter;
+
+/// Account slots: at most this many interpreters are accounted at once.
+const SLOTS: usize = 4096;
+/// A tag's slot bits (slot index + 1; 0 is "not charged").
+const SLOT_BITS: u32 = 13;
+const SLOT_MASK: usize = (1 << SLOT_BITS) - 1;
+/// The sentinel for "no account" in the per-thread cache.
+const NONE: usize = 0;
+
+#[repr(align(64))]
+struct Slot {
+    /// The `PyInterpreterState` address this slot accounts for (0: free).
+    interp: AtomicUsize,
+    /// Bumped at each registration; part of every tag.
+    generation: AtomicUsize,
+    /// Bytes charged now. Signed: a free racing a release and a new registration may
+    /// briefly take it below zero; readers clamp.
+    in_use: AtomicIsize,
+    peak: AtomicUsize,
+    /// 0: no limit.
+    limit: AtomicUsize,
+    /// Allocations refused because of the limit.
+    refused: AtomicU64,
+}
+
+impl Slot {
+    const fn new() -> Self {
+        Slot {
+            interp: AtomicUsize::new(0),
+            generation: AtomicUsize::new(0),
+            in_use: AtomicIsize::new(0),
+            peak: AtomicUsize::new(0),
+            limit: AtomicUsize::new(0),
+            refused: AtomicU64::new(0),
+        }
+    }
+}
+
+static TABLE: [Slot; SLOTS] = [const { Slot::new() }; SLOTS];
+/// One past the highest slot ever used: lookups scan no further.
+static HIGH: AtomicUsize = AtomicUsize::new(0);
+/// Bumped at each registration and release, so that per-thread caches are rechecked.
+static REGISTRY: AtomicUsize = AtomicUsize::new(1);
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    /// The tag of the interpreter this thread is the owner of: set by the interpreter's
+    /// own thread, which attaches no other interpreter's thread state while it is set.
+    static OWN: Cell<usize> = const { Cell::new(NONE) };
+    /// (interpreter address, tag or NONE, registry generation) of the last lookup, for
+    /// the other threads (those Python code starts, interrupt deliverers, the host's).
+    static CACHE: Cell<(usize, usize, usize)> = const { Cell::new((0, NONE, 0)) };
+}
+
+/// The raw allocator the hooks wrap: their `ctx`, leaked, never freed.
+struct RawInner(ffi::PyMemAllocatorEx);
+/// The arena allocator the hooks wrap: their `ctx`, leaked, never freed.
+struct ArenaInner(ffi::PyObjectArenaAllocator);
+
+/// Whether the hooks are installed in this process.
+pub(crate) fn installed() -> bool {
+    INSTALLED.load(Ordering::Acquire)
+}
+
+/// Wraps the raw-domain and arena allocators with the accounting hooks. Must be called
+/// after `Py_PreInitialize` and before `Py_InitializeFromConfig`, once per process (a
+/// second call does nothing). Returns false, installing nothing, when the raw domain is
+/// not plain `malloc` (a debug build's hooks, another allocator), whose blocks'
+/// sizes `malloc_usable_size` cannot tell.
+pub(crate) fn install() -> bool {
+    if INSTALLED.load(Ordering::Acquire) {
+        return true;
+    }
+    let mut raw = ffi::PyMemAllocatorEx {
+        ctx: std::ptr::null_mut(),
+        malloc: None,
+        calloc: None,
+        realloc: None,
+        free: None,
+    };
+    // SAFETY: CPython is pre-initialised and not yet initialised (the caller's
+    // contract): no other thread allocates. `raw` is a valid out-parameter.
+    unsafe { ffi::PyMem_GetAllocator(ffi::PyMemAllocatorDomain::PYMEM_DOMAIN_RAW, &mut raw) };
+    // CPython's default raw allocator (`malloc`) has no context; its debug hooks, which
+    // put a header before each block, have one.
+    let (Some(malloc), Some(free)) = (raw.malloc, raw.free) else {
+        return false;
+    };
+    if !raw.ctx.is_null() {
+        return false;
+    }
+    let probe = malloc(raw.ctx, 1000);
+    if probe.is_null() {
+        return false;
+    }
+    // SAFETY: `probe` is a live block of the raw allocator, which is `malloc` when the
+    // sizes read back fit; it is freed just after.
+    let usable = unsafe { libc::malloc_usable_size(probe) };
+    free(raw.ctx, probe);
+    if !(1000..1100).contains(&usable) {
+        return false;
+    }
+    let mut arena = ffi::PyObjectArenaAllocator {
+        ctx: std::ptr::null_mut(),
+        alloc: None,
+        free: None,
+    };
+    // SAFETY: as above; a valid out-parameter.
+    unsafe { ffi::PyObject_GetArenaAllocator(&mut arena) };
+    let raw_ctx: *mut RawInner = Box::into_raw(Box::new(RawInner(raw)));
+    let arena_ctx: *mut ArenaInner = Box::into_raw(Box::new(ArenaInner(arena)));
+    let mut raw_hooks = ffi::PyMemAllocatorEx {
+        ctx: raw_ctx.cast(),
+        malloc: Some(raw_malloc),
+        calloc: Some(raw_calloc),
+        realloc: Some(raw_realloc),
+        free: Some(raw_free),
+    };
+    let mut arena_hooks = ffi::PyObjectArenaAllocator {
+        ctx: arena_ctx.cast(),
+        alloc: Some(arena_alloc),
+        free: Some(arena_free),
+    };
+    // SAFETY: as above; CPython copies the structs; the contexts are leaked and live
+    // forever. Raw blocks allocated before (by pre-initialisation) are plain `malloc`
+    // blocks, which the hooks free like any other; no arena exists yet.
+    unsafe {
+        ffi::PyMem_SetAllocator(ffi::PyMemAllocatorDomain::PYMEM_DOMAIN_RAW, &mut raw_hooks);
+        ffi::PyObject_SetArenaAllocator(&mut arena_hooks);
+    }
+    INSTALLED.store(true, Ordering::Release);
+    true
+}
+
+/// The account tag of the calling thread's interpreter, or NONE.
+#[inline]
+fn current_tag() -> usize {
+    let own = OWN.try_with(Cell::get).unwrap_or(NONE);
+    if own != NONE {
+        return own;
+    }
+    tag_from_thread_state()
+}
+
+#[inline(never)]
+fn tag_from_thread_state() -> usize {
+    // SAFETY: a read of CPython's thread-local current thread state; never fails.
+    let tstate = unsafe { ffi::compat::PyThreadState_GetUnchecked() };
+    if tstate.is_null() {
+        return NONE;
+    }
+    // SAFETY: `tstate` is this thread's live thread state (it cannot be freed while it is
+    // current); the call only reads its `interp` field.
+    let interp = unsafe { ffi::PyThreadState_GetInterpreter(tstate) } as usize;
+    let registry = REGISTRY.load(Ordering::Acquire);
+    CACHE
+        .try_with(|cache| {
+            let (cached, tag, generation) = cache.get();
+            if cached == interp && generation == registry {
+                return tag;
+            }
+            let tag = lookup(interp);
+            cache.set((interp, tag, registry));
+            tag
+        })
+        .unwrap_or_else(|_| lookup(interp))
+}
+
+fn lookup(interp: usize) -> usize {
+    let high = HIGH.load(Ordering::Acquire).min(SLOTS);
+    for (index, slot) in TABLE[..high].iter().enumerate() {
+        if slot.interp.load(Ordering::Acquire) == interp {
+            let generation = slot.generation.load(Ordering::Acquire);
+            return (index + 1) | (generation << SLOT_BITS);
+        }
+    }
+    NONE
+}
+
+/// The slot a tag names, if its generation is still current.
+#[inline]
+fn slot_of(tag: usize) -> Option<&'static Slot> {
+    let index = (tag & SLOT_MASK).checked_sub(1)?;
+    let slot = TABLE.get(index)?;
+    (slot.generation.load(Ordering::Relaxed) == tag >> SLOT_BITS).then_some(slot)
+}
+
+/// Adds `delta` bytes to `tag`'s account. A growth past the limit is refused when
+/// `enforce`: false, and nothing charged.
+fn charge(tag: usize, delta: isize, enforce: bool) -> bool {
+    let Some(slot) = slot_of(tag) else {
+        return true;
+    };
+    let now = slot
+        .in_use
+        .fetch_add(delta, Ordering::Relaxed)
+        .wrapping_add(delta);
+    let limit = slot.limit.load(Ordering::Relaxed);
+    if enforce && delta > 0 && limit != 0 && now > limit.min(isize::MAX as usize) as isize {
+        slot.in_use.fetch_sub(delta, Ordering::Relaxed);
+        slot.refused.fetch_add(1, Ordering::Relaxed);
+        return false;
+    }
+    let now = now.max(0) as usize;
+    if now > slot.peak.load(Ordering::Relaxed) {
+        slot.peak.fetch_max(now, Ordering::Relaxed);
+    }
+    true
+}
+
+fn signed(size: usize) -> isize {
+    size.min(isize::MAX as usize) as isize
+}
+
+/// The size `malloc` gave a live block (0 for NULL).
+fn usable(ptr: *mut c_void) -> usize {
+    if ptr.is_null() {
+        return 0;
+    }
+    // SAFETY: `ptr` is a live block of the raw allocator, which is `malloc` (checked by
+    // `install`).
+    unsafe { libc::malloc_usable_size(ptr) }
+}
+
+/// # Safety
+/// `ctx` is the `RawInner` leaked by [`install`].
+unsafe fn raw_inner<'a>(ctx: *mut c_void) -> &'a ffi::PyMemAllocatorEx {
+    // SAFETY: the caller's contract; the `RawInner` is never freed.
+    unsafe { &(*ctx.cast::<RawInner>()).0 }
+}
+
+/// Allocates through `alloc` once `size` bytes are reserved, then charges what `malloc`
+/// really gave.
+fn reserved(size: usize, alloc: impl FnOnce() -> *mut c_void) -> *mut c_void {
+    let tag = current_tag();
+    if !charge(tag, signed(size), true) {
+        return std::ptr::null_mut();
+    }
+    let ptr = alloc();
+    if ptr.is_null() {
+        charge(tag, -signed(size), false);
+    } else {
+        charge(tag, signed(usable(ptr)) - signed(size), false);
+    }
+    ptr
+}
+
+extern "C" fn raw_malloc(ctx: *mut c_void, size: usize) -> *mut c_void {
+    // SAFETY: CPython passes back the ctx given in `install`.
+    let inner = unsafe { raw_inner(ctx) };
+    match inner.malloc {
+        Some(malloc) => reserved(size, || malloc(inner.ctx, size)),
+        None => std::ptr::null_mut(),
+    }
+}
+
+extern "C" fn raw_calloc(ctx: *mut c_void, nelem: usize, elsize: usize) -> *mut c_void {
+    // SAFETY: CPython passes back the ctx given in `install`.
+    let inner = unsafe { raw_inner(ctx) };
+    match (inner.calloc, nelem.checked_mul(elsize)) {
+        (Some(calloc), Some(size)) => reserved(size, || calloc(inner.ctx, nelem, elsize)),
+        _ => std::ptr::null_mut(),
+    }
+}
+
+extern "C" fn raw_realloc(ctx: *mut c_void, ptr: *mut c_void, size: usize) -> *mut c_void {
+    // SAFETY: CPython passes back the ctx given in `install`.
+    let inner = unsafe { raw_inner(ctx) };
+    let Some(realloc) = inner.realloc else {
+        return std::ptr::null_mut();
+    };
+    let old = signed(usable(ptr));
+    let tag = current_tag();
+    // The growth is reserved first, so that growing past the limit fails and leaves the
+    // block as it was (realloc's contract).
+    let growth = signed(size) - old;
+    if !charge(tag, growth, true) {
+        return std::ptr::null_mut();
+    }
+    let moved = realloc(inner.ctx, ptr, size);
+    if moved.is_null() {
+        charge(tag, -growth, false);
+    } else {
+        charge(tag, signed(usable(moved)) - signed(size), false);
+    }
+    moved
+}
+
+extern "C" fn raw_free(ctx: *mut c_void, ptr: *mut c_void) {
+    // SAFETY: CPython passes back the ctx given in `install`.
+    let inner = unsafe { raw_inner(ctx) };
+    if ptr.is_null() {
+        return;
+    }
+    charge(current_tag(), -signed(usable(ptr)), false);
+    if let Some(free) = inner.free {
+        free(inner.ctx, ptr);
+    }
+}
+
+/// # Safety
+/// `ctx` is the `ArenaInner` leaked by [`install`].
+unsafe fn arena_inner<'a>(ctx: *mut c_void) -> &'a ffi::PyObjectArenaAllocator {
+    // SAFETY: the caller's contract; the `ArenaInner` is never freed.
+    unsafe { &(*ctx.cast::<ArenaInner>()).0 }
+}
+
+extern "C" fn arena_alloc(ctx: *mut c_void, size: usize) -> *mut c_void {
+    // SAFETY: CPython passes back the ctx given in `install`.
+    let inner = unsafe { arena_inner(ctx) };
+    let Some(alloc) = inner.alloc else {
+        return std::ptr::null_mut();
+    };
+    let tag = current_tag();
+    if !charge(tag, signed(size), true) {
+        // pymalloc then asks the raw domain for the block, which the limit refuses too
+        // unless the block still fits.
+        return std::ptr::null_mut();
+    }
+    let ptr = alloc(inner.ctx, size);
+    if ptr.is_null() {
+        charge(tag, -signed(size), false);
+    }
+    ptr
+}
+
+extern "C" fn arena_free(ctx: *mut c_void, ptr: *mut c_void, size: usize) {
+    // SAFETY: CPython passes back the ctx given in `install`.
+    let inner = unsafe { arena_inner(ctx) };
+    if !ptr.is_null() {
+        charge(current_tag(), -signed(size), false);
+    }
+    if let Some(free) = inner.free {
+        free(inner.ctx, ptr, size);
+    }
+}
+
+/// The memory account of one interpreter: a slot of the static table, valid until
+/// [`release`](Self::release).
+#[derive(Debug)]
+pub(crate) struct Account {
+    index: usize,
+    generation: usize,
+}
+
+/// Memory figures of an account.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Usage {
+    pub in_use: usize,
+    pub peak: usize,
+    pub refused: u64,
+}
+
+impl Account {
+    /// Opens an account for `sub`, charged from now on for every block its threads
+    /// allocate, with `limit` bytes at most (0: no limit). None when the hooks are not
+    /// installed or every slot is taken.
+    pub(crate) fn open(sub: &SubInterpreter, limit: usize) -> Option<Account> {
+        if !installed() {
+            return None;
+        }
+        let interp = sub.interp_address();
+        for (index, slot) in TABLE.iter().enumerate() {
+            if slot
+                .interp
+                .compare_exchange(0, interp, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                slot.in_use.store(0, Ordering::Relaxed);
+                slot.peak.store(0, Ordering::Relaxed);
+                slot.refused.store(0, Ordering::Relaxed);
+                slot.limit.store(limit, Ordering::Relaxed);
+                let generation =
+                    (slot.generation.load(Ordering::Relaxed) + 1) & (usize::MAX >> SLOT_BITS);
+                slot.generation.store(generation, Ordering::Release);
+                HIGH.fetch_max(index + 1, Ordering::AcqRel);
+                REGISTRY.fetch_add(1, Ordering::AcqRel);
+                return Some(Account { index, generation });
+            }
+        }
+        None
+    }
+
+    /// Charges what the calling thread allocates to this account without looking up its
+    /// thread state, until [`leave_thread`](Self::leave_thread): for the interpreter's
+    /// own thread, which must attach no other interpreter's thread state meanwhile.
+    pub(crate) fn enter_thread(&self) {
+        let tag = (self.index + 1) | (self.generation << SLOT_BITS);
+        let _ = OWN.try_with(|own| own.set(tag));
+    }
+
+    /// Ends [`enter_thread`](Self::enter_thread) on the calling thread.
+    pub(crate) fn leave_thread() {
+        let _ = OWN.try_with(|own| own.set(NONE));
+    }
+
+    fn slot(&self) -> Option<&'static Slot> {
+        let slot = TABLE.get(self.index)?;
+        (slot.generation.load(Ordering::Acquire) == self.generation).then_some(slot)
+    }
+
+    /// The account's figures now.
+    pub(crate) fn usage(&self) -> Usage {
+        self.slot().map_or(Usage::default(), |slot| Usage {
+            in_use: slot.in_use.load(Ordering::Relaxed).max(0) as usize,
+            peak: slot.peak.load(Ordering::Relaxed),
+            refused: slot.refused.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Closes the account (its interpreter has ended): returns its last figures. Blocks
+    /// charged to it and freed later are no longer credited anywhere.
+    pub(crate) fn release(self) -> Usage {
+        let usage = self.usage();
+        if let Some(slot) = self.slot() {
+            slot.limit.store(0, Ordering::Relaxed);
+            // A generation no tag holds, until the slot is opened again.
+            slot.generation.store(
+                (self.generation + 1) & (usize::MAX >> SLOT_BITS),
+                Ordering::Release,
+            );
+            slot.interp.store(0, Ordering::Release);
+            REGISTRY.fetch_add(1, Ordering::AcqRel);
+        }
+        usage
+    }
+}

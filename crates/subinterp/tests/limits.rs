@@ -1,0 +1,299 @@
+//! Memory accounting, memory limits and CPU time per interpreter, and CPU budgets of pool
+//! tasks.
+//!
+//! The tests that allocate a lot run one at a time (a lock), so that the process's peak
+//! RSS can be compared with the limit: it must stay within the limit plus a slack of
+//! 100 MB (the runtime, the other interpreter, the allocator's arenas).
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use subinterp::{
+    parse_size, Error, Interpreter, InterpreterConfig, Pool, PoolConfig, Runtime, RuntimeConfig,
+    TaskOptions, Value,
+};
+
+const MB: u64 = 1 << 20;
+/// How far the process's peak RSS may grow past the limit of the interpreter that
+/// allocates.
+const RSS_SLACK: u64 = 100 * MB;
+
+/// The runtime of these tests, with memory accounting (the default, said explicitly).
+fn runtime() -> Runtime {
+    Runtime::get_or_init(RuntimeConfig::new().memory_accounting(true)).expect("start Python")
+}
+
+fn isolated() -> Interpreter {
+    Interpreter::new(&runtime(), &InterpreterConfig::isolated()).expect("create interpreter")
+}
+
+static HEAVY: Mutex<()> = Mutex::new(());
+
+fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The process's peak resident set size (`VmHWM`), in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM");
+    let kb: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("a number of kB");
+    kb * 1024
+}
+
+fn limited(bytes: u64) -> Interpreter {
+    let mut config = InterpreterConfig::isolated();
+    config.memory_limit(bytes);
+    Interpreter::new(&runtime(), &config).expect("create interpreter")
+}
+
+const GROW_INTS: &str = r#"
+def grow():
+    items = []
+    try:
+        while True:
+            items.append(len(items) * 7 + 1000)
+    except MemoryError:
+        n = len(items)
+        del items
+        return n
+"#;
+
+#[test]
+fn an_interpreter_past_its_limit_gets_memory_error_while_another_goes_on() {
+    let _heavy = heavy();
+    let rss_before = peak_rss();
+    let greedy = limited(100 * MB);
+    let other = isolated();
+    greedy.exec(GROW_INTS).unwrap();
+    other
+        .exec("def work():\n    return sum(len(str(i)) for i in range(3_000_000))")
+        .unwrap();
+    std::thread::scope(|scope| {
+        let busy = scope.spawn(|| other.call("__main__:work", ()).unwrap());
+        let grown = greedy.call("__main__:grow", ()).unwrap();
+        let Value::Int(n) = grown else {
+            panic!("{grown:?}")
+        };
+        // 100 MB of small ints and list slots: millions of them.
+        assert!(n > 1_000_000, "only {n} ints before the MemoryError");
+        assert_eq!(busy.join().unwrap(), Value::Int(19_888_890));
+    });
+    // The limited interpreter goes on once it freed its memory.
+    assert_eq!(greedy.eval("sum(range(10))").unwrap(), Value::Int(45));
+    assert!(greedy.memory_refusals() >= 1);
+    let peak = greedy.memory_peak().unwrap();
+    // The limit is checked against the sizes asked for; the figure counts what malloc
+    // gave, rounded up by a few bytes a block.
+    assert!(peak <= 100 * MB + 64 * 1024, "peak {peak} past the limit");
+    // The list grows by steps of an eighth: its last step may be refused well before
+    // the limit.
+    assert!(
+        peak > 75 * MB,
+        "peak {peak}: the list did not reach the limit"
+    );
+    assert_eq!(other.memory_refusals(), 0);
+    let grown_rss = peak_rss().saturating_sub(rss_before);
+    assert!(
+        grown_rss <= 100 * MB + RSS_SLACK,
+        "peak RSS grew by {} MB",
+        grown_rss / MB
+    );
+}
+
+#[test]
+fn one_large_bytearray_past_the_limit_is_a_memory_error() {
+    let _heavy = heavy();
+    let interp = limited(100 * MB);
+    let caught = interp
+        .eval(
+            "(lambda: (exec('try:\\n    b = bytearray(200 * 2**20)\\n    r = \"allocated\"\\n\
+             except MemoryError:\\n    r = \"MemoryError\"', globals()), r)[1])()",
+        )
+        .unwrap();
+    assert_eq!(caught, Value::from("MemoryError"));
+    // Uncaught, it reaches the host as a Python MemoryError.
+    match interp.exec("b = bytearray(150 * 2**20)") {
+        Err(Error::Python(exc)) => assert!(exc.is("MemoryError"), "{exc:?}"),
+        other => panic!("{other:?}"),
+    }
+    // Below the limit it works.
+    interp
+        .exec("b = bytearray(50 * 2**20); del b")
+        .expect("50 MB under a 100 MB limit");
+}
+
+#[test]
+fn a_large_allocation_shows_in_the_peak_and_leaves_in_use_when_freed() {
+    let _heavy = heavy();
+    let interp = isolated();
+    let before = interp
+        .memory_in_use()
+        .expect("memory accounting is on by default");
+    interp.exec("b = bytes(50 * 2**20)").unwrap();
+    let during = interp.memory_in_use().unwrap();
+    assert!(
+        during >= before + 50 * MB,
+        "{before} -> {during}: 50 MB not counted"
+    );
+    interp.exec("del b").unwrap();
+    let after = interp.memory_in_use().unwrap();
+    assert!(after < before + 5 * MB, "{before} -> {after} after del");
+    let peak = interp.memory_peak().unwrap();
+    assert!(peak >= before + 50 * MB, "peak {peak}");
+    // The figures stay readable after the interpreter ended.
+    interp.close().unwrap();
+    assert!(interp.memory_peak().unwrap() >= 50 * MB);
+}
+
+#[test]
+fn threads_started_by_python_code_are_charged_to_their_interpreter() {
+    let _heavy = heavy();
+    let interp = isolated();
+    let before = interp.memory_in_use().unwrap();
+    interp
+        .exec(
+            "import threading\nkept = []\n\
+             t = threading.Thread(target=lambda: kept.append(bytes(30 * 2**20)))\n\
+             t.start(); t.join()",
+        )
+        .unwrap();
+    let after = interp.memory_in_use().unwrap();
+    assert!(
+        after >= before + 30 * MB,
+        "{before} -> {after}: the thread's 30 MB not counted"
+    );
+}
+
+#[test]
+fn a_limit_applies_to_threads_started_by_python_code() {
+    let _heavy = heavy();
+    let interp = limited(64 * MB);
+    interp
+        .exec(
+            "import threading\nseen = []\n\
+             def grab():\n    try:\n        bytes(100 * 2**20)\n        seen.append('allocated')\n\
+             \x20   except MemoryError:\n        seen.append('MemoryError')\n\
+             t = threading.Thread(target=grab)\nt.start(); t.join()",
+        )
+        .unwrap();
+    assert_eq!(
+        interp.eval("seen").unwrap(),
+        Value::List(vec![Value::from("MemoryError")])
+    );
+}
+
+#[test]
+fn a_limit_of_zero_is_refused() {
+    let mut config = InterpreterConfig::isolated();
+    config.memory_limit(0);
+    let err = Interpreter::new(&runtime(), &config).unwrap_err();
+    assert!(matches!(err, Error::InvalidConfig(_)), "{err:?}");
+}
+
+#[test]
+fn cpu_time_counts_a_one_second_loop() {
+    let interp = isolated();
+    let before = interp.cpu_time();
+    // Spins until the thread itself has used 1 s of CPU (whatever the machine's load).
+    interp
+        .exec(
+            "import time\nt0 = time.thread_time()\n\
+             while time.thread_time() - t0 < 1.0:\n    pass",
+        )
+        .unwrap();
+    let used = interp.cpu_time() - before;
+    assert!(
+        used >= Duration::from_millis(950) && used <= Duration::from_millis(2000),
+        "a 1 s CPU loop counted as {used:?}"
+    );
+    interp.close().unwrap();
+    assert!(
+        interp.cpu_time() >= used,
+        "the last value is kept after close"
+    );
+}
+
+#[test]
+fn a_pool_task_past_the_memory_limit_fails_and_its_worker_is_replaced() {
+    let _heavy = heavy();
+    let mut interp_config = InterpreterConfig::isolated();
+    interp_config.memory_limit(100 * MB);
+    let mut config = PoolConfig::new();
+    config.workers(1).interpreter(interp_config);
+    let pool = Pool::new(&runtime(), &config).unwrap();
+    let first = pool.submit("subinterp:id", ()).unwrap().wait().unwrap();
+    match pool
+        .submit("builtins:bytearray", (200 * MB as i64,))
+        .unwrap()
+        .wait()
+    {
+        Err(Error::Python(exc)) => assert!(exc.is("MemoryError"), "{exc:?}"),
+        other => panic!("{other:?}"),
+    }
+    let second = pool.submit("subinterp:id", ()).unwrap().wait().unwrap();
+    assert_ne!(first, second, "the worker was not replaced");
+    // Tasks under the limit run as before.
+    let ok = pool
+        .submit("builtins:bytearray", (MB as i64,))
+        .unwrap()
+        .wait();
+    assert!(ok.is_ok(), "{ok:?}");
+    let third = pool.submit("subinterp:id", ()).unwrap().wait().unwrap();
+    assert_eq!(second, third, "a task under the limit replaced the worker");
+    pool.shutdown(Duration::from_secs(10));
+}
+
+#[test]
+fn a_cpu_budget_stops_a_loop() {
+    let mut config = PoolConfig::new();
+    config
+        .workers(1)
+        .init("def spin():\n    while True:\n        pass\n")
+        .init("def nap():\n    import time\n    time.sleep(1.0)\n    return 'rested'\n");
+    let pool = Pool::new(&runtime(), &config).unwrap();
+    let budget = TaskOptions {
+        cpu_budget: Some(Duration::from_millis(300)),
+        ..TaskOptions::default()
+    };
+    let err = pool
+        .submit_with("__main__:spin", (), budget)
+        .unwrap()
+        .wait()
+        .unwrap_err();
+    match &err {
+        Error::Timeout { message, .. } => {
+            assert!(message.contains("CPU budget of 0.300 s"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // Sleeping uses no CPU: a task waiting longer than its budget is not stopped.
+    let rested = pool
+        .submit_with("__main__:nap", (), budget)
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(rested, Value::from("rested"));
+    pool.shutdown(Duration::from_secs(10));
+}
+
+#[test]
+fn sizes_are_read_with_binary_units() {
+    assert_eq!(parse_size("256M").unwrap(), 256 * MB);
+    assert_eq!(parse_size("2G").unwrap(), 2 << 30);
+    assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+    assert_eq!(parse_size("1.5k").unwrap(), 1536);
+    assert_eq!(parse_size("4096").unwrap(), 4096);
+    assert_eq!(parse_size(" 64 MB ").unwrap(), 64 * MB);
+    for bad in ["", "0", "M", "-1M", "1.5", "12X", "99999999999T", "0.1K"] {
+        let err = parse_size(bad).unwrap_err();
+        assert!(matches!(err, Error::InvalidConfig(_)), "{bad:?}: {err:?}");
+    }
+}
