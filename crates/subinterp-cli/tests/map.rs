@@ -33,8 +33,15 @@ def big(record):
 
 def grow_on_three(record):
     import subinterp
+    data = []
     if record == 3:
-        data = bytearray(100 << 20)
+        # 1 MiB blocks: the one past the limit is refused.
+        while True:
+            data.append(bytearray(1 << 20))
+    if record == 5:
+        # Small objects: granted past the limit, then an asynchronous MemoryError.
+        while True:
+            data.append(str(len(data)) * 4)
     return subinterp.id()
 "#;
 
@@ -177,17 +184,17 @@ fn a_record_past_the_memory_limit_fails_its_worker_is_replaced_and_the_others_su
     let results = lines(&stdout(&out));
     assert_eq!(results.len(), 8);
     assert_eq!(results[3]["error"]["type"], "builtins.MemoryError");
+    assert_eq!(results[5]["error"]["type"], "builtins.MemoryError");
     let id = |n: usize| {
         results[n]["ok"]
             .as_i64()
             .unwrap_or_else(|| panic!("record {n}: {}", results[n]))
     };
     assert!((0..3).all(|n| id(n) == id(0)), "{results:?}");
-    assert!((4..8).all(|n| id(n) == id(4)), "{results:?}");
-    assert_ne!(
-        id(0),
-        id(4),
-        "the worker that hit the limit was not replaced"
+    assert!((6..8).all(|n| id(n) == id(6)), "{results:?}");
+    assert!(
+        id(0) != id(4) && id(4) != id(6),
+        "a worker that hit the limit was not replaced: {results:?}"
     );
 }
 

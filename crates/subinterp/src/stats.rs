@@ -11,7 +11,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use metrics::Counter;
 use serde::Serialize;
@@ -44,6 +44,10 @@ pub struct Stats {
     pub tasks_timed_out: u64,
     /// Tasks cancelled ([`Error::Cancelled`]).
     pub tasks_cancelled: u64,
+    /// Pool tasks during which their worker went past its memory limit (each also
+    /// counted by its outcome, usually failed with `MemoryError`); the worker was
+    /// replaced.
+    pub tasks_over_memory_limit: u64,
     /// Messages sent on channels by the interpreter's code (`subinterp.channel(...).send`).
     pub messages_sent: u64,
     /// Bytes those messages carried: of `bytes` and `str` values, pickled objects and
@@ -64,11 +68,13 @@ pub struct Stats {
     pub interpreters_created: u64,
     /// Interpreters ended (left running past their grace period: not ended).
     pub interpreters_ended: u64,
-    /// Bytes of memory in use by the interpreter, where memory accounting is built in.
+    /// Bytes of memory CPython holds for the interpreter (for a pool: for its live
+    /// workers), where memory accounting is on (see the README's "Limits").
     pub memory_bytes: Option<u64>,
-    /// Peak of `memory_bytes`, where memory accounting is built in.
+    /// Peak of `memory_bytes` (for a pool: the highest any one worker reached).
     pub memory_peak_bytes: Option<u64>,
-    /// CPU seconds used by the interpreter's threads, where CPU accounting is built in.
+    /// CPU seconds used by the interpreter's own thread (for a pool: by every worker it
+    /// had, added up).
     pub cpu_seconds: Option<f64>,
     /// Times the memory limit was enforced: an allocation refused, or a `MemoryError`
     /// raised because the interpreter went past it.
@@ -203,6 +209,68 @@ impl Exported {
     }
 }
 
+/// Memory and CPU figures of one interpreter, read live from its meters.
+pub(crate) trait Meters: Send + Sync {
+    /// Bytes in use now, the peak, and times the limit was enforced; None without
+    /// memory accounting.
+    fn memory(&self) -> Option<(u64, u64, u64)>;
+    /// CPU seconds of the interpreter's own thread.
+    fn cpu_seconds(&self) -> f64;
+}
+
+/// The meters of the interpreters counted here: those alive, and what those that ended
+/// left.
+#[derive(Default)]
+struct Metered {
+    live: Vec<Arc<dyn Meters>>,
+    /// Any interpreter was metered.
+    any: bool,
+    /// Any had memory accounting.
+    accounted: bool,
+    ended_cpu: f64,
+    ended_peak: u64,
+    ended_refusals: u64,
+}
+
+impl Metered {
+    fn fold(&mut self, meters: &dyn Meters) {
+        self.any = true;
+        self.ended_cpu += meters.cpu_seconds();
+        if let Some((_, peak, refusals)) = meters.memory() {
+            self.accounted = true;
+            self.ended_peak = self.ended_peak.max(peak);
+            self.ended_refusals += refusals;
+        }
+    }
+
+    fn fill(&self, stats: &mut Stats) {
+        let mut cpu = self.ended_cpu;
+        let (mut in_use, mut peak, mut refusals) = (0, self.ended_peak, self.ended_refusals);
+        let mut accounted = self.accounted;
+        for meters in &self.live {
+            cpu += meters.cpu_seconds();
+            if let Some((now, high, refused)) = meters.memory() {
+                accounted = true;
+                in_use += now;
+                peak = peak.max(high);
+                refusals += refused;
+            }
+        }
+        if self.any || !self.live.is_empty() {
+            stats.cpu_seconds = Some(cpu);
+        }
+        if accounted {
+            stats.memory_bytes = Some(in_use);
+            stats.memory_peak_bytes = Some(peak);
+        }
+        stats.memory_refusals = refusals;
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The live counters of an interpreter or a pool.
 pub(crate) struct Counters {
     tasks: [AtomicU64; 4],
@@ -213,6 +281,8 @@ pub(crate) struct Counters {
     guards: [[AtomicU64; 2]; 7],
     interpreters_created: AtomicU64,
     interpreters_ended: AtomicU64,
+    over_memory_limit: AtomicU64,
+    metered: Mutex<Metered>,
     parent: Option<Arc<Counters>>,
     exported: Exported,
 }
@@ -228,6 +298,8 @@ impl Counters {
             guards: Default::default(),
             interpreters_created: AtomicU64::new(0),
             interpreters_ended: AtomicU64::new(0),
+            over_memory_limit: AtomicU64::new(0),
+            metered: Mutex::new(Metered::default()),
             parent,
             exported,
         }
@@ -315,6 +387,34 @@ impl Counters {
         metrics::counter!("subinterp_guard_events_total", labels).increment(1);
     }
 
+    /// A pool task ran its worker past its memory limit.
+    pub(crate) fn task_over_memory_limit(&self) {
+        self.over_memory_limit.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(
+            "subinterp_tasks_over_memory_limit_total",
+            self.exported.labels(&[])
+        )
+        .increment(1);
+    }
+
+    /// Reads `meters` for this interpreter's figures (and its pool's) until
+    /// [`unmeter`](Self::unmeter).
+    pub(crate) fn meter(&self, meters: &Arc<dyn Meters>) {
+        for c in self.chain() {
+            lock(&c.metered).live.push(Arc::clone(meters));
+        }
+    }
+
+    /// The interpreter ended: its last figures are kept, added up with those of the
+    /// others that ended.
+    pub(crate) fn unmeter(&self, meters: &Arc<dyn Meters>) {
+        for c in self.chain() {
+            let mut metered = lock(&c.metered);
+            metered.live.retain(|m| !Arc::ptr_eq(m, meters));
+            metered.fold(meters.as_ref());
+        }
+    }
+
     /// The interpreter was created.
     pub(crate) fn created(&self) {
         self.lifecycle(
@@ -358,12 +458,13 @@ impl Counters {
                 );
             }
         }
-        Stats {
+        let mut stats = Stats {
             tasks_run: tasks.iter().sum(),
             tasks_ok: tasks[Outcome::Ok as usize],
             tasks_failed: tasks[Outcome::Failed as usize],
             tasks_timed_out: tasks[Outcome::TimedOut as usize],
             tasks_cancelled: tasks[Outcome::Cancelled as usize],
+            tasks_over_memory_limit: get(&self.over_memory_limit),
             messages_sent: get(&self.messages_sent),
             bytes_sent: get(&self.bytes_sent),
             messages_received: get(&self.messages_received),
@@ -377,7 +478,9 @@ impl Counters {
             memory_peak_bytes: None,
             cpu_seconds: None,
             memory_refusals: 0,
-        }
+        };
+        lock(&self.metered).fill(&mut stats);
+        stats
     }
 }
 

@@ -90,9 +90,9 @@ fn an_interpreter_past_its_limit_gets_memory_error_while_another_goes_on() {
     assert_eq!(greedy.eval("sum(range(10))").unwrap(), Value::Int(45));
     assert!(greedy.memory_refusals() >= 1);
     let peak = greedy.memory_peak().unwrap();
-    // The limit is checked against the sizes asked for; the figure counts what malloc
-    // gave, rounded up by a few bytes a block.
-    assert!(peak <= 100 * MB + 64 * 1024, "peak {peak} past the limit");
+    // Small objects past the limit are granted until the asynchronous MemoryError stops
+    // the code (a few milliseconds later); the ceiling, a quarter more, is never passed.
+    assert!(peak <= 125 * MB, "peak {peak} past the ceiling");
     // The list grows by steps of an eighth: its last step may be refused well before
     // the limit.
     assert!(
@@ -106,6 +106,56 @@ fn an_interpreter_past_its_limit_gets_memory_error_while_another_goes_on() {
         "peak RSS grew by {} MB",
         grown_rss / MB
     );
+}
+
+/// CPython 3.13.0 crashed (SIGSEGV in dictresize) after small allocations of its
+/// internals had been refused again and again at the limit: code that keeps catching
+/// the MemoryError and allocating more must never bring the process down.
+#[test]
+fn allocating_again_and_again_at_the_limit_never_crashes() {
+    let _heavy = heavy();
+    let interp = limited(64 * MB);
+    interp
+        .exec(
+            r#"
+def blocks(rounds):
+    refused = 0
+    keep = []
+    for i in range(rounds):
+        try:
+            keep.append(bytearray(1 << 20))
+            names = {f"name_{i}_{j}": j for j in range(50)}
+        except MemoryError:
+            refused += 1
+    return refused
+
+def small(rounds):
+    refused = 0
+    keep = []
+    for i in range(rounds):
+        try:
+            while True:
+                keep.append(str(len(keep)) * 3)
+        except MemoryError:
+            refused += 1
+            del keep[-1000:]
+    return refused
+"#,
+        )
+        .unwrap();
+    let Value::Int(refused) = interp.call("__main__:blocks", (400,)).unwrap() else {
+        panic!()
+    };
+    assert!(refused > 300, "{refused} of 400 blocks refused");
+    let Value::Int(refused) = interp.call("__main__:small", (50,)).unwrap() else {
+        panic!()
+    };
+    assert_eq!(refused, 50);
+    // Still working: fresh strings are interned, dicts resized, modules imported.
+    interp
+        .exec("import json, decimal\nx = {str(i): i for i in range(10_000)}")
+        .unwrap();
+    assert!(interp.memory_peak().unwrap() <= 64 * MB + 16 * MB + MB);
 }
 
 #[test]

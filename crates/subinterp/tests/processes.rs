@@ -97,6 +97,11 @@ def read_stdin():
 def printing():
     print("to the host's stderr")
     return 1
+
+def grab(mb):
+    data = b"x" * (mb << 20)
+    time.sleep(10)
+    return len(data)
 "#;
 
 /// The runtime of this test process: the venv's Python (if PyPI was reachable) and the
@@ -573,4 +578,42 @@ fn a_refusal_is_said_once_naming_the_refused_module() {
         "{}",
         said[0]
     );
+}
+
+#[test]
+fn a_worker_process_past_the_memory_limit_is_killed_and_its_task_gets_memory_error() {
+    let pool = new_pool(|c| {
+        let mut interpreter = subinterp::InterpreterConfig::isolated();
+        interpreter.memory_limit(200 << 20);
+        c.workers(1).interpreter(interpreter);
+    });
+    let before = int(wait(pool.submit("proc_tasks:pid", ()).unwrap()).unwrap());
+    let err = wait(pool.submit("proc_tasks:grab", (400,)).unwrap()).unwrap_err();
+    let exc = err.as_python().unwrap_or_else(|| panic!("{err:?}"));
+    assert!(exc.is("MemoryError"), "{exc:?}");
+    assert!(
+        exc.message.contains("memory limit of 200 MiB"),
+        "{}",
+        exc.message
+    );
+    // Replaced: a new process runs the next task, well under the limit.
+    let after = int(wait(pool.submit("proc_tasks:pid", ()).unwrap()).unwrap());
+    assert_ne!(before, after);
+    assert_eq!(pool.stats().tasks_over_memory_limit, 1);
+    pool.shutdown(WAIT);
+}
+
+#[test]
+fn a_cpu_budget_stops_a_loop_in_a_worker_process() {
+    let pool = new_pool(|c| {
+        c.workers(1).cpu_budget(Duration::from_millis(300));
+    });
+    let before = int(wait(pool.submit("proc_tasks:pid", ()).unwrap()).unwrap());
+    let err = wait(pool.submit("proc_tasks:spin", ()).unwrap()).unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    assert!(err.to_string().contains("CPU budget of 0.300 s"), "{err}");
+    // Interrupted as at a deadline: the process is kept.
+    let after = int(wait(pool.submit("proc_tasks:pid", ()).unwrap()).unwrap());
+    assert_eq!(before, after);
+    pool.shutdown(WAIT);
 }

@@ -27,6 +27,15 @@ def spin():
 def sleep(seconds):
     time.sleep(seconds)
 
+def burn(seconds):
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+def hold(megabytes):
+    global held
+    held = bytearray(megabytes << 20)
+
 def chatter(name):
     ch = subinterp.channel(name)
     ch.send(b"abc")
@@ -115,14 +124,15 @@ fn an_interpreters_stats_match_what_ran() {
         (stats.interpreters_created, stats.interpreters_ended),
         (1, 0)
     );
-    assert_eq!(
-        (
-            stats.memory_bytes,
-            stats.memory_peak_bytes,
-            stats.cpu_seconds
-        ),
-        (None, None, None)
+    // Memory accounting is on by default: what the interpreter holds, its peak (at
+    // least what it holds), and the CPU time of its thread.
+    let (memory, peak) = (
+        stats.memory_bytes.unwrap(),
+        stats.memory_peak_bytes.unwrap(),
     );
+    assert!(memory > 0 && peak >= memory, "{stats:?}");
+    assert!(stats.cpu_seconds.unwrap() > 0.0, "{stats:?}");
+    assert_eq!(stats.memory_refusals, 0);
     // The same counts through the metrics facade, labelled with the interpreter.
     let id = interp.id().to_string();
     let me = ("interpreter", id.as_str());
@@ -265,5 +275,35 @@ fn recycled_workers_add_up_in_the_pool() {
     assert_eq!(stats.messages_sent, 12, "{stats:?}");
     assert!(stats.interpreters_created >= 3, "{stats:?}");
     assert!(stats.interpreters_ended >= 2, "{stats:?}");
+    // CPU time adds up over the workers that ended; the peak is the highest one worker
+    // reached; memory in use is what the live worker holds.
+    for _ in 0..2 {
+        pool.submit("__main__:burn", (0.3,))
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    pool.submit("__main__:hold", (40,)).unwrap().wait().unwrap();
+    let stats = pool.stats();
+    assert!(stats.cpu_seconds.unwrap() >= 0.55, "{stats:?}");
+    assert!(stats.memory_peak_bytes.unwrap() >= 40 << 20, "{stats:?}");
+    assert!(stats.memory_bytes.unwrap() >= 40 << 20, "{stats:?}");
     pool.shutdown(Duration::from_secs(10));
+    let after = pool_stats_after_shutdown(&config);
+    assert!(
+        after.cpu_seconds.unwrap() > 0.0 && after.memory_bytes == Some(0),
+        "{after:?}"
+    );
+}
+
+/// A pool's stats read after its shutdown: what its workers used, none of them alive.
+fn pool_stats_after_shutdown(config: &PoolConfig) -> subinterp::Stats {
+    let pool = Pool::new(&common::runtime(), config).unwrap();
+    pool.submit("__main__:burn", (0.05,))
+        .unwrap()
+        .wait()
+        .unwrap();
+    let handle = pool.stats_handle();
+    pool.shutdown(Duration::from_secs(10));
+    handle.stats()
 }

@@ -77,6 +77,9 @@ pub fn main(args: MapArgs) -> u8 {
     if let Some(timeout) = timeout {
         config.timeout(timeout);
     }
+    if let Some(budget) = args.cpu_budget {
+        config.cpu_budget(budget);
+    }
     if let Some(setup) = args.setup_timeout {
         config.setup_timeout(setup);
     }

@@ -77,9 +77,16 @@ pub struct MapArgs {
     #[arg(long, value_name = "SECS", value_parser = crate::parse_seconds)]
     pub(super) timeout: Option<Duration>,
 
+    /// CPU-time budget of each record, in seconds of its interpreter's thread (waiting on
+    /// I/O or a lock uses none). A record past it is stopped as at --timeout.
+    #[arg(long, value_name = "SECS", value_parser = crate::parse_seconds)]
+    pub(super) cpu_budget: Option<Duration>,
+
     /// Memory limit of each interpreter: what its Python code allocates through CPython
     /// (256M, 2G; K, M, G, T are powers of 1024). A record that goes past it fails with
-    /// builtins.MemoryError, and its interpreter is replaced.
+    /// builtins.MemoryError (blocks of 1 MiB or more are refused at the limit, smaller
+    /// ones raise it within milliseconds; nothing passes the limit plus a quarter), and
+    /// its interpreter is replaced.
     #[arg(long, value_name = "SIZE", value_parser = crate::parse_size)]
     pub(super) memory_limit: Option<u64>,
 

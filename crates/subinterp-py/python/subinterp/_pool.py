@@ -329,7 +329,12 @@ class Pool(concurrent.futures.Executor):
       interpreters of this process;
     - ``memory_limit``: bytes (an int, or a size such as ``"256M"``) each worker
       interpreter may hold. Past it, the task gets ``MemoryError`` and its worker is
-      replaced; the other workers and this interpreter go on.
+      replaced; the other workers and this interpreter go on (blocks of 1 MiB or more
+      are refused at the limit; smaller ones raise within milliseconds; nothing passes
+      the limit plus a quarter);
+    - ``cpu_budget``: the CPU time, in seconds, a task may use (its worker's thread;
+      waiting on I/O or a lock uses none); past it the task fails with ``TimeoutError``
+      as at its ``timeout``.
 
     ``stats()`` returns the pool's counters as a dict: tasks by outcome, channel messages
     and bytes, guard rail events, interpreters created and ended.
@@ -364,6 +369,7 @@ class Pool(concurrent.futures.Executor):
         allow_write=None,
         process_fallback: bool = True,
         memory_limit: int | str | None = None,
+        cpu_budget: float | None = None,
     ):
         if max_tasks_per_child is not None:
             if max_tasks_per_worker is not None:
@@ -402,6 +408,7 @@ class Pool(concurrent.futures.Executor):
                 **guard_settings(guards, allow_write),
                 "process_fallback": bool(process_fallback),
                 "memory_limit": memory_limit,
+                "cpu_budget": cpu_budget,
             },
         )
         self._max_workers = max_workers

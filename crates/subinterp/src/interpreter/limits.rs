@@ -6,14 +6,14 @@
 //! Sizes given by people (`--memory-limit 256M`) are read by [`parse_size`], the one rule
 //! for a number of bytes.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Once, Weak};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::raw::alloc::{Account, Usage};
 use crate::raw::cputime::ThreadCpuClock;
 use crate::raw::lifecycle::SubInterpreter;
-use crate::stats::Stats;
+use crate::stats::Meters;
 
 /// One interpreter's meters, shared by its thread and its handles.
 #[derive(Debug)]
@@ -34,8 +34,47 @@ struct State {
     ended_cpu: Duration,
 }
 
-fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What the watcher does for an interpreter that went past its limit.
+type Enforce = Box<dyn Fn() + Send + Sync>;
+
+/// The interpreters with a memory limit, for the watcher.
+static WATCHED: Mutex<Vec<(Weak<Meter>, Enforce)>> = Mutex::new(Vec::new());
+static WATCHER: Once = Once::new();
+
+/// The watcher thread: woken by the allocator hooks when an interpreter was granted
+/// memory past its limit (and every 50 ms while any interpreter has a limit, in case a
+/// notice came before it was watched), it calls that interpreter's `enforce`, which
+/// raises `MemoryError` in it asynchronously.
+fn watcher() {
+    loop {
+        let due: Vec<Arc<Meter>> = {
+            let mut watched = lock(&WATCHED);
+            watched.retain(|(meter, _)| meter.strong_count() > 0);
+            watched
+                .iter()
+                .filter_map(|(meter, _)| meter.upgrade())
+                .filter(|meter| meter.take_over_limit())
+                .collect()
+        };
+        for meter in due {
+            let watched = lock(&WATCHED);
+            if let Some((_, enforce)) = watched
+                .iter()
+                .find(|(m, _)| std::ptr::eq(m.as_ptr(), Arc::as_ptr(&meter)))
+            {
+                enforce();
+            }
+        }
+        if lock(&WATCHED).is_empty() {
+            std::thread::park();
+        } else {
+            std::thread::park_timeout(Duration::from_millis(50));
+        }
+    }
 }
 
 impl Meter {
@@ -64,6 +103,44 @@ impl Meter {
             }),
             limit,
         })
+    }
+
+    /// Has the watcher call `enforce` each time the interpreter is granted memory past its
+    /// limit (nothing without a limit). `enforce` must not wait for the interpreter.
+    pub(crate) fn watch(self: &Arc<Self>, enforce: impl Fn() + Send + Sync + 'static) {
+        if self.limit.is_none() {
+            return;
+        }
+        WATCHER.call_once(|| {
+            match std::thread::Builder::new()
+                .name("subinterp-memory".into())
+                .spawn(watcher)
+            {
+                Ok(handle) => crate::raw::alloc::set_watcher(handle.thread().clone()),
+                Err(err) => tracing::error!("cannot start the memory watcher: {err}"),
+            }
+        });
+        lock(&WATCHED).push((Arc::downgrade(self), Box::new(enforce)));
+    }
+
+    fn take_over_limit(&self) -> bool {
+        lock(&self.state)
+            .account
+            .as_ref()
+            .is_some_and(Account::take_over_limit)
+    }
+
+    /// Whether the interpreter holds more than its limit now; if so, counts the
+    /// `MemoryError` about to be raised for it.
+    pub(crate) fn enforcing(&self) -> bool {
+        let state = lock(&self.state);
+        match &state.account {
+            Some(account) if account.over_limit() => {
+                account.note_enforced();
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Before the interpreter's thread attaches another interpreter's thread state
@@ -114,15 +191,6 @@ impl Meter {
         self.limit
     }
 
-    /// Puts the memory and CPU figures into a stats snapshot.
-    pub(crate) fn fill(&self, stats: &mut Stats) {
-        let memory = self.memory();
-        stats.memory_bytes = memory.map(|u| u.in_use as u64);
-        stats.memory_peak_bytes = memory.map(|u| u.peak as u64);
-        stats.memory_refusals = memory.map_or(0, |u| u.refused);
-        stats.cpu_seconds = Some(self.cpu_time().as_secs_f64());
-    }
-
     /// CPU time used by the interpreter's own thread (not the threads its Python code
     /// started).
     pub(crate) fn cpu_time(&self) -> Duration {
@@ -136,12 +204,23 @@ impl Meter {
     }
 }
 
+impl Meters for Meter {
+    fn memory(&self) -> Option<(u64, u64, u64)> {
+        self.memory()
+            .map(|u| (u.in_use as u64, u.peak as u64, u.refused))
+    }
+
+    fn cpu_seconds(&self) -> f64 {
+        self.cpu_time().as_secs_f64()
+    }
+}
+
 /// Why a limit cannot be had.
 pub(crate) fn unavailable() -> &'static str {
-    "memory limits need memory accounting, which is off: it is turned on when the \
-     embedded Python starts (RuntimeConfig::memory_accounting(true), the default, with a \
-     release build of CPython); a borrowed Python (the subinterp Python package) cannot \
-     have it, as it allocated memory before the accounting could be put in place"
+    "memory limits need memory accounting, which is off: it needs \
+     RuntimeConfig::memory_accounting(true) (the default) and a Python whose raw allocator \
+     is plain malloc (not a debug build of CPython, and, in a running Python, no \
+     tracemalloc tracing when subinterp started)"
 }
 
 /// Reads a number of bytes: digits with an optional binary unit, `K`, `M`, `G` or `T`

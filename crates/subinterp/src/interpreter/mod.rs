@@ -22,10 +22,10 @@ use crate::hazards;
 use crate::hazards::prepare;
 use crate::interpreter::config::InterpreterConfig;
 use crate::interpreter::limits::Meter;
-use crate::raw::lifecycle::{clear_pending_async, InterruptTarget, SubInterpreter};
+use crate::raw::lifecycle::{clear_pending_async, InterruptTarget, Raise, SubInterpreter};
 use crate::raw::Python;
 use crate::runtime::{Runtime, RuntimeInner};
-use crate::stats::{self, Counters, Outcome, Stats};
+use crate::stats::{self, Counters, Meters, Outcome, Stats};
 use crate::value::wire;
 use crate::value::Value;
 use crate::wait::{self, InterruptReason, InterruptState};
@@ -118,7 +118,7 @@ impl<R> Running<R> {
             Ok(_) | Err(NEVER) => true,
             Err(op) => {
                 let _ = self.interrupts.request(Request {
-                    reason,
+                    raise: Raise::Interrupt(reason),
                     op,
                     still_wanted: None,
                     repeat,
@@ -205,7 +205,7 @@ struct Delivery {
 
 /// An interrupt for the delivery thread to raise.
 struct Request {
-    reason: InterruptReason,
+    raise: Raise,
     /// The operation it is meant for.
     op: u64,
     /// Asked with the interpreter's GIL held, right before raising.
@@ -307,9 +307,13 @@ impl Interrupts {
                     && request.still_wanted.as_ref().map_or(true, |wanted| wanted())
                     // A wait in progress receives the interrupt directly; otherwise the
                     // running bytecode gets it as an asynchronous exception.
-                    && !self.waits.request(request.reason)
+                    && match request.raise {
+                        Raise::Interrupt(reason) => !self.waits.request(reason),
+                        // Memory is allocated by running code, not by a wait.
+                        Raise::MemoryError => true,
+                    }
             },
-            request.reason,
+            request.raise,
         );
     }
 
@@ -319,7 +323,7 @@ impl Interrupts {
         let op = self.op.load(Ordering::Acquire);
         if self.runs(op) {
             let _ = self.request(Request {
-                reason: InterruptReason::Cancelled,
+                raise: Raise::Interrupt(InterruptReason::Cancelled),
                 op,
                 still_wanted: None,
                 repeat: true,
@@ -333,6 +337,28 @@ impl Interrupts {
         delivery.ended = true;
         delivery.pending.clear();
         self.wake.notify_all();
+    }
+}
+
+/// What the memory watcher does when the interpreter was granted memory past its limit:
+/// raises `MemoryError` in the operation running, if it still holds too much once the
+/// interpreter's GIL is held (a wait in progress is left alone: waits allocate nothing).
+fn memory_error(interrupts: &Arc<Interrupts>, meter: &Arc<Meter>) -> impl Fn() + Send + Sync {
+    let interrupts = Arc::downgrade(interrupts);
+    let meter = Arc::downgrade(meter);
+    move || {
+        let (Some(interrupts), Some(meter)) = (interrupts.upgrade(), meter.upgrade()) else {
+            return;
+        };
+        let op = interrupts.op.load(Ordering::Acquire);
+        if interrupts.runs(op) {
+            let _ = interrupts.request(Request {
+                raise: Raise::MemoryError,
+                op,
+                still_wanted: Some(Box::new(move || meter.enforcing())),
+                repeat: false,
+            });
+        }
     }
 }
 
@@ -386,7 +412,7 @@ impl InterruptHandle {
         }
         if running {
             interrupts.request(Request {
-                reason,
+                raise: Raise::Interrupt(reason),
                 op,
                 still_wanted,
                 repeat: false,
@@ -504,12 +530,15 @@ impl Interpreter {
                 };
                 let id = sub.id();
                 let interrupts = Arc::new(Interrupts::new(sub.interrupt_target(), waits));
+                meter.watch(memory_error(&interrupts, &meter));
                 tracing::debug!(
                     interpreter = id,
                     elapsed_us = started.elapsed().as_micros() as u64,
                     "interpreter created"
                 );
                 counters.created();
+                let meters: Arc<dyn Meters> = meter.clone();
+                counters.meter(&meters);
                 let _ = ready_tx.send(Ok((
                     id,
                     Arc::clone(&interrupts),
@@ -554,6 +583,7 @@ impl Interpreter {
                     sub.abandon();
                 }
                 meter.finish();
+                counters.unmeter(&meters);
                 drop(rt);
                 drop(ending_tx);
             })
@@ -591,9 +621,7 @@ impl Interpreter {
     /// messages its code sent and received, its guard rail events, its memory and CPU time
     /// (see [`Stats`]). Never waits for the interpreter.
     pub fn stats(&self) -> Stats {
-        let mut stats = self.stats.snapshot();
-        self.meter.fill(&mut stats);
-        stats
+        self.stats.snapshot()
     }
 
     /// Bytes CPython holds for this interpreter's threads (its own, and those its code

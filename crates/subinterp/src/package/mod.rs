@@ -749,6 +749,8 @@ struct Settings {
     /// `process_fallback` (pool): tasks isolated interpreters refuse run in worker
     /// processes (default: yes).
     process_fallback: bool,
+    /// `cpu_budget` (pool): each task's default CPU-time budget.
+    cpu_budget: Option<Duration>,
     /// `memory_limit`: bytes each interpreter may hold (an int, or a size such as
     /// `"256M"`).
     memory_limit: Option<u64>,
@@ -775,6 +777,7 @@ impl SettingsOf {
                 "allow_write",
                 "process_fallback",
                 "memory_limit",
+                "cpu_budget",
             ],
             SettingsOf::Interpreter => &[
                 "isolated",
@@ -816,6 +819,7 @@ impl Settings {
             allow_write: Vec::new(),
             process_fallback: true,
             memory_limit: None,
+            cpu_budget: None,
         };
         for (key, value) in &items {
             let Value::Str(key) = key else {
@@ -880,7 +884,7 @@ impl Settings {
                     }
                     _ => return Err(wrong_type("a str")),
                 },
-                "timeout" | "setup_timeout" => {
+                "timeout" | "setup_timeout" | "cpu_budget" => {
                     let parsed = match of {
                         SettingsOf::Pool => {
                             seconds_value(value, Secs::Positive).map_err(|bad| match bad {
@@ -895,10 +899,10 @@ impl Settings {
                                 refuse_seconds(py, bad, key, Secs::NonNegative, value.python_type())
                             })?,
                     };
-                    if key == "timeout" {
-                        settings.timeout = parsed;
-                    } else {
-                        settings.setup_timeout = parsed;
+                    match key.as_str() {
+                        "timeout" => settings.timeout = parsed,
+                        "cpu_budget" => settings.cpu_budget = parsed,
+                        _ => settings.setup_timeout = parsed,
                     }
                 }
                 "guards" => match value {
@@ -928,9 +932,8 @@ impl Settings {
                         ))
                     }
                     Value::Str(size) => {
-                        let bytes = parse_size(size).map_err(|err| {
-                            py.new_error(ExcKind::Value, &err.to_string())
-                        })?;
+                        let bytes = parse_size(size)
+                            .map_err(|err| py.new_error(ExcKind::Value, &err.to_string()))?;
                         settings.memory_limit = Some(bytes);
                     }
                     _ => return Err(wrong_type("an int or a size such as '256M'")),
@@ -998,6 +1001,9 @@ impl Settings {
         }
         if let Some(timeout) = self.setup_timeout {
             config.setup_timeout(timeout);
+        }
+        if let Some(budget) = self.cpu_budget {
+            config.cpu_budget(budget);
         }
         if let Some(n) = self.max_tasks_per_worker {
             config.max_tasks_per_worker(n);

@@ -42,6 +42,7 @@ use crate::value::Value;
 use crate::wait::InterruptReason;
 
 mod process;
+mod usage;
 
 #[cfg(feature = "extension-module")]
 pub(crate) use process::refusals_for_runner;
@@ -1100,14 +1101,7 @@ fn worker_loop(py: Python<'_>, shared: &Arc<Shared>, worker: &Arc<Worker>) -> Re
         // Whatever the task did after its deadline — raise, or catch the `TimeoutError`
         // and return — it is reported as timed out.
         let result = if task.state.timed_out.load(Ordering::Acquire) {
-            let limit = match task.state.over_cpu_budget.load(Ordering::Acquire) {
-                true => task.cpu_budget.map(|budget| Limit::Cpu {
-                    budget,
-                    from: Duration::ZERO,
-                }),
-                false => task.timeout.map(Limit::Deadline),
-            };
-            Err(timed_out(result, limit))
+            Err(timed_out(result, task.limit_passed()))
         } else {
             result
         };
@@ -1141,6 +1135,7 @@ fn worker_loop(py: Python<'_>, shared: &Arc<Shared>, worker: &Arc<Worker>) -> Re
             return Ok(());
         }
         if out_of_memory {
+            shared.stats.task_over_memory_limit();
             tracing::warn!(
                 task = task.id,
                 limit = worker.meter.memory_limit(),
@@ -1190,6 +1185,19 @@ fn timed_out<T>(result: Result<T>, limit: Option<Limit>) -> Error {
     Error::Timeout {
         message: exc.message.clone(),
         exception: Some(Box::new(exc)),
+    }
+}
+
+impl Queued {
+    /// The limit a task that was stopped went past: its CPU budget or its deadline.
+    fn limit_passed(&self) -> Option<Limit> {
+        match self.state.over_cpu_budget.load(Ordering::Acquire) {
+            true => self.cpu_budget.map(|budget| Limit::Cpu {
+                budget,
+                from: Duration::ZERO,
+            }),
+            false => self.timeout.map(Limit::Deadline),
+        }
     }
 }
 

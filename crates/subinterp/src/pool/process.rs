@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, never, select, unbounded, Receiver, Sender};
 
-use super::{lock, timed_out, Limit, Queued, Shared, RUNNING, STOPPING};
+use super::{lock, timed_out, usage, Queued, Shared, RUNNING, STOPPING};
 use crate::call::Target;
 use crate::error::{Error, ExitStatus, PyException, Result};
 use crate::value::wire;
@@ -724,6 +724,15 @@ fn run(shared: &Shared, proc: &mut Proc, task: Queued) -> Ran {
     let started = Instant::now();
     let deadline = task.timeout.and_then(|t| started.checked_add(t));
     let mut interrupted_at: Option<Instant> = None;
+    // The pool's memory limit applies to the worker process's resident memory, and the
+    // task's CPU budget to its main thread; both are looked at every 20 ms.
+    let pid = proc.child.id();
+    let memory_limit = shared.config.interpreter.memory_limit_bytes();
+    let cpu_from = task.cpu_budget.and_then(|_| usage::main_thread_cpu(pid));
+    let looks = match (memory_limit, cpu_from) {
+        (None, None) => never(),
+        _ => crossbeam_channel::tick(Duration::from_millis(20)),
+    };
     loop {
         let wake = match (interrupted_at, deadline) {
             (Some(at), _) => crossbeam_channel::at(at + shared.config.grace),
@@ -760,7 +769,7 @@ fn run(shared: &Shared, proc: &mut Proc, task: Queued) -> Ran {
                     _ => Err(reply_error(reply)),
                 };
                 let result = if task.state.timed_out.load(Ordering::Acquire) {
-                    Err(timed_out(result, task.timeout.map(Limit::Deadline)))
+                    Err(timed_out(result, task.limit_passed()))
                 } else {
                     result
                 };
@@ -775,15 +784,50 @@ fn run(shared: &Shared, proc: &mut Proc, task: Queued) -> Ran {
                 proc.control.interrupt(task.id, InterruptReason::Cancelled);
                 interrupted_at.get_or_insert_with(Instant::now);
             }
+            recv(looks) -> _ => {
+                if let Some(limit) = memory_limit {
+                    let rss = usage::resident_bytes(pid).unwrap_or(0);
+                    if rss > limit {
+                        let _ = proc.child.kill();
+                        let _ = proc.child.wait();
+                        let err = Error::python(
+                            "builtins.MemoryError",
+                            format!(
+                                "the worker process running the task went past the memory \
+                                 limit of {} MiB (resident memory {} MiB): it was killed and \
+                                 replaced",
+                                limit >> 20,
+                                rss >> 20
+                            ),
+                        );
+                        tracing::warn!(task = task.id, "{err}");
+                        shared.stats.task_over_memory_limit();
+                        finish(proc, Err(err));
+                        return Ran::Lost;
+                    }
+                }
+                if let (Some(budget), Some(from), None) = (task.cpu_budget, cpu_from, interrupted_at) {
+                    let used = usage::main_thread_cpu(pid).map_or(Duration::ZERO, |now| now.saturating_sub(from));
+                    if used >= budget {
+                        task.state.over_cpu_budget.store(true, Ordering::Release);
+                        task.state.timed_out.store(true, Ordering::Release);
+                        tracing::info!(task = task.id, "task used up its CPU budget: interrupting its worker process");
+                        proc.control.interrupt(task.id, InterruptReason::Timeout);
+                        interrupted_at = Some(Instant::now());
+                    }
+                }
+            }
             recv(wake) -> _ => {
                 if interrupted_at.is_some() {
                     // Still running a grace period after it was told to stop: stuck in C.
-                    let timeout = task.timeout.unwrap_or_default().as_secs_f64();
                     let err = if task.state.timed_out.load(Ordering::Acquire) {
+                        let limit = task.limit_passed().map_or_else(
+                            || crate::error::past_deadline("the task", None),
+                            |limit| limit.past(),
+                        );
                         Error::timeout(format!(
-                            "the task ran past its deadline of {timeout:.3} s and did not stop \
-                             when interrupted (blocked in C code?); its worker process was killed \
-                             and replaced"
+                            "{limit} and did not stop when interrupted (blocked in C code?); its \
+                             worker process was killed and replaced"
                         ))
                     } else {
                         Error::Cancelled

@@ -34,11 +34,30 @@
 //! share the main allocator, `use_main_obmalloc`), or by a thread with no thread state,
 //! leaves its charge where it was; figures read below zero are read as zero.
 //!
-//! The hooks take no lock, never panic and never call back into Python.
+//! **Enforcing a limit.** CPython handles a failed allocation of a large block well (the
+//! paths that make big strings, bytes, lists' and dicts' tables raise `MemoryError` and
+//! leave everything as it was), but not every failed small allocation: CPython 3.13.0
+//! crashed (`SIGSEGV` in `dictresize`) after small allocations of an interpreter's
+//! internals (its interned-string table, exception objects) had been refused again and
+//! again at the limit. So only a request of at least [`LARGE_BLOCK`] bytes is refused
+//! at once; smaller blocks and arenas are granted past the limit, and the hook wakes the
+//! watcher ([`set_watcher`]), which raises `MemoryError` in the interpreter
+//! asynchronously, as a deadline raises `TimeoutError` — at its next bytecode boundary,
+//! in Python code, never inside an allocation. Past the limit plus its slack
+//! ([`ceiling`]), where the asynchronous error has not stopped code that allocates
+//! without returning to Python (a C function building a huge structure), every
+//! growth is refused.
+//!
+//! The hooks take no lock, never panic and never call back into Python; they read the
+//! allocators they wrap from statics, not from their `ctx`, so that installing them in a
+//! running Python ([`install_running`]), where another thread may read the allocator
+//! while it is replaced, is safe with any mix of old and new fields.
 
 use std::cell::Cell;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::thread::Thread;
 
 use pyo3_ffi as ffi;
 
@@ -64,8 +83,10 @@ struct Slot {
     peak: AtomicUsize,
     /// 0: no limit.
     limit: AtomicUsize,
-    /// Allocations refused because of the limit.
+    /// Allocations refused because of the limit, and `MemoryError`s raised for it.
     refused: AtomicU64,
+    /// Set by a hook that granted memory past the limit, until the watcher takes it.
+    over: AtomicBool,
 }
 
 impl Slot {
@@ -77,6 +98,7 @@ impl Slot {
             peak: AtomicUsize::new(0),
             limit: AtomicUsize::new(0),
             refused: AtomicU64::new(0),
+            over: AtomicBool::new(false),
         }
     }
 }
@@ -97,10 +119,40 @@ thread_local! {
     static CACHE: Cell<(usize, usize, usize)> = const { Cell::new((0, NONE, 0)) };
 }
 
-/// The raw allocator the hooks wrap: their `ctx`, leaked, never freed.
+/// Requests of at least this many bytes past the limit are refused at once; smaller
+/// ones are granted and the interpreter gets an asynchronous `MemoryError`.
+pub(crate) const LARGE_BLOCK: usize = 1 << 20;
+
+/// How far past its limit an interpreter may go before every growth is refused: a
+/// quarter of the limit, at least 16 MiB.
+pub(crate) fn ceiling(limit: usize) -> usize {
+    limit.saturating_add((limit / 4).max(16 << 20))
+}
+
+/// The raw allocator the hooks wrap.
 struct RawInner(ffi::PyMemAllocatorEx);
-/// The arena allocator the hooks wrap: their `ctx`, leaked, never freed.
+/// The arena allocator the hooks wrap.
 struct ArenaInner(ffi::PyObjectArenaAllocator);
+// SAFETY: the wrapped allocators are plain function pointers with a context pointer
+// that CPython's own allocators accept from any thread.
+unsafe impl Sync for RawInner {}
+// SAFETY: as above.
+unsafe impl Send for RawInner {}
+// SAFETY: as above.
+unsafe impl Sync for ArenaInner {}
+// SAFETY: as above.
+unsafe impl Send for ArenaInner {}
+
+static RAW: OnceLock<RawInner> = OnceLock::new();
+static ARENA: OnceLock<ArenaInner> = OnceLock::new();
+/// The thread that raises `MemoryError` in interpreters past their limit.
+static WATCHER: OnceLock<Thread> = OnceLock::new();
+
+/// Registers the thread woken (`unpark`) when an interpreter goes past its limit: it
+/// looks at [`Account::take_over_limit`] of each account.
+pub(crate) fn set_watcher(thread: Thread) {
+    let _ = WATCHER.set(thread);
+}
 
 /// Whether the hooks are installed in this process.
 pub(crate) fn installed() -> bool {
@@ -113,6 +165,26 @@ pub(crate) fn installed() -> bool {
 /// not plain `malloc` (a debug build's hooks, another allocator), whose blocks'
 /// sizes `malloc_usable_size` cannot tell.
 pub(crate) fn install() -> bool {
+    // SAFETY: the caller's contract: CPython is pre-initialised, not initialised, and no
+    // other thread allocates.
+    unsafe { install_hooks() }
+}
+
+/// [`install`] in a Python that is running (the package's borrowed one), with its main
+/// GIL held. CPython lets hooks that call the allocators they replace be installed at
+/// any time (as `tracemalloc` does); the hooks read what they wrap from statics, so a
+/// thread reading the allocator while it is replaced gets either one, and both work.
+/// Blocks allocated before are freed through the hooks, which credit them to no
+/// account (the interpreters that have accounts are created after).
+pub(crate) fn install_running(_py: super::Python<'_>) -> bool {
+    // SAFETY: the token proves the main GIL is held; see above for other threads.
+    unsafe { install_hooks() }
+}
+
+/// # Safety
+/// CPython is pre-initialised; either not yet initialised, or running with the calling
+/// thread holding the main interpreter's GIL.
+unsafe fn install_hooks() -> bool {
     if INSTALLED.load(Ordering::Acquire) {
         return true;
     }
@@ -123,15 +195,14 @@ pub(crate) fn install() -> bool {
         realloc: None,
         free: None,
     };
-    // SAFETY: CPython is pre-initialised and not yet initialised (the caller's
-    // contract): no other thread allocates. `raw` is a valid out-parameter.
+    // SAFETY: the caller's contract; `raw` is a valid out-parameter.
     unsafe { ffi::PyMem_GetAllocator(ffi::PyMemAllocatorDomain::PYMEM_DOMAIN_RAW, &mut raw) };
     // CPython's default raw allocator (`malloc`) has no context; its debug hooks, which
-    // put a header before each block, have one.
+    // put a header before each block, and tracemalloc's have one.
     let (Some(malloc), Some(free)) = (raw.malloc, raw.free) else {
         return false;
     };
-    if !raw.ctx.is_null() {
+    if !raw.ctx.is_null() || raw.calloc.is_none() || raw.realloc.is_none() {
         return false;
     }
     let probe = malloc(raw.ctx, 1000);
@@ -152,23 +223,27 @@ pub(crate) fn install() -> bool {
     };
     // SAFETY: as above; a valid out-parameter.
     unsafe { ffi::PyObject_GetArenaAllocator(&mut arena) };
-    let raw_ctx: *mut RawInner = Box::into_raw(Box::new(RawInner(raw)));
-    let arena_ctx: *mut ArenaInner = Box::into_raw(Box::new(ArenaInner(arena)));
+    if arena.alloc.is_none() || arena.free.is_none() {
+        return false;
+    }
+    if RAW.set(RawInner(raw)).is_err() || ARENA.set(ArenaInner(arena)).is_err() {
+        return false;
+    }
     let mut raw_hooks = ffi::PyMemAllocatorEx {
-        ctx: raw_ctx.cast(),
+        ctx: std::ptr::null_mut(),
         malloc: Some(raw_malloc),
         calloc: Some(raw_calloc),
         realloc: Some(raw_realloc),
         free: Some(raw_free),
     };
     let mut arena_hooks = ffi::PyObjectArenaAllocator {
-        ctx: arena_ctx.cast(),
+        ctx: std::ptr::null_mut(),
         alloc: Some(arena_alloc),
         free: Some(arena_free),
     };
-    // SAFETY: as above; CPython copies the structs; the contexts are leaked and live
-    // forever. Raw blocks allocated before (by pre-initialisation) are plain `malloc`
-    // blocks, which the hooks free like any other; no arena exists yet.
+    // SAFETY: the caller's contract; CPython copies the structs. Raw blocks allocated
+    // before are plain `malloc` blocks, which the hooks free like any other; arenas
+    // allocated before are freed by the allocator the hooks wrap.
     unsafe {
         ffi::PyMem_SetAllocator(ffi::PyMemAllocatorDomain::PYMEM_DOMAIN_RAW, &mut raw_hooks);
         ffi::PyObject_SetArenaAllocator(&mut arena_hooks);
@@ -230,9 +305,31 @@ fn slot_of(tag: usize) -> Option<&'static Slot> {
     (slot.generation.load(Ordering::Relaxed) == tag >> SLOT_BITS).then_some(slot)
 }
 
-/// Adds `delta` bytes to `tag`'s account. A growth past the limit is refused when
-/// `enforce`: false, and nothing charged.
-fn charge(tag: usize, delta: isize, enforce: bool) -> bool {
+/// How a growth past the limit is met.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Growth {
+    /// A block of at least [`LARGE_BLOCK`] bytes: refused past the limit.
+    Large,
+    /// An arena or a smaller block: granted up to the [`ceiling`], and the interpreter
+    /// gets an asynchronous `MemoryError`.
+    Small,
+    /// A correction of what was already granted: never refused.
+    Settle,
+}
+
+impl Growth {
+    fn of(size: usize) -> Growth {
+        if size >= LARGE_BLOCK {
+            Growth::Large
+        } else {
+            Growth::Small
+        }
+    }
+}
+
+/// Adds `delta` bytes to `tag`'s account. A growth past the limit is refused (false, and
+/// nothing charged) or granted with a notice to the watcher, as `growth` says.
+fn charge(tag: usize, delta: isize, growth: Growth) -> bool {
     let Some(slot) = slot_of(tag) else {
         return true;
     };
@@ -241,10 +338,27 @@ fn charge(tag: usize, delta: isize, enforce: bool) -> bool {
         .fetch_add(delta, Ordering::Relaxed)
         .wrapping_add(delta);
     let limit = slot.limit.load(Ordering::Relaxed);
-    if enforce && delta > 0 && limit != 0 && now > limit.min(isize::MAX as usize) as isize {
-        slot.in_use.fetch_sub(delta, Ordering::Relaxed);
-        slot.refused.fetch_add(1, Ordering::Relaxed);
-        return false;
+    if delta > 0 && limit != 0 && growth != Growth::Settle {
+        let limit = limit.min(isize::MAX as usize);
+        let refuse = match growth {
+            Growth::Large => now > limit as isize,
+            _ => now > ceiling(limit).min(isize::MAX as usize) as isize,
+        };
+        if refuse {
+            slot.in_use.fetch_sub(delta, Ordering::Relaxed);
+            slot.refused.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        if now > limit as isize
+            && slot
+                .over
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            if let Some(watcher) = WATCHER.get() {
+                watcher.unpark();
+            }
+        }
     }
     let now = now.max(0) as usize;
     if now > slot.peak.load(Ordering::Relaxed) {
@@ -267,116 +381,131 @@ fn usable(ptr: *mut c_void) -> usize {
     unsafe { libc::malloc_usable_size(ptr) }
 }
 
-/// # Safety
-/// `ctx` is the `RawInner` leaked by [`install`].
-unsafe fn raw_inner<'a>(ctx: *mut c_void) -> &'a ffi::PyMemAllocatorEx {
-    // SAFETY: the caller's contract; the `RawInner` is never freed.
-    unsafe { &(*ctx.cast::<RawInner>()).0 }
+/// The raw allocator the hooks wrap (set before they are installed).
+fn raw_inner() -> Option<&'static ffi::PyMemAllocatorEx> {
+    RAW.get().map(|inner| &inner.0)
 }
 
-/// Allocates through `alloc` once `size` bytes are reserved, then charges what `malloc`
+/// Allocates through `alloc` once `size` bytes are granted, then charges what `malloc`
 /// really gave.
 fn reserved(size: usize, alloc: impl FnOnce() -> *mut c_void) -> *mut c_void {
     let tag = current_tag();
-    if !charge(tag, signed(size), true) {
+    if !charge(tag, signed(size), Growth::of(size)) {
         return std::ptr::null_mut();
     }
     let ptr = alloc();
     if ptr.is_null() {
-        charge(tag, -signed(size), false);
+        charge(tag, -signed(size), Growth::Settle);
     } else {
-        charge(tag, signed(usable(ptr)) - signed(size), false);
+        charge(tag, signed(usable(ptr)) - signed(size), Growth::Settle);
     }
     ptr
 }
 
-extern "C" fn raw_malloc(ctx: *mut c_void, size: usize) -> *mut c_void {
-    // SAFETY: CPython passes back the ctx given in `install`.
-    let inner = unsafe { raw_inner(ctx) };
-    match inner.malloc {
-        Some(malloc) => reserved(size, || malloc(inner.ctx, size)),
-        None => std::ptr::null_mut(),
-    }
-}
-
-extern "C" fn raw_calloc(ctx: *mut c_void, nelem: usize, elsize: usize) -> *mut c_void {
-    // SAFETY: CPython passes back the ctx given in `install`.
-    let inner = unsafe { raw_inner(ctx) };
-    match (inner.calloc, nelem.checked_mul(elsize)) {
-        (Some(calloc), Some(size)) => reserved(size, || calloc(inner.ctx, nelem, elsize)),
+extern "C" fn raw_malloc(_ctx: *mut c_void, size: usize) -> *mut c_void {
+    match raw_inner() {
+        Some(&ffi::PyMemAllocatorEx {
+            ctx,
+            malloc: Some(malloc),
+            ..
+        }) => reserved(size, || malloc(ctx, size)),
         _ => std::ptr::null_mut(),
     }
 }
 
-extern "C" fn raw_realloc(ctx: *mut c_void, ptr: *mut c_void, size: usize) -> *mut c_void {
-    // SAFETY: CPython passes back the ctx given in `install`.
-    let inner = unsafe { raw_inner(ctx) };
-    let Some(realloc) = inner.realloc else {
+extern "C" fn raw_calloc(_ctx: *mut c_void, nelem: usize, elsize: usize) -> *mut c_void {
+    match (raw_inner(), nelem.checked_mul(elsize)) {
+        (
+            Some(&ffi::PyMemAllocatorEx {
+                ctx,
+                calloc: Some(calloc),
+                ..
+            }),
+            Some(size),
+        ) => reserved(size, || calloc(ctx, nelem, elsize)),
+        _ => std::ptr::null_mut(),
+    }
+}
+
+extern "C" fn raw_realloc(_ctx: *mut c_void, ptr: *mut c_void, size: usize) -> *mut c_void {
+    let Some(&ffi::PyMemAllocatorEx {
+        ctx,
+        realloc: Some(realloc),
+        ..
+    }) = raw_inner()
+    else {
         return std::ptr::null_mut();
     };
     let old = signed(usable(ptr));
     let tag = current_tag();
-    // The growth is reserved first, so that growing past the limit fails and leaves the
-    // block as it was (realloc's contract).
+    // The growth is granted first, so that a refused growth leaves the block as it was
+    // (realloc's contract).
     let growth = signed(size) - old;
-    if !charge(tag, growth, true) {
+    if !charge(tag, growth, Growth::of(size)) {
         return std::ptr::null_mut();
     }
-    let moved = realloc(inner.ctx, ptr, size);
+    let moved = realloc(ctx, ptr, size);
     if moved.is_null() {
-        charge(tag, -growth, false);
+        charge(tag, -growth, Growth::Settle);
     } else {
-        charge(tag, signed(usable(moved)) - signed(size), false);
+        charge(tag, signed(usable(moved)) - signed(size), Growth::Settle);
     }
     moved
 }
 
-extern "C" fn raw_free(ctx: *mut c_void, ptr: *mut c_void) {
-    // SAFETY: CPython passes back the ctx given in `install`.
-    let inner = unsafe { raw_inner(ctx) };
+extern "C" fn raw_free(_ctx: *mut c_void, ptr: *mut c_void) {
     if ptr.is_null() {
         return;
     }
-    charge(current_tag(), -signed(usable(ptr)), false);
-    if let Some(free) = inner.free {
-        free(inner.ctx, ptr);
+    if let Some(&ffi::PyMemAllocatorEx {
+        ctx,
+        free: Some(free),
+        ..
+    }) = raw_inner()
+    {
+        charge(current_tag(), -signed(usable(ptr)), Growth::Settle);
+        free(ctx, ptr);
     }
 }
 
-/// # Safety
-/// `ctx` is the `ArenaInner` leaked by [`install`].
-unsafe fn arena_inner<'a>(ctx: *mut c_void) -> &'a ffi::PyObjectArenaAllocator {
-    // SAFETY: the caller's contract; the `ArenaInner` is never freed.
-    unsafe { &(*ctx.cast::<ArenaInner>()).0 }
+/// The arena allocator the hooks wrap (set before they are installed).
+fn arena_inner() -> Option<&'static ffi::PyObjectArenaAllocator> {
+    ARENA.get().map(|inner| &inner.0)
 }
 
-extern "C" fn arena_alloc(ctx: *mut c_void, size: usize) -> *mut c_void {
-    // SAFETY: CPython passes back the ctx given in `install`.
-    let inner = unsafe { arena_inner(ctx) };
-    let Some(alloc) = inner.alloc else {
+extern "C" fn arena_alloc(_ctx: *mut c_void, size: usize) -> *mut c_void {
+    let Some(&ffi::PyObjectArenaAllocator {
+        ctx,
+        alloc: Some(alloc),
+        ..
+    }) = arena_inner()
+    else {
         return std::ptr::null_mut();
     };
     let tag = current_tag();
-    if !charge(tag, signed(size), true) {
-        // pymalloc then asks the raw domain for the block, which the limit refuses too
-        // unless the block still fits.
+    if !charge(tag, signed(size), Growth::Small) {
+        // Past the ceiling: pymalloc then asks the raw domain for the block, which is
+        // refused too.
         return std::ptr::null_mut();
     }
-    let ptr = alloc(inner.ctx, size);
+    let ptr = alloc(ctx, size);
     if ptr.is_null() {
-        charge(tag, -signed(size), false);
+        charge(tag, -signed(size), Growth::Settle);
     }
     ptr
 }
 
-extern "C" fn arena_free(ctx: *mut c_void, ptr: *mut c_void, size: usize) {
-    // SAFETY: CPython passes back the ctx given in `install`.
-    let inner = unsafe { arena_inner(ctx) };
-    if !ptr.is_null() {
-        charge(current_tag(), -signed(size), false);
-    }
-    if let Some(free) = inner.free {
-        free(inner.ctx, ptr, size);
+extern "C" fn arena_free(_ctx: *mut c_void, ptr: *mut c_void, size: usize) {
+    if let Some(&ffi::PyObjectArenaAllocator {
+        ctx,
+        free: Some(free),
+        ..
+    }) = arena_inner()
+    {
+        if !ptr.is_null() {
+            charge(current_tag(), -signed(size), Growth::Settle);
+        }
+        free(ctx, ptr, size);
     }
 }
 
@@ -414,6 +543,7 @@ impl Account {
                 slot.in_use.store(0, Ordering::Relaxed);
                 slot.peak.store(0, Ordering::Relaxed);
                 slot.refused.store(0, Ordering::Relaxed);
+                slot.over.store(false, Ordering::Relaxed);
                 slot.limit.store(limit, Ordering::Relaxed);
                 let generation =
                     (slot.generation.load(Ordering::Relaxed) + 1) & (usize::MAX >> SLOT_BITS);
@@ -442,6 +572,29 @@ impl Account {
     fn slot(&self) -> Option<&'static Slot> {
         let slot = TABLE.get(self.index)?;
         (slot.generation.load(Ordering::Acquire) == self.generation).then_some(slot)
+    }
+
+    /// Takes the notice a hook left when it granted memory past the limit: true once
+    /// per notice.
+    pub(crate) fn take_over_limit(&self) -> bool {
+        self.slot()
+            .is_some_and(|slot| slot.over.swap(false, Ordering::AcqRel))
+    }
+
+    /// Whether the account holds more than its limit now.
+    pub(crate) fn over_limit(&self) -> bool {
+        self.slot().is_some_and(|slot| {
+            let limit = slot.limit.load(Ordering::Relaxed);
+            limit != 0
+                && slot.in_use.load(Ordering::Relaxed) > limit.min(isize::MAX as usize) as isize
+        })
+    }
+
+    /// Counts a `MemoryError` raised because the account went past its limit.
+    pub(crate) fn note_enforced(&self) {
+        if let Some(slot) = self.slot() {
+            slot.refused.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The account's figures now.

@@ -237,7 +237,7 @@ impl InterruptTarget {
     /// caller is a delivery thread of its own, which may wait), asks `decide` whether to
     /// interrupt, and if so raises `reason` asynchronously in the interpreter's own thread. The temporary thread state is then deleted, so it never
     /// outlives this call. Returns `decide`'s answer.
-    pub(crate) fn interrupt(&self, decide: impl FnOnce() -> bool, reason: InterruptReason) -> bool {
+    pub(crate) fn interrupt(&self, decide: impl FnOnce() -> bool, raise: Raise) -> bool {
         // SAFETY: the interpreter is alive (see `Send`); the new thread state belongs to
         // this thread, is attached, used, then cleared and deleted while attached.
         unsafe {
@@ -248,7 +248,7 @@ impl InterruptTarget {
             ffi::PyEval_RestoreThread(ts);
             let interrupt = catch_unwind(AssertUnwindSafe(decide)).unwrap_or(false);
             if interrupt {
-                ffi::PyThreadState_SetAsyncExc(self.thread_id as c_long, exception(reason));
+                ffi::PyThreadState_SetAsyncExc(self.thread_id as c_long, raise.exception());
             }
             ffi::PyThreadState_Clear(ts);
             ffi::PyThreadState_DeleteCurrent();
@@ -257,12 +257,24 @@ impl InterruptTarget {
     }
 }
 
-fn exception(reason: InterruptReason) -> *mut ffi::PyObject {
-    // SAFETY: reading the addresses of CPython's static exception types.
-    unsafe {
-        match reason {
-            InterruptReason::Timeout => ffi::PyExc_TimeoutError,
-            InterruptReason::Cancelled => ffi::PyExc_KeyboardInterrupt,
+/// The exception an interrupt raises in Python code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Raise {
+    /// `TimeoutError` or `KeyboardInterrupt`, as the reason says.
+    Interrupt(InterruptReason),
+    /// `MemoryError`: the interpreter went past its memory limit.
+    MemoryError,
+}
+
+impl Raise {
+    fn exception(self) -> *mut ffi::PyObject {
+        // SAFETY: reading the addresses of CPython's static exception types.
+        unsafe {
+            match self {
+                Raise::Interrupt(InterruptReason::Timeout) => ffi::PyExc_TimeoutError,
+                Raise::Interrupt(InterruptReason::Cancelled) => ffi::PyExc_KeyboardInterrupt,
+                Raise::MemoryError => ffi::PyExc_MemoryError,
+            }
         }
     }
 }
@@ -273,7 +285,7 @@ pub(crate) fn raise_soon(_py: Python<'_>, reason: InterruptReason) {
     unsafe {
         ffi::PyThreadState_SetAsyncExc(
             ffi::PyThread_get_thread_ident() as c_long,
-            exception(reason),
+            Raise::Interrupt(reason).exception(),
         );
     }
 }

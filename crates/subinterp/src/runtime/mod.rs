@@ -192,8 +192,11 @@ impl RuntimeConfig {
     /// arena allocator and the raw domain (see the README's "Limits": what is counted,
     /// and the cost, a few percent on allocation-heavy code). Off, memory figures are
     /// `None` and limits are refused with [`Error::InvalidConfig`].
-    /// A borrowed Python ([`borrow_running`](Self::borrow_running)) cannot have them: it
-    /// allocated before the hooks could be put in place.
+    /// In a borrowed Python ([`borrow_running`](Self::borrow_running)) they are put
+    /// around its allocators when the runtime starts (hooks that call the allocators
+    /// they wrap may be added at any time, as `tracemalloc` does): interpreters created
+    /// from then on are counted in full. Not where the running Python's raw domain is
+    /// not plain `malloc` (a debug build, `tracemalloc` tracing).
     pub fn memory_accounting(&mut self, yes: bool) -> &mut Self {
         self.memory_accounting = yes;
         self
@@ -429,7 +432,7 @@ fn start(config: &RuntimeConfig) -> Result<RuntimeInner> {
         .chain(config.host_modules.iter().map(HostModule::to_spec))
         .collect();
     let borrow = config.borrow;
-    let memory_accounting = config.memory_accounting && !borrow;
+    let memory_accounting = config.memory_accounting;
     let opts = (home, executable, config.use_environment, config.site_import);
     let (ready_tx, ready_rx) = bounded::<Result<(MainInterpreter, String), String>>(1);
     let (main_tx, main_rx) = crossbeam_channel::unbounded::<MainMsg>();
@@ -452,6 +455,10 @@ fn start(config: &RuntimeConfig) -> Result<RuntimeInner> {
             };
             match started {
                 Ok((main_ts, main)) => {
+                    if borrow && memory_accounting {
+                        // A running Python: the hooks wrap its allocators from now on.
+                        main_ts.with_gil(crate::raw::alloc::install_running);
+                    }
                     if let Err(err) = main_ts.with_gil(hazards::limit_thread_walks) {
                         tracing::warn!("sys._current_frames of the main interpreter: {err}");
                     }
