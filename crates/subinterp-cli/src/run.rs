@@ -121,8 +121,10 @@ pub struct RunArgs {
     paths: Vec<PathBuf>,
 
     /// Memory limit of each interpreter: what its Python code allocates through CPython
-    /// (256M, 2G; K, M, G, T are powers of 1024). Past it, allocations raise MemoryError
-    /// in that interpreter only
+    /// (256M, 2G; K, M, G, T are powers of 1024). Past it, that interpreter's code gets
+    /// MemoryError, the others go on (blocks of 1 MiB or more are refused at the limit,
+    /// smaller ones raise it within milliseconds; nothing passes the limit plus a
+    /// quarter). --json reports each interpreter's memory_peak_bytes and cpu_seconds
     #[arg(long, value_name = "SIZE", value_parser = crate::parse_size)]
     memory_limit: Option<u64>,
 
