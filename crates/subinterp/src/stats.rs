@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use metrics::Counter;
+use metrics::{Counter, Gauge};
 use serde::Serialize;
 
 use crate::audit::GuardRule;
@@ -165,6 +165,9 @@ struct Exported {
     bytes_sent: Counter,
     messages_received: Counter,
     bytes_received: Counter,
+    memory_bytes: Gauge,
+    memory_peak_bytes: Gauge,
+    cpu_seconds: Gauge,
 }
 
 impl Exported {
@@ -178,6 +181,20 @@ impl Exported {
         };
         let tasks =
             Outcome::ALL.map(|o| metrics::counter!(tasks_name, with(Some(("outcome", o.name())))));
+        // A pool's gauges add up its workers: named apart from one interpreter's.
+        let gauges = if tasks_name.starts_with("subinterp_pool_") {
+            [
+                "subinterp_pool_memory_bytes",
+                "subinterp_pool_memory_peak_bytes",
+                "subinterp_pool_cpu_seconds",
+            ]
+        } else {
+            [
+                "subinterp_memory_bytes",
+                "subinterp_memory_peak_bytes",
+                "subinterp_cpu_seconds",
+            ]
+        };
         Exported {
             tasks,
             messages_sent: metrics::counter!(
@@ -196,6 +213,9 @@ impl Exported {
                 "subinterp_channel_bytes_total",
                 with(Some(("direction", "received")))
             ),
+            memory_bytes: metrics::gauge!(gauges[0], with(None)),
+            memory_peak_bytes: metrics::gauge!(gauges[1], with(None)),
+            cpu_seconds: metrics::gauge!(gauges[2], with(None)),
             labels,
         }
     }
@@ -344,11 +364,28 @@ impl Counters {
         std::iter::successors(Some(self), |c| c.parent.as_deref())
     }
 
-    /// A task finished with `outcome` (counted here only, not in the parent).
+    /// A task finished with `outcome` (counted here only, not in the parent). The
+    /// memory and CPU gauges are brought up to date.
     pub(crate) fn task(&self, outcome: Outcome) {
         let i = outcome as usize;
         self.tasks[i].fetch_add(1, Ordering::Relaxed);
         self.exported.tasks[i].increment(1);
+        self.export_usage();
+    }
+
+    /// Sets the memory and CPU gauges to the figures now.
+    fn export_usage(&self) {
+        let mut stats = Stats::default();
+        lock(&self.metered).fill(&mut stats);
+        if let Some(bytes) = stats.memory_bytes {
+            self.exported.memory_bytes.set(bytes as f64);
+        }
+        if let Some(bytes) = stats.memory_peak_bytes {
+            self.exported.memory_peak_bytes.set(bytes as f64);
+        }
+        if let Some(seconds) = stats.cpu_seconds {
+            self.exported.cpu_seconds.set(seconds);
+        }
     }
 
     /// A message of `bytes` bytes was sent by code holding this interpreter's GIL.
@@ -412,6 +449,8 @@ impl Counters {
             let mut metered = lock(&c.metered);
             metered.live.retain(|m| !Arc::ptr_eq(m, meters));
             metered.fold(meters.as_ref());
+            drop(metered);
+            c.export_usage();
         }
     }
 

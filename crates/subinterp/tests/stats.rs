@@ -54,8 +54,8 @@ fn recorder() -> &'static Snapshotter {
     })
 }
 
-/// The sum of the counters called `name` whose labels include every one of `labels`.
-fn counted(name: &str, labels: &[(&str, &str)]) -> u64 {
+/// The values of the metrics called `name` whose labels include every one of `labels`.
+fn metric_values(name: &str, labels: &[(&str, &str)]) -> Vec<DebugValue> {
     recorder()
         .snapshot()
         .into_vec()
@@ -67,11 +67,31 @@ fn counted(name: &str, labels: &[(&str, &str)]) -> u64 {
                     .iter()
                     .all(|(k, v)| key.labels().any(|l| l.key() == *k && l.value() == *v))
         })
-        .map(|(_, _, _, value)| match value {
+        .map(|(_, _, _, value)| value)
+        .collect()
+}
+
+/// The sum of the counters called `name` whose labels include every one of `labels`.
+fn counted(name: &str, labels: &[(&str, &str)]) -> u64 {
+    metric_values(name, labels)
+        .into_iter()
+        .map(|value| match value {
             DebugValue::Counter(n) => n,
             _ => 0,
         })
         .sum()
+}
+
+/// The highest value of the gauges called `name` whose labels include every one of
+/// `labels`.
+fn gauge(name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metric_values(name, labels)
+        .into_iter()
+        .filter_map(|value| match value {
+            DebugValue::Gauge(v) => Some(v.into_inner()),
+            _ => None,
+        })
+        .reduce(f64::max)
 }
 
 /// Tasks run, ok, failed, timed out, cancelled.
@@ -288,6 +308,15 @@ fn recycled_workers_add_up_in_the_pool() {
     assert!(stats.cpu_seconds.unwrap() >= 0.55, "{stats:?}");
     assert!(stats.memory_peak_bytes.unwrap() >= 40 << 20, "{stats:?}");
     assert!(stats.memory_bytes.unwrap() >= 40 << 20, "{stats:?}");
+    // Exported as gauges, per interpreter and per pool, brought up to date as tasks end.
+    let pool_label = [("pool", pool.name())];
+    let peak = gauge("subinterp_pool_memory_peak_bytes", &pool_label).expect("pool gauge");
+    assert!(peak >= (40 << 20) as f64, "{peak}");
+    let cpu = gauge("subinterp_pool_cpu_seconds", &pool_label).expect("pool gauge");
+    assert!(cpu >= 0.55, "{cpu}");
+    // The live worker's: those that ended hold nothing.
+    let worker = gauge("subinterp_memory_bytes", &pool_label).expect("worker gauge");
+    assert!(worker >= (40 << 20) as f64, "{worker}");
     pool.shutdown(Duration::from_secs(10));
     let after = pool_stats_after_shutdown(&config);
     assert!(
