@@ -89,7 +89,9 @@ pub use channel::buffer::SharedBuffer;
 pub use channel::{select, Channel, Encoded, Message, RecvFuture};
 pub use error::{Error, ExitStatus, ExternalError, ExternalResult, PyException, Result};
 pub use host::{Caller, HostModule, Interrupt, Kwargs, Params};
-pub use interpreter::config::{Gil, InterpreterConfig, DEFAULT_SHUTDOWN_GRACE};
+pub use interpreter::config::{
+    Gil, InterpreterConfig, MemoryPressure, SoftLimitAction, DEFAULT_SHUTDOWN_GRACE,
+};
 pub use interpreter::limits::parse_size;
 pub use interpreter::{CallOptions, Interpreter, InterruptHandle, Output, CALL_GRACE};
 pub use pool::{MapResults, Pool, PoolConfig, Task, TaskOptions};

@@ -5,12 +5,12 @@
 //! RSS can be compared with the limit: it must stay within the limit plus a slack of
 //! 100 MB (the runtime, the other interpreter, the allocator's arenas).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use subinterp::{
-    parse_size, Error, Interpreter, InterpreterConfig, Pool, PoolConfig, Runtime, RuntimeConfig,
-    TaskOptions, Value,
+    parse_size, Error, Interpreter, InterpreterConfig, MemoryPressure, Pool, PoolConfig, Runtime,
+    RuntimeConfig, SoftLimitAction, TaskOptions, Value,
 };
 
 const MB: u64 = 1 << 20;
@@ -346,4 +346,86 @@ fn sizes_are_read_with_binary_units() {
         let err = parse_size(bad).unwrap_err();
         assert!(matches!(err, Error::InvalidConfig(_)), "{bad:?}: {err:?}");
     }
+}
+
+fn soft_limited(
+    soft: u64,
+    action: SoftLimitAction,
+) -> (InterpreterConfig, Arc<Mutex<Vec<MemoryPressure>>>) {
+    let told = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&told);
+    let mut config = InterpreterConfig::isolated();
+    config.memory_soft_limit(soft, move |pressure| {
+        record.lock().unwrap().push(*pressure);
+        action
+    });
+    (config, told)
+}
+
+/// Waits up to 10 s for `cond`.
+fn eventually(cond: impl Fn() -> bool) -> bool {
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cond()
+}
+
+#[test]
+fn a_soft_limit_tells_the_host_once_per_passing() {
+    let _heavy = heavy();
+    let (config, told) = soft_limited(32 * MB, SoftLimitAction::Continue);
+    let interp = Interpreter::new(&runtime(), &config).unwrap();
+    interp.exec("a = bytearray(40 * 2**20)").unwrap();
+    assert!(eventually(|| told.lock().unwrap().len() == 1));
+    let first = told.lock().unwrap()[0];
+    assert_eq!(first.interpreter, interp.id());
+    assert_eq!(first.soft_limit, 32 * MB);
+    assert!(first.in_use >= 40 * MB, "{first:?}");
+    assert_eq!(first.limit, None);
+    // Still past it: not told again.
+    interp.exec("b = bytearray(8 * 2**20)").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(told.lock().unwrap().len(), 1);
+    // Under it again, then past it: told again.
+    interp.exec("del a, b").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    interp.exec("c = bytearray(40 * 2**20)").unwrap();
+    assert!(eventually(|| told.lock().unwrap().len() == 2));
+}
+
+#[test]
+fn a_soft_limit_can_raise_memory_error() {
+    let _heavy = heavy();
+    let (config, told) = soft_limited(32 * MB, SoftLimitAction::RaiseMemoryError);
+    let interp = Interpreter::new(&runtime(), &config).unwrap();
+    interp.exec(GROW_INTS).unwrap();
+    let Value::Int(n) = interp.call("__main__:grow", ()).unwrap() else {
+        panic!()
+    };
+    assert!(n > 100_000, "{n}");
+    assert_eq!(told.lock().unwrap().len(), 1);
+    assert!(interp.memory_peak().unwrap() < 64 * MB);
+}
+
+#[test]
+fn a_soft_limit_can_replace_a_pool_worker_after_its_task() {
+    let _heavy = heavy();
+    let (config, told) = soft_limited(32 * MB, SoftLimitAction::ReplaceWorker);
+    let mut pool = PoolConfig::new();
+    pool.workers(1).interpreter(config).init(
+        "import subinterp, time\n\
+         def hold(mb):\n    global held\n    held = bytearray(mb << 20)\n    time.sleep(0.3)\n    return subinterp.id()\n",
+    );
+    let pool = Pool::new(&runtime(), &pool).unwrap();
+    let first = pool.submit("__main__:hold", (1,)).unwrap().wait().unwrap();
+    let big = pool.submit("__main__:hold", (40,)).unwrap().wait().unwrap();
+    assert_eq!(first, big, "the task itself finishes in its worker");
+    assert_eq!(told.lock().unwrap().len(), 1);
+    let after = pool.submit("__main__:hold", (1,)).unwrap().wait().unwrap();
+    assert_ne!(big, after, "the worker was replaced");
+    pool.shutdown(Duration::from_secs(10));
 }

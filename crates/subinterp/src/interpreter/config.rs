@@ -53,6 +53,65 @@ pub struct InterpreterConfig {
     host_data: Option<HostData>,
     guards: Guards,
     memory_limit: Option<u64>,
+    soft_limit: Option<SoftLimit>,
+}
+
+/// What a host's soft memory limit callback is told
+/// ([`InterpreterConfig::memory_soft_limit`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MemoryPressure {
+    /// The interpreter that passed its soft limit.
+    pub interpreter: i64,
+    /// Bytes it holds now.
+    pub in_use: u64,
+    /// Its soft limit.
+    pub soft_limit: u64,
+    /// Its hard limit, if it has one.
+    pub limit: Option<u64>,
+}
+
+/// What the host decides when an interpreter passes its soft memory limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SoftLimitAction {
+    /// Let the code go on (a hard limit still applies).
+    Continue,
+    /// Raise `MemoryError` in the code running in the interpreter, asynchronously, as
+    /// past a hard limit.
+    RaiseMemoryError,
+    /// Cancel the code running in the interpreter (`KeyboardInterrupt`, as
+    /// [`InterruptReason::Cancelled`](crate::InterruptReason::Cancelled)).
+    Cancel,
+    /// For a pool worker: let its task finish, then replace it by a fresh interpreter
+    /// (a lone interpreter goes on, as with `Continue`).
+    ReplaceWorker,
+}
+
+/// The host's callback for an interpreter past its soft limit.
+pub(crate) type SoftLimitCallback = dyn Fn(&MemoryPressure) -> SoftLimitAction + Send + Sync;
+
+/// A soft limit and its callback (compared by identity).
+#[derive(Clone)]
+pub(crate) struct SoftLimit {
+    pub(crate) bytes: u64,
+    pub(crate) callback: Arc<SoftLimitCallback>,
+}
+
+impl PartialEq for SoftLimit {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes && Arc::ptr_eq(&self.callback, &other.callback)
+    }
+}
+
+impl Eq for SoftLimit {}
+
+impl std::fmt::Debug for SoftLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SoftLimit")
+            .field("bytes", &self.bytes)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A value of the host's choosing attached to an interpreter (compared by identity).
@@ -100,6 +159,7 @@ impl InterpreterConfig {
             host_data: None,
             guards: Guards::new(),
             memory_limit: None,
+            soft_limit: None,
         }
     }
 
@@ -124,6 +184,7 @@ impl InterpreterConfig {
             host_data: None,
             guards: Guards::new(),
             memory_limit: None,
+            soft_limit: None,
         }
     }
 
@@ -217,14 +278,17 @@ impl InterpreterConfig {
 
     /// At most `bytes` held at once by CPython for the interpreter's threads: the
     /// allocator arenas of its small objects and its larger blocks
-    /// ([`Interpreter::memory_in_use`](crate::Interpreter::memory_in_use)). An allocation past it fails in this interpreter
-    /// only: its code gets a `MemoryError` it can catch, and the host and the other
-    /// interpreters go on. What is counted and what is not: see the README's "Limits".
-    /// Needs memory accounting, turned on when the runtime starts
-    /// ([`RuntimeConfig::memory_accounting`](crate::RuntimeConfig::memory_accounting); not
-    /// available in a borrowed Python): building the interpreter fails with
-    /// [`Error::InvalidConfig`] without it. 0 is refused by
-    /// [`validate`](Self::validate). Sizes written by people: [`parse_size`](crate::parse_size).
+    /// ([`Interpreter::memory_in_use`](crate::Interpreter::memory_in_use)). Past it, the
+    /// interpreter's code gets a `MemoryError` it can catch, and the host and the other
+    /// interpreters go on: a block of 1 MiB or more is refused at the limit, smaller
+    /// blocks are granted and the code gets `MemoryError` asynchronously within
+    /// milliseconds, and past the limit plus a quarter (at least 16 MiB) every growth is
+    /// refused (why: see the README's "Limits", which also says what is counted).
+    /// Needs memory accounting
+    /// ([`RuntimeConfig::memory_accounting`](crate::RuntimeConfig::memory_accounting)):
+    /// building the interpreter fails with [`Error::InvalidConfig`] without it. 0 is
+    /// refused by [`validate`](Self::validate). Sizes written by people:
+    /// [`parse_size`](crate::parse_size).
     pub fn memory_limit(&mut self, bytes: u64) -> &mut Self {
         self.memory_limit = Some(bytes);
         self
@@ -233,6 +297,40 @@ impl InterpreterConfig {
     /// The memory limit, if any ([`memory_limit`](Self::memory_limit)).
     pub fn memory_limit_bytes(&self) -> Option<u64> {
         self.memory_limit
+    }
+
+    /// A soft memory limit: when the interpreter first holds more than `bytes`, the
+    /// host's `callback` is told (on a thread of the library's, never inside an
+    /// allocation nor with a GIL held) and decides what happens: go on, raise
+    /// `MemoryError`, cancel the running code, or replace the pool worker after its task
+    /// (compare V8's near-heap-limit callback). Told again only after the interpreter
+    /// fell back under it. Usually below [`memory_limit`](Self::memory_limit), which
+    /// still applies. Needs memory accounting, as a hard limit does. A callback that
+    /// panics counts as `Continue`.
+    ///
+    /// ```no_run
+    /// use subinterp::{InterpreterConfig, SoftLimitAction};
+    /// let mut config = InterpreterConfig::isolated();
+    /// config.memory_limit(512 << 20).memory_soft_limit(384 << 20, |pressure| {
+    ///     eprintln!("interpreter {} holds {} bytes", pressure.interpreter, pressure.in_use);
+    ///     SoftLimitAction::ReplaceWorker
+    /// });
+    /// ```
+    pub fn memory_soft_limit(
+        &mut self,
+        bytes: u64,
+        callback: impl Fn(&MemoryPressure) -> SoftLimitAction + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.soft_limit = Some(SoftLimit {
+            bytes,
+            callback: Arc::new(callback),
+        });
+        self
+    }
+
+    /// The soft limit and its callback, if any.
+    pub(crate) fn soft_limit(&self) -> Option<&SoftLimit> {
+        self.soft_limit.as_ref()
     }
 
     /// The GIL setting.
@@ -306,6 +404,11 @@ impl InterpreterConfig {
                  (CPython aborts it with \"_PyInterpreterState_DeleteExceptMain: not main \
                  interpreter\"); use subprocess, which works without it"
                     .into(),
+            ));
+        }
+        if self.soft_limit.as_ref().is_some_and(|soft| soft.bytes == 0) {
+            return Err(Error::InvalidConfig(
+                "a soft memory limit of 0 bytes: give a positive size".into(),
             ));
         }
         if self.memory_limit == Some(0) {

@@ -6,6 +6,7 @@
 //! Sizes given by people (`--memory-limit 256M`) are read by [`parse_size`], the one rule
 //! for a number of bytes.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Once, Weak};
 use std::time::Duration;
 
@@ -20,6 +21,9 @@ use crate::stats::Meters;
 pub(crate) struct Meter {
     state: Mutex<State>,
     limit: Option<u64>,
+    soft: Option<u64>,
+    /// A soft limit's callback asked for the pool worker to be replaced.
+    replace: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -38,38 +42,55 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// What the watcher does for an interpreter that went past its limit.
-type Enforce = Box<dyn Fn() + Send + Sync>;
+/// What the watcher does for one interpreter.
+pub(crate) struct Watch {
+    /// It went past its hard limit: raise `MemoryError` in it.
+    pub(crate) memory_error: Box<dyn Fn() + Send + Sync>,
+    /// It passed its soft limit, holding this many bytes: tell the host.
+    pub(crate) soft: Option<Box<dyn Fn(u64) + Send + Sync>>,
+}
 
-/// The interpreters with a memory limit, for the watcher.
-static WATCHED: Mutex<Vec<(Weak<Meter>, Enforce)>> = Mutex::new(Vec::new());
+/// The interpreters with a limit, for the watcher.
+static WATCHED: Mutex<Vec<(Weak<Meter>, Arc<Watch>)>> = Mutex::new(Vec::new());
 static WATCHER: Once = Once::new();
 
 /// The watcher thread: woken by the allocator hooks when an interpreter was granted
-/// memory past its limit (and every 50 ms while any interpreter has a limit, in case a
-/// notice came before it was watched), it calls that interpreter's `enforce`, which
-/// raises `MemoryError` in it asynchronously.
+/// memory past its limit or passed its soft limit (and every 50 ms while any
+/// interpreter has a limit, in case a notice came before it was watched, and to arm
+/// soft limits again), it acts for that interpreter. The actions run with no lock held:
+/// a host's callback may create interpreters.
 fn watcher() {
     loop {
-        let due: Vec<Arc<Meter>> = {
+        let watched: Vec<(Arc<Meter>, Arc<Watch>)> = {
             let mut watched = lock(&WATCHED);
             watched.retain(|(meter, _)| meter.strong_count() > 0);
             watched
                 .iter()
-                .filter_map(|(meter, _)| meter.upgrade())
-                .filter(|meter| meter.take_over_limit())
+                .filter_map(|(meter, watch)| Some((meter.upgrade()?, Arc::clone(watch))))
                 .collect()
         };
-        for meter in due {
-            let watched = lock(&WATCHED);
-            if let Some((_, enforce)) = watched
-                .iter()
-                .find(|(m, _)| std::ptr::eq(m.as_ptr(), Arc::as_ptr(&meter)))
-            {
-                enforce();
+        for (meter, watch) in &watched {
+            let state = lock(&meter.state);
+            let Some(account) = state.account.as_ref() else {
+                continue;
+            };
+            let over = account.take_over_limit();
+            let soft = account
+                .take_soft_notice()
+                .then(|| account.usage().in_use as u64);
+            account.rearm_soft();
+            drop(state);
+            if over {
+                (watch.memory_error)();
+            }
+            if let (Some(in_use), Some(tell)) = (soft, &watch.soft) {
+                let told = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tell(in_use)));
+                if told.is_err() {
+                    tracing::error!("the soft memory limit callback panicked: taken as Continue");
+                }
             }
         }
-        if lock(&WATCHED).is_empty() {
+        if watched.is_empty() {
             std::thread::park();
         } else {
             std::thread::park_timeout(Duration::from_millis(50));
@@ -81,10 +102,14 @@ impl Meter {
     /// Starts metering `sub` on its own thread (the calling thread): opens its memory
     /// account with `limit`, and takes the thread's CPU clock. A limit that cannot be
     /// enforced is an error.
-    pub(crate) fn start(sub: &SubInterpreter, limit: Option<u64>) -> Result<Meter> {
-        let bytes = limit.map_or(0, |l| usize::try_from(l).unwrap_or(usize::MAX));
-        let account = Account::open(sub, bytes);
-        if limit.is_some() && account.is_none() {
+    pub(crate) fn start(
+        sub: &SubInterpreter,
+        limit: Option<u64>,
+        soft: Option<u64>,
+    ) -> Result<Meter> {
+        let bytes = |l: Option<u64>| l.map_or(0, |l| usize::try_from(l).unwrap_or(usize::MAX));
+        let account = Account::open(sub, bytes(limit), bytes(soft));
+        if (limit.is_some() || soft.is_some()) && account.is_none() {
             return Err(Error::CreateFailed(if crate::raw::alloc::installed() {
                 "too many interpreters with memory accounting at once".into()
             } else {
@@ -102,13 +127,15 @@ impl Meter {
                 ended_cpu: Duration::ZERO,
             }),
             limit,
+            soft,
+            replace: AtomicBool::new(false),
         })
     }
 
-    /// Has the watcher call `enforce` each time the interpreter is granted memory past its
-    /// limit (nothing without a limit). `enforce` must not wait for the interpreter.
-    pub(crate) fn watch(self: &Arc<Self>, enforce: impl Fn() + Send + Sync + 'static) {
-        if self.limit.is_none() {
+    /// Has the watcher act for this interpreter past its limits (nothing without one).
+    /// The actions must not wait for the interpreter.
+    pub(crate) fn watch(self: &Arc<Self>, watch: Watch) {
+        if self.limit.is_none() && self.soft.is_none() {
             return;
         }
         WATCHER.call_once(|| {
@@ -120,14 +147,17 @@ impl Meter {
                 Err(err) => tracing::error!("cannot start the memory watcher: {err}"),
             }
         });
-        lock(&WATCHED).push((Arc::downgrade(self), Box::new(enforce)));
+        lock(&WATCHED).push((Arc::downgrade(self), Arc::new(watch)));
     }
 
-    fn take_over_limit(&self) -> bool {
-        lock(&self.state)
-            .account
-            .as_ref()
-            .is_some_and(Account::take_over_limit)
+    /// Asks for the pool worker to be replaced once its task ends.
+    pub(crate) fn request_replacement(&self) {
+        self.replace.store(true, Ordering::Release);
+    }
+
+    /// Whether a replacement was asked for (once).
+    pub(crate) fn take_replacement_request(&self) -> bool {
+        self.replace.swap(false, Ordering::AcqRel)
     }
 
     /// Whether the interpreter holds more than its limit now; if so, counts the

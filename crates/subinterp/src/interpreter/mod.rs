@@ -21,7 +21,8 @@ use crate::error::{Error, Result};
 use crate::hazards;
 use crate::hazards::prepare;
 use crate::interpreter::config::InterpreterConfig;
-use crate::interpreter::limits::Meter;
+use crate::interpreter::config::{MemoryPressure, SoftLimit, SoftLimitAction};
+use crate::interpreter::limits::{Meter, Watch};
 use crate::raw::lifecycle::{clear_pending_async, InterruptTarget, Raise, SubInterpreter};
 use crate::raw::Python;
 use crate::runtime::{Runtime, RuntimeInner};
@@ -362,6 +363,55 @@ fn memory_error(interrupts: &Arc<Interrupts>, meter: &Arc<Meter>) -> impl Fn() +
     }
 }
 
+/// What the memory watcher does when the interpreter passed its soft limit: asks the
+/// host's callback, and does what it says.
+fn soft_limit_told(
+    id: i64,
+    soft: SoftLimit,
+    interrupts: &Arc<Interrupts>,
+    meter: &Arc<Meter>,
+) -> Box<dyn Fn(u64) + Send + Sync> {
+    let interrupts = Arc::downgrade(interrupts);
+    let meter = Arc::downgrade(meter);
+    Box::new(move |in_use| {
+        let (Some(interrupts), Some(meter)) = (interrupts.upgrade(), meter.upgrade()) else {
+            return;
+        };
+        let pressure = MemoryPressure {
+            interpreter: id,
+            in_use,
+            soft_limit: soft.bytes,
+            limit: meter.memory_limit(),
+        };
+        let action = (soft.callback)(&pressure);
+        tracing::info!(
+            interpreter = id,
+            in_use,
+            soft_limit = soft.bytes,
+            ?action,
+            "soft memory limit passed"
+        );
+        let raise = match action {
+            SoftLimitAction::RaiseMemoryError => Raise::MemoryError,
+            SoftLimitAction::Cancel => Raise::Interrupt(InterruptReason::Cancelled),
+            SoftLimitAction::ReplaceWorker => {
+                meter.request_replacement();
+                return;
+            }
+            _ => return,
+        };
+        let op = interrupts.op.load(Ordering::Acquire);
+        if interrupts.runs(op) {
+            let _ = interrupts.request(Request {
+                raise,
+                op,
+                still_wanted: None,
+                repeat: false,
+            });
+        }
+    })
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -473,7 +523,8 @@ impl Interpreter {
         let host_data = config.host_data_value();
         let guards = config.guard_rails().clone();
         let memory_limit = config.memory_limit_bytes();
-        if memory_limit.is_some() && !crate::raw::alloc::installed() {
+        let soft_limit = config.soft_limit().cloned();
+        if (memory_limit.is_some() || soft_limit.is_some()) && !crate::raw::alloc::installed() {
             return Err(Error::InvalidConfig(limits::unavailable().into()));
         }
         let (tx, rx) = unbounded::<Msg>();
@@ -492,14 +543,15 @@ impl Interpreter {
                         return;
                     }
                 };
-                let meter = match Meter::start(&sub, memory_limit) {
-                    Ok(meter) => Arc::new(meter),
-                    Err(err) => {
-                        sub.end();
-                        let _ = ready_tx.send(Err(err));
-                        return;
-                    }
-                };
+                let meter =
+                    match Meter::start(&sub, memory_limit, soft_limit.as_ref().map(|s| s.bytes)) {
+                        Ok(meter) => Arc::new(meter),
+                        Err(err) => {
+                            sub.end();
+                            let _ = ready_tx.send(Err(err));
+                            return;
+                        }
+                    };
                 // Isolated interpreters have every extension module prepared; legacy ones
                 // only those a hazard names: preparing numpy, Cython or PyO3 modules in
                 // the main interpreter would take the one interpreter they allow.
@@ -530,7 +582,10 @@ impl Interpreter {
                 };
                 let id = sub.id();
                 let interrupts = Arc::new(Interrupts::new(sub.interrupt_target(), waits));
-                meter.watch(memory_error(&interrupts, &meter));
+                meter.watch(Watch {
+                    memory_error: Box::new(memory_error(&interrupts, &meter)),
+                    soft: soft_limit.map(|soft| soft_limit_told(id, soft, &interrupts, &meter)),
+                });
                 tracing::debug!(
                     interpreter = id,
                     elapsed_us = started.elapsed().as_micros() as u64,

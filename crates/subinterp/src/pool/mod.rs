@@ -1143,6 +1143,13 @@ fn worker_loop(py: Python<'_>, shared: &Arc<Shared>, worker: &Arc<Worker>) -> Re
             );
             return Ok(());
         }
+        if worker.meter.take_replacement_request() {
+            tracing::info!(
+                task = task.id,
+                "the soft memory limit's callback asked for the worker to be replaced"
+            );
+            return Ok(());
+        }
         done += 1;
         if shared
             .config

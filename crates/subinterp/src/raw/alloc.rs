@@ -55,7 +55,7 @@
 
 use std::cell::Cell;
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::thread::Thread;
 
@@ -87,7 +87,19 @@ struct Slot {
     refused: AtomicU64,
     /// Set by a hook that granted memory past the limit, until the watcher takes it.
     over: AtomicBool,
+    /// The soft limit (0: none): passing it wakes the watcher once, until the account
+    /// falls back under it.
+    soft: AtomicUsize,
+    /// [`SOFT_ARMED`], [`SOFT_PASSED`] or [`SOFT_TOLD`].
+    soft_state: AtomicU8,
 }
+
+/// Under the soft limit, or not told yet.
+const SOFT_ARMED: u8 = 0;
+/// A hook saw the soft limit passed; the watcher has not taken the notice.
+const SOFT_PASSED: u8 = 1;
+/// The watcher took the notice; armed again once under the soft limit.
+const SOFT_TOLD: u8 = 2;
 
 impl Slot {
     const fn new() -> Self {
@@ -99,6 +111,8 @@ impl Slot {
             limit: AtomicUsize::new(0),
             refused: AtomicU64::new(0),
             over: AtomicBool::new(false),
+            soft: AtomicUsize::new(0),
+            soft_state: AtomicU8::new(SOFT_ARMED),
         }
     }
 }
@@ -327,6 +341,12 @@ impl Growth {
     }
 }
 
+fn wake_watcher() {
+    if let Some(watcher) = WATCHER.get() {
+        watcher.unpark();
+    }
+}
+
 /// Adds `delta` bytes to `tag`'s account. A growth past the limit is refused (false, and
 /// nothing charged) or granted with a notice to the watcher, as `growth` says.
 fn charge(tag: usize, delta: isize, growth: Growth) -> bool {
@@ -337,6 +357,17 @@ fn charge(tag: usize, delta: isize, growth: Growth) -> bool {
         .in_use
         .fetch_add(delta, Ordering::Relaxed)
         .wrapping_add(delta);
+    let soft = slot.soft.load(Ordering::Relaxed);
+    if delta > 0
+        && soft != 0
+        && now > soft.min(isize::MAX as usize) as isize
+        && slot
+            .soft_state
+            .compare_exchange(SOFT_ARMED, SOFT_PASSED, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    {
+        wake_watcher();
+    }
     let limit = slot.limit.load(Ordering::Relaxed);
     if delta > 0 && limit != 0 && growth != Growth::Settle {
         let limit = limit.min(isize::MAX as usize);
@@ -355,9 +386,7 @@ fn charge(tag: usize, delta: isize, growth: Growth) -> bool {
                 .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
         {
-            if let Some(watcher) = WATCHER.get() {
-                watcher.unpark();
-            }
+            wake_watcher();
         }
     }
     let now = now.max(0) as usize;
@@ -529,7 +558,7 @@ impl Account {
     /// Opens an account for `sub`, charged from now on for every block its threads
     /// allocate, with `limit` bytes at most (0: no limit). None when the hooks are not
     /// installed or every slot is taken.
-    pub(crate) fn open(sub: &SubInterpreter, limit: usize) -> Option<Account> {
+    pub(crate) fn open(sub: &SubInterpreter, limit: usize, soft: usize) -> Option<Account> {
         if !installed() {
             return None;
         }
@@ -544,6 +573,8 @@ impl Account {
                 slot.peak.store(0, Ordering::Relaxed);
                 slot.refused.store(0, Ordering::Relaxed);
                 slot.over.store(false, Ordering::Relaxed);
+                slot.soft.store(soft, Ordering::Relaxed);
+                slot.soft_state.store(SOFT_ARMED, Ordering::Relaxed);
                 slot.limit.store(limit, Ordering::Relaxed);
                 let generation =
                     (slot.generation.load(Ordering::Relaxed) + 1) & (usize::MAX >> SLOT_BITS);
@@ -581,6 +612,31 @@ impl Account {
             .is_some_and(|slot| slot.over.swap(false, Ordering::AcqRel))
     }
 
+    /// Takes the notice a hook left when the account passed its soft limit: true once
+    /// per passing (armed again by [`rearm_soft`](Self::rearm_soft)).
+    pub(crate) fn take_soft_notice(&self) -> bool {
+        self.slot().is_some_and(|slot| {
+            slot.soft_state
+                .compare_exchange(SOFT_PASSED, SOFT_TOLD, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        })
+    }
+
+    /// Arms the soft limit again if the account is back under it.
+    pub(crate) fn rearm_soft(&self) {
+        if let Some(slot) = self.slot() {
+            let soft = slot.soft.load(Ordering::Relaxed);
+            if slot.in_use.load(Ordering::Relaxed) <= soft.min(isize::MAX as usize) as isize {
+                let _ = slot.soft_state.compare_exchange(
+                    SOFT_TOLD,
+                    SOFT_ARMED,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                );
+            }
+        }
+    }
+
     /// Whether the account holds more than its limit now.
     pub(crate) fn over_limit(&self) -> bool {
         self.slot().is_some_and(|slot| {
@@ -612,6 +668,7 @@ impl Account {
         let usage = self.usage();
         if let Some(slot) = self.slot() {
             slot.limit.store(0, Ordering::Relaxed);
+            slot.soft.store(0, Ordering::Relaxed);
             // A generation no tag holds, until the slot is opened again.
             slot.generation.store(
                 (self.generation + 1) & (usize::MAX >> SLOT_BITS),
