@@ -120,7 +120,7 @@ fn throughput(a: &Arc<Interpreter>, b: &Arc<Interpreter>, name: &str, payload: &
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let rt = Runtime::init(&RuntimeConfig::new())?;
+    let rt = Runtime::init(RuntimeConfig::new().memory_accounting(common::accounting()))?;
     println!(
         "subinterp channels benchmark — Python {}, {} cores",
         rt.python_version(),

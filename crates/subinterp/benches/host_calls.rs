@@ -45,6 +45,7 @@ def measure(n):
 
 fn main() -> subinterp::Result<()> {
     let mut config = RuntimeConfig::new();
+    config.memory_accounting(common::accounting());
     config.host_module(
         HostModule::new("bench")
             .function(

@@ -100,3 +100,11 @@ pub fn rss_kib() -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// Memory accounting for a benchmark's runtime: on (the default) unless
+/// `SUBINTERP_BENCH_ACCOUNTING=0`, so that a figure can be compared with and without it.
+pub fn accounting() -> bool {
+    let on = std::env::var("SUBINTERP_BENCH_ACCOUNTING").map_or(true, |v| v != "0");
+    println!("memory accounting: {}", if on { "on" } else { "off" });
+    on
+}
