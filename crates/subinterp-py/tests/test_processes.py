@@ -67,3 +67,28 @@ def test_a_dask_cluster_runs_annotated_numpy_tasks():
         with dask.annotate(executor="subinterp"):
             pool_workers = set(client.gather(client.map(np_helpers.pid, range(4), key="pool")))
         assert not dask_worker & pool_workers
+
+
+def test_orjson_pydantic_core_lxml_and_regex_tasks_equal_process_pool_executor():
+    from concurrent.futures import ProcessPoolExecutor
+
+    import wheel_helpers as w
+
+    calls = [
+        (w.dumps, {"b": [1, 2.5, None], "a": "é"}),
+        (w.validate, {"name": "Ada", "age": "42"}),
+        (w.validate, {"name": 1, "age": -1}),
+        (w.xml_total, 7),
+        (w.capitals, "Élan Ünïcode x"),
+    ]
+    with ProcessPoolExecutor(2) as peer:
+        expected = [peer.submit(f, arg).result(120) for f, arg in calls]
+        expected_map = list(peer.map(w.everything, range(25)))
+    with subinterp.Pool(2) as pool:
+        got = [pool.submit(f, arg).result(120) for f, arg in calls]
+        assert got == expected
+        assert list(pool.map(w.everything, range(25), chunksize=4)) == expected_map
+        assert pool.submit(w.pid).result(60) != os.getpid()
+        assert pool.submit(os.getpid).result(60) == os.getpid()
+    assert expected[0] == b'{"a":"\xc3\xa9","b":[1,2.5,null]}'
+    assert expected[2] == ["string_type", "greater_than_equal"]
