@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::{GilUse, InitKind, ModuleKind, ModuleReport, MultipleInterpreters, Verdict};
+use super::{GilUse, InitKind, ModuleKind, ModuleReport, MultipleInterpreters, Placement, Verdict};
 use crate::hazards::{self, Hazard, Workaround};
+use crate::pool::process::is_refusal;
 
 /// CPython's message when an interpreter refuses an extension module.
 const REFUSAL: &str = "does not support loading in subinterpreters";
@@ -190,6 +191,7 @@ pub(super) fn derive(obs: &Observation, version: &str, prepared: bool) -> Module
         gil: None,
         shared_state: None,
         culprit: None,
+        pool: None,
         detail: None,
     };
     if let Some(seconds) = obs.timeout {
@@ -399,10 +401,76 @@ pub(super) fn derive(obs: &Observation, version: &str, prepared: bool) -> Module
         }
     }
     notes.extend(unhelped);
+    report.pool = Some(placement(
+        &report,
+        iso,
+        isolated,
+        phase("process"),
+        &mut notes,
+    ));
     if !notes.is_empty() {
         report.detail = Some(notes.join("; "));
     }
     report
+}
+
+/// Where a pool would run a task of the module (see [`Placement`]), with a note saying
+/// why when not in an interpreter.
+fn placement(
+    report: &ModuleReport,
+    iso: Outcome<'_>,
+    isolated: Option<&Phase>,
+    process: Option<&Phase>,
+    notes: &mut Vec<String>,
+) -> Placement {
+    if report.verdict == Verdict::Ok {
+        return Placement::Interpreter;
+    }
+    let refused = match iso {
+        Outcome::Failed(_, error) => {
+            is_refusal(&error.message)
+                || isolated.is_some_and(|p| {
+                    p.attempts
+                        .iter()
+                        .flat_map(|a| &a.failed_extensions)
+                        .any(|(_, message)| is_refusal(message))
+                })
+        }
+        _ => false,
+    };
+    let in_process = process.map(|p| match (&p.crash, &p.probe_error, p.attempts.first()) {
+        (None, None, Some(attempt)) if attempt.ok => Ok(()),
+        (None, None, Some(attempt)) => Err(attempt
+            .error
+            .as_ref()
+            .map_or_else(|| "it failed".to_owned(), error_words)),
+        _ => Err(p.crash_words()),
+    });
+    match (refused, in_process) {
+        (true, Some(Ok(()))) => {
+            notes.push("a pool runs it in a worker process, where it imports".into());
+            Placement::Process
+        }
+        (true, Some(Err(words))) => {
+            notes.push(format!(
+                "a pool cannot run it: it fails in a process of its own too: {words}"
+            ));
+            Placement::Nowhere
+        }
+        (_, Some(Ok(()))) => {
+            let why = if matches!(iso, Outcome::Crashed(_)) {
+                "isolated interpreters crash with it"
+            } else {
+                "its failure in isolated interpreters is not a refusal"
+            };
+            notes.push(format!(
+                "a pool does not move it to a worker process ({why}), though it imports \
+                 in a process: name it in PoolConfig::in_processes to run it there"
+            ));
+            Placement::Nowhere
+        }
+        _ => Placement::Nowhere,
+    }
 }
 
 /// The modules loaded (or refused) by the interpreters of `phase` that a hazard of
@@ -804,6 +872,63 @@ mod tests {
     }
 
     #[test]
+    fn where_a_pool_runs_it_follows_the_refusal_and_the_import_in_a_process() {
+        let refused = || {
+            attempt(
+                false,
+                Some(("ImportError", REFUSED)),
+                &[("pkg._speedups", REFUSED)],
+            )
+        };
+        let fine = || attempt(true, None, &[]);
+        let broken = || {
+            attempt(
+                false,
+                Some(("RuntimeError", "no subinterpreters here")),
+                &[],
+            )
+        };
+        let failing = || attempt(false, Some(("OSError", "libfoo.so: cannot open")), &[]);
+        let with = |iso: Vec<Attempt>, process: Option<Attempt>| {
+            let mut phases = vec![
+                phase("isolated", iso),
+                phase("legacy", vec![fine(), fine()]),
+            ];
+            phases.extend(process.map(|a| phase("process", vec![a])));
+            derive_(&obs(phases))
+        };
+        // Refused, imports in a process: there.
+        let r = with(vec![refused(), refused()], Some(fine()));
+        assert_eq!(r.pool, Some(Placement::Process));
+        assert!(
+            r.reason().contains("a pool runs it in a worker process"),
+            "{r:?}"
+        );
+        // Refused, fails in a process too: nowhere, and why.
+        let r = with(vec![refused(), refused()], Some(failing()));
+        assert_eq!(r.pool, Some(Placement::Nowhere));
+        assert!(
+            r.reason()
+                .contains("fails in a process of its own too: OSError"),
+            "{r:?}"
+        );
+        // Fails in isolated interpreters for another reason: a pool does not move it.
+        let r = with(vec![broken(), broken()], Some(fine()));
+        assert_eq!(r.pool, Some(Placement::Nowhere));
+        assert!(r.reason().contains("not a refusal"), "{r:?}");
+        // Imports in isolated interpreters: there, with no note.
+        let r = derive_(&obs(vec![phase("isolated", vec![fine(), fine()])]));
+        assert_eq!(r.pool, Some(Placement::Interpreter));
+        assert!(r.detail.is_none(), "{r:?}");
+        // Timed out: not known.
+        let r = derive_(&Observation {
+            timeout: Some(5.0),
+            ..obs(Vec::new())
+        });
+        assert_eq!(r.pool, None);
+    }
+
+    #[test]
     fn refusal_then_legacy_is_legacy_only() {
         let refused = || {
             attempt(
@@ -1044,9 +1169,11 @@ mod tests {
                 "gil",
                 "shared_state",
                 "culprit",
+                "pool",
                 "detail"
             ]
         );
+        assert_eq!(serde_json::to_value(Placement::Process).unwrap(), "process");
         assert_eq!(
             serde_json::to_value(Verdict::LegacyOnly).unwrap(),
             "legacy-only"

@@ -40,7 +40,7 @@ use crate::value::wire;
 use crate::value::Value;
 use crate::wait::InterruptReason;
 
-mod process;
+pub(crate) mod process;
 
 #[cfg(feature = "extension-module")]
 pub(crate) use process::refusals_for_runner;

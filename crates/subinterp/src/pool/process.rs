@@ -221,6 +221,12 @@ const REFUSALS: &[&str] = &[
     "PyO3 modules compiled for CPython 3.8 or older may only be initialized once per interpreter process",
 ];
 
+/// Whether `message` (an `ImportError`'s) says that an isolated interpreter refused an
+/// extension module, in one of the words a pool moves a task to a process for.
+pub(crate) fn is_refusal(message: &str) -> bool {
+    REFUSALS.iter().any(|pattern| message.contains(pattern))
+}
+
 /// Python code that gives the Python package's task runner (`_subinterp_worker`, which
 /// reports a task's exceptions as its result) the refusal messages, so that it lets a
 /// refusal reach the pool as an exception, and the pool can move the task to a process.
