@@ -51,6 +51,10 @@ def stats(values):
 
 def pid():
     return os.getpid()
+
+def use_channel():
+    import subinterp
+    return subinterp.channel("only-in-the-host").send(1)
 "#;
 
 const LATE_NP: &str = r#"
@@ -182,6 +186,14 @@ def wire_of(x):
 def read_stdin():
     return sys.stdin.read()
 
+def use_channel():
+    import subinterp
+    return subinterp.channel("only-in-the-host").send(1)
+
+def use_host_module():
+    import proc_host
+    return proc_host.double(2)
+
 def printing():
     print("to the host's stderr")
     return 1
@@ -205,6 +217,11 @@ fn runtime() -> Runtime {
         }
         let mut config = RuntimeConfig::new();
         config.add_path(&dir);
+        config.host_module(subinterp::HostModule::new("proc_host").function(
+            "double",
+            ["x"],
+            |_: &subinterp::Caller, (x,): (i64,)| Ok(x * 2),
+        ));
         if let Some(venv) = venv() {
             config.virtual_env(venv);
         }
@@ -770,4 +787,50 @@ fn a_refusal_is_said_once_naming_the_refused_module() {
         "{}",
         said[0]
     );
+}
+
+#[test]
+fn host_only_modules_in_a_process_task_fail_naming_the_reason() {
+    // `proc_tasks` runs in processes from the start; `np_tasks` because numpy is refused.
+    let pool = new_pool(|_| {});
+    let here = wait(pool.submit("pure_tasks:use_host_module", ()).unwrap()).unwrap();
+    assert_eq!(here, Value::Int(4), "a host module works in an interpreter");
+    for (target, module) in [
+        ("proc_tasks:use_channel", "subinterp"),
+        ("proc_tasks:use_host_module", "proc_host"),
+    ] {
+        let err = wait(pool.submit(target, ()).unwrap()).unwrap_err();
+        let Error::Python(exc) = &err else {
+            panic!("{target}: {err:?}")
+        };
+        assert!(exc.is("ImportError"), "{target}: {err}");
+        assert!(
+            exc.message
+                .contains(&format!("module '{module}' lives in the host process")),
+            "{target}: {}",
+            exc.message
+        );
+        assert!(
+            exc.message
+                .contains("this task runs in a worker process because the pool sends proc_tasks"),
+            "{target}: {}",
+            exc.message
+        );
+    }
+    if venv().is_some() {
+        let err = wait(pool.submit("np_tasks:use_channel", ()).unwrap()).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains("module 'subinterp' lives in the host process"),
+            "{message}"
+        );
+        assert!(
+            message.contains(
+                "this task runs in a worker process because an isolated interpreter refused \
+                 numpy._core._multiarray_umath"
+            ),
+            "{message}"
+        );
+    }
+    pool.shutdown(WAIT);
 }

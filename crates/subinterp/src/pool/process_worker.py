@@ -4,9 +4,13 @@
 # (docs/wire-format.md). This process has no Rust extension: the wire format is read and
 # written here in pure Python.
 #
-# Host -> worker:  ("setup", sys_path, init_sources)   first, once
-#                  ("call", module, qualname, args)    args: the call's arguments, a
-#                                                      wire buffer holding ((pos...), {kw})
+# Host -> worker:  ("setup", sys_path, init_sources, host_builtins)
+#                                                      first, once; host_builtins: the
+#                                                      interpreters' builtin module names
+#                  ("call", module, qualname, args, otherwise, why)
+#                                                      args: the call's arguments, a
+#                                                      wire buffer holding ((pos...), {kw});
+#                                                      why: why it runs in a process
 #                  ("interrupt", reason)               1: TimeoutError, 2: KeyboardInterrupt
 #                                                      in the running task
 # Worker -> host:  ("ready",) | ("error", exc)         after setup
@@ -319,6 +323,31 @@ def _read_exact(fd, n):
     return b"".join(chunks)
 
 
+class _HostOnly:
+    """A finder, first on sys.meta_path, for the modules that live only in the host
+    process (the host's `subinterp` module, its host modules): importing one fails with
+    an ImportError that says so and why the task runs here, not with "No module named"."""
+
+    def __init__(self, names):
+        self.names = frozenset(names)
+        self.why = "it was sent to one"
+
+    def find_spec(self, name, path=None, target=None):
+        top = name.partition(".")[0]
+        if top not in self.names:
+            return None
+        what = (
+            "its channels, shared buffers and id() belong to the host's interpreters"
+            if top == "subinterp"
+            else "it is a host module, functions of the host program"
+        )
+        raise ImportError(
+            f"module {top!r} lives in the host process ({what}); this task runs in a "
+            f"worker process because {self.why}",
+            name=name,
+        )
+
+
 def _resolve(importlib, module, qualname):
     """The callable ``module.qualname``, imported here."""
     target = importlib.import_module(module)
@@ -392,8 +421,11 @@ def main():
     setup = tasks.get()
     if setup is None:
         return
-    _, path, init = setup
+    _, path, init, host_builtins = setup
     sys.path[:] = list(path)
+    host_only = _HostOnly(set(host_builtins) - set(sys.builtin_module_names))
+    if host_only.names:
+        sys.meta_path.insert(0, host_only)
     main_mod = sys.modules["__main__"]
     try:
         for source in init:
@@ -408,7 +440,7 @@ def main():
         msg = tasks.get()
         if msg is None:
             return
-        _, module, qualname, args, otherwise = msg
+        _, module, qualname, args, otherwise, host_only.why = msg
         try:
             try:
                 running[0] = True
