@@ -61,6 +61,15 @@ fn map_in_venv(dir: &Path, venv: &Path, target: &str) -> Output {
         .expect("run subinterp")
 }
 
+/// The records `subinterp map` wrote to `out.jsonl` in `dir`.
+fn results(dir: &TempDir) -> Vec<Value> {
+    std::fs::read_to_string(dir.path().join("out.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 #[test]
 fn a_module_that_imports_numpy_runs_in_worker_processes_with_no_option() {
     let Some(venv) = venv() else { return };
@@ -70,11 +79,7 @@ fn a_module_that_imports_numpy_runs_in_worker_processes_with_no_option() {
     dir.write("in.jsonl", &input);
     let out = map_in_venv(dir.path(), venv, "npfuncs:norm");
     assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
-    let written = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
-    let results: Vec<Value> = written
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let results = results(&dir);
     assert_eq!(results.len(), 50);
     for (n, result) in results.iter().enumerate() {
         let expected = (0..n).map(|i| (i * i) as f64).sum::<f64>().sqrt();
@@ -93,19 +98,40 @@ fn a_module_that_imports_numpy_runs_in_worker_processes_with_no_option() {
     );
 }
 
+/// Each record returns the child processes that `subinterp map` (the process running the
+/// record's interpreter) has at that moment.
+const CHILDREN_MODULE: &str = r#"
+import glob
+import os
+
+def children(record):
+    found = []
+    for path in glob.glob(f"/proc/{os.getpid()}/task/*/children"):
+        with open(path) as f:
+            found += f.read().split()
+    return {"n": record, "children": found}
+"#;
+
 #[test]
 fn a_pure_module_runs_no_worker_process() {
     let Some(venv) = venv() else { return };
     let dir = TempDir::new("map-pure");
-    dir.write("purefuncs.py", "def inc(record):\n    return record + 1\n");
-    dir.write("in.jsonl", "1\n2\n");
-    let out = map_in_venv(dir.path(), venv, "purefuncs:inc");
+    dir.write("purefuncs.py", CHILDREN_MODULE);
+    let input: String = (0..200).map(|n| format!("{n}\n")).collect();
+    dir.write("in.jsonl", &input);
+    let out = map_in_venv(dir.path(), venv, "purefuncs:children");
     assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
     assert!(
         stderr(&out).contains("0 records in worker processes"),
         "{}",
         stderr(&out)
     );
+    // No process was started while the records ran.
+    let results = results(&dir);
+    assert_eq!(results.len(), 200);
+    for result in &results {
+        assert_eq!(result["ok"]["children"], serde_json::json!([]), "{result}");
+    }
 }
 
 /// Each record goes through orjson, pydantic-core, lxml and regex.
@@ -142,11 +168,7 @@ fn orjson_pydantic_core_lxml_and_regex_records_run_in_worker_processes() {
     dir.write("in.jsonl", &input);
     let out = map_in_venv(dir.path(), venv, "wheelfuncs:handle");
     assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
-    let written = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
-    let results: Vec<Value> = written
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let results = results(&dir);
     assert_eq!(results.len(), 20);
     for (n, result) in results.iter().enumerate() {
         assert_eq!(
