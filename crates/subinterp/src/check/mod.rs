@@ -66,9 +66,10 @@
 //!    falls back would do. On CPython 3.12 some single-phase modules (`_decimal`,
 //!    `_datetime`) crash the process there, because the refused attempt has already run
 //!    their initialisation once; this is reported in the detail.
-//! 7. *process* (when the isolated imports did not work): the module is imported in the
-//!    main interpreter of a process of its own, as a pool's worker process would; with
-//!    the isolated failure, this gives [`ModuleReport::pool`]: where a
+//! 7. *process* (when neither isolated nor legacy interpreters imported it): the module
+//!    is imported in the main interpreter of a process of its own, as a pool's worker
+//!    process would. (A module a legacy interpreter imports is taken to import there
+//!    too.) With the isolated failure, this gives [`ModuleReport::pool`]: where a
 //!    [`Pool`](crate::Pool) would run a task of the module ([`Placement`]).
 //!
 //! `shared_state` compares `id()` of the module's attributes (leaving out `__dunder__`

@@ -636,11 +636,16 @@ def supervise(name, optional, bootstrap, tmp, progress, prepare, legacy_prepare)
                     name, bootstrap, MIXED_STEPS, tmp, report, stop_on_failure=False,
                     prepare=prepare),
                 tmp, progress))
-        # Where a pool would run it instead: a worker process, if it imports there.
-        progress("importing it in the main interpreter of a process")
-        obs["phases"].append(run_phase(
-            "process", lambda report: phase_process(name, bootstrap, tmp, report),
-            tmp, progress))
+        # Where a pool would run it instead: a worker process, if it imports there. A
+        # module a legacy interpreter imported imports in a main interpreter too.
+        legacy_imported = (
+            legacy["crash"] is None and legacy["attempts"] and legacy["attempts"][0]["ok"]
+        )
+        if not legacy_imported:
+            progress("importing it in the main interpreter of a process")
+            obs["phases"].append(run_phase(
+                "process", lambda report: phase_process(name, bootstrap, tmp, report),
+                tmp, progress))
     return obs
 
 

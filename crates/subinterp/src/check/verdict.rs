@@ -405,6 +405,7 @@ pub(super) fn derive(obs: &Observation, version: &str, prepared: bool) -> Module
         &report,
         iso,
         isolated,
+        legacy,
         phase("process"),
         &mut notes,
     ));
@@ -420,6 +421,7 @@ fn placement(
     report: &ModuleReport,
     iso: Outcome<'_>,
     isolated: Option<&Phase>,
+    legacy: Option<&Phase>,
     process: Option<&Phase>,
     notes: &mut Vec<String>,
 ) -> Placement {
@@ -438,6 +440,11 @@ fn placement(
         }
         _ => false,
     };
+    // A module a legacy interpreter imported imports in a process's main interpreter
+    // too (the probe asks a process only when no legacy interpreter imported it).
+    let legacy_imported = legacy.is_some_and(|p| {
+        p.crash.is_none() && p.probe_error.is_none() && p.attempts.first().is_some_and(|a| a.ok)
+    });
     let in_process = process.map(|p| match (&p.crash, &p.probe_error, p.attempts.first()) {
         (None, None, Some(attempt)) if attempt.ok => Ok(()),
         (None, None, Some(attempt)) => Err(attempt
@@ -446,6 +453,7 @@ fn placement(
             .map_or_else(|| "it failed".to_owned(), error_words)),
         _ => Err(p.crash_words()),
     });
+    let in_process = in_process.or(legacy_imported.then_some(Ok(())));
     match (refused, in_process) {
         (true, Some(Ok(()))) => {
             notes.push("a pool runs it in a worker process, where it imports".into());
@@ -889,23 +897,24 @@ mod tests {
             )
         };
         let failing = || attempt(false, Some(("OSError", "libfoo.so: cannot open")), &[]);
-        let with = |iso: Vec<Attempt>, process: Option<Attempt>| {
-            let mut phases = vec![
-                phase("isolated", iso),
-                phase("legacy", vec![fine(), fine()]),
-            ];
+        // The probe asks a process only when no legacy interpreter imported it.
+        let with = |iso: Vec<Attempt>, legacy: Vec<Attempt>, process: Option<Attempt>| {
+            let mut phases = vec![phase("isolated", iso), phase("legacy", legacy)];
             phases.extend(process.map(|a| phase("process", vec![a])));
             derive_(&obs(phases))
         };
-        // Refused, imports in a process: there.
-        let r = with(vec![refused(), refused()], Some(fine()));
+        // Refused, imports in a legacy interpreter, so in a process: there.
+        let r = with(vec![refused(), refused()], vec![fine(), fine()], None);
         assert_eq!(r.pool, Some(Placement::Process));
         assert!(
             r.reason().contains("a pool runs it in a worker process"),
             "{r:?}"
         );
+        // Refused in every subinterpreter (the pandas case), imports in a process: there.
+        let r = with(vec![refused(), refused()], vec![refused()], Some(fine()));
+        assert_eq!(r.pool, Some(Placement::Process), "{r:?}");
         // Refused, fails in a process too: nowhere, and why.
-        let r = with(vec![refused(), refused()], Some(failing()));
+        let r = with(vec![refused(), refused()], vec![failing()], Some(failing()));
         assert_eq!(r.pool, Some(Placement::Nowhere));
         assert!(
             r.reason()
@@ -913,7 +922,7 @@ mod tests {
             "{r:?}"
         );
         // Fails in isolated interpreters for another reason: a pool does not move it.
-        let r = with(vec![broken(), broken()], Some(fine()));
+        let r = with(vec![broken(), broken()], vec![broken()], Some(fine()));
         assert_eq!(r.pool, Some(Placement::Nowhere));
         assert!(r.reason().contains("not a refusal"), "{r:?}");
         // Imports in isolated interpreters: there, with no note.
