@@ -158,11 +158,12 @@ fn third_party_wheels_get_the_verdicts_cpython_gives() {
         let r = by_name(name);
         assert_eq!(r.pool, Some(Placement::Process), "{r:?}");
     }
-    // numpy's test module fails in every kind of subinterpreter (isolated ones refuse
-    // numpy's core; a legacy one cannot import the core after that refusal), yet imports
-    // in a process of its own: a pool runs it in a worker process.
+    // numpy's test module is refused by isolated interpreters; on 3.13 a legacy one cannot
+    // import it either (it is `broken`: every kind of subinterpreter fails), on 3.12 it is
+    // `legacy-only`. Either way it imports in a process of its own: a pool runs it in a
+    // worker process.
     let tests = check::check(&["numpy._core._umath_tests"], &setup.options()).expect("check");
-    assert_eq!(tests[0].verdict, Verdict::Broken, "{:?}", tests[0]);
+    assert_ne!(tests[0].verdict, Verdict::Ok, "{:?}", tests[0]);
     assert_eq!(tests[0].pool, Some(Placement::Process), "{:?}", tests[0]);
     assert!(
         tests[0]
