@@ -337,7 +337,7 @@ class _HostOnly:
 
     def __init__(self, names):
         self.names = frozenset(names)
-        self.why = "it was sent to one"
+        self.why = "the pool runs tasks isolated interpreters refuse in worker processes"
         self.finding = False
         self.attrs = {
             name: attrs for name, attrs in self.PACKAGE_ATTRS.items() if name not in self.names
