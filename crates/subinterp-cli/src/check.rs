@@ -22,6 +22,16 @@ Verdicts:
                does not finish within --timeout; a module that does not exist is broken
                with the detail \"No module named '...'\"
 
+Pool: where a subinterp pool (the library's Pool, `subinterp map`, the Python package's
+Pool) would run a task of the module:
+  interpreter  in an isolated interpreter of the calling process (verdict ok)
+  process      in a worker process: isolated interpreters refuse an extension module
+               it imports (the culprit), and it imports in a process of its own
+  nowhere      it does not import even in a process of its own (or does not exist), or
+               it fails or crashes in isolated interpreters for another reason than a
+               refusal, which a pool does not move to a process
+  -            the check could not tell (timeout)
+
 A package that imports in an isolated interpreter only because it caught the refusal of
 one of its compiled modules and fell back is ok, with that module as its culprit.
 
@@ -36,7 +46,8 @@ interpreters get (--path directories first, then the site-packages of VIRTUAL_EN
 
 With --json, one JSON array is printed on stdout, one object per module with the keys
 module, verdict, kind (extension, builtin, python), init, multiple_interpreters, gil,
-shared_state, culprit, detail (null where not applicable).
+shared_state, culprit, pool (interpreter, process, nowhere), detail (null where not
+applicable).
 
 Exit status:
   0    every module is ok
@@ -153,7 +164,7 @@ pub fn main(args: CheckArgs) -> u8 {
     }
 }
 
-/// One row per module: name, verdict, reason.
+/// One row per module: name, verdict, where a pool would run it, reason.
 fn write_table(out: &mut impl Write, reports: &[ModuleReport]) -> std::io::Result<()> {
     let width = reports
         .iter()
@@ -161,13 +172,21 @@ fn write_table(out: &mut impl Write, reports: &[ModuleReport]) -> std::io::Resul
         .max()
         .unwrap_or(0)
         .clamp("MODULE".len(), 48);
-    writeln!(out, "{:<width$}  {:<11}  REASON", "MODULE", "VERDICT")?;
+    writeln!(
+        out,
+        "{:<width$}  {:<11}  {:<11}  REASON",
+        "MODULE", "VERDICT", "POOL"
+    )?;
     for report in reports {
+        let pool = report
+            .pool
+            .map_or_else(|| "-".to_owned(), |p| p.to_string());
         writeln!(
             out,
-            "{:<width$}  {:<11}  {}",
+            "{:<width$}  {:<11}  {:<11}  {}",
             report.module,
             report.verdict.to_string(),
+            pool,
             report.reason()
         )?;
     }

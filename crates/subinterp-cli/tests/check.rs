@@ -47,6 +47,7 @@ fn json_output_has_the_documented_keys_and_exit_status() {
                 "gil",
                 "shared_state",
                 "culprit",
+                "pool",
                 "detail"
             ]
         );
@@ -183,4 +184,72 @@ fn an_output_that_cannot_be_written_is_an_error() {
         "{}",
         stderr(&out)
     );
+}
+
+/// Fails to import in any subinterpreter (not a refusal), imports in a process.
+const NOT_IN_SUBINTERPRETERS: &str = r#"
+try:
+    import _interpreters as _i
+except ImportError:
+    import _xxsubinterpreters as _i
+if _i.get_current() != _i.get_main():
+    raise RuntimeError("this module runs only in a main interpreter")
+"#;
+
+#[test]
+fn the_pool_column_and_key_say_where_a_pool_runs_each_module() {
+    let dir = TempDir::new("pool");
+    dir.write("cli_check_main_only.py", NOT_IN_SUBINTERPRETERS);
+    dir.write("cli_check_fails.py", "raise ValueError('never imports')\n");
+    let path = dir.path().to_str().unwrap();
+    let modules = [
+        "json",
+        "readline",
+        "cli_check_main_only",
+        "cli_check_fails",
+        "cli_check_no_such_module",
+    ];
+    let args = |json: bool| {
+        let mut args = vec!["--path", path];
+        args.extend(modules);
+        if json {
+            args.push("--json");
+        }
+        args
+    };
+    let out = check(&args(true));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let reports: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let pools: Vec<&str> = (0..modules.len())
+        .map(|i| reports[i]["pool"].as_str().unwrap())
+        .collect();
+    // json: an isolated interpreter; readline (single-phase, refused): a worker process;
+    // the rest: nowhere.
+    assert_eq!(
+        pools,
+        ["interpreter", "process", "nowhere", "nowhere", "nowhere"],
+        "{reports:#}"
+    );
+    let detail = |i: usize| reports[i]["detail"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        detail(1).contains("a pool runs it in a worker process"),
+        "{}",
+        detail(1)
+    );
+    assert_eq!(reports[1]["culprit"], "readline");
+    assert!(detail(2).contains("not a refusal"), "{}", detail(2));
+    assert!(detail(2).contains("imports in a process"), "{}", detail(2));
+
+    let out = check(&args(false));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].contains("VERDICT  ") && lines[0].contains("POOL"),
+        "{text}"
+    );
+    for (line, (module, pool)) in lines[1..].iter().zip(modules.iter().zip(pools)) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(words[0], *module, "{text}");
+        assert_eq!(words[2], pool, "{text}");
+    }
 }

@@ -1,6 +1,7 @@
-//! `subinterp map` over a module that imports numpy (a real wheel from PyPI, installed
-//! into a virtual environment made by this test): isolated interpreters refuse numpy, so
-//! the records run in worker processes, with no option, and the summary says how many.
+//! `subinterp map` over modules that import numpy, orjson, pydantic-core, lxml and regex
+//! (real wheels from PyPI, installed into a virtual environment made by this test):
+//! isolated interpreters refuse each, so the records run in worker processes, with no
+//! option, and the summary says how many.
 //! Making the environment needs `pip` to reach PyPI: without it, the test says so and
 //! passes.
 
@@ -15,7 +16,15 @@ mod common;
 mod wheel_venv;
 use common::{code, stderr, TempDir};
 
-const REQUIREMENTS: [&str; 1] = ["numpy==2.5.5"];
+/// Each has wheels for CPython 3.12 and 3.13 (manylinux x86_64) and is refused by
+/// isolated interpreters.
+const REQUIREMENTS: [&str; 5] = [
+    "numpy==2.5.5",
+    "orjson==3.13.0",
+    "pydantic-core==2.50.4",
+    "lxml==6.1.3",
+    "regex==2026.11.15",
+];
 
 fn venv() -> Option<&'static Path> {
     static VENV: OnceLock<Option<PathBuf>> = OnceLock::new();
@@ -52,6 +61,15 @@ fn map_in_venv(dir: &Path, venv: &Path, target: &str) -> Output {
         .expect("run subinterp")
 }
 
+/// The records `subinterp map` wrote to `out.jsonl` in `dir`.
+fn results(dir: &TempDir) -> Vec<Value> {
+    std::fs::read_to_string(dir.path().join("out.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 #[test]
 fn a_module_that_imports_numpy_runs_in_worker_processes_with_no_option() {
     let Some(venv) = venv() else { return };
@@ -61,11 +79,7 @@ fn a_module_that_imports_numpy_runs_in_worker_processes_with_no_option() {
     dir.write("in.jsonl", &input);
     let out = map_in_venv(dir.path(), venv, "npfuncs:norm");
     assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
-    let written = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
-    let results: Vec<Value> = written
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let results = results(&dir);
     assert_eq!(results.len(), 50);
     for (n, result) in results.iter().enumerate() {
         let expected = (0..n).map(|i| (i * i) as f64).sum::<f64>().sqrt();
@@ -84,17 +98,89 @@ fn a_module_that_imports_numpy_runs_in_worker_processes_with_no_option() {
     );
 }
 
+/// Each record returns the child processes that `subinterp map` (the process running the
+/// record's interpreter) has at that moment.
+const CHILDREN_MODULE: &str = r#"
+import glob
+import os
+
+def children(record):
+    found = []
+    for path in glob.glob(f"/proc/{os.getpid()}/task/*/children"):
+        with open(path) as f:
+            found += f.read().split()
+    return {"n": record, "children": found}
+"#;
+
 #[test]
 fn a_pure_module_runs_no_worker_process() {
     let Some(venv) = venv() else { return };
     let dir = TempDir::new("map-pure");
-    dir.write("purefuncs.py", "def inc(record):\n    return record + 1\n");
-    dir.write("in.jsonl", "1\n2\n");
-    let out = map_in_venv(dir.path(), venv, "purefuncs:inc");
+    dir.write("purefuncs.py", CHILDREN_MODULE);
+    let input: String = (0..200).map(|n| format!("{n}\n")).collect();
+    dir.write("in.jsonl", &input);
+    let out = map_in_venv(dir.path(), venv, "purefuncs:children");
     assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
     assert!(
         stderr(&out).contains("0 records in worker processes"),
         "{}",
         stderr(&out)
+    );
+    // No process was started while the records ran.
+    let results = results(&dir);
+    assert_eq!(results.len(), 200);
+    for result in &results {
+        assert_eq!(result["ok"]["children"], serde_json::json!([]), "{result}");
+    }
+}
+
+/// Each record goes through orjson, pydantic-core, lxml and regex.
+const WHEELS_MODULE: &str = r#"
+import orjson
+import regex
+from lxml import etree
+from pydantic_core import SchemaValidator, core_schema
+
+ITEM = SchemaValidator(
+    core_schema.typed_dict_schema(
+        {"name": core_schema.typed_dict_field(core_schema.str_schema()),
+         "qty": core_schema.typed_dict_field(core_schema.int_schema())}
+    )
+)
+
+def handle(record):
+    item = ITEM.validate_python(record)
+    xml = f'<item qty="{item["qty"]}"><name>{item["name"]}</name></item>'
+    qty = int(etree.fromstring(xml).xpath("number(@qty)"))
+    caps = regex.findall(r"\p{Lu}", item["name"])
+    return orjson.loads(orjson.dumps({"name": item["name"], "qty": qty, "caps": caps}))
+"#;
+
+#[test]
+fn orjson_pydantic_core_lxml_and_regex_records_run_in_worker_processes() {
+    let Some(venv) = venv() else { return };
+    let dir = TempDir::new("map-wheels");
+    dir.write("wheelfuncs.py", WHEELS_MODULE);
+    // "qty" as a string: pydantic-core's lax mode makes it an int.
+    let input: String = (0..20)
+        .map(|n| format!("{{\"name\": \"Ünit{n}X\", \"qty\": \"{n}\"}}\n"))
+        .collect();
+    dir.write("in.jsonl", &input);
+    let out = map_in_venv(dir.path(), venv, "wheelfuncs:handle");
+    assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
+    let results = results(&dir);
+    assert_eq!(results.len(), 20);
+    for (n, result) in results.iter().enumerate() {
+        assert_eq!(
+            result["ok"],
+            serde_json::json!({"name": format!("Ünit{n}X"), "qty": n, "caps": ["Ü", "X"]}),
+            "{result}"
+        );
+    }
+    let summary = stderr(&out);
+    assert!(summary.contains("20 records, 0 errors"), "{summary}");
+    assert!(
+        summary.contains("20 records in worker processes"),
+        "{summary}"
     );
 }

@@ -117,11 +117,17 @@ def test_check_reports_what_the_cli_reports():
     ok = subinterp.check("json")
     assert ok["module"] == "json" and ok["verdict"] == "ok", ok
     assert ok["reason"]
-    reports = subinterp.check(["psutil", "no_such_module_here"])
+    assert ok["pool"] == "interpreter", ok
+    reports = subinterp.check(["psutil", "no_such_module_here", "orjson"])
     assert reports[0]["verdict"] != "ok", reports[0]
     assert reports[0]["culprit"] == "psutil._psutil_linux", reports[0]
+    # Where a pool runs it: refused, it imports in a process of its own.
+    assert reports[0]["pool"] == "process", reports[0]
     assert reports[1]["verdict"] == "broken", reports[1]
     assert "No module named" in reports[1]["detail"]
+    assert reports[1]["pool"] == "nowhere", reports[1]
+    assert reports[2]["pool"] == "process", reports[2]
+    assert reports[2]["culprit"] == "orjson.orjson", reports[2]
 
 
 def test_ctrl_c_interrupts_a_call_and_is_raised_in_the_caller(tmp_path):

@@ -67,3 +67,48 @@ def test_a_dask_cluster_runs_annotated_numpy_tasks():
         with dask.annotate(executor="subinterp"):
             pool_workers = set(client.gather(client.map(np_helpers.pid, range(4), key="pool")))
         assert not dask_worker & pool_workers
+
+
+def test_orjson_pydantic_core_lxml_and_regex_tasks_equal_process_pool_executor():
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import wheel_helpers as w
+
+    calls = [
+        (w.dumps, {"b": [1, 2.5, None], "a": "é"}),
+        (w.validate, {"name": "Ada", "age": "42"}),
+        (w.validate, {"name": 1, "age": -1}),
+        (w.xml_total, 7),
+        (w.capitals, "Élan Ünïcode x"),
+    ]
+    # spawn: this process has threads (the pools of other tests), which fork must not copy.
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as peer:
+        expected = [peer.submit(f, arg).result(120) for f, arg in calls]
+        expected_map = list(peer.map(w.everything, range(25)))
+    with subinterp.Pool(2) as pool:
+        got = [pool.submit(f, arg).result(120) for f, arg in calls]
+        assert got == expected
+        assert list(pool.map(w.everything, range(25), chunksize=4)) == expected_map
+        assert pool.submit(w.pid).result(60) != os.getpid()
+        assert pool.submit(os.getpid).result(60) == os.getpid()
+    assert expected[0] == b'{"a":"\xc3\xa9","b":[1,2.5,null]}'
+    assert expected[2] == ["string_type", "greater_than_equal"]
+
+
+def test_channels_and_buffers_of_the_host_fail_clearly_in_a_worker_process():
+    ch = subinterp.channel("test-processes-host-only")
+    with subinterp.Pool(1) as pool:
+        with pytest.raises(RuntimeError) as info:
+            pool.submit(np_helpers.send_to, "test-processes-host-only", 5).result(120)
+        message = str(info.value)
+        assert "channel 'test-processes-host-only' lives in the host process" in message
+        assert (
+            "it runs in a worker process because an isolated interpreter refused "
+            "numpy._core._multiarray_umath" in message
+        ), message
+        with pytest.raises(RuntimeError, match="shared buffers live in the host process"):
+            pool.submit(np_helpers.make_buffer).result(120)
+        # The pool and the package go on working in the worker process.
+        assert pool.submit(np_helpers.total, 4).result(120) == 6.0
+    assert len(ch) == 0

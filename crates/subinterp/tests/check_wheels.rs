@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use check_support::{assert_all_match, build_python, Setup};
-use subinterp::check::{self, InitKind, ModuleKind, Verdict};
+use subinterp::check::{self, InitKind, ModuleKind, Placement, Verdict};
 
 /// Pinned so that every run tests the same builds; each has cp312 and cp313 wheels for
 /// manylinux x86_64.
@@ -139,6 +139,39 @@ fn third_party_wheels_get_the_verdicts_cpython_gives() {
         let culprit = numpy.culprit.as_deref().expect("numpy's refused module");
         assert!(culprit.starts_with("numpy."), "{numpy:?}");
     }
+    // Where a pool runs each: in an interpreter exactly when it is ok; numpy and rpds
+    // (refused: numpy's single-phase core, rpds's PyO3 module) in a worker process, where
+    // they import.
+    for r in &reports {
+        assert_eq!(
+            r.verdict == Verdict::Ok,
+            r.pool == Some(Placement::Interpreter),
+            "{r:?}"
+        );
+    }
+    for name in [
+        "numpy",
+        "numpy._core._multiarray_umath",
+        "rpds",
+        "rpds.rpds",
+    ] {
+        let r = by_name(name);
+        assert_eq!(r.pool, Some(Placement::Process), "{r:?}");
+    }
+    // numpy's test module is refused by isolated interpreters; on 3.13 a legacy one cannot
+    // import it either (it is `broken`: every kind of subinterpreter fails), on 3.12 it is
+    // `legacy-only`. Either way it imports in a process of its own: a pool runs it in a
+    // worker process.
+    let tests = check::check(&["numpy._core._umath_tests"], &setup.options()).expect("check");
+    assert_ne!(tests[0].verdict, Verdict::Ok, "{:?}", tests[0]);
+    assert_eq!(tests[0].pool, Some(Placement::Process), "{:?}", tests[0]);
+    assert!(
+        tests[0]
+            .reason()
+            .contains("a pool runs it in a worker process, where it imports"),
+        "{}",
+        tests[0].reason()
+    );
     // Every compiled module has its init kind.
     for name in [
         "numpy._core._multiarray_umath",

@@ -1,6 +1,6 @@
-//! Worker processes of the `Pool`: tasks an isolated interpreter refuses (numpy, from a
-//! real wheel installed from PyPI into a virtual environment made by this test) run in a
-//! worker process with no option; pure-Python tasks of the same pool stay in the calling
+//! Worker processes of the `Pool`: tasks an isolated interpreter refuses (numpy, orjson,
+//! pydantic-core, lxml and regex, from real wheels installed from PyPI into a virtual
+//! environment made by this test) run in a worker process with no option; pure-Python tasks of the same pool stay in the calling
 //! process; deadlines, cancellation, crashes and exceptions in worker processes.
 //!
 //! The environment is made once under Cargo's target directory (one per Python). Making
@@ -15,7 +15,17 @@ use subinterp::{Error, Pool, PoolConfig, Runtime, RuntimeConfig, TaskOptions, Va
 
 mod wheel_venv;
 
-const REQUIREMENTS: [&str; 1] = ["numpy==2.5.5"];
+/// Each has wheels for CPython 3.12 and 3.13 (manylinux x86_64), and CPython refuses
+/// each in an isolated interpreter ("module X does not support loading in
+/// subinterpreters": numpy's and lxml's Cython modules and regex's C module are
+/// single-phase, orjson's and pydantic-core's are PyO3 modules).
+const REQUIREMENTS: [&str; 5] = [
+    "numpy==2.5.5",
+    "orjson==3.13.0",
+    "pydantic-core==2.50.4",
+    "lxml==6.1.3",
+    "regex==2026.11.15",
+];
 
 /// The virtual environment with numpy, or `None` if PyPI could not be reached.
 fn venv() -> Option<&'static Path> {
@@ -41,6 +51,10 @@ def stats(values):
 
 def pid():
     return os.getpid()
+
+def use_channel():
+    import subinterp
+    return subinterp.channel("only-in-the-host").send(1)
 "#;
 
 const LATE_NP: &str = r#"
@@ -51,6 +65,84 @@ def work(path):
     import numpy
     return int(numpy.int64(7))
 "#;
+
+/// One module per wheel, so that each is refused (and routed) on its own.
+const WHEEL_TASKS: [(&str, &str); 4] = [
+    (
+        "orjson_tasks",
+        r#"
+import os
+import orjson
+
+def pid():
+    return os.getpid()
+
+def dumps(obj):
+    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+
+def roundtrip(text):
+    return orjson.loads(text)
+"#,
+    ),
+    (
+        "pydantic_tasks",
+        r#"
+import os
+from pydantic_core import SchemaValidator, ValidationError, core_schema
+
+def pid():
+    return os.getpid()
+
+VALIDATOR = SchemaValidator(
+    core_schema.typed_dict_schema(
+        {
+            "name": core_schema.typed_dict_field(core_schema.str_schema()),
+            "age": core_schema.typed_dict_field(core_schema.int_schema(ge=0)),
+        }
+    )
+)
+
+def validate(data):
+    try:
+        return VALIDATOR.validate_python(data)
+    except ValidationError as e:
+        return [err["type"] for err in e.errors()]
+"#,
+    ),
+    (
+        "lxml_tasks",
+        r#"
+import os
+from lxml import etree
+
+def pid():
+    return os.getpid()
+
+def total(xml):
+    return float(etree.fromstring(xml).xpath("sum(//item/@price)"))
+
+def names(xml):
+    return [e.text for e in etree.fromstring(xml).iter("name")]
+"#,
+    ),
+    (
+        "regex_tasks",
+        r#"
+import os
+import regex
+
+def pid():
+    return os.getpid()
+
+def words(text):
+    return regex.findall(r"\p{Lu}\p{Ll}+", text)
+
+def fuzzy(pattern, text):
+    m = regex.search(f"(?:{pattern}){{e<=1}}", text)
+    return None if m is None else m.group()
+"#,
+    ),
+];
 
 const PURE_TASKS: &str = r#"
 import os, sys, time
@@ -94,6 +186,14 @@ def wire_of(x):
 def read_stdin():
     return sys.stdin.read()
 
+def use_channel():
+    import subinterp
+    return subinterp.channel("only-in-the-host").send(1)
+
+def use_host_module():
+    import proc_host
+    return proc_host.double(2)
+
 def printing():
     print("to the host's stderr")
     return 1
@@ -117,8 +217,16 @@ fn runtime() -> Runtime {
         std::fs::write(dir.join("np_once.py"), NP_TASKS).unwrap();
         std::fs::write(dir.join("pure_tasks.py"), PURE_TASKS).unwrap();
         std::fs::write(dir.join("proc_tasks.py"), PURE_TASKS).unwrap();
+        for (name, source) in WHEEL_TASKS {
+            std::fs::write(dir.join(format!("{name}.py")), source).unwrap();
+        }
         let mut config = RuntimeConfig::new();
         config.add_path(&dir);
+        config.host_module(subinterp::HostModule::new("proc_host").function(
+            "double",
+            ["x"],
+            |_: &subinterp::Caller, (x,): (i64,)| Ok(x * 2),
+        ));
         if let Some(venv) = venv() {
             config.virtual_env(venv);
         }
@@ -194,6 +302,114 @@ fn numpy_tasks_run_in_processes_and_pure_ones_in_interpreters() {
     );
     assert!(pool.tasks_in_processes() >= 43);
     // Still in this process.
+    assert_eq!(
+        int(wait(pool.submit("pure_tasks:pid", ()).unwrap()).unwrap()),
+        me
+    );
+    pool.shutdown(WAIT);
+}
+
+#[test]
+fn orjson_pydantic_core_lxml_and_regex_tasks_run_in_processes_with_no_option() {
+    if venv().is_none() {
+        return;
+    }
+    let pool = new_pool(|_| {});
+    let call = |target: &str, args: Vec<Value>| wait(pool.submit(target, args).unwrap());
+    let me = i64::from(std::process::id());
+    // orjson: bytes out, a dict back.
+    let record = Value::Dict(vec![
+        (
+            "b".into(),
+            Value::List(vec![1.into(), 2.5.into(), Value::None]),
+        ),
+        ("a".into(), "é".into()),
+    ]);
+    assert_eq!(
+        call("orjson_tasks:dumps", vec![record.clone()]).unwrap(),
+        Value::Bytes(r#"{"a":"é","b":[1,2.5,null]}"#.as_bytes().to_vec())
+    );
+    assert_eq!(
+        call(
+            "orjson_tasks:roundtrip",
+            vec![r#"{"a":"é","b":[1,2.5,null]}"#.into()]
+        )
+        .unwrap(),
+        Value::Dict(vec![
+            ("a".into(), "é".into()),
+            (
+                "b".into(),
+                Value::List(vec![1.into(), 2.5.into(), Value::None])
+            ),
+        ])
+    );
+    // pydantic-core: lax validation turns "42" into 42; a bad record gives its error types.
+    let person =
+        |name: Value, age: Value| Value::Dict(vec![("name".into(), name), ("age".into(), age)]);
+    assert_eq!(
+        call(
+            "pydantic_tasks:validate",
+            vec![person("Ada".into(), "42".into())]
+        )
+        .unwrap(),
+        person("Ada".into(), 42.into())
+    );
+    assert_eq!(
+        call(
+            "pydantic_tasks:validate",
+            vec![person(1.into(), (-1).into())]
+        )
+        .unwrap(),
+        Value::List(vec!["string_type".into(), "greater_than_equal".into()])
+    );
+    // lxml: XPath over a document.
+    let xml = r#"<shop><item price="1.5"><name>tea</name></item><item price="2.25"><name>jam</name></item></shop>"#;
+    assert_eq!(
+        call("lxml_tasks:total", vec![xml.into()]).unwrap(),
+        Value::Float(3.75)
+    );
+    assert_eq!(
+        call("lxml_tasks:names", vec![xml.into()]).unwrap(),
+        Value::List(vec!["tea".into(), "jam".into()])
+    );
+    // regex: Unicode properties and fuzzy matching, which `re` has not.
+    assert_eq!(
+        call(
+            "regex_tasks:words",
+            vec!["Élan and Ünïcode or ascii Words".into()]
+        )
+        .unwrap(),
+        Value::List(vec!["Élan".into(), "Ünïcode".into(), "Words".into()])
+    );
+    assert_eq!(
+        call(
+            "regex_tasks:fuzzy",
+            vec!["kitten".into(), "a sitten b".into()]
+        )
+        .unwrap(),
+        Value::from("sitten")
+    );
+    // A map over each module: results in input order.
+    let results: Vec<Value> = pool
+        .map(
+            "regex_tasks:words",
+            (0..30).map(|n| (format!("x{n} abc{n} Ok"),)),
+        )
+        .unwrap()
+        .collect::<subinterp::Result<_>>()
+        .unwrap();
+    assert_eq!(results.len(), 30);
+    assert!(results.iter().all(|r| *r == Value::List(vec!["Ok".into()])));
+    assert!(
+        pool.tasks_in_processes() >= 38,
+        "{}",
+        pool.tasks_in_processes()
+    );
+    // None of them ran in this process, and pure tasks still do.
+    for (module, _) in WHEEL_TASKS {
+        let pid = int(wait(pool.submit(&format!("{module}:pid"), ()).unwrap()).unwrap());
+        assert_ne!(pid, me, "{module}");
+    }
     assert_eq!(
         int(wait(pool.submit("pure_tasks:pid", ()).unwrap()).unwrap()),
         me
@@ -615,5 +831,51 @@ fn a_cpu_budget_stops_a_loop_in_a_worker_process() {
     // Interrupted as at a deadline: the process is kept.
     let after = int(wait(pool.submit("proc_tasks:pid", ()).unwrap()).unwrap());
     assert_eq!(before, after);
+    pool.shutdown(WAIT);
+}
+
+#[test]
+fn host_only_modules_in_a_process_task_fail_naming_the_reason() {
+    // `proc_tasks` runs in processes from the start; `np_tasks` because numpy is refused.
+    let pool = new_pool(|_| {});
+    let here = wait(pool.submit("pure_tasks:use_host_module", ()).unwrap()).unwrap();
+    assert_eq!(here, Value::Int(4), "a host module works in an interpreter");
+    for (target, module) in [
+        ("proc_tasks:use_channel", "subinterp"),
+        ("proc_tasks:use_host_module", "proc_host"),
+    ] {
+        let err = wait(pool.submit(target, ()).unwrap()).unwrap_err();
+        let Error::Python(exc) = &err else {
+            panic!("{target}: {err:?}")
+        };
+        assert!(exc.is("ImportError"), "{target}: {err}");
+        assert!(
+            exc.message
+                .contains(&format!("module '{module}' lives in the host process")),
+            "{target}: {}",
+            exc.message
+        );
+        assert!(
+            exc.message
+                .contains("this task runs in a worker process because the pool sends proc_tasks"),
+            "{target}: {}",
+            exc.message
+        );
+    }
+    if venv().is_some() {
+        let err = wait(pool.submit("np_tasks:use_channel", ()).unwrap()).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains("module 'subinterp' lives in the host process"),
+            "{message}"
+        );
+        assert!(
+            message.contains(
+                "this task runs in a worker process because an isolated interpreter refused \
+                 numpy._core._multiarray_umath"
+            ),
+            "{message}"
+        );
+    }
     pool.shutdown(WAIT);
 }

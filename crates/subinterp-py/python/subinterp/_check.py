@@ -11,7 +11,8 @@ from . import _native
 def check(module, *, timeout: float | None = None):
     """What ``subinterp check`` reports for a module (a name) or for each of several (a
     list of names): dicts with the verdict (``ok``, ``legacy-only``, ``refused``,
-    ``crash``, ...), its reason, and the details the CLI prints with ``--json``. Each
+    ``crash``, ...), its reason, where a pool would run it (``pool``: ``interpreter``,
+    ``process`` or ``nowhere``) and the details the CLI prints with ``--json``. Each
     module is imported in separate probe processes of this Python, with this ``sys.path``.
     ``timeout`` (seconds, more than 0, at most ``threading.TIMEOUT_MAX``: the one rule
     for seconds of the engine) bounds each probe; a ``TypeError``, ``ValueError`` or

@@ -66,6 +66,11 @@
 //!    falls back would do. On CPython 3.12 some single-phase modules (`_decimal`,
 //!    `_datetime`) crash the process there, because the refused attempt has already run
 //!    their initialisation once; this is reported in the detail.
+//! 7. *process* (when neither isolated nor legacy interpreters imported it): the module
+//!    is imported in the main interpreter of a process of its own, as a pool's worker
+//!    process would. (A module a legacy interpreter imports is taken to import there
+//!    too.) With the isolated failure, this gives [`ModuleReport::pool`]: where a
+//!    [`Pool`](crate::Pool) would run a task of the module ([`Placement`]).
 //!
 //! `shared_state` compares `id()` of the module's attributes (leaving out `__dunder__`
 //! entries and immortal objects such as small ints, `None` or static builtin types) in
@@ -118,6 +123,23 @@ pub enum ModuleKind {
     Builtin,
     /// A Python module or package (source, bytecode, frozen or namespace).
     Python,
+}
+
+/// Where a [`Pool`](crate::Pool) (and so `subinterp map` and the Python package's `Pool`)
+/// would run a task of the module, with its default of process fallback on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Placement {
+    /// In an isolated interpreter of the calling process (the verdict is `ok`).
+    Interpreter,
+    /// In a worker process: isolated interpreters refuse an extension module it imports
+    /// (the report's `culprit`), and it imports in the main interpreter of a process.
+    Process,
+    /// Nowhere: it does not import even in the main interpreter of a process (or does not
+    /// exist), or it fails or crashes in isolated interpreters for another reason than a
+    /// refusal, which a pool does not move to a process (unless told to, with
+    /// [`PoolConfig::in_processes`](crate::PoolConfig::in_processes)).
+    Nowhere,
 }
 
 /// How an extension module initialises itself (PEP 489).
@@ -191,6 +213,9 @@ pub struct ModuleReport {
     /// extension module a known CPython bug of this version names when interpreters that
     /// imported it crashed (see [`crate::hazards`]).
     pub culprit: Option<String>,
+    /// Where a pool would run a task of the module; `None` when the check could not
+    /// tell (it timed out, or the probe failed).
+    pub pool: Option<Placement>,
     /// What happened, in plain words, when there is more to say than the other fields:
     /// the error of a failed import, the signal of a crash, a caught refusal, the names
     /// of shared objects.
@@ -211,6 +236,16 @@ impl fmt::Display for Verdict {
             Verdict::Ok => "ok",
             Verdict::LegacyOnly => "legacy-only",
             Verdict::Broken => "broken",
+        })
+    }
+}
+
+impl fmt::Display for Placement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Placement::Interpreter => "interpreter",
+            Placement::Process => "process",
+            Placement::Nowhere => "nowhere",
         })
     }
 }
@@ -661,6 +696,7 @@ fn own_module_report(name: &str, version: &str) -> Option<ModuleReport> {
         gil: gil_slot.then_some(GilUse::NotUsed),
         shared_state: Some(false),
         culprit: None,
+        pool: Some(Placement::Interpreter),
         detail: Some(
             "provided by subinterp to every interpreter it creates (channels, buffers, id()); \
              not importable in a plain python"

@@ -398,6 +398,24 @@ def prepare_in_main(name, report):
         report({"prepared": "%s: %s" % (type(e).__name__, e)})
 
 
+def phase_process(name, bootstrap, tmp, report):
+    """Imports `name` in this (forked) process's main interpreter, as a pool's worker
+    process would, with the same bootstrap as the interpreters."""
+    import ast
+
+    out_path = os.path.join(tmp, "attempt-%d-process.json" % os.getpid())
+    report({"stage": "importing it in the main interpreter of a process"})
+    exec(ATTEMPT % (name, out_path, bootstrap), {"__name__": "__subinterp_check__"})
+    with open(out_path) as f:
+        attempt = ast.literal_eval(f.read())
+    os.unlink(out_path)
+    attempt["isolated"] = False
+    attempt["ids"] = None
+    attempt["loaded"] = None
+    report({"attempt": attempt})
+    report({"stage": "done"})
+
+
 POOL_SIZE = 4
 POOL_WORDS = "the %s isolated interpreters alive at once" % ("four" if POOL_SIZE == 4 else POOL_SIZE)
 
@@ -617,6 +635,16 @@ def supervise(name, optional, bootstrap, tmp, progress, prepare, legacy_prepare)
                 "mixed", lambda report: phase_imports(
                     name, bootstrap, MIXED_STEPS, tmp, report, stop_on_failure=False,
                     prepare=prepare),
+                tmp, progress))
+        # Where a pool would run it instead: a worker process, if it imports there. A
+        # module a legacy interpreter imported imports in a main interpreter too.
+        legacy_imported = (
+            legacy["crash"] is None and legacy["attempts"] and legacy["attempts"][0]["ok"]
+        )
+        if not legacy_imported:
+            progress("importing it in the main interpreter of a process")
+            obs["phases"].append(run_phase(
+                "process", lambda report: phase_process(name, bootstrap, tmp, report),
                 tmp, progress))
     return obs
 

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::{GilUse, InitKind, ModuleKind, ModuleReport, MultipleInterpreters, Verdict};
+use super::{GilUse, InitKind, ModuleKind, ModuleReport, MultipleInterpreters, Placement, Verdict};
 use crate::hazards::{self, Hazard, Workaround};
+use crate::pool::process::is_refusal;
 
 /// CPython's message when an interpreter refuses an extension module.
 const REFUSAL: &str = "does not support loading in subinterpreters";
@@ -190,6 +191,7 @@ pub(super) fn derive(obs: &Observation, version: &str, prepared: bool) -> Module
         gil: None,
         shared_state: None,
         culprit: None,
+        pool: None,
         detail: None,
     };
     if let Some(seconds) = obs.timeout {
@@ -399,10 +401,84 @@ pub(super) fn derive(obs: &Observation, version: &str, prepared: bool) -> Module
         }
     }
     notes.extend(unhelped);
+    report.pool = Some(placement(
+        &report,
+        iso,
+        isolated,
+        legacy,
+        phase("process"),
+        &mut notes,
+    ));
     if !notes.is_empty() {
         report.detail = Some(notes.join("; "));
     }
     report
+}
+
+/// Where a pool would run a task of the module (see [`Placement`]), with a note saying
+/// why when not in an interpreter.
+fn placement(
+    report: &ModuleReport,
+    iso: Outcome<'_>,
+    isolated: Option<&Phase>,
+    legacy: Option<&Phase>,
+    process: Option<&Phase>,
+    notes: &mut Vec<String>,
+) -> Placement {
+    if report.verdict == Verdict::Ok {
+        return Placement::Interpreter;
+    }
+    let refused = match iso {
+        Outcome::Failed(_, error) => {
+            is_refusal(&error.message)
+                || isolated.is_some_and(|p| {
+                    p.attempts
+                        .iter()
+                        .flat_map(|a| &a.failed_extensions)
+                        .any(|(_, message)| is_refusal(message))
+                })
+        }
+        _ => false,
+    };
+    // A module a legacy interpreter imported imports in a process's main interpreter
+    // too (the probe asks a process only when no legacy interpreter imported it).
+    let legacy_imported = legacy.is_some_and(|p| {
+        p.crash.is_none() && p.probe_error.is_none() && p.attempts.first().is_some_and(|a| a.ok)
+    });
+    let in_process = process.map(|p| match (&p.crash, &p.probe_error, p.attempts.first()) {
+        (None, None, Some(attempt)) if attempt.ok => Ok(()),
+        (None, None, Some(attempt)) => Err(attempt
+            .error
+            .as_ref()
+            .map_or_else(|| "it failed".to_owned(), error_words)),
+        _ => Err(p.crash_words()),
+    });
+    let in_process = in_process.or(legacy_imported.then_some(Ok(())));
+    match (refused, in_process) {
+        (true, Some(Ok(()))) => {
+            notes.push("a pool runs it in a worker process, where it imports".into());
+            Placement::Process
+        }
+        (true, Some(Err(words))) => {
+            notes.push(format!(
+                "a pool cannot run it: it fails in a process of its own too: {words}"
+            ));
+            Placement::Nowhere
+        }
+        (_, Some(Ok(()))) => {
+            let why = if matches!(iso, Outcome::Crashed(_)) {
+                "isolated interpreters crash with it"
+            } else {
+                "its failure in isolated interpreters is not a refusal"
+            };
+            notes.push(format!(
+                "a pool does not move it to a worker process ({why}), though it imports \
+                 in a process: name it in PoolConfig::in_processes to run it there"
+            ));
+            Placement::Nowhere
+        }
+        _ => Placement::Nowhere,
+    }
 }
 
 /// The modules loaded (or refused) by the interpreters of `phase` that a hazard of
@@ -804,6 +880,64 @@ mod tests {
     }
 
     #[test]
+    fn where_a_pool_runs_it_follows_the_refusal_and_the_import_in_a_process() {
+        let refused = || {
+            attempt(
+                false,
+                Some(("ImportError", REFUSED)),
+                &[("pkg._speedups", REFUSED)],
+            )
+        };
+        let fine = || attempt(true, None, &[]);
+        let broken = || {
+            attempt(
+                false,
+                Some(("RuntimeError", "no subinterpreters here")),
+                &[],
+            )
+        };
+        let failing = || attempt(false, Some(("OSError", "libfoo.so: cannot open")), &[]);
+        // The probe asks a process only when no legacy interpreter imported it.
+        let with = |iso: Vec<Attempt>, legacy: Vec<Attempt>, process: Option<Attempt>| {
+            let mut phases = vec![phase("isolated", iso), phase("legacy", legacy)];
+            phases.extend(process.map(|a| phase("process", vec![a])));
+            derive_(&obs(phases))
+        };
+        // Refused, imports in a legacy interpreter, so in a process: there.
+        let r = with(vec![refused(), refused()], vec![fine(), fine()], None);
+        assert_eq!(r.pool, Some(Placement::Process));
+        assert!(
+            r.reason().contains("a pool runs it in a worker process"),
+            "{r:?}"
+        );
+        // Refused in every subinterpreter (the pandas case), imports in a process: there.
+        let r = with(vec![refused(), refused()], vec![refused()], Some(fine()));
+        assert_eq!(r.pool, Some(Placement::Process), "{r:?}");
+        // Refused, fails in a process too: nowhere, and why.
+        let r = with(vec![refused(), refused()], vec![failing()], Some(failing()));
+        assert_eq!(r.pool, Some(Placement::Nowhere));
+        assert!(
+            r.reason()
+                .contains("fails in a process of its own too: OSError"),
+            "{r:?}"
+        );
+        // Fails in isolated interpreters for another reason: a pool does not move it.
+        let r = with(vec![broken(), broken()], vec![broken()], Some(fine()));
+        assert_eq!(r.pool, Some(Placement::Nowhere));
+        assert!(r.reason().contains("not a refusal"), "{r:?}");
+        // Imports in isolated interpreters: there, with no note.
+        let r = derive_(&obs(vec![phase("isolated", vec![fine(), fine()])]));
+        assert_eq!(r.pool, Some(Placement::Interpreter));
+        assert!(r.detail.is_none(), "{r:?}");
+        // Timed out: not known.
+        let r = derive_(&Observation {
+            timeout: Some(5.0),
+            ..obs(Vec::new())
+        });
+        assert_eq!(r.pool, None);
+    }
+
+    #[test]
     fn refusal_then_legacy_is_legacy_only() {
         let refused = || {
             attempt(
@@ -1044,9 +1178,11 @@ mod tests {
                 "gil",
                 "shared_state",
                 "culprit",
+                "pool",
                 "detail"
             ]
         );
+        assert_eq!(serde_json::to_value(Placement::Process).unwrap(), "process");
         assert_eq!(
             serde_json::to_value(Verdict::LegacyOnly).unwrap(),
             "legacy-only"

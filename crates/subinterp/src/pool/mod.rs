@@ -41,7 +41,7 @@ use crate::value::wire;
 use crate::value::Value;
 use crate::wait::InterruptReason;
 
-mod process;
+pub(crate) mod process;
 mod usage;
 
 #[cfg(feature = "extension-module")]
@@ -921,17 +921,23 @@ fn start_worker(shared: &Shared) -> Result<Interpreter> {
         // Where worker processes come from, should a task need one.
         let python = interp.eval("__import__('sys').executable")?;
         let path = interp.eval("list(__import__('sys').path)")?;
-        if let (Value::Str(python), Value::List(path)) = (python, path) {
-            let path = path
-                .into_iter()
-                .filter_map(|p| match p {
-                    Value::Str(p) => Some(p),
-                    _ => None,
-                })
-                .collect();
+        let builtins = interp.eval("list(__import__('sys').builtin_module_names)")?;
+        if let (Value::Str(python), Value::List(path), Value::List(builtins)) =
+            (python, path, builtins)
+        {
+            let strings = |items: Vec<Value>| {
+                items
+                    .into_iter()
+                    .filter_map(|p| match p {
+                        Value::Str(p) => Some(p),
+                        _ => None,
+                    })
+                    .collect()
+            };
             let _ = shared.procs.spec.set(process::Spec {
                 python: python.into(),
-                path,
+                path: strings(path),
+                builtins: strings(builtins),
             });
         }
     }

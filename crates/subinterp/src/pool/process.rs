@@ -45,6 +45,9 @@ const WORKER_SOURCE: &str = include_str!("process_worker.py");
 pub(super) struct Spec {
     pub(super) python: PathBuf,
     pub(super) path: Vec<String>,
+    /// `sys.builtin_module_names` of the interpreters: those a worker process's Python
+    /// lacks (the `subinterp` module, host modules) live only in the host process.
+    pub(super) builtins: Vec<String>,
 }
 
 /// The process side of a pool.
@@ -55,12 +58,14 @@ pub(super) struct Procs {
     keepers: AtomicUsize,
     idle: AtomicUsize,
     /// Target modules known to need a process, with why.
-    routed: Mutex<HashMap<String, String>>,
+    routed: Mutex<HashMap<String, Refusal>>,
     /// Tasks that ran (to a result or an error) in a worker process.
     ran: AtomicU64,
     /// Set when the pool's `init` code was refused in an interpreter: every task runs in
     /// a worker process.
     all: AtomicBool,
+    /// The refusal of the pool's `init` code, once `all` is set.
+    init_refusal: OnceLock<Refusal>,
     /// Dropped when the pool starts to drain (a graceful shutdown), to wake idle keepers.
     drain_tx: Mutex<Option<Sender<()>>>,
     drain_rx: Receiver<()>,
@@ -81,6 +86,7 @@ impl Procs {
             routed: Mutex::new(HashMap::new()),
             ran: AtomicU64::new(0),
             all: AtomicBool::new(false),
+            init_refusal: OnceLock::new(),
         }
     }
 
@@ -111,6 +117,7 @@ impl Procs {
         let Some(refusal) = err.as_python().and_then(refusal) else {
             return false;
         };
+        let _ = self.init_refusal.set(refusal.clone());
         if !self.all.swap(true, Ordering::AcqRel) {
             tracing::warn!(
                 culprit = %refusal.culprit,
@@ -123,13 +130,35 @@ impl Procs {
         true
     }
 
+    /// Why a task of `target` runs in a worker process, in words that end "this task runs
+    /// in a worker process because ...": told to the process with the task, for the
+    /// errors of what lives only in the host process.
+    fn why(&self, target: &Target, route: &str) -> String {
+        let refused = |refusal: &Refusal| {
+            format!(
+                "an isolated interpreter refused {} ({})",
+                refusal.culprit, refusal.reason
+            )
+        };
+        if let Some(refusal) = lock(&self.routed).get(route) {
+            return refused(refusal);
+        }
+        if let Some(refusal) = self.init_refusal.get() {
+            return format!("{} imported by the pool's init code", refused(refusal));
+        }
+        format!(
+            "the pool sends {} to worker processes (PoolConfig::in_processes)",
+            target.module()
+        )
+    }
+
     /// Records that the tasks of module `route` need a process, saying so once.
     pub(super) fn record_refusal(&self, route: &str, refusal: &Refusal) {
         let mut routed = lock(&self.routed);
         if routed.contains_key(route) {
             return;
         }
-        routed.insert(route.to_owned(), refusal.reason.clone());
+        routed.insert(route.to_owned(), refusal.clone());
         drop(routed);
         tracing::warn!(
             module = route,
@@ -220,6 +249,12 @@ const REFUSALS: &[&str] = &[
     "PyO3 modules do not yet support subinterpreters",
     "PyO3 modules compiled for CPython 3.8 or older may only be initialized once per interpreter process",
 ];
+
+/// Whether `message` (an `ImportError`'s) says that an isolated interpreter refused an
+/// extension module, in one of the words a pool moves a task to a process for.
+pub(crate) fn is_refusal(message: &str) -> bool {
+    REFUSALS.iter().any(|pattern| message.contains(pattern))
+}
 
 /// Python code that gives the Python package's task runner (`_subinterp_worker`, which
 /// reports a task's exceptions as its result) the refusal messages, so that it lets a
@@ -425,6 +460,12 @@ impl Proc {
                     .init
                     .iter()
                     .map(|c| Value::from(c.as_str()))
+                    .collect(),
+            ),
+            Value::List(
+                spec.builtins
+                    .iter()
+                    .map(|p| Value::from(p.as_str()))
                     .collect(),
             ),
         ]);
@@ -697,6 +738,7 @@ fn run(shared: &Shared, proc: &mut Proc, task: Queued) -> Ran {
         Value::from(task.target.path()),
         Value::Bytes(task.args.clone()),
         otherwise,
+        Value::from(shared.procs.why(&task.target, &task.route)),
     ]);
     let finish = |proc: &Proc, result: Result<Vec<u8>>| {
         proc.control.current.store(0, Ordering::Release);

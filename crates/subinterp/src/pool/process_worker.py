@@ -4,9 +4,13 @@
 # (docs/wire-format.md). This process has no Rust extension: the wire format is read and
 # written here in pure Python.
 #
-# Host -> worker:  ("setup", sys_path, init_sources)   first, once
-#                  ("call", module, qualname, args)    args: the call's arguments, a
-#                                                      wire buffer holding ((pos...), {kw})
+# Host -> worker:  ("setup", sys_path, init_sources, host_builtins)
+#                                                      first, once; host_builtins: the
+#                                                      interpreters' builtin module names
+#                  ("call", module, qualname, args, otherwise, why)
+#                                                      args: the call's arguments, a
+#                                                      wire buffer holding ((pos...), {kw});
+#                                                      why: why it runs in a process
 #                  ("interrupt", reason)               1: TimeoutError, 2: KeyboardInterrupt
 #                                                      in the running task
 # Worker -> host:  ("ready",) | ("error", exc)         after setup
@@ -319,6 +323,99 @@ def _read_exact(fd, n):
     return b"".join(chunks)
 
 
+class _HostOnly:
+    """A finder, first on sys.meta_path, for what lives only in the host process.
+
+    The modules of `names` (a Rust host's `subinterp` module, its host modules) do not
+    exist here: importing one fails with an ImportError that says so and why the task
+    runs here, not with "No module named". Where `subinterp` is the Python package (whose
+    pool this process serves), it imports, but its `channel()` and `buffer()` would make
+    this process's own, which no interpreter of the host reaches: they raise instead."""
+
+    # What the package's top-level module gives that only the host's interpreters share.
+    PACKAGE_ATTRS = {"subinterp": ("channel", "buffer")}
+
+    def __init__(self, names):
+        self.names = frozenset(names)
+        self.why = "the pool runs tasks isolated interpreters refuse in worker processes"
+        self.finding = False
+        self.attrs = {
+            name: attrs for name, attrs in self.PACKAGE_ATTRS.items() if name not in self.names
+        }
+        for name in self.attrs:
+            if name in sys.modules:
+                self.patch(sys.modules[name])
+
+    def find_spec(self, name, path=None, target=None):
+        top = name.partition(".")[0]
+        if top in self.names:
+            what = (
+                "its channels, shared buffers and id() belong to the host's interpreters"
+                if top == "subinterp"
+                else "it is a host module, functions of the host program"
+            )
+            raise ImportError(
+                f"module {top!r} lives in the host process ({what}); this task runs in "
+                f"a worker process because {self.why}",
+                name=name,
+            )
+        if name not in self.attrs or self.finding:
+            return None
+        # The real spec, from the other finders, with a loader that patches the module.
+        import importlib.util
+
+        self.finding = True
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            self.finding = False
+        if spec is None or spec.loader is None:
+            return None
+        spec.loader = _PatchingLoader(spec.loader, self)
+        return spec
+
+    def patch(self, module):
+        for attr in self.attrs.get(module.__name__, ()):
+            setattr(module, attr, self.refuser(attr))
+
+    def refuser(self, attr):
+        finder = self
+
+        def host_only(name=None, *args, **kwargs):
+            if attr == "channel":
+                what = f"channel {name!r} lives in the host process"
+            else:
+                what = "shared buffers live in the host process"
+            raise RuntimeError(
+                f"{what}, which this task cannot reach: it runs in a worker process "
+                f"because {finder.why}"
+            )
+
+        host_only.__name__ = host_only.__qualname__ = attr
+        return host_only
+
+
+class _PatchingLoader:
+    """A module's own loader, then the host-only attributes replaced."""
+
+    def __init__(self, loader, finder):
+        self.loader = loader
+        self.finder = finder
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        module.__loader__ = self.loader
+        if module.__spec__ is not None:
+            module.__spec__.loader = self.loader
+        self.loader.exec_module(module)
+        self.finder.patch(module)
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+
 def _resolve(importlib, module, qualname):
     """The callable ``module.qualname``, imported here."""
     target = importlib.import_module(module)
@@ -392,8 +489,10 @@ def main():
     setup = tasks.get()
     if setup is None:
         return
-    _, path, init = setup
+    _, path, init, host_builtins = setup
     sys.path[:] = list(path)
+    host_only = _HostOnly(set(host_builtins) - set(sys.builtin_module_names))
+    sys.meta_path.insert(0, host_only)
     main_mod = sys.modules["__main__"]
     try:
         for source in init:
@@ -408,7 +507,7 @@ def main():
         msg = tasks.get()
         if msg is None:
             return
-        _, module, qualname, args, otherwise = msg
+        _, module, qualname, args, otherwise, host_only.why = msg
         try:
             try:
                 running[0] = True
