@@ -44,6 +44,10 @@ def norm(record):
 "#;
 
 fn map_in_venv(dir: &Path, venv: &Path, target: &str) -> Output {
+    map_in_venv_with(dir, venv, target, &[])
+}
+
+fn map_in_venv_with(dir: &Path, venv: &Path, target: &str, options: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_subinterp"))
         .current_dir(dir)
         .env("VIRTUAL_ENV", venv)
@@ -57,6 +61,7 @@ fn map_in_venv(dir: &Path, venv: &Path, target: &str) -> Output {
             "-w",
             "2",
         ])
+        .args(options)
         .output()
         .expect("run subinterp")
 }
@@ -182,5 +187,30 @@ fn orjson_pydantic_core_lxml_and_regex_records_run_in_worker_processes() {
     assert!(
         summary.contains("20 records in worker processes"),
         "{summary}"
+    );
+}
+
+#[test]
+fn the_fallback_can_be_turned_off_and_a_module_sent_to_processes_from_the_start() {
+    let Some(venv) = venv() else { return };
+    let dir = TempDir::new("map-options");
+    dir.write("npfuncs.py", MODULE);
+    dir.write("purefuncs.py", CHILDREN_MODULE);
+    dir.write("in.jsonl", "1\n2\n3\n");
+    // Off: the refusal, met importing the module, is a set-up error naming it.
+    let out = map_in_venv_with(dir.path(), venv, "npfuncs:norm", &["--no-process-fallback"]);
+    assert_eq!(code(&out), 2, "stderr: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not support loading in subinterpreters"),
+        "{}",
+        stderr(&out)
+    );
+    // A pure module in processes from the start: the records see their own process.
+    let out = map_in_venv_with(dir.path(), venv, "purefuncs:children", &["--in-processes"]);
+    assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("3 records in worker processes"),
+        "{}",
+        stderr(&out)
     );
 }

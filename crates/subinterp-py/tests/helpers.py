@@ -259,3 +259,9 @@ def make_lock(_=None):
     import threading
 
     return [threading.Lock()]
+
+
+def getpid():
+    import os
+
+    return os.getpid()

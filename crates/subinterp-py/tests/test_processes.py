@@ -112,3 +112,12 @@ def test_channels_and_buffers_of_the_host_fail_clearly_in_a_worker_process():
         # The pool and the package go on working in the worker process.
         assert pool.submit(np_helpers.total, 4).result(120) == 6.0
     assert len(ch) == 0
+
+
+def test_in_processes_sends_a_pure_module_to_worker_processes_from_the_start():
+    with subinterp.Pool(1, in_processes=["helpers"]) as pool:
+        assert pool.submit(helpers.getpid).result(120) != os.getpid()
+    with subinterp.Pool(1) as pool:
+        assert pool.submit(helpers.getpid).result(120) == os.getpid()
+    with pytest.raises(TypeError, match="in_processes"):
+        subinterp.Pool(1, in_processes=[3])

@@ -90,6 +90,10 @@ pub fn main(args: MapArgs) -> u8 {
     }
     config.interpreter(interpreter);
     worker::configure(&mut config, &args.init, &module, &path);
+    config.process_fallback(!args.no_process_fallback);
+    if args.in_processes {
+        config.in_processes(worker::ENTRY);
+    }
     let started = Instant::now();
     let pool = match Pool::new(&runtime, &config) {
         Ok(pool) => pool,

@@ -77,6 +77,18 @@ pub struct MapArgs {
     #[arg(long, value_name = "SECS", value_parser = crate::parse_seconds)]
     pub(super) timeout: Option<Duration>,
 
+    /// Records whose module isolated interpreters refuse (it imports numpy, orjson, lxml...)
+    /// fail with the refusal (builtins.ImportError) instead of running in worker
+    /// processes.
+    #[arg(long, conflicts_with = "in_processes")]
+    pub(super) no_process_fallback: bool,
+
+    /// Run every record in worker processes from the start (fresh Python processes of
+    /// this Python and sys.path), not in interpreters: for a module known to be refused,
+    /// or one that crashes isolated interpreters.
+    #[arg(long)]
+    pub(super) in_processes: bool,
+
     /// CPU-time budget of each record, in seconds of its interpreter's thread (waiting on
     /// I/O or a lock uses none). A record past it is stopped as at --timeout.
     #[arg(long, value_name = "SECS", value_parser = crate::parse_seconds)]

@@ -6,6 +6,7 @@ import concurrent.futures
 import itertools
 import os
 import threading
+import types
 import warnings
 import weakref
 
@@ -327,6 +328,9 @@ class Pool(concurrent.futures.Executor):
       A task that imports such a module only inside its body, after doing work, runs
       twice. False makes the refusal the task's error. Pure-Python tasks stay in the
       interpreters of this process;
+    - ``in_processes``: modules (names or module objects; their submodules too) whose
+      tasks run in worker processes from the start: for a module known to be refused, or
+      one that crashes isolated interpreters;
     - ``memory_limit``: bytes (an int, or a size such as ``"256M"``) each worker
       interpreter may hold. Past it, the task gets ``MemoryError`` and its worker is
       replaced; the other workers and this interpreter go on (blocks of 1 MiB or more
@@ -368,6 +372,7 @@ class Pool(concurrent.futures.Executor):
         guards=None,
         allow_write=None,
         process_fallback: bool = True,
+        in_processes=None,
         memory_limit: int | str | None = None,
         cpu_budget: float | None = None,
     ):
@@ -407,6 +412,7 @@ class Pool(concurrent.futures.Executor):
                 "setup_timeout": setup_timeout,
                 **guard_settings(guards, allow_write),
                 "process_fallback": bool(process_fallback),
+                "in_processes": _module_names(in_processes),
                 "memory_limit": memory_limit,
                 "cpu_budget": cpu_budget,
             },
@@ -559,3 +565,19 @@ def _chained(futures, timeout):
     return results()
 
 
+def _module_names(modules) -> list[str] | None:
+    """The module names ``in_processes`` gives: a name, a module, or a list of them."""
+    if modules is None:
+        return None
+    if isinstance(modules, (str, types.ModuleType)):
+        modules = [modules]
+    names = []
+    for module in modules:
+        if isinstance(module, types.ModuleType):
+            module = module.__name__
+        if not isinstance(module, str):
+            raise TypeError(
+                f"in_processes takes module names or modules, not {type(module).__name__}"
+            )
+        names.append(module)
+    return names

@@ -749,6 +749,9 @@ struct Settings {
     /// `process_fallback` (pool): tasks isolated interpreters refuse run in worker
     /// processes (default: yes).
     process_fallback: bool,
+    /// `in_processes` (pool): modules whose tasks run in worker processes from the
+    /// start (their submodules too).
+    in_processes: Vec<String>,
     /// `cpu_budget` (pool): each task's default CPU-time budget.
     cpu_budget: Option<Duration>,
     /// `memory_limit`: bytes each interpreter may hold (an int, or a size such as
@@ -776,6 +779,7 @@ impl SettingsOf {
                 "guards",
                 "allow_write",
                 "process_fallback",
+                "in_processes",
                 "memory_limit",
                 "cpu_budget",
             ],
@@ -818,6 +822,7 @@ impl Settings {
             guards: None,
             allow_write: Vec::new(),
             process_fallback: true,
+            in_processes: Vec::new(),
             memory_limit: None,
             cpu_budget: None,
         };
@@ -910,18 +915,24 @@ impl Settings {
                     Value::Str(spec) => settings.guards = Some(spec.clone()),
                     _ => return Err(wrong_type("a str")),
                 },
-                "allow_write" => match value {
-                    Value::None => {}
-                    Value::List(dirs) => {
-                        for dir in dirs {
-                            let Value::Str(dir) = dir else {
-                                return Err(wrong_type("a list of str"));
-                            };
-                            settings.allow_write.push(dir.clone());
-                        }
+                "in_processes" | "allow_write" => {
+                    let strings = match value {
+                        Value::None => Vec::new(),
+                        Value::List(items) => items
+                            .iter()
+                            .map(|item| match item {
+                                Value::Str(text) => Ok(text.clone()),
+                                _ => Err(wrong_type("a list of str")),
+                            })
+                            .collect::<Result<_>>()?,
+                        _ => return Err(wrong_type("a list of str")),
+                    };
+                    if key == "in_processes" {
+                        settings.in_processes = strings;
+                    } else {
+                        settings.allow_write = strings;
                     }
-                    _ => return Err(wrong_type("a list of str")),
-                },
+                }
                 "memory_limit" => match value {
                     Value::None => {}
                     Value::Int(n) if *n >= 1 => settings.memory_limit = Some(*n as u64),
@@ -996,6 +1007,9 @@ impl Settings {
         // worker process.
         config.init(crate::pool::refusals_for_runner());
         config.process_fallback(self.process_fallback);
+        for name in &self.in_processes {
+            config.in_processes(name.clone());
+        }
         if let Some(timeout) = self.timeout {
             config.timeout(timeout);
         }

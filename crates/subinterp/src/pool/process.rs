@@ -96,13 +96,16 @@ impl Procs {
 
     /// Whether a task of `target` goes to a process from the start.
     pub(super) fn routes(&self, shared: &Shared, target: &Target, route: &str) -> bool {
-        let named = shared.config.process_targets.iter().any(|name| {
-            name == target.module()
-                || *name == target.to_string()
-                || target
-                    .module()
-                    .strip_prefix(name.as_str())
+        // A module names itself and its submodules; the task's route is the module of
+        // the function a runner calls (the package's tasks).
+        let within = |module: &str, name: &str| {
+            module == name
+                || module
+                    .strip_prefix(name)
                     .is_some_and(|rest| rest.starts_with('.'))
+        };
+        let named = shared.config.process_targets.iter().any(|name| {
+            within(target.module(), name) || within(route, name) || *name == target.to_string()
         });
         named || self.all.load(Ordering::Acquire) || lock(&self.routed).contains_key(route)
     }
