@@ -28,3 +28,12 @@ def fail():
 
 def abort():
     os.abort()
+
+
+def echo(x):
+    """``x`` as it came, and where it was (a worker process: this module imports numpy)."""
+    return x, os.getpid()
+
+
+def double(a):
+    return a * 2

@@ -79,7 +79,7 @@ def pickled_call(fn, *parts) -> bytes:
     """``(fn, *parts)`` pickled for a worker, with a ``TypeError`` saying which part
     cannot be sent."""
     try:
-        return pickle.dumps((fn, *parts))
+        return pickle.dumps((fn, *parts), protocol=5)
     except Exception as exc:
         try:
             pickle.dumps(fn)
@@ -178,7 +178,7 @@ def encode_call(
 def dumps(obj) -> bytes:
     """``obj`` pickled for a worker; what cannot be pickled is a ``TypeError`` here."""
     try:
-        return pickle.dumps(obj)
+        return pickle.dumps(obj, protocol=5)
     except Exception as exc:
         raise TypeError(f"subinterp: an argument cannot be sent to a worker: {exc}") from exc
 

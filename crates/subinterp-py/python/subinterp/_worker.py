@@ -129,13 +129,13 @@ def _subinterp_unplain(reply):
     if type(reply) is list:  # a chunk: [(0, values), failure]
         (_, values), failure = reply
         try:
-            return [(1, pickle.dumps(values)), failure]
+            return [(1, pickle.dumps(values, protocol=5)), failure]
         except Exception as exc:
             error = TypeError(f"a result cannot be sent back: {exc}")
             return [(0, []), failure or _subinterp_failure(error)]
     _, result = reply
     try:
-        return (1, pickle.dumps(result))
+        return (1, pickle.dumps(result, protocol=5))
     except Exception as exc:
         return _subinterp_failure(
             TypeError(f"the result ({type(result).__qualname__}) cannot be sent back: {exc}")
