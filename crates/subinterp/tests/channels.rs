@@ -1226,3 +1226,40 @@ fn large_bytes_sent_by_an_interpreter_that_ended_are_received_whole() {
     assert_eq!(last.len(), (2 << 20) - 1);
     assert_eq!(&last[..3], &[7, 14, 21]);
 }
+
+#[test]
+fn a_pickle_buffer_crosses_as_a_bytearray_of_its_bytes() {
+    let n = name("pickle-buffer");
+    let a = common::isolated();
+    let b = common::isolated();
+    for interp in [&a, &b] {
+        interp
+            .exec(&format!(
+                "import pickle, subinterp\nch = subinterp.channel('{n}')"
+            ))
+            .unwrap();
+    }
+    // Alone, inside a container, and read-only: the bytes it shows, as a bytearray.
+    a.exec(
+        "ch.send(pickle.PickleBuffer(bytearray(b'abc')))\n\
+         ch.send([pickle.PickleBuffer(b'xyz' * 30000), 1])",
+    )
+    .unwrap();
+    assert_eq!(
+        b.eval("(lambda x: (type(x).__name__, bytes(x)))(ch.recv())")
+            .unwrap(),
+        Value::Tuple(vec![
+            Value::from("bytearray"),
+            Value::Bytes(b"abc".to_vec())
+        ])
+    );
+    assert_eq!(
+        b.eval("(lambda x: (type(x[0]).__name__, x[0] == b'xyz' * 30000, x[1]))(ch.recv())")
+            .unwrap(),
+        Value::Tuple(vec![
+            Value::from("bytearray"),
+            Value::Bool(true),
+            Value::Int(1)
+        ])
+    );
+}

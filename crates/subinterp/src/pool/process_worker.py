@@ -145,6 +145,15 @@ class _Writer:
                 for item in obj:
                     self.value(item, depth + 1)
             self.active.discard(id(obj))
+        elif t.__name__ == "PickleBuffer" and t.__module__ == "pickle":
+            # Pickle protocol 5's out-of-band buffers, as the Rust writer takes them: their
+            # bytes as a bytearray (bytes when lenient), written by reference.
+            if not self.seen(obj):
+                try:
+                    data = obj.raw()
+                except (ValueError, BufferError):
+                    raise Unshareable(_qualname(obj), "a buffer that is not contiguous")
+                self.blob(self.record(obj, _BYTES if self.lenient else _BYTEARRAY, top), data)
         else:
             raise Unshareable(_qualname(obj))
 
