@@ -62,6 +62,9 @@ struct OwnerState {
 /// The loans of one interpreter.
 struct Owner {
     id: i64,
+    /// How many objects wait in `returned`: the fast path of [`release_returned`] reads
+    /// only this.
+    waiting: AtomicUsize,
     state: Mutex<OwnerState>,
 }
 
@@ -73,9 +76,12 @@ impl Owner {
 
 /// The interpreters that lend, by CPython's interpreter id (never reused).
 static OWNERS: Mutex<Option<HashMap<i64, Arc<Owner>>>> = Mutex::new(None);
-/// How many returned objects wait for release in all interpreters: the fast path of
-/// [`release_returned`] reads only this.
-static RETURNED: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// The owner this thread last looked up, so that sending and receiving take no
+    /// process-wide lock.
+    static LAST: std::cell::RefCell<Option<Arc<Owner>>> = const { std::cell::RefCell::new(None) };
+}
 
 fn owners() -> MutexGuard<'static, Option<HashMap<i64, Arc<Owner>>>> {
     OWNERS.lock().unwrap_or_else(|e| e.into_inner())
@@ -85,16 +91,31 @@ fn owner_of(id: i64) -> Option<Arc<Owner>> {
     owners().as_ref().and_then(|map| map.get(&id).cloned())
 }
 
+/// Runs `f` on the owner of interpreter `id`, if it lends (an owner that ended stays
+/// cached here: it only copies from then on).
+fn with_owner<R>(id: i64, f: impl FnOnce(&Arc<Owner>) -> R) -> Option<R> {
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if !last.as_ref().is_some_and(|owner| owner.id == id) {
+            *last = Some(owner_of(id)?);
+        }
+        last.as_ref().map(f)
+    })
+}
+
 /// Lets the current interpreter lend: call it once it exists, from code that will call
 /// [`interpreter_ending`] before it ends.
 pub(crate) fn register(id: i64) {
-    owners().get_or_insert_with(HashMap::new).insert(
-        id,
-        Arc::new(Owner {
-            id,
-            state: Mutex::new(OwnerState::default()),
-        }),
-    );
+    owners()
+        .get_or_insert_with(HashMap::new)
+        .entry(id)
+        .or_insert_with(|| {
+            Arc::new(Owner {
+                id,
+                waiting: AtomicUsize::new(0),
+                state: Mutex::new(OwnerState::default()),
+            })
+        });
 }
 
 /// The bytes of a `bytes` object lent by its interpreter, or copied out of it once that
@@ -125,7 +146,7 @@ impl LentBytes {
         if size < min_len || size == 0 {
             return None;
         }
-        let owner = owner_of(py.interpreter_id())?;
+        let owner = with_owner(py.interpreter_id(), Arc::clone)?;
         // SAFETY: an exact bytes object: its buffer holds `size` bytes and lives as long
         // as the object, which the reference taken below keeps alive.
         let data = unsafe { ffi::PyBytes_AsString(p).cast::<u8>().cast_const() };
@@ -198,7 +219,7 @@ impl Drop for Handle {
         if let Some(Loan::InPlace { obj, .. }) = state.loans.remove(&self.key) {
             // Only while the owner lives: an ending owner copied every loan out.
             state.returned.push(obj);
-            RETURNED.fetch_add(1, Ordering::Release);
+            self.owner.waiting.fetch_add(1, Ordering::Release);
         }
     }
 }
@@ -206,18 +227,20 @@ impl Drop for Handle {
 /// Releases the objects of the current interpreter whose loans ended. Cheap when there
 /// are none anywhere.
 pub(crate) fn release_returned(py: Python<'_>) {
-    if RETURNED.load(Ordering::Acquire) == 0 {
-        return;
+    let returned = with_owner(py.interpreter_id(), |owner| {
+        if owner.waiting.load(Ordering::Acquire) == 0 {
+            return Vec::new();
+        }
+        let returned = std::mem::take(&mut owner.lock().returned);
+        owner.waiting.fetch_sub(returned.len(), Ordering::Release);
+        returned
+    });
+    if let Some(returned) = returned {
+        release(py, returned);
     }
-    let Some(owner) = owner_of(py.interpreter_id()) else {
-        return;
-    };
-    let returned = std::mem::take(&mut owner.lock().returned);
-    release(py, returned);
 }
 
 fn release(_py: Python<'_>, objects: Vec<Held>) {
-    RETURNED.fetch_sub(objects.len(), Ordering::Release);
     for obj in objects {
         // SAFETY: the token proves the owning interpreter's GIL is held (callers pass
         // only their own interpreter's objects); the reference was taken in `lend`.
@@ -236,17 +259,16 @@ pub(crate) fn interpreter_ending(py: Python<'_>) {
     let mut state = owner.lock();
     state.ending = true;
     let mut objects = std::mem::take(&mut state.returned);
+    owner.waiting.store(0, Ordering::Release);
     for loan in state.loans.values_mut() {
         if let Loan::InPlace { data, len, .. } = loan {
             // SAFETY: the loan keeps the immutable object alive while the lock is held.
             let copy = unsafe { std::slice::from_raw_parts(*data, *len) }.to_vec();
             if let Loan::InPlace { obj, .. } = std::mem::replace(loan, Loan::Copied(copy)) {
                 objects.push(obj);
-                RETURNED.fetch_add(1, Ordering::Release);
             }
         }
     }
     drop(state);
-    // Counted as returned just above (or when they were returned): `release` uncounts.
     release(py, objects);
 }

@@ -26,11 +26,6 @@ use super::{PyObj, Python};
 use crate::error::{Error, Result};
 use crate::value::wire::{check_depth, malformed, memoizable, tag, Reader, Writer, MAX_DEPTH};
 
-extern "C" {
-    /// `pickle.PickleBuffer`, which CPython exports but `pyo3_ffi` does not declare.
-    static mut PyPickleBuffer_Type: ffi::PyTypeObject;
-}
-
 /// Which objects the writer takes.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Mode {
@@ -238,7 +233,7 @@ impl<'py> Encoder<'py, '_> {
                 self.w.blob(kind | flag, raw_slice(data, size));
                 return Ok(());
             }
-            if ty == addr_of_mut!(PyPickleBuffer_Type) {
+            if is_pickle_buffer(ty) {
                 // Pickle protocol 5's out-of-band buffers: their bytes, as a bytearray
                 // (bytes when lenient), beside the pickle that names them.
                 let Some(flag) = self.start_leaf(p, depth) else {
@@ -473,6 +468,19 @@ impl<'py> Encoder<'py, '_> {
             Err(err) => return err,
         };
         Error::Unshareable { type_name, detail }
+    }
+}
+
+/// Whether `ty` is `pickle.PickleBuffer` (a static type that cannot be subclassed; `pyo3_ffi`
+/// does not declare it, so it is known by its name).
+///
+/// # Safety
+/// `ty` is a live type object.
+unsafe fn is_pickle_buffer(ty: *mut ffi::PyTypeObject) -> bool {
+    // SAFETY: the caller's contract; a type's `tp_name` is a NUL-terminated string.
+    unsafe {
+        let name = (*ty).tp_name;
+        !name.is_null() && std::ffi::CStr::from_ptr(name) == c"pickle.PickleBuffer"
     }
 }
 
