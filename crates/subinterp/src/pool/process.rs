@@ -303,16 +303,29 @@ impl Control {
 }
 
 fn write_frame(out: &mut impl Write, msg: &Value) -> Result<()> {
-    write_raw(out, &wire::encode(msg)?)
+    write_frames(out, msg, None)
 }
 
-/// Writes one frame holding `data` as it is.
-fn write_raw(out: &mut impl Write, data: &[u8]) -> Result<()> {
-    let len = u32::try_from(data.len())
-        .map_err(|_| Error::InvalidArgument("a task's data is larger than 4 GiB".into()))?;
+/// Writes `msg` in a frame, then `raw` as it is in a frame of its own if given: the
+/// message and the raw frame's length in one write, the raw bytes in another.
+fn write_frames(out: &mut impl Write, msg: &Value, raw: Option<&[u8]>) -> Result<()> {
+    let frame_len = |n: usize| {
+        u32::try_from(n)
+            .map(u32::to_le_bytes)
+            .map_err(|_| Error::InvalidArgument("a task's data is larger than 4 GiB".into()))
+    };
+    let data = wire::encode(msg)?;
+    let mut head = Vec::with_capacity(data.len() + 8);
+    head.extend(frame_len(data.len())?);
+    head.extend(data);
+    if let Some(raw) = raw {
+        head.extend(frame_len(raw.len())?);
+    }
     let io = |e: std::io::Error| Error::WorkerDied(format!("cannot write to it: {e}"));
-    out.write_all(&len.to_le_bytes()).map_err(io)?;
-    out.write_all(data).map_err(io)?;
+    out.write_all(&head).map_err(io)?;
+    if let Some(raw) = raw {
+        out.write_all(raw).map_err(io)?;
+    }
     out.flush().map_err(io)
 }
 
@@ -402,7 +415,9 @@ impl Proc {
         let (heard_tx, heard) = unbounded();
         std::thread::Builder::new()
             .name("subinterp-process-reader".into())
-            .spawn(move || read_frames(stdout, heard_tx))
+            .spawn(move || {
+                read_frames(std::io::BufReader::with_capacity(1 << 16, stdout), heard_tx)
+            })
             .map_err(|e| Error::CreateFailed(format!("cannot start a reader thread: {e}")))?;
         let (cancel_tx, cancel_rx) = bounded(1);
         let proc = Proc {
@@ -731,7 +746,7 @@ fn run(shared: &Shared, proc: &mut Proc, task: Queued) -> Ran {
     // The call goes first on the pipe, then interrupts aimed at it may follow.
     let sent = {
         let mut stdin = lock(&proc.control.stdin);
-        let sent = write_frame(&mut *stdin, &msg).and_then(|()| write_raw(&mut *stdin, &task.args));
+        let sent = write_frames(&mut *stdin, &msg, Some(&task.args));
         proc.control.current.store(task.id, Ordering::Release);
         sent
     };
