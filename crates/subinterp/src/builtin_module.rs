@@ -40,7 +40,10 @@ const FULL_ERROR: usize = 4;
 const RECEIVE_ERROR: usize = 5;
 
 /// From this size on, a `bytes` sent on a channel is lent to the receiver, which copies
-/// it straight from the sender's object (one copy instead of two).
+/// it straight from the sender's object (one copy instead of two). Measured (send + recv
+/// in one interpreter): 16 KiB cost the same either way (the copy goes to a recycled
+/// buffer), 64 KiB 1.7-2.8 µs lent against 2.7, and from there on, where the copy needs
+/// a fresh buffer each time, lending wins by far (256 KiB: 5-9 µs against 229-232).
 const LEND_MIN_BYTES: usize = 64 * 1024;
 
 /// What a `Buffer` object holds.

@@ -77,10 +77,17 @@ impl Owner {
 /// The interpreters that lend, by CPython's interpreter id (never reused).
 static OWNERS: Mutex<Option<HashMap<i64, Arc<Owner>>>> = Mutex::new(None);
 
+/// Counts registrations, so that a thread knows when what it cached may be stale.
+static REGISTERED: AtomicUsize = AtomicUsize::new(0);
+
+/// What a thread last looked up: the registrations counted then, an interpreter id and
+/// its owner (`None`: it does not lend).
+type Lookup = (usize, i64, Option<Arc<Owner>>);
+
 thread_local! {
     /// The owner this thread last looked up, so that sending and receiving take no
-    /// process-wide lock.
-    static LAST: std::cell::RefCell<Option<Arc<Owner>>> = const { std::cell::RefCell::new(None) };
+    /// process-wide lock (in an interpreter that does not lend either).
+    static LAST: std::cell::RefCell<Option<Lookup>> = const { std::cell::RefCell::new(None) };
 }
 
 fn owners() -> MutexGuard<'static, Option<HashMap<i64, Arc<Owner>>>> {
@@ -94,12 +101,16 @@ fn owner_of(id: i64) -> Option<Arc<Owner>> {
 /// Runs `f` on the owner of interpreter `id`, if it lends (an owner that ended stays
 /// cached here: it only copies from then on).
 fn with_owner<R>(id: i64, f: impl FnOnce(&Arc<Owner>) -> R) -> Option<R> {
+    let registered = REGISTERED.load(Ordering::Acquire);
     LAST.with(|last| {
         let mut last = last.borrow_mut();
-        if !last.as_ref().is_some_and(|owner| owner.id == id) {
-            *last = Some(owner_of(id)?);
+        let fresh = matches!(&*last, Some((n, cached, _)) if *n == registered && *cached == id);
+        if !fresh {
+            *last = Some((registered, id, owner_of(id)));
         }
-        last.as_ref().map(f)
+        last.as_ref()
+            .and_then(|(_, _, owner)| owner.as_ref())
+            .map(f)
     })
 }
 
@@ -116,6 +127,7 @@ pub(crate) fn register(id: i64) {
                 state: Mutex::new(OwnerState::default()),
             })
         });
+    REGISTERED.fetch_add(1, Ordering::Release);
 }
 
 /// The bytes of a `bytes` object lent by its interpreter, or copied out of it once that
