@@ -265,3 +265,32 @@ def getpid():
     import os
 
     return os.getpid()
+
+
+class Blob:
+    """Bytes that pickle protocol 5 sends out of band (as numpy arrays do)."""
+
+    def __init__(self, data):
+        self.data = bytearray(data)
+
+    def __reduce_ex__(self, protocol):
+        import pickle
+
+        if protocol >= 5:
+            return Blob._rebuild, (pickle.PickleBuffer(self.data),)
+        return Blob, (bytes(self.data),)
+
+    @staticmethod
+    def _rebuild(buffer):
+        blob = Blob(b"")
+        blob.data = buffer if isinstance(buffer, bytearray) else bytearray(buffer)
+        blob.owns = isinstance(buffer, bytearray)
+        return blob
+
+    def __eq__(self, other):
+        return isinstance(other, Blob) and self.data == other.data
+
+
+def blob_back(blob):
+    """The blob it got, doubled, and whether it was rebuilt from a bytearray of its own."""
+    return Blob(bytes(blob.data) * 2), getattr(blob, "owns", None)

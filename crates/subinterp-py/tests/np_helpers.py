@@ -42,3 +42,12 @@ def make_buffer():
     from subinterp import buffer
 
     return len(buffer(8))
+
+
+def echo(x):
+    """``x`` as it came, and where it was (a worker process: this module imports numpy)."""
+    return x, os.getpid()
+
+
+def double(a):
+    return a * 2

@@ -140,3 +140,23 @@ def test_subclasses_keep_their_type_through_a_channel():
     assert type(got[5]["nested"]) is collections.OrderedDict
     got[2]["new"].append(2)  # the factory came along
     assert got[2]["new"] == [2]
+
+
+def test_large_bytes_cross_between_the_main_interpreter_and_workers_whole():
+    import helpers
+
+    data = bytes(range(256)) * 8192  # 2 MiB: lent by the sender, copied once
+    name = f"lent-{os.getpid()}"
+    with subinterp.Pool(1) as pool:
+        relayed = pool.submit(helpers.relay, name)
+        ch = subinterp.channel(name)
+        base = sys.getrefcount(data)
+        ch.send(data)
+        assert relayed.result(60) == "relayed"
+        back = subinterp.channel(name + "-back").recv(timeout=60)
+        assert type(back) is bytes and back == data * 2
+        # The worker has copied it: the main interpreter's reference goes at its next
+        # channel operation.
+        ch.send(None)
+        assert ch.recv() is None
+        assert sys.getrefcount(data) == base

@@ -217,3 +217,21 @@ def test_a_result_that_cannot_be_pickled_is_a_type_error(pool, interp):
         interp.call(helpers.make_lock)
     # The worker goes on.
     assert pool.submit(helpers.same, "\udcff").result(60) == "\udcff"
+
+
+def test_pickled_arguments_and_results_keep_large_buffers_out_of_band():
+    import pickle
+
+    from subinterp import _calls
+
+    data = bytes(range(256)) * 1000
+    pickled, buffers = _calls.dumps_out_of_band(((helpers.Blob(data),), {}))
+    assert [type(b) for b in buffers] == [pickle.PickleBuffer]
+    assert len(pickled) < 1000  # the data is not in the pickle
+    with subinterp.Pool(2) as pool:
+        back, owned = pool.submit(helpers.blob_back, helpers.Blob(data)).result(60)
+        assert back == helpers.Blob(data * 2)
+        assert owned is True  # the worker got the buffer as a bytearray of its own
+        assert back.owns is True
+        got = list(pool.map(helpers.blob_back, [helpers.Blob(data[:i]) for i in range(5)], chunksize=2))
+        assert [b for b, _ in got] == [helpers.Blob(data[:i] * 2) for i in range(5)]

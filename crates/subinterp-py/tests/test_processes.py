@@ -31,6 +31,32 @@ def test_numpy_tasks_run_with_no_option_and_pure_ones_stay_here():
         assert pool.submit(os.getpid).result(60) == os.getpid()
 
 
+def test_large_arrays_and_bytes_cross_worker_processes_whole_both_ways():
+    rng = np.random.default_rng(5)
+    arrays = [
+        rng.standard_normal(1_000_000),
+        np.arange(600_000, dtype=np.int32).reshape(1000, 600),
+        np.asfortranarray(rng.standard_normal((300, 400))),
+        rng.standard_normal((800, 800))[::3, 1::2],  # not contiguous
+        np.zeros(0),
+    ]
+    blob = bytes(range(256)) * 20_000  # 5 MB
+    with subinterp.Pool(2) as pool:
+        for a in arrays:
+            got, where = pool.submit(np_helpers.echo, a).result(120)
+            assert where != os.getpid()
+            assert got.dtype == a.dtype and got.shape == a.shape
+            assert np.array_equal(got, a)
+            got[...] = 0  # a result is the caller's own array, writable
+        for data in (blob, bytearray(blob), [blob, bytearray(blob[:70_000]), "after"]):
+            got, where = pool.submit(np_helpers.echo, data).result(120)
+            assert where != os.getpid()
+            assert type(got) is type(data) and got == data
+        doubled = list(pool.map(np_helpers.double, arrays[:3] * 4, chunksize=3))
+        for a, d in zip(arrays[:3] * 4, doubled):
+            assert np.array_equal(d, a * 2)
+
+
 def test_exceptions_in_processes_keep_type_and_traceback():
     with subinterp.Pool(1) as pool:
         with pytest.raises(ValueError, match="bad index") as info:

@@ -14,13 +14,14 @@ use std::time::{Duration, Instant};
 
 use crate::audit::GuardRule;
 use crate::channel::buffer::{Layout, SharedBuffer};
-use crate::channel::{Channel, Encoded, Message, Stop};
+use crate::channel::{Channel, Encoded, Lent, Message, Stop};
 use crate::error::{Error, Result};
 use crate::host::params::{self, Timeout, Truth};
 use crate::raw::buffer::view_info;
 use crate::raw::callback::{self, Export, Failure, FastArgs, Outcome};
 use crate::raw::class::{self, ClassDef};
 use crate::raw::convert::{copy_bytes, exact_bool, exact_float, exact_int};
+use crate::raw::lent::{self, LentBytes};
 use crate::raw::lifecycle::raise_soon;
 use crate::raw::module::{self, ClassSpec, ExceptionSpec, ModuleSpec};
 use crate::raw::wire::{self, Mode};
@@ -37,6 +38,13 @@ const CLOSED_ERROR: usize = 2;
 const EMPTY_ERROR: usize = 3;
 const FULL_ERROR: usize = 4;
 const RECEIVE_ERROR: usize = 5;
+
+/// From this size on, a `bytes` sent on a channel is lent to the receiver, which copies
+/// it straight from the sender's object (one copy instead of two). Measured (send + recv
+/// in one interpreter): 16 KiB cost the same either way (the copy goes to a recycled
+/// buffer), 64 KiB 1.7-2.8 µs lent against 2.7, and from there on, where the copy needs
+/// a fresh buffer each time, lending wins by far (256 KiB: 5-9 µs against 229-232).
+const LEND_MIN_BYTES: usize = 64 * 1024;
 
 /// What a `Buffer` object holds.
 struct BufferHandle {
@@ -267,6 +275,8 @@ fn count_sent(py: Python<'_>, bytes: u64) {
 
 /// Counts a message received by the code of the interpreter `py` runs, and rebuilds it.
 fn received<'py>(slf: &PyObj<'py>, channel: &Channel, message: Message) -> Outcome<PyObj<'py>> {
+    // What this interpreter lent and others have copied since is released here.
+    lent::release_returned(slf.py());
     let bytes = message.payload_len();
     stats::with_current(slf.py(), |counters| counters.received(bytes));
     from_message(slf, channel, message)
@@ -590,12 +600,18 @@ fn buffer_writable<'py>(py: Python<'py>, slf: &PyObj<'py>) -> Outcome<PyObj<'py>
 /// anything else pickled. `slf` is the channel, whose module's types are used.
 fn to_message<'py>(slf: &PyObj<'py>, channel: &Channel, obj: &PyObj<'py>) -> Result<Message> {
     let py = slf.py();
+    // What this interpreter lent and others have copied since is released here.
+    lent::release_returned(py);
     // Exact scalars cross as they are: one number is cheaper to copy than to encode.
     if let Some(value) = exact_scalar(obj) {
         return Ok(Message::Value(value));
     }
     if let Some(buffer) = shared_buffer(obj)? {
         return Ok(Message::Buffer(buffer));
+    }
+    // A large bytes is lent: the receiver copies it straight from the sender's object.
+    if let Some(lent) = LentBytes::lend(obj, LEND_MIN_BYTES) {
+        return Ok(Message::Lent(Lent(lent)));
     }
     // Bytes reuse a buffer the receiving side gave back, so that a steady stream of
     // messages does not allocate in one thread and free in another.
@@ -770,6 +786,7 @@ fn from_message<'py>(slf: &PyObj<'py>, channel: &Channel, message: Message) -> O
             Ok(obj?)
         }
         Message::Buffer(buffer) => Ok(buffer_view(slf, buffer)?),
+        Message::Lent(lent) => Ok(lent.0.into_object(py)?),
         Message::Pickled { type_name, data } => {
             let pickled = py.to_object(&Value::Bytes(data))?;
             let loaded = py

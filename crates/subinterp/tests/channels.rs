@@ -1113,3 +1113,153 @@ fn the_module_s_functions_bind_arguments_as_host_functions_do() {
         .unwrap();
     assert_eq!(interp.eval("got").unwrap(), Value::Int(7));
 }
+
+/// Python code that makes `big`, a `bytes` of `size` bytes that all differ from their
+/// neighbours, and `base`, its reference count before anything is sent.
+fn big_bytes(size: usize) -> String {
+    format!("import sys\nbig = bytes(i * 7 % 251 for i in range({size}))\nbase = sys.getrefcount(big)\n")
+}
+
+#[test]
+fn a_large_bytes_is_lent_until_received_and_then_released_by_its_sender() {
+    let n = name("lent-bytes");
+    let a = common::isolated();
+    let b = common::isolated();
+    a.exec(&format!(
+        "import subinterp\nch = subinterp.channel('{n}')\n{}",
+        big_bytes(3 << 20)
+    ))
+    .unwrap();
+    b.exec(&format!("import subinterp\nch = subinterp.channel('{n}')"))
+        .unwrap();
+    // Sent: the channel holds the sender's own object (no copy was made).
+    a.exec("ch.send(big)").unwrap();
+    assert_eq!(
+        a.eval("sys.getrefcount(big) - base").unwrap(),
+        Value::Int(1)
+    );
+    // Received: a bytes of the receiver's own, equal to what was sent.
+    b.exec("got = ch.recv()").unwrap();
+    assert_eq!(
+        b.eval("type(got) is bytes and len(got)").unwrap(),
+        Value::Int(3 << 20)
+    );
+    let same = a.eval("hash(big)").unwrap();
+    assert_eq!(b.eval("hash(got)").unwrap(), same);
+    // The sender releases its object the next time it uses a channel.
+    a.exec("ch.send(None)").unwrap();
+    assert_eq!(
+        a.eval("sys.getrefcount(big) - base").unwrap(),
+        Value::Int(0)
+    );
+    assert_eq!(b.eval("ch.recv()").unwrap(), Value::None);
+    // Sent and received in one interpreter: released at once, the copy is equal and
+    // not the same object.
+    a.exec("got = ch.send(big) or ch.recv()").unwrap();
+    assert_eq!(
+        a.eval("(got == big, got is big, sys.getrefcount(big) - base)")
+            .unwrap(),
+        Value::Tuple(vec![Value::Bool(true), Value::Bool(false), Value::Int(0)])
+    );
+    // A Rust receiver gets the bytes as a value; the loan ends there too.
+    a.exec("ch.send(big)").unwrap();
+    let Value::Bytes(data) = Channel::named(&n).recv_value().unwrap() else {
+        panic!("bytes expected")
+    };
+    let sum: i64 = data.iter().map(|&b| i64::from(b)).sum();
+    assert_eq!(
+        a.eval("len(big), sum(big)").unwrap(),
+        Value::Tuple(vec![Value::Int(3 << 20), Value::Int(sum)])
+    );
+    a.exec("ch.send(None)").unwrap();
+    assert_eq!(
+        a.eval("sys.getrefcount(big) - base").unwrap(),
+        Value::Int(0)
+    );
+    // Small bytes are copied as before (no reference kept).
+    a.exec("small = bytes(1000)\nsb = sys.getrefcount(small)\nch.send(small)\nsa = sys.getrefcount(small)")
+        .unwrap();
+    assert_eq!(a.eval("sa - sb").unwrap(), Value::Int(0));
+    assert_eq!(
+        b.eval("ch.recv() is None and ch.recv()").unwrap(),
+        Value::Bytes(vec![0; 1000])
+    );
+}
+
+#[test]
+fn large_bytes_sent_by_an_interpreter_that_ended_are_received_whole() {
+    let n = name("lent-ended");
+    let a = common::isolated();
+    a.exec(&format!(
+        "import subinterp\nch = subinterp.channel('{n}')\n{}",
+        big_bytes(2 << 20)
+    ))
+    .unwrap();
+    // Two loans of the same object, one of another, and one sent by `atexit` code while
+    // the interpreter ends.
+    a.exec(
+        "ch.send(big)\nch.send(big)\nch.send(big[::-1])\nimport atexit\n\
+         atexit.register(lambda: ch.send(big[1:]))",
+    )
+    .unwrap();
+    let expected = a.eval("hash(big), hash(big[::-1]), hash(big[1:])").unwrap();
+    // And one that nobody ever receives.
+    a.exec(&format!("subinterp.channel('{n}-never').send(big)"))
+        .unwrap();
+    a.close().unwrap();
+    let b = common::isolated();
+    b.exec(&format!("import subinterp\nch = subinterp.channel('{n}')"))
+        .unwrap();
+    b.exec("got = [ch.recv() for _ in range(3)]").unwrap();
+    let Value::Tuple(expected) = expected else {
+        panic!("a tuple expected")
+    };
+    assert_eq!(
+        b.eval("hash(got[0]), hash(got[2])").unwrap(),
+        Value::Tuple(expected[..2].to_vec())
+    );
+    assert_eq!(b.eval("got[0] == got[1]").unwrap(), Value::Bool(true));
+    // The message sent at exit, to a Rust receiver.
+    let Value::Bytes(last) = Channel::named(&n).recv_value().unwrap() else {
+        panic!("bytes expected")
+    };
+    assert_eq!(last.len(), (2 << 20) - 1);
+    assert_eq!(&last[..3], &[7, 14, 21]);
+}
+
+#[test]
+fn a_pickle_buffer_crosses_as_a_bytearray_of_its_bytes() {
+    let n = name("pickle-buffer");
+    let a = common::isolated();
+    let b = common::isolated();
+    for interp in [&a, &b] {
+        interp
+            .exec(&format!(
+                "import pickle, subinterp\nch = subinterp.channel('{n}')"
+            ))
+            .unwrap();
+    }
+    // Alone, inside a container, and read-only: the bytes it shows, as a bytearray.
+    a.exec(
+        "ch.send(pickle.PickleBuffer(bytearray(b'abc')))\n\
+         ch.send([pickle.PickleBuffer(b'xyz' * 30000), 1])",
+    )
+    .unwrap();
+    assert_eq!(
+        b.eval("(lambda x: (type(x).__name__, bytes(x)))(ch.recv())")
+            .unwrap(),
+        Value::Tuple(vec![
+            Value::from("bytearray"),
+            Value::Bytes(b"abc".to_vec())
+        ])
+    );
+    assert_eq!(
+        b.eval("(lambda x: (type(x[0]).__name__, x[0] == b'xyz' * 30000, x[1]))(ch.recv())")
+            .unwrap(),
+        Value::Tuple(vec![
+            Value::from("bytearray"),
+            Value::Bool(true),
+            Value::Int(1)
+        ])
+    );
+}

@@ -176,6 +176,9 @@ def leave(code):
 def a_set():
     return {1}
 
+def as_bytearray(data):
+    return [bytearray(data)][0]
+
 def main_mark():
     return sys.modules["__main__"].MARK
 
@@ -513,6 +516,28 @@ fn plain_data_crosses_to_processes_and_back_exactly() {
         "{err:?}"
     );
     assert!(pool.tasks_in_processes() >= 17);
+}
+
+#[test]
+fn large_bytes_cross_to_processes_and_back_whole_in_raw_frames() {
+    let pool = new_pool(|_| {});
+    // Past the size the worker writes by reference (64 KiB), alone, inside containers,
+    // and as a bytearray (which a result gives as bytes); 3 MiB takes several pipe writes.
+    let big: Vec<u8> = (0..3 << 20).map(|i: u32| (i * 7 % 251) as u8).collect();
+    let small = vec![9u8; 70_000];
+    let value = Value::List(vec![
+        Value::Bytes(big.clone()),
+        Value::Tuple(vec![Value::Bytes(small.clone()), Value::from("after")]),
+        Value::Bytes(big[..65_536].to_vec()),
+    ]);
+    let back = wait(pool.submit("proc_tasks:echo", (value.clone(),)).unwrap()).unwrap();
+    assert_eq!(back, value);
+    let back = wait(
+        pool.submit("proc_tasks:as_bytearray", (Value::Bytes(big.clone()),))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(back, Value::Bytes(big));
 }
 
 #[test]

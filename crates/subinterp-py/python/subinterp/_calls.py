@@ -79,7 +79,7 @@ def pickled_call(fn, *parts) -> bytes:
     """``(fn, *parts)`` pickled for a worker, with a ``TypeError`` saying which part
     cannot be sent."""
     try:
-        return pickle.dumps((fn, *parts))
+        return pickle.dumps((fn, *parts), protocol=5)
     except Exception as exc:
         try:
             pickle.dumps(fn)
@@ -170,7 +170,7 @@ def encode_call(
     module, qualname = ref
 
     def pickled() -> tuple[tuple, dict]:
-        return (module, qualname, dumps((tuple(args), kwargs))), {}
+        return (module, qualname, dumps_out_of_band((tuple(args), kwargs))), {}
 
     return (module, qualname, None, *args), kwargs, pickled
 
@@ -178,9 +178,25 @@ def encode_call(
 def dumps(obj) -> bytes:
     """``obj`` pickled for a worker; what cannot be pickled is a ``TypeError`` here."""
     try:
-        return pickle.dumps(obj)
+        return pickle.dumps(obj, protocol=5)
     except Exception as exc:
         raise TypeError(f"subinterp: an argument cannot be sent to a worker: {exc}") from exc
+
+
+def dumps_out_of_band(obj) -> bytes | tuple[bytes, list]:
+    """``obj`` pickled for a worker as ``dumps`` does, with the large buffers it holds
+    (a numpy array's data) out of band: ``(pickle, buffers)``, the buffers as
+    ``pickle.PickleBuffer`` objects, which the engine writes as bytearrays beside the
+    pickle (the data is not copied into the pickle); the pickle alone when there are
+    none."""
+    from ._worker import _subinterp_out_of_band
+
+    buffers: list = []
+    try:
+        data = pickle.dumps(obj, protocol=5, buffer_callback=_subinterp_out_of_band(buffers))
+    except Exception as exc:
+        raise TypeError(f"subinterp: an argument cannot be sent to a worker: {exc}") from exc
+    return (data, buffers) if buffers else data
 
 
 

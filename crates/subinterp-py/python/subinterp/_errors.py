@@ -67,8 +67,8 @@ def from_worker(reply):
     tag = reply[0]
     if tag == 0:
         return reply[1], None
-    if tag == 1:
-        return pickle.loads(reply[1]), None
+    if tag == 1:  # pickled, with its out-of-band buffers if any
+        return pickle.loads(reply[1], buffers=reply[2] if len(reply) > 2 else None), None
     _, pickled, type_name, message, tb = reply
     exc = None
     if pickled is not None:

@@ -16,6 +16,7 @@ from ._calls import (
     RUN_CHUNK,
     WORKER,
     dumps,
+    dumps_out_of_band,
     encode_call,
     guard_settings,
     pickled_call,
@@ -521,7 +522,7 @@ def _deliver(future: _Future, kind: str, payload) -> None:
 
 def _pickled_chunk(ref, chunk, star):
     def pickled():
-        return (ref[0], ref[1], dumps(chunk), [], star), {}
+        return (ref[0], ref[1], dumps_out_of_band(chunk), [], star), {}
 
     return pickled
 

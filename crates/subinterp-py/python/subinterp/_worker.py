@@ -12,11 +12,13 @@ import sys as _sys
 
 
 def _subinterp_loads(payload):
-    """``payload`` unpickled. ``pickle`` is imported on first use: a fresh interpreter
-    takes milliseconds to import it (and ``re``, ``struct``...), which a task of plain
-    data never needs."""
+    """``payload`` unpickled: a pickle, or a pickle and its out-of-band buffers.
+    ``pickle`` is imported on first use: a fresh interpreter takes milliseconds to import
+    it (and ``re``, ``struct``...), which a task of plain data never needs."""
     import pickle
 
+    if type(payload) is tuple:
+        return pickle.loads(payload[0], buffers=payload[1])
     return pickle.loads(payload)
 
 
@@ -129,17 +131,43 @@ def _subinterp_unplain(reply):
     if type(reply) is list:  # a chunk: [(0, values), failure]
         (_, values), failure = reply
         try:
-            return [(1, pickle.dumps(values)), failure]
+            return [_subinterp_pickled(values), failure]
         except Exception as exc:
             error = TypeError(f"a result cannot be sent back: {exc}")
             return [(0, []), failure or _subinterp_failure(error)]
     _, result = reply
     try:
-        return (1, pickle.dumps(result))
+        return _subinterp_pickled(result)
     except Exception as exc:
         return _subinterp_failure(
             TypeError(f"the result ({type(result).__qualname__}) cannot be sent back: {exc}")
         )
+
+
+def _subinterp_pickled(value):
+    """``(1, pickle)``, or ``(1, pickle, buffers)`` with the large contiguous buffers
+    of ``value`` (a numpy array's data) out of band, as ``pickle.PickleBuffer`` objects
+    the engine writes beside the pickle, not copied into it."""
+    import pickle
+
+    buffers = []
+    data = pickle.dumps(value, protocol=5, buffer_callback=_subinterp_out_of_band(buffers))
+    return (1, data, buffers) if buffers else (1, data)
+
+
+def _subinterp_out_of_band(buffers):
+    """A ``buffer_callback`` for ``pickle.dumps`` that keeps contiguous buffers out of
+    band in ``buffers`` and leaves the others in the pickle."""
+
+    def callback(buffer):
+        try:
+            buffer.raw()
+        except (ValueError, BufferError):
+            return True  # not contiguous: in band
+        buffers.append(buffer)
+        return False
+
+    return callback
 
 
 def _subinterp_failure(exc):

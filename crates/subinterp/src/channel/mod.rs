@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use crate::channel::buffer::SharedBuffer;
 use crate::error::{Error, Result};
+use crate::raw::lent::LentBytes;
 use crate::value::Value;
 use crate::wait::{self, InterruptReason, InterruptState, Signal, Waiter};
 
@@ -43,6 +44,23 @@ pub enum Message {
     /// container). Rust receivers get
     /// [`Message::Value`] for everything else; Python receivers get the objects.
     Encoded(Encoded),
+    /// A large `bytes` sent from Python, lent by the sending interpreter until the
+    /// receiver has made its own copy: it crosses with one copy, not two. Never given to
+    /// Rust receivers, who get [`Message::Value`] holding the bytes.
+    #[doc(hidden)]
+    Lent(Lent),
+}
+
+/// The bytes of a large Python `bytes` object lent by the interpreter that sent it
+/// (see [`Message::Lent`]).
+#[doc(hidden)]
+#[derive(Clone)]
+pub struct Lent(pub(crate) LentBytes);
+
+impl std::fmt::Debug for Lent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lent").field("len", &self.0.len()).finish()
+    }
 }
 
 /// Plain data in the [wire format](crate::value::wire), with the shared buffers it holds
@@ -93,6 +111,7 @@ impl Message {
     /// [`Message::Value`] whenever a `Value` can hold it.
     pub(crate) fn for_rust(self) -> Message {
         match self {
+            Message::Lent(lent) => Message::Value(Value::Bytes(lent.0.to_vec())),
             Message::Encoded(encoded) => match encoded.to_value() {
                 Ok(value) => Message::Value(value),
                 Err(_) => Message::Encoded(encoded),
@@ -114,6 +133,7 @@ impl Message {
             Message::Pickled { data, .. } => data.len(),
             Message::Buffer(buffer) => buffer.len(),
             Message::Encoded(encoded) => encoded.as_bytes().len(),
+            Message::Lent(lent) => lent.0.len(),
         };
         len as u64
     }
@@ -129,6 +149,7 @@ impl Message {
                 "the message is a shared buffer, not a value".into(),
             )),
             Message::Encoded(encoded) => encoded.to_value(),
+            Message::Lent(lent) => Ok(Value::Bytes(lent.0.to_vec())),
         }
     }
 }

@@ -9,8 +9,9 @@
 //! `process_worker.py` with `-c`. It gets the pool's `sys.path` and runs the pool's `init`
 //! code in its `__main__`, then takes tasks over its stdin and answers on its stdout, in
 //! length-prefixed frames each holding one value in the wire format. A task crosses as
-//! its target and its arguments, already in the wire format; its result comes back the
-//! same way, and an exception as its type, message, traceback, cause and context.
+//! its target, then its arguments, already in the wire format, as a raw frame of their
+//! own (not copied into a message); its result comes back the same way, and an
+//! exception as its type, message, traceback, cause and context.
 //!
 //! Processes start only when a task needs one, up to the pool's number of workers. At a
 //! task's deadline the process is told to raise `TimeoutError` in the task (it keeps
@@ -22,7 +23,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -340,44 +341,78 @@ impl Control {
 }
 
 fn write_frame(out: &mut impl Write, msg: &Value) -> Result<()> {
+    write_frames(out, msg, None)
+}
+
+/// Writes `msg` in a frame, then `raw` as it is in a frame of its own if given: the
+/// message and the raw frame's length in one write, the raw bytes in another.
+fn write_frames(out: &mut impl Write, msg: &Value, raw: Option<&[u8]>) -> Result<()> {
+    let frame_len = |n: usize| {
+        u32::try_from(n)
+            .map(u32::to_le_bytes)
+            .map_err(|_| Error::InvalidArgument("a task's data is larger than 4 GiB".into()))
+    };
     let data = wire::encode(msg)?;
-    let len = u32::try_from(data.len())
-        .map_err(|_| Error::InvalidArgument("a task's data is larger than 4 GiB".into()))?;
+    let mut head = Vec::with_capacity(data.len() + 8);
+    head.extend(frame_len(data.len())?);
+    head.extend(data);
+    if let Some(raw) = raw {
+        head.extend(frame_len(raw.len())?);
+    }
     let io = |e: std::io::Error| Error::WorkerDied(format!("cannot write to it: {e}"));
-    out.write_all(&len.to_le_bytes()).map_err(io)?;
-    out.write_all(&data).map_err(io)?;
+    out.write_all(&head).map_err(io)?;
+    if let Some(raw) = raw {
+        out.write_all(raw).map_err(io)?;
+    }
     out.flush().map_err(io)
 }
 
 /// What the reader thread of a process hears.
+#[derive(Debug)]
 enum Heard {
+    /// A message; for `("ok",)`, the raw frame that followed it is its second item (the
+    /// result, in the wire format), moved there without a copy.
     Frame(Value),
     /// The process closed its stdout (it ended) or wrote something unreadable.
     End(Option<String>),
 }
 
-fn read_frames(mut out: ChildStdout, tx: Sender<Heard>) {
+/// Reads one frame; `None` at the end of the input (or a truncated frame).
+fn read_raw(out: &mut impl Read) -> Option<Vec<u8>> {
+    let mut len = [0u8; 4];
+    out.read_exact(&mut len).ok()?;
+    let len = u32::from_le_bytes(len) as usize;
+    // Room for the whole frame at once (no copy as it grows), but not for what a
+    // corrupt length may claim: past 256 MiB it grows with the bytes that really come.
+    let mut data = Vec::with_capacity(len.min(1 << 28));
+    let got = out.take(len as u64).read_to_end(&mut data).ok()?;
+    (got == len).then_some(data)
+}
+
+fn read_frames(mut out: impl Read, tx: Sender<Heard>) {
     loop {
-        let mut len = [0u8; 4];
-        if out.read_exact(&mut len).is_err() {
+        let Some(data) = read_raw(&mut out) else {
             let _ = tx.send(Heard::End(None));
             return;
-        }
-        let mut data = vec![0u8; u32::from_le_bytes(len) as usize];
-        if out.read_exact(&mut data).is_err() {
-            let _ = tx.send(Heard::End(None));
-            return;
-        }
-        match wire::decode(&data) {
-            Ok(value) => {
-                if tx.send(Heard::Frame(value)).is_err() {
-                    return;
+        };
+        let heard = match wire::decode(&data) {
+            Ok(Value::Tuple(mut items))
+                if reply_kind_of(&items) == Some("ok") && items.len() == 1 =>
+            {
+                match read_raw(&mut out) {
+                    Some(result) => {
+                        items.push(Value::Bytes(result));
+                        Heard::Frame(Value::Tuple(items))
+                    }
+                    None => Heard::End(Some("unreadable reply: a result cut short".into())),
                 }
             }
-            Err(err) => {
-                let _ = tx.send(Heard::End(Some(format!("unreadable reply: {err}"))));
-                return;
-            }
+            Ok(value) => Heard::Frame(value),
+            Err(err) => Heard::End(Some(format!("unreadable reply: {err}"))),
+        };
+        let end = matches!(heard, Heard::End(_));
+        if tx.send(heard).is_err() || end {
+            return;
         }
     }
 }
@@ -418,7 +453,9 @@ impl Proc {
         let (heard_tx, heard) = unbounded();
         std::thread::Builder::new()
             .name("subinterp-process-reader".into())
-            .spawn(move || read_frames(stdout, heard_tx))
+            .spawn(move || {
+                read_frames(std::io::BufReader::with_capacity(1 << 16, stdout), heard_tx)
+            })
             .map_err(|e| Error::CreateFailed(format!("cannot start a reader thread: {e}")))?;
         let (cancel_tx, cancel_rx) = bounded(1);
         let proc = Proc {
@@ -534,10 +571,14 @@ fn signal_name(signal: i32) -> Option<&'static str> {
 
 fn reply_kind(reply: &Value) -> Option<&str> {
     match reply {
-        Value::Tuple(items) | Value::List(items) => match items.first() {
-            Some(Value::Str(kind)) => Some(kind),
-            _ => None,
-        },
+        Value::Tuple(items) | Value::List(items) => reply_kind_of(items),
+        _ => None,
+    }
+}
+
+fn reply_kind_of(items: &[Value]) -> Option<&str> {
+    match items.first() {
+        Some(Value::Str(kind)) => Some(kind),
         _ => None,
     }
 }
@@ -739,7 +780,6 @@ fn run(shared: &Shared, proc: &mut Proc, task: Queued) -> Ran {
         Value::from("call"),
         Value::from(task.target.module()),
         Value::from(task.target.path()),
-        Value::Bytes(task.args.clone()),
         otherwise,
         Value::from(shared.procs.why(&task.target, &task.route)),
     ]);
@@ -751,7 +791,7 @@ fn run(shared: &Shared, proc: &mut Proc, task: Queued) -> Ran {
     // The call goes first on the pipe, then interrupts aimed at it may follow.
     let sent = {
         let mut stdin = lock(&proc.control.stdin);
-        let sent = write_frame(&mut *stdin, &msg);
+        let sent = write_frames(&mut *stdin, &msg, Some(&task.args));
         proc.control.current.store(task.id, Ordering::Release);
         sent
     };
@@ -898,6 +938,48 @@ mod tests {
 
     fn import_error(message: &str) -> PyException {
         PyException::new("builtins.ImportError", message)
+    }
+
+    fn frame(data: &[u8]) -> Vec<u8> {
+        let mut out = (data.len() as u32).to_le_bytes().to_vec();
+        out.extend_from_slice(data);
+        out
+    }
+
+    fn heard(input: Vec<u8>) -> Vec<Heard> {
+        let (tx, rx) = unbounded();
+        read_frames(std::io::Cursor::new(input), tx);
+        rx.try_iter().collect()
+    }
+
+    #[test]
+    fn a_result_arrives_as_the_raw_frame_after_its_header_and_bad_frames_end_the_reader() {
+        let ok = wire::encode(&Value::Tuple(vec![Value::from("ok")])).unwrap();
+        let result = wire::encode(&Value::Bytes(vec![7; 100_000])).unwrap();
+        let ready = wire::encode(&Value::Tuple(vec![Value::from("ready")])).unwrap();
+        // A header, its raw frame, another message, then the end of the input.
+        let mut input = frame(&ok);
+        input.extend(frame(&result));
+        input.extend(frame(&ready));
+        let got = heard(input);
+        assert!(matches!(got.as_slice(), [
+            Heard::Frame(Value::Tuple(first)),
+            Heard::Frame(Value::Tuple(second)),
+            Heard::End(None),
+        ] if first == &vec![Value::from("ok"), Value::Bytes(result.clone())]
+            && second == &vec![Value::from("ready")]));
+        // A result cut short, a frame cut short, a length claiming 4 GiB, malformed data.
+        let mut cut = frame(&ok);
+        cut.extend(&frame(&result)[..5000]);
+        let got = heard(cut);
+        assert!(matches!(got.as_slice(), [Heard::End(Some(why))] if why.contains("cut short")));
+        let got = heard(frame(&ready)[..6].to_vec());
+        assert!(matches!(got.as_slice(), [Heard::End(None)]));
+        let mut huge = u32::MAX.to_le_bytes().to_vec();
+        huge.extend(&ready);
+        assert!(matches!(heard(huge).as_slice(), [Heard::End(None)]));
+        let got = heard(frame(b"SW\x01\x7f"));
+        assert!(matches!(got.as_slice(), [Heard::End(Some(why))] if why.contains("unreadable")));
     }
 
     #[test]

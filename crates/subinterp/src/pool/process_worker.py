@@ -1,21 +1,23 @@
 # A worker process of a subinterp pool: run by `python -c` with this source, it takes
 # tasks from the host over its stdin and answers on its stdout, in frames (a 4-byte
-# little-endian length, then that many bytes), each frame one value in the wire format
-# (docs/wire-format.md). This process has no Rust extension: the wire format is read and
-# written here in pure Python.
+# little-endian length, then that many bytes). A message is one frame holding a value in
+# the wire format (docs/wire-format.md); a call and a result are followed by one raw
+# frame: a wire buffer, carried as it is (neither side copies it into the message).
+# This process has no Rust extension: the wire format is read and written here in pure
+# Python.
 #
 # Host -> worker:  ("setup", sys_path, init_sources, host_builtins)
 #                                                      first, once; host_builtins: the
 #                                                      interpreters' builtin module names
-#                  ("call", module, qualname, args, otherwise, why)
-#                                                      args: the call's arguments, a
-#                                                      wire buffer holding ((pos...), {kw});
-#                                                      why: why it runs in a process
+#                  ("call", module, qualname, otherwise, why) + raw frame: the call's
+#                                                      arguments, a wire buffer holding
+#                                                      ((pos...), {kw}); why: why it runs
+#                                                      in a process
 #                  ("interrupt", reason)               1: TimeoutError, 2: KeyboardInterrupt
 #                                                      in the running task
 # Worker -> host:  ("ready",) | ("error", exc)         after setup
-#                  ("ok", result) | ("error", exc) | ("unshareable", type_name, detail)
-#                                                      result: a wire buffer
+#                  ("ok",) + raw frame: the result, a wire buffer
+#                  | ("error", exc) | ("unshareable", type_name, detail)
 import os
 import signal
 import struct
@@ -29,6 +31,9 @@ _MEMO = 0x80
 _MAX_DEPTH = 512
 _HEADER = b"SW\x01"
 _F64 = struct.Struct("<d")
+# Blobs from this size on are not copied into the buffer being written: the writer keeps
+# a reference, and the frame is written from its parts (os.writev).
+_BY_REFERENCE = 1 << 16
 
 
 class WireError(ValueError):
@@ -53,8 +58,13 @@ class _Writer:
 
     def __init__(self, lenient):
         self.out = bytearray(_HEADER)
+        # The parts written before `out`: bytearrays, and large blobs as they are.
+        self.parts = []
         self.lenient = lenient
         self.active = set()
+
+    def segments(self):
+        return self.parts + [self.out]
 
     def varint(self, n):
         out = self.out
@@ -66,7 +76,11 @@ class _Writer:
     def blob(self, tag, data):
         self.out.append(tag)
         self.varint(len(data))
-        self.out += data
+        if len(data) >= _BY_REFERENCE:
+            self.parts += (self.out, data)
+            self.out = bytearray()
+        else:
+            self.out += data
 
     def record(self, obj, tag, top):
         # The format lets a writer record what it likes; this one records nothing (what
@@ -114,7 +128,7 @@ class _Writer:
         elif t is bytearray or (self.lenient and isinstance(obj, bytearray)):
             if not self.seen(obj):
                 tag = _BYTES if self.lenient else _BYTEARRAY
-                self.blob(self.record(obj, tag, top), bytes(obj))
+                self.blob(self.record(obj, tag, top), obj)
         elif t in (list, tuple, dict) or (
             self.lenient and isinstance(obj, (list, tuple, dict))
         ):
@@ -134,14 +148,28 @@ class _Writer:
                 for item in obj:
                     self.value(item, depth + 1)
             self.active.discard(id(obj))
+        elif t.__name__ == "PickleBuffer" and t.__module__ == "pickle":
+            # Pickle protocol 5's out-of-band buffers, as the Rust writer takes them: their
+            # bytes as a bytearray (bytes when lenient), written by reference.
+            if not self.seen(obj):
+                try:
+                    data = obj.raw()
+                except (ValueError, BufferError):
+                    raise Unshareable(_qualname(obj), "a buffer that is not contiguous")
+                self.blob(self.record(obj, _BYTES if self.lenient else _BYTEARRAY, top), data)
         else:
             raise Unshareable(_qualname(obj))
 
 
-def encode(obj, lenient=False):
+def encode_parts(obj, lenient=False):
+    """``obj`` in the wire format, as a list of parts to write one after the other."""
     w = _Writer(lenient)
     w.value(obj, 0, top=True)
-    return bytes(w.out)
+    return w.segments()
+
+
+def encode(obj, lenient=False):
+    return b"".join(encode_parts(obj, lenient))
 
 
 class _Reader:
@@ -313,14 +341,38 @@ _LEN = struct.Struct("<I")
 
 
 def _read_exact(fd, n):
-    chunks = []
-    while n:
-        chunk = os.read(fd, min(n, 1 << 20))
-        if not chunk:
+    """``n`` bytes read straight into one bytearray; None at the end of the input."""
+    data = bytearray(n)
+    view = memoryview(data)
+    pos = 0
+    while pos < n:
+        got = os.readv(fd, [view[pos:]])
+        if not got:
             return None
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
+        pos += got
+    return data
+
+
+def _read_frame(fd):
+    head = _read_exact(fd, 4)
+    return head and _read_exact(fd, _LEN.unpack(head)[0])
+
+
+def _write_all(fd, parts):
+    """Writes the parts one after the other, without joining them."""
+    views = [memoryview(p).cast("B") for p in parts if len(p)]
+    while views:
+        n = os.writev(fd, views[:512])
+        while n:
+            if n >= len(views[0]):
+                n -= len(views.pop(0))
+            else:
+                views[0] = views[0][n:]
+                n = 0
+
+
+def _frame_parts(parts):
+    return [_LEN.pack(sum(len(p) for p in parts)), *parts]
 
 
 class _HostOnly:
@@ -437,13 +489,13 @@ def main():
     sys.stdin = open(0, "r", closefd=False)
     write_lock = threading.Lock()
 
-    def send(msg):
-        data = encode(msg)
+    def send(msg, raw=None):
+        """Sends ``msg``, then ``raw`` (the parts of a wire buffer) as a raw frame."""
+        parts = _frame_parts(encode_parts(msg))
+        if raw is not None:
+            parts += _frame_parts(raw)
         with write_lock:
-            os.write(out_fd, _LEN.pack(len(data)))
-            view = memoryview(data)
-            while view:
-                view = view[os.write(out_fd, view) :]
+            _write_all(out_fd, parts)
 
     running = [False]  # the task's own code runs
     inflight = [False]  # a call was received and not answered
@@ -468,12 +520,14 @@ def main():
     def reader():
         # Interrupts are handled here, at once; everything else goes to the main thread.
         while True:
-            head = _read_exact(in_fd, 4)
-            body = head and _read_exact(in_fd, _LEN.unpack(head)[0])
-            if body is None:
+            body = _read_frame(in_fd)
+            msg = body and decode(body)
+            if msg and msg[0] == "call":
+                args = _read_frame(in_fd)
+                msg = None if args is None else (*msg, args)
+            if msg is None:
                 tasks.put(None)
                 return
-            msg = decode(body)
             if msg[0] == "interrupt":
                 if inflight[0]:
                     pending[0] = msg[1]
@@ -507,7 +561,7 @@ def main():
         msg = tasks.get()
         if msg is None:
             return
-        _, module, qualname, args, otherwise, host_only.why = msg
+        _, module, qualname, otherwise, host_only.why, args = msg
         try:
             try:
                 running[0] = True
@@ -518,23 +572,28 @@ def main():
                 result = target(*pos, **kw)
             finally:
                 running[0] = False
+            # A task with a fallback (the package's) gets every plain type kept, a
+            # bytearray included, as in an interpreter; others get what a `Value` holds.
+            lenient = otherwise is None
             try:
-                reply = ("ok", encode(result, lenient=True))
+                raw = encode_parts(result, lenient)
             except Unshareable:
-                if otherwise is None:
+                if lenient:
                     raise
                 # Not plain data: what the task's own fallback makes of it (the
                 # package's runner pickles it), as in an interpreter.
                 fallback = _resolve(importlib, *otherwise)
-                reply = ("ok", encode(fallback(result), lenient=True))
+                raw = encode_parts(fallback(result), lenient)
+            reply = ("ok",)
         except Unshareable as exc:
-            reply = ("unshareable", exc.type_name, exc.detail)
+            reply, raw = ("unshareable", exc.type_name, exc.detail), None
         except BaseException as exc:
-            reply = ("error", snapshot(exc))
-        result = None
+            reply, raw = ("error", snapshot(exc)), None
+        result = args = None
         inflight[0] = False
         pending[0] = 0
-        send(reply)
+        send(reply, raw)
+        raw = None
 
 
 if __name__ == "__main__":

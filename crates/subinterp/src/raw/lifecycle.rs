@@ -125,7 +125,10 @@ pub(crate) fn initialize(
     // SAFETY: the main interpreter exists after a successful initialisation.
     let interp = unsafe { ffi::PyInterpreterState_Main() };
     match (NonNull::new(tstate), NonNull::new(interp)) {
-        (Some(ts), Some(interp)) => Ok((MainThreadState(ts), MainInterpreter(interp))),
+        (Some(ts), Some(interp)) => {
+            super::lent::register(0);
+            Ok((MainThreadState(ts), MainInterpreter(interp)))
+        }
         _ => Err("CPython did not return the main thread state".into()),
     }
 }
@@ -149,7 +152,13 @@ pub(crate) fn borrow_running() -> Result<(MainThreadState, MainInterpreter), Str
         (interp, ffi::PyThreadState_New(interp))
     };
     match (NonNull::new(tstate), NonNull::new(interp)) {
-        (Some(ts), Some(interp)) => Ok((MainThreadState(ts), MainInterpreter(interp))),
+        (Some(ts), Some(interp)) => {
+            // The running Python finalises itself, without `lent::interpreter_ending`:
+            // what its main interpreter lends is then never released, but stays valid
+            // (a referenced object is never freed).
+            super::lent::register(0);
+            Ok((MainThreadState(ts), MainInterpreter(interp)))
+        }
         _ => Err("could not make a thread state of the main interpreter".into()),
     }
 }
@@ -178,10 +187,11 @@ impl MainThreadState {
     /// Finalises CPython. Must be called on the thread that called [`initialize`], after
     /// every other interpreter has ended. Returns false if flushing buffered data failed.
     pub(crate) fn finalize(self) -> bool {
-        // SAFETY: this thread owns the main thread state; re-attach it, then finalise,
-        // which destroys it.
+        // SAFETY: this thread owns the main thread state; re-attach it (the token for
+        // the loans' hook is then true), then finalise, which destroys it.
         unsafe {
             ffi::PyEval_RestoreThread(self.0.as_ptr());
+            Python::assume_attached(super::lent::interpreter_ending);
             ffi::Py_FinalizeEx() == 0
         }
     }
@@ -342,6 +352,7 @@ impl SubInterpreter {
                     ffi::PyEval_SaveThread();
                     id
                 };
+                super::lent::register(id);
                 Ok(SubInterpreter {
                     tstate,
                     main_tstate,
@@ -434,10 +445,11 @@ impl SubInterpreter {
             None => self.tstate,
         };
         // SAFETY: this thread owns both thread states. Attach the interpreter's remaining
-        // one, end it (which leaves no current thread state), then attach and delete this
+        // one (the token for the loans' hook is then true), end it (which leaves no current thread state), then attach and delete this
         // thread's main thread state.
         unsafe {
             ffi::PyEval_RestoreThread(last.as_ptr());
+            Python::assume_attached(super::lent::interpreter_ending);
             ffi::Py_EndInterpreter(last.as_ptr());
             ffi::PyEval_RestoreThread(self.main_tstate.as_ptr());
             ffi::PyThreadState_Clear(self.main_tstate.as_ptr());

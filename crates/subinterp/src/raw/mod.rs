@@ -17,7 +17,8 @@
 //!   with per-interpreter state, static or made at run time ([`module`]);
 //! - process start-up and shut-down, and the thread states of subinterpreters
 //!   ([`lifecycle`]); the memory behind shared buffers ([`buffer`]); ending the process
-//!   with a chosen status on a fatal signal ([`fatal`]);
+//!   with a chosen status on a fatal signal ([`fatal`]); large `bytes` lent across
+//!   interpreters until the receiver copied them ([`lent`]);
 //! - memory accounting per interpreter, hooks around CPython's allocators ([`alloc`]),
 //!   and the CPU clock of a thread ([`cputime`]);
 //! - `sys._current_frames()` and `sys._current_exceptions()` limited to the calling
@@ -31,6 +32,7 @@ pub(crate) mod convert;
 pub(crate) mod cputime;
 pub(crate) mod err;
 pub(crate) mod fatal;
+pub(crate) mod lent;
 pub(crate) mod lifecycle;
 pub(crate) mod module;
 mod object;

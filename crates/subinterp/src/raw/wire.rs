@@ -233,6 +233,15 @@ impl<'py> Encoder<'py, '_> {
                 self.w.blob(kind | flag, raw_slice(data, size));
                 return Ok(());
             }
+            if is_pickle_buffer(ty) {
+                // Pickle protocol 5's out-of-band buffers: their bytes, as a bytearray
+                // (bytes when lenient), beside the pickle that names them.
+                let Some(flag) = self.start_leaf(p, depth) else {
+                    return Ok(());
+                };
+                let kind = if lenient { tag::BYTES } else { tag::BYTEARRAY };
+                return self.pickle_buffer(p, kind | flag);
+            }
             let kind = if ty == addr_of_mut!(ffi::PyList_Type)
                 || (lenient && ffi::PyList_Check(p) != 0)
             {
@@ -354,6 +363,41 @@ impl<'py> Encoder<'py, '_> {
         Ok(())
     }
 
+    /// Writes the bytes a `pickle.PickleBuffer` shows, as a blob of `kind`; one that is
+    /// not contiguous is [`Error::Unshareable`].
+    ///
+    /// # Safety
+    /// The GIL is held and `p` is a live `PickleBuffer`.
+    unsafe fn pickle_buffer(&mut self, p: *mut ffi::PyObject, kind: u8) -> Result<()> {
+        // SAFETY: the caller's contract.
+        let obj = unsafe { self.py.borrowed(p) }?;
+        // `raw()` (C code) gives a one-dimensional view of unsigned bytes, or fails for
+        // a buffer that is not contiguous.
+        let raw = match obj.call_method("raw", &[]) {
+            Ok(raw) => raw,
+            Err(Error::Python(_)) => {
+                return Err(self.unshareable(p, "a buffer that is not contiguous".into()))
+            }
+            Err(other) => return Err(other),
+        };
+        let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::zeroed();
+        // SAFETY: GIL held; `raw` is a live memoryview; `view` is storage for one
+        // Py_buffer, filled on success (status 0).
+        let status =
+            unsafe { ffi::PyObject_GetBuffer(raw.as_ptr(), view.as_mut_ptr(), ffi::PyBUF_SIMPLE) };
+        self.py.check(status)?;
+        // SAFETY: filled by the successful call above: `len` contiguous bytes at `buf`,
+        // valid until the view is released just below, once.
+        unsafe {
+            let v = &*view.as_ptr();
+            let size = usize::try_from(v.len).unwrap_or(0);
+            self.w
+                .blob(kind, raw_slice(v.buf.cast::<c_char>().cast_const(), size));
+            ffi::PyBuffer_Release(view.as_mut_ptr());
+        }
+        Ok(())
+    }
+
     /// Before a `str`, `bytes` or `bytearray`: `None` when it was written before (a
     /// reference was written), else the memo flag to write it with.
     ///
@@ -424,6 +468,19 @@ impl<'py> Encoder<'py, '_> {
             Err(err) => return err,
         };
         Error::Unshareable { type_name, detail }
+    }
+}
+
+/// Whether `ty` is `pickle.PickleBuffer` (a static type that cannot be subclassed; `pyo3_ffi`
+/// does not declare it, so it is known by its name).
+///
+/// # Safety
+/// `ty` is a live type object.
+unsafe fn is_pickle_buffer(ty: *mut ffi::PyTypeObject) -> bool {
+    // SAFETY: the caller's contract; a type's `tp_name` is a NUL-terminated string.
+    unsafe {
+        let name = (*ty).tp_name;
+        !name.is_null() && std::ffi::CStr::from_ptr(name) == c"pickle.PickleBuffer"
     }
 }
 
