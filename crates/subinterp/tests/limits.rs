@@ -130,15 +130,21 @@ def blocks(rounds):
     return refused
 
 def small(rounds):
+    # The asynchronous MemoryError may also land in the handler, before it freed the
+    # memory: the outer handler takes that one.
     refused = 0
     keep = []
-    for i in range(rounds):
+    while refused < rounds:
         try:
-            while True:
-                keep.append(str(len(keep)) * 3)
+            try:
+                while True:
+                    keep.append(str(len(keep)) * 3)
+            except MemoryError:
+                keep.clear()
+                refused += 1
         except MemoryError:
+            keep.clear()
             refused += 1
-            del keep[-1000:]
     return refused
 "#,
         )
@@ -150,7 +156,7 @@ def small(rounds):
     let Value::Int(refused) = interp.call("__main__:small", (50,)).unwrap() else {
         panic!()
     };
-    assert_eq!(refused, 50);
+    assert!(refused >= 50, "{refused}");
     // Still working: fresh strings are interned, dicts resized, modules imported.
     interp
         .exec("import json, decimal\nx = {str(i): i for i in range(10_000)}")
