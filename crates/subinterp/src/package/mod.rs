@@ -1045,6 +1045,8 @@ fn pool_new<'py>(py: Python<'py>, _: &PyObj<'py>, args: &FastArgs<'_, 'py>) -> O
     let wait = settings.wait;
     let mut pool_config = settings.pool()?;
     pool_config.task_outcome = task_outcome;
+    // Here, in this interpreter, once a process; a new worker compiling it costs more.
+    pool_config.compile_init_ahead(py);
     // Waited for in slices with this thread's GIL released (the workers' creation needs
     // the main interpreter), so that Ctrl-C (a signal handler raising here) stops it.
     let mut starting =

@@ -131,6 +131,17 @@ impl PoolConfig {
         self
     }
 
+    /// Compiles the init code ahead of the workers, in the interpreter of `py` (each
+    /// worker then loads it compiled); what does not compile is left to the workers,
+    /// which report it.
+    #[cfg(feature = "extension-module")]
+    pub(crate) fn compile_init_ahead(&self, py: Python<'_>) {
+        for code in &self.init {
+            let _ = py.compile_once(code, "<string>");
+        }
+        let _ = crate::hazards::prepare::Preparation::compile_ahead(py);
+    }
+
     /// Replace a worker by a fresh interpreter after it ran this many tasks.
     pub fn max_tasks_per_worker(&mut self, n: u64) -> &mut Self {
         self.max_tasks_per_worker = Some(n);
@@ -942,7 +953,7 @@ fn start_worker(shared: &Shared) -> Result<Interpreter> {
         let spec = if wants_spec { process_spec(py)? } else { None };
         let ran = init
             .iter()
-            .try_for_each(|code| py.run(code, "<string>", &py.main_dict()?));
+            .try_for_each(|code| py.run_compiled_once(code, "<string>", &py.main_dict()?));
         Ok((spec, ran))
     })?;
     let stop = |reason| {
