@@ -238,6 +238,50 @@ def test_main_script_functions_run(tmp_path):
     assert out.stdout.strip() == "285"
 
 
+def test_workers_load_the_main_script_as_it_is_when_they_start(tmp_path):
+    # The caller hands its workers the main script's code (taken as their loader would
+    # take it); a worker started after the file changed loads the file as it is then, as
+    # before, and one started while it is unchanged gets the same module either way.
+    script = tmp_path / "script.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os, sys
+            import subinterp
+
+            VERSION = 1
+
+            def version():
+                return VERSION, __name__, __file__ == os.path.abspath(sys.argv[0])
+
+            if __name__ == "__main__":
+                for _ in range(2):
+                    with subinterp.Pool(1) as pool:
+                        print(*pool.submit(version).result())
+                from subinterp import _calls, _native
+                path, stat = os.path.abspath(__file__), os.stat(__file__)
+                name = _calls.main_code_name(path, stat.st_mtime_ns, stat.st_size)
+                print("shared", _native._shared_bytes(name) is not None)
+                source = open(__file__).read().replace("VERSION = 1", "VERSION = 22")
+                with open(__file__, "w") as file:
+                    file.write(source)
+                with subinterp.Pool(1) as pool:
+                    print(*pool.submit(version).result())
+            """
+        )
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:4] == [
+        "1 __mp_main__ True",
+        "1 __mp_main__ True",
+        "shared True",
+        "22 __mp_main__ True",
+    ], out.stdout
+
+
 def test_a_fresh_worker_imports_only_what_its_task_needs(tmp_path):
     # A worker's set-up and a task of plain data import none of these (each costs a fresh
     # interpreter milliseconds of its start), unless a fresh Python of this environment

@@ -133,18 +133,77 @@ def _worker_code() -> bytes:
     return marshal.dumps(code)
 
 
+def _worker_file() -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "_worker.py")
+
+
+@functools.cache
+def _share_worker_code() -> None:
+    """Hands the runner's code to the workers (once a process): they read it with
+    ``_shared_bytes``, which costs a new interpreter less than parsing it as a literal of
+    the set-up code."""
+    _native._share_bytes("worker", _worker_code())
+
+
+def main_code_name(path: str, mtime_ns: int, size: int) -> str:
+    """The name the main script's code is shared under: a worker that finds the file
+    changed (by its time and size, as the bytecode cache is checked) finds no code."""
+    return f"main:{mtime_ns}:{size}:{path}"
+
+
+_main_shared: set[str] = set()
+
+
+def share_main_code() -> None:
+    """Gives the workers the code of the main script, so that each loads it with
+    ``marshal`` instead of reading and compiling it: taken by its loader as a worker's
+    would be (from the bytecode cache when it is valid, else compiled). Called once the
+    first worker is being created, which needs it only at the end of its set-up; a worker
+    that finds none (not given yet, or the file has changed since) loads the file itself,
+    to the same module. Never fails: a script that cannot be read here is left to the
+    workers, which report why to the tasks that need it."""
+    path = _main_path()
+    if path is None or _main_name() is not None:
+        return
+    try:
+        stat = os.stat(path)
+        name = main_code_name(path, stat.st_mtime_ns, stat.st_size)
+        if name in _main_shared:
+            return
+        import marshal
+
+        external = sys.modules["_frozen_importlib_external"]
+        code = external.SourceFileLoader("__mp_main__", path).get_code("__mp_main__")
+        _native._share_bytes(name, marshal.dumps(code))
+    except Exception:
+        return
+    _main_shared.add(name)
+
+
 def setup_code() -> list[str]:
     """Python statements that make a new interpreter a worker: ``os._exit`` refused (it
     would end this whole process), no reading of this process's stdin (a worker gets an
     empty one, as multiprocessing's children get ``/dev/null``), this interpreter's
     ``sys.path``, the runner module, the main script."""
+    _share_worker_code()
     code = [
         _native._exit_guard(),
         "import sys",
-        "sys.stdin = open(__import__('os').devnull, encoding='utf-8')",
+        f"sys.stdin = open({os.devnull!r}, encoding='utf-8')",
         f"sys.path[:] = {[p for p in sys.path if isinstance(p, str)]!r}",
-        "_w = type(sys)('_subinterp_worker')",
-        f"exec(__import__('marshal').loads({_worker_code()!r}), _w.__dict__)",
+        # The runner: as shared by this process, or in a worker process (whose
+        # `subinterp` is the package, not this process's engine) from its file.
+        "_s = getattr(__import__('subinterp'), '_shared_bytes', None)",
+        "_c = _s('worker') if _s is not None else None",
+        "if _c is not None:",
+        "    _w = type(sys)('_subinterp_worker')",
+        "    exec(__import__('marshal').loads(_c), _w.__dict__)",
+        "else:",
+        "    _x = sys.modules['_frozen_importlib_external'].spec_from_file_location(",
+        f"        '_subinterp_worker', {_worker_file()!r})",
+        "    _w = sys.modules['_frozen_importlib'].module_from_spec(_x)",
+        "    _x.loader.exec_module(_w)",
+        "del _s, _c",
         "sys.modules['_subinterp_worker'] = _w",
         f"_w._subinterp_stand_in(__import__('subinterp'), {os.path.dirname(__file__)!r})",
     ]

@@ -22,6 +22,7 @@ from ._calls import (
     pickled_call,
     reference,
     setup_code,
+    share_main_code,
 )
 from ._errors import from_worker, outcome
 from ._fork import guard_fork
@@ -351,7 +352,10 @@ class Pool(concurrent.futures.Executor):
     functions of the main script (loaded in each worker as ``__mp_main__``; by module
     name when it was run with ``python -m``), but not its stdin. ``os._exit`` raises
     ``RuntimeError`` in a worker. One worker starts with the pool, the others as tasks
-    find no idle worker, up to ``max_workers``; a pool dropped without ``shutdown()``
+    find no idle worker, up to ``max_workers``. ``Pool()`` returns while its first worker
+    is created (tasks submitted meanwhile wait for it), unless it has ``init`` or an
+    ``initializer``: then it returns once they ran there, and raises their error. A pool
+    dropped without ``shutdown()``
     ends its workers once its tasks are done. While a pool or ``Interpreter`` is alive,
     ``os.fork()`` of this interpreter raises ``RuntimeError``: use the ``spawn`` or
     ``forkserver`` start method of ``multiprocessing``. A ``with`` block left by
@@ -416,8 +420,12 @@ class Pool(concurrent.futures.Executor):
                 "in_processes": _module_names(in_processes),
                 "memory_limit": memory_limit,
                 "cpu_budget": cpu_budget,
+                # The first worker is created while this goes on; Pool() waits for it
+                # only to raise the errors of the caller's own set-up code here.
+                "wait": initializer is not None or init is not None,
             },
         )
+        share_main_code()
         self._max_workers = max_workers
         self._core = core = _PoolCore(handle, max_workers)
         self._stats = _native._pool_stats_handle(handle)

@@ -281,7 +281,18 @@ def _subinterp_load_main(path=None, name=None):
             spec = external.spec_from_file_location("__mp_main__", path)
             module = _sys.modules["_frozen_importlib"].module_from_spec(spec)
             _sys.modules["__mp_main__"] = module
-            spec.loader.exec_module(module)
+            # The code the caller took from the script as this loader would (see
+            # share_main_code), if it has given it yet and the file is unchanged; else
+            # the loader reads the file.
+            shared = getattr(_sys.modules.get("subinterp"), "_shared_bytes", None)
+            code = None
+            if shared is not None:
+                stat = external._path_stat(path)
+                code = shared(f"main:{stat.st_mtime_ns}:{stat.st_size}:{path}")
+            if code is None:
+                spec.loader.exec_module(module)
+            else:
+                exec(__import__("marshal").loads(code), module.__dict__)
     except BaseException as exc:  # noqa: B902 - kept for the tasks that need it
         if isinstance(exc, KeyboardInterrupt):
             raise

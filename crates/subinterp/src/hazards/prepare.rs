@@ -50,9 +50,18 @@ impl Preparation {
         };
         let scope = py.dict()?;
         scope.set_item(&py.str("only")?, &py.to_object(&only)?)?;
-        py.run(PREPARE_IN_MAIN, "<subinterp prepare>", &scope)
+        py.run_compiled_once(PREPARE_IN_MAIN, PREPARE_FILE, &scope)
+    }
+
+    /// Compiles the loader wrapper ahead of the interpreters that install it.
+    #[cfg(feature = "extension-module")]
+    pub(crate) fn compile_ahead(py: Python<'_>) -> Result<()> {
+        py.compile_once(PREPARE_IN_MAIN, PREPARE_FILE)
     }
 }
+
+/// The file name of [`PREPARE_IN_MAIN`] in tracebacks.
+const PREPARE_FILE: &str = "<subinterp prepare>";
 
 /// Starts preparing for the runtime of `version`: `run_in_main` hands a job to the thread
 /// of the main interpreter (an error if it no longer takes any).

@@ -130,6 +130,19 @@ fn specs() -> Vec<ModuleSpec> {
             exit_guard,
         ),
         callback::method_def(
+            c"_share_bytes",
+            c"_share_bytes(name, data)\n--\n\nKeeps data (bytes) under name for every \
+              interpreter of the process to read with _shared_bytes (main interpreter \
+              only; a second call with the same name replaces it).",
+            share_bytes,
+        ),
+        callback::method_def(
+            c"_shared_bytes",
+            c"_shared_bytes(name)\n--\n\nThe bytes kept under name by _share_bytes, or \
+              None; callable in any interpreter.",
+            shared_bytes,
+        ),
+        callback::method_def(
             c"_workers_left_behind",
             c"_workers_left_behind()\n--\n\nThe number of pool workers left behind stuck in C \
               code whose interpreters still exist.",
@@ -757,6 +770,11 @@ struct Settings {
     /// `memory_limit`: bytes each interpreter may hold (an int, or a size such as
     /// `"256M"`).
     memory_limit: Option<u64>,
+    /// `wait` (pool): `_pool_new` returns once the first worker is set up, with the
+    /// error of its set-up if any (default: yes). False returns as soon as the worker is
+    /// being created, so that the caller goes on meanwhile; a worker that cannot be set
+    /// up then fails the tasks.
+    wait: bool,
 }
 
 /// Whose settings [`Settings::parse`] reads: the keys each takes.
@@ -782,6 +800,7 @@ impl SettingsOf {
                 "in_processes",
                 "memory_limit",
                 "cpu_budget",
+                "wait",
             ],
             SettingsOf::Interpreter => &[
                 "isolated",
@@ -825,6 +844,7 @@ impl Settings {
             in_processes: Vec::new(),
             memory_limit: None,
             cpu_budget: None,
+            wait: true,
         };
         for (key, value) in &items {
             let Value::Str(key) = key else {
@@ -870,6 +890,11 @@ impl Settings {
                 },
                 "process_fallback" => match value {
                     Value::Bool(yes) => settings.process_fallback = *yes,
+                    Value::None => {}
+                    _ => return Err(wrong_type("a bool")),
+                },
+                "wait" => match value {
+                    Value::Bool(yes) => settings.wait = *yes,
                     Value::None => {}
                     _ => return Err(wrong_type("a bool")),
                 },
@@ -1030,22 +1055,30 @@ impl Settings {
 fn pool_new<'py>(py: Python<'py>, _: &PyObj<'py>, args: &FastArgs<'_, 'py>) -> Outcome<PyObj<'py>> {
     let (config,): (PyObj,) = params::args(args, "_pool_new", ["config"])?;
     main_only(py, "Pool")?;
-    let mut pool_config = Settings::parse(py, &config, SettingsOf::Pool)?.pool()?;
+    let settings = Settings::parse(py, &config, SettingsOf::Pool)?;
+    let wait = settings.wait;
+    let mut pool_config = settings.pool()?;
     pool_config.task_outcome = task_outcome;
+    // Here, in this interpreter, once a process; a new worker compiling it costs more.
+    pool_config.compile_init_ahead(py);
     // Waited for in slices with this thread's GIL released (the workers' creation needs
     // the main interpreter), so that Ctrl-C (a signal handler raising here) stops it.
     let mut starting =
         py.allow_threads(|| runtime().and_then(|rt| Pool::start(&rt, &pool_config)))?;
-    let pool = loop {
-        if let Some(made) = py.allow_threads(|| starting.wait(Duration::from_millis(50))) {
-            break made?;
+    let pool = if wait {
+        loop {
+            if let Some(made) = py.allow_threads(|| starting.wait(Duration::from_millis(50))) {
+                break made?;
+            }
+            if let Err(signal) = py.check_signals() {
+                // The set-up is interrupted; one stuck in C code is left behind after the
+                // grace period.
+                py.allow_threads(move || drop(starting));
+                return Err(signal.into());
+            }
         }
-        if let Err(signal) = py.check_signals() {
-            // The set-up is interrupted; one stuck in C code is left behind after the
-            // grace period.
-            py.allow_threads(move || drop(starting));
-            return Err(signal.into());
-        }
+    } else {
+        starting.without_waiting()?
     };
     let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
     let handle = PoolHandle {
@@ -1116,6 +1149,49 @@ fn exit_guard<'py>(
         "code in a subinterp Pool worker or Interpreter",
     ));
     Ok(py.to_object(&Value::from(code))?)
+}
+
+/// Bytes the main interpreter keeps for every interpreter of the process, by name: what
+/// the package's workers load at set-up (its runner's code, the main script's code),
+/// handed over without being written into the set-up code as a literal that each new
+/// interpreter would have to parse. A few entries a process, never removed.
+static SHARED_BYTES: Mutex<Option<HashMap<String, Arc<[u8]>>>> = Mutex::new(None);
+
+fn share_bytes<'py>(
+    py: Python<'py>,
+    _: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    let (name, data): (String, PyObj) = params::args(args, "_share_bytes", ["name", "data"])?;
+    main_only(py, "_share_bytes")?;
+    let Value::Bytes(data) = data.to_value()? else {
+        return Err(py
+            .new_error(ExcKind::Type, "_share_bytes(): data must be bytes")
+            .into());
+    };
+    SHARED_BYTES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .insert(name, data.into());
+    Ok(py.none())
+}
+
+fn shared_bytes<'py>(
+    py: Python<'py>,
+    _: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    let (name,): (String,) = params::args(args, "_shared_bytes", ["name"])?;
+    let data = SHARED_BYTES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .and_then(|shared| shared.get(&name).cloned());
+    match data {
+        Some(data) => Ok(py.to_object_bytes(&data)?),
+        None => Ok(py.none()),
+    }
 }
 
 fn workers_left_behind<'py>(

@@ -131,6 +131,17 @@ impl PoolConfig {
         self
     }
 
+    /// Compiles the init code ahead of the workers, in the interpreter of `py` (each
+    /// worker then loads it compiled); what does not compile is left to the workers,
+    /// which report it.
+    #[cfg(feature = "extension-module")]
+    pub(crate) fn compile_init_ahead(&self, py: Python<'_>) {
+        for code in &self.init {
+            let _ = py.compile_once(code, "<string>");
+        }
+        let _ = crate::hazards::prepare::Preparation::compile_ahead(py);
+    }
+
     /// Replace a worker by a fresh interpreter after it ran this many tasks.
     pub fn max_tasks_per_worker(&mut self, n: u64) -> &mut Self {
         self.max_tasks_per_worker = Some(n);
@@ -421,6 +432,14 @@ impl Starting {
         }
         self.pool.take().map(Ok)
     }
+
+    /// The pool at once, its workers still being set up: one whose set-up fails is
+    /// handled like a failed replacement (tried again; once every worker has failed,
+    /// queued and later tasks fail with [`Error::Setup`]).
+    #[cfg(feature = "extension-module")]
+    pub(crate) fn without_waiting(mut self) -> Result<Pool> {
+        self.pool.take().ok_or(Error::Closed)
+    }
 }
 
 impl Pool {
@@ -446,6 +465,12 @@ impl Pool {
             ));
         }
         config.interpreter.validate()?;
+        if config.interpreter.memory_limit_bytes().is_some() && !runtime.memory_accounting() {
+            // Said here, not by each worker's set-up, which a caller may not wait for.
+            return Err(Error::InvalidConfig(
+                crate::interpreter::limits::unavailable().into(),
+            ));
+        }
         let (queue_tx, queue_rx) = unbounded();
         let (stop_tx, stop_rx) = bounded(0);
         let (watch_tx, watch_rx) = unbounded();
@@ -917,80 +942,99 @@ fn start_worker(shared: &Shared) -> Result<Interpreter> {
         &shared.config.interpreter,
         Some(Arc::clone(&shared.stats)),
     )?;
-    if shared.procs.spec.get().is_none() {
-        // Where worker processes come from, should a task need one.
-        let python = interp.eval("__import__('sys').executable")?;
-        let path = interp.eval("list(__import__('sys').path)")?;
-        let builtins = interp.eval("list(__import__('sys').builtin_module_names)")?;
-        if let (Value::Str(python), Value::List(path), Value::List(builtins)) =
-            (python, path, builtins)
-        {
-            let strings = |items: Vec<Value>| {
-                items
-                    .into_iter()
-                    .filter_map(|p| match p {
-                        Value::Str(p) => Some(p),
-                        _ => None,
-                    })
-                    .collect()
-            };
-            let _ = shared.procs.spec.set(process::Spec {
-                python: python.into(),
-                path: strings(path),
-                builtins: strings(builtins),
-            });
+    // One job of the interpreter's thread for the whole set-up (a hand-over between
+    // threads costs tens of microseconds, more on a busy machine): where worker processes
+    // come from, read from the pool's first interpreter, then the initializers in order.
+    let wants_spec = shared.procs.spec.get().is_none();
+    let init = shared.config.init.clone();
+    // The spec comes back whatever the initializers do: init code an interpreter refuses
+    // sends the pool's tasks to worker processes, which need it.
+    let done = interp.submit(move |py| {
+        let spec = if wants_spec { process_spec(py)? } else { None };
+        let ran = init
+            .iter()
+            .try_for_each(|code| py.run_compiled_once(code, "<string>", &py.main_dict()?));
+        Ok((spec, ran))
+    })?;
+    let stop = |reason| {
+        let _ = interp.interrupt_handle().interrupt(reason);
+        // Give it the grace period to stop; past it, the interpreter is stuck in C.
+        done.recv_timeout(shared.config.grace)
+            .ok()
+            .map(|result| result.and_then(|(_, ran)| ran))
+    };
+    let deadline_passed = match deadline {
+        Some(deadline) => crossbeam_channel::at(deadline),
+        None => crossbeam_channel::never(),
+    };
+    let stopped = select! {
+        recv(done) -> result => {
+            let (spec, ran) = result.map_err(|_| Error::Closed)??;
+            if let Some(spec) = spec {
+                let _ = shared.procs.spec.set(spec);
+            }
+            ran?;
+            tracing::debug!(interpreter = interp.id(), "pool worker ready");
+            return Ok(interp);
         }
-    }
-    for code in &shared.config.init {
-        let code = code.clone();
-        let done = interp.submit(move |py| py.run(&code, "<string>", &py.main_dict()?))?;
-        let stop = |reason| {
-            let _ = interp.interrupt_handle().interrupt(reason);
-            // Give it the grace period to stop; past it, the interpreter is stuck in C.
-            done.recv_timeout(shared.config.grace).ok()
-        };
-        let deadline_passed = match deadline {
-            Some(deadline) => crossbeam_channel::at(deadline),
-            None => crossbeam_channel::never(),
-        };
-        let stopped = select! {
-            recv(done) -> result => {
-                result.map_err(|_| Error::Closed)??;
-                continue;
-            }
-            recv(deadline_passed) -> _ => (InterruptReason::Timeout, stop(InterruptReason::Timeout)),
-            recv(shared.stop_rx) -> _ => (InterruptReason::Cancelled, stop(InterruptReason::Cancelled)),
-        };
-        let limit = limit.unwrap_or_default().as_secs_f64();
-        let past = format!("the pool's initializer ran past its set-up deadline of {limit:.3} s");
-        let err = match stopped {
-            (InterruptReason::Cancelled, _) => Error::Cancelled,
-            // Stopped by the interrupt (whatever it raised then, the traceback says where).
-            (_, Some(Err(Error::Python(exc)))) => Error::Timeout {
-                message: past.clone(),
-                exception: Some(Box::new(PyException {
-                    type_name: "builtins.TimeoutError".into(),
-                    message: past,
-                    ..*exc
-                })),
-            },
-            (_, Some(_)) => Error::timeout(past),
-            (_, None) => {
-                tracing::warn!(
-                    interpreter = interp.id(),
-                    "pool worker stuck in C code during set-up: abandoned"
-                );
-                // Its thread ends when the C call returns; close it then, off this thread.
-                left_behind(interp, done);
-                return Err(Error::timeout(format!(
-                    "{past} and did not stop when interrupted (blocked in C code?)"
-                )));
-            }
-        };
-        return Err(err);
-    }
-    tracing::debug!(interpreter = interp.id(), "pool worker ready");
-    Ok(interp)
+        recv(deadline_passed) -> _ => (InterruptReason::Timeout, stop(InterruptReason::Timeout)),
+        recv(shared.stop_rx) -> _ => (InterruptReason::Cancelled, stop(InterruptReason::Cancelled)),
+    };
+    let limit = limit.unwrap_or_default().as_secs_f64();
+    let past = format!("the pool's initializer ran past its set-up deadline of {limit:.3} s");
+    let err = match stopped {
+        (InterruptReason::Cancelled, _) => Error::Cancelled,
+        // Stopped by the interrupt (whatever it raised then, the traceback says where).
+        (_, Some(Err(Error::Python(exc)))) => Error::Timeout {
+            message: past.clone(),
+            exception: Some(Box::new(PyException {
+                type_name: "builtins.TimeoutError".into(),
+                message: past,
+                ..*exc
+            })),
+        },
+        (_, Some(_)) => Error::timeout(past),
+        (_, None) => {
+            tracing::warn!(
+                interpreter = interp.id(),
+                "pool worker stuck in C code during set-up: abandoned"
+            );
+            // Its thread ends when the C call returns; close it then, off this thread.
+            left_behind(interp, done);
+            return Err(Error::timeout(format!(
+                "{past} and did not stop when interrupted (blocked in C code?)"
+            )));
+        }
+    };
+    Err(err)
+}
+
+/// Where worker processes come from, read from a pool interpreter: its `sys.executable`
+/// and `sys.path` (none if they are not text a process can be given).
+fn process_spec(py: Python<'_>) -> Result<Option<process::Spec>> {
+    let sys = py.import("sys")?;
+    let python = sys.getattr("executable")?.to_value();
+    let path = sys.getattr("path")?.to_value();
+    let builtins = sys.getattr("builtin_module_names")?.to_value();
+    let (Ok(Value::Str(python)), Ok(Value::List(path)), Ok(Value::Tuple(builtins))) =
+        (python, path, builtins)
+    else {
+        return Ok(None);
+    };
+    let strings = |items: Vec<Value>| {
+        items
+            .into_iter()
+            .filter_map(|p| match p {
+                Value::Str(p) => Some(p),
+                _ => None,
+            })
+            .collect()
+    };
+    Ok(Some(process::Spec {
+        python: python.into(),
+        path: strings(path),
+        builtins: strings(builtins),
+    }))
 }
 
 /// Workers left behind stuck in C code whose interpreter has not ended yet.

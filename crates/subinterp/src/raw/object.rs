@@ -381,6 +381,74 @@ impl<'py> Python<'py> {
         }
     }
 
+    /// [`run`](Self::run) for source that many interpreters run (set-up code): compiled
+    /// once per process, then loaded by each interpreter with `marshal`, as a bytecode
+    /// cache would be, which costs a new interpreter a tenth of compiling it.
+    pub(crate) fn run_compiled_once(
+        self,
+        source: &str,
+        filename: &str,
+        globals: &PyObj<'py>,
+    ) -> Result<()> {
+        let code = match compiled::get(source, filename) {
+            Some(bytes) => self.load_code(&bytes)?,
+            None => {
+                let code = self.compile(source, filename, "exec")?;
+                compiled::put(source, filename, self.marshal_code(&code)?);
+                code
+            }
+        };
+        self.eval_code(&code, globals).map(drop)
+    }
+
+    /// Compiles `source` for [`run_compiled_once`](Self::run_compiled_once) ahead of the
+    /// interpreters that run it (nothing if it already is).
+    #[cfg(feature = "extension-module")]
+    pub(crate) fn compile_once(self, source: &str, filename: &str) -> Result<()> {
+        if compiled::get(source, filename).is_none() {
+            let code = self.compile(source, filename, "exec")?;
+            compiled::put(source, filename, self.marshal_code(&code)?);
+        }
+        Ok(())
+    }
+
+    /// A code object as `marshal.dumps` writes it (this CPython's format).
+    fn marshal_code(self, code: &PyObj<'py>) -> Result<Vec<u8>> {
+        // SAFETY: GIL held; `code` is a live object, checked to be a code object first;
+        // the bytes object's buffer is read while the object is alive.
+        unsafe {
+            if ffi::PyCode_Check(code.as_ptr()) == 0 {
+                return Err(self.new_error(ExcKind::Type, "expected a code object"));
+            }
+            let bytes = self.own(ffi::PyMarshal_WriteObjectToString(
+                code.as_ptr(),
+                ffi::Py_MARSHAL_VERSION,
+            ))?;
+            let data = ffi::PyBytes_AsString(bytes.as_ptr());
+            let size = ffi::PyBytes_Size(bytes.as_ptr());
+            if data.is_null() || size < 0 {
+                return Err(self.fetch_error());
+            }
+            Ok(std::slice::from_raw_parts(data.cast::<u8>(), size as usize).to_vec())
+        }
+    }
+
+    /// A code object from what [`marshal_code`](Self::marshal_code) wrote.
+    fn load_code(self, data: &[u8]) -> Result<PyObj<'py>> {
+        // SAFETY: GIL held; pointer and length describe `data`, alive across the call
+        // (marshal checks what it reads); the result's type is checked.
+        unsafe {
+            let code = self.own(ffi::PyMarshal_ReadObjectFromString(
+                data.as_ptr().cast::<c_char>(),
+                len(data.len()),
+            ))?;
+            if ffi::PyCode_Check(code.as_ptr()) == 0 {
+                return Err(self.new_error(ExcKind::Type, "expected a code object"));
+            }
+            Ok(code)
+        }
+    }
+
     /// Runs statements in `globals`, as `exec(source, globals)` would.
     pub fn run(self, source: &str, filename: &str, globals: &PyObj<'py>) -> Result<()> {
         let code = self.compile(source, filename, "exec")?;
@@ -813,5 +881,35 @@ pub(crate) unsafe fn from_cstr(ptr: *const c_char) -> String {
         unsafe { CStr::from_ptr(ptr) }
             .to_string_lossy()
             .into_owned()
+    }
+}
+
+/// Code compiled once per process for [`Python::run_compiled_once`]: marshalled, by source
+/// and file name, at most [`MAX`](compiled::MAX) entries (the oldest goes first).
+mod compiled {
+    use std::sync::{Arc, Mutex};
+
+    pub(super) const MAX: usize = 64;
+
+    type Entry = (String, String, Arc<[u8]>);
+
+    static CODE: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
+
+    pub(super) fn get(source: &str, filename: &str) -> Option<Arc<[u8]>> {
+        let code = CODE.lock().unwrap_or_else(|e| e.into_inner());
+        code.iter()
+            .find(|(s, f, _)| s == source && f == filename)
+            .map(|(_, _, bytes)| Arc::clone(bytes))
+    }
+
+    pub(super) fn put(source: &str, filename: &str, bytes: Vec<u8>) {
+        let mut code = CODE.lock().unwrap_or_else(|e| e.into_inner());
+        if code.iter().any(|(s, f, _)| s == source && f == filename) {
+            return;
+        }
+        if code.len() >= MAX {
+            code.remove(0);
+        }
+        code.push((source.to_owned(), filename.to_owned(), bytes.into()));
     }
 }
