@@ -658,11 +658,26 @@ const START_ATTEMPTS: u32 = 3;
 /// killed or is recycled, until the pool stops or drains.
 fn keep(shared: &Arc<Shared>) {
     let procs = &shared.procs;
-    let Some(spec) = procs.spec.get().cloned() else {
-        procs.fail_queued(&Error::CreateFailed(
-            "the pool does not know which Python to start".into(),
-        ));
-        return;
+    // The pool's first interpreter says where worker processes come from; a task sent to
+    // a process as the pool starts waits for it (`Pool::new` does not).
+    let waited = Instant::now();
+    let patience = shared
+        .config
+        .setup_timeout
+        .unwrap_or(Duration::from_secs(60));
+    let spec = loop {
+        if let Some(spec) = procs.spec.get() {
+            break spec.clone();
+        }
+        if shared.state.load(Ordering::Acquire) == STOPPING || waited.elapsed() > patience {
+            procs.fail_queued(&Error::CreateFailed(
+                "the pool does not know which Python to start: its first interpreter did not \
+                 start"
+                    .into(),
+            ));
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
     };
     let mut failures = 0;
     'processes: while shared.state.load(Ordering::Acquire) != STOPPING {
