@@ -9,7 +9,9 @@ at best), in one run::
 One ``LocalCluster`` worker process with 2 threads, a pool of 2; each case timed over
 R rounds of N tasks (submit and gather), after a warm-up. Cases (``process_tasks``):
 ``tiny`` (``x + 1`` of a numpy-importing module: the cost of the route) and ``matrix``
-(a 120x120 matrix product, an int in and a float out).
+(a 120x120 matrix product, an int in and a float out) and ``python`` (a pure-Python
+loop of 200k steps in the same numpy-importing module: it holds the GIL, so the Dask
+worker's two threads take turns while two worker processes run in parallel).
 """
 
 import argparse
@@ -26,14 +28,16 @@ import process_tasks as t  # noqa: E402
 import subinterp.dask  # noqa: E402
 
 
-def timed(client, fn, n, annotated, tag):
+def timed(client, fn, n, annotated, tag, arg=None):
+    """Seconds to run ``fn`` on 0..n-1 (or n times on ``arg``) and gather the results."""
     start = time.perf_counter()
     key = f"{fn.__name__}-{tag}-{time.time_ns()}"
+    args = range(n) if arg is None else [arg] * n
     if annotated:
         with dask.annotate(executor="subinterp"):
-            futures = client.map(fn, range(n), key=key)
+            futures = client.map(fn, args, key=key, pure=False)
     else:
-        futures = client.map(fn, range(n), key=key)
+        futures = client.map(fn, args, key=key, pure=False)
     client.gather(futures)
     return time.perf_counter() - start
 
@@ -50,13 +54,14 @@ def main():
         client.run(lambda: sys.path.insert(0, here))
         client.register_plugin(subinterp.dask.PoolPlugin(max_workers=2))
         print(f"{args.rounds} rounds of {args.tasks} tasks; median (min) ms")
-        for name, fn in (("tiny", t.np_tiny), ("matrix", t.np_scalar)):
+        cases = (("tiny", t.np_tiny, None), ("matrix", t.np_scalar, None), ("python", t.pure, 200_000))
+        for name, fn, arg in cases:
             for annotated in (True, False):
-                timed(client, fn, 20, annotated, "warm")
+                timed(client, fn, 20, annotated, "warm", arg)
             rows = {}
             for annotated in (True, False):
                 runs = sorted(
-                    timed(client, fn, args.tasks, annotated, str(r)) * 1000
+                    timed(client, fn, args.tasks, annotated, str(r), arg) * 1000
                     for r in range(args.rounds)
                 )
                 rows[annotated] = runs
