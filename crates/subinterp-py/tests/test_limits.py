@@ -108,3 +108,26 @@ def test_a_cpu_budget_stops_a_loop_and_not_a_sleep():
         with pytest.raises(TimeoutError, match="CPU budget"):
             pool.submit(spin).result(timeout=60)
         assert pool.submit(sleep_a_while).result(timeout=60) == "slept"
+
+
+def test_accounting_survives_cpython_restoring_its_default_raw_allocator():
+    # CPython saves and restores the raw allocator around some of its own work; a
+    # restore of an allocator saved before the accounting started takes the accounting
+    # hook out. Simulated here: the next interpreter must count and refuse large blocks.
+    import ctypes
+
+    try:
+        set_default = ctypes.pythonapi._PyMem_SetDefaultAllocator
+    except AttributeError:
+        pytest.skip("this CPython does not export _PyMem_SetDefaultAllocator")
+    subinterp.Interpreter().close()  # the runtime, and the hooks, are in place
+    set_default.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    set_default(0, None)  # PYMEM_DOMAIN_RAW
+    interp = subinterp.Interpreter(memory_limit="64M")
+    try:
+        with pytest.raises(MemoryError):
+            interp.exec("b = bytearray(200 * 2**20)")
+        interp.exec("c = bytearray(50 * 2**20)")
+        assert interp.stats()["memory_bytes"] >= 50 * MB
+    finally:
+        interp.close()

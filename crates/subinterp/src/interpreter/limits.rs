@@ -107,6 +107,12 @@ impl Meter {
         limit: Option<u64>,
         soft: Option<u64>,
     ) -> Result<Meter> {
+        if crate::raw::alloc::installed() && crate::raw::alloc::restore_raw_hook() {
+            tracing::warn!(
+                "the raw allocator's accounting hook had been replaced (CPython restored an \
+                 allocator it had saved before the hooks went in); put back"
+            );
+        }
         let bytes = |l: Option<u64>| l.map_or(0, |l| usize::try_from(l).unwrap_or(usize::MAX));
         let account = Account::open(sub, bytes(limit), bytes(soft));
         if (limit.is_some() || soft.is_some()) && account.is_none() {

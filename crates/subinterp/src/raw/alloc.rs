@@ -266,6 +266,45 @@ unsafe fn install_hooks() -> bool {
     true
 }
 
+/// Puts the raw-domain hook back if the allocator it wraps was put in its place.
+///
+/// CPython saves and restores the raw allocator around some of its own work
+/// (`_PyMem_SetDefaultAllocator` ... `PyMem_SetAllocator(old)`, in its path and
+/// configuration code): a restore whose save came before the hooks went in takes the
+/// hook out again, and large blocks are no longer counted nor refused. Seen on CPython
+/// 3.12.1 with the package's borrowed Python. Called whenever an account opens; cheap.
+/// Returns true if the hook had to be put back. An allocator that is neither (a
+/// `tracemalloc` hook wrapping ours, say) is left alone.
+pub(crate) fn restore_raw_hook() -> bool {
+    let Some(inner) = raw_inner() else {
+        return false;
+    };
+    let mut now = ffi::PyMemAllocatorEx {
+        ctx: std::ptr::null_mut(),
+        malloc: None,
+        calloc: None,
+        realloc: None,
+        free: None,
+    };
+    // SAFETY: a valid out-parameter; reading the allocator is allowed at any time.
+    unsafe { ffi::PyMem_GetAllocator(ffi::PyMemAllocatorDomain::PYMEM_DOMAIN_RAW, &mut now) };
+    let addr = |f: Option<extern "C" fn(*mut c_void, usize) -> *mut c_void>| f.map(|f| f as usize);
+    if addr(now.malloc) != addr(inner.malloc) || now.ctx != inner.ctx {
+        return false;
+    }
+    let mut hooks = ffi::PyMemAllocatorEx {
+        ctx: std::ptr::null_mut(),
+        malloc: Some(raw_malloc),
+        calloc: Some(raw_calloc),
+        realloc: Some(raw_realloc),
+        free: Some(raw_free),
+    };
+    // SAFETY: as in `install_running`: the hooks call the allocator they replace, read
+    // it from a static, and accept any context; CPython copies the struct.
+    unsafe { ffi::PyMem_SetAllocator(ffi::PyMemAllocatorDomain::PYMEM_DOMAIN_RAW, &mut hooks) };
+    true
+}
+
 /// The account tag of the calling thread's interpreter, or NONE.
 #[inline]
 fn current_tag() -> usize {
