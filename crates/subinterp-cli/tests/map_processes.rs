@@ -5,9 +5,8 @@
 //! Making the environment needs `pip` to reach PyPI: without it, the test says so and
 //! passes.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
 use serde_json::Value;
 
@@ -16,24 +15,9 @@ mod common;
 mod wheel_venv;
 use common::{code, stderr, TempDir};
 
-/// Each has wheels for CPython 3.12 and 3.13 (manylinux x86_64) and is refused by
-/// isolated interpreters.
-const REQUIREMENTS: [&str; 5] = [
-    "numpy==2.5.5",
-    "orjson==3.13.0",
-    "pydantic-core==2.50.4",
-    "lxml==6.1.3",
-    "regex==2026.11.15",
-];
-
+/// The virtual environment with the refused wheels, or `None` if PyPI could not be reached.
 fn venv() -> Option<&'static Path> {
-    static VENV: OnceLock<Option<PathBuf>> = OnceLock::new();
-    VENV.get_or_init(|| {
-        wheel_venv::make("map-process-venv", &REQUIREMENTS)
-            .map_err(|err| eprintln!("SKIPPED: cannot install {REQUIREMENTS:?}: {err}"))
-            .ok()
-    })
-    .as_deref()
+    wheel_venv::refused("map-process-venv")
 }
 
 const MODULE: &str = r#"

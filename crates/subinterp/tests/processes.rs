@@ -6,7 +6,7 @@
 //! The environment is made once under Cargo's target directory (one per Python). Making
 //! it needs `pip` to reach PyPI: without it, the tests that need numpy say so and pass.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -15,27 +15,9 @@ use subinterp::{Error, Pool, PoolConfig, Runtime, RuntimeConfig, TaskOptions, Va
 
 mod wheel_venv;
 
-/// Each has wheels for CPython 3.12 and 3.13 (manylinux x86_64), and CPython refuses
-/// each in an isolated interpreter ("module X does not support loading in
-/// subinterpreters": numpy's and lxml's Cython modules and regex's C module are
-/// single-phase, orjson's and pydantic-core's are PyO3 modules).
-const REQUIREMENTS: [&str; 5] = [
-    "numpy==2.5.5",
-    "orjson==3.13.0",
-    "pydantic-core==2.50.4",
-    "lxml==6.1.3",
-    "regex==2026.11.15",
-];
-
-/// The virtual environment with numpy, or `None` if PyPI could not be reached.
+/// The virtual environment with the refused wheels, or `None` if PyPI could not be reached.
 fn venv() -> Option<&'static Path> {
-    static VENV: OnceLock<Option<PathBuf>> = OnceLock::new();
-    VENV.get_or_init(|| {
-        wheel_venv::make("process-venv", &REQUIREMENTS)
-            .map_err(|err| eprintln!("SKIPPED: cannot install {REQUIREMENTS:?}: {err}"))
-            .ok()
-    })
-    .as_deref()
+    wheel_venv::refused("process-venv")
 }
 
 const NP_TASKS: &str = r#"

@@ -6,8 +6,35 @@
 //! builds into its own target directory) and reused while its requirement list is
 //! unchanged. Making it needs `pip` to reach PyPI.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
+
+/// Wheels the worker-process tests use: each has wheels for CPython 3.12 and 3.13
+/// (manylinux x86_64), and CPython refuses each in an isolated interpreter ("module X
+/// does not support loading in subinterpreters": numpy's and lxml's Cython modules and
+/// regex's C module are single-phase, orjson's and pydantic-core's are PyO3 modules).
+#[allow(dead_code)]
+pub const REFUSED: [&str; 5] = [
+    "numpy==2.5.5",
+    "orjson==3.13.0",
+    "pydantic-core==2.50.4",
+    "lxml==6.1.3",
+    "regex==2026.11.15",
+];
+
+/// The environment `name` with [`REFUSED`] installed, made once per test binary; `None`
+/// (said on stderr) if PyPI could not be reached, and the tests that need it pass.
+#[allow(dead_code)]
+pub fn refused(name: &str) -> Option<&'static Path> {
+    static VENV: OnceLock<Option<PathBuf>> = OnceLock::new();
+    VENV.get_or_init(|| {
+        make(name, &REFUSED)
+            .map_err(|err| eprintln!("SKIPPED: cannot install {REFUSED:?}: {err}"))
+            .ok()
+    })
+    .as_deref()
+}
 
 /// The environment `name` with `requirements` installed (binary wheels only), made if it
 /// is missing or was made for another list; the error is what failed, with its output
