@@ -155,24 +155,28 @@ def sleep_and_print(t, msg):
     sys.stdout.flush()
 
 
-def run_script(directory, source, *, args=(), timeout=120, stdin=None, module=None):
+def run_script(
+    directory, source, *, args=(), timeout=120, stdin=None, module=None, env=None,
+    python_args=(),
+):
     """Runs ``source`` as the main script of a child Python (this one) in ``directory``,
     with a generous timeout so that a hang fails the test instead of stopping the run;
-    ``module`` runs it as ``python -m module`` (source written to module's path)."""
+    ``module`` runs it as ``python -m module`` (source written to module's path); ``env``:
+    variables to set in its environment; ``python_args``: options of ``python``."""
     import os
     import subprocess
     import textwrap
 
     if module is None:
         script = os.path.join(directory, "main.py")
-        command = [sys.executable, script, *args]
+        command = [sys.executable, *python_args, script, *args]
     else:
         script = os.path.join(directory, *module.split(".")) + ".py"
-        command = [sys.executable, "-m", module, *args]
+        command = [sys.executable, *python_args, "-m", module, *args]
     os.makedirs(os.path.dirname(script), exist_ok=True)
     with open(script, "w") as f:
         f.write(textwrap.dedent(source))
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(__file__))
+    env = dict(os.environ, **(env or {}), PYTHONPATH=os.path.dirname(__file__))
     return subprocess.run(
         command,
         cwd=directory,
@@ -294,3 +298,38 @@ class Blob:
 def blob_back(blob):
     """The blob it got, doubled, and whether it was rebuilt from a bytearray of its own."""
     return Blob(bytes(blob.data) * 2), getattr(blob, "owns", None)
+
+
+def interpreter_threads():
+    """How many threads of this process run (or wait to run) a subinterpreter: the
+    engine names them "subinterp" (Linux)."""
+    import os
+
+    count = 0
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/comm") as comm:
+                count += comm.read().strip() == "subinterp"
+        except OSError:
+            pass
+    return count
+
+
+def wait_for_interpreter_threads(count):
+    """``interpreter_threads()`` once it is ``count``, or after 30 s (a thread ends a
+    moment after the interpreter it ran)."""
+    end = time.monotonic() + 30
+    while interpreter_threads() != count and time.monotonic() < end:
+        time.sleep(0.01)
+    return interpreter_threads()
+
+
+def threads_after_importing_the_package():
+    """Imports the package here (a process of its own) and gives this process's id and
+    the interpreter threads the import made, once a spare would have been created."""
+    import os
+
+    import subinterp  # noqa: F401
+
+    time.sleep(0.5)
+    return os.getpid(), interpreter_threads()

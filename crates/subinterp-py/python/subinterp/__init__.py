@@ -7,7 +7,9 @@ lists, tuples and dicts of them, sharing kept) crosses without pickling. ``subin
 ``subinterp.buffer`` work between this interpreter and the workers.
 """
 
-# _exit and _fork act on import: exit's hook, and os.fork() refused beside live pools.
+# _spare, _exit and _fork act on import: the spare interpreter starts being made (first,
+# while the rest is imported), exit's hook, and os.fork() refused beside live pools.
+from . import _spare  # noqa: F401, I001
 from . import _exit, _fork  # noqa: F401
 from ._check import check
 from ._errors import RemoteError

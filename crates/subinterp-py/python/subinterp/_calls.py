@@ -180,12 +180,20 @@ def share_main_code() -> None:
     _main_shared.add(name)
 
 
+def share_code() -> None:
+    """Shares the runner's and the main script's code with the workers (see
+    ``_share_worker_code`` and ``share_main_code``). A pool calls it once its first worker
+    is being created, which needs the code only at the end of its set-up."""
+    _share_worker_code()
+    share_main_code()
+
+
 def setup_code() -> list[str]:
     """Python statements that make a new interpreter a worker: ``os._exit`` refused (it
     would end this whole process), no reading of this process's stdin (a worker gets an
     empty one, as multiprocessing's children get ``/dev/null``), this interpreter's
-    ``sys.path``, the runner module, the main script."""
-    _share_worker_code()
+    ``sys.path``, the runner module, the main script. What it loads from shared code
+    (``share_code``) it loads from the files when that is not shared yet."""
     code = [
         _native._exit_guard(),
         "import sys",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from . import _live, _native
-from ._calls import RUN, Named, encode_call, guard_settings, setup_code
+from ._calls import RUN, Named, encode_call, guard_settings, setup_code, share_code
 from ._errors import from_worker, outcome
 
 
@@ -74,6 +74,7 @@ class Interpreter:
         memory_limit: int | str | None = None,
     ):
         _native._runtime_start()
+        share_code()
         # The user's init is a source of its own: an error points at its own line.
         code = ["\n".join(setup_code()) + "\n"]
         if init is not None:

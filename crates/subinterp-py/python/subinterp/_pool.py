@@ -22,7 +22,7 @@ from ._calls import (
     pickled_call,
     reference,
     setup_code,
-    share_main_code,
+    share_code,
 )
 from ._errors import from_worker, outcome
 from ._fork import guard_fork
@@ -425,7 +425,7 @@ class Pool(concurrent.futures.Executor):
                 "wait": initializer is not None or init is not None,
             },
         )
-        share_main_code()
+        share_code()
         self._max_workers = max_workers
         self._core = core = _PoolCore(handle, max_workers)
         self._stats = _native._pool_stats_handle(handle)

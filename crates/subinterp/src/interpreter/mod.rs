@@ -25,16 +25,12 @@ use crate::interpreter::config::{MemoryPressure, SoftLimit, SoftLimitAction};
 use crate::interpreter::limits::{Meter, Watch};
 use crate::raw::lifecycle::{clear_pending_async, InterruptTarget, Raise, SubInterpreter};
 use crate::raw::Python;
+use crate::runtime::spare::{self, Body};
 use crate::runtime::{Runtime, RuntimeInner};
 use crate::stats::{self, Counters, Meters, Outcome, Stats};
 use crate::value::wire;
 use crate::value::Value;
 use crate::wait::{self, InterruptReason, InterruptState};
-
-/// Stack of an interpreter's thread: as much as a Python main thread usually gets, so deep
-/// Python recursion and deep value conversion do not overflow it (it is virtual memory,
-/// committed only as used).
-const INTERPRETER_STACK: usize = 16 << 20;
 
 /// An operation: runs with the GIL held and returns how to hand its result to its
 /// caller, which happens only once the operation is no longer marked as running (so a
@@ -509,6 +505,18 @@ impl Interpreter {
         Self::new_in(runtime, config, None)
     }
 
+    /// Starts creating an interpreter of `config`'s kind in the background, on a thread
+    /// of its own: the next [`Interpreter::new`] (or pool worker) of that kind takes it,
+    /// and is ready without waiting the 5–10 ms CPython takes to create an isolated
+    /// interpreter. Only the kind must match (isolated or legacy, and what it allows);
+    /// the rest of the taker's config applies as usual. One spare at a time: while one
+    /// waits, this does nothing. A spare never taken ends with the runtime.
+    pub fn prestart(runtime: &Runtime, config: &InterpreterConfig) -> Result<()> {
+        let raw = config.to_raw()?;
+        let main = runtime.inner.main();
+        runtime.inner.keep_spare(|| spare::Spare::start(main, raw))
+    }
+
     /// [`new`](Self::new), its counters added to `parent` too (a pool's).
     pub(crate) fn new_in(
         runtime: &Runtime,
@@ -531,118 +539,124 @@ impl Interpreter {
         type Ready = (i64, Arc<Interrupts>, Arc<Counters>, Arc<Meter>);
         let (ready_tx, ready_rx) = bounded::<Result<Ready>>(1);
         let (ending_tx, ending) = bounded::<()>(1);
-        let thread = std::thread::Builder::new()
-            .name("subinterp".into())
-            .stack_size(INTERPRETER_STACK)
-            .spawn(move || {
-                let started = std::time::Instant::now();
-                let sub = match SubInterpreter::new(rt.main(), raw) {
-                    Ok(sub) => sub,
-                    Err(msg) => {
-                        let _ = ready_tx.send(Err(Error::CreateFailed(msg)));
-                        return;
-                    }
-                };
-                let meter =
-                    match Meter::start(&sub, memory_limit, soft_limit.as_ref().map(|s| s.bytes)) {
-                        Ok(meter) => Arc::new(meter),
-                        Err(err) => {
-                            sub.end();
-                            let _ = ready_tx.send(Err(err));
-                            return;
-                        }
-                    };
-                // Isolated interpreters have every extension module prepared; legacy ones
-                // only those a hazard names: preparing numpy, Cython or PyO3 modules in
-                // the main interpreter would take the one interpreter they allow.
-                let prepare = prepare::Preparation::of(
-                    rt.prepares_extensions(),
-                    raw.use_main_obmalloc,
-                    rt.version(),
-                );
-                let counters = Arc::new(Counters::for_interpreter(sub.id(), parent));
-                let setup = sub.with_gil(|py| {
-                    stats::attach(py, Arc::clone(&counters))?;
-                    setup(py, &rt, capture, prepare, &paths)?;
-                    if let Some(data) = host_data {
-                        crate::host::attach_data(py, data)?;
-                    }
-                    audit::install(py, &guards)?;
-                    wait::register(py)
-                });
-                let waits = match setup {
-                    Ok(waits) => waits,
-                    Err(err) => {
-                        meter.leave_thread();
-                        sub.end();
-                        meter.finish();
-                        let _ = ready_tx.send(Err(err));
-                        return;
-                    }
-                };
-                let id = sub.id();
-                let interrupts = Arc::new(Interrupts::new(sub.interrupt_target(), waits));
-                meter.watch(Watch {
-                    memory_error: Box::new(memory_error(&interrupts, &meter)),
-                    soft: soft_limit.map(|soft| soft_limit_told(id, soft, &interrupts, &meter)),
-                });
+        let main = rt.main();
+        let body: Body = Box::new(move |made| {
+            let started = std::time::Instant::now();
+            let sub = match made {
+                Ok(sub) => sub,
+                Err(msg) => {
+                    let _ = ready_tx.send(Err(Error::CreateFailed(msg)));
+                    return;
+                }
+            };
+            let meter = match Meter::start(&sub, memory_limit, soft_limit.as_ref().map(|s| s.bytes))
+            {
+                Ok(meter) => Arc::new(meter),
+                Err(err) => {
+                    sub.end();
+                    let _ = ready_tx.send(Err(err));
+                    return;
+                }
+            };
+            // Isolated interpreters have every extension module prepared; legacy ones
+            // only those a hazard names: preparing numpy, Cython or PyO3 modules in
+            // the main interpreter would take the one interpreter they allow.
+            let prepare = prepare::Preparation::of(
+                rt.prepares_extensions(),
+                raw.use_main_obmalloc,
+                rt.version(),
+            );
+            let counters = Arc::new(Counters::for_interpreter(sub.id(), parent));
+            let setup = sub.with_gil(|py| {
+                stats::attach(py, Arc::clone(&counters))?;
+                setup(py, &rt, capture, prepare, &paths)?;
+                if let Some(data) = host_data {
+                    crate::host::attach_data(py, data)?;
+                }
+                audit::install(py, &guards)?;
+                wait::register(py)
+            });
+            let waits = match setup {
+                Ok(waits) => waits,
+                Err(err) => {
+                    meter.leave_thread();
+                    sub.end();
+                    meter.finish();
+                    let _ = ready_tx.send(Err(err));
+                    return;
+                }
+            };
+            let id = sub.id();
+            let interrupts = Arc::new(Interrupts::new(sub.interrupt_target(), waits));
+            meter.watch(Watch {
+                memory_error: Box::new(memory_error(&interrupts, &meter)),
+                soft: soft_limit.map(|soft| soft_limit_told(id, soft, &interrupts, &meter)),
+            });
+            tracing::debug!(
+                interpreter = id,
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "interpreter created"
+            );
+            counters.created();
+            let meters: Arc<dyn Meters> = meter.clone();
+            counters.meter(&meters);
+            let _ = ready_tx.send(Ok((
+                id,
+                Arc::clone(&interrupts),
+                Arc::clone(&counters),
+                Arc::clone(&meter),
+            )));
+            let reply = serve(&sub, &rx, &interrupts);
+            let _ = ending_tx.try_send(());
+            // Threads of the interpreter blocked in a channel wait are cancelled, so that
+            // waiting for them below ends.
+            interrupts.waits.request(InterruptReason::Cancelled);
+            let ended = sub.with_gil(|py| wind_down(py, capture, grace));
+            if let Some(reply) = reply {
+                let _ = reply.send(ended.output);
+            }
+            drop(rx);
+            interrupts.end();
+            // No interrupter may hold a thread state of this interpreter past here.
+            lock(&interrupts.target).take();
+            meter.leave_thread();
+            if ended.running.is_empty() {
+                sub.end();
+                counters.ended();
                 tracing::debug!(
                     interpreter = id,
-                    elapsed_us = started.elapsed().as_micros() as u64,
-                    "interpreter created"
+                    stats = %counters.snapshot().to_json(),
+                    "interpreter closed"
                 );
-                counters.created();
-                let meters: Arc<dyn Meters> = meter.clone();
-                counters.meter(&meters);
-                let _ = ready_tx.send(Ok((
-                    id,
-                    Arc::clone(&interrupts),
-                    Arc::clone(&counters),
-                    Arc::clone(&meter),
-                )));
-                let reply = serve(&sub, &rx, &interrupts);
-                let _ = ending_tx.try_send(());
-                // Threads of the interpreter blocked in a channel wait are cancelled, so that
-                // waiting for them below ends.
-                interrupts.waits.request(InterruptReason::Cancelled);
-                let ended = sub.with_gil(|py| wind_down(py, capture, grace));
-                if let Some(reply) = reply {
-                    let _ = reply.send(ended.output);
+                if !raw.use_main_obmalloc {
+                    hazards::isolated_interpreter_ended(rt.version());
                 }
-                drop(rx);
-                interrupts.end();
-                // No interrupter may hold a thread state of this interpreter past here.
-                lock(&interrupts.target).take();
-                meter.leave_thread();
-                if ended.running.is_empty() {
-                    sub.end();
-                    counters.ended();
-                    tracing::debug!(
-                        interpreter = id,
-                        stats = %counters.snapshot().to_json(),
-                        "interpreter closed"
-                    );
-                    if !raw.use_main_obmalloc {
-                        hazards::isolated_interpreter_ended(rt.version());
-                    }
-                } else {
-                    tracing::warn!(
-                        interpreter = id,
-                        threads = ?ended.running,
-                        "interpreter {id} left running: its Python threads {:?} did not end \
-                         within the shutdown grace period of {:.1} s (daemon threads are \
-                         not waited for)",
-                        ended.running,
-                        grace.as_secs_f64()
-                    );
-                    sub.abandon();
-                }
-                meter.finish();
-                counters.unmeter(&meters);
-                drop(rt);
-                drop(ending_tx);
-            })
-            .map_err(|e| Error::CreateFailed(format!("cannot start a thread: {e}")))?;
+            } else {
+                tracing::warn!(
+                    interpreter = id,
+                    threads = ?ended.running,
+                    "interpreter {id} left running: its Python threads {:?} did not end \
+                     within the shutdown grace period of {:.1} s (daemon threads are \
+                     not waited for)",
+                    ended.running,
+                    grace.as_secs_f64()
+                );
+                sub.abandon();
+            }
+            meter.finish();
+            counters.unmeter(&meters);
+            drop(rt);
+            drop(ending_tx);
+        });
+        // A spare of this kind, made ahead, if the runtime has one; else a new thread.
+        let given = match runtime.inner.take_spare(raw) {
+            Some(spare) => spare.give(body),
+            None => Err(body),
+        };
+        let thread = match given {
+            Ok(thread) => thread,
+            Err(body) => spare::spawn(move || body(SubInterpreter::new(main, raw)))?,
+        };
         let thread_id = thread.thread().id();
         let (id, interrupts, stats, meter) = match ready_rx.recv() {
             Ok(Ok(ready)) => ready,

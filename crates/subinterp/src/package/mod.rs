@@ -25,9 +25,11 @@ use crate::interpreter::limits::parse_size;
 use crate::interpreter::Interpreter;
 use crate::pool::{Pool, PoolConfig, Task, TaskOptions};
 use crate::raw::callback::{self, FastArgs, Outcome};
+use crate::raw::lifecycle::MainInterpreter;
 use crate::raw::module::{self, ModuleSpec};
 use crate::raw::wire::{self as raw_wire, Mode};
 use crate::raw::{ExcKind, PyObj, Python};
+use crate::runtime::spare::Spare;
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::stats::{Outcome as TaskOutcome, StatsHandle};
 use crate::value::{wire, Value};
@@ -62,6 +64,19 @@ fn specs() -> Vec<ModuleSpec> {
             c"_runtime_stop",
             c"_runtime_stop()\n--\n\nEnds every pool and gives the main interpreter back.",
             runtime_stop,
+        ),
+        callback::method_def(
+            c"_spare_start",
+            c"_spare_start()\n--\n\nStarts creating, in the background, the isolated \
+              interpreter the first pool or Interpreter takes (once; nothing if one is \
+              being made or waits).",
+            spare_start,
+        ),
+        callback::method_def(
+            c"_spare_end",
+            c"_spare_end()\n--\n\nEnds the spare interpreter, if there is one, and waits \
+              for its thread (before a fork).",
+            spare_end,
         ),
         callback::method_def(
             c"_runtime_wait",
@@ -297,8 +312,74 @@ fn runtime() -> Result<Runtime> {
         return Ok(rt.clone());
     }
     let rt = Runtime::init(RuntimeConfig::new().borrow_running())?;
+    if let Some(spare) = lock(&EARLY_SPARE).take() {
+        rt.inner.keep_spare(|| Ok(spare))?;
+    }
     *held = Some(rt.clone());
     Ok(rt)
+}
+
+/// The spare interpreter made before the runtime started (when the package is imported),
+/// until the runtime takes it.
+static EARLY_SPARE: Mutex<Option<Spare>> = Mutex::new(None);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The kind of interpreter the package's pools and `Interpreter`s are by default.
+fn spare_kind() -> Result<crate::raw::lifecycle::RawConfig> {
+    InterpreterConfig::isolated().to_raw()
+}
+
+fn spare_start<'py>(
+    py: Python<'py>,
+    _: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    params::args::<(), 0>(args, "_spare_start", [])?;
+    main_only(py, "_spare_start")?;
+    let raw = spare_kind()?;
+    let started = lock(&RUNTIME).clone();
+    match started {
+        Some(rt) => {
+            let main = rt.inner.main();
+            rt.inner.keep_spare(|| Spare::start(main, raw))?;
+        }
+        None => {
+            let mut early = lock(&EARLY_SPARE);
+            if early.is_none() {
+                // As the runtime's start does: CPython's own walk would list (and, once
+                // it runs code, crash on) the spare's thread.
+                crate::hazards::limit_thread_walks(py)?;
+                *early = Some(Spare::start(MainInterpreter::running(py), raw)?);
+            }
+        }
+    }
+    Ok(py.none())
+}
+
+fn spare_end<'py>(
+    py: Python<'py>,
+    _: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    params::args::<(), 0>(args, "_spare_end", [])?;
+    main_only(py, "_spare_end")?;
+    py.allow_threads(end_spares);
+    Ok(py.none())
+}
+
+/// Ends the spare interpreter, made before or after the runtime started.
+fn end_spares() {
+    let early = lock(&EARLY_SPARE).take();
+    if let Some(spare) = early {
+        spare.end();
+    }
+    let started = lock(&RUNTIME).clone();
+    if let Some(rt) = started {
+        rt.inner.end_spare();
+    }
 }
 
 fn runtime_start<'py>(
@@ -324,6 +405,7 @@ fn runtime_stop<'py>(
         for pool in pools {
             pool.end(None);
         }
+        end_spares();
         RUNTIME.lock().unwrap_or_else(|e| e.into_inner()).take();
     });
     Ok(py.none())
@@ -1059,12 +1141,14 @@ fn pool_new<'py>(py: Python<'py>, _: &PyObj<'py>, args: &FastArgs<'_, 'py>) -> O
     let wait = settings.wait;
     let mut pool_config = settings.pool()?;
     pool_config.task_outcome = task_outcome;
-    // Here, in this interpreter, once a process; a new worker compiling it costs more.
-    pool_config.compile_init_ahead(py);
-    // Waited for in slices with this thread's GIL released (the workers' creation needs
-    // the main interpreter), so that Ctrl-C (a signal handler raising here) stops it.
     let mut starting =
         py.allow_threads(|| runtime().and_then(|rt| Pool::start(&rt, &pool_config)))?;
+    // Here, in this interpreter, once a process, while the first worker is being created
+    // (it needs the code only once created); a worker compiling it costs more.
+    pool_config.compile_init_ahead(py);
+    // Waited for in slices with this thread's GIL released (a worker's set-up may need
+    // the main interpreter: modules prepared there), so that Ctrl-C (a signal handler
+    // raising here) stops it.
     let pool = if wait {
         loop {
             if let Some(made) = py.allow_threads(|| starting.wait(Duration::from_millis(50))) {

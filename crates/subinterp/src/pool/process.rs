@@ -435,6 +435,9 @@ impl Proc {
         let mut child = Command::new(&python)
             .arg("-c")
             .arg(WORKER_SOURCE)
+            // The Python package, imported here by a task, makes no spare interpreter: a
+            // worker process runs no pool.
+            .env("SUBINTERP_SPARE", "0")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -28,16 +28,21 @@ pub(crate) struct InitOptions<'a> {
 /// the runtime. It is the only handle through which the runtime can be finalised.
 pub(crate) struct MainThreadState(NonNull<ffi::PyThreadState>);
 
-/// The main interpreter, from which new interpreters are created.
+/// Proof that CPython is initialised and its main interpreter exists, which new
+/// interpreters are made from (they copy its configuration). Given by [`initialize`] and
+/// [`borrow_running`]; the runtime is finalised only after every interpreter thread, the
+/// only users of this proof, has ended.
 #[derive(Clone, Copy)]
-pub(crate) struct MainInterpreter(NonNull<ffi::PyInterpreterState>);
+pub(crate) struct MainInterpreter(());
 
-// SAFETY: the pointer designates the process-wide main interpreter, which lives until the
-// runtime is finalised; the runtime is finalised only after every interpreter thread,
-// the only users of this handle, has ended.
-unsafe impl Send for MainInterpreter {}
-// SAFETY: see `Send`; the handle is only read.
-unsafe impl Sync for MainInterpreter {}
+impl MainInterpreter {
+    /// The proof for the running Python whose GIL (of any interpreter) the token proves
+    /// held.
+    #[cfg(feature = "extension-module")]
+    pub(crate) fn running(_py: Python<'_>) -> MainInterpreter {
+        MainInterpreter(())
+    }
+}
 
 fn status_error(status: &ffi::PyStatus) -> Option<String> {
     // SAFETY: `PyStatus_Exception` only reads the plain struct.
@@ -125,9 +130,9 @@ pub(crate) fn initialize(
     // SAFETY: the main interpreter exists after a successful initialisation.
     let interp = unsafe { ffi::PyInterpreterState_Main() };
     match (NonNull::new(tstate), NonNull::new(interp)) {
-        (Some(ts), Some(interp)) => {
+        (Some(ts), Some(_)) => {
             super::lent::register(0);
-            Ok((MainThreadState(ts), MainInterpreter(interp)))
+            Ok((MainThreadState(ts), MainInterpreter(())))
         }
         _ => Err("CPython did not return the main thread state".into()),
     }
@@ -152,12 +157,12 @@ pub(crate) fn borrow_running() -> Result<(MainThreadState, MainInterpreter), Str
         (interp, ffi::PyThreadState_New(interp))
     };
     match (NonNull::new(tstate), NonNull::new(interp)) {
-        (Some(ts), Some(interp)) => {
+        (Some(ts), Some(_)) => {
             // The running Python finalises itself, without `lent::interpreter_ending`:
             // what its main interpreter lends is then never released, but stays valid
             // (a referenced object is never freed).
             super::lent::register(0);
-            Ok((MainThreadState(ts), MainInterpreter(interp)))
+            Ok((MainThreadState(ts), MainInterpreter(())))
         }
         _ => Err("could not make a thread state of the main interpreter".into()),
     }
@@ -208,7 +213,7 @@ impl Drop for Detach {
 }
 
 /// The fields of `PyInterpreterConfig`, validated by the caller.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct RawConfig {
     pub use_main_obmalloc: bool,
     pub allow_fork: bool,
@@ -224,9 +229,6 @@ pub(crate) struct RawConfig {
 /// Not `Send`: it lives and dies on the thread that created it.
 pub(crate) struct SubInterpreter {
     tstate: NonNull<ffi::PyThreadState>,
-    /// A thread state of the main interpreter for this thread, attached only while
-    /// creating and after ending the subinterpreter.
-    main_tstate: NonNull<ffi::PyThreadState>,
     id: i64,
     /// CPython's identifier of the owning OS thread.
     thread_id: std::ffi::c_ulong,
@@ -314,7 +316,7 @@ pub(crate) fn clear_pending_async(_py: Python<'_>) {
 impl SubInterpreter {
     /// Creates a subinterpreter on the calling thread. On success the new interpreter's
     /// thread state is created but detached.
-    pub(crate) fn new(main: MainInterpreter, config: RawConfig) -> Result<SubInterpreter, String> {
+    pub(crate) fn new(_main: MainInterpreter, config: RawConfig) -> Result<SubInterpreter, String> {
         let raw = ffi::PyInterpreterConfig {
             use_main_obmalloc: c_int::from(config.use_main_obmalloc),
             allow_fork: c_int::from(config.allow_fork),
@@ -328,18 +330,13 @@ impl SubInterpreter {
                 ffi::PyInterpreterConfig_SHARED_GIL
             },
         };
-        // SAFETY: `main` is the live main interpreter; the new thread state belongs to this
-        // thread.
-        let main_tstate = unsafe { ffi::PyThreadState_New(main.0.as_ptr()) };
-        let main_tstate = NonNull::new(main_tstate)
-            .ok_or_else(|| "could not allocate a thread state".to_owned())?;
-        // SAFETY: attach this thread to the main interpreter: CPython creates interpreters
-        // from an attached thread state and copies the main config from it.
-        unsafe { ffi::PyEval_RestoreThread(main_tstate.as_ptr()) };
+        // No thread state is attached on this thread: CPython then copies the main
+        // interpreter's config, and the creation never waits for the main interpreter's
+        // GIL, which the program's own Python code may hold for a whole switch interval.
         let mut tstate: *mut ffi::PyThreadState = std::ptr::null_mut();
-        // SAFETY: the main thread state is attached; `raw` is a valid config. On success the
-        // new thread state is current (and the main GIL released); on failure the main
-        // thread state is current again.
+        // SAFETY: `_main` proves the runtime is initialised; no thread state is current on
+        // this thread; `raw` is a valid config. On success the new thread state is current;
+        // on failure none is.
         let status = unsafe { ffi::Py_NewInterpreterFromConfig(&mut tstate, &raw) };
         let failure = status_error(&status);
         match (failure, NonNull::new(tstate)) {
@@ -355,23 +352,12 @@ impl SubInterpreter {
                 super::lent::register(id);
                 Ok(SubInterpreter {
                     tstate,
-                    main_tstate,
                     id,
                     // SAFETY: a plain query about the calling thread.
                     thread_id: unsafe { ffi::PyThread_get_thread_ident() },
                 })
             }
-            (failure, _) => {
-                // SAFETY: on failure the main thread state is current again; throw it away.
-                unsafe {
-                    if ffi::PyThreadState_Get() == main_tstate.as_ptr() {
-                        ffi::PyErr_Clear();
-                        ffi::PyThreadState_Clear(main_tstate.as_ptr());
-                        ffi::PyThreadState_DeleteCurrent();
-                    }
-                }
-                Err(failure.unwrap_or_else(|| "no thread state returned".into()))
-            }
+            (failure, _) => Err(failure.unwrap_or_else(|| "no thread state returned".into())),
         }
     }
 
@@ -444,16 +430,13 @@ impl SubInterpreter {
             // CPython 3.12, or no memory for a new thread state: end on the old one.
             None => self.tstate,
         };
-        // SAFETY: this thread owns both thread states. Attach the interpreter's remaining
-        // one (the token for the loans' hook is then true), end it (which leaves no current thread state), then attach and delete this
-        // thread's main thread state.
+        // SAFETY: this thread owns the thread state. Attach the interpreter's remaining
+        // one (the token for the loans' hook is then true) and end it, which leaves no
+        // current thread state, as before the interpreter was created.
         unsafe {
             ffi::PyEval_RestoreThread(last.as_ptr());
             Python::assume_attached(super::lent::interpreter_ending);
             ffi::Py_EndInterpreter(last.as_ptr());
-            ffi::PyEval_RestoreThread(self.main_tstate.as_ptr());
-            ffi::PyThreadState_Clear(self.main_tstate.as_ptr());
-            ffi::PyThreadState_DeleteCurrent();
         }
     }
 
@@ -463,15 +446,9 @@ impl SubInterpreter {
     /// until the process exits, and the runtime is no longer finalised
     /// ([`abandoned_interpreters`]).
     pub(crate) fn abandon(self) {
-        ABANDONED.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        // SAFETY: this thread owns the detached main thread state; attach and delete it.
         // The interpreter's own thread state stays allocated and detached: its threads
         // may still use the interpreter.
-        unsafe {
-            ffi::PyEval_RestoreThread(self.main_tstate.as_ptr());
-            ffi::PyThreadState_Clear(self.main_tstate.as_ptr());
-            ffi::PyThreadState_DeleteCurrent();
-        }
+        ABANDONED.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 

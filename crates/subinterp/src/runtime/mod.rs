@@ -10,9 +10,12 @@ use crate::error::{Error, Result};
 use crate::hazards::prepare;
 use crate::hazards::{self, Hazard};
 use crate::host::HostModule;
-use crate::raw::lifecycle::{self, InitOptions, MainInterpreter};
+use crate::raw::lifecycle::{self, InitOptions, MainInterpreter, RawConfig};
 use crate::raw::module::ModuleSpec;
 use crate::raw::Python;
+
+pub(crate) mod spare;
+use spare::Spare;
 
 /// How CPython is started in this process.
 ///
@@ -273,6 +276,8 @@ pub(crate) struct RuntimeInner {
     /// Whether the Python is borrowed ([`RuntimeConfig::borrow_running`]): interpreters
     /// then make their `subinterp` module from its definition, as no built-in one exists.
     borrowed: bool,
+    /// An interpreter made ahead, for the next one of its kind ([`spare`]).
+    spare: Mutex<Option<Spare>>,
     shutdown: Mutex<Option<(Sender<MainMsg>, JoinHandle<()>)>>,
 }
 
@@ -300,6 +305,33 @@ impl RuntimeInner {
     /// Whether the Python is borrowed from the program that runs it.
     pub(crate) fn is_borrowed(&self) -> bool {
         self.borrowed
+    }
+
+    /// The spare interpreter, if there is one of `raw`'s kind.
+    pub(crate) fn take_spare(&self, raw: RawConfig) -> Option<Spare> {
+        let mut held = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        match held.as_ref() {
+            Some(spare) if spare.is(raw) => held.take(),
+            _ => None,
+        }
+    }
+
+    /// Keeps the spare `start` makes, unless there already is one (then `start` is not
+    /// called).
+    pub(crate) fn keep_spare(&self, start: impl FnOnce() -> Result<Spare>) -> Result<()> {
+        let mut held = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        if held.is_none() {
+            *held = Some(start()?);
+        }
+        Ok(())
+    }
+
+    /// Ends the spare interpreter, if there is one, and waits for its thread.
+    pub(crate) fn end_spare(&self) {
+        let spare = self.spare.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(spare) = spare {
+            spare.end();
+        }
     }
 }
 
@@ -554,6 +586,7 @@ fn start(config: &RuntimeConfig) -> Result<RuntimeInner> {
         bootstrap,
         version,
         borrowed: config.borrow,
+        spare: Mutex::new(None),
         shutdown: Mutex::new(Some((main_tx, thread))),
     })
 }
@@ -670,6 +703,8 @@ fn py_str(path: &Path) -> String {
 
 impl Drop for RuntimeInner {
     fn drop(&mut self) {
+        // No interpreter may outlive the runtime: a spare never taken ends first.
+        self.end_spare();
         let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
         *state = State::Finalized;
         if self.prepare_extensions {
