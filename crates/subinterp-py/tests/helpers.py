@@ -333,3 +333,9 @@ def threads_after_importing_the_package():
 
     time.sleep(0.5)
     return os.getpid(), interpreter_threads()
+
+
+def getenv(name):
+    import os
+
+    return os.environ.get(name)

@@ -24,26 +24,35 @@ def _ok(out):
 
 
 def test_the_first_pool_takes_the_spare_made_at_import(tmp_path):
+    # Its os.environ is the process's when the pool starts, not when the spare was made.
     out = run_script(
         tmp_path,
         """
-        import helpers, subinterp
+        import os, helpers, subinterp
         from helpers import wait_for_interpreter_threads as wait_for
 
         if __name__ == "__main__":
             print("after import", wait_for(1))
+            # Changed after the spare read the environment.
+            os.environ["SUBINTERP_TEST_LATE"] = "late"
+            del os.environ["SUBINTERP_TEST_GONE"]
             with subinterp.Pool(1) as pool:
                 print("pool", pool.submit(helpers.add, 1, 2).result(60))
+                late = pool.submit(helpers.getenv, "SUBINTERP_TEST_LATE").result(60)
+                gone = pool.submit(helpers.getenv, "SUBINTERP_TEST_GONE").result(60)
+                print("environ", late, gone)
                 # The spare's thread is the worker's: no other interpreter thread.
                 print("threads", helpers.interpreter_threads())
             print("after shutdown", wait_for(0))
             with subinterp.Pool(1) as pool:
                 print("second pool", pool.submit(helpers.add, 2, 3).result(60))
         """,
+        env={"SUBINTERP_TEST_GONE": "gone"},
     )
     assert _ok(out) == [
         "after import 1",
         "pool 3",
+        "environ late None",
         "threads 1",
         "after shutdown 0",
         "second pool 5",

@@ -31,8 +31,13 @@ fn wait_for(count: usize) -> usize {
 fn a_prestarted_interpreter_is_taken_by_the_next_of_its_kind_with_its_config() {
     let rt = common::runtime();
     assert_eq!(wait_for(0), 0);
+    std::env::set_var("SUBINTERP_SPARE_TEST_GONE", "gone");
     Interpreter::prestart(&rt, &InterpreterConfig::isolated()).unwrap();
     assert_eq!(wait_for(1), 1, "the spare's thread");
+    // The environment changes after the spare read it.
+    std::thread::sleep(Duration::from_millis(200));
+    std::env::set_var("SUBINTERP_SPARE_TEST_LATE", "late");
+    std::env::remove_var("SUBINTERP_SPARE_TEST_GONE");
     // While one waits, another prestart does nothing.
     Interpreter::prestart(&rt, &InterpreterConfig::isolated()).unwrap();
     assert_eq!(interpreter_threads(), 1);
@@ -53,6 +58,15 @@ fn a_prestarted_interpreter_is_taken_by_the_next_of_its_kind_with_its_config() {
         Value::from(dir.to_string_lossy().into_owned())
     );
     assert_eq!(taken.memory_limit(), Some(512 << 20));
+    // Its os.environ is the process's as it is now.
+    taken.exec("import os").unwrap();
+    let environ = taken
+        .eval("(os.environ.get('SUBINTERP_SPARE_TEST_LATE'), os.environ.get('SUBINTERP_SPARE_TEST_GONE'))")
+        .unwrap();
+    assert_eq!(
+        environ,
+        Value::Tuple(vec![Value::from("late".to_owned()), Value::None])
+    );
     assert!(taken.memory_in_use().is_some());
     // Isolated: its own GIL, and extensions that refuse isolation are refused.
     let refused = taken

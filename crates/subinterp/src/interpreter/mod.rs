@@ -540,7 +540,7 @@ impl Interpreter {
         let (ready_tx, ready_rx) = bounded::<Result<Ready>>(1);
         let (ending_tx, ending) = bounded::<()>(1);
         let main = rt.main();
-        let body: Body = Box::new(move |made| {
+        let body: Body = Box::new(move |made, ahead| {
             let started = std::time::Instant::now();
             let sub = match made {
                 Ok(sub) => sub,
@@ -569,6 +569,9 @@ impl Interpreter {
             let counters = Arc::new(Counters::for_interpreter(sub.id(), parent));
             let setup = sub.with_gil(|py| {
                 stats::attach(py, Arc::clone(&counters))?;
+                if ahead {
+                    refresh_environ(py)?;
+                }
                 setup(py, &rt, capture, prepare, &paths)?;
                 if let Some(data) = host_data {
                     crate::host::attach_data(py, data)?;
@@ -655,7 +658,7 @@ impl Interpreter {
         };
         let thread = match given {
             Ok(thread) => thread,
-            Err(body) => spare::spawn(move || body(SubInterpreter::new(main, raw)))?,
+            Err(body) => spare::spawn(move || body(SubInterpreter::new(main, raw), false))?,
         };
         let thread_id = thread.thread().id();
         let (id, interrupts, stats, meter) = match ready_rx.recv() {
@@ -1288,6 +1291,23 @@ fn wind_down(py: Python<'_>, capture: bool, grace: Duration) -> WoundDown {
         Ok(Output::default())
     };
     WoundDown { output, running }
+}
+
+/// Brings `os.environ` of an interpreter made ahead (a spare) up to date with the
+/// process's environment, which the program may have changed since.
+fn refresh_environ(py: Python<'_>) -> Result<()> {
+    use std::os::unix::ffi::OsStringExt;
+    let fresh = std::env::vars_os()
+        .map(|(name, value)| {
+            Value::Tuple(vec![
+                Value::Bytes(name.into_vec()),
+                Value::Bytes(value.into_vec()),
+            ])
+        })
+        .collect();
+    let globals = py.dict()?;
+    globals.set_item(&py.str("fresh")?, &py.to_object(&Value::List(fresh))?)?;
+    py.run(include_str!("environ.py"), "<subinterp environ>", &globals)
 }
 
 fn setup(

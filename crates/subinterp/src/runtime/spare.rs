@@ -14,8 +14,9 @@ use crossbeam_channel::{bounded, Sender};
 use crate::error::{Error, Result};
 use crate::raw::lifecycle::{MainInterpreter, RawConfig, SubInterpreter};
 
-/// What the thread of an interpreter runs once the interpreter exists (or failed to).
-pub(crate) type Body = Box<dyn FnOnce(std::result::Result<SubInterpreter, String>) + Send>;
+/// What the thread of an interpreter runs once the interpreter exists (or failed to);
+/// told whether it was made ahead (a spare), when the program may have changed since.
+pub(crate) type Body = Box<dyn FnOnce(std::result::Result<SubInterpreter, String>, bool) + Send>;
 
 /// Stack of an interpreter's thread: as much as a Python main thread usually gets, so deep
 /// Python recursion and deep value conversion do not overflow it (it is virtual memory,
@@ -45,7 +46,7 @@ impl Spare {
         let thread = spawn(move || {
             let made = SubInterpreter::new(main, raw);
             match take.recv() {
-                Ok(body) => body(made),
+                Ok(body) => body(made, true),
                 // Never taken: ended as it was made, before anything ran in it.
                 Err(_) => {
                     if let Ok(sub) = made {
