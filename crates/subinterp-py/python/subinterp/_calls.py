@@ -5,6 +5,7 @@ name, or pickled; plain data as it is)."""
 from __future__ import annotations
 
 import functools
+import io
 import os
 import pickle
 import sys
@@ -116,11 +117,39 @@ def _main_name() -> str | None:
     return name
 
 
+def _cached_code(path: str, stat: os.stat_result) -> bytes | None:
+    """The marshalled code of the source file ``path`` from its bytecode cache, if that
+    is valid for ``stat`` (a timestamp-checked ``.pyc`` of this Python): read, not
+    imported, so neither the module nor ``importlib.util`` is loaded for it."""
+    external = sys.modules["_frozen_importlib_external"]
+    try:
+        with open(external.cache_from_source(path), "rb") as file:
+            data = file.read()
+    except (OSError, ValueError, NotImplementedError):
+        return None
+    header = (
+        external.MAGIC_NUMBER,
+        (0).to_bytes(4, "little"),
+        (int(stat.st_mtime) & 0xFFFFFFFF).to_bytes(4, "little"),
+        (stat.st_size & 0xFFFFFFFF).to_bytes(4, "little"),
+    )
+    if len(data) <= 16 or data[:16] != b"".join(header):
+        return None
+    return data[16:]
+
+
 @functools.cache
 def _worker_code() -> bytes:
     """The code of ``_worker.py``, marshalled: taken once from the package's bytecode
     cache (compiled here if there is none), so that each worker loads it with ``marshal``
     (the same Python) instead of compiling its source again."""
+    path = _worker_file()
+    try:
+        cached = _cached_code(path, os.stat(path))
+    except OSError:
+        cached = None
+    if cached is not None:
+        return cached
     import marshal
 
     from . import _worker
@@ -156,11 +185,10 @@ _main_shared: set[str] = set()
 
 def share_main_code() -> None:
     """Gives the workers the code of the main script, so that each loads it with
-    ``marshal`` instead of reading and compiling it: taken by its loader as a worker's
-    would be (from the bytecode cache when it is valid, else compiled). Called once the
-    first worker is being created, which needs it only at the end of its set-up; a worker
-    that finds none (not given yet, or the file has changed since) loads the file itself,
-    to the same module. Never fails: a script that cannot be read here is left to the
+    ``marshal`` instead of reading and compiling it: from its bytecode cache when that is
+    valid, else compiled by the engine, as a worker's loader would compile it. A worker
+    that finds none (the file has changed since) loads the file itself, to the same
+    module. Never fails: a script that cannot be read or compiled here is left to the
     workers, which report why to the tasks that need it."""
     path = _main_path()
     if path is None or _main_name() is not None:
@@ -170,11 +198,14 @@ def share_main_code() -> None:
         name = main_code_name(path, stat.st_mtime_ns, stat.st_size)
         if name in _main_shared:
             return
-        import marshal
-
-        external = sys.modules["_frozen_importlib_external"]
-        code = external.SourceFileLoader("__mp_main__", path).get_code("__mp_main__")
-        _native._share_bytes(name, marshal.dumps(code))
+        cached = _cached_code(path, stat)
+        if cached is not None:
+            _native._share_bytes(name, cached)
+        else:
+            # Compiled by the engine: builtins.compile would first build the ast
+            # module's types (about 2 ms) in a program that may never need them.
+            with io.open_code(path) as file:
+                _native._share_compiled(name, file.read(), path)
     except Exception:
         return
     _main_shared.add(name)
@@ -182,8 +213,8 @@ def share_main_code() -> None:
 
 def share_code() -> None:
     """Shares the runner's and the main script's code with the workers (see
-    ``_share_worker_code`` and ``share_main_code``). A pool calls it once its first worker
-    is being created, which needs the code only at the end of its set-up."""
+    ``_share_worker_code`` and ``share_main_code``), before they start: a worker that
+    finds none loads the files itself, which costs it more."""
     _share_worker_code()
     share_main_code()
 

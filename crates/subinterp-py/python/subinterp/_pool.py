@@ -393,6 +393,8 @@ class Pool(concurrent.futures.Executor):
             raise ValueError("max_workers must be greater than 0")
         _native._runtime_start()
         guard_fork()
+        # Before the workers start: a spare interpreter is ready for its set-up at once.
+        share_code()
         # Each part its own source: an error points at its line in that part.
         code = ["\n".join(setup_code()) + "\n"]
         if initializer is not None:
@@ -425,7 +427,6 @@ class Pool(concurrent.futures.Executor):
                 "wait": initializer is not None or init is not None,
             },
         )
-        share_code()
         self._max_workers = max_workers
         self._core = core = _PoolCore(handle, max_workers)
         self._stats = _native._pool_stats_handle(handle)

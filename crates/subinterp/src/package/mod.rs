@@ -152,6 +152,15 @@ fn specs() -> Vec<ModuleSpec> {
             share_bytes,
         ),
         callback::method_def(
+            c"_share_compiled",
+            c"_share_compiled(name, source, filename)\n--\n\nCompiles source (the bytes of \
+              a file, decoded as python decodes one) and keeps its code, marshalled, under \
+              name as _share_bytes does (main interpreter only); a SyntaxError if it does \
+              not compile. Unlike builtins.compile, the first call does not build the ast \
+              module's types.",
+            share_compiled,
+        ),
+        callback::method_def(
             c"_shared_bytes",
             c"_shared_bytes(name)\n--\n\nThe bytes kept under name by _share_bytes, or \
               None; callable in any interpreter.",
@@ -1258,6 +1267,28 @@ fn share_bytes<'py>(
         .unwrap_or_else(|e| e.into_inner())
         .get_or_insert_with(HashMap::new)
         .insert(name, data.into());
+    Ok(py.none())
+}
+
+fn share_compiled<'py>(
+    py: Python<'py>,
+    _: &PyObj<'py>,
+    args: &FastArgs<'_, 'py>,
+) -> Outcome<PyObj<'py>> {
+    let (name, source, filename): (String, PyObj, PyObj) =
+        params::args(args, "_share_compiled", ["name", "source", "filename"])?;
+    main_only(py, "_share_compiled")?;
+    let Value::Bytes(source) = source.to_value()? else {
+        return Err(py
+            .new_error(ExcKind::Type, "_share_compiled(): source must be bytes")
+            .into());
+    };
+    let code = py.compile_marshalled(&source, &filename)?;
+    SHARED_BYTES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .insert(name, code.into());
     Ok(py.none())
 }
 

@@ -412,6 +412,19 @@ impl<'py> Python<'py> {
         Ok(())
     }
 
+    /// Source bytes compiled as [`compile_bytes`](Self::compile_bytes) does, and
+    /// written as `marshal.dumps` writes a code object: for interpreters of this process
+    /// to load without compiling.
+    #[cfg(feature = "extension-module")]
+    pub(crate) fn compile_marshalled(
+        self,
+        source: &[u8],
+        filename: &PyObj<'py>,
+    ) -> Result<Vec<u8>> {
+        let code = self.compile_bytes(source, filename, "exec")?;
+        self.marshal_code(&code)
+    }
+
     /// A code object as `marshal.dumps` writes it (this CPython's format).
     fn marshal_code(self, code: &PyObj<'py>) -> Result<Vec<u8>> {
         // SAFETY: GIL held; `code` is a live object, checked to be a code object first;
