@@ -651,3 +651,36 @@ def test_a_runaway_task_past_its_deadline_is_reported_as_such():
         # A task's own TimeoutError is its own.
         with pytest.raises(TimeoutError, match="mine"):
             p.submit(helpers.raise_timeout, "mine").result(60)
+
+
+# ---------------------------------------------------------------- other interpreters
+
+
+def test_the_package_in_an_interpreter_of_cpythons_own_ends_quietly(tmp_path):
+    # Importing it there gives the built-in functions; when that interpreter ends, its
+    # exit has no pool to end (the main interpreter's runtime is not its to stop).
+    out = run_script(
+        tmp_path,
+        """
+        try:
+            import _interpreters as interpreters
+        except ImportError:
+            import _xxsubinterpreters as interpreters
+
+        if __name__ == "__main__":
+            for kind in ("isolated", "legacy"):
+                if hasattr(interpreters, "new_config"):
+                    interp = interpreters.create(kind)
+                else:
+                    interp = interpreters.create(isolated=kind == "isolated")
+                interpreters.run_string(interp, "import subinterp; subinterp.channel")
+                interpreters.destroy(interp)
+                print(kind, "ended")
+            import subinterp, helpers
+            with subinterp.Pool(1) as pool:
+                print("pool", pool.submit(helpers.add, 1, 2).result(60))
+        """,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == "", out.stderr
+    assert out.stdout.splitlines() == ["isolated ended", "legacy ended", "pool 3"]

@@ -20,7 +20,6 @@ _QUIET_WAIT = 5.0
 _EXIT_GRACE = 5.0
 
 
-@atexit.register
 def _end_all() -> None:
     # As at the exit of a program with a ThreadPoolExecutor, tasks already submitted
     # finish first, unless the program ended with Ctrl-C (KeyboardInterrupt) or Ctrl-C is
@@ -131,3 +130,7 @@ def _exit_now(status: int) -> None:
     os._exit(status)
 
 
+# Only the main interpreter runs pools; the package imported in another interpreter (one
+# the program made with CPython's own `_interpreters`) has nothing to end when it does.
+if _native.id() == 0:
+    atexit.register(_end_all)

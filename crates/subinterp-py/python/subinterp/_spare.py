@@ -21,6 +21,9 @@ from . import _native
 
 
 def _wanted() -> bool:
+    if _native.id() != 0:
+        # Not the main interpreter: only the main one runs pools.
+        return False
     if os.environ.get("SUBINTERP_SPARE", "1").strip() == "0":
         return False
     process = sys.modules.get("multiprocessing.process")
@@ -33,8 +36,9 @@ def start() -> None:
         return
     try:
         _native._spare_start()
-    except RuntimeError:
-        # Not the main interpreter: only the main one runs pools.
+    except Exception:
+        # Only a head start is lost: the first pool makes its interpreters itself, and
+        # says what fails there.
         return
     os.register_at_fork(before=_native._spare_end)
 
