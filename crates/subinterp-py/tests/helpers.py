@@ -339,3 +339,40 @@ def getenv(name):
     import os
 
     return os.environ.get(name)
+
+
+def compiled_like_importlib(path):
+    """In a worker: whether importlib compiles with the engine's compile there, and whether
+    its source_to_code gives the code builtins.compile gives for the file at ``path``, at
+    each optimize level and from ``str`` (code objects compare their bytecode, constants,
+    names, positions and nested code)."""
+    import sys
+
+    external = sys.modules["_frozen_importlib_external"]
+    loader = external.SourceFileLoader("compiled_probe", path)
+    data = loader.get_data(path)
+    same = []
+    for optimize in (-1, 0, 2):
+        ours = loader.source_to_code(data, path, _optimize=optimize)
+        builtin = compile(data, path, "exec", dont_inherit=True, optimize=optimize)
+        same.append(ours == builtin)
+    text = data.decode("utf-8")
+    builtin = compile(text, path, "exec", dont_inherit=True)
+    same.append(loader.source_to_code(text, path) == builtin)
+    return "compile" in vars(external), same
+
+
+def import_module_at(directory, name):
+    """Imports ``name`` from ``directory``; the formatted traceback if that fails."""
+    import importlib
+    import sys
+    import traceback
+
+    sys.path.insert(0, directory)
+    try:
+        importlib.import_module(name)
+        return None
+    except SyntaxError:
+        return traceback.format_exc()
+    finally:
+        sys.path.remove(directory)

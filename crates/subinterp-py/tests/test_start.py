@@ -9,6 +9,7 @@ import sys
 
 from subinterp import _calls
 
+import helpers
 from helpers import run_script
 
 
@@ -89,3 +90,35 @@ def test_a_main_script_shared_once_compiled_is_the_one_workers_run(tmp_path):
     lines = out.stdout.splitlines()
     assert lines[0] == f"__mp_main__ {tmp_path / 'main.py'}"
     assert lines[1] == "True"
+
+
+def test_workers_compile_sources_as_importlib_does(tmp_path):
+    import subinterp
+
+    module = tmp_path / "probe_source.py"
+    module.write_text(
+        '"""Docstring."""\n'
+        "from __future__ import annotations\n"
+        "def f(x: int) -> int:\n"
+        '    """Doc."""\n'
+        "    assert x\n"
+        "    return x + 1\n"
+    )
+    with subinterp.Pool(1) as pool:
+        ours, same = pool.submit(helpers.compiled_like_importlib, str(module)).result(60)
+    assert ours, "the worker compiles sources with the engine"
+    assert same == [True, True, True, True]
+
+
+def test_a_syntax_error_imported_in_a_worker_has_the_traceback_of_the_main_interpreter(
+    tmp_path,
+):
+    import subinterp
+
+    (tmp_path / "broken_source.py").write_text("x = 1\ndef f(:\n    pass\n")
+    here = helpers.import_module_at(str(tmp_path), "broken_source")
+    with subinterp.Pool(1) as pool:
+        there = pool.submit(helpers.import_module_at, str(tmp_path), "broken_source").result(60)
+    assert here is not None and "SyntaxError" in here
+    # The same frames and message (importlib's own frames trimmed in both).
+    assert there.replace(helpers.__file__, "helpers") == here.replace(helpers.__file__, "helpers")

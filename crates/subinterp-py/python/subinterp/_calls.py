@@ -245,6 +245,7 @@ def setup_code() -> list[str]:
         "del _s, _c",
         "sys.modules['_subinterp_worker'] = _w",
         f"_w._subinterp_stand_in(__import__('subinterp'), {os.path.dirname(__file__)!r})",
+        "_w._subinterp_compile_natively(__import__('subinterp'))",
     ]
     name = _main_name()
     main = _main_path()

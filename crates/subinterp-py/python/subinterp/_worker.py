@@ -256,6 +256,21 @@ def _subinterp_stand_in(native, package_dir):
     native.__path__ = [package_dir]
 
 
+def _subinterp_compile_natively(native):
+    """Makes this worker's imports from source compile with the engine's ``compile``: for
+    the one call importlib makes (``source_to_code``), it gives the code
+    ``builtins.compile`` gives without first building the ``ast`` module's types (about
+    2 ms in each new interpreter), for a module with no bytecode cache
+    (``PYTHONDONTWRITEBYTECODE``, a read-only directory); any other call is
+    ``builtins.compile``'s. It is a global of importlib's ``_bootstrap_external`` only,
+    which looks ``compile`` up there first: importlib's frames and tracebacks are
+    unchanged."""
+    compile_source = getattr(native, "_compile", None)
+    external = _sys.modules.get("_frozen_importlib_external")
+    if compile_source is not None and external is not None:
+        external.compile = compile_source
+
+
 _subinterp_main_error = None
 
 

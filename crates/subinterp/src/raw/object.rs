@@ -274,7 +274,7 @@ impl<'py> Python<'py> {
     /// `compile()` ignores it in a `str`.
     pub fn compile(self, source: &str, filename: &str, mode: &str) -> Result<PyObj<'py>> {
         let filename = self.str(filename)?;
-        self.compile_source(source.as_bytes(), &filename, mode, SourceKind::Text)
+        self.compile_source(source.as_bytes(), &filename, mode, SourceKind::Text, -1)
     }
 
     /// Compiles source code given as bytes, as `python` compiles a file: decoded from
@@ -287,7 +287,30 @@ impl<'py> Python<'py> {
         filename: &PyObj<'py>,
         mode: &str,
     ) -> Result<PyObj<'py>> {
-        self.compile_source(source, filename, mode, SourceKind::Bytes)
+        self.compile_source(source, filename, mode, SourceKind::Bytes, -1)
+    }
+
+    /// A module's source compiled as importlib's `source_to_code` compiles it
+    /// (`compile(source, path, "exec", dont_inherit=True, optimize=optimize)`): `source`
+    /// is a `str`'s UTF-8 (`text`) or a file's bytes; `optimize` -1 is the interpreter's
+    /// own level, else 0, 1 or 2.
+    #[cfg(feature = "extension-module")]
+    pub(crate) fn compile_module(
+        self,
+        source: &[u8],
+        text: bool,
+        filename: &PyObj<'py>,
+        optimize: i32,
+    ) -> Result<PyObj<'py>> {
+        if !(-1..=2).contains(&optimize) {
+            return Err(self.new_error(ExcKind::Value, "compile(): invalid optimize value"));
+        }
+        let kind = if text {
+            SourceKind::Text
+        } else {
+            SourceKind::Bytes
+        };
+        self.compile_source(source, filename, "exec", kind, optimize)
     }
 
     fn compile_source(
@@ -296,6 +319,7 @@ impl<'py> Python<'py> {
         filename: &PyObj<'py>,
         mode: &str,
         kind: SourceKind,
+        optimize: i32,
     ) -> Result<PyObj<'py>> {
         let start = match mode {
             "exec" => ffi::Py_file_input,
@@ -324,9 +348,9 @@ impl<'py> Python<'py> {
             cf_feature_version: std::ffi::c_int::try_from(minor).unwrap_or(0),
         };
         // SAFETY: GIL held; `source` is NUL-terminated and `filename` a live object, both
-        // alive across the call; `flags` is a valid struct for the call; default
-        // optimisation level. (Unlike `builtins.compile`, this does not set up the `ast`
-        // module's types on first use, which costs about 2 ms in a new interpreter.)
+        // alive across the call; `flags` is a valid struct for the call; `optimize` is
+        // -1 to 2. (Unlike `builtins.compile`, this does not set up the `ast` module's
+        // types on first use, which costs about 2 ms in a new interpreter.)
         unsafe {
             self.own({
                 ffi::Py_CompileStringObject(
@@ -334,7 +358,7 @@ impl<'py> Python<'py> {
                     filename.as_ptr(),
                     start,
                     &mut flags,
-                    -1,
+                    optimize,
                 )
             })
         }
