@@ -376,3 +376,9 @@ def import_module_at(directory, name):
         return traceback.format_exc()
     finally:
         sys.path.remove(directory)
+
+
+def tzname():
+    import time
+
+    return time.tzname[0]

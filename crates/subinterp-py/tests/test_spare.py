@@ -36,23 +36,24 @@ def test_the_first_pool_takes_the_spare_made_at_import(tmp_path):
             # Changed after the spare read the environment.
             os.environ["SUBINTERP_TEST_LATE"] = "late"
             del os.environ["SUBINTERP_TEST_GONE"]
+            os.environ["TZ"] = "ABC+3"
             with subinterp.Pool(1) as pool:
                 print("pool", pool.submit(helpers.add, 1, 2).result(60))
                 late = pool.submit(helpers.getenv, "SUBINTERP_TEST_LATE").result(60)
                 gone = pool.submit(helpers.getenv, "SUBINTERP_TEST_GONE").result(60)
-                print("environ", late, gone)
+                print("environ", late, gone, pool.submit(helpers.tzname).result(60))
                 # The spare's thread is the worker's: no other interpreter thread.
                 print("threads", helpers.interpreter_threads())
             print("after shutdown", wait_for(0))
             with subinterp.Pool(1) as pool:
                 print("second pool", pool.submit(helpers.add, 2, 3).result(60))
         """,
-        env={"SUBINTERP_TEST_GONE": "gone"},
+        env={"SUBINTERP_TEST_GONE": "gone", "TZ": "XYZ-2"},
     )
     assert _ok(out) == [
         "after import 1",
         "pool 3",
-        "environ late None",
+        "environ late None ABC",
         "threads 1",
         "after shutdown 0",
         "second pool 5",

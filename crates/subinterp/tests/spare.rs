@@ -32,12 +32,14 @@ fn a_prestarted_interpreter_is_taken_by_the_next_of_its_kind_with_its_config() {
     let rt = common::runtime();
     assert_eq!(wait_for(0), 0);
     std::env::set_var("SUBINTERP_SPARE_TEST_GONE", "gone");
+    std::env::set_var("TZ", "XYZ-2");
     Interpreter::prestart(&rt, &InterpreterConfig::isolated()).unwrap();
     assert_eq!(wait_for(1), 1, "the spare's thread");
     // The environment changes after the spare read it.
     std::thread::sleep(Duration::from_millis(200));
     std::env::set_var("SUBINTERP_SPARE_TEST_LATE", "late");
     std::env::remove_var("SUBINTERP_SPARE_TEST_GONE");
+    std::env::set_var("TZ", "ABC+3");
     // While one waits, another prestart does nothing.
     Interpreter::prestart(&rt, &InterpreterConfig::isolated()).unwrap();
     assert_eq!(interpreter_threads(), 1);
@@ -66,6 +68,12 @@ fn a_prestarted_interpreter_is_taken_by_the_next_of_its_kind_with_its_config() {
     assert_eq!(
         environ,
         Value::Tuple(vec![Value::from("late".to_owned()), Value::None])
+    );
+    // And its time module the time zone TZ now names.
+    taken.exec("import time").unwrap();
+    assert_eq!(
+        taken.eval("(time.tzname[0], time.timezone)").unwrap(),
+        Value::Tuple(vec![Value::from("ABC".to_owned()), Value::Int(3 * 3600)])
     );
     assert!(taken.memory_in_use().is_some());
     // Isolated: its own GIL, and extensions that refuse isolation are refused.

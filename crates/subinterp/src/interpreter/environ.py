@@ -7,6 +7,13 @@ import os
 _data = os.environ._data
 _fresh = dict(fresh)
 if _data != _fresh:
+    _zone = _data.get(b"TZ") != _fresh.get(b"TZ")
     _data.clear()
     _data.update(_fresh)
+    if _zone:
+        # The time module read TZ when it was imported: read it again.
+        import time
+
+        time.tzset()
+    del _zone
 del _data, _fresh

@@ -1306,6 +1306,7 @@ fn refresh_environ(py: Python<'_>) -> Result<()> {
         })
         .collect();
     let globals = py.dict()?;
+    globals.set_item(&py.str("__builtins__")?, &py.builtins()?)?;
     globals.set_item(&py.str("fresh")?, &py.to_object(&Value::List(fresh))?)?;
     py.run(include_str!("environ.py"), "<subinterp environ>", &globals)
 }
