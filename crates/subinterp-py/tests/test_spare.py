@@ -146,3 +146,19 @@ def test_processes_that_run_no_pool_make_no_spare():
     with subinterp.Pool(1, in_processes=["helpers"]) as pool:
         pid, threads = pool.submit(helpers.threads_after_importing_the_package).result(120)
         assert pid != os.getpid() and threads == 0
+
+
+def test_ctrl_c_while_the_spare_is_being_made_exits_as_python_does():
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, signal, subinterp; os.kill(os.getpid(), signal.SIGINT)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode in (130, -2), (out.returncode, out.stderr)
+    assert "KeyboardInterrupt" in out.stderr
+    assert "Fatal" not in out.stderr
