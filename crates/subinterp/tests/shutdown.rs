@@ -149,6 +149,102 @@ fn a_pool_whose_task_left_a_thread_running_still_shuts_down() {
     assert!(child.stderr.contains("sleeper-1000s"), "{}", child.stderr);
 }
 
+/// Starts a thread with `_thread` alone (no `threading` in the interpreter) that sleeps
+/// for ever, closes the interpreter once the thread has begun to run, and prints what it
+/// saw.
+fn close_beside_a_bare_thread() {
+    log_to_stderr();
+    let rt = Runtime::init(&RuntimeConfig::new()).unwrap();
+    let mut config = InterpreterConfig::isolated();
+    config.shutdown_grace(Duration::from_millis(300));
+    let interp = Interpreter::new(&rt, &config).unwrap();
+    interp
+        .exec(
+            "import _thread, sys, time\n\
+             began = []\n\
+             def sleep():\n    began.append(1)\n    time.sleep(1000)\n\
+             _thread.start_new_thread(sleep, ())\n",
+        )
+        .unwrap();
+    interp
+        .exec("while not began:\n    time.sleep(0.001)\n")
+        .unwrap();
+    let threading = interp.eval("'threading' in sys.modules").unwrap();
+    println!("threading loaded: {threading:?}");
+    interp.close().unwrap();
+    println!("closed");
+    drop(rt);
+}
+
+#[test]
+fn a_thread_started_with_the_thread_module_alone_is_seen_at_close() {
+    // Found, and the interpreter left running, not ended under it.
+    const TEST: &str = "a_thread_started_with_the_thread_module_alone_is_seen_at_close";
+    if in_child(TEST) {
+        close_beside_a_bare_thread();
+        return;
+    }
+    let child = run_child(TEST);
+    assert!(child.success, "{}\n{}", child.stdout, child.stderr);
+    assert!(
+        child.stdout.contains("threading loaded: Bool(false)"),
+        "{}",
+        child.stdout
+    );
+    assert!(child.stdout.contains("closed"), "{}", child.stdout);
+    assert!(child.stderr.contains("left running"), "{}", child.stderr);
+    assert!(
+        child.stderr.contains("started with _thread"),
+        "{}",
+        child.stderr
+    );
+}
+
+#[test]
+fn a_thread_an_atexit_function_starts_does_not_abort_the_process() {
+    // Started while the interpreter ends, after its threads were joined: its thread state
+    // exists before it runs, and no module counts it yet. CPython would end the
+    // interpreter under it and abort ("not the last thread").
+    const TEST: &str = "a_thread_an_atexit_function_starts_does_not_abort_the_process";
+    if in_child(TEST) {
+        log_to_stderr();
+        let rt = Runtime::init(&RuntimeConfig::new()).unwrap();
+        let mut config = InterpreterConfig::isolated();
+        config.shutdown_grace(Duration::from_millis(300));
+        for join in [false, true] {
+            let interp = Interpreter::new(&rt, &config).unwrap();
+            interp
+                .exec(&format!(
+                    "import _thread, atexit, time\n\
+                     def late():\n    _thread.start_new_thread(time.sleep, ({},))\n\
+                     atexit.register(late)\n",
+                    if join { "0.05" } else { "1000" }
+                ))
+                .unwrap();
+            interp.close().unwrap();
+            println!("closed, {}", if join { "joined" } else { "left" });
+        }
+        drop(rt);
+        return;
+    }
+    let child = run_child(TEST);
+    assert!(child.success, "{}\n{}", child.stdout, child.stderr);
+    assert!(child.stdout.contains("closed, left"), "{}", child.stdout);
+    assert!(child.stdout.contains("closed, joined"), "{}", child.stdout);
+    // The one that never ends is left running, named; the other was waited for.
+    assert_eq!(
+        child.stderr.matches("left running").count(),
+        1,
+        "{}",
+        child.stderr
+    );
+    assert!(
+        child.stderr.contains("not begun or not ended"),
+        "{}",
+        child.stderr
+    );
+}
+
 #[test]
 fn threads_that_end_within_the_grace_period_are_waited_for() {
     let marker = common::scratch_dir("grace").join("done");

@@ -24,6 +24,7 @@ use crate::interpreter::config::InterpreterConfig;
 use crate::interpreter::config::{MemoryPressure, SoftLimit, SoftLimitAction};
 use crate::interpreter::limits::{Meter, Watch};
 use crate::raw::lifecycle::{clear_pending_async, InterruptTarget, Raise, SubInterpreter};
+use crate::raw::threads;
 use crate::raw::Python;
 use crate::runtime::spare::{self, Body};
 use crate::runtime::{Runtime, RuntimeInner};
@@ -1244,10 +1245,22 @@ fn wind_down(py: Python<'_>, capture: bool, grace: Duration) -> WoundDown {
     // nothing to wait for.
     let mut running = Vec::new();
     let mut join = || -> Result<()> {
+        let threading = py.loaded_module("threading")?;
+        let thread = py.loaded_module("_thread")?;
+        // Nothing to wait for (no `threading`, no thread started with `_thread`): the
+        // script, which each interpreter would compile to find that out, is not run.
+        if threading.is_none() {
+            let started = match &thread {
+                Some(thread) => thread.call_method("_count", &[])?.to_value()?,
+                None => Value::Int(0),
+            };
+            if started == Value::Int(0) {
+                return Ok(());
+            }
+        }
         let globals = py.dict()?;
-        for name in ["threading", "_thread"] {
-            let module = py.loaded_module(name)?.unwrap_or_else(|| py.none());
-            globals.set_item(&py.str(name)?, &module)?;
+        for (name, module) in [("threading", threading), ("_thread", thread)] {
+            globals.set_item(&py.str(name)?, &module.unwrap_or_else(|| py.none()))?;
         }
         let grace = match grace.as_secs_f64() {
             // Beyond a century: no limit.
@@ -1271,6 +1284,21 @@ fn wind_down(py: Python<'_>, capture: bool, grace: Duration) -> WoundDown {
     let exited = py
         .loaded_module("atexit")
         .and_then(|m| m.map(|m| m.call_method("_run_exitfuncs", &[])).transpose());
+    if running.is_empty() {
+        // What no module counts: a thread `_thread` started that has not begun to run,
+        // or one an `atexit` function just started (its thread state exists already;
+        // CPython would end the interpreter under it and abort, "not the last thread").
+        // It gets the grace period too.
+        let deadline = Instant::now().checked_add(grace);
+        let mut others = threads::other_thread_states(py);
+        while others > 0 && deadline.map_or(true, |d| Instant::now() < d) {
+            py.allow_threads(|| std::thread::sleep(Duration::from_millis(1)));
+            others = threads::other_thread_states(py);
+        }
+        if others > 0 {
+            running.push(format!("{others} thread(s) not begun or not ended"));
+        }
+    }
     for (what, result) in [
         ("joining threads", joined),
         ("running atexit", exited.map(drop)),

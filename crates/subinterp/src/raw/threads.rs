@@ -343,6 +343,29 @@ pub(crate) fn current_exceptions<'py>(py: Python<'py>) -> Result<PyObj<'py>> {
     to_dict(py, found)
 }
 
+/// How many thread states of the calling interpreter there are besides the caller's: its
+/// other threads, those started with `_thread` that have not begun to run included
+/// (their thread state is made before the OS thread starts, and no Python module counts
+/// them yet), and states other threads hold briefly (an interrupter's).
+pub(crate) fn other_thread_states(_py: Python<'_>) -> usize {
+    let mut count = 0;
+    // SAFETY: as in `walk`: the calling thread holds this interpreter's GIL throughout,
+    // nothing here runs Python code or releases it, and only the list's links are read
+    // (no field of another thread state), which stay valid while the GIL is held.
+    unsafe {
+        let current = ffi::PyThreadState_Get();
+        let interp = ffi::PyInterpreterState_Get();
+        let mut next = ffi::PyInterpreterState_ThreadHead(interp);
+        while !next.is_null() {
+            if next != current {
+                count += 1;
+            }
+            next = ffi::PyThreadState_Next(next);
+        }
+    }
+    count
+}
+
 /// Whether the threads of the calling interpreter other than the caller are reported
 /// (the thread-state layout of the running version is known and checked).
 pub(crate) fn reports_all_threads(py: Python<'_>) -> bool {
