@@ -684,3 +684,29 @@ def test_the_package_in_an_interpreter_of_cpythons_own_ends_quietly(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stderr == "", out.stderr
     assert out.stdout.splitlines() == ["isolated ended", "legacy ended", "pool 3"]
+
+
+def test_a_thread_started_by_a_workers_atexit_function_does_not_abort_the_process(tmp_path):
+    # The worker runs its atexit functions as it ends; a thread one starts has a thread
+    # state before it runs, which CPython would end the interpreter under (a fatal
+    # error). It is waited for within the grace period, then the worker is left running.
+    out = run_script(
+        tmp_path,
+        """
+        import subinterp
+
+        def arm():
+            import atexit, _thread, time
+            atexit.register(lambda: _thread.start_new_thread(time.sleep, (1000,)))
+            return "armed"
+
+        if __name__ == "__main__":
+            with subinterp.Pool(1) as pool:
+                print(pool.submit(arm).result(60))
+            print("shut down")
+        """,
+    )
+    assert "Fatal" not in out.stderr, out.stderr
+    assert out.stdout.splitlines() == ["armed", "shut down"], out.stdout + out.stderr
+    assert out.returncode == 1, out.stderr
+    assert "still run Python threads that did not end" in out.stderr
