@@ -176,7 +176,8 @@ def _share_worker_code() -> None:
 
 def main_code_name(path: str, mtime_ns: int, size: int) -> str:
     """The name the main script's code is shared under: a worker that finds the file
-    changed (by its time and size, as the bytecode cache is checked) finds no code."""
+    changed (by its time and size, as the bytecode cache is checked) finds no code. The
+    worker's ``_subinterp_load_main`` makes the same name (it cannot import this module)."""
     return f"main:{mtime_ns}:{size}:{path}"
 
 

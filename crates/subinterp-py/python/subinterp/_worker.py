@@ -303,6 +303,7 @@ def _subinterp_load_main(path=None, name=None):
             code = None
             if shared is not None:
                 stat = external._path_stat(path)
+                # The name `_calls.main_code_name` gives.
                 code = shared(f"main:{stat.st_mtime_ns}:{stat.st_size}:{path}")
             if code is None:
                 spec.loader.exec_module(module)

@@ -1246,18 +1246,12 @@ fn wind_down(py: Python<'_>, capture: bool, grace: Duration) -> WoundDown {
     let mut running = Vec::new();
     let mut join = || -> Result<()> {
         let threading = py.loaded_module("threading")?;
-        let thread = py.loaded_module("_thread")?;
-        // Nothing to wait for (no `threading`, no thread started with `_thread`): the
-        // script, which each interpreter would compile to find that out, is not run.
-        if threading.is_none() {
-            let started = match &thread {
-                Some(thread) => thread.call_method("_count", &[])?.to_value()?,
-                None => Value::Int(0),
-            };
-            if started == Value::Int(0) {
-                return Ok(());
-            }
+        // Nothing to wait for (no `threading`, no other thread state): the script, which
+        // each interpreter would compile to find that out, is not run.
+        if threading.is_none() && threads::other_thread_states(py) == 0 {
+            return Ok(());
         }
+        let thread = py.loaded_module("_thread")?;
         let globals = py.dict()?;
         for (name, module) in [("threading", threading), ("_thread", thread)] {
             globals.set_item(&py.str(name)?, &module.unwrap_or_else(|| py.none()))?;

@@ -1271,12 +1271,15 @@ fn share_bytes<'py>(
             .new_error(ExcKind::Type, "_share_bytes(): data must be bytes")
             .into());
     };
-    SHARED_BYTES
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+    keep_shared(name, data);
+    Ok(py.none())
+}
+
+/// Keeps `data` under `name` in [`SHARED_BYTES`], replacing what was there.
+fn keep_shared(name: String, data: Vec<u8>) {
+    lock(&SHARED_BYTES)
         .get_or_insert_with(HashMap::new)
         .insert(name, data.into());
-    Ok(py.none())
 }
 
 fn share_compiled<'py>(
@@ -1292,12 +1295,7 @@ fn share_compiled<'py>(
             .new_error(ExcKind::Type, "_share_compiled(): source must be bytes")
             .into());
     };
-    let code = py.compile_marshalled(&source, &filename)?;
-    SHARED_BYTES
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get_or_insert_with(HashMap::new)
-        .insert(name, code.into());
+    keep_shared(name, py.compile_marshalled(&source, &filename)?);
     Ok(py.none())
 }
 
@@ -1370,9 +1368,7 @@ fn shared_bytes<'py>(
     args: &FastArgs<'_, 'py>,
 ) -> Outcome<PyObj<'py>> {
     let (name,): (String,) = params::args(args, "_shared_bytes", ["name"])?;
-    let data = SHARED_BYTES
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+    let data = lock(&SHARED_BYTES)
         .as_ref()
         .and_then(|shared| shared.get(&name).cloned());
     match data {

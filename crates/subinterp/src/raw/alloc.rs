@@ -202,13 +202,7 @@ unsafe fn install_hooks() -> bool {
     if INSTALLED.load(Ordering::Acquire) {
         return true;
     }
-    let mut raw = ffi::PyMemAllocatorEx {
-        ctx: std::ptr::null_mut(),
-        malloc: None,
-        calloc: None,
-        realloc: None,
-        free: None,
-    };
+    let mut raw = no_allocator();
     // SAFETY: the caller's contract; `raw` is a valid out-parameter.
     unsafe { ffi::PyMem_GetAllocator(ffi::PyMemAllocatorDomain::PYMEM_DOMAIN_RAW, &mut raw) };
     // CPython's default raw allocator (`malloc`) has no context; its debug hooks, which
@@ -243,13 +237,7 @@ unsafe fn install_hooks() -> bool {
     if RAW.set(RawInner(raw)).is_err() || ARENA.set(ArenaInner(arena)).is_err() {
         return false;
     }
-    let mut raw_hooks = ffi::PyMemAllocatorEx {
-        ctx: std::ptr::null_mut(),
-        malloc: Some(raw_malloc),
-        calloc: Some(raw_calloc),
-        realloc: Some(raw_realloc),
-        free: Some(raw_free),
-    };
+    let mut raw_hooks = raw_hooks();
     let mut arena_hooks = ffi::PyObjectArenaAllocator {
         ctx: std::ptr::null_mut(),
         alloc: Some(arena_alloc),
@@ -266,6 +254,29 @@ unsafe fn install_hooks() -> bool {
     true
 }
 
+/// An allocator struct to be filled in by `PyMem_GetAllocator`.
+fn no_allocator() -> ffi::PyMemAllocatorEx {
+    ffi::PyMemAllocatorEx {
+        ctx: std::ptr::null_mut(),
+        malloc: None,
+        calloc: None,
+        realloc: None,
+        free: None,
+    }
+}
+
+/// The raw domain's hooks, as given to `PyMem_SetAllocator` (no context: they read what
+/// they wrap from [`RAW`]).
+fn raw_hooks() -> ffi::PyMemAllocatorEx {
+    ffi::PyMemAllocatorEx {
+        ctx: std::ptr::null_mut(),
+        malloc: Some(raw_malloc),
+        calloc: Some(raw_calloc),
+        realloc: Some(raw_realloc),
+        free: Some(raw_free),
+    }
+}
+
 /// Puts the raw-domain hook back if the allocator it wraps was put in its place.
 ///
 /// CPython saves and restores the raw allocator around some of its own work
@@ -279,26 +290,14 @@ pub(crate) fn restore_raw_hook() -> bool {
     let Some(inner) = raw_inner() else {
         return false;
     };
-    let mut now = ffi::PyMemAllocatorEx {
-        ctx: std::ptr::null_mut(),
-        malloc: None,
-        calloc: None,
-        realloc: None,
-        free: None,
-    };
+    let mut now = no_allocator();
     // SAFETY: a valid out-parameter; reading the allocator is allowed at any time.
     unsafe { ffi::PyMem_GetAllocator(ffi::PyMemAllocatorDomain::PYMEM_DOMAIN_RAW, &mut now) };
     let addr = |f: Option<extern "C" fn(*mut c_void, usize) -> *mut c_void>| f.map(|f| f as usize);
     if addr(now.malloc) != addr(inner.malloc) || now.ctx != inner.ctx {
         return false;
     }
-    let mut hooks = ffi::PyMemAllocatorEx {
-        ctx: std::ptr::null_mut(),
-        malloc: Some(raw_malloc),
-        calloc: Some(raw_calloc),
-        realloc: Some(raw_realloc),
-        free: Some(raw_free),
-    };
+    let mut hooks = raw_hooks();
     // SAFETY: as in `install_running`: the hooks call the allocator they replace, read
     // it from a static, and accept any context; CPython copies the struct.
     unsafe { ffi::PyMem_SetAllocator(ffi::PyMemAllocatorDomain::PYMEM_DOMAIN_RAW, &mut hooks) };

@@ -416,13 +416,16 @@ impl<'py> Python<'py> {
     ) -> Result<()> {
         let code = match compiled::get(source, filename) {
             Some(bytes) => self.load_code(&bytes)?,
-            None => {
-                let code = self.compile(source, filename, "exec")?;
-                compiled::put(source, filename, self.marshal_code(&code)?);
-                code
-            }
+            None => self.compile_and_keep(source, filename)?,
         };
         self.eval_code(&code, globals).map(drop)
+    }
+
+    /// Compiles `source` and keeps it marshalled for [`run_compiled_once`](Self::run_compiled_once).
+    fn compile_and_keep(self, source: &str, filename: &str) -> Result<PyObj<'py>> {
+        let code = self.compile(source, filename, "exec")?;
+        compiled::put(source, filename, self.marshal_code(&code)?);
+        Ok(code)
     }
 
     /// Compiles `source` for [`run_compiled_once`](Self::run_compiled_once) ahead of the
@@ -430,8 +433,7 @@ impl<'py> Python<'py> {
     #[cfg(feature = "extension-module")]
     pub(crate) fn compile_once(self, source: &str, filename: &str) -> Result<()> {
         if compiled::get(source, filename).is_none() {
-            let code = self.compile(source, filename, "exec")?;
-            compiled::put(source, filename, self.marshal_code(&code)?);
+            self.compile_and_keep(source, filename)?;
         }
         Ok(())
     }
